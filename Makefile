@@ -1,0 +1,36 @@
+# tierfs: `make test` sets everything up and runs the whole suite; `make setup` alone installs.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: setup test lint typecheck unit bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml uv.lock test-servers/package-lock.json scripts/install-system-packages.sh
+	scripts/install-system-packages.sh
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	$(UV) sync --frozen --inexact --python $(PYTHON)
+	npm ci --prefix test-servers --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# Lowest level first: units, then components on real servers, then (later) mounts and clusters.
+test: lint typecheck
+	$(VENV)/bin/pytest tests/t1_unit tests/t2_components
+
+bench: setup
+	$(PYTHON) bench/cloud.py
+
+clean:
+	rm -rf $(VENV) test-servers/node_modules .pytest_cache .mypy_cache .ruff_cache

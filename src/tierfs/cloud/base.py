@@ -1,0 +1,109 @@
+"""Tier 3: the one contract every cloud provider implements.
+
+The rest of tierfs talks to the cloud only through `CloudStore`. Keys are object names
+(`dir/file.bin`), never starting with "/" and never empty. Providers raise only the
+errors of `tierfs.errors`; `CloudStore` methods retry transient failures themselves
+(see `tierfs.retry`), so callers see either a result or a permanent error, within the
+store's deadline. All methods are safe to call concurrently.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from tierfs.errors import InvalidKeyError
+
+# Multipart uploads start above this size; parts are this big and go up in parallel.
+MULTIPART_THRESHOLD = 16 * 2**20
+PART_SIZE = 16 * 2**20
+PART_CONCURRENCY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What the store says of one object: `version` changes whenever its content does."""
+
+    key: str
+    size: int
+    version: str
+    mtime: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of a listing: objects, and with a delimiter the sub-prefixes ("dir/")."""
+
+    objects: list[ObjectMeta] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+
+
+def check_key(key: str) -> str:
+    """Return `key` if every provider can store it, else raise InvalidKeyError."""
+    if not key or key.startswith("/") or "\x00" in key or len(key.encode()) > 1024:
+        raise InvalidKeyError(f"invalid object key {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidKeyError(f"invalid object key {key!r}: empty, '.' or '..' segment")
+    return key
+
+
+class CloudStore(abc.ABC):
+    """An async client of one bucket (or container, or directory)."""
+
+    #: Human-readable "provider://bucket", used in messages and logs.
+    url: str
+
+    @abc.abstractmethod
+    async def head(self, key: str) -> ObjectMeta:
+        """Return the object's metadata; raise ObjectNotFoundError if it does not exist."""
+
+    @abc.abstractmethod
+    async def get_range(self, key: str, start: int, length: int, version: str) -> bytes:
+        """Return up to `length` bytes from `start` of the object at `version`.
+
+        Fewer bytes come back only at the end of the object; a start at or past the end
+        returns b"". Raises VersionChangedError when the object is no longer at `version`
+        (never bytes of another version), ObjectNotFoundError when it is gone.
+        """
+
+    @abc.abstractmethod
+    async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
+        """Store `body` (bytes, or the content of a local file) under `key`, replacing it.
+
+        A file is streamed: over MULTIPART_THRESHOLD it goes up in parts (in parallel
+        where the provider allows: S3 and Azure; GCS resumable uploads are sequential),
+        never held in memory whole. The object appears only once complete; on
+        failure the old object, if any, is left as it was. Returns the new metadata.
+        """
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
+        """Yield the pages of a listing of keys under `prefix`, in key order per page.
+
+        `prefix` is "" (the whole bucket) or ends with "/". With `delimiter`, keys in
+        sub-"directories" are folded into `prefixes` (each ending in "/").
+        """
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+
+    @abc.abstractmethod
+    async def copy(self, source: str, destination: str) -> None:
+        """Copy `source` to `destination` server-side, replacing it."""
+
+    async def close(self) -> None:  # noqa: B027 - most providers hold nothing to close
+        """Release connections; the store is unusable afterwards."""
+
+    async def list_all(self, prefix: str = "", delimiter: bool = True) -> ListPage:
+        """All pages of `list` in one page, sorted by key."""
+        objects: list[ObjectMeta] = []
+        prefixes: list[str] = []
+        async for page in self.list(prefix, delimiter):
+            objects.extend(page.objects)
+            prefixes.extend(page.prefixes)
+        objects.sort(key=lambda meta: meta.key)
+        return ListPage(objects, sorted(set(prefixes)))

@@ -1,0 +1,294 @@
+"""CloudStore over the GCS JSON API with gcloud-aio-storage: real GCS or fake-gcs-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar, cast
+from urllib.parse import quote
+
+import aiohttp
+from gcloud.aio.storage import Storage
+
+from tierfs.cloud.base import (
+    MULTIPART_THRESHOLD,
+    PART_SIZE,
+    CloudStore,
+    ListPage,
+    ObjectMeta,
+    check_key,
+)
+from tierfs.errors import (
+    AccessDeniedError,
+    CloudError,
+    ConfigError,
+    ObjectNotFoundError,
+    TransientCloudError,
+    VersionChangedError,
+)
+from tierfs.retry import with_retry
+
+T = TypeVar("T")
+
+GCS_API_ROOT = "https://storage.googleapis.com"
+LIST_PAGE_SIZE = 1000
+OCTET_STREAM = "application/octet-stream"
+# Resets, disconnects, truncated bodies and timeouts; HTTP statuses are sorted by code.
+TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+# Resumable uploads go up in PART_SIZE chunks; GCS wants multiples of 256 KiB.
+assert PART_SIZE % (256 * 2**10) == 0
+
+
+class GcsStore(CloudStore):
+    """A GCS bucket; an `endpoint` (fake-gcs-server) means no auth, else the key file or ADC."""
+
+    def __init__(
+        self, bucket: str, endpoint: str | None, credentials: Path | None, timeout: float
+    ) -> None:
+        try:  # gcloud-aio-auth would silently fall back to ADC on an unreadable key file
+            _ = credentials is None or json.loads(credentials.read_text())["type"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"GOOGLE_APPLICATION_CREDENTIALS: {credentials} is not a readable "
+                f"service-account key file ({type(exc).__name__})"
+            ) from None
+        self.url = f"gcs://{bucket}"
+        self._bucket = bucket
+        self._dev = endpoint is not None
+        self._root = endpoint.rstrip("/") if endpoint else GCS_API_ROOT
+        self._service_file = str(credentials) if credentials else None
+        self._timeout = timeout
+        # Per request; the retry deadline (also `timeout`) bounds each whole operation.
+        self._http_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0))
+        # gcloud-aio types `timeout` as int, but its AioSession takes a ClientTimeout as is.
+        self._gtimeout = cast(int, self._http_timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._storage: Storage | None = None
+
+    def _client(self) -> Storage:
+        """The Storage client over the store's one session, made inside the running loop."""
+        if self._storage is None:
+            self._session = aiohttp.ClientSession(timeout=self._http_timeout)
+            self._storage = Storage(
+                service_file=self._service_file,
+                session=self._session,  # type: ignore[arg-type]  # typed as the requests build
+                api_root=self._root,  # explicit, so STORAGE_EMULATOR_HOST is never read
+                api_is_dev=self._dev,
+            )
+        return self._storage
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        """A request on the session itself, for what gcloud-aio-storage cannot express."""
+        headers = kwargs.pop("headers", {})
+        if not self._dev:
+            headers["Authorization"] = f"Bearer {await self._client().token.get()}"
+        session = self._client().session  # its request() raises ClientResponseError on >= 400
+        return await session.request(method, url, headers, timeout=self._http_timeout, **kwargs)
+
+    def _translate(self, exc: Exception, key: str) -> Exception:
+        """Map an aiohttp or gcloud-aio failure to a tierfs error; the caller raises it."""
+        what = f"{self.url}/{key}"
+        if isinstance(exc, aiohttp.ClientResponseError):
+            status, detail = exc.status, _detail(exc)
+            if status == 404:
+                return ObjectNotFoundError(f"{what}: no such object")
+            if status == 412:
+                return VersionChangedError(f"{what}: the object changed")
+            if status in (401, 403):
+                return AccessDeniedError(f"access denied to bucket {self.url}: {detail}")
+            if status in (408, 429) or (status >= 500 and status not in (501, 505)):
+                retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+                return TransientCloudError(f"{what}: HTTP {status}: {detail}", retry_after)
+            return CloudError(f"{what}: HTTP {status}: {detail}")
+        text = f"{what}: {type(exc).__name__} {exc}".rstrip()
+        if isinstance(exc, TRANSIENT_ERRORS):
+            return TransientCloudError(text)
+        return CloudError(f"{text} (unexpected answer)")
+
+    async def _call(
+        self, what: str, key: str, operation: Callable[[], Awaitable[T]], bounded: bool = True
+    ) -> T:
+        async def attempt() -> T:
+            try:
+                return await operation()
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+                raise self._translate(exc, key) from exc
+
+        return await with_retry(
+            attempt, what=f"{what} {self.url}/{key}", deadline=self._timeout, bound_attempts=bounded
+        )
+
+    async def _head(self, key: str) -> ObjectMeta:
+        data = await self._client().download_metadata(self._bucket, key, timeout=self._gtimeout)
+        return _meta(data)
+
+    async def head(self, key: str) -> ObjectMeta:
+        check_key(key)
+        return await self._call("HEAD", key, lambda: self._head(key))
+
+    async def get_range(self, key: str, start: int, length: int, version: str) -> bytes:
+        check_key(key)
+        if length <= 0:
+            return b""
+        url = f"{self._root}/storage/v1/b/{quote(self._bucket, safe='')}/o/{quote(key, safe='')}"
+
+        async def fetch() -> bytes:
+            try:  # real GCS answers 412 to ifGenerationMatch; fake-gcs-server ignores it...
+                resp = await self._request(
+                    "GET",
+                    url,
+                    headers={"Range": f"bytes={start}-{start + length - 1}"},
+                    params={"alt": "media", "ifGenerationMatch": version},
+                )
+            except aiohttp.ClientResponseError as exc:
+                if exc.status != 416:
+                    raise
+                # The range starts at or past the end: b"" if the object is still at `version`.
+                generation = exc.headers.get("x-goog-generation") if exc.headers else None
+                self._same(key, generation or (await self._head(key)).version, version)
+                return b""
+            async with resp:
+                data = await resp.read()
+            # ...so the generation the bytes came from is checked as well.
+            self._same(key, resp.headers.get("x-goog-generation", version), version)
+            return data[start : start + length] if resp.status == 200 else data  # Range ignored
+
+        return await self._call("GET", key, fetch)
+
+    def _same(self, key: str, generation: str, version: str) -> None:
+        if generation != version:
+            raise VersionChangedError(f"{self.url}/{key}: generation {generation}, not {version}")
+
+    async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
+        check_key(key)
+        size = len(body) if isinstance(body, bytes) else body.stat().st_size
+        if size > MULTIPART_THRESHOLD:
+            # A broken resumable upload starts over in a new session: the object appears only
+            # when the last chunk lands, and fake-gcs-server appends a resent chunk blindly.
+            upload = partial(self._resumable, key, body, size)
+            return await self._call("PUT", key, upload, bounded=False)
+
+        async def simple() -> ObjectMeta:
+            data = body if isinstance(body, bytes) else await asyncio.to_thread(body.read_bytes)
+            return _meta(
+                await self._client().upload(
+                    self._bucket,
+                    key,
+                    data,
+                    content_type=OCTET_STREAM,
+                    force_resumable_upload=False,
+                    timeout=self._gtimeout,
+                )
+            )
+
+        return await self._call("PUT", key, simple)
+
+    async def _resumable(self, key: str, body: bytes | Path, size: int) -> ObjectMeta:
+        """One resumable upload session: PART_SIZE chunks in order, one in memory at a time.
+
+        Sequential, unlike S3 multipart: a GCS upload session takes its chunks in order.
+        """
+        resp = await self._request(
+            "POST",
+            f"{self._root}/upload/storage/v1/b/{quote(self._bucket, safe='')}/o",
+            headers={"X-Upload-Content-Type": OCTET_STREAM},
+            params={"uploadType": "resumable"},
+            json={"name": key, "contentType": OCTET_STREAM},
+        )
+        resp.release()
+        location = resp.headers["Location"]
+        reader: BinaryIO = io.BytesIO(body) if isinstance(body, bytes) else body.open("rb")
+        with reader:
+            offset = 0
+            while chunk := await asyncio.to_thread(reader.read, PART_SIZE):
+                end = offset + len(chunk)
+                resp = await self._request(
+                    "PUT",
+                    location,
+                    headers={"Content-Range": f"bytes {offset}-{end - 1}/{size}"},
+                    data=io.BytesIO(chunk),  # raw bytes over 1 MiB make aiohttp warn
+                    allow_redirects=False,  # 308: chunk stored, send the next
+                )
+                if resp.status != 308:
+                    meta = _meta(await resp.json(content_type=None))
+                    if meta.size == size:
+                        return meta
+                    break
+                resp.release()
+                offset = end
+        raise CloudError(f"{self.url}/{key}: upload of {size} bytes ended at {offset}")
+
+    async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
+        params = {"maxResults": str(LIST_PAGE_SIZE)}
+        if prefix:
+            params["prefix"] = check_key(prefix.removesuffix("/")) + "/"
+        if delimiter:
+            params["delimiter"] = "/"
+        while True:  # each page is retried alone: its pageToken resumes exactly
+            try:
+                data = await self._call(
+                    "LIST",
+                    prefix,
+                    lambda: self._client().list_objects(
+                        self._bucket, params=params, timeout=self._gtimeout
+                    ),
+                )
+            except ObjectNotFoundError as exc:
+                raise CloudError(f"LIST {self.url}: no such bucket") from exc
+            yield ListPage(
+                [_meta(item) for item in data.get("items", [])],
+                [p.rstrip("/") + "/" for p in data.get("prefixes", [])],
+            )
+            if not data.get("nextPageToken"):
+                return
+            params["pageToken"] = data["nextPageToken"]
+
+    async def delete(self, key: str) -> None:
+        check_key(key)
+        delete = partial(self._client().delete, self._bucket, key, timeout=self._gtimeout)
+        with contextlib.suppress(ObjectNotFoundError):  # GCS says 404; absent is what was asked
+            await self._call("DELETE", key, delete)
+
+    async def copy(self, source: str, destination: str) -> None:
+        check_key(source)
+        check_key(destination)
+        # objects.rewrite, which gcloud-aio repeats with the rewriteToken until done.
+        await self._call(
+            "COPY",
+            source,
+            lambda: self._client().copy(
+                self._bucket, source, self._bucket, new_name=destination, timeout=self._gtimeout
+            ),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._session = self._storage = None
+
+
+def _meta(item: dict[str, Any]) -> ObjectMeta:
+    updated = datetime.fromisoformat(item["updated"].replace("Z", "+00:00"))
+    return ObjectMeta(item["name"], int(item["size"]), str(item["generation"]), updated)
+
+
+def _detail(exc: aiohttp.ClientResponseError) -> str:
+    """Google's message out of gcloud-aio's "Reason: {json}" text, else the first line."""
+    _, _, body = exc.message.partition(": ")
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return (exc.message.strip().splitlines() or [str(exc.status)])[0][:200]
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None  # an HTTP date: the backoff decides

@@ -1,0 +1,233 @@
+"""CloudStore over obstore: one Rust-backed async client for S3, Azure Blob and local disk."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import obstore
+import obstore.exceptions as obx
+from obstore.store import ObjectStore
+
+from tierfs.cloud.base import (
+    MULTIPART_THRESHOLD,
+    PART_CONCURRENCY,
+    PART_SIZE,
+    CloudStore,
+    ListPage,
+    ObjectMeta,
+    check_key,
+)
+from tierfs.errors import (
+    AccessDeniedError,
+    CloudError,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    TransientCloudError,
+    VersionChangedError,
+)
+from tierfs.retry import with_retry
+
+T = TypeVar("T")
+
+# Retries happen in tierfs.retry alone, so obstore's own are off.
+NO_RETRIES: dict[str, Any] = {"max_retries": 0, "retry_timeout": timedelta(seconds=0)}
+_STATUS_RE = re.compile(r"status(?: code)?:? (\d{3})", re.IGNORECASE)
+_TRANSIENT_TEXT = (
+    "error sending request",
+    "connection",
+    "timed out",
+    "timeout",
+    "reset",
+    "broken pipe",
+    "incomplete",
+    "unexpected eof",
+    "body error",
+    "error decoding response body",
+)
+_RANGE_PAST_END_TEXT = ("range", "not satisfiable", "416", "out of bounds")
+LIST_PAGE_SIZE = 1000
+
+
+def client_options(timeout: float, allow_http: bool) -> dict[str, Any]:
+    """HTTP options for obstore: per-request timeouts from FUSE_CLOUD_TIMEOUT."""
+    return {
+        "timeout": timedelta(seconds=timeout),
+        "connect_timeout": timedelta(seconds=min(timeout, 5.0)),
+        "allow_http": allow_http,
+        "pool_max_idle_per_host": "64",
+    }
+
+
+def http_status(exc: Exception) -> int | None:
+    """The HTTP status an obstore error reports in its message, if any."""
+    match = _STATUS_RE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def is_transient(exc: Exception) -> bool:
+    """5xx except 501/505, 408, 429, resets and timeouts are worth another try."""
+    status = http_status(exc)
+    if status is not None:
+        return status in (408, 429) or (status >= 500 and status not in (501, 505))
+    return any(word in str(exc).lower() for word in _TRANSIENT_TEXT)
+
+
+class ObjstoreCloud(CloudStore):
+    """A bucket reached through an obstore store (S3Store, AzureStore or LocalStore)."""
+
+    def __init__(self, store: ObjectStore, url: str, timeout: float) -> None:
+        self._store = store
+        self.url = url
+        self._timeout = timeout
+
+    def _translate(self, exc: Exception, key: str) -> Exception:
+        """Map an obstore failure to a tierfs error; the caller raises it."""
+        if isinstance(exc, obx.NotFoundError | FileNotFoundError):
+            return ObjectNotFoundError(f"{self.url}/{key}: no such object")
+        if isinstance(exc, obx.PreconditionError):
+            return VersionChangedError(f"{self.url}/{key}: the object changed")
+        denied = (obx.PermissionDeniedError, obx.UnauthenticatedError)
+        if isinstance(exc, denied) or http_status(exc) in (401, 403):
+            return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
+        if isinstance(exc, obx.InvalidPathError):
+            return InvalidKeyError(f"invalid object key {key!r}: {exc}")
+        if is_transient(exc):
+            return TransientCloudError(f"{self.url}/{key}: {_first_line(exc)}")
+        return CloudError(f"{self.url}/{key}: {_first_line(exc)}")
+
+    async def _call(
+        self, what: str, key: str, operation: Callable[[], Awaitable[T]], bounded: bool = True
+    ) -> T:
+        async def attempt() -> T:
+            try:
+                return await operation()
+            except (obx.BaseError, OSError) as exc:
+                raise self._translate(exc, key) from exc
+
+        return await with_retry(
+            attempt, what=f"{what} {self.url}/{key}", deadline=self._timeout, bound_attempts=bounded
+        )
+
+    async def head(self, key: str) -> ObjectMeta:
+        check_key(key)
+        meta = await self._call("HEAD", key, lambda: obstore.head_async(self._store, key))
+        return _meta(meta)
+
+    async def get_range(self, key: str, start: int, length: int, version: str) -> bytes:
+        check_key(key)
+        if length <= 0:
+            return b""
+
+        async def fetch() -> bytes:
+            try:
+                result = await obstore.get_async(
+                    self._store,
+                    key,
+                    options={"range": (start, start + length), "if_match": version},
+                )
+            except obx.PreconditionError:
+                # Azure answers 412 for a missing blob too: tell "gone" from "changed".
+                await obstore.head_async(self._store, key)
+                raise
+            except obx.GenericError as exc:
+                if not any(word in str(exc).lower() for word in _RANGE_PAST_END_TEXT):
+                    raise
+                return await self._past_end(key, start, version)
+            if result.meta["e_tag"] != version:
+                raise obx.PreconditionError(f"version {result.meta['e_tag']} != {version}")
+            return bytes(await result.bytes_async())
+
+        return await self._call("GET", key, fetch)
+
+    async def _past_end(self, key: str, start: int, version: str) -> bytes:
+        """A range the store refused: b"" if it starts past the end of `version`."""
+        meta = await obstore.head_async(self._store, key)
+        if meta["e_tag"] != version:
+            raise obx.PreconditionError(f"version {meta['e_tag']} != {version}")
+        if start >= meta["size"]:
+            return b""
+        raise CloudError(f"{self.url}/{key}: range from {start} refused by the store")
+
+    async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
+        check_key(key)
+        size = len(body) if isinstance(body, bytes) else body.stat().st_size
+
+        async def upload() -> ObjectMeta:
+            result = await obstore.put_async(
+                self._store,
+                key,
+                body,
+                use_multipart=size > MULTIPART_THRESHOLD,
+                chunk_size=PART_SIZE,
+                max_concurrency=PART_CONCURRENCY,
+            )
+            version = result["e_tag"] or result["version"]
+            if version is None:  # no store used here omits both; be safe rather than wrong
+                return _meta(await obstore.head_async(self._store, key))
+            return ObjectMeta(key, size, version, datetime.now(UTC))
+
+        return await self._call("PUT", key, upload, bounded=size <= MULTIPART_THRESHOLD)
+
+    async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
+        if prefix:
+            check_key(prefix.removesuffix("/"))
+        path = prefix.removesuffix("/") or None
+        if delimiter:
+            listing = await self._call(
+                "LIST", prefix, lambda: obstore.list_with_delimiter_async(self._store, path)
+            )
+            yield ListPage(
+                [_meta(m) for m in listing["objects"]],
+                [p.rstrip("/") + "/" for p in listing["common_prefixes"]],
+            )
+            return
+        # A broken listing stream cannot be resumed safely (SeaweedFS does not list in byte
+        # order, so start-after could skip keys): only the first page is retried.
+        stream = obstore.list(self._store, path, chunk_size=LIST_PAGE_SIZE)
+
+        async def next_batch() -> Sequence[Any] | None:
+            try:
+                return await stream.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        async def first_batch() -> Sequence[Any] | None:
+            nonlocal stream
+            stream = obstore.list(self._store, path, chunk_size=LIST_PAGE_SIZE)
+            return await next_batch()
+
+        batch = await self._call("LIST", prefix, first_batch)
+        while batch is not None:
+            yield ListPage([_meta(m) for m in batch])
+            try:
+                batch = await next_batch()
+            except (obx.BaseError, OSError) as exc:
+                error = self._translate(exc, prefix)
+                raise CloudError(f"LIST {self.url}/{prefix} broke off: {error}") from exc
+
+    async def delete(self, key: str) -> None:
+        check_key(key)
+        # Azure and local say 404 where S3 says nothing: absent is what was asked for.
+        with contextlib.suppress(ObjectNotFoundError):
+            await self._call("DELETE", key, lambda: obstore.delete_async(self._store, key))
+
+    async def copy(self, source: str, destination: str) -> None:
+        check_key(source)
+        check_key(destination)
+        await self._call(
+            "COPY", source, lambda: obstore.copy_async(self._store, source, destination)
+        )
+
+
+def _meta(meta: Any) -> ObjectMeta:
+    version = meta["e_tag"] or meta["version"] or ""
+    return ObjectMeta(meta["path"], meta["size"], version, meta["last_modified"])
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,47 @@
+"""The domain errors of tierfs.
+
+Every layer raises these; only the FUSE adapter turns them into errno values and only the
+CLI turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+
+class TierfsError(Exception):
+    """Base of every error tierfs raises on purpose."""
+
+
+class ConfigError(TierfsError):
+    """A setting has a bad value; the message names the flag and what is wrong."""
+
+
+class CloudError(TierfsError):
+    """A cloud request failed for good (after any retries)."""
+
+
+class ObjectNotFoundError(CloudError):
+    """The object does not exist in the bucket."""
+
+
+class VersionChangedError(CloudError):
+    """The object changed since the version a read was pinned to."""
+
+
+class AccessDeniedError(CloudError):
+    """The credentials were refused for the bucket."""
+
+
+class InvalidKeyError(CloudError):
+    """The key cannot be stored by this provider (empty, or not a valid object name)."""
+
+
+class TransientCloudError(CloudError):
+    """A failure that may pass: 5xx (but 501/505), 408, 429, a reset or a timeout.
+
+    Raised by providers for the retry helper; it reaches callers only once the
+    `FUSE_CLOUD_TIMEOUT` deadline is spent.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

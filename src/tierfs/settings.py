@@ -1,0 +1,240 @@
+"""Settings of the two commands, as data: every flag, its default and its environment variable.
+
+This is the only module that reads the environment. The CLI turns argv into strings, and
+`load_settings` merges them with the environment and validates them into a frozen model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import platformdirs
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    model_validator,
+)
+
+from tierfs.errors import ConfigError
+from tierfs.units import parse_duration, parse_size
+
+_HOST_PORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
+_PEER_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _size(value: Any) -> int:
+    size = value if isinstance(value, int) else parse_size(str(value))
+    if size <= 0:
+        raise ValueError(f"{value!r} must be a positive size")
+    return size
+
+
+def _duration(value: Any) -> float:
+    seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be a positive duration")
+    return seconds
+
+
+def _ttl(value: Any) -> float:
+    if isinstance(value, str) and value.strip().lower() in ("indefinite", "inf", "forever"):
+        return math.inf
+    if isinstance(value, int | float):
+        return float(value)
+    return parse_duration(str(value))
+
+
+def _port(value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{port} is not a port number (1-65535)")
+    return port
+
+
+def _host_port(value: Any) -> str:
+    text = str(value).strip()
+    match = _HOST_PORT_RE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not host:port (example: localhost:8080)")
+    _port(match.group(2))
+    return text
+
+
+Size = Annotated[int, BeforeValidator(_size)]
+Duration = Annotated[float, BeforeValidator(_duration)]
+Ttl = Annotated[float, BeforeValidator(_ttl)]
+Port = Annotated[int, BeforeValidator(_port)]
+HostPort = Annotated[str, BeforeValidator(_host_port)]
+LogLevel = Literal["debug", "info", "warning", "error"]
+Provider = Literal["s3", "azure", "gcp", "local"]
+
+
+def flag(default: Any, help: str, env: str | None = None, secret: bool = False) -> Any:
+    """A model field that is also a command-line flag (named after the field)."""
+    extra: dict[str, JsonValue] = {"flag": True, "secret": secret}
+    if env:
+        extra["env"] = env
+    return Field(default=default, description=help, json_schema_extra=extra, repr=not secret)
+
+
+def from_env(env: str, help: str, secret: bool = False) -> Any:
+    """A model field set only from the environment (credentials the original takes so)."""
+    extra: dict[str, JsonValue] = {"env": env, "secret": secret}
+    return Field(default=None, description=help, json_schema_extra=extra, repr=not secret)
+
+
+class CommonSettings(BaseModel):
+    """Flags both commands take."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    log_level: LogLevel = flag("info", "log verbosity: debug, info, warning or error")
+    token: str | None = flag(
+        None, "cluster token required on every endpoint but health", "TIERFS_TOKEN", secret=True
+    )
+    tls_cert: Path | None = flag(None, "TLS certificate (PEM) for the HTTP endpoints")
+    tls_key: Path | None = flag(None, "TLS private key (PEM) for the HTTP endpoints")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> CommonSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("-tls-cert and -tls-key go together")
+        return self
+
+
+class CoordinatorSettings(CommonSettings):
+    """`tierfs coordinator`: membership, file locations and cluster statistics."""
+
+    port: Port = flag(8080, "HTTP port of the coordinator API")
+    data_dir: Path = flag(
+        Path(platformdirs.user_data_dir("tierfs")) / "coordinator",
+        "directory of the coordinator's state (SQLite)",
+    )
+
+
+class ClientSettings(CommonSettings):
+    """`tierfs client`: mounts the bucket and serves its cache to peers."""
+
+    mount: Path = flag(Path("/tmp/fuse-client"), "mount point of the filesystem")
+    nvme: Path = flag(Path("/tmp/nvme-cache"), "tier-1 cache directory on local NVMe")
+    coordinator: HostPort = flag("localhost:8080", "coordinator address (host:port)")
+    port: Port = flag(8081, "HTTP port of this node's peer API")
+    peer_id: str | None = flag(None, "this node's id in the cluster (none: hostname-port)")
+    cloud_provider: Provider = flag("s3", "tier-3 store: s3, azure, gcp or local")
+    s3_bucket: str = flag("fuse-client-cache", "S3 bucket")
+    s3_region: str = flag("us-east-1", "S3 region", "AWS_REGION")
+    s3_endpoint: str | None = flag(
+        None, "S3-compatible endpoint URL (MinIO, SeaweedFS, R2, ...)", "AWS_ENDPOINT_URL"
+    )
+    aws_access_key_id: str | None = from_env("AWS_ACCESS_KEY_ID", "S3 access key")
+    aws_secret_access_key: str | None = from_env(
+        "AWS_SECRET_ACCESS_KEY", "S3 secret key", secret=True
+    )
+    aws_session_token: str | None = from_env("AWS_SESSION_TOKEN", "S3 session token", secret=True)
+    azure_account: str | None = flag(None, "Azure storage account", "AZURE_STORAGE_ACCOUNT")
+    azure_key: str | None = flag(
+        None, "Azure storage account key", "AZURE_STORAGE_KEY", secret=True
+    )
+    azure_container: str = flag("fuse-cache", "Azure Blob container", "AZURE_CONTAINER_NAME")
+    azure_endpoint: str | None = flag(
+        None, "Azure Blob endpoint URL (Azurite: http://127.0.0.1:10000/ACCOUNT)"
+    )
+    gcp_bucket: str = flag("fuse-client-cache", "GCS bucket", "GCP_BUCKET")
+    gcp_endpoint: str | None = flag(
+        None, "GCS endpoint URL (S3 interoperability with HMAC keys, else the JSON API)"
+    )
+    gcp_access_key_id: str | None = from_env("GCP_ACCESS_KEY_ID", "GCS HMAC access key")
+    gcp_secret_access_key: str | None = from_env(
+        "GCP_SECRET_ACCESS_KEY", "GCS HMAC secret", secret=True
+    )
+    gcp_credentials: Path | None = from_env(
+        "GOOGLE_APPLICATION_CREDENTIALS", "GCS service-account key file (native GCS)"
+    )
+    local_root: Path | None = flag(None, "directory used as the bucket by -cloud-provider local")
+    chunk_size: Size = flag(4 * 2**20, "cache and transfer unit")
+    metadata_ttl: Ttl = flag(1.0, "attribute and listing cache lifetime, or 'indefinite'")
+    nvme_size: Size = flag(10 * 2**30, "tier-1 budget for this node's reads", "FUSE_NVME_SIZE")
+    peer_size: Size = flag(5 * 2**30, "tier-1 budget for chunks held for peers", "FUSE_PEER_SIZE")
+    peer_timeout: Duration = flag(30.0, "deadline of one peer request", "FUSE_PEER_TIMEOUT")
+    cloud_timeout: Duration = flag(
+        60.0, "deadline of one cloud operation, retries included", "FUSE_CLOUD_TIMEOUT"
+    )
+
+    @property
+    def node_id(self) -> str:
+        """The peer id, defaulting to `hostname-port` so two nodes on one host differ."""
+        return self.peer_id or f"{socket.gethostname()}-{self.port}"
+
+    @model_validator(mode="after")
+    def _provider_needs(self) -> ClientSettings:
+        if self.peer_id is not None and not _PEER_ID_RE.match(self.peer_id):
+            raise ValueError("-peer-id takes 1-128 letters, digits or . _ : -")
+        if self.chunk_size < 64 * 2**10 or self.chunk_size > 1 * 2**30:
+            raise ValueError("-chunk-size must be between 64KiB and 1GiB")
+        if self.metadata_ttl < 0:
+            raise ValueError("-metadata-ttl must not be negative")
+        if self.cloud_provider == "local" and self.local_root is None:
+            raise ValueError("-cloud-provider local needs -local-root DIR")
+        if self.cloud_provider == "azure" and not self.azure_account:
+            raise ValueError(
+                "-cloud-provider azure needs -azure-account (or AZURE_STORAGE_ACCOUNT)"
+            )
+        if self.cloud_provider == "azure" and not self.azure_key:
+            raise ValueError("-cloud-provider azure needs -azure-key (or AZURE_STORAGE_KEY)")
+        if (self.gcp_access_key_id is None) != (self.gcp_secret_access_key is None):
+            raise ValueError("GCP_ACCESS_KEY_ID and GCP_SECRET_ACCESS_KEY go together")
+        return self
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def flag_fields(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """The fields of `model` that are command-line flags, with their metadata."""
+    return {
+        name: field.json_schema_extra
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("flag")
+    }
+
+
+def load_settings(
+    model: type[S], given: Mapping[str, str], environ: Mapping[str, str] | None = None
+) -> S:
+    """Validate flags given on the command line, falling back to the environment.
+
+    `given` maps field names to the raw strings of the flags that were set. Raises
+    ConfigError with one line naming the flag and what is wrong.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}  # field -> what the user wrote it as, for error messages
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        env = extra.get("env")
+        if name in given:
+            values[name], source[name] = given[name], f"-{name.replace('_', '-')}"
+        elif isinstance(env, str) and environ.get(env):
+            values[name], source[name] = environ[env], env
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            name = str(error["loc"][0])
+            message = f"invalid value for {source.get(name, name)}: {message}"
+        raise ConfigError(message) from None

@@ -1,0 +1,55 @@
+"""Shared fixtures: one real server of each kind per session, started on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import pytest
+
+# tests/ has no __init__.py, so pytest puts it on sys.path for this conftest
+import servers
+
+
+class _Server(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+@pytest.fixture(scope="session")
+def servers_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Data, config and logs of every session server."""
+    return tmp_path_factory.mktemp("servers")
+
+
+def _session_server(request: pytest.FixtureRequest, start: Callable[[Path], S], root: Path) -> S:
+    server = start(root)  # a failed start stops its own process
+    request.addfinalizer(server.stop)  # runs whatever the tests did
+    return server
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(request: pytest.FixtureRequest, servers_root: Path) -> servers.S3Server:
+    """SeaweedFS ``weed mini``: S3 with SigV4 enforced."""
+    return _session_server(request, servers.start_seaweedfs, servers_root)
+
+
+@pytest.fixture(scope="session")
+def moto(request: pytest.FixtureRequest, servers_root: Path) -> servers.S3Server:
+    """moto_server: S3 semantics oracle (no auth, in memory)."""
+    return _session_server(request, servers.start_moto, servers_root)
+
+
+@pytest.fixture(scope="session")
+def azurite(request: pytest.FixtureRequest, servers_root: Path) -> servers.AzureServer:
+    """Azurite blob service."""
+    return _session_server(request, servers.start_azurite, servers_root)
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(request: pytest.FixtureRequest, servers_root: Path) -> servers.GcsServer:
+    """fake-gcs-server: the GCS JSON API."""
+    return _session_server(request, servers.start_fake_gcs, servers_root)

@@ -1,0 +1,99 @@
+"""Settings: defaults of the original spec, environment fallbacks, one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tierfs.errors import ConfigError
+from tierfs.settings import ClientSettings, CoordinatorSettings, load_settings
+
+
+def client(given: dict[str, str], environ: dict[str, str] | None = None) -> ClientSettings:
+    return load_settings(ClientSettings, given, environ or {})
+
+
+def test_original_defaults() -> None:
+    settings = client({})
+    assert settings.port == 8081
+    assert settings.coordinator == "localhost:8080"
+    assert settings.cloud_provider == "s3"
+    assert settings.s3_bucket == "fuse-client-cache"
+    assert settings.s3_region == "us-east-1"
+    assert settings.azure_container == "fuse-cache"
+    assert settings.nvme_size == 10737418240
+    assert settings.peer_size == 5 * 2**30
+    assert settings.peer_timeout == 30.0
+    assert settings.cloud_timeout == 60.0
+    assert settings.chunk_size == 4 * 2**20
+    assert settings.metadata_ttl == 1.0
+    assert load_settings(CoordinatorSettings, {}, {}).port == 8080
+
+
+def test_environment_fills_what_flags_leave() -> None:
+    environ = {
+        "FUSE_NVME_SIZE": "20G",
+        "FUSE_PEER_SIZE": "1GiB",
+        "FUSE_PEER_TIMEOUT": "500ms",
+        "FUSE_CLOUD_TIMEOUT": "1m",
+        "AWS_REGION": "eu-west-1",
+        "AZURE_STORAGE_ACCOUNT": "acct",
+        "AZURE_STORAGE_KEY": "a2V5",
+        "AZURE_CONTAINER_NAME": "box",
+        "GCP_BUCKET": "gbucket",
+        "GCP_ACCESS_KEY_ID": "GOOG1",
+        "GCP_SECRET_ACCESS_KEY": "secret",
+    }
+    settings = client({"nvme_size": "30G"}, environ)
+    assert settings.nvme_size == 30 * 2**30  # the flag wins over FUSE_NVME_SIZE
+    assert settings.peer_size == 2**30
+    assert settings.peer_timeout == 0.5
+    assert settings.cloud_timeout == 60.0
+    assert settings.s3_region == "eu-west-1"
+    assert (settings.azure_account, settings.azure_key) == ("acct", "a2V5")
+    assert settings.azure_container == "box"
+    assert settings.gcp_bucket == "gbucket"
+    assert settings.gcp_access_key_id == "GOOG1"
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    settings = client(
+        {"cloud_provider": "azure", "azure_account": "acct", "azure_key": "TOPSECRETKEY"},
+        {"AWS_SECRET_ACCESS_KEY": "AWSSECRET", "TIERFS_TOKEN": "TOKENVALUE"},
+    )
+    shown = repr(settings) + str(settings)
+    for secret in ("TOPSECRETKEY", "AWSSECRET", "TOKENVALUE"):
+        assert secret not in shown
+
+
+def test_indefinite_ttl() -> None:
+    assert client({"metadata_ttl": "indefinite"}).metadata_ttl == math.inf
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"port": "abc"}, "invalid value for -port: 'abc' is not a port number"),
+        ({"port": "70000"}, "-port"),
+        ({"nvme_size": "-5"}, "invalid value for -nvme-size"),
+        ({"chunk_size": "1K"}, "-chunk-size must be between"),
+        ({"cloud_provider": "dropbox"}, "invalid value for -cloud-provider"),
+        ({"cloud_provider": "local"}, "needs -local-root"),
+        ({"cloud_provider": "azure", "azure_account": "a"}, "needs -azure-key"),
+        ({"coordinator": "nohost"}, "invalid value for -coordinator"),
+        ({"peer_id": "a/b"}, "-peer-id"),
+        ({"peer_timeout": "0s"}, "-peer-timeout"),
+        ({"tls_cert": "/tmp/cert.pem"}, "-tls-cert and -tls-key go together"),
+    ],
+)
+def test_bad_values_name_the_flag(given: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        client(given)
+
+
+def test_bad_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="invalid value for FUSE_NVME_SIZE: 'lots' is not"):
+        client({}, {"FUSE_NVME_SIZE": "lots"})
+    with pytest.raises(ConfigError, match="GCP_ACCESS_KEY_ID and GCP_SECRET_ACCESS_KEY"):
+        client({}, {"GCP_ACCESS_KEY_ID": "GOOG1"})

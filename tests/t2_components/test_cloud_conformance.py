@@ -1,0 +1,168 @@
+"""The CloudStore contract, written once and run on every provider against its real server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from cloud_targets import AUTHENTICATING, server_for, settings_for
+from tierfs.cloud.base import CloudStore
+from tierfs.cloud.providers import open_store
+from tierfs.errors import AccessDeniedError, ObjectNotFoundError, VersionChangedError
+
+CHUNK = 64 * 1024
+pytestmark = pytest.mark.asyncio
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Bytes whose every position differs from its neighbours', so misplaced ranges show."""
+    block = hashlib.sha256(str(seed).encode()).digest() * (CHUNK // 32 + 1)
+    return (block * (size // len(block) + 1))[:size] if size else b""
+
+
+async def test_put_head_get(store: CloudStore) -> None:
+    body = pattern(1000)
+    put = await store.put("dir/object.bin", body)
+    head = await store.head("dir/object.bin")
+    assert (head.key, head.size) == ("dir/object.bin", 1000)
+    assert head.version == put.version
+    assert head.mtime.tzinfo is not None
+    assert await store.get_range("dir/object.bin", 0, 1000, head.version) == body
+
+
+async def test_ranges_at_chunk_edges_and_past_the_end(store: CloudStore) -> None:
+    size = 3 * CHUNK + 17
+    body = pattern(size, seed=1)
+    version = (await store.put("edges", body)).version
+    ranges = [
+        (0, CHUNK),
+        (CHUNK - 1, 2),
+        (CHUNK, CHUNK),
+        (2 * CHUNK - 7, CHUNK + 14),
+        (3 * CHUNK, CHUNK),  # the short last chunk
+        (size - 5, 100),  # runs past the end: only what exists
+        (size - 1, 1),
+    ]
+    for start, length in ranges:
+        got = await store.get_range("edges", start, length, version)
+        assert got == body[start : start + length], (start, length)
+    assert await store.get_range("edges", size, 10, version) == b""
+    assert await store.get_range("edges", size + CHUNK, 10, version) == b""
+    assert await store.get_range("edges", 5, 0, version) == b""
+
+
+async def test_empty_object(store: CloudStore) -> None:
+    version = (await store.put("empty", b"")).version
+    head = await store.head("empty")
+    assert head.size == 0 and head.version == version
+    assert await store.get_range("empty", 0, CHUNK, version) == b""
+
+
+async def test_keys_with_spaces_and_unicode(store: CloudStore) -> None:
+    keys = [
+        "with space/a file.txt",
+        "ünïcødé/файл 文件.bin",
+        "emoji 🎉/x",
+        "signs/a+b=c&d;e,f@g.txt",
+        "signs/%41 literal percent",
+    ]
+    for index, key in enumerate(keys):
+        await store.put(key, pattern(100 + index, seed=index))
+    for index, key in enumerate(keys):
+        head = await store.head(key)
+        assert head.key == key and head.size == 100 + index
+        got = await store.get_range(key, 0, 1000, head.version)
+        assert got == pattern(100 + index, seed=index)
+    top = await store.list_all("")
+    assert top.prefixes == sorted(["with space/", "ünïcødé/", "emoji 🎉/", "signs/"])
+    inside = await store.list_all("signs/")
+    assert [meta.key for meta in inside.objects] == sorted(keys[3:])
+
+
+async def test_multipart_put_of_100_mib_from_a_file(store: CloudStore, tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    with source.open("wb") as out:
+        for _ in range(100):
+            out.write(os.urandom(2**20))
+    expected = hashlib.sha256(source.read_bytes()).hexdigest()
+    put = await store.put("big/100MiB.bin", source)
+    head = await store.head("big/100MiB.bin")
+    assert head.size == 100 * 2**20 and head.version == put.version
+    digest = hashlib.sha256()
+    step = 8 * 2**20
+    for start in range(0, head.size, step):
+        digest.update(await store.get_range("big/100MiB.bin", start, step, head.version))
+    assert digest.hexdigest() == expected
+
+
+async def test_listing_10000_keys_pages_through(store: CloudStore) -> None:
+    keys = [f"many/key-{index:05d}" for index in range(10_000)]
+    nested = ["many/sub/a", "many/sub/b"]
+    limit = asyncio.Semaphore(32)
+
+    async def put(key: str) -> None:
+        async with limit:
+            await store.put(key, key.encode())
+
+    async with asyncio.TaskGroup() as group:
+        for key in keys + nested:
+            group.create_task(put(key))
+    shallow = await store.list_all("many/", delimiter=True)
+    assert [meta.key for meta in shallow.objects] == keys
+    assert shallow.prefixes == ["many/sub/"]
+    deep = await store.list_all("many/", delimiter=False)
+    assert [meta.key for meta in deep.objects] == sorted(keys + nested)
+    assert {meta.size for meta in deep.objects} == {len(keys[0]), len(nested[0])}
+
+
+async def test_a_changed_object_is_never_read_at_the_old_version(store: CloudStore) -> None:
+    old = await store.put("changing", pattern(CHUNK, seed=1))
+    new = await store.put("changing", pattern(CHUNK, seed=2))  # same size, other bytes
+    assert new.version != old.version
+    assert (await store.head("changing")).version == new.version
+    with pytest.raises(VersionChangedError):
+        await store.get_range("changing", 0, CHUNK, old.version)
+    assert await store.get_range("changing", 0, CHUNK, new.version) == pattern(CHUNK, seed=2)
+
+
+async def test_missing_object(store: CloudStore) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        await store.head("no/such/object")
+    with pytest.raises(ObjectNotFoundError):
+        await store.get_range("no/such/object", 0, 10, "whatever")
+    await store.delete("no/such/object")  # deleting what is absent is fine
+    assert (await store.list_all("no/")).objects == []
+
+
+async def test_copy_and_delete(store: CloudStore) -> None:
+    body = pattern(5000, seed=3)
+    await store.put("src/file", body)
+    await store.copy("src/file", "dst/file")
+    copied = await store.head("dst/file")
+    assert await store.get_range("dst/file", 0, 5000, copied.version) == body
+    await store.delete("src/file")
+    with pytest.raises(ObjectNotFoundError):
+        await store.head("src/file")
+    await store.delete("src/file")
+    assert [m.key for m in (await store.list_all("dst/")).objects] == ["dst/file"]
+
+
+@pytest.mark.parametrize("provider", AUTHENTICATING)
+async def test_bad_credentials_are_access_denied(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    server = server_for(request, provider)
+    cloud = open_store(settings_for(provider, server, tmp_path, bad_credentials=True))
+    try:
+        with pytest.raises(AccessDeniedError, match="access denied to bucket"):
+            await cloud.head("anything")
+        with pytest.raises(AccessDeniedError, match="access denied to bucket"):
+            await cloud.put("anything", b"x")
+        with pytest.raises(AccessDeniedError):
+            await cloud.list_all("")
+    finally:
+        await cloud.close()
