@@ -1,0 +1,1 @@
+"""Tier 3: the cloud providers behind one contract (`base.CloudStore`)."""
