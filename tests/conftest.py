@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -53,3 +54,25 @@ def azurite(request: pytest.FixtureRequest, servers_root: Path) -> servers.Azure
 def fake_gcs(request: pytest.FixtureRequest, servers_root: Path) -> servers.GcsServer:
     """fake-gcs-server: the GCS JSON API."""
     return _session_server(request, servers.start_fake_gcs, servers_root)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "warnings_expected: the test provokes tierfs WARNING logs on purpose"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_unexpected_warnings(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """A tierfs WARNING or worse that the test did not ask for fails it (as S3QL's suite)."""
+    yield
+    if request.node.get_closest_marker("warnings_expected"):
+        return
+    loud = [
+        f"{record.levelname} {record.name}: {record.getMessage()}"
+        for record in caplog.get_records("call")
+        if record.levelno >= logging.WARNING and record.name.startswith("tierfs")
+    ]
+    assert not loud, "unexpected warnings:\n" + "\n".join(loud)
