@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup test lint typecheck unit bench clean
+.PHONY: setup run test lint typecheck bench clean
 
 setup: $(VENV)/.setup-done
 
@@ -25,12 +25,18 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-# Lowest level first: units, then components on real servers, then (later) mounts and clusters.
+# The main job on the embedded default: a sample bucket on -cloud-provider local, mounted.
+run: setup
+	scripts/run-demo.sh
+
+# Lowest level first: units, components on real servers, then real FUSE mounts.
 test: lint typecheck
-	$(VENV)/bin/pytest tests/t1_unit tests/t2_components
+	$(VENV)/bin/pytest tests/t1_unit tests/t2_components tests/t4_fuse
 
 bench: setup
 	$(PYTHON) bench/cloud.py
+	$(PYTHON) bench/tier1.py
+	$(PYTHON) bench/fuse.py
 
 clean:
 	rm -rf $(VENV) test-servers/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -17,15 +17,15 @@ AUTHENTICATING = ["s3-seaweedfs", "gcp-interop", "azure"]
 NETWORKED = ["s3-seaweedfs", "s3-moto", "gcp-interop", "azure", "gcp-native"]
 
 
-def settings_for(
+def target_flags(
     provider: str,
     server: object,
     root: Path,
     *,
     timeout: float = 30.0,
     bad_credentials: bool = False,
-) -> ClientSettings:
-    """Client settings that reach a fresh bucket of `provider` on `server`."""
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(flags by field name, environment) that reach a fresh bucket of `provider`."""
     given: dict[str, str] = {"cloud_timeout": str(timeout), "cloud_provider": provider[:5]}
     environ: dict[str, str] = {}
     if isinstance(server, servers.S3Server):
@@ -48,6 +48,21 @@ def settings_for(
         given["gcp_endpoint"] = server.endpoint
     else:
         given |= {"cloud_provider": "local", "local_root": str(root / "bucket")}
+    return given, environ
+
+
+def settings_for(
+    provider: str,
+    server: object,
+    root: Path,
+    *,
+    timeout: float = 30.0,
+    bad_credentials: bool = False,
+) -> ClientSettings:
+    """Client settings that reach a fresh bucket of `provider` on `server`."""
+    given, environ = target_flags(
+        provider, server, root, timeout=timeout, bad_credentials=bad_credentials
+    )
     return load_settings(ClientSettings, given, environ)
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -307,6 +308,7 @@ class S3Server:
     region: str
     proc: Proc
     name: str
+    metrics_url: str | None = None  # Prometheus text of the S3 gateway (SeaweedFS only)
     _client: Any = field(default=None, init=False, repr=False)
 
     def boto3_client(
@@ -346,8 +348,34 @@ class S3Server:
         self._client.create_bucket(Bucket=bucket)
         return bucket
 
+    def request_count(self, method: str = "GET", bucket: str | None = None) -> int:
+        """Requests of ``method`` the server has answered (any status), from its own metrics.
+
+        Counted by SeaweedFS itself (``SeaweedFS_s3_request_total``), so a test can check how
+        many requests really reached the store. SeaweedFS files HEAD under "GET". ``bucket``
+        limits the count to one bucket. Counters restart at zero with the process.
+        """
+        if self.metrics_url is None:
+            raise RuntimeError(f"{self.name} exports no request metrics")
+        with _HTTP.open(self.metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        total = 0
+        for match in _S3_REQUESTS_RE.finditer(text):
+            labels = dict(_PROM_LABEL_RE.findall(match["labels"]))
+            if labels.get("type") != method.upper():
+                continue
+            if bucket is None or labels.get("bucket") == bucket:
+                total += int(float(match["value"]))
+        return total
+
     def stop(self) -> None:
         self.proc.stop()
+
+
+_S3_REQUESTS_RE = re.compile(
+    r"^SeaweedFS_s3_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$", re.MULTILINE
+)
+_PROM_LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def _s3_ready(server: S3Server, timeout: float = START_TIMEOUT) -> None:
@@ -396,7 +424,7 @@ def _start_seaweedfs_once(base: Path, weed: str) -> S3Server:
     d = _workdir(base, "seaweedfs")
     (d / "data").mkdir()
     _seaweed_files(d)
-    (master, master_g, vol, vol_g, filer, filer_g, s3, s3_g) = ports = free_ports(8)
+    (master, master_g, vol, vol_g, filer, filer_g, s3, s3_g, metrics) = ports = free_ports(9)
     # mini's worker dials admin.port + 10000 whatever -admin.port.grpc says: keep them in step.
     admin = _free_port_with_offset(10_000, ports)
     admin_g = admin + 10_000
@@ -413,6 +441,9 @@ def _start_seaweedfs_once(base: Path, weed: str) -> S3Server:
         "-webdav=false", "-admin.ui=false",
         f"-admin.port={admin}", f"-admin.port.grpc={admin_g}",
         f"-s3.config={d / 's3.json'}",
+        # Prometheus text of every component, for request_count(). (mini accepts
+        # -s3.metricsPort too, but nothing listens there: the shared port is the one.)
+        f"-metricsPort={metrics}", "-metricsIp=127.0.0.1",
     ]  # fmt: skip
     # HOME inside d: no ~/.seaweedfs/*.toml of the developer is read. Data is throwaway, so
     # stop() is a plain SIGKILL (SIGTERM takes ~2 s).
@@ -432,6 +463,7 @@ def _start_seaweedfs_once(base: Path, weed: str) -> S3Server:
         region="us-east-1",
         proc=proc,
         name="seaweedfs",
+        metrics_url=f"http://127.0.0.1:{metrics}/metrics",
     )
     _started(proc, lambda: _s3_ready(server))
     return server

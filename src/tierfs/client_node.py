@@ -1,32 +1,63 @@
-"""`tierfs client`: one node of the cluster.
+"""`tierfs client`: one node of the cluster, wired into one asyncio loop.
 
-Today it opens the tier-3 store and checks that the bucket answers; the FUSE mount, the
-tier-1 cache and the peer API join this loop as they are built.
+The tier-3 store, the tier-1 cache, the read path and the upload journal come up first
+(uploads a crash left behind go up before the mount appears), then the FUSE mount serves
+until SIGINT/SIGTERM or an unmount, and everything goes down in reverse order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from contextlib import AsyncExitStack
 
+from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.cloud.providers import open_store
-from tierfs.errors import TierfsError
+from tierfs.fs.filesystem import Filesystem, Ownership
+from tierfs.fs.handles import Staging
+from tierfs.fuse.mount import prepare_mountpoint, serve
+from tierfs.fuse.operations import Operations
+from tierfs.read_path import ReadPath
 from tierfs.settings import ClientSettings
+from tierfs.stats import NodeStats
+from tierfs.upload import Uploader, UploadJournal
 
 log = logging.getLogger(__name__)
 
 
 async def run_client(settings: ClientSettings) -> None:
-    """Check the bucket, then stop: mounting is not part of this build yet."""
-    store = open_store(settings)
-    try:
-        page = await store.list_all("", delimiter=True)
-        log.info(
-            "node %s: %s answers (%d objects and %d prefixes at the top)",
-            settings.node_id,
-            store.url,
-            len(page.objects),
-            len(page.prefixes),
+    """Mount the bucket at `settings.mount` and serve it until told to stop."""
+    prepare_mountpoint(settings.mount)
+    settings.nvme.mkdir(parents=True, exist_ok=True)
+    stats = NodeStats()
+    async with AsyncExitStack() as stack:
+        cloud = open_store(settings)
+        stack.push_async_callback(cloud.close)
+        cache = await DiskChunkCache.create(
+            settings.nvme,
+            nvme_size=settings.nvme_size,
+            peer_size=settings.peer_size,
+            stats=stats,
+            admit_after=settings.admit_after,
         )
-    finally:
-        await store.close()
-    raise TierfsError(f"{store.url} is reachable, but this build cannot mount yet")
+        stack.push_async_callback(cache.close)
+        journal = UploadJournal(settings.nvme / "journal.sqlite3")
+        stack.callback(journal.close)
+        uploader = Uploader(cloud, cache, journal, settings.chunk_size)
+        # What a crash left unsent goes up before the mount appears, or, while the cloud
+        # is down, in the background until it is back.
+        if await uploader.recover():
+            recovery = asyncio.create_task(uploader.recover_until_done(), name="recovery")
+            stack.callback(recovery.cancel)
+        read_path = ReadPath(cache, cloud, chunk_size=settings.chunk_size, stats=stats)
+        stack.push_async_callback(read_path.close)
+        fs = Filesystem(
+            cloud,
+            read_path,
+            uploader,
+            Staging(settings.nvme / "staging"),
+            metadata_ttl=settings.metadata_ttl,
+            ownership=Ownership(settings.uid, settings.gid, settings.file_mode, settings.dir_mode),
+        )
+        log.info("node %s: %s through %s", settings.node_id, cloud.url, settings.nvme)
+        await serve(Operations(fs), settings.mount, fsname=f"tierfs:{cloud.url}")

@@ -45,3 +45,39 @@ class TransientCloudError(CloudError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class FsError(TierfsError):
+    """A filesystem operation refused; the FUSE adapter maps each subclass to its errno."""
+
+
+class EntryNotFoundError(FsError):
+    """No such file or directory (ENOENT)."""
+
+
+class EntryExistsError(FsError):
+    """The name is taken (EEXIST)."""
+
+
+class IsDirectoryError(FsError):
+    """A file operation on a directory (EISDIR)."""
+
+
+class NotDirectoryError(FsError):
+    """A directory operation on a file (ENOTDIR)."""
+
+
+class DirectoryNotEmptyError(FsError):
+    """rmdir, or rename onto, a directory with entries (ENOTEMPTY)."""
+
+
+class NameTooLongError(FsError):
+    """A name over 255 bytes or a key over the stores' 1024 bytes (ENAMETOOLONG)."""
+
+
+class StaleHandleError(FsError):
+    """The object changed under an open handle, or the inode is gone (ESTALE)."""
+
+
+class UnsupportedError(FsError):
+    """An operation object storage cannot represent: links, devices (ENOTSUP)."""

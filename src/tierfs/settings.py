@@ -73,7 +73,18 @@ def _host_port(value: Any) -> str:
     return text
 
 
+def _mode(value: Any) -> int:
+    try:
+        mode = value if isinstance(value, int) else int(str(value), 8)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an octal mode (example: 644)") from None
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"{value!r} is not a permission mode (0-7777)")
+    return mode
+
+
 Size = Annotated[int, BeforeValidator(_size)]
+Mode = Annotated[int, BeforeValidator(_mode)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 Ttl = Annotated[float, BeforeValidator(_ttl)]
 Port = Annotated[int, BeforeValidator(_port)]
@@ -169,6 +180,13 @@ class ClientSettings(CommonSettings):
     nvme_size: Size = flag(10 * 2**30, "tier-1 budget for this node's reads", "FUSE_NVME_SIZE")
     peer_size: Size = flag(5 * 2**30, "tier-1 budget for chunks held for peers", "FUSE_PEER_SIZE")
     peer_timeout: Duration = flag(30.0, "deadline of one peer request", "FUSE_PEER_TIMEOUT")
+    admit_after: int = flag(
+        1, "cache a chunk in tier 1 once it has been read this many times (1: always)"
+    )
+    uid: int = flag(os.getuid(), "owner of every file in the mount")
+    gid: int = flag(os.getgid(), "group of every file in the mount")
+    file_mode: Mode = flag(0o644, "permission bits of files (octal)")
+    dir_mode: Mode = flag(0o755, "permission bits of directories (octal)")
     cloud_timeout: Duration = flag(
         60.0, "deadline of one cloud operation, retries included", "FUSE_CLOUD_TIMEOUT"
     )
@@ -184,6 +202,8 @@ class ClientSettings(CommonSettings):
             raise ValueError("-peer-id takes 1-128 letters, digits or . _ : -")
         if self.chunk_size < 64 * 2**10 or self.chunk_size > 1 * 2**30:
             raise ValueError("-chunk-size must be between 64KiB and 1GiB")
+        if self.admit_after < 1:
+            raise ValueError("-admit-after must be at least 1")
         if self.metadata_ttl < 0:
             raise ValueError("-metadata-ttl must not be negative")
         if self.cloud_provider == "local" and self.local_root is None:

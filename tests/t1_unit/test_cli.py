@@ -108,7 +108,9 @@ def test_bad_flags_print_one_line_and_exit_2(args: list[str], names: str) -> Non
 
 
 def test_one_and_two_dashes_alike(tmp_path: object) -> None:
-    one = tierfs("client", "-cloud-provider", "local", "-local-root", str(tmp_path))
-    two = tierfs("client", "--cloud-provider=local", f"--local-root={tmp_path}")
+    absent = f"{tmp_path}/absent"
+    one = tierfs("client", "-mount", absent, "-cloud-provider", "local", "-local-root", "/tmp")
+    two = tierfs("client", f"--mount={absent}", "--cloud-provider=local", "--local-root=/tmp")
     for result in (one, two):
-        assert f"local://{tmp_path} is reachable" in result.stderr
+        assert result.returncode == 1
+        assert result.stderr == f"tierfs client: mount point {absent} does not exist\n"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make run`: mounts a small sample bucket (the local provider) at /tmp/fuse-client.
+# Ctrl-C uploads anything written, unmounts and exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bucket=${TIERFS_DEMO_BUCKET:-/tmp/tierfs-demo/bucket}
+mount=${TIERFS_DEMO_MOUNT:-/tmp/fuse-client}
+nvme=${TIERFS_DEMO_NVME:-/tmp/nvme-cache}
+
+if [ ! -d "$bucket/datasets" ]; then
+  echo "creating a sample dataset in $bucket"
+  mkdir -p "$bucket/datasets/images" "$bucket/datasets/tables"
+  echo "Sample dataset served by tierfs from $bucket" > "$bucket/README.txt"
+  for i in $(seq -w 1 50); do
+    head -c 262144 /dev/urandom > "$bucket/datasets/images/img-$i.bin"
+  done
+  seq 1 100000 | awk '{print $1","$1*$1","$1%7}' > "$bucket/datasets/tables/squares.csv"
+  head -c 67108864 /dev/urandom > "$bucket/datasets/large-64MiB.bin"
+fi
+mkdir -p "$mount" 2>/dev/null || true   # a stale mount from a crash is cleaned by the client
+
+cat <<MSG
+tierfs is mounting $bucket at $mount (tier-1 cache in $nvme). Try, in another terminal:
+  ls -l $mount/datasets
+  cat $mount/README.txt
+  time cat $mount/datasets/large-64MiB.bin > /dev/null   # cold, then again: warm
+  cp /etc/hostname $mount/hello.txt && ls -l $bucket     # written through to the bucket
+Ctrl-C here unmounts.
+MSG
+exec .venv/bin/tierfs client -mount "$mount" -nvme "$nvme" \
+  -cloud-provider local -local-root "$bucket" "$@"

@@ -1,0 +1,1 @@
+"""Tier 1: chunk files on local NVMe with an SQLite index."""

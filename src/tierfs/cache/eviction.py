@@ -1,0 +1,116 @@
+"""In-memory chunk entries, the LRU of each budget, and the admission filter.
+
+All of it lives on the event loop and is changed only by synchronous code, so a decision
+("evict these", "reserve that") and its bookkeeping never interleave with another task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tierfs.cache.base import Origin
+from tierfs.chunks import ChunkId
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """A chunk file the cache holds (compared by identity: one entry per stored file)."""
+
+    id: ChunkId
+    size: int
+    checksum: str
+    origin: Origin
+    last_access: float
+    hits: int
+    verified: bool = False  # checksum checked since it was written or the process started
+    readers: int = 0  # reads under way: a pinned entry is never evicted
+    checking: asyncio.Task[bytes | None] | None = None  # the first read's checksum check
+
+
+class LruBudget:
+    """The chunks of one origin, least recently used first, and the bytes they may use.
+
+    `used` bounds the bytes of this origin on disk at every moment: the files held, the
+    writes under way (reserved before they start) and the files being unlinked (released
+    only once gone). Entries leave the LRU at once when evicted; their bytes later.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lru: OrderedDict[ChunkId, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def add(self, entry: Entry) -> None:
+        """Hold `entry` as most recently used; its bytes must already be in `used`."""
+        self._lru[entry.id] = entry
+
+    def touch(self, entry: Entry) -> None:
+        if self._lru.get(entry.id) is entry:
+            self._lru.move_to_end(entry.id)
+
+    def forget(self, entry: Entry) -> None:
+        """Take `entry` out of the LRU; its bytes stay in `used` until its file is gone."""
+        if self._lru.get(entry.id) is entry:
+            del self._lru[entry.id]
+
+    def victims(self, size: int) -> list[Entry] | None:
+        """Least recently used entries whose removal makes room for `size` more bytes.
+
+        [] if it fits already; None if it cannot fit (over the limit, or what is left is
+        pinned by reads or still being unlinked). The caller removes the victims.
+        """
+        need = self.used + size - self.limit
+        if need <= 0:
+            return []
+        if size > self.limit:
+            return None
+        chosen: list[Entry] = []
+        for entry in self._lru.values():
+            if entry.readers:
+                continue
+            chosen.append(entry)
+            need -= entry.size
+            if need <= 0:
+                return chosen
+        return None
+
+    def unpinned(self) -> Iterator[Entry]:
+        """The entries not pinned by a read, least recently used first (do not change the
+        budget while iterating)."""
+        return (e for e in self._lru.values() if not e.readers)
+
+
+class Admission:
+    """`-admit-after N`: a chunk is admitted once it has been asked for N times.
+
+    The counts live in a bounded LRU map, so a one-off scan of a huge dataset (every chunk
+    asked for once) neither fills memory nor flushes the hot set from the cache.
+    """
+
+    MAX_TRACKED = 100_000
+
+    def __init__(self, admit_after: int) -> None:
+        if admit_after < 1:
+            raise ValueError(f"admit_after must be >= 1, not {admit_after}")
+        self.admit_after = admit_after
+        self._asks: OrderedDict[ChunkId, int] = OrderedDict()
+
+    def ask(self, chunk_id: ChunkId) -> bool:
+        """Count one access of an uncached chunk; True once it reached N accesses."""
+        if self.admit_after == 1:
+            return True
+        count = self._asks.pop(chunk_id, 0) + 1
+        self._asks[chunk_id] = count
+        if len(self._asks) > self.MAX_TRACKED:
+            self._asks.popitem(last=False)
+        return count >= self.admit_after
+
+    def forget(self, chunk_id: ChunkId) -> None:
+        """The chunk is cached now: stop counting it."""
+        self._asks.pop(chunk_id, None)

@@ -1,0 +1,189 @@
+"""Chunk files on disk: layout, atomic writes, preads, and the start-up scan.
+
+Every function here is synchronous and does plain file I/O; the caller decides whether
+it runs on the event loop (small, bounded work) or in a thread (fsync, large reads).
+
+Layout under the cache root: `chunks/<first 2 hex of id>/<id>`, temp files
+`chunks/<xx>/.<id>.<random>.tmp` beside their target, and `staging/`, which belongs to the
+write path and is never looked into here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tierfs.chunks import ChunkId, checksum
+
+CHUNKS_DIR = "chunks"
+STAGING_DIR = "staging"
+TEMP_SUFFIX = ".tmp"
+
+# Chunk ids are 32 hex digits of xxh3-128 (tierfs.chunks). Anything else is never a path.
+_ID = re.compile(r"[0-9a-f]{32}")
+
+# A full disk: free some space and try again, or give up quietly.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_chunk_id(name: str) -> bool:
+    return _ID.fullmatch(name) is not None
+
+
+def make_dirs(root: Path) -> str:
+    """Create `chunks/00`..`chunks/ff` and `staging/` under `root`; return the chunks dir.
+
+    All 256 fan-out folders exist from the start, so a write never has to create one.
+    """
+    chunks = root / CHUNKS_DIR
+    for n in range(256):
+        (chunks / f"{n:02x}").mkdir(parents=True, exist_ok=True)
+    (root / STAGING_DIR).mkdir(parents=True, exist_ok=True)
+    return str(chunks)
+
+
+def chunk_path(chunks_dir: str, chunk_id: str) -> str:
+    """The file of `chunk_id`; ValueError for anything that is not a chunk id."""
+    if _ID.fullmatch(chunk_id) is None:
+        raise ValueError(f"not a chunk id: {chunk_id!r}")
+    return f"{chunks_dir}/{chunk_id[:2]}/{chunk_id}"
+
+
+def write_chunk(path: str, data: bytes) -> str:
+    """Write `data` to `path` atomically and durably; return its checksum.
+
+    Temp file in the same folder, write, fsync, rename: a reader, or a restart after a
+    crash, sees the whole old state or the whole new file, never a torn one. The temp
+    file is removed on any error. The folder is not fsynced: a rename lost to a power
+    cut only loses the chunk (its index row then finds no file and is dropped).
+    """
+    digest = checksum(data)
+    folder, name = os.path.split(path)
+    temp = f"{folder}/.{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+    except BaseException:
+        remove(temp)
+        raise
+    return digest
+
+
+def read_range(path: str, offset: int, length: int) -> bytes:
+    """Up to `length` bytes at `offset` (fewer only at the end of the file).
+
+    FileNotFoundError if the file is gone.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.pread(fd, length, offset)
+        if len(data) == length or not data:
+            return data
+        parts = [data]  # a short pread mid-file is legal; keep going until EOF
+        got = len(data)
+        while got < length:
+            more = os.pread(fd, length - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def read_verified(path: str, size: int, expected: str) -> bytes | None:
+    """The whole file if it is exactly `size` bytes with checksum `expected`, else None.
+
+    FileNotFoundError if the file is gone.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size != size:
+            return None
+        data = os.pread(fd, size, 0)
+        while len(data) < size:  # a short pread is legal; finish or hit EOF
+            more = os.pread(fd, size - len(data), len(data))
+            if not more:
+                return None
+            data += more
+    finally:
+        os.close(fd)
+    return data if checksum(data) == expected else None
+
+
+def remove(path: str) -> bool:
+    """Unlink `path`; False if it was already gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def remove_all(paths: list[str]) -> list[tuple[str, OSError]]:
+    """Unlink every path (gone already is fine); the failures, if any."""
+    failed: list[tuple[str, OSError]] = []
+    for path in paths:
+        try:
+            remove(path)
+        except OSError as exc:
+            failed.append((path, exc))
+    return failed
+
+
+@dataclass
+class Scan:
+    """What `scan` found under `chunks/`."""
+
+    chunks: dict[ChunkId, int] = field(default_factory=dict)  # id -> file size
+    temps: list[str] = field(default_factory=list)  # leftover temp files of cut writes
+    strays: list[str] = field(default_factory=list)  # other files: wrong name or folder
+
+
+def scan(chunks_dir: str) -> Scan:
+    """List every file in the 256 fan-out folders, sorted into chunks, temps and strays."""
+    found = Scan()
+    for n in range(256):
+        prefix = f"{n:02x}"
+        try:
+            entries = list(os.scandir(f"{chunks_dir}/{prefix}"))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
+                found.temps.append(entry.path)
+            elif is_chunk_id(entry.name) and entry.name.startswith(prefix):
+                try:
+                    found.chunks[ChunkId(entry.name)] = entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+            else:
+                found.strays.append(entry.path)
+    return found
+
+
+def list_ids(chunks_dir: str) -> set[ChunkId]:
+    """The ids of the chunk files present now (no stat: cheap enough for a periodic check)."""
+    ids: set[ChunkId] = set()
+    for n in range(256):
+        prefix = f"{n:02x}"
+        try:
+            names = os.listdir(f"{chunks_dir}/{prefix}")
+        except FileNotFoundError:
+            continue
+        ids.update(ChunkId(n) for n in names if n.startswith(prefix) and is_chunk_id(n))
+    return ids

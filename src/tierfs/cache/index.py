@@ -1,0 +1,202 @@
+"""The tier-1 index: one SQLite row per chunk file, in `NVME/index.sqlite3`.
+
+SQLite work runs on one dedicated thread that owns the connection, so the event loop
+never waits on a lock, a page read or a WAL checkpoint, and calls are applied in the
+order they were made (an insert queued after a delete of the same id wins). The index is
+the record that survives restarts; while running, the cache's in-memory entries are
+authoritative and the read hot path never touches SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from tierfs.cache.base import Origin
+from tierfs.chunks import ChunkId
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+INDEX_FILE = "index.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    version TEXT NOT NULL,
+    chunk_index INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    last_access REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    origin TEXT NOT NULL,
+    dirty INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID
+"""
+_COLUMNS = "id, key, version, chunk_index, size, checksum, last_access, hits, origin, dirty"
+
+
+@dataclass(slots=True)
+class ChunkRow:
+    """One chunk as the index records it."""
+
+    id: ChunkId
+    key: str
+    version: str
+    chunk_index: int
+    size: int
+    checksum: str  # xxh3-64 hex of the whole chunk
+    last_access: float  # wall-clock seconds: survives restarts, orders the LRU
+    hits: int
+    origin: Origin
+    dirty: bool = False  # reserved for the write path: not yet uploaded
+
+
+class ChunkIndex:
+    """Async access to the index; every call runs on the index's own thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierfs-index")
+        self._db: sqlite3.Connection | None = None  # touched on the index thread only
+        self._closing = False
+
+    @classmethod
+    async def open(cls, root: Path) -> ChunkIndex:
+        """Open (creating if needed) `root/index.sqlite3` in WAL mode."""
+        index = cls(root / INDEX_FILE)
+        try:
+            await index._call(index._open)
+        except BaseException:
+            index._thread.shutdown(wait=True)
+            raise
+        return index
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit is durable against a process crash, not a power cut; a lost
+            # row only turns its file into an orphan that the next start removes.
+            db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoint every ~1 MiB of WAL and cut the file back: it shares the cache disk.
+            db.execute("PRAGMA wal_autocheckpoint=256")
+            db.execute("PRAGMA journal_size_limit=4194304")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise RuntimeError(f"{self._path}: unknown index schema {version}")
+            db.execute(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("index is closed")
+        return self._db
+
+    async def load(self) -> list[ChunkRow]:
+        """Every row, least recently accessed first."""
+
+        def run() -> list[ChunkRow]:
+            rows = self._conn().execute(f"SELECT {_COLUMNS} FROM chunks ORDER BY last_access")
+            return [
+                ChunkRow(ChunkId(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], Origin(r[8]))
+                for r in rows
+            ]
+
+        return await self._call(run)
+
+    async def insert(self, row: ChunkRow) -> None:
+        """Add or replace the row of `row.id` (one committed transaction)."""
+
+        def run() -> None:
+            values = (
+                row.id,
+                row.key,
+                row.version,
+                row.chunk_index,
+                row.size,
+                row.checksum,
+                row.last_access,
+                row.hits,
+                str(row.origin),
+                int(row.dirty),
+            )
+            self._conn().execute(
+                f"INSERT OR REPLACE INTO chunks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
+            )
+
+        await self._call(run)
+
+    async def delete(self, ids: Iterable[ChunkId]) -> None:
+        """Remove the rows of `ids` (missing ones are ignored)."""
+        await self._call(self._deleter(ids))
+
+    def delete_soon(self, ids: Iterable[ChunkId]) -> None:
+        """Queue the removal of `ids` without waiting; `flush`/`close` wait for it."""
+        if self._closing:
+            return  # a row without a file is dropped at the next start
+        self._thread.submit(self._deleter(ids)).add_done_callback(self._settled)
+
+    def _deleter(self, ids: Iterable[ChunkId]) -> Callable[[], None]:
+        batch = [(i,) for i in ids]
+
+        def run() -> None:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN")
+                db.executemany("DELETE FROM chunks WHERE id = ?", batch)
+
+        return run
+
+    def _settled(self, future: Future[None]) -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            # The row outlives its file; the next start drops it. Nothing is served wrong.
+            log.warning("tier-1 index: queued delete failed: %s", exc)
+
+    async def touch(self, accesses: Iterable[tuple[float, int, ChunkId]]) -> None:
+        """Record (last access, hit count) of chunks; rows gone meanwhile are skipped."""
+        batch = list(accesses)
+        if not batch:
+            return
+
+        def run() -> None:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN")
+                db.executemany("UPDATE chunks SET last_access = ?, hits = ? WHERE id = ?", batch)
+
+        await self._call(run)
+
+    async def flush(self) -> None:
+        """Wait for every queued call (the thread runs them in order)."""
+        await self._call(lambda: None)
+
+    async def close(self) -> None:
+        """Finish queued work and close the database."""
+        self._closing = True
+
+        def run() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        try:
+            await self._call(run)
+        finally:
+            self._thread.shutdown(wait=True)

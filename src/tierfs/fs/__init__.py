@@ -1,0 +1,1 @@
+"""The filesystem core: inodes, metadata, open files. No FUSE here: tested without a kernel."""

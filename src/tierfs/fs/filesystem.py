@@ -1,0 +1,430 @@
+"""The filesystem core: POSIX operations on inodes over the tiers, no FUSE in sight.
+
+Methods raise the domain errors of `tierfs.errors`; the FUSE adapter maps them to errno.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierfs.cloud.base import CloudStore
+from tierfs.errors import (
+    CloudError,
+    DirectoryNotEmptyError,
+    EntryExistsError,
+    EntryNotFoundError,
+    InvalidKeyError,
+    IsDirectoryError,
+    NameTooLongError,
+    NotDirectoryError,
+    ObjectNotFoundError,
+    StaleHandleError,
+    VersionChangedError,
+)
+from tierfs.fs.handles import Handle, OpenFile, Staging
+from tierfs.fs.metadata import Entry, Namespace, file_entry
+from tierfs.fs.nodes import InodeTable, Node, join, split
+from tierfs.read_path import ReadPath
+from tierfs.upload import Uploader
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255  # bytes of one name, as every Linux filesystem
+KEY_MAX = 1024  # bytes of a whole key, the limit of S3 and GCS
+COPY_PIECE = 8 * 2**20  # filling a staging file from the tiers, one piece at a time
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """What `stat` shows: owner and permission bits (object stores keep neither)."""
+
+    uid: int
+    gid: int
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+
+
+class Filesystem:
+    """One mounted bucket."""
+
+    def __init__(
+        self,
+        cloud: CloudStore,
+        read_path: ReadPath,
+        uploader: Uploader,
+        staging: Staging,
+        *,
+        metadata_ttl: float,
+        ownership: Ownership,
+    ) -> None:
+        self.cloud = cloud
+        self.read_path = read_path
+        self.uploader = uploader
+        self.staging = staging
+        self.ownership = ownership
+        self.inodes = InodeTable()
+        self.names = Namespace(cloud, metadata_ttl)
+        self._open: dict[int, OpenFile] = {}  # by inode
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self._last_versions: dict[int, str] = {}  # inode -> version at its last open
+
+    # -- names ------------------------------------------------------------------------
+
+    def _child_path(self, parent: Node, name: str) -> str:
+        if not parent.is_dir:
+            raise NotDirectoryError(f"{parent.path!r} is not a directory")
+        if len(name.encode()) > NAME_MAX:
+            raise NameTooLongError(f"name of {len(name.encode())} bytes")
+        path = join(parent.path, name)
+        if len(path.encode()) > KEY_MAX:
+            raise NameTooLongError(f"key of {len(path.encode())} bytes")
+        return path
+
+    def _apply(self, node: Node, entry: Entry) -> Node:
+        if not entry.is_dir and self._open.get(node.inode) is None:
+            node.size, node.version, node.mtime_ns = entry.size, entry.version, entry.mtime_ns
+        return node
+
+    async def lookup(self, parent_inode: int, name: str) -> Node:
+        """The node of `name` in the directory; EntryNotFoundError if none."""
+        path = self._child_path(self.inodes.get(parent_inode), name)
+        entry = await self._stat(path)
+        if entry is None:
+            raise EntryNotFoundError(path)
+        return self._apply(self.inodes.ensure(path, entry.is_dir), entry)
+
+    async def exists(self, parent_inode: int, name: str) -> bool:
+        return await self._stat(self._child_path(self.inodes.get(parent_inode), name)) is not None
+
+    async def _stat(self, path: str) -> Entry | None:
+        node = self.inodes.find(path)
+        if node is not None and node.inode in self._open:
+            return Entry(split(path)[1], False, node.size, node.mtime_ns, node.version)
+        try:
+            return await self.names.stat(path)
+        except InvalidKeyError:
+            return None  # a name no store can hold ("a//b") exists nowhere
+
+    async def getattr(self, inode: int) -> Node:
+        node = self.inodes.get(inode)
+        if node.inode in self._open or node.path == "":
+            return node
+        entry = await self._stat(node.path)
+        if entry is None:
+            raise EntryNotFoundError(node.path)
+        return self._apply(node, entry)
+
+    async def listdir(self, inode: int) -> list[tuple[Node, Entry]]:
+        """The directory's entries with their nodes (made if new), sorted by name."""
+        node = self.inodes.get(inode)
+        if not node.is_dir:
+            raise NotDirectoryError(node.path)
+        entries = await self.names.listdir(node.path)
+        listed = []
+        for entry in entries:
+            child = self.inodes.ensure(join(node.path, entry.name), entry.is_dir)
+            listed.append((self._apply(child, entry), entry))
+        return listed
+
+    async def mkdir(self, parent_inode: int, name: str) -> Node:
+        path = self._child_path(self.inodes.get(parent_inode), name)
+        if await self._stat(path) is not None:
+            raise EntryExistsError(path)
+        self.names.add_local_dir(path)
+        node = self.inodes.ensure(path, is_dir=True)
+        node.mtime_ns = time.time_ns()
+        return node
+
+    async def rmdir(self, parent_inode: int, name: str) -> None:
+        path = self._child_path(self.inodes.get(parent_inode), name)
+        entry = await self._stat(path)
+        if entry is None:
+            raise EntryNotFoundError(path)
+        if not entry.is_dir:
+            raise NotDirectoryError(path)
+        if await self.names.listdir(path):
+            raise DirectoryNotEmptyError(path)
+        self.names.forget_subtree(path)
+        self.names.note(path, None)
+        self.inodes.remove(path)
+
+    async def unlink(self, parent_inode: int, name: str) -> None:
+        path = self._child_path(self.inodes.get(parent_inode), name)
+        entry = await self._stat(path)
+        if entry is None:
+            raise EntryNotFoundError(path)
+        if entry.is_dir:
+            raise IsDirectoryError(path)
+        node = self.inodes.find(path)
+        opened = self._open.get(node.inode) if node else None
+        if opened is not None:
+            opened.unlinked, opened.dirty = True, False
+            if opened.staging is not None:
+                self.uploader.journal.done(opened.staging)
+        if entry.version:  # "" is a file created here and never uploaded
+            await self.cloud.delete(path)
+        self.names.note(path, None)
+        self.inodes.remove(path)
+
+    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+        """Move a file or a directory tree (copy + delete in the cloud), replacing a file."""
+        old = self._child_path(self.inodes.get(old_parent), old_name)
+        new = self._child_path(self.inodes.get(new_parent), new_name)
+        source = await self._stat(old)
+        if source is None:
+            raise EntryNotFoundError(old)
+        if old == new:
+            return
+        target = await self._stat(new)
+        if target is not None:
+            if source.is_dir and not target.is_dir:
+                raise NotDirectoryError(new)
+            if target.is_dir and not source.is_dir:
+                raise IsDirectoryError(new)
+            if target.is_dir and await self.names.listdir(new):
+                raise DirectoryNotEmptyError(new)
+        if source.is_dir and (new + "/").startswith(old + "/"):
+            raise InvalidKeyError(f"cannot move {old!r} into itself")
+        if source.is_dir:
+            await self._rename_tree(old, new)
+        else:
+            await self._rename_file(old, new)
+        self.inodes.move(old, new)
+
+    async def _rename_file(self, old: str, new: str) -> None:
+        node = self.inodes.find(old)
+        opened = self._open.get(node.inode) if node else None
+        if opened is not None and opened.dirty:
+            await self._upload(opened)  # the bytes must exist in the cloud to be copied
+        entry = await self._stat(old)
+        assert entry is not None
+        if not entry.version:  # nothing in the cloud yet (an unlinked-while-open leftover)
+            raise EntryNotFoundError(old)
+        await self.cloud.copy(old, new)
+        await self.cloud.delete(old)
+        self.names.note(old, None)
+        self.names.note(new, file_entry(await self.cloud.head(new)))
+
+    async def _rename_tree(self, old: str, new: str) -> None:
+        keys = [
+            meta.key for meta in (await self.cloud.list_all(old + "/", delimiter=False)).objects
+        ]
+        limit = asyncio.Semaphore(16)
+
+        async def move(key: str) -> None:
+            async with limit:
+                await self.cloud.copy(key, new + key[len(old) :])
+
+        async with asyncio.TaskGroup() as group:
+            for key in keys:
+                group.create_task(move(key))
+        async with asyncio.TaskGroup() as group:
+            for key in keys:
+                group.create_task(self.cloud.delete(key))
+        was_local = self.names.is_local_dir(old)
+        self.names.forget_subtree(old)
+        self.names.forget_subtree(new)
+        self.names.note(old, None)
+        if was_local or not keys:
+            self.names.add_local_dir(new)
+        else:
+            self.names.note(new, Entry(split(new)[1], True))
+
+    # -- attributes ---------------------------------------------------------------------
+
+    async def setattr(
+        self,
+        inode: int,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        mtime_ns: int | None = None,
+        fh: int | None = None,
+    ) -> Node:
+        """chmod, utimes, truncate. Mode and times live on this mount only."""
+        node = await self.getattr(inode)
+        if size is not None:
+            if node.is_dir:
+                raise IsDirectoryError(node.path)
+            handle = self._handles.get(fh) if fh is not None else None
+            if handle is not None:
+                await self._truncate(handle.file, size)
+            else:
+                file = self._acquire(node)
+                try:
+                    await self._truncate(file, size)
+                    await self._upload(file)
+                finally:
+                    self._drop(file)
+        if mode is not None:
+            node.mode = mode & 0o7777
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+        return node
+
+    async def _truncate(self, file: OpenFile, size: int) -> None:
+        async with file.lock:
+            await self._stage(file, keep=min(size, file.node.size))
+            assert file.fd is not None
+            await asyncio.to_thread(os.ftruncate, file.fd, size)
+            self._dirty(file, size)
+
+    # -- open files ---------------------------------------------------------------------
+
+    def _acquire(self, node: Node) -> OpenFile:
+        file = self._open.get(node.inode)
+        if file is None:
+            file = self._open[node.inode] = OpenFile(node)
+        file.handles += 1
+        node.open_count += 1
+        return file
+
+    def _drop(self, file: OpenFile) -> None:
+        file.handles -= 1
+        if file.handles == 0:
+            del self._open[file.node.inode]
+            if not file.dirty:
+                self.staging.discard(file)
+            elif file.fd is not None:  # kept for the journal's next try
+                os.close(file.fd)
+                file.fd = None
+        self.inodes.release(file.node)
+
+    def _new_handle(self, file: OpenFile) -> Handle:
+        handle = Handle(self._next_fh, file)
+        self._next_fh += 1
+        self._handles[handle.fh] = handle
+        return handle
+
+    def handle(self, fh: int) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise StaleHandleError(f"file handle {fh} is not open")
+        return handle
+
+    async def open(self, inode: int, truncate: bool) -> tuple[Handle, bool]:
+        """Open a file (revalidating it: close-to-open); returns (handle, keep_cache)."""
+        node = await self.getattr(inode)
+        if node.is_dir:
+            raise IsDirectoryError(node.path)
+        keep_cache = self._last_versions.get(inode) == node.version and bool(node.version)
+        file = self._acquire(node)
+        handle = self._new_handle(file)
+        if truncate:
+            await self._truncate(file, 0)
+            keep_cache = False
+        self._last_versions[inode] = node.version
+        return handle, keep_cache
+
+    async def create(self, parent_inode: int, name: str) -> Handle:
+        """A new empty file, in the cloud once its handle is flushed."""
+        path = self._child_path(self.inodes.get(parent_inode), name)
+        if await self._stat(path) is not None:
+            raise EntryExistsError(path)
+        node = self.inodes.ensure(path, is_dir=False)
+        node.size, node.version, node.mtime_ns = 0, "", time.time_ns()
+        file = self._acquire(node)
+        self.staging.open_new(file)
+        self._dirty(file, 0)
+        self.names.note(path, Entry(name, False, 0, node.mtime_ns, ""))
+        return self._new_handle(file)
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self.handle(fh)
+        file = handle.file
+        if file.fd is not None:
+            return await asyncio.to_thread(os.pread, file.fd, size, offset)
+        ref = file.ref()
+        if handle.reader is None and ref.size > 0:
+            handle.reader = self.read_path.open_reader(ref)
+        try:
+            return await self.read_path.read(ref, offset, size, handle.reader)
+        except (VersionChangedError, ObjectNotFoundError) as exc:
+            self.names.forget_subtree(file.node.path)
+            raise StaleHandleError(
+                f"{file.node.path} changed in the bucket since it was opened: reopen it"
+            ) from exc
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        file = self.handle(fh).file
+        async with file.lock:
+            await self._stage(file, keep=file.node.size)
+            assert file.fd is not None
+            written = await asyncio.to_thread(os.pwrite, file.fd, data, offset)
+            self._dirty(file, max(file.node.size, offset + written))
+        return written
+
+    async def flush(self, fh: int) -> None:
+        """Upload the file if it has unsaved bytes; returns once the cloud has them."""
+        await self._upload(self.handle(fh).file)
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        if handle.reader is not None:
+            await handle.reader.close()
+        try:
+            await self._upload(handle.file)
+        finally:
+            self._drop(handle.file)
+
+    async def _stage(self, file: OpenFile, keep: int) -> None:
+        """Give `file` a staging file holding its first `keep` bytes from the tiers."""
+        if file.fd is not None:
+            return
+        self.staging.open_new(file)
+        assert file.fd is not None
+        ref = file.ref()
+        try:
+            for start in range(0, keep, COPY_PIECE):
+                data = await self.read_path.read(ref, start, min(COPY_PIECE, keep - start))
+                await asyncio.to_thread(os.pwrite, file.fd, data, start)
+        except BaseException:
+            self.staging.discard(file)
+            raise
+
+    def _dirty(self, file: OpenFile, size: int) -> None:
+        if not file.dirty and not file.unlinked and file.staging is not None:
+            self.uploader.journal.begin(file.node.path, file.staging)
+        file.dirty = not file.unlinked
+        file.node.size = size
+        file.node.mtime_ns = time.time_ns()
+
+    async def _upload(self, file: OpenFile) -> None:
+        async with file.lock:
+            if not file.dirty or file.staging is None:
+                return
+            path = file.node.path
+            try:
+                meta = await self.uploader.upload(path, file.staging)
+            except CloudError:
+                log.error("%s: upload failed; the data stays staged for a retry", path)
+                raise
+            file.dirty = False
+            node = file.node
+            node.size, node.version = meta.size, meta.version
+            self._last_versions[node.inode] = meta.version
+            self.names.note(
+                path, Entry(split(path)[1], False, meta.size, node.mtime_ns, meta.version)
+            )
+
+    async def close(self) -> None:
+        """Upload every dirty file (at unmount); the ones that fail stay journaled."""
+        for file in list(self._open.values()):
+            with contextlib.suppress(CloudError):
+                await self._upload(file)
+        for handle in list(self._handles.values()):
+            if handle.reader is not None:
+                await handle.reader.close()
+
+
+def staging_dir(nvme: Path) -> Path:
+    return nvme / "staging"

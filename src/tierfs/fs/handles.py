@@ -1,0 +1,68 @@
+"""Open files: what each handle reads from, and the staging file of a file being written.
+
+All handles of one inode share one `OpenFile`, so a writer's bytes are what every reader
+on this node sees at once. A file is staged in `NVME/staging/` from its first write (or
+O_TRUNC, or create) until its upload; `flush`, `fsync` and the last `release` upload it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tierfs.chunks import ObjectRef
+from tierfs.fs.nodes import Node
+from tierfs.prefetch import SequentialReader
+
+
+@dataclass(eq=False)
+class OpenFile:
+    """The state of one open inode, shared by its handles."""
+
+    node: Node
+    handles: int = 0
+    staging: Path | None = None  # the file's bytes while it is written
+    fd: int | None = None  # of `staging`
+    dirty: bool = False  # staging holds bytes the cloud does not have
+    unlinked: bool = False  # removed while open: its bytes go nowhere
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # writes vs. upload
+
+    def ref(self) -> ObjectRef:
+        return ObjectRef(self.node.path, self.node.version, self.node.size)
+
+
+@dataclass(eq=False)
+class Handle:
+    """One open() of a file: its `OpenFile` and its own read-ahead."""
+
+    fh: int
+    file: OpenFile
+    reader: SequentialReader | None = None
+
+
+class Staging:
+    """Creates and removes staging files under one directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def open_new(self, file: OpenFile) -> None:
+        """Give `file` an empty staging file."""
+        path = self.root / uuid.uuid4().hex
+        file.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        file.staging = path
+
+    def discard(self, file: OpenFile) -> None:
+        """Close and delete `file`'s staging file."""
+        if file.fd is not None:
+            os.close(file.fd)
+            file.fd = None
+        if file.staging is not None:
+            with contextlib.suppress(FileNotFoundError):
+                file.staging.unlink()
+            file.staging = None

@@ -1,0 +1,168 @@
+"""What is in the bucket, cached for `-metadata-ttl`: entries and directory listings.
+
+A path is a file (an object with that key), a directory (a key prefix with objects under
+it, or one made here by mkdir), or absent. Listings and answers are cached for the TTL;
+changes made through this mount update the cache at once, so a writer sees its own writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from tierfs.cloud.base import CloudStore, ObjectMeta
+from tierfs.errors import ObjectNotFoundError
+from tierfs.fs.nodes import join, split
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One name in a directory."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = 0
+    version: str = ""
+
+
+def file_entry(meta: ObjectMeta) -> Entry:
+    return Entry(
+        split(meta.key)[1], False, meta.size, int(meta.mtime.timestamp() * 1e9), meta.version
+    )
+
+
+@dataclass
+class _Listing:
+    entries: dict[str, Entry]
+    fetched: float
+
+
+@dataclass
+class Namespace:
+    """Cached answers about paths in the bucket."""
+
+    cloud: CloudStore
+    ttl: float
+    _stats: dict[str, tuple[Entry | None, float]] = field(default_factory=dict)
+    _listings: dict[str, _Listing] = field(default_factory=dict)
+    # Directories made by mkdir that hold no object yet: object stores have no empty
+    # directories, so they live on this mount until a file is written below them.
+    _local_dirs: set[str] = field(default_factory=set)
+
+    def _fresh(self, fetched: float) -> bool:
+        return time.monotonic() - fetched < self.ttl
+
+    async def stat(self, path: str) -> Entry | None:
+        """The entry at `path`, or None if there is none; cached for the TTL."""
+        if path in self._local_dirs:
+            return Entry(split(path)[1], True)
+        parent, name = split(path)
+        listing = self._listings.get(parent)
+        if listing is not None and self._fresh(listing.fetched):
+            return listing.entries.get(name)
+        cached = self._stats.get(path)
+        if cached is not None and self._fresh(cached[1]):
+            return cached[0]
+        return await self._stat_remote(path)
+
+    async def _stat_remote(self, path: str) -> Entry | None:
+        started = time.monotonic()
+        file_check = asyncio.ensure_future(self.cloud.head(path))
+        try:
+            is_dir = await self._has_children(path)
+        except BaseException:
+            file_check.cancel()
+            raise
+        try:
+            meta = await file_check
+        except ObjectNotFoundError:
+            meta = None
+        # A prefix with objects wins over an object of the same name (S3 allows both).
+        if is_dir:
+            entry: Entry | None = Entry(split(path)[1], True)
+        else:
+            entry = file_entry(meta) if meta is not None else None
+        self._stats[path] = (entry, started)
+        return entry
+
+    async def _has_children(self, path: str) -> bool:
+        async for page in self.cloud.list(path + "/", delimiter=False):
+            return bool(page.objects)
+        return False
+
+    async def listdir(self, path: str) -> list[Entry]:
+        """The entries of directory `path`, sorted by name; cached for the TTL."""
+        listing = self._listings.get(path)
+        if listing is None or not self._fresh(listing.fetched):
+            listing = await self._list_remote(path)
+        entries = dict(listing.entries)
+        for local in self._local_dirs:
+            parent, name = split(local)
+            if parent == path and name not in entries:
+                entries[name] = Entry(name, True)
+        return [entries[name] for name in sorted(entries)]
+
+    async def _list_remote(self, path: str) -> _Listing:
+        started = time.monotonic()
+        page = await self.cloud.list_all(path + "/" if path else "", delimiter=True)
+        entries: dict[str, Entry] = {}
+        for meta in page.objects:
+            entry = file_entry(meta)
+            entries[entry.name] = entry
+        for prefix in page.prefixes:
+            name = split(prefix.rstrip("/"))[1]
+            entries[name] = Entry(name, True)
+        listing = _Listing(entries, started)
+        self._listings[path] = listing
+        return listing
+
+    def note(self, path: str, entry: Entry | None) -> None:
+        """This mount changed `path`: remember the new state (None: removed)."""
+        now = time.monotonic()
+        self._stats[path] = (entry, now)
+        parent, name = split(path)
+        listing = self._listings.get(parent)
+        if listing is not None:
+            if entry is None:
+                listing.entries.pop(name, None)
+            else:
+                listing.entries[name] = entry
+        if entry is not None:
+            self._ensure_parents(parent)
+        if entry is None or not entry.is_dir:
+            self._local_dirs.discard(path)
+
+    def _ensure_parents(self, path: str) -> None:
+        """Parents of a new entry exist in the bucket now (as prefixes of its key)."""
+        while path:
+            self._local_dirs.discard(path)
+            parent, name = split(path)
+            listing = self._listings.get(parent)
+            if listing is not None and name not in listing.entries:
+                listing.entries[name] = Entry(name, True)
+            self._stats[path] = (Entry(name, True), time.monotonic())
+            path = parent
+
+    def add_local_dir(self, path: str) -> None:
+        self._local_dirs.add(path)
+        self._stats.pop(path, None)
+
+    def is_local_dir(self, path: str) -> bool:
+        return path in self._local_dirs
+
+    def forget_subtree(self, path: str) -> None:
+        """Drop every cached answer at or below `path` (after a rename or rmdir)."""
+        below = path + "/"
+        for cache in (self._stats, self._listings):
+            for key in [k for k in cache if k == path or k.startswith(below)]:
+                del cache[key]
+        self._local_dirs = {d for d in self._local_dirs if d != path and not d.startswith(below)}
+        parent, name = split(path)
+        if parent in self._listings:
+            self._listings[parent].entries.pop(name, None)
+
+    @staticmethod
+    def child(parent: str, name: str) -> str:
+        return join(parent, name)

@@ -1,0 +1,118 @@
+"""The inode table: stable inode numbers for the paths the kernel has looked up.
+
+Paths are object-key prefixes without a trailing slash: "" is the root, "a/b" a child.
+The kernel holds lookup counts; an entry leaves the table when its count falls to zero
+(`forget`) and no handle has it open.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tierfs.errors import StaleHandleError
+
+ROOT_INODE = 1
+
+
+def join(parent: str, name: str) -> str:
+    """The path of `name` inside `parent`."""
+    return f"{parent}/{name}" if parent else name
+
+
+def split(path: str) -> tuple[str, str]:
+    """(parent path, name) of a non-root path."""
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
+@dataclass(eq=False)
+class Node:
+    """One file or directory as this mount knows it."""
+
+    inode: int
+    path: str
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = field(default_factory=time.time_ns)
+    version: str = ""  # the object's version; "" for directories and unsaved files
+    mode: int | None = None  # permission bits set by chmod; None: the mount's default
+    lookups: int = 0
+    open_count: int = 0
+
+
+class InodeTable:
+    """Inodes by number and by path; the root is always there."""
+
+    def __init__(self) -> None:
+        root = Node(ROOT_INODE, "", is_dir=True, lookups=1)
+        self._by_inode: dict[int, Node] = {ROOT_INODE: root}
+        self._by_path: dict[str, Node] = {"": root}
+        self._next_inode = ROOT_INODE + 1
+
+    def __len__(self) -> int:
+        return len(self._by_inode)
+
+    def get(self, inode: int) -> Node:
+        """The node of `inode`; StaleHandleError if the kernel asks for a forgotten one."""
+        node = self._by_inode.get(inode)
+        if node is None:
+            raise StaleHandleError(f"inode {inode} is not known")
+        return node
+
+    def find(self, path: str) -> Node | None:
+        return self._by_path.get(path)
+
+    def ensure(self, path: str, is_dir: bool) -> Node:
+        """The node of `path`, made if new; a changed kind gets a new inode."""
+        node = self._by_path.get(path)
+        if node is not None and node.is_dir == is_dir:
+            return node
+        if node is not None:
+            self._detach(node)
+        node = Node(self._next_inode, path, is_dir)
+        self._next_inode += 1
+        self._by_inode[node.inode] = node
+        self._by_path[path] = node
+        return node
+
+    def forget(self, inode: int, count: int) -> None:
+        node = self._by_inode.get(inode)
+        if node is None or inode == ROOT_INODE:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self._drop_if_unused(node)
+
+    def release(self, node: Node) -> None:
+        """A handle on `node` closed."""
+        node.open_count -= 1
+        self._drop_if_unused(node)
+
+    def remove(self, path: str) -> None:
+        """`path` is gone from the namespace; its inode lives on while the kernel holds it."""
+        node = self._by_path.get(path)
+        if node is not None:
+            self._detach(node)
+
+    def move(self, old: str, new: str) -> None:
+        """Rename `old` (and everything below it) to `new`."""
+        self.remove(new)
+        prefix = old + "/"
+        moved = [n for p, n in self._by_path.items() if p == old or p.startswith(prefix)]
+        for node in moved:
+            del self._by_path[node.path]
+        for node in moved:
+            node.path = new + node.path[len(old) :]
+            self._by_path[node.path] = node
+
+    def _detach(self, node: Node) -> None:
+        if self._by_path.get(node.path) is node:
+            del self._by_path[node.path]
+        node.path = f"\0detached/{node.inode}"  # never a valid key: no longer in the namespace
+        self._drop_if_unused(node)
+
+    def _drop_if_unused(self, node: Node) -> None:
+        if node.lookups == 0 and node.open_count == 0:
+            self._by_inode.pop(node.inode, None)
+            if self._by_path.get(node.path) is node:
+                del self._by_path[node.path]

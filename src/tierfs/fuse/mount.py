@@ -1,0 +1,83 @@
+"""The mount lifecycle: check the mount point, serve FUSE requests, unmount cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from tierfs.errors import TierfsError
+from tierfs.fuse.operations import Operations
+
+log = logging.getLogger(__name__)
+
+FUSE_DEVICE = Path("/dev/fuse")
+
+
+class MountError(TierfsError):
+    """The filesystem cannot be mounted here; the message says why in one line."""
+
+
+def prepare_mountpoint(mountpoint: Path) -> None:
+    """Raise MountError unless `mountpoint` is an empty-handed directory we can mount on.
+
+    A stale mount left by a crashed tierfs ("Transport endpoint is not connected") is
+    unmounted first.
+    """
+    if not FUSE_DEVICE.exists():
+        raise MountError(f"{FUSE_DEVICE} is missing: this machine cannot mount FUSE filesystems")
+    if shutil.which("fusermount3") is None:
+        raise MountError("fusermount3 is not installed (Debian: apt-get install fuse3)")
+    try:
+        os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist") from None
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+        log.warning("%s: cleaning up a stale mount left by a crash", mountpoint)
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+    if not mountpoint.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"mount point {mountpoint} is busy: something is mounted there")
+
+
+async def serve(ops: Operations, mountpoint: Path, fsname: str) -> None:
+    """Mount, answer the kernel until SIGINT/SIGTERM or an outside unmount, then unmount.
+
+    Dirty files are uploaded (`ops.fs.close()`) before the mount goes away.
+    """
+    pyfuse3.asyncio.enable()
+    options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=tierfs"}
+    pyfuse3.init(ops, str(mountpoint), options)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    fuse_task = asyncio.create_task(pyfuse3.main(), name="fuse")
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    log.info("mounted %s at %s", fsname, mountpoint)
+    unmounted_outside = False
+    try:
+        await asyncio.wait({fuse_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        unmounted_outside = fuse_task.done()
+        await ops.fs.close()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        stop_task.cancel()
+        if not fuse_task.done():
+            pyfuse3.terminate()
+            await fuse_task
+        pyfuse3.close(unmount=not unmounted_outside)
+        log.info("unmounted %s", mountpoint)
+    fuse_task.result()  # an error of the FUSE loop itself surfaces here

@@ -1,0 +1,251 @@
+"""The pyfuse3 adapter: kernel requests in, `Filesystem` calls, and the one errno boundary.
+
+pyfuse3 answers the kernel only for FUSEError; in asyncio mode any other exception
+vanishes and the request hangs (pyfuse3 issue #93). So every handler goes through
+`_errno`: domain errors map to their errno, anything else is logged and becomes EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from tierfs import errors
+from tierfs.fs.filesystem import Filesystem
+from tierfs.fs.nodes import Node
+
+log = logging.getLogger(__name__)
+
+Ctx = pyfuse3.RequestContext
+Token = pyfuse3.ReaddirToken
+P = ParamSpec("P")
+T = TypeVar("T")
+
+ERRNO: list[tuple[type[Exception], int]] = [
+    (errors.EntryNotFoundError, errno.ENOENT),
+    (errors.ObjectNotFoundError, errno.ENOENT),
+    (errors.EntryExistsError, errno.EEXIST),
+    (errors.IsDirectoryError, errno.EISDIR),
+    (errors.NotDirectoryError, errno.ENOTDIR),
+    (errors.DirectoryNotEmptyError, errno.ENOTEMPTY),
+    (errors.NameTooLongError, errno.ENAMETOOLONG),
+    (errors.StaleHandleError, errno.ESTALE),
+    (errors.VersionChangedError, errno.ESTALE),
+    (errors.UnsupportedError, errno.ENOTSUP),
+    (errors.InvalidKeyError, errno.EINVAL),
+    (errors.AccessDeniedError, errno.EACCES),
+    (errors.CloudError, errno.EIO),
+]
+# Attributes and entries: the kernel may keep them this long; tierfs revalidates at open.
+KERNEL_TTL = 1.0
+BLOCK = 512
+
+
+def _errno(
+    handler: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            for kind, number in ERRNO:
+                if isinstance(exc, kind):
+                    if number == errno.EIO:
+                        log.error("%s: %s", handler.__name__, exc)
+                    raise pyfuse3.FUSEError(number) from exc
+            log.exception("%s failed unexpectedly", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    """Kernel requests for one mounted bucket."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem, kernel_ttl: float = KERNEL_TTL) -> None:
+        super().__init__()
+        self.fs = fs
+        self.kernel_ttl = kernel_ttl
+
+    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        owner = self.fs.ownership
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = pyfuse3.InodeT(node.inode)
+        if node.is_dir:
+            attr.st_mode = pyfuse3.ModeT(stat.S_IFDIR | (node.mode or owner.dir_mode))
+            attr.st_nlink = 2
+        else:
+            attr.st_mode = pyfuse3.ModeT(stat.S_IFREG | (node.mode or owner.file_mode))
+            attr.st_nlink = 1
+            attr.st_size = node.size
+        attr.st_uid, attr.st_gid = owner.uid, owner.gid
+        attr.st_blksize = 128 * 1024
+        attr.st_blocks = (attr.st_size + BLOCK - 1) // BLOCK
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
+        attr.entry_timeout = attr.attr_timeout = self.kernel_ttl
+        return attr
+
+    @_errno
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: Ctx
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.lookup(parent_inode, os.fsdecode(name))
+        node.lookups += 1
+        return self._attr(node)
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        for inode, count in inode_list:
+            self.fs.inodes.forget(inode, count)
+
+    @_errno
+    async def getattr(self, inode: pyfuse3.InodeT, ctx: Ctx) -> pyfuse3.EntryAttributes:
+        return self._attr(await self.fs.getattr(inode))
+
+    @_errno
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: Ctx,
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.setattr(
+            inode,
+            size=attr.st_size if fields.update_size else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            fh=fh,
+        )
+        return self._attr(node)
+
+    @_errno
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: Ctx) -> pyfuse3.FileHandleT:
+        node = await self.fs.getattr(inode)
+        if not node.is_dir:
+            raise errors.NotDirectoryError(node.path)
+        return pyfuse3.FileHandleT(inode)
+
+    @_errno
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Token) -> None:
+        # start_id is the index of the next entry: listings are sorted, so it is stable
+        # while the listing is cached; a listing that changed between pages may repeat or
+        # skip a name, as on NFS.
+        entries = await self.fs.listdir(fh)
+        for index in range(start_id, len(entries)):
+            node, _ = entries[index]
+            name = os.fsencode(node.path.rpartition("/")[2])
+            if not pyfuse3.readdir_reply(token, name, self._attr(node), index + 1):
+                self.fs.inodes.forget(node.inode, 0)
+                return
+            node.lookups += 1
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    @_errno
+    async def mkdir(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, ctx: Ctx
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.mkdir(parent_inode, os.fsdecode(name))
+        node.lookups += 1
+        return self._attr(node)
+
+    @_errno
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: Ctx) -> None:
+        await self.fs.rmdir(parent_inode, os.fsdecode(name))
+
+    @_errno
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: Ctx) -> None:
+        await self.fs.unlink(parent_inode, os.fsdecode(name))
+
+    @_errno
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: bytes,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: bytes,
+        flags: int,
+        ctx: Ctx,
+    ) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise errors.UnsupportedError("rename with RENAME_EXCHANGE")
+        if flags & pyfuse3.RENAME_NOREPLACE and await self.fs.exists(
+            parent_inode_new, os.fsdecode(name_new)
+        ):
+            raise errors.EntryExistsError(os.fsdecode(name_new))
+        await self.fs.rename(
+            parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new)
+        )
+
+    @_errno
+    async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Ctx) -> pyfuse3.FileInfo:
+        handle, keep_cache = await self.fs.open(inode, truncate=bool(flags & os.O_TRUNC))
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle.fh), keep_cache=keep_cache)
+
+    @_errno
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: bytes,
+        mode: int,
+        flags: int,
+        ctx: Ctx,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        handle = await self.fs.create(parent_inode, os.fsdecode(name))
+        node = handle.file.node
+        node.lookups += 1
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle.fh)), self._attr(node)
+
+    @_errno
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    @_errno
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        return await self.fs.write(fh, off, buf)
+
+    @_errno
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        await self.fs.flush(fh)
+
+    @_errno
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        await self.fs.flush(fh)
+
+    @_errno
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        await self.fs.release(fh)
+
+    @_errno
+    async def statfs(self, ctx: Ctx) -> pyfuse3.StatvfsData:
+        # Object stores have no capacity to speak of: report a large, mostly free disk
+        # so that tools which check free space before copying go ahead.
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_blocks = data.f_bfree = data.f_bavail = 2**40 // 4096 * 1024  # 1 PiB
+        data.f_files = data.f_ffree = data.f_favail = 2**32
+        data.f_namemax = 255
+        return data
+
+    async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)

@@ -1,0 +1,305 @@
+"""The read path: the only module that knows the order of the tiers.
+
+For each chunk a read covers: tier 1 (local disk), else one fetch of the whole chunk
+shared by every concurrent reader (single-flight): tier 2 (peers), else tier 3 (the
+cloud, pinned to the object's version). A fetched chunk is handed to its readers at once
+and promoted to tier 1 behind them. Reads through a `SequentialReader` also feed its
+read-ahead, which goes through the same flights.
+
+Bounds: at most `max_parallel_fetches` fetches at once, of which prefetches take at most
+half, so demand reads always find a slot; at most `FLIGHTS_PER_FETCH` times as many
+flights in all, counting those whose chunk waits to be written to tier 1, so a slow disk
+slows fetching down instead of piling chunks up in memory. A read holds only the chunks
+it covers; a reader's read-ahead, its window (plus chunks still being written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol, runtime_checkable
+
+from tierfs.cache.base import ChunkCache, Origin
+from tierfs.chunks import ChunkId, ChunkRef, ObjectRef, chunks_covering
+from tierfs.cloud.base import CloudStore
+from tierfs.errors import CloudError, ObjectNotFoundError, VersionChangedError
+from tierfs.prefetch import MAX_WINDOW_BYTES, Prefetched, SequentialReader
+from tierfs.singleflight import Publish, SingleFlight
+from tierfs.stats import NodeStats, Tier
+
+log = logging.getLogger(__name__)
+
+# Flights in all (fetching, or holding their chunk until tier 1 has written it), in fetch
+# slots: half as many again lets the network go on while the disk catches up (each fsyncs).
+FLIGHTS_PER_FETCH = 1.5
+# The share of fetch slots prefetches may take: demand reads always find the rest. Measured
+# on SeaweedFS here, 8 fetches of 4 MiB in flight move as much as 16.
+PREFETCH_SHARE = 0.5
+
+
+class PeerTier(Protocol):
+    """Tier 2 as the read path sees it (implemented by the peer client)."""
+
+    async def fetch(self, chunk: ChunkRef) -> bytes | None:
+        """The whole chunk from a peer, or None when no peer could serve it.
+
+        Any exception counts as a peer error and the read falls through to the cloud.
+        """
+        ...
+
+
+@runtime_checkable
+class _KnowsHeld(Protocol):
+    """A tier 1 that can tell whether it holds a chunk without counting an access."""
+
+    def holds(self, chunk_id: ChunkId) -> bool: ...
+
+
+@dataclass(slots=True)
+class _Fetched:
+    """What a flight hands its readers: the chunk, and later whether tier 1 kept it."""
+
+    data: bytes
+    kept: asyncio.Future[bool]
+
+
+class ReadPath:
+    """Reads of objects at a version through the three tiers. For one event loop.
+
+    `close()` cancels every prefetch and fetch under way; it does not close the cache or
+    the cloud store, which belong to the caller.
+    """
+
+    def __init__(
+        self,
+        cache: ChunkCache,
+        cloud: CloudStore,
+        *,
+        chunk_size: int,
+        stats: NodeStats,
+        peers: PeerTier | None = None,
+        max_parallel_fetches: int = 16,
+        max_window_bytes: int = MAX_WINDOW_BYTES,
+    ) -> None:
+        if chunk_size <= 0 or max_parallel_fetches <= 0:
+            raise ValueError("chunk_size and max_parallel_fetches must be > 0")
+        self._cache = cache
+        self._cloud = cloud
+        self._peers = peers
+        self._chunk_size = chunk_size
+        self._stats = stats
+        self._max_parallel = max_parallel_fetches
+        self._max_window_bytes = max_window_bytes
+        self._flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch")
+        self._fetch_slots = asyncio.Semaphore(max_parallel_fetches)
+        self._flight_slots = asyncio.Semaphore(int(FLIGHTS_PER_FETCH * max_parallel_fetches))
+        self._prefetch_slots = asyncio.Semaphore(max(1, int(PREFETCH_SHARE * max_parallel_fetches)))
+        self._holds = cache.holds if isinstance(cache, _KnowsHeld) else None
+        self._readers: weakref.WeakSet[SequentialReader] = weakref.WeakSet()
+        self._closed = False
+
+    @property
+    def chunk_size(self) -> int:
+        return self._chunk_size
+
+    @property
+    def fetches(self) -> int:
+        """Flights under way (fetching or storing), for tests and metrics."""
+        return self._flights.tasks
+
+    async def read(
+        self, ref: ObjectRef, offset: int, size: int, reader: SequentialReader | None = None
+    ) -> bytes:
+        """Bytes [offset, offset + size) of `ref`: all of them, fewer only at its end.
+
+        `reader` is the handle's read-ahead (from `open_reader(ref)`). Raises
+        VersionChangedError when the object is no longer at `ref.version` (never bytes of
+        another version), ObjectNotFoundError when it is gone, CloudError when no tier can
+        serve a chunk.
+        """
+        if offset < 0 or size < 0:
+            raise ValueError(f"bad range: offset {offset}, size {size}")
+        if self._closed:
+            raise RuntimeError("the read path is closed")
+        if reader is not None:
+            if reader.ref != ref:
+                raise ValueError(f"the reader is for {reader.ref}, not {ref}")
+            reader.on_read(offset, size)
+        chunks = chunks_covering(ref, offset, size, self._chunk_size)
+        end = min(offset + size, ref.size)
+        if not chunks:
+            return b""
+        if len(chunks) == 1:
+            chunk = chunks[0]
+            return await self._read_chunk(chunk, offset - chunk.start, end - chunk.start, reader)
+        try:
+            async with asyncio.TaskGroup() as group:  # fetches are bounded by the slots
+                parts = [
+                    group.create_task(
+                        self._read_chunk(
+                            chunk,
+                            max(offset, chunk.start) - chunk.start,
+                            min(end, chunk.start + chunk.length) - chunk.start,
+                            reader,
+                        )
+                    )
+                    for chunk in chunks
+                ]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the error of the first chunk that failed
+        return b"".join(part.result() for part in parts)
+
+    def open_reader(self, ref: ObjectRef) -> SequentialReader:
+        """The read-ahead of one open handle of `ref`; close it when the handle goes."""
+        if self._closed:
+            raise RuntimeError("the read path is closed")
+        reader = SequentialReader(
+            ref,
+            self,
+            chunk_size=self._chunk_size,
+            stats=self._stats,
+            max_in_flight=self._max_parallel,
+            max_window_bytes=self._max_window_bytes,
+            slots=self._prefetch_slots,
+        )
+        self._readers.add(reader)
+        return reader
+
+    async def prefetch(self, chunk: ChunkRef) -> Prefetched:
+        """Bring `chunk` to tier 1 ahead of its reader (the `ChunkSource` of readers)."""
+        if chunk.id in self._flights or await self._in_tier1(chunk):
+            return Prefetched(fetched=False)
+        fetched, joined = await self._flights.do(chunk.id, partial(self._fetch, chunk))
+        if joined:
+            return Prefetched(fetched=False)
+        return Prefetched(fetched=True, data=fetched.data, kept=fetched.kept)
+
+    async def close(self) -> None:
+        """Cancel all read-ahead and fetches under way and wait until they are gone."""
+        self._closed = True
+        await asyncio.gather(*(reader.close() for reader in list(self._readers)))
+        await self._flights.close()
+
+    # -- one chunk ----------------------------------------------------------------------
+
+    async def _read_chunk(
+        self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None
+    ) -> bytes:
+        """Bytes [lo, hi) of `chunk`, from whichever tier has it first."""
+        if reader is not None:
+            held = reader.claim(chunk.index)
+            if held is not None:
+                return _piece(held, lo, hi)
+        if chunk.id not in self._flights:
+            ticket = self._flights.ticket()
+            data = await self._from_local(chunk, lo, hi - lo)
+            if data is None and self._flights.finished_since(chunk.id, ticket):
+                data = await self._from_local(chunk, lo, hi - lo)  # kept by a flight just ended
+            if data is not None:
+                return data
+        fetched, joined = await self._flights.do(chunk.id, partial(self._fetch, chunk))
+        if joined:
+            self._stats.singleflight_joins += 1
+        if reader is not None:
+            reader.hold(chunk.index, fetched.data, fetched.kept)  # the next reads need it too
+        return _piece(fetched.data, lo, hi)
+
+    async def _in_tier1(self, chunk: ChunkRef) -> bool:
+        """Whether tier 1 holds `chunk` (or a flight of it just ended: no need to fetch)."""
+        if self._holds is not None:
+            return self._holds(chunk.id)
+        ticket = self._flights.ticket()  # a tier 1 that cannot tell: read one byte
+        found = await self._from_local(chunk, 0, min(1, chunk.length)) is not None
+        return found or self._flights.finished_since(chunk.id, ticket)
+
+    async def _fetch(self, chunk: ChunkRef, publish: Publish[_Fetched]) -> None:
+        """One flight: the whole chunk from the peers or the cloud, then into tier 1."""
+        async with self._flight_slots:  # held while storing: see the module docstring
+            async with self._fetch_slots:
+                data = await self._from_peers(chunk)
+                if data is None:
+                    data = await self._from_cloud(chunk)
+            fetched = _Fetched(data, asyncio.get_running_loop().create_future())
+            publish(fetched)
+            await self._keep(chunk, fetched)
+
+    # -- the tiers ----------------------------------------------------------------------
+
+    async def _from_local(self, chunk: ChunkRef, offset: int, length: int) -> bytes | None:
+        """Tier 1 (it counts its own hits and misses); a failing disk is a miss."""
+        try:
+            data = await self._cache.read(chunk, offset, length)
+        except Exception as exc:
+            self._stats.tier(Tier.LOCAL).errors += 1
+            log.warning("tier 1 failed to read chunk %s: %s", chunk.id, exc)
+            return None
+        if data is not None and len(data) != length:
+            self._stats.tier(Tier.LOCAL).errors += 1
+            log.warning("tier 1 gave %d bytes of chunk %s, not %d", len(data), chunk.id, length)
+            return None
+        return data
+
+    async def _from_peers(self, chunk: ChunkRef) -> bytes | None:
+        """Tier 2: the whole chunk, or None to fall through to the cloud."""
+        if self._peers is None:
+            return None
+        counters = self._stats.tier(Tier.PEER)
+        try:
+            data = await self._peers.fetch(chunk)
+        except Exception as exc:
+            counters.errors += 1
+            log.info("peers failed on chunk %s of %s: %s", chunk.index, chunk.obj.key, exc)
+            return None
+        if data is None:
+            counters.misses += 1
+            return None
+        if len(data) != chunk.length:
+            counters.errors += 1
+            log.info("a peer gave %d bytes of chunk %s, not %d", len(data), chunk.id, chunk.length)
+            return None
+        counters.hits += 1
+        counters.bytes += len(data)
+        return data
+
+    async def _from_cloud(self, chunk: ChunkRef) -> bytes:
+        """Tier 3: the whole chunk, pinned to the object's version."""
+        counters = self._stats.tier(Tier.CLOUD)
+        obj = chunk.obj
+        try:
+            data = await self._cloud.get_range(obj.key, chunk.start, chunk.length, obj.version)
+        except (VersionChangedError, ObjectNotFoundError):
+            raise  # the object changed: the caller refreshes its metadata
+        except CloudError:
+            counters.errors += 1
+            raise
+        if len(data) != chunk.length:
+            counters.errors += 1
+            raise CloudError(
+                f"{self._cloud.url}/{obj.key}: chunk {chunk.index} has {len(data)} bytes, "
+                f"not {chunk.length}: the object is shorter than its metadata says"
+            )
+        counters.hits += 1
+        counters.bytes += len(data)
+        return data
+
+    async def _keep(self, chunk: ChunkRef, fetched: _Fetched) -> None:
+        """Promote a fetched chunk to tier 1; failing that, it is only not cached."""
+        kept = False
+        try:
+            if self._cache.wants(chunk):
+                kept = await self._cache.store(chunk, fetched.data, Origin.LOCAL)
+            else:
+                self._stats.not_cached += 1  # not admitted (store counts its own refusals)
+        except Exception as exc:
+            self._stats.not_cached += 1
+            log.warning("chunk %s not kept in tier 1: %s", chunk.id, exc)
+        finally:
+            if not fetched.kept.done():
+                fetched.kept.set_result(kept)
+
+
+def _piece(data: bytes, lo: int, hi: int) -> bytes:
+    return data if lo == 0 and hi == len(data) else data[lo:hi]

@@ -1,0 +1,49 @@
+"""One stats object per node: every cache counts (hits, misses, bytes per tier, ...).
+
+The HTTP API and `/metrics` export this object; tests assert on its numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Tier(StrEnum):
+    LOCAL = "local"  # tier 1: this node's NVMe
+    PEER = "peer"  # tier 2: another node
+    CLOUD = "cloud"  # tier 3
+
+
+@dataclass
+class TierCounters:
+    hits: int = 0  # chunks served by this tier
+    misses: int = 0  # chunks this tier did not have
+    bytes: int = 0  # bytes this tier delivered
+    errors: int = 0  # failures that fell through to the next tier
+
+
+@dataclass
+class NodeStats:
+    """Counters of one node; plain ints, updated on the event loop only."""
+
+    tiers: dict[Tier, TierCounters] = field(
+        default_factory=lambda: {tier: TierCounters() for tier in Tier}
+    )
+    evictions: int = 0  # chunks evicted from tier 1
+    evicted_bytes: int = 0
+    corrupt_chunks: int = 0  # chunk files that failed their checksum (deleted, refetched)
+    not_cached: int = 0  # chunks served without caching (disk full, not admitted)
+    prefetched_chunks: int = 0  # chunks fetched ahead of the reader
+    prefetch_hits: int = 0  # reads served by a chunk the prefetcher brought
+    singleflight_joins: int = 0  # reads that waited on a fetch already under way
+
+    def tier(self, tier: Tier) -> TierCounters:
+        return self.tiers[tier]
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready snapshot."""
+        snapshot = dataclasses.asdict(self)
+        snapshot["tiers"] = {str(t): dataclasses.asdict(c) for t, c in self.tiers.items()}
+        return snapshot

@@ -1,0 +1,138 @@
+"""`tierfs client` as a real process with a real FUSE mount, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import servers
+from tierfs.cloud.base import CloudStore
+from tierfs.cloud.providers import open_store
+from tierfs.errors import ObjectNotFoundError
+from tierfs.settings import ClientSettings, load_settings
+
+MOUNT_TIMEOUT = 30.0
+
+
+def is_mounted(path: Path) -> bool:
+    """A mount (live or stale) is at `path`."""
+    target = os.path.realpath(path)
+    with open("/proc/mounts") as mounts:
+        return any(line.split()[1] == target for line in mounts)
+
+
+def is_serving(path: Path) -> bool:
+    """A live filesystem answers at `path` (a stale mount fails stat with ENOTCONN)."""
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return is_mounted(path)
+
+
+@dataclass
+class Mount:
+    """A running client: its mount point, cache dir, process and log."""
+
+    path: Path
+    nvme: Path
+    flags: dict[str, str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "tierfs.cli", "client"]
+        args += ["-mount", str(self.path), "-nvme", str(self.nvme), "-log-level", "info"]
+        for name, value in self.flags.items():
+            args += [f"-{name.replace('_', '-')}", value]
+        return args
+
+    def start(self) -> Mount:
+        """Start the client and wait until the mount is there (or fail with its log)."""
+        if not is_mounted(self.path):  # else stale: the client cleans it up itself
+            self.path.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=servers.clean_env(**self.env),
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not is_serving(self.path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"tierfs did not mount {self.path}:\n{self.log_tail()}")
+            time.sleep(0.05)
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (dirty files upload, then unmount) and wait; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._unmount()
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = None
+        self._unmount()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the client, as a crash would; the mount is left stale."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def _unmount(self) -> None:
+        if is_mounted(self.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+
+
+def cloud_of(mount: Mount) -> CloudStore:
+    """A CloudStore on the bucket behind `mount`, to check what really reached the cloud."""
+    return open_store(load_settings(ClientSettings, mount.flags, mount.env))
+
+
+def cloud_bytes(mount: Mount, key: str) -> bytes | None:
+    """The object's bytes as the cloud has them, or None if it has no such object."""
+
+    async def fetch() -> bytes | None:
+        cloud = cloud_of(mount)
+        try:
+            meta = await cloud.head(key)
+            return await cloud.get_range(key, 0, meta.size, meta.version)
+        except ObjectNotFoundError:
+            return None
+        finally:
+            await cloud.close()
+
+    return asyncio.run(fetch())
+
+
+def cloud_put(mount: Mount, key: str, data: bytes) -> None:
+    """Write an object behind the mount's back, as another tool would."""
+
+    async def put() -> None:
+        cloud = cloud_of(mount)
+        try:
+            await cloud.put(key, data)
+        finally:
+            await cloud.close()
+
+    asyncio.run(put())

@@ -1,0 +1,89 @@
+"""Chunk files: atomic writes, preads, and the start-up scan, on real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tierfs.cache import files
+from tierfs.chunks import checksum
+
+ID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def chunks_dir(tmp_path: Path) -> str:
+    return files.make_dirs(tmp_path)
+
+
+def temps(chunks_dir: str) -> list[str]:
+    return [n for d in os.listdir(chunks_dir) for n in os.listdir(f"{chunks_dir}/{d}") if "." in n]
+
+
+def test_layout(tmp_path: Path, chunks_dir: str) -> None:
+    assert sorted(os.listdir(chunks_dir)) == [f"{n:02x}" for n in range(256)]
+    assert (tmp_path / "staging").is_dir()
+    assert files.chunk_path(chunks_dir, ID) == f"{chunks_dir}/01/{ID}"
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", ID.upper(), ID[:-1], ID + "0", "", "/" + ID])
+def test_only_chunk_ids_become_paths(chunks_dir: str, bad: str) -> None:
+    with pytest.raises(ValueError):
+        files.chunk_path(chunks_dir, bad)
+
+
+def test_write_is_whole_and_leaves_no_temp(chunks_dir: str) -> None:
+    path = files.chunk_path(chunks_dir, ID)
+    data = os.urandom(3 * 2**20 + 7)
+    assert files.write_chunk(path, data) == checksum(data)
+    assert Path(path).read_bytes() == data
+    assert files.write_chunk(path, b"second") == checksum(b"second")  # replaces atomically
+    assert Path(path).read_bytes() == b"second"
+    assert temps(chunks_dir) == []
+
+
+def test_failed_write_removes_its_temp_file(chunks_dir: str) -> None:
+    path = files.chunk_path(chunks_dir, ID)
+    os.mkdir(path)  # rename onto a directory fails after the data was written
+    with pytest.raises(OSError):
+        files.write_chunk(path, b"x" * 1000)
+    assert temps(chunks_dir) == []
+
+
+def test_read_range_and_verify(chunks_dir: str) -> None:
+    path = files.chunk_path(chunks_dir, ID)
+    data = os.urandom(10_000)
+    digest = files.write_chunk(path, data)
+    assert files.read_range(path, 100, 50) == data[100:150]
+    assert files.read_range(path, 9_990, 50) == data[9_990:]  # clipped at the end
+    assert files.read_verified(path, len(data), digest) == data
+    assert files.read_verified(path, len(data) + 1, digest) is None  # size differs
+    assert files.read_verified(path, len(data), checksum(b"other")) is None
+    with open(path, "r+b") as f:
+        f.seek(5_000)
+        f.write(bytes([data[5_000] ^ 1]))
+    assert files.read_verified(path, len(data), digest) is None
+    assert files.remove(path) is True
+    assert files.remove(path) is False
+    with pytest.raises(FileNotFoundError):
+        files.read_range(path, 0, 1)
+
+
+def test_scan_sorts_chunks_temps_and_strays(chunks_dir: str) -> None:
+    files.write_chunk(files.chunk_path(chunks_dir, ID), b"abc")
+    misplaced = "ff" + ID[2:]  # a chunk id in the wrong folder
+    Path(chunks_dir, "01", misplaced).write_bytes(b"x")
+    Path(chunks_dir, "01", f".{ID}.1234.tmp").write_bytes(b"half")
+    Path(chunks_dir, "02", "notes.txt").write_bytes(b"?")
+    Path(chunks_dir, "03", "sub").mkdir()  # folders are left alone
+
+    found = files.scan(chunks_dir)
+
+    assert found.chunks == {ID: 3}
+    assert found.temps == [f"{chunks_dir}/01/.{ID}.1234.tmp"]
+    assert sorted(found.strays) == sorted(
+        [f"{chunks_dir}/01/{misplaced}", f"{chunks_dir}/02/notes.txt"]
+    )
+    assert files.list_ids(chunks_dir) == {ID}

@@ -1,0 +1,485 @@
+"""The read path on real S3 servers: exact bytes, one GET per chunk (counted by the server),
+tier-1 hits across restarts, read-ahead, cancellation, version changes and bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import servers
+from cloud_targets import server_for, settings_for
+from tierfs.cache.chunk_cache import DiskChunkCache
+from tierfs.chunks import ChunkRef, ObjectRef
+from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
+from tierfs.cloud.providers import open_store
+from tierfs.errors import VersionChangedError
+from tierfs.read_path import ReadPath
+from tierfs.stats import NodeStats, Tier
+
+KiB, MiB, GiB = 2**10, 2**20, 2**30
+READ = 128 * KiB  # what FUSE asks for at a time
+
+
+@dataclass
+class Cloud:
+    """A fresh bucket on a real server."""
+
+    server: servers.S3Server
+    bucket: str
+    store: CloudStore
+
+    async def put(self, key: str, body: bytes | Path) -> ObjectRef:
+        meta = await self.store.put(key, body)
+        return ObjectRef(key, meta.version, meta.size)
+
+    async def gets(self) -> int:
+        """GETs the server has answered for this bucket, once its count has settled."""
+        count = await asyncio.to_thread(self.server.request_count, "GET", self.bucket)
+        while True:
+            await asyncio.sleep(0.05)
+            again = await asyncio.to_thread(self.server.request_count, "GET", self.bucket)
+            if again == count:
+                return count
+            count = again
+
+
+@asynccontextmanager
+async def cloud_on(server: servers.S3Server, root: Path) -> AsyncIterator[Cloud]:
+    config = settings_for("s3", server, root)
+    store = open_store(config)
+    try:
+        yield Cloud(server, config.s3_bucket, store)
+    finally:
+        await store.close()
+
+
+@dataclass
+class Node:
+    """Tier 1 on a local directory and the read path over it."""
+
+    cache: DiskChunkCache
+    path: ReadPath
+    stats: NodeStats
+
+
+@asynccontextmanager
+async def node_on(
+    root: Path,
+    cloud: CloudStore,
+    *,
+    chunk_size: int,
+    nvme_size: int = GiB,
+    admit_after: int = 1,
+    **options: object,
+) -> AsyncIterator[Node]:
+    stats = NodeStats()
+    cache = await DiskChunkCache.create(
+        root, nvme_size=nvme_size, peer_size=0, stats=stats, admit_after=admit_after
+    )
+    path = ReadPath(cache, cloud, chunk_size=chunk_size, stats=stats, **options)  # type: ignore[arg-type]
+    try:
+        yield Node(cache, path, stats)
+    finally:
+        await path.close()
+        assert path.fetches == 0
+        await cache.close()
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def other_tasks() -> set[asyncio.Task[object]]:
+    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+
+# -- exact bytes ------------------------------------------------------------------------
+
+RANGES_CHUNK = 64 * KiB
+RANGES_SIZE = 3 * MiB + 4321
+
+
+def read_lists() -> st.SearchStrategy[list[tuple[int, int]]]:
+    """Reads anywhere (across chunk edges and past the end), or runs of sequential ones."""
+    anywhere = st.tuples(
+        st.integers(0, RANGES_SIZE + 2 * RANGES_CHUNK), st.integers(0, 5 * RANGES_CHUNK)
+    )
+    runs = st.builds(
+        lambda start, piece, count: [(start + i * piece, piece) for i in range(count)],
+        st.integers(0, RANGES_SIZE),
+        st.integers(1, 3 * RANGES_CHUNK),
+        st.integers(2, 12),
+    )
+    return st.one_of(st.lists(anywhere, min_size=1, max_size=6), runs)
+
+
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+def test_random_ranges_return_exactly_the_objects_bytes(
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+) -> None:
+    server = server_for(request, provider)
+    assert isinstance(server, servers.S3Server)
+    body = random_bytes(RANGES_SIZE, seed=1)
+
+    # Hypothesis drives a synchronous function: one event loop for the whole test.
+    with asyncio.Runner() as runner:
+        cloud_cm = cloud_on(server, tmp_path)
+        cloud = runner.run(cloud_cm.__aenter__())
+        ref = runner.run(cloud.put("data/ranges.bin", body))
+        # a small tier 1 (16 chunks): evictions happen between examples
+        node_cm = node_on(tmp_path / "nvme", cloud.store, chunk_size=RANGES_CHUNK, nvme_size=MiB)
+        node = runner.run(node_cm.__aenter__())
+
+        async def check(reads: list[tuple[int, int]], use_reader: bool) -> None:
+            reader = node.path.open_reader(ref) if use_reader else None
+            try:
+                for offset, size in reads:
+                    got = await node.path.read(ref, offset, size, reader)
+                    assert got == body[offset : offset + size], (offset, size)
+            finally:
+                if reader is not None:
+                    await reader.close()
+
+        @settings(max_examples=50, deadline=None, database=None)
+        @given(reads=read_lists(), use_reader=st.booleans())
+        def examples(reads: list[tuple[int, int]], use_reader: bool) -> None:
+            runner.run(check(reads, use_reader))
+
+        try:
+            examples()
+            assert runner.run(node.path.read(ref, RANGES_SIZE, 10)) == b""
+            assert runner.run(node.path.read(ref, 0, RANGES_SIZE + 1)) == body
+        finally:
+            runner.run(node_cm.__aexit__(None, None, None))
+            runner.run(cloud_cm.__aexit__(None, None, None))
+        assert node.stats.tier(Tier.CLOUD).errors == 0
+
+
+# -- single-flight and tier 1 ---------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_concurrent_readers_of_a_cold_chunk_cause_one_get(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    chunk = 256 * KiB
+    body = random_bytes(4 * chunk, seed=2)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("one-chunk", body)
+        async with node_on(tmp_path / "nvme", cloud.store, chunk_size=chunk) as node:
+            before = await cloud.gets()
+            spans = [(2 * chunk + 997 * i, 1000 + i) for i in range(64)]
+            readers = [asyncio.create_task(node.path.read(ref, o, n)) for o, n in spans]
+            await asyncio.sleep(0)
+            for task in readers[::4]:  # cancelled waiters must not cancel the shared fetch
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            for (offset, size), task in zip(spans, readers, strict=True):
+                if not task.cancelled():
+                    assert task.result() == body[offset : offset + size]
+            assert sum(task.cancelled() for task in readers) == 16
+            assert await cloud.gets() - before == 1  # counted at the server
+            assert node.stats.tier(Tier.CLOUD).hits == 1
+            assert node.stats.singleflight_joins >= 1
+
+
+@pytest.mark.asyncio
+async def test_a_second_read_and_a_restart_cause_no_get(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    chunk = 256 * KiB
+    body = random_bytes(MiB, seed=3)
+    offset, size = 100_000, 600_000  # chunks 0, 1 and 2
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("dir/again.bin", body)
+        async with node_on(tmp_path / "nvme", cloud.store, chunk_size=chunk) as node:
+            start = await cloud.gets()
+            assert await node.path.read(ref, offset, size) == body[offset : offset + size]
+            fetched = await cloud.gets()
+            assert fetched - start == 3
+            assert await node.path.read(ref, offset, size) == body[offset : offset + size]
+            assert await cloud.gets() == fetched
+            assert node.stats.tier(Tier.LOCAL).hits == 3
+            assert node.stats.tier(Tier.CLOUD).bytes == 3 * chunk
+        async with node_on(tmp_path / "nvme", cloud.store, chunk_size=chunk) as restarted:
+            assert await restarted.path.read(ref, offset, size) == body[offset : offset + size]
+            assert await cloud.gets() == fetched
+            local = restarted.stats.tier(Tier.LOCAL)
+            assert (local.hits, local.misses) == (3, 0)
+
+
+# -- read-ahead -------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_sequential_read_is_prefetched_with_one_get_per_chunk(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    chunk = MiB
+    body = random_bytes(32 * MiB, seed=4)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("seq.bin", body)
+        async with node_on(tmp_path / "nvme", cloud.store, chunk_size=chunk) as node:
+            start = await cloud.gets()
+            reader = node.path.open_reader(ref)
+            for offset in range(0, ref.size, READ):
+                got = await node.path.read(ref, offset, READ, reader)
+                assert got == body[offset : offset + READ], offset
+            assert await node.path.read(ref, ref.size, READ, reader) == b""
+            await reader.close()
+            assert reader.in_flight == 0
+            stats = node.stats
+            assert stats.prefetched_chunks > 16
+            assert 0 < stats.prefetch_hits <= stats.prefetched_chunks
+            assert await cloud.gets() - start == 32  # no chunk fetched twice
+            assert stats.tier(Tier.CLOUD).hits == 32
+
+
+@pytest.mark.asyncio
+async def test_unkept_chunks_are_held_by_the_reader(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """Tier 1 admits nothing on a first access: read-ahead still serves from memory."""
+    chunk = 256 * KiB
+    body = random_bytes(8 * MiB, seed=5)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("scan.bin", body)
+        async with node_on(
+            tmp_path / "nvme",
+            cloud.store,
+            chunk_size=chunk,
+            admit_after=2,
+            max_window_bytes=2 * MiB,
+        ) as node:
+            start = await cloud.gets()
+            reader = node.path.open_reader(ref)
+            most_held = 0
+            for offset in range(0, ref.size, 64 * KiB):
+                got = await node.path.read(ref, offset, 64 * KiB, reader)
+                assert got == body[offset : offset + 64 * KiB], offset
+                most_held = max(most_held, reader.held)
+            await reader.close()
+            assert 0 < most_held <= 8 + 1  # the window (2 MiB) and the chunk being read
+            assert node.stats.prefetch_hits > 16
+            assert len(node.cache) == 0  # nothing was admitted
+            assert await cloud.gets() - start == 32  # and yet nothing fetched twice
+
+
+class SlowCloud(CloudStore):
+    """The real store, with latency added to each ranged GET so that prefetches are
+    observably under way when the test looks."""
+
+    def __init__(self, store: CloudStore, delay: float) -> None:
+        self._store = store
+        self._delay = delay
+        self.url = store.url
+
+    async def get_range(self, key: str, start: int, length: int, version: str) -> bytes:
+        await asyncio.sleep(self._delay)
+        return await self._store.get_range(key, start, length, version)
+
+    async def head(self, key: str) -> ObjectMeta:
+        return await self._store.head(key)
+
+    async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
+        return await self._store.put(key, body)
+
+    def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
+        return self._store.list(prefix, delimiter)
+
+    async def delete(self, key: str) -> None:
+        await self._store.delete(key)
+
+    async def copy(self, source: str, destination: str) -> None:
+        await self._store.copy(source, destination)
+
+
+@pytest.mark.asyncio
+async def test_a_seek_cancels_read_ahead_and_close_leaves_no_task(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    chunk = 64 * KiB
+    body = random_bytes(16 * MiB, seed=6)
+    baseline = other_tasks()
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("seek.bin", body)
+        slow = SlowCloud(cloud.store, delay=0.02)
+        async with node_on(tmp_path / "nvme", slow, chunk_size=chunk) as node:
+            reader = node.path.open_reader(ref)
+
+            async def read(offset: int, size: int = chunk) -> None:
+                got = await node.path.read(ref, offset, size, reader)
+                assert got == body[offset : offset + size], offset
+
+            for index in range(8):
+                await read(index * chunk)
+            assert reader.window >= 16 and reader.in_flight > 0
+            await read(200 * chunk + 5)  # away
+            assert reader.window == 0 and reader.in_flight == 0
+            settled = await cloud.gets()
+            await asyncio.sleep(0.2)
+            assert await cloud.gets() == settled  # nothing goes on behind the reader's back
+
+            # Bursts of sequential reads, each ended by a seek: tasks stay bounded.
+            rng = random.Random(7)
+            most_tasks = 0
+            for _ in range(12):
+                start = rng.randrange(0, 240) * chunk
+                for index in range(5):
+                    await read(start + index * chunk)
+                    most_tasks = max(most_tasks, len(other_tasks() - baseline))
+                assert reader.in_flight <= 16
+            # prefetches (16), flights (24 with a slot, + a demand read's), the cache's writes
+            # of their chunks (24) and housekeeping: bounded, however many seeks
+            assert most_tasks <= 16 + 2 * 25 + 2
+            await reader.close()
+            assert reader.in_flight == 0
+        assert node.path.fetches == 0
+    await asyncio.sleep(0)
+    assert other_tasks() - baseline == set()
+
+
+# -- versions -----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+async def test_a_changed_object_raises_and_never_mixes_versions(
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+) -> None:
+    server = server_for(request, provider)
+    assert isinstance(server, servers.S3Server)
+    chunk = 256 * KiB
+    old, new = random_bytes(MiB, seed=8), random_bytes(MiB, seed=9)
+    async with cloud_on(server, tmp_path) as cloud:
+        ref = await cloud.put("changing", old)
+        async with node_on(tmp_path / "nvme", cloud.store, chunk_size=chunk) as node:
+            assert await node.path.read(ref, 0, 1000) == old[:1000]  # chunk 0 in tier 1
+            changed = await cloud.put("changing", new)
+            assert changed.version != ref.version
+            with pytest.raises(VersionChangedError):
+                await node.path.read(ref, 0, 600_000)  # chunk 0 cached, 1 and 2 not
+            reader = node.path.open_reader(ref)
+            with pytest.raises(VersionChangedError):  # read-ahead meets it too, quietly
+                for offset in range(chunk, ref.size, 64 * KiB):
+                    await node.path.read(ref, offset, 64 * KiB, reader)
+            await reader.close()
+            # what tier 1 holds of the old version is still the old version's bytes
+            assert await node.path.read(ref, 0, 1000) == old[:1000]
+            assert await node.path.read(changed, 0, 600_000) == new[:600_000]
+            assert node.stats.tier(Tier.CLOUD).errors == 0
+
+
+# -- tier 2 hook --------------------------------------------------------------------------
+
+
+class PeersHolding:
+    """A tier 2 that holds some chunks (and fails, if told to)."""
+
+    def __init__(self, body: bytes, indexes: set[int], failing: bool = False) -> None:
+        self.body = body
+        self.indexes = indexes
+        self.failing = failing
+        self.asked: list[int] = []
+
+    async def fetch(self, chunk: ChunkRef) -> bytes | None:
+        self.asked.append(chunk.index)
+        if self.failing:
+            raise ConnectionResetError("peer went away")
+        if chunk.index not in self.indexes:
+            return None
+        return self.body[chunk.start : chunk.start + chunk.length]
+
+
+@pytest.mark.asyncio
+async def test_peers_come_between_tier_1_and_the_cloud(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    chunk = 256 * KiB
+    body = random_bytes(MiB, seed=10)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("peered", body)
+        peers = PeersHolding(body, {1})
+        async with node_on(tmp_path / "a", cloud.store, chunk_size=chunk, peers=peers) as node:
+            start = await cloud.gets()
+            assert await node.path.read(ref, 0, 3 * chunk) == body[: 3 * chunk]
+            assert await cloud.gets() - start == 2  # chunk 1 came from a peer
+            assert sorted(peers.asked) == [0, 1, 2]
+            assert await node.path.read(ref, chunk, 10) == body[chunk : chunk + 10]
+            assert sorted(peers.asked) == [0, 1, 2]  # promoted to tier 1
+            peer = node.stats.tier(Tier.PEER)
+            assert (peer.hits, peer.misses, peer.bytes) == (1, 2, chunk)
+        failing = PeersHolding(body, {0}, failing=True)
+        async with node_on(tmp_path / "b", cloud.store, chunk_size=chunk, peers=failing) as node:
+            assert await node.path.read(ref, 0, ref.size) == body
+            assert node.stats.tier(Tier.PEER).errors == 4
+            assert node.stats.tier(Tier.CLOUD).hits == 4
+
+
+# -- memory -------------------------------------------------------------------------------
+
+
+def vm_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def big_file(path: Path, size: int, block: bytes) -> Callable[[int, int], bool]:
+    """Write `size` bytes of `block`s, each starting with its 8-byte index; return a check
+    of one read (offset, data) that needs no copy of the file."""
+    with path.open("wb") as out:
+        for index in range(size // len(block)):
+            out.write(index.to_bytes(8, "little") + block[8:])
+
+    def check(offset: int, data: bytes) -> bool:
+        index, at = divmod(offset, len(block))
+        if at + len(data) > len(block):
+            raise AssertionError("reads must not cross a block")
+        if at < 8:
+            head = index.to_bytes(8, "little")[at:]
+            return data[: len(head)] == head and data[len(head) :] == block[8 : at + len(data)]
+        return data == block[at : at + len(data)]
+
+    return check
+
+
+@pytest.mark.asyncio
+async def test_streaming_a_large_object_keeps_memory_bounded(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    size = GiB
+    source = tmp_path / "big.bin"
+    check = big_file(source, size, random_bytes(MiB, seed=11))
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("big.bin", source)
+        source.unlink()
+        # tier 1 smaller than the object: it evicts as the stream goes
+        async with node_on(
+            tmp_path / "nvme", cloud.store, chunk_size=4 * MiB, nvme_size=256 * MiB
+        ) as node:
+            reader = node.path.open_reader(ref)
+            baseline = vm_kib("VmRSS")
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")  # VmHWM := VmRSS: the peak from here on
+            started = time.monotonic()
+            for offset in range(0, size, READ):
+                data = await node.path.read(ref, offset, READ, reader)
+                assert len(data) == READ and check(offset, data), offset
+            elapsed = time.monotonic() - started
+            growth = (vm_kib("VmHWM") - baseline) * KiB
+            await reader.close()
+            assert growth < 150 * MiB, f"RSS grew by {growth / MiB:.0f} MiB"
+            assert node.stats.prefetch_hits > 0
+            print(f"1 GiB streamed in {elapsed:.1f} s; RSS peak +{growth / MiB:.0f} MiB")

@@ -1,0 +1,103 @@
+"""Mount, stop, crash and restart: nothing acknowledged is lost, and errors are one line."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import servers
+from cloud_targets import target_flags
+from mounts import Mount, cloud_bytes, is_mounted
+
+
+def test_sigterm_uploads_dirty_files_unmounts_and_exits_0(mount_factory: object) -> None:
+    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    fd = os.open(mount.path / "open-at-stop", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"written, never closed")
+    assert mount.proc is not None
+    mount.proc.send_signal(signal.SIGTERM)
+    assert mount.proc.wait(60) == 0
+    assert not is_mounted(mount.path)
+    with pytest.raises(OSError):
+        os.close(fd)  # the filesystem is gone; its bytes are not
+    assert cloud_bytes(mount, "open-at-stop") == b"written, never closed"
+
+
+def test_kill_9_before_upload_loses_nothing(mount_factory: object) -> None:
+    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    fd = os.open(mount.path / "crash.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    payload = os.urandom(5 * 2**20)
+    assert os.write(fd, payload) == len(payload)
+    mount.kill()  # before close: nothing uploaded yet
+    assert cloud_bytes(mount, "crash.bin") is None
+    with pytest.raises(OSError):
+        os.close(fd)  # the daemon is gone
+    # The mount point is stale now; a new start cleans it and uploads the journal first.
+    mount.start()
+    assert cloud_bytes(mount, "crash.bin") == payload
+    assert (mount.path / "crash.bin").read_bytes() == payload
+    assert "stale mount" in mount.log_tail(200)
+
+
+@pytest.mark.warnings_expected
+def test_upload_failure_is_eio_and_the_data_is_kept(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    server = servers.start_seaweedfs(tmp_path / "own-server")
+    request.addfinalizer(server.stop)
+    flags, env = target_flags("s3-seaweedfs", server, tmp_path, timeout=3.0)
+    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
+    request.addfinalizer(mount.stop)
+    mount.start()
+    payload = b"must not be lost " * 1000
+    fd = os.open(mount.path / "keep.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, payload)
+    server.proc.kill()  # the cloud goes down before the file is closed
+    started = time.monotonic()
+    with pytest.raises(OSError) as failed:
+        os.close(fd)
+    assert failed.value.errno == errno.EIO
+    assert time.monotonic() - started < 30  # the cloud deadline, not a hang
+    assert mount.stop() == 0
+    mount.start()  # the cloud is still down: the kept upload waits for it
+    server.proc.restart()
+    deadline = time.monotonic() + 60
+    while cloud_bytes(mount, "keep.txt") is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert cloud_bytes(mount, "keep.txt") == payload
+
+
+def client(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tierfs.cli", "client", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=servers.clean_env(),
+    )
+
+
+def test_missing_mount_point_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    result = client("-mount", str(tmp_path / "absent"), "-nvme", str(tmp_path / "n"),
+                    "-cloud-provider", "local", "-local-root", str(tmp_path / "b"))  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"tierfs client: mount point {tmp_path / 'absent'} does not exist"
+    ]
+
+
+def test_busy_mount_point_is_one_line_and_exit_1(mount_factory: object, tmp_path: Path) -> None:
+    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    result = client("-mount", str(mount.path), "-nvme", str(tmp_path / "n2"),
+                    "-cloud-provider", "local", "-local-root", str(tmp_path / "b2"))  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is busy" in lines[0], result.stderr
+    assert is_mounted(mount.path)  # the mount in place is untouched

@@ -1,0 +1,183 @@
+"""A mounted bucket behaves as a filesystem: what `ls`, `cat`, `cp`, `mv`, `rm` users expect."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mounts import Mount, cloud_bytes, cloud_put
+
+
+def test_objects_are_files_and_prefixes_directories(mounted: Mount) -> None:
+    cloud_put(mounted, "data/a.txt", b"hello\n")
+    cloud_put(mounted, "data/sub/b.bin", bytes(range(256)) * 1000)
+    root = mounted.path
+    assert sorted(os.listdir(root)) == ["data"]
+    assert sorted(os.listdir(root / "data")) == ["a.txt", "sub"]
+    assert (root / "data/a.txt").read_bytes() == b"hello\n"
+    assert (root / "data/sub/b.bin").read_bytes() == bytes(range(256)) * 1000
+    info = os.stat(root / "data/a.txt")
+    assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o644
+    assert info.st_size == 6 and info.st_uid == os.getuid()
+    assert stat.S_ISDIR(os.stat(root / "data/sub").st_mode)
+    listing = subprocess.run(["ls", "-l", str(root / "data")], capture_output=True, text=True)
+    assert listing.returncode == 0 and "a.txt" in listing.stdout
+    statfs = os.statvfs(root)
+    assert statfs.f_bavail > 0 and statfs.f_namemax == 255
+
+
+def test_written_file_is_in_the_cloud_when_close_returns(mounted: Mount) -> None:
+    path = mounted.path / "out" / "new.bin"
+    os.mkdir(mounted.path / "out")
+    payload = os.urandom(3 * 2**20 + 123)
+    with path.open("wb") as out:
+        out.write(payload)
+    assert cloud_bytes(mounted, "out/new.bin") == payload  # close returned: durable
+    assert path.read_bytes() == payload
+    with path.open("ab") as out:  # append
+        out.write(b"tail")
+    assert cloud_bytes(mounted, "out/new.bin") == payload + b"tail"
+    with path.open("r+b") as out:  # a random write in the middle
+        out.seek(1000)
+        out.write(b"XYZ")
+        out.flush()
+        os.fsync(out.fileno())
+        expected = payload[:1000] + b"XYZ" + payload[1003:] + b"tail"
+        assert cloud_bytes(mounted, "out/new.bin") == expected  # fsync returned: durable
+    os.truncate(path, 10)
+    assert cloud_bytes(mounted, "out/new.bin") == payload[:10]
+    assert path.read_bytes() == payload[:10]
+    path.write_bytes(b"")  # O_TRUNC to empty
+    assert cloud_bytes(mounted, "out/new.bin") == b""
+
+
+def test_empty_file_is_created_in_the_cloud(mounted: Mount) -> None:
+    (mounted.path / "touched").touch()
+    assert cloud_bytes(mounted, "touched") == b""
+    assert os.stat(mounted.path / "touched").st_size == 0
+
+
+def test_namespace_operations(mounted: Mount) -> None:
+    root = mounted.path
+    os.makedirs(root / "d1/d2")
+    assert sorted(os.listdir(root / "d1")) == ["d2"]
+    (root / "d1/d2/f").write_bytes(b"file")
+    with pytest.raises(OSError) as failed:
+        os.rmdir(root / "d1/d2")
+    assert failed.value.errno == errno.ENOTEMPTY
+    os.rename(root / "d1/d2/f", root / "d1/g")
+    assert cloud_bytes(mounted, "d1/g") == b"file" and cloud_bytes(mounted, "d1/d2/f") is None
+    assert (root / "d1/g").read_bytes() == b"file"
+    os.rmdir(root / "d1/d2")
+    assert os.listdir(root / "d1") == ["g"]
+    os.rename(root / "d1", root / "moved")  # a directory: every key under it moves
+    assert cloud_bytes(mounted, "moved/g") == b"file" and cloud_bytes(mounted, "d1/g") is None
+    assert os.listdir(root / "moved") == ["g"]
+    os.unlink(root / "moved/g")
+    assert cloud_bytes(mounted, "moved/g") is None
+    assert not (root / "moved/g").exists()
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        (lambda r: (r / "nope").read_bytes(), errno.ENOENT),
+        (lambda r: os.mkdir(r / "dir"), errno.EEXIST),
+        (lambda r: (r / "dir").write_bytes(b"x"), errno.EISDIR),
+        (lambda r: os.listdir(r / "file"), errno.ENOTDIR),
+        (lambda r: os.rmdir(r / "file"), errno.ENOTDIR),
+        (lambda r: os.unlink(r / "dir"), errno.EISDIR),
+        (lambda r: (r / ("n" * 256)).write_bytes(b"x"), errno.ENAMETOOLONG),
+        (lambda r: os.link(r / "file", r / "hard"), errno.ENOTSUP),
+    ],
+)
+def test_errors_users_expect(mount_factory: object, action: object, expected: int) -> None:
+    mount = mount_factory("local")  # type: ignore[operator]
+    os.mkdir(mount.path / "dir")
+    (mount.path / "dir/inside").write_bytes(b"x")
+    (mount.path / "file").write_bytes(b"x")
+    with pytest.raises(OSError) as failed:
+        action(mount.path)  # type: ignore[operator]
+    assert failed.value.errno == expected
+
+
+def test_unicode_and_spaces_in_names(mounted: Mount) -> None:
+    names = ["a file with spaces.txt", "ünïcødé файл 文件.bin", "emoji 🎉", "semi;colon&amp"]
+    os.mkdir(mounted.path / "dir with space")
+    for name in names:
+        (mounted.path / "dir with space" / name).write_bytes(name.encode())
+    assert sorted(os.listdir(mounted.path / "dir with space")) == sorted(names)
+    for name in names:
+        assert cloud_bytes(mounted, f"dir with space/{name}") == name.encode()
+        assert (mounted.path / "dir with space" / name).read_bytes() == name.encode()
+
+
+def test_ordinary_tools(mounted: Mount, tmp_path: Path) -> None:
+    source = tmp_path / "tree"
+    (source / "a/b").mkdir(parents=True)
+    for index in range(20):
+        (source / "a" / f"f{index}").write_bytes(os.urandom(1000 + index))
+    (source / "a/b/deep").write_bytes(os.urandom(300_000))
+
+    def run(*args: str) -> str:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    run("cp", "-r", str(source), str(mounted.path / "copy"))
+    run("diff", "-r", str(source), str(mounted.path / "copy"))
+    found = run("find", str(mounted.path / "copy"), "-type", "f").split()
+    assert len(found) == 21
+    assert int(run("du", "-sb", str(mounted.path / "copy")).split()[0]) >= 300_000
+    run("tar", "-cf", str(tmp_path / "t.tar"), "-C", str(mounted.path), "copy")
+    run("mkdir", str(tmp_path / "untar"))
+    run("tar", "-xf", str(tmp_path / "t.tar"), "-C", str(tmp_path / "untar"))
+    run("diff", "-r", str(source), str(tmp_path / "untar/copy"))
+    run("rsync", "-a", str(source) + "/", str(mounted.path / "synced"))
+    run("diff", "-r", str(source), str(mounted.path / "synced"))
+    dd_out = mounted.path / "dd.bin"
+    run("dd", "if=/dev/zero", f"of={dd_out}", "bs=1M", "count=8", "status=none")
+    assert cloud_bytes(mounted, "dd.bin") == bytes(8 * 2**20)
+
+
+def test_a_big_directory_lists_in_full(mount_factory: object) -> None:
+    mount = mount_factory("local", start=False)  # type: ignore[operator]
+    bucket = Path(mount.flags["local_root"]) / "big"
+    bucket.mkdir(parents=True)
+    for index in range(10_000):
+        (bucket / f"entry-{index:05d}").write_bytes(b"")
+    mount.start()
+    names = os.listdir(mount.path / "big")
+    assert sorted(names) == [f"entry-{index:05d}" for index in range(10_000)]
+
+
+def test_concurrent_readers_and_writers(mounted: Mount) -> None:
+    payload = {f"w{index}": os.urandom(2**20 + index) for index in range(8)}
+
+    def write(name: str) -> None:
+        (mounted.path / name).write_bytes(payload[name])
+
+    def read(name: str) -> str:
+        return hashlib.sha256((mounted.path / name).read_bytes()).hexdigest()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, payload))
+        digests = list(pool.map(read, list(payload) * 4))
+    expected = [hashlib.sha256(payload[name]).hexdigest() for name in list(payload) * 4]
+    assert digests == expected
+
+
+def test_changes_in_the_bucket_are_seen_at_the_next_open(mounted: Mount) -> None:
+    cloud_put(mounted, "shared.txt", b"version one")
+    assert (mounted.path / "shared.txt").read_bytes() == b"version one"
+    cloud_put(mounted, "shared.txt", b"version two, longer")
+    time.sleep(2.5)  # the metadata TTL (1 s) and the kernel's attribute TTL (1 s)
+    assert (mounted.path / "shared.txt").read_bytes() == b"version two, longer"
