@@ -2,13 +2,13 @@
 
 Threading: the in-memory entries (eviction.py) are the truth while running and change
 only in synchronous code on the loop. File work that can block goes to a small thread
-pool: writes (fsync), unlinks (about 1 ms for a 4 MiB file on ext4 here), and reads
+pool: writes, unlinks (about 1 ms for a 4 MiB file on ext4 here), and reads
 and checksum checks of 1 MiB or more; a smaller pread of a verified chunk is a
 page-cache copy of a few microseconds and runs inline. SQLite runs on its own thread
 (index.py); hits update access info in memory, written to the index in batches.
 
-Crash safety follows from the order of a store: write a temp file, fsync, rename, then
-insert the row. A crash leaves at worst a temp file or a file without a row (both removed
+Crash safety follows from the order of a store: write a temp file, rename, then insert
+the row. A crash leaves at worst a temp file or a file without a row (both removed
 on start) or a row without a file (dropped on start); anything else is caught by the
 checksum check of the first read after start.
 """
@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 # Reads and checksum checks from this size go to a thread; smaller preads run inline.
 LARGE_IO = 2**20
-# Blocking file work in parallel: fsyncs of concurrent stores, large reads.
+# Blocking file work in parallel: writes of concurrent stores, large reads, unlinks.
 IO_THREADS = 8
 # Access info reaches the index this often; a crash loses at most this much LRU order.
 FLUSH_INTERVAL = 2.0
