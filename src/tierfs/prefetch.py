@@ -121,6 +121,7 @@ class SequentialReader:
         previous = self._end
         if previous is None:
             self._end = end
+            self._first = first
         elif offset == previous:
             self._streak += 1
             self._end = end

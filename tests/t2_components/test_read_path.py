@@ -7,7 +7,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,8 @@ from tierfs.chunks import ChunkRef, ObjectRef
 from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.providers import open_store
 from tierfs.errors import VersionChangedError
-from tierfs.read_path import ReadPath
+from tierfs.prefetch import MAX_WINDOW_BYTES
+from tierfs.read_path import PeerTier, ReadPath
 from tierfs.stats import NodeStats, Tier
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
@@ -79,13 +80,21 @@ async def node_on(
     chunk_size: int,
     nvme_size: int = GiB,
     admit_after: int = 1,
-    **options: object,
+    peers: PeerTier | None = None,
+    max_window_bytes: int = MAX_WINDOW_BYTES,
 ) -> AsyncIterator[Node]:
     stats = NodeStats()
     cache = await DiskChunkCache.create(
         root, nvme_size=nvme_size, peer_size=0, stats=stats, admit_after=admit_after
     )
-    path = ReadPath(cache, cloud, chunk_size=chunk_size, stats=stats, **options)  # type: ignore[arg-type]
+    path = ReadPath(
+        cache,
+        cloud,
+        chunk_size=chunk_size,
+        stats=stats,
+        peers=peers,
+        max_window_bytes=max_window_bytes,
+    )
     try:
         yield Node(cache, path, stats)
     finally:
@@ -99,7 +108,8 @@ def random_bytes(size: int, seed: int) -> bytes:
 
 
 def other_tasks() -> set[asyncio.Task[object]]:
-    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+    current = asyncio.current_task()
+    return {task for task in asyncio.all_tasks() if task is not current}
 
 
 # -- exact bytes ------------------------------------------------------------------------
@@ -132,12 +142,12 @@ def test_random_ranges_return_exactly_the_objects_bytes(
 
     # Hypothesis drives a synchronous function: one event loop for the whole test.
     with asyncio.Runner() as runner:
-        cloud_cm = cloud_on(server, tmp_path)
-        cloud = runner.run(cloud_cm.__aenter__())
+        resources = AsyncExitStack()
+        cloud = runner.run(resources.enter_async_context(cloud_on(server, tmp_path)))
         ref = runner.run(cloud.put("data/ranges.bin", body))
         # a small tier 1 (16 chunks): evictions happen between examples
-        node_cm = node_on(tmp_path / "nvme", cloud.store, chunk_size=RANGES_CHUNK, nvme_size=MiB)
-        node = runner.run(node_cm.__aenter__())
+        small = node_on(tmp_path / "nvme", cloud.store, chunk_size=RANGES_CHUNK, nvme_size=MiB)
+        node = runner.run(resources.enter_async_context(small))
 
         async def check(reads: list[tuple[int, int]], use_reader: bool) -> None:
             reader = node.path.open_reader(ref) if use_reader else None
@@ -159,8 +169,7 @@ def test_random_ranges_return_exactly_the_objects_bytes(
             assert runner.run(node.path.read(ref, RANGES_SIZE, 10)) == b""
             assert runner.run(node.path.read(ref, 0, RANGES_SIZE + 1)) == body
         finally:
-            runner.run(node_cm.__aexit__(None, None, None))
-            runner.run(cloud_cm.__aexit__(None, None, None))
+            runner.run(resources.aclose())
         assert node.stats.tier(Tier.CLOUD).errors == 0
 
 
@@ -436,7 +445,7 @@ def vm_kib(field: str) -> int:
     raise AssertionError(f"no {field} in /proc/self/status")
 
 
-def big_file(path: Path, size: int, block: bytes) -> Callable[[int, int], bool]:
+def big_file(path: Path, size: int, block: bytes) -> Callable[[int, bytes], bool]:
     """Write `size` bytes of `block`s, each starting with its 8-byte index; return a check
     of one read (offset, data) that needs no copy of the file."""
     with path.open("wb") as out:
