@@ -45,9 +45,6 @@ class UploadJournal:
             "INSERT OR REPLACE INTO pending (staging, key) VALUES (?, ?)", (str(staging), key)
         )
 
-    def rename(self, staging: Path, key: str) -> None:
-        self._db.execute("UPDATE pending SET key = ? WHERE staging = ?", (key, str(staging)))
-
     def done(self, staging: Path) -> None:
         self._db.execute("DELETE FROM pending WHERE staging = ?", (str(staging),))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -65,13 +66,37 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
         os.close(fd)
     assert failed.value.errno == errno.EIO
     assert time.monotonic() - started < 30  # the cloud deadline, not a hang
-    assert mount.stop() == 0
-    mount.start()  # the cloud is still down: the kept upload waits for it
-    server.proc.restart()
+    assert (mount.path / "keep.txt").read_bytes() == payload  # kept, and still visible here
+    server.proc.restart()  # the cloud is back: the kept file goes up without any help
     deadline = time.monotonic() + 60
     while cloud_bytes(mount, "keep.txt") is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert cloud_bytes(mount, "keep.txt") == payload
+    assert mount.stop() == 0
+
+
+@pytest.mark.warnings_expected
+def test_a_journaled_upload_waits_for_the_cloud_at_start(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    server = servers.start_seaweedfs(tmp_path / "own-server")
+    request.addfinalizer(server.stop)
+    flags, env = target_flags("s3-seaweedfs", server, tmp_path, timeout=3.0)
+    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
+    request.addfinalizer(mount.stop)
+    mount.start()
+    fd = os.open(mount.path / "late.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"journaled")
+    mount.kill()  # crash before the upload
+    server.proc.kill()  # and the cloud is down when the client comes back
+    mount.start()
+    server.proc.restart()
+    deadline = time.monotonic() + 60
+    while cloud_bytes(mount, "late.txt") is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert cloud_bytes(mount, "late.txt") == b"journaled"
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def client(*args: str) -> subprocess.CompletedProcess[str]:

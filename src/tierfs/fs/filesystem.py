@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255  # bytes of one name, as every Linux filesystem
 KEY_MAX = 1024  # bytes of a whole key, the limit of S3 and GCS
 COPY_PIECE = 8 * 2**20  # filling a staging file from the tiers, one piece at a time
+RETRY_INTERVAL = 5.0  # seconds between tries of uploads that failed at close
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Filesystem:
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._last_versions: dict[int, str] = {}  # inode -> version at its last open
+        self._retries: asyncio.Task[None] | None = None
 
     # -- names ------------------------------------------------------------------------
 
@@ -282,23 +284,47 @@ class Filesystem:
         file = self._open.get(node.inode)
         if file is None:
             file = self._open[node.inode] = OpenFile(node)
+            node.open_count += 1
         file.handles += 1
-        node.open_count += 1
         return file
 
     def _drop(self, file: OpenFile) -> None:
+        """A handle closed. A file whose upload failed stays open here, dirty, so that a
+        later open sees its bytes and the retry loop uploads it (`retry_failed_uploads`)."""
         file.handles -= 1
-        if file.handles == 0:
-            del self._open[file.node.inode]
-            if not file.dirty:
-                self.staging.discard(file)
-            elif file.fd is not None:  # kept for the journal's next try
-                os.close(file.fd)
-                file.fd = None
+        if file.handles > 0:
+            return
+        if file.dirty:
+            self._start_retries()
+        else:
+            self._forget_file(file)
+
+    def _forget_file(self, file: OpenFile) -> None:
+        del self._open[file.node.inode]
+        self.staging.discard(file)
         self.inodes.release(file.node)
 
-    def _new_handle(self, file: OpenFile) -> Handle:
-        handle = Handle(self._next_fh, file)
+    def _start_retries(self) -> None:
+        if self._retries is None or self._retries.done():
+            self._retries = asyncio.create_task(self.retry_failed_uploads(), name="retries")
+
+    async def retry_failed_uploads(self, interval: float = RETRY_INTERVAL) -> None:
+        """Upload, until they are all in the cloud, the closed files whose upload failed."""
+        while True:
+            waiting = [f for f in self._open.values() if f.handles == 0]
+            if not waiting:
+                return
+            await asyncio.sleep(interval)
+            for file in waiting:
+                if file.handles == 0:
+                    with contextlib.suppress(CloudError):
+                        await self._upload(file)
+                kept = self._open.get(file.node.inode) is file and file.handles == 0
+                if kept and not file.dirty:
+                    self._forget_file(file)
+
+    def _new_handle(self, file: OpenFile, writable: bool) -> Handle:
+        handle = Handle(self._next_fh, file, writable)
         self._next_fh += 1
         self._handles[handle.fh] = handle
         return handle
@@ -309,14 +335,14 @@ class Filesystem:
             raise StaleHandleError(f"file handle {fh} is not open")
         return handle
 
-    async def open(self, inode: int, truncate: bool) -> tuple[Handle, bool]:
+    async def open(self, inode: int, writable: bool, truncate: bool) -> tuple[Handle, bool]:
         """Open a file (revalidating it: close-to-open); returns (handle, keep_cache)."""
         node = await self.getattr(inode)
         if node.is_dir:
             raise IsDirectoryError(node.path)
         keep_cache = self._last_versions.get(inode) == node.version and bool(node.version)
         file = self._acquire(node)
-        handle = self._new_handle(file)
+        handle = self._new_handle(file, writable)
         if truncate:
             await self._truncate(file, 0)
             keep_cache = False
@@ -334,7 +360,7 @@ class Filesystem:
         self.staging.open_new(file)
         self._dirty(file, 0)
         self.names.note(path, Entry(name, False, 0, node.mtime_ns, ""))
-        return self._new_handle(file)
+        return self._new_handle(file, writable=True)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.handle(fh)
@@ -362,7 +388,14 @@ class Filesystem:
         return written
 
     async def flush(self, fh: int) -> None:
-        """Upload the file if it has unsaved bytes; returns once the cloud has them."""
+        """The close of a writer: upload the file's unsaved bytes; returns once the
+        cloud has them. A reader's close does not answer for another's writes."""
+        handle = self.handle(fh)
+        if handle.writable:
+            await self._upload(handle.file)
+
+    async def fsync(self, fh: int) -> None:
+        """Upload the file's unsaved bytes, whoever wrote them."""
         await self._upload(self.handle(fh).file)
 
     async def release(self, fh: int) -> None:
@@ -372,7 +405,8 @@ class Filesystem:
         if handle.reader is not None:
             await handle.reader.close()
         try:
-            await self._upload(handle.file)
+            if handle.writable:
+                await self._upload(handle.file)
         finally:
             self._drop(handle.file)
 
@@ -418,6 +452,8 @@ class Filesystem:
 
     async def close(self) -> None:
         """Upload every dirty file (at unmount); the ones that fail stay journaled."""
+        if self._retries is not None:
+            self._retries.cancel()
         for file in list(self._open.values()):
             with contextlib.suppress(CloudError):
                 await self._upload(file)

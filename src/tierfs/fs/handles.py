@@ -41,6 +41,7 @@ class Handle:
 
     fh: int
     file: OpenFile
+    writable: bool  # opened for writing: its close uploads the file's unsaved bytes
     reader: SequentialReader | None = None
 
 

@@ -193,7 +193,10 @@ class Operations(pyfuse3.Operations):
 
     @_errno
     async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Ctx) -> pyfuse3.FileInfo:
-        handle, keep_cache = await self.fs.open(inode, truncate=bool(flags & os.O_TRUNC))
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        handle, keep_cache = await self.fs.open(
+            inode, writable=writable, truncate=bool(flags & os.O_TRUNC)
+        )
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle.fh), keep_cache=keep_cache)
 
     @_errno
@@ -224,7 +227,7 @@ class Operations(pyfuse3.Operations):
 
     @_errno
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        await self.fs.flush(fh)
+        await self.fs.fsync(fh)
 
     @_errno
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
