@@ -1,12 +1,13 @@
 """Through a real mount: each figure beside its raw limit measured in the same run and its target.
 
-Run from the repo root, as root: `.venv/bin/python bench/fuse.py [--json PATH]`. `tierfs client`
-runs as its own process on a local SeaweedFS (the S3 provider, default flags); the data goes
-into the bucket through the CloudStore before any mount. The targets are the best of rclone
-1.60 and s3fs 1.90 measured on this kind of machine. "Cold" is a new mount with an empty tier-1
-dir, after `sync; echo 3 > /proc/sys/vm/drop_caches`; "warm" the same mount again. "Without
-the page cache" drops the caches again (not O_DIRECT): tier 1 is then read from disk, as its
-limit is. Every byte read or written is checked against its source, outside the timing.
+Run from the repo root, as root: `.venv/bin/python bench/fuse.py [--runs 2] [--json PATH]`.
+`tierfs client` runs as its own process on a local SeaweedFS (the S3 provider, default
+flags); the data goes into the bucket through the CloudStore before any mount. The targets
+are the best of rclone 1.60 and s3fs 1.90 measured on this kind of machine. "Cold" is a new
+mount with an empty tier-1 dir, after `sync; echo 3 > /proc/sys/vm/drop_caches`; "warm" the
+same mount again. "Caches dropped" drops them again (not O_DIRECT): tier 1 is then read from
+disk, as its limit is. Each figure and each limit is the best of `--runs` runs (the machine
+is shared); every byte read or written is checked against its source, outside the timing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from random import Random
 
 import xxhash
 
@@ -53,6 +54,42 @@ MB = 10**6  # the RSS target is in decimal megabytes
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
+# figure: (unit, target, the limit beside it, how it is measured)
+FIGURES: dict[str, tuple[str, float, str, str]] = {
+    "sequential read 1 GiB, cold": (
+        "MiB/s", 448, f"{IN_FLIGHT} x 4 MiB GETs in flight", "1 MiB reads, one thread"
+    ),
+    "sequential re-read, page cache": (
+        "MiB/s", 1361, "read of a page-cached local file", "closed and opened again"
+    ),
+    "sequential re-read, caches dropped": (
+        "MiB/s", 478, "read of a local file, caches dropped", "tier 1 read from disk"
+    ),
+    "random 4 KiB reads, cold": (
+        "reads/s", 982, f"4 KiB GETs, {IN_FLIGHT} in flight", f"{THREADS} threads"
+    ),
+    "random 4 KiB reads, warm": (
+        "reads/s", 9014, "the same on a page-cached local file", "other offsets than cold"
+    ),
+    f"{SMALL_FILES} small files, cold": (
+        "files/s",
+        474,
+        f"LIST + GETs, {IN_FLIGHT} in flight",
+        f"{SMALL_SIZE // KiB} KiB each; listdir, then open/read/close from {THREADS} threads",
+    ),
+    f"{SMALL_FILES} small files, warm": ("files/s", 1053, "the same on a cached local dir", ""),
+    f"ls -l of {ENTRIES:,} entries, cold": ("entries/s", 4685, "one LIST, every page", ""),
+    f"ls -l of {ENTRIES:,} entries, warm": (
+        "entries/s", 45819, "ls -l of a page-cached local dir", "run again at once"
+    ),
+    "write 256 MiB until durable": (
+        "MiB/s", 115, "CloudStore.put of a local file", "1 MiB writes, fsync, close"
+    ),
+}  # fmt: skip
+RSS = "client RSS after the run"
+Measured = dict[str, tuple[float, float]]  # figure -> (tierfs, limit)
+
+
 @dataclass
 class Row:
     """One figure beside its limit (None: there is none) and its target."""
@@ -62,21 +99,13 @@ class Row:
     value: float
     limit: float | None
     target: float
-    limit_is: str = ""
-    note: str = ""
+    about: str
     lower_is_better: bool = False
 
     @property
     def ahead(self) -> bool:
         """Whether tierfs beats the target."""
         return self.value < self.target if self.lower_is_better else self.value > self.target
-
-
-def shown(made: Row) -> Row:
-    """`made`, printed as it comes."""
-    limit = "-" if made.limit is None else f"{made.limit:,.0f}"
-    print(f"  {made.figure:<38} {made.value:>9,.0f} {made.unit:<8} limit {limit}", file=sys.stderr)
-    return made
 
 
 def drop_caches() -> None:
@@ -98,7 +127,7 @@ class Bench:
 
     def cold_mount(self, name: str) -> Mount:
         """A new client on an empty tier-1 dir, started once the kernel caches are dropped."""
-        root = self.work / name
+        root = self.work / f"{name}-{len(self.mounts) + 1}"
         root.mkdir()
         flags = self.flags | {"port": str(servers.free_ports(1)[0])}
         mount = Mount(root / "mnt", root / "nvme", flags, self.env, root / "client.log")
@@ -135,7 +164,7 @@ def read_into(path: Path, buffer: bytearray, digest: bytes) -> float:
     return got / MiB / seconds
 
 
-def random_reads(path: Path, offsets: Sequence[int], source: bytearray) -> float:
+def preads(path: Path, offsets: Sequence[int], source: bytearray) -> float:
     """Reads/s of RANDOM_SIZE preads of `path` at `offsets`, from THREADS threads."""
     fd = os.open(path, os.O_RDONLY)
 
@@ -238,21 +267,30 @@ async def cloud_list(store: CloudStore, prefix: str) -> float:
     return count / (time.perf_counter() - started)
 
 
-# -- the figures ------------------------------------------------------------------------------
+# -- the figures: each function measures its figures on a new mount ---------------------------
 
 
-async def sequential_rows(
-    bench: Bench, ref: ObjectRef, source: Path, buffer: bytearray
-) -> list[Row]:
-    """Cold, then warm with and without the page cache, in PIECE reads from one thread."""
-    with source.open("rb", buffering=0) as file:
+@dataclass(frozen=True)
+class Data:
+    """What is in the bucket, and its local copies for the limits."""
+
+    ref: ObjectRef  # the big object
+    source: Path  # its bytes
+    bodies: dict[str, bytes]  # the small files by name
+    small_dir: Path  # local copies of the small files
+    entries_dir: Path  # ENTRIES empty local files
+
+
+async def sequential_figures(bench: Bench, data: Data, buffer: bytearray) -> Measured:
+    """Cold, then warm with and without the page cache; leaves the big file in `buffer`."""
+    with data.source.open("rb", buffering=0) as file:
         file.readinto(buffer)  # touches every page: no timed read pays for a fault
     digest = xxhash.xxh3_128_digest(buffer)
     drop_caches()
-    cloud = await parallel_get(bench.store, ref)
+    cloud = await parallel_get(bench.store, data.ref)
     drop_caches()
-    disk = await asyncio.to_thread(read_into, source, buffer, digest)
-    cached = await asyncio.to_thread(read_into, source, buffer, digest)
+    disk = await asyncio.to_thread(read_into, data.source, buffer, digest)
+    cached = await asyncio.to_thread(read_into, data.source, buffer, digest)
     mount = bench.cold_mount("sequential")
     path = mount.path / BIG
     cold = await asyncio.to_thread(read_into, path, buffer, digest)
@@ -260,247 +298,152 @@ async def sequential_rows(
     drop_caches()
     uncached = await asyncio.to_thread(read_into, path, buffer, digest)
     bench.stop(mount)
-    reads = "1 MiB reads, one thread"
-    return [
-        shown(
-            Row(
-                "sequential read 1 GiB, cold",
-                "MiB/s",
-                cold,
-                cloud,
-                448,
-                f"{IN_FLIGHT} x 4 MiB GETs in flight",
-                reads,
-            )
-        ),
-        shown(
-            Row(
-                "sequential re-read, page cache",
-                "MiB/s",
-                warm,
-                cached,
-                1361,
-                "read of a page-cached local file",
-                "same mount, file closed and opened again",
-            )
-        ),
-        shown(
-            Row(
-                "sequential re-read, caches dropped",
-                "MiB/s",
-                uncached,
-                disk,
-                478,
-                "read of a local file, caches dropped",
-                "tier 1 read from disk",
-            )
-        ),
-    ]
+    return {
+        "sequential read 1 GiB, cold": (cold, cloud),
+        "sequential re-read, page cache": (warm, cached),
+        "sequential re-read, caches dropped": (uncached, disk),
+    }
 
 
-async def random_rows(bench: Bench, ref: ObjectRef, source: Path, copy: bytearray) -> list[Row]:
-    """RANDOM_READS reads of RANDOM_SIZE across the big file, cold, then warm elsewhere."""
-    rng = random.Random(7)
+async def random_figures(bench: Bench, data: Data, buffer: bytearray) -> Measured:
+    """RANDOM_READS reads of RANDOM_SIZE across the big file: cold, then warm at other
+    offsets (so that none is served by the page cache). `buffer` holds the file's bytes."""
+    digest = xxhash.xxh3_128_digest(buffer)
+    rng = Random(7)
     cold_at, warm_at = (
         [rng.randrange(SIZE // RANDOM_SIZE) * RANDOM_SIZE for _ in range(RANDOM_READS)]
         for _ in range(2)
     )
     drop_caches()
-    cloud = await cloud_random_reads(bench.store, ref, cold_at)
-    await asyncio.to_thread(read_into, source, copy, xxhash.xxh3_128_digest(copy))  # cached
-    local = await asyncio.to_thread(random_reads, source, warm_at, copy)
+    cloud = await cloud_random_reads(bench.store, data.ref, cold_at)
+    await asyncio.to_thread(read_into, data.source, buffer, digest)  # into the page cache
+    local = await asyncio.to_thread(preads, data.source, warm_at, buffer)
     mount = bench.cold_mount("random")
-    cold = await asyncio.to_thread(random_reads, mount.path / BIG, cold_at, copy)
-    warm = await asyncio.to_thread(random_reads, mount.path / BIG, warm_at, copy)
+    cold = await asyncio.to_thread(preads, mount.path / BIG, cold_at, buffer)
+    warm = await asyncio.to_thread(preads, mount.path / BIG, warm_at, buffer)
     bench.stop(mount)
-    how = f"{THREADS} threads; warm at other offsets than cold (no page-cache hits)"
-    return [
-        shown(
-            Row(
-                "random 4 KiB reads, cold",
-                "reads/s",
-                cold,
-                cloud,
-                982,
-                f"4 KiB GETs, {IN_FLIGHT} in flight",
-                how,
-            )
-        ),
-        shown(
-            Row(
-                "random 4 KiB reads, warm",
-                "reads/s",
-                warm,
-                local,
-                9014,
-                "preads of a page-cached local file",
-                how,
-            )
-        ),
-    ]
+    return {"random 4 KiB reads, cold": (cold, cloud), "random 4 KiB reads, warm": (warm, local)}
 
 
-async def small_rows(bench: Bench, bodies: dict[str, bytes]) -> list[Row]:
+async def small_file_figures(bench: Bench, data: Data) -> Measured:
     """SMALL_FILES files listed and read whole, cold, then warm."""
     drop_caches()
-    cloud = await cloud_tree(bench.store, "small/", bodies)
-    local_dir = bench.work / "small-local"
-    local_dir.mkdir()
-    for name, body in bodies.items():
-        (local_dir / name).write_bytes(body)
-    local = await asyncio.to_thread(read_tree, local_dir, bodies)
+    cloud = await cloud_tree(bench.store, "small/", data.bodies)
+    await asyncio.to_thread(read_tree, data.small_dir, data.bodies)  # into the page cache
+    local = await asyncio.to_thread(read_tree, data.small_dir, data.bodies)
     mount = bench.cold_mount("small")
-    cold = await asyncio.to_thread(read_tree, mount.path / "small", bodies)
-    warm = await asyncio.to_thread(read_tree, mount.path / "small", bodies)
+    cold = await asyncio.to_thread(read_tree, mount.path / "small", data.bodies)
+    warm = await asyncio.to_thread(read_tree, mount.path / "small", data.bodies)
     bench.stop(mount)
-    how = f"{SMALL_SIZE // KiB} KiB each: listdir, then open/read/close from {THREADS} threads"
-    return [
-        shown(
-            Row(
-                f"{SMALL_FILES} small files, cold",
-                "files/s",
-                cold,
-                cloud,
-                474,
-                f"LIST + GETs, {IN_FLIGHT} in flight",
-                how,
-            )
-        ),
-        shown(
-            Row(
-                f"{SMALL_FILES} small files, warm",
-                "files/s",
-                warm,
-                local,
-                1053,
-                "the same on a page-cached local dir",
-                how,
-            )
-        ),
-    ]
+    return {
+        f"{SMALL_FILES} small files, cold": (cold, cloud),
+        f"{SMALL_FILES} small files, warm": (warm, local),
+    }
 
 
-async def listing_rows(bench: Bench) -> list[Row]:
+async def listing_figures(bench: Bench, data: Data) -> Measured:
     """`ls -l` of a directory of ENTRIES files, cold, then warm."""
     drop_caches()
     cloud = await cloud_list(bench.store, "entries/")
-    local_dir = bench.work / "entries-local"
-    local_dir.mkdir()
-    for n in range(ENTRIES):
-        (local_dir / f"{n:05d}").touch()
-    await asyncio.to_thread(ls_l, local_dir)  # warm
-    local = await asyncio.to_thread(ls_l, local_dir)
+    await asyncio.to_thread(ls_l, data.entries_dir)  # into the dentry and inode caches
+    local = await asyncio.to_thread(ls_l, data.entries_dir)
     mount = bench.cold_mount("listing")
     cold = await asyncio.to_thread(ls_l, mount.path / "entries")
     warm = await asyncio.to_thread(ls_l, mount.path / "entries")
     bench.stop(mount)
-    return [
-        shown(
-            Row(
-                f"ls -l of {ENTRIES:,} entries, cold",
-                "entries/s",
-                cold,
-                cloud,
-                4685,
-                "one LIST, every page",
-            )
-        ),
-        shown(
-            Row(
-                f"ls -l of {ENTRIES:,} entries, warm",
-                "entries/s",
-                warm,
-                local,
-                45819,
-                "ls -l of a cached local dir",
-                "run again at once",
-            )
-        ),
-    ]
+    return {
+        f"ls -l of {ENTRIES:,} entries, cold": (cold, cloud),
+        f"ls -l of {ENTRIES:,} entries, warm": (warm, local),
+    }
 
 
-async def write_rows(bench: Bench, source: Path) -> list[Row]:
-    """WRITE_SIZE written to a new file until close returns, then checked in the cloud."""
-    with source.open("rb") as file:
-        data = file.read(WRITE_SIZE)
+async def write_figures(bench: Bench, data: Data) -> Measured:
+    """WRITE_SIZE written to a new file until close returns, then checked in the bucket."""
+    with data.source.open("rb") as file:
+        body = file.read(WRITE_SIZE)
     local = bench.work / "write-source"
-    local.write_bytes(data)
+    local.write_bytes(body)
     started = time.perf_counter()
     await bench.store.put("limit-write.bin", local)
     cloud = WRITE_SIZE / MiB / (time.perf_counter() - started)
     mount = bench.cold_mount("write")
-    rate = await asyncio.to_thread(write_durable, mount.path / "written.bin", data)
-    meta = await bench.store.head("written.bin")
-    if await bench.store.get_range(meta.key, 0, meta.size, meta.version) != data:
-        raise SystemExit("written.bin: the cloud does not have the bytes written")
+    key = f"written-{len(bench.mounts)}.bin"
+    rate = await asyncio.to_thread(write_durable, mount.path / key, body)
+    meta = await bench.store.head(key)  # before the client stops: close made it durable
+    if await bench.store.get_range(key, 0, meta.size, meta.version) != body:
+        raise SystemExit(f"{key}: the bucket does not hold the bytes written")
     bench.stop(mount)
-    return [
-        shown(
-            Row(
-                "write 256 MiB until durable",
-                "MiB/s",
-                rate,
-                cloud,
-                115,
-                "CloudStore.put of a local file",
-                "1 MiB writes, fsync, close; then checked in the bucket",
-            )
-        ),
-    ]
+    return {"write 256 MiB until durable": (rate, cloud)}
 
 
-def rss_row(bench: Bench) -> Row:
-    """The largest VmRSS of the clients, each read just before it stopped."""
-    name, (rss, peak) = max(bench.rss.items(), key=lambda item: item[1][0])
-    note = f"largest of {len(bench.rss)} clients, after the {name} figures; VmHWM {peak:,.0f} MB"
-    return shown(
-        Row("client RSS after the run", "MB", rss, None, 200, "", note, lower_is_better=True)
-    )
-
-
-async def fill(store: CloudStore, source: Path) -> tuple[ObjectRef, dict[str, bytes]]:
-    """Put the big object, the small files and the directory entries into the bucket."""
-    ref = ObjectRef(BIG, (await store.put(BIG, source)).version, SIZE)
+async def fill(bench: Bench, source: Path) -> Data:
+    """Put the big object, the small files and the entries into the bucket; make the
+    local copies of the limits."""
+    ref = ObjectRef(BIG, (await bench.store.put(BIG, source)).version, SIZE)
     bodies = {f"{n:04d}": os.urandom(SMALL_SIZE) for n in range(SMALL_FILES)}
-    await bounded(32, (partial(store.put, f"small/{name}", body) for name, body in bodies.items()))
-    await bounded(32, (partial(store.put, f"entries/{n:05d}", b"") for n in range(ENTRIES)))
-    await warm_connections(store)
-    return ref, bodies
+    put = bench.store.put
+    await bounded(32, (partial(put, f"small/{name}", body) for name, body in bodies.items()))
+    await bounded(32, (partial(put, f"entries/{n:05d}", b"") for n in range(ENTRIES)))
+    await warm_connections(bench.store)
+    small_dir, entries_dir = bench.work / "small-local", bench.work / "entries-local"
+    small_dir.mkdir()
+    for name, body in bodies.items():
+        (small_dir / name).write_bytes(body)
+    entries_dir.mkdir()
+    for n in range(ENTRIES):
+        (entries_dir / f"{n:05d}").touch()
+    return Data(ref, source, bodies, small_dir, entries_dir)
 
 
-async def run(bench: Bench, source: Path) -> list[Row]:
-    """Every figure, in turn; closes the store."""
+async def run(bench: Bench, source: Path, runs: int) -> list[Row]:
+    """Every figure `runs` times; the best of each (and of each limit), then the RSS."""
+    best: dict[str, tuple[float, float]] = {}
     try:
         started = time.perf_counter()
-        ref, bodies = await fill(bench.store, source)
+        data = await fill(bench, source)
         print(f"data put in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         buffer = bytearray(SIZE)
-        rows = await sequential_rows(bench, ref, source, buffer)
-        rows += await random_rows(bench, ref, source, buffer)  # the big file's bytes by now
-        rows += await small_rows(bench, bodies)
-        rows += await listing_rows(bench)
-        rows += await write_rows(bench, source)
+        for number in range(1, runs + 1):
+            print(f"run {number} of {runs}", file=sys.stderr)
+            measured = await sequential_figures(bench, data, buffer)
+            measured |= await random_figures(bench, data, buffer)  # buffer: the big file
+            measured |= await small_file_figures(bench, data)
+            measured |= await listing_figures(bench, data)
+            for figure, (value, limit) in (measured | await write_figures(bench, data)).items():
+                print(f"  {figure:<36} {value:>9,.0f} (limit {limit:,.0f})", file=sys.stderr)
+                old = best.get(figure, (0.0, 0.0))
+                best[figure] = (max(old[0], value), max(old[1], limit))
     finally:
         await bench.store.close()
-    return [*rows, rss_row(bench)]
+    rows = []
+    for figure, (unit, target, limit_is, how) in FIGURES.items():
+        value, limit = best[figure]
+        rows.append(
+            Row(figure, unit, value, limit, target, "; ".join(filter(None, [limit_is, how])))
+        )
+    name, (rss, peak) = max(bench.rss.items(), key=lambda item: item[1][0])
+    each = ", ".join(f"{n} {r:,.0f}" for n, (r, _) in bench.rss.items())
+    about = f"the largest ({name}) of {len(bench.rss)} clients: {each}; VmHWM {peak:,.0f}"
+    return [*rows, Row(RSS, "MB", rss, None, 200, about, lower_is_better=True)]
 
 
 def table(rows: list[Row]) -> str:
     """A plain aligned table: text columns left, figures right."""
-    head = ["figure", "unit", "tierfs", "limit", "target", "ahead", "limit is; note"]
+    head = ["figure", "unit", "tierfs", "limit", "of limit", "target", "ahead", "limit is; how"]
     cells = [head]
     for r in rows:
-        limit = "-" if r.limit is None else f"{r.limit:,.0f}"
-        target = f"{'< ' if r.lower_is_better else ''}{r.target:,}"
-        about = "; ".join(filter(None, [r.limit_is, r.note]))
-        cells.append(
-            [r.figure, r.unit, f"{r.value:,.0f}", limit, target, "yes" if r.ahead else "NO", about]
+        limit, share = (
+            ("-", "-") if r.limit is None else (f"{r.limit:,.0f}", f"{r.value / r.limit:.0%}")
         )
+        target = f"{'< ' if r.lower_is_better else ''}{r.target:,.0f}"
+        ahead = "yes" if r.ahead else "NO"
+        value = f"{r.value:,.1f}" if r.value < 1000 else f"{r.value:,.0f}"
+        cells.append([r.figure, r.unit, value, limit, share, target, ahead, r.about])
     widths = [max(len(line[column]) for line in cells) for column in range(len(head))]
     lines = []
     for line in cells:
         padded = [cell.ljust(width) for cell, width in zip(line, widths, strict=True)]
-        for column in (2, 3, 4):
+        for column in (2, 3, 4, 5):
             padded[column] = line[column].rjust(widths[column])
         lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
@@ -508,6 +451,7 @@ def table(rows: list[Row]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2, help="runs of every figure, best kept (2)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if not os.access(DROP_CACHES, os.W_OK):
@@ -523,7 +467,7 @@ def main() -> None:
         flags, env = target_flags("s3-seaweedfs", server, work)
         store = open_store(load_settings(ClientSettings, flags, env))
         bench = Bench(work, flags, env, store)
-        rows = asyncio.run(run(bench, source))
+        rows = asyncio.run(run(bench, source, args.runs))
     finally:
         if bench is not None:
             for mount in bench.mounts:
@@ -535,13 +479,14 @@ def main() -> None:
     print(table(rows))
     print(
         f"\n{os.cpu_count()} cores, load average {load_before:.2f} before and {load_after:.2f} "
-        f"after, {runtime:.0f} s. One timed run per figure; every byte read or written was\n"
-        "checked. Targets: the best of rclone 1.60 and s3fs 1.90 on this kind of machine."
+        f"after, {runtime:.0f} s. Best of {args.runs} runs per figure and per limit, each cold\n"
+        "one on a new client; every byte read or written was checked. Targets: the best of\n"
+        "rclone 1.60 and s3fs 1.90 on this kind of machine."
     )
     if args.json:
         run_info = {"cores": os.cpu_count(), "load_average": [load_before, load_after]}
         rows_out = [asdict(r) | {"ahead": r.ahead} for r in rows]
-        report = {**run_info, "runtime_s": round(runtime, 1), "rows": rows_out}
+        report = {**run_info, "runs": args.runs, "runtime_s": round(runtime, 1), "rows": rows_out}
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
