@@ -37,6 +37,7 @@ bench: setup
 	$(PYTHON) bench/cloud.py
 	$(PYTHON) bench/tier1.py
 	$(PYTHON) bench/fuse.py
+	$(PYTHON) bench/coordinator.py
 
 clean:
 	rm -rf $(VENV) test-servers/node_modules .pytest_cache .mypy_cache .ruff_cache

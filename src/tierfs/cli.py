@@ -28,6 +28,7 @@ from tierfs.units import format_size
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+_DURATION_SUFFIXES = ("timeout", "ttl", "interval", "expiry")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +43,7 @@ def _default_text(value: Any, name: str) -> str:
         return "none"
     if isinstance(value, int) and name.endswith("size"):
         return format_size(value)
-    if isinstance(value, float) and name.endswith(("timeout", "ttl")):
+    if isinstance(value, float) and name.endswith(_DURATION_SUFFIXES):
         return f"{value:g}s"
     return str(value)
 
@@ -50,7 +51,7 @@ def _default_text(value: Any, name: str) -> str:
 def _metavar(name: str) -> str:
     if name.endswith("size"):
         return "SIZE"
-    if name.endswith(("timeout", "ttl")):
+    if name.endswith(_DURATION_SUFFIXES):
         return "DURATION"
     return name.rsplit("_", 1)[-1].upper()
 

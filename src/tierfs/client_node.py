@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from contextlib import AsyncExitStack
 
+from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.cloud.providers import open_store
+from tierfs.coordinator.client import CoordinatorClient, NodeReport
+from tierfs.coordinator.models import TierBytes
 from tierfs.fs.filesystem import Filesystem, Ownership
 from tierfs.fs.handles import Staging
 from tierfs.fuse.mount import prepare_mountpoint, serve
@@ -23,6 +27,27 @@ from tierfs.stats import NodeStats
 from tierfs.upload import Uploader, UploadJournal
 
 log = logging.getLogger(__name__)
+
+
+def join_cluster(
+    settings: ClientSettings, cache: DiskChunkCache, stats: NodeStats
+) -> CoordinatorClient:
+    """The membership of this node: registers and heartbeats in the background, and never
+    holds up the mount (a coordinator that is down is one warning, and retried)."""
+
+    def report() -> NodeReport:
+        capacity = TierBytes(local=settings.nvme_size, peer=settings.peer_size)
+        usage = TierBytes(local=cache.used(Origin.LOCAL), peer=cache.used(Origin.PEER))
+        return NodeReport(capacity, usage, stats)
+
+    scheme = "https" if settings.tls_cert else "http"
+    return CoordinatorClient(
+        f"{scheme}://{settings.coordinator}",
+        settings.node_id,
+        f"{socket.gethostname()}:{settings.port}",
+        report,
+        token=settings.token,
+    )
 
 
 async def run_client(settings: ClientSettings) -> None:
@@ -44,11 +69,17 @@ async def run_client(settings: ClientSettings) -> None:
         journal = UploadJournal(settings.nvme / "journal.sqlite3")
         stack.callback(journal.close)
         uploader = Uploader(cloud, cache, journal, settings.chunk_size)
+        stack.push_async_callback(uploader.close)
         # What a crash left unsent goes up before the mount appears, or, while the cloud
         # is down, in the background until it is back.
         if await uploader.recover():
             recovery = asyncio.create_task(uploader.recover_until_done(), name="recovery")
             stack.callback(recovery.cancel)
+        coordinator = join_cluster(settings, cache, stats)
+        membership = asyncio.create_task(coordinator.run(), name="coordinator")
+        stack.push_async_callback(coordinator.close)
+        stack.callback(membership.cancel)
+        stack.push_async_callback(coordinator.leave)  # runs first: leave, then stop
         read_path = ReadPath(cache, cloud, chunk_size=settings.chunk_size, stats=stats)
         stack.push_async_callback(read_path.close)
         fs = Filesystem(

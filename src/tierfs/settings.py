@@ -134,6 +134,22 @@ class CoordinatorSettings(CommonSettings):
         Path(platformdirs.user_data_dir("tierfs")) / "coordinator",
         "directory of the coordinator's state (SQLite)",
     )
+    heartbeat_interval: Duration = flag(5.0, "how often peers are told to heartbeat")
+    peer_expiry: Duration = flag(
+        15.0, "a peer silent this long is marked dead and its locations hidden"
+    )
+
+    @model_validator(mode="after")
+    def _expiry_outlasts_heartbeats(self) -> CoordinatorSettings:
+        if not math.isfinite(self.peer_expiry) or not math.isfinite(self.heartbeat_interval):
+            raise ValueError("-heartbeat-interval and -peer-expiry must be finite")
+        # A peer must be able to miss at least one heartbeat without being declared dead.
+        if self.peer_expiry <= self.heartbeat_interval:
+            raise ValueError(
+                f"-peer-expiry ({self.peer_expiry:g}s) must be longer than "
+                f"-heartbeat-interval ({self.heartbeat_interval:g}s)"
+            )
+        return self
 
 
 class ClientSettings(CommonSettings):

@@ -66,33 +66,47 @@ class Uploader:
         self.cache = cache
         self.journal = journal
         self.chunk_size = chunk_size
+        self._promotions: set[asyncio.Task[None]] = set()
 
     async def upload(self, key: str, staging: Path) -> ObjectMeta:
         """Put `staging` under `key`; returns only once the cloud has every byte.
 
         Raises CloudError (the journal row stays, so a later flush or restart retries).
+        The tier-1 copy of the new version is made in the background.
         """
         meta = await self.cloud.put(key, staging)
         self.journal.done(staging)
-        await self._promote(meta, staging)
+        try:
+            source = os.open(staging, os.O_RDONLY)  # open now: the caller may delete it
+        except OSError as exc:
+            log.info("%s: not cached after upload: %s", key, exc)
+            return meta
+        task = asyncio.create_task(self._promote(meta, source), name=f"promote {key}")
+        self._promotions.add(task)
+        task.add_done_callback(self._promotions.discard)
         return meta
 
-    async def _promote(self, meta: ObjectMeta, staging: Path) -> None:
+    async def _promote(self, meta: ObjectMeta, source: int) -> None:
         """The written bytes become tier-1 chunks of the new version (best effort)."""
         ref = ObjectRef(meta.key, meta.version, meta.size)
         try:
-            with staging.open("rb") as source:
-                for index in range((meta.size + self.chunk_size - 1) // self.chunk_size):
-                    chunk = chunk_ref(ref, index, self.chunk_size)
-                    data = await asyncio.to_thread(
-                        os.pread, source.fileno(), chunk.length, chunk.start
-                    )
-                    if len(data) != chunk.length or not await self.cache.store(
-                        chunk, data, Origin.LOCAL
-                    ):
-                        return
+            for index in range((meta.size + self.chunk_size - 1) // self.chunk_size):
+                chunk = chunk_ref(ref, index, self.chunk_size)
+                data = await asyncio.to_thread(os.pread, source, chunk.length, chunk.start)
+                if len(data) != chunk.length:
+                    return
+                if not await self.cache.store(chunk, data, Origin.LOCAL):
+                    return
         except OSError as exc:  # the cloud has the data; tier 1 simply misses it
             log.info("%s: not cached after upload: %s", meta.key, exc)
+        finally:
+            os.close(source)
+
+    async def close(self) -> None:
+        """Stop the tier-1 copies still under way."""
+        for task in list(self._promotions):
+            task.cancel()
+        await asyncio.gather(*self._promotions, return_exceptions=True)
 
     async def recover(self) -> int:
         """Upload what a previous run left in the journal; returns how many remain."""

@@ -18,8 +18,9 @@ from pathlib import Path
 from tierfs.errors import InvalidKeyError
 
 # Multipart uploads start above this size; parts are this big and go up in parallel.
+# 8 parts of 8 MiB in flight: 64 MiB of buffers (16 MiB x 8 put the client over 200 MB).
 MULTIPART_THRESHOLD = 16 * 2**20
-PART_SIZE = 16 * 2**20
+PART_SIZE = 8 * 2**20
 PART_CONCURRENCY = 8
 
 

@@ -50,6 +50,7 @@ class Namespace:
     # Directories made by mkdir that hold no object yet: object stores have no empty
     # directories, so they live on this mount until a file is written below them.
     _local_dirs: set[str] = field(default_factory=set)
+    _listing_now: dict[str, asyncio.Future[_Listing]] = field(default_factory=dict)
 
     def _fresh(self, fetched: float) -> bool:
         return time.monotonic() - fetched < self.ttl
@@ -60,7 +61,11 @@ class Namespace:
             return Entry(split(path)[1], True)
         parent, name = split(path)
         listing = self._listings.get(parent)
-        if listing is not None and self._fresh(listing.fetched):
+        if listing is not None:
+            # A directory listed before is listed again, once for all the lookups that
+            # wait on it: one LIST instead of a HEAD and a LIST per name (`ls -l`, `cp -r`).
+            if not self._fresh(listing.fetched):
+                listing = await self._list(parent)
             return listing.entries.get(name)
         cached = self._stats.get(path)
         if cached is not None and self._fresh(cached[1]):
@@ -96,13 +101,22 @@ class Namespace:
         """The entries of directory `path`, sorted by name; cached for the TTL."""
         listing = self._listings.get(path)
         if listing is None or not self._fresh(listing.fetched):
-            listing = await self._list_remote(path)
+            listing = await self._list(path)
         entries = dict(listing.entries)
         for local in self._local_dirs:
             parent, name = split(local)
             if parent == path and name not in entries:
                 entries[name] = Entry(name, True)
         return [entries[name] for name in sorted(entries)]
+
+    async def _list(self, path: str) -> _Listing:
+        """A fresh listing of `path`, shared by everyone who asks while it is fetched."""
+        task = self._listing_now.get(path)
+        if task is None:
+            task = asyncio.ensure_future(self._list_remote(path))
+            self._listing_now[path] = task
+            task.add_done_callback(lambda _: self._listing_now.pop(path, None))
+        return await asyncio.shield(task)
 
     async def _list_remote(self, path: str) -> _Listing:
         started = time.monotonic()

@@ -51,6 +51,27 @@ def prepare_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"mount point {mountpoint} is busy: something is mounted there")
 
 
+# The kernel asks a FUSE filesystem for read-ahead in requests of at most read_ahead_kb;
+# the default 128 KiB means ~100 us of Python per 128 KiB. 4 MiB (one chunk) doubled warm
+# sequential reads here (1 MiB requests, half the CPU per GiB).
+READ_AHEAD_KB = 4096
+
+
+def raise_read_ahead(mountpoint: Path, kilobytes: int = READ_AHEAD_KB) -> None:
+    """Best effort: set the mount's read-ahead; needs root, logs when refused.
+
+    Nothing here may touch the mount itself (not even `realpath`): its requests would
+    wait for this very loop.
+    """
+    target = os.path.abspath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            device = next(line.split()[2] for line in mounts if line.split()[4] == target)
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{kilobytes}\n")
+    except (OSError, StopIteration) as exc:
+        log.info("%s: read-ahead left at the kernel default (%s)", mountpoint, exc)
+
+
 async def serve(ops: Operations, mountpoint: Path, fsname: str) -> None:
     """Mount, answer the kernel until SIGINT/SIGTERM or an outside unmount, then unmount.
 
@@ -64,6 +85,8 @@ async def serve(ops: Operations, mountpoint: Path, fsname: str) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     fuse_task = asyncio.create_task(pyfuse3.main(), name="fuse")
+    # The kernel sets the read-ahead when it has the answer to FUSE INIT: raise it after.
+    loop.call_later(0.5, raise_read_ahead, mountpoint)
     stop_task = asyncio.create_task(stop.wait(), name="stop")
     log.info("mounted %s at %s", fsname, mountpoint)
     unmounted_outside = False

@@ -1,0 +1,86 @@
+"""`create_app`: the coordinator as an aiohttp application.
+
+Resources live on `cleanup_ctx`: the database (opened on startup, checkpointed and
+closed on cleanup) and the expiry sweep. Serve it with `AppRunner`/`TCPSite`
+(coordinator_node.py), or with aiohttp's test utilities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from tierfs.coordinator import membership
+from tierfs.coordinator.db import FILE_NAME, Database
+from tierfs.coordinator.keys import DB, METRICS, OPENAPI, SNAPSHOT, TIMING
+from tierfs.coordinator.membership import Snapshot, Timing
+from tierfs.coordinator.metrics import CoordinatorMetrics
+from tierfs.coordinator.middlewares import MAX_BODY, authenticate, errors, measure
+from tierfs.coordinator.openapi import build
+from tierfs.coordinator.routes import add_routes
+from tierfs.errors import TierfsError
+from tierfs.settings import CoordinatorSettings
+
+log = logging.getLogger(__name__)
+
+MAX_SWEEP_INTERVAL = 1.0  # seconds: a dead peer's epoch change shows within this
+SNAPSHOT_MAX_AGE = 0.25  # seconds a heartbeat answer's peer list may lag the epoch
+
+
+def create_app(settings: CoordinatorSettings) -> web.Application:
+    """The coordinator app for `settings` (port and TLS are the server's business)."""
+    metrics = CoordinatorMetrics()
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        middlewares=[measure(metrics), errors, authenticate(settings.token)],
+    )
+    app[TIMING] = Timing(settings.heartbeat_interval, settings.peer_expiry)
+    app[SNAPSHOT] = Snapshot(min(SNAPSHOT_MAX_AGE, settings.heartbeat_interval / 4))
+    app[METRICS] = metrics
+    app[OPENAPI] = json.dumps(build(), separators=(",", ":")).encode()
+    add_routes(app)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TierfsError(f"cannot create -data-dir {settings.data_dir}: {exc}") from None
+        path = settings.data_dir / FILE_NAME
+        db = await Database.open(path)
+        graced = await db.run(membership.grant_restart_grace, time.time())
+        grace = settings.peer_expiry
+        log.info("state in %s (%d live peers given %gs of grace)", path, graced, grace)
+        app[DB] = db
+        yield
+        await db.close()
+
+    app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(_sweeper)
+    return app
+
+
+async def _sweep_forever(db: Database, peer_expiry: float) -> None:
+    interval = min(MAX_SWEEP_INTERVAL, peer_expiry / 4)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await db.run(membership.sweep, time.time(), peer_expiry)
+        except Exception:
+            log.exception("expiry sweep failed")  # a bug; the next sweep tries again
+
+
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    """Expire silent peers even when nobody asks, so the epoch and /metrics move."""
+    task = asyncio.create_task(
+        _sweep_forever(app[DB], app[TIMING].peer_expiry), name="expiry-sweep"
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,218 @@
+"""Membership, locations and statistics on an in-memory database, with an explicit clock."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+import pytest
+
+from tierfs.coordinator import locations, membership, stats
+from tierfs.coordinator.db import connect
+from tierfs.coordinator.membership import Timing
+from tierfs.coordinator.models import (
+    HeartbeatRequest,
+    LocationQuery,
+    LocationReport,
+    NodeStatsReport,
+    RegisterRequest,
+    TierBytes,
+)
+
+TIMING = Timing(heartbeat_interval=5.0, peer_expiry=15.0)
+T0 = 1_000_000.0
+
+
+@pytest.fixture
+def conn() -> Iterator[sqlite3.Connection]:
+    connection = connect(":memory:")
+    yield connection
+    connection.close()
+
+
+def register(
+    conn: sqlite3.Connection,
+    peer: str,
+    now: float = T0,
+    snapshot: membership.Snapshot | None = None,
+    **fields: object,
+) -> int:
+    request = RegisterRequest.model_validate({"peer_id": peer, "address": f"{peer}:8081", **fields})
+    return membership.register(conn, request, now, TIMING, snapshot).epoch
+
+
+def beat(
+    conn: sqlite3.Connection, peer: str, now: float, **fields: object
+) -> membership.Answer | None:
+    request = HeartbeatRequest.model_validate({"peer_id": peer, **fields})
+    return membership.heartbeat(conn, request, now, TIMING)
+
+
+def live(conn: sqlite3.Connection, now: float) -> list[str]:
+    return [p.peer_id for p in membership.membership(conn, now, TIMING).model().peers or []]
+
+
+def test_fresh_epoch_is_a_timestamp_so_a_wiped_coordinator_never_repeats_one(
+    conn: sqlite3.Connection,
+) -> None:
+    assert membership.current_epoch(conn) > 1_600_000_000_000_000
+
+
+def test_expiry_death_and_return(conn: sqlite3.Connection) -> None:
+    e0 = register(conn, "a")
+    register(conn, "b")
+    assert live(conn, T0 + 14.9) == ["a", "b"]
+    beat(conn, "a", T0 + 14.0)
+    epoch_before = membership.current_epoch(conn)
+    assert live(conn, T0 + 15.5) == ["a"]  # b silent for 15.5 s
+    dead_epoch = membership.current_epoch(conn)
+    assert dead_epoch > epoch_before > e0
+    everyone = {p.peer_id: p.status for p in membership.all_peers(conn, T0 + 15.5, 15.0)}
+    assert everyone == {"a": "active", "b": "dead"}
+    back = beat(conn, "b", T0 + 20.0)
+    assert back is not None and membership.current_epoch(conn) > dead_epoch
+    assert live(conn, T0 + 20.0) == ["a", "b"]
+
+
+def test_heartbeat_of_unknown_peer_is_none(conn: sqlite3.Connection) -> None:
+    assert beat(conn, "ghost", T0) is None
+
+
+def test_peers_left_out_when_the_epoch_is_current(conn: sqlite3.Connection) -> None:
+    epoch = register(conn, "a")
+    same = beat(conn, "a", T0 + 1, epoch=epoch)
+    assert same is not None and same.model().peers is None
+    stale = beat(conn, "a", T0 + 2, epoch=epoch - 1)
+    assert stale is not None
+    (peer,) = stale.model().peers or []
+    assert peer.peer_id == "a" and peer.address == "a:8081" and peer.last_heartbeat == T0 + 2
+    assert stale.model().heartbeat_interval == 5.0
+
+
+def test_heartbeat_answers_share_a_snapshot(conn: sqlite3.Connection) -> None:
+    snapshot = membership.Snapshot(0.25)
+
+    def beat_ids(now: float, known: int | None) -> tuple[int, list[str] | None]:
+        request = HeartbeatRequest(peer_id="a", epoch=known)
+        answer = membership.heartbeat(conn, request, now, TIMING, snapshot)
+        assert answer is not None
+        peers = answer.model().peers
+        return answer.epoch, None if peers is None else [p.peer_id for p in peers]
+
+    e1 = register(conn, "a", T0, snapshot)
+    e2 = register(conn, "b", T0 + 0.01, snapshot)  # registrations refresh the snapshot
+    assert beat_ids(T0 + 0.02, e1) == (e2, ["a", "b"])
+    e3 = register(conn, "c", T0 + 0.03)  # a change the snapshot has not seen
+    assert beat_ids(T0 + 0.04, e2) == (e2, None)  # nothing newer yet; never backwards
+    assert beat_ids(T0 + 0.05, None) == (e2, ["a", "b"])
+    assert beat_ids(T0 + 0.30, e2) == (e3, ["a", "b", "c"])  # stale: built afresh
+    assert beat_ids(T0 + 0.31, e3) == (e3, None)
+    assert beat_ids(T0 + 0.32, e3 + 100) == (e3, ["a", "b", "c"])  # a bogus future epoch
+    draining = HeartbeatRequest(peer_id="b", status="draining", epoch=e3)
+    answer = membership.heartbeat(conn, draining, T0 + 0.33, TIMING, snapshot)
+    assert answer is not None and answer.epoch > e3  # who changed things sees them at once
+    assert [p.status for p in answer.model().peers or []] == ["active", "draining", "active"]
+
+
+def test_restart_grace(conn: sqlite3.Connection) -> None:
+    register(conn, "a")
+    register(conn, "b")
+    beat(conn, "b", T0 + 100)
+    assert live(conn, T0 + 100) == ["b"]
+    # the coordinator was down from T0 + 100 to T0 + 200: b is not to blame
+    assert membership.grant_restart_grace(conn, T0 + 200) == 1
+    assert live(conn, T0 + 214) == ["b"]
+    assert live(conn, T0 + 216) == []
+
+
+def test_leave(conn: sqlite3.Connection) -> None:
+    register(conn, "a")
+    report = LocationReport(path="f", peer_id="a", version="v", chunks=[1])
+    locations.put_location(conn, report, T0)
+    assert membership.leave(conn, "a") is not None
+    assert membership.leave(conn, "a") is None
+    assert conn.execute("SELECT COUNT(*) FROM locations").fetchone()[0] == 0
+
+
+def test_location_merge_rules() -> None:
+    def report(chunks: list[int], replace: bool = False) -> LocationReport:
+        return LocationReport(path="p", peer_id="a", version="v", chunks=chunks, replace=replace)
+
+    assert locations.merge(None, report([3, 1, 1]), False) == [1, 3]
+    assert locations.merge([1, 3], report([2]), True) == [1, 2, 3]
+    assert locations.merge([1, 3], report([2]), False) == [2]  # another version
+    assert locations.merge([1, 3], report([2], replace=True), True) == [2]
+    assert locations.merge([1, 3], report([], replace=True), True) == []
+
+
+def test_locations_of_dead_peers_are_hidden(conn: sqlite3.Connection) -> None:
+    register(conn, "a")
+    register(conn, "b", T0 + 10)
+    for peer in ("a", "b"):
+        report = LocationReport(path="d/f", peer_id=peer, version="v1", chunks=[0, 1])
+        assert locations.put_location(conn, report, T0 + 10) is not None
+    query = LocationQuery(path="d/f")
+    found = locations.get_locations(conn, query, T0 + 14, 15.0)
+    assert [entry.peer_id for entry in found.locations] == ["a", "b"]
+    found = locations.get_locations(conn, query, T0 + 16, 15.0)
+    assert [entry.peer_id for entry in found.locations] == ["b"]
+    assert (
+        locations.get_locations(conn, LocationQuery(path="d/f", version="v2"), T0, 15).locations
+        == []
+    )
+
+
+def test_location_of_unknown_peer_is_none(conn: sqlite3.Connection) -> None:
+    report = LocationReport(path="p", peer_id="ghost", version="v", chunks=[0])
+    assert locations.put_location(conn, report, T0) is None
+
+
+def test_too_many_chunks(conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    register(conn, "a")
+    monkeypatch.setattr(locations, "MAX_CHUNKS_PER_ENTRY", 3)
+    locations.put_location(
+        conn, LocationReport(path="p", peer_id="a", version="v", chunks=[0, 1]), T0
+    )
+    with pytest.raises(locations.TooManyChunksError):
+        report = LocationReport(path="p", peer_id="a", version="v", chunks=[2, 3])
+        locations.put_location(conn, report, T0)
+
+
+def test_counters_fold_across_restarts() -> None:
+    last = {"hits": 10, "bytes": 100}
+    assert stats.fold(last, {}, {"hits": 12, "bytes": 150}) == {}
+    assert stats.fold(last, {}, {"hits": 2, "bytes": 150}) == {"hits": 10}
+    assert stats.fold(last, {"hits": 5}, {"hits": 0, "bytes": 0}) == {"hits": 15, "bytes": 100}
+
+
+def test_flatten_matches_node_stats_shape() -> None:
+    report = NodeStatsReport.model_validate({"tiers": {"peer": {"bytes": 7}}, "evictions": 2})
+    flat = stats.flatten(report)
+    assert flat["tiers.peer.bytes"] == 7 and flat["evictions"] == 2
+    assert flat["tiers.cloud.hits"] == 0
+
+
+def test_cluster_totals_survive_restarts_and_departures(conn: sqlite3.Connection) -> None:
+    def report(hits: int, cloud: int) -> NodeStatsReport:
+        return NodeStatsReport.model_validate(
+            {"tiers": {"local": {"hits": hits, "bytes": hits}, "cloud": {"bytes": cloud}}}
+        )
+
+    register(conn, "a", capacity={"local": 100, "peer": 10})
+    register(conn, "b", capacity={"local": 200, "peer": 20}, usage={"local": 5, "peer": 0})
+    beat(conn, "a", T0 + 1, stats=report(10, 1000).model_dump())
+    beat(conn, "b", T0 + 1, stats=report(5, 500).model_dump())
+    beat(conn, "a", T0 + 2, stats=report(3, 0).model_dump())  # a restarted
+    totals = stats.cluster_stats(conn, membership.sweep(conn, T0 + 2, 15.0))
+    assert totals.tiers["local"].hits == 18
+    assert totals.cloud_bytes_fetched == 1500
+    assert totals.cloud_egress_saved == 18
+    assert totals.capacity == TierBytes(local=300, peer=30)
+    assert totals.peers.active == 2
+    membership.leave(conn, "b")
+    totals = stats.cluster_stats(conn, membership.current_epoch(conn))
+    assert totals.tiers["local"].hits == 18 and totals.cloud_bytes_fetched == 1500
+    assert totals.capacity == TierBytes(local=100, peer=10)
+    totals = stats.cluster_stats(conn, membership.sweep(conn, T0 + 100, 15.0))
+    assert totals.peers.dead == 1 and totals.capacity == TierBytes()
+    assert totals.tiers["local"].hit_ratio == 1.0 and totals.tiers["peer"].hit_ratio is None

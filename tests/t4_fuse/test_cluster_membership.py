@@ -1,0 +1,56 @@
+"""A mounted node joins the coordinator's membership, and mounts without one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from coordinators import start_coordinator
+from mounts import Mount
+
+
+def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_node_registers_reports_and_leaves(
+    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    coordinator = start_coordinator(tmp_path, "-heartbeat-interval", "1s", "-peer-expiry", "3s")
+    request.addfinalizer(coordinator.stop)
+    mount: Mount = mount_factory(  # type: ignore[operator]
+        "local", coordinator=f"127.0.0.1:{coordinator.port}", peer_id="node-a"
+    )
+    until(lambda: coordinator.live_ids() == ["node-a"])
+    (mount.path / "f.bin").write_bytes(b"x" * 100_000)
+    assert (mount.path / "f.bin").read_bytes() == b"x" * 100_000
+    peer = coordinator.get("/api/peers").json["peers"][0]
+    assert peer["address"].endswith(f":{mount.flags['port']}")
+    assert peer["capacity"]["local"] == 10 * 2**30
+    assert mount.stop() == 0
+    until(lambda: coordinator.live_ids() == [])  # left at once, not by expiry
+    coordinator.assert_clean_log()
+
+
+def test_a_node_mounts_and_works_while_the_coordinator_is_down(
+    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    coordinator = start_coordinator(tmp_path, "-heartbeat-interval", "1s", "-peer-expiry", "3s")
+    request.addfinalizer(coordinator.stop)
+    port = coordinator.port
+    coordinator.stop()
+    mount: Mount = mount_factory(  # type: ignore[operator]
+        "local", coordinator=f"127.0.0.1:{port}", peer_id="node-b"
+    )
+    (mount.path / "g.bin").write_bytes(b"works")
+    assert (mount.path / "g.bin").read_bytes() == b"works"
+    coordinator.restart()  # the coordinator comes back: the node registers by itself
+    until(lambda: coordinator.live_ids() == ["node-b"])
+    log = mount.log_tail(400)
+    assert log.count("WARNING") <= 2, log  # one warning for the outage, not one per try
