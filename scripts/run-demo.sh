@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# `make run`: mounts a small sample bucket (the local provider) at /tmp/fuse-client.
-# Ctrl-C uploads anything written, unmounts and exits.
+# `make run`: a coordinator on :8080 and a client that mounts a small sample bucket (the
+# local provider) at /tmp/fuse-client. Ctrl-C uploads anything written, unmounts and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bucket=${TIERFS_DEMO_BUCKET:-/tmp/tierfs-demo/bucket}
 mount=${TIERFS_DEMO_MOUNT:-/tmp/fuse-client}
 nvme=${TIERFS_DEMO_NVME:-/tmp/nvme-cache}
+port=${TIERFS_DEMO_COORDINATOR_PORT:-8080}
 
 if [ ! -d "$bucket/datasets" ]; then
   echo "creating a sample dataset in $bucket"
@@ -19,13 +20,18 @@ if [ ! -d "$bucket/datasets" ]; then
 fi
 mkdir -p "$mount" 2>/dev/null || true   # a stale mount from a crash is cleaned by the client
 
+.venv/bin/tierfs coordinator -port "$port" -data-dir /tmp/tierfs-demo/coordinator &
+coordinator=$!
+trap 'kill -TERM $coordinator 2>/dev/null; wait $coordinator 2>/dev/null' EXIT
+
 cat <<MSG
-tierfs is mounting $bucket at $mount (tier-1 cache in $nvme). Try, in another terminal:
+tierfs is mounting $bucket at $mount (tier-1 cache in $nvme); the coordinator's dashboard
+is at http://localhost:$port/. Try, in another terminal:
   ls -l $mount/datasets
   cat $mount/README.txt
   time cat $mount/datasets/large-64MiB.bin > /dev/null   # cold, then again: warm
   cp /etc/hostname $mount/hello.txt && ls -l $bucket     # written through to the bucket
 Ctrl-C here unmounts.
 MSG
-exec .venv/bin/tierfs client -mount "$mount" -nvme "$nvme" \
+.venv/bin/tierfs client -mount "$mount" -nvme "$nvme" -coordinator "localhost:$port" \
   -cloud-provider local -local-root "$bucket" "$@"

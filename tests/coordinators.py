@@ -148,6 +148,7 @@ def start_coordinator(
         (port,) = servers.free_ports(1)
         state = data_dir or d / "data"
         cmd = [sys.executable, "-m", "tierfs.cli", "coordinator", "-port", str(port)]
+        cmd += ["-listen", "127.0.0.1"]
         cmd += ["-data-dir", str(state), *flags]
         if token is not None:
             cmd += ["-token", token]

@@ -50,7 +50,7 @@ def _tls(settings: CoordinatorSettings) -> ssl.SSLContext | None:
 
 
 async def run_coordinator(settings: CoordinatorSettings) -> None:
-    """Serve on `settings.port` (all interfaces) until told to stop."""
+    """Serve on `settings.listen`:`settings.port` until told to stop."""
     context = _tls(settings)
     app = create_app(settings)
     # The access log would be one line per heartbeat: only at debug level.
@@ -64,15 +64,16 @@ async def run_coordinator(settings: CoordinatorSettings) -> None:
     )
     await runner.setup()  # runs the cleanup_ctx startup halves: opens the database
     try:
-        site = web.TCPSite(runner, port=settings.port, ssl_context=context)
+        site = web.TCPSite(runner, settings.listen, settings.port, ssl_context=context)
         try:
             await site.start()
         except OSError as exc:
             raise TierfsError(f"cannot listen on port {settings.port}: {exc.strerror}") from None
         scheme = "https" if context else "http"
         log.info(
-            "coordinator listening on %s://0.0.0.0:%d (token %s)",
+            "coordinator listening on %s://%s:%d (token %s)",
             scheme,
+            settings.listen,
             settings.port,
             "required" if settings.token else "not set: the API is open",
         )

@@ -113,6 +113,7 @@ class CommonSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     log_level: LogLevel = flag("info", "log verbosity: debug, info, warning or error")
+    listen: str = flag("0.0.0.0", "address the HTTP endpoints listen on (127.0.0.1: this host)")
     token: str | None = flag(
         None, "cluster token required on every endpoint but health", "TIERFS_TOKEN", secret=True
     )
