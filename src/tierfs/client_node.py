@@ -41,13 +41,15 @@ def join_cluster(
         return NodeReport(capacity, usage, stats)
 
     scheme = "https" if settings.tls_cert else "http"
-    return CoordinatorClient(
+    client = CoordinatorClient(
         f"{scheme}://{settings.coordinator}",
         settings.node_id,
         f"{socket.gethostname()}:{settings.port}",
         report,
         token=settings.token,
     )
+    cache.on_stored = lambda c: client.report_location(c.obj.key, c.obj.version, [c.index])
+    return client
 
 
 async def run_client(settings: ClientSettings) -> None:

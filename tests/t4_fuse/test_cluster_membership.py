@@ -28,8 +28,10 @@ def test_a_node_registers_reports_and_leaves(
         "local", coordinator=f"127.0.0.1:{coordinator.port}", peer_id="node-a"
     )
     until(lambda: coordinator.live_ids() == ["node-a"])
-    (mount.path / "f.bin").write_bytes(b"x" * 100_000)
-    assert (mount.path / "f.bin").read_bytes() == b"x" * 100_000
+    (mount.path / "f.bin").write_bytes(b"x" * 5_000_000)  # two 4 MiB chunks in tier 1
+    assert (mount.path / "f.bin").read_bytes() == b"x" * 5_000_000
+    until(lambda: [e["chunks"] for e in coordinator.locations("f.bin")] == [[0, 1]])
+    assert coordinator.locations("f.bin")[0]["peer_id"] == "node-a"
     peer = coordinator.get("/api/peers").json["peers"][0]
     assert peer["address"].endswith(f":{mount.flags['port']}")
     assert peer["capacity"]["local"] == 10 * 2**30

@@ -47,16 +47,24 @@ def test_kill_9_before_upload_loses_nothing(mount_factory: object) -> None:
     assert "stale mount" in mount.log_tail(200)
 
 
-@pytest.mark.warnings_expected
-def test_upload_failure_is_eio_and_the_data_is_kept(
+def own_cloud_and_mount(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+) -> tuple[servers.S3Server, Mount]:
+    """A SeaweedFS this test alone uses (so it may stop it), and a mount of it with a
+    3 s cloud deadline; both stopped at the end."""
     server = servers.start_seaweedfs(tmp_path / "own-server")
     request.addfinalizer(server.stop)
     flags, env = target_flags("s3-seaweedfs", server, tmp_path, timeout=3.0)
     mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
     request.addfinalizer(mount.stop)
-    mount.start()
+    return server, mount.start()
+
+
+@pytest.mark.warnings_expected
+def test_upload_failure_is_eio_and_the_data_is_kept(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    server, mount = own_cloud_and_mount(request, tmp_path)
     payload = b"must not be lost " * 1000
     fd = os.open(mount.path / "keep.txt", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, payload)
@@ -79,12 +87,7 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
 def test_a_journaled_upload_waits_for_the_cloud_at_start(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    server = servers.start_seaweedfs(tmp_path / "own-server")
-    request.addfinalizer(server.stop)
-    flags, env = target_flags("s3-seaweedfs", server, tmp_path, timeout=3.0)
-    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
-    request.addfinalizer(mount.stop)
-    mount.start()
+    server, mount = own_cloud_and_mount(request, tmp_path)
     fd = os.open(mount.path / "late.txt", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, b"journaled")
     mount.kill()  # crash before the upload

@@ -81,6 +81,9 @@ class DiskChunkCache:
         self._maintainer: asyncio.Task[None] | None = None
         self._warned_disk_full = False
         self._closed = False
+        # Told of every chunk stored, to announce it to the cluster (the coordinator's
+        # location index); must be quick and must not raise.
+        self.on_stored: Callable[[ChunkRef], object] | None = None
 
     @classmethod
     async def create(
@@ -256,6 +259,8 @@ class DiskChunkCache:
             budget.add(entry)
             self._admission.forget(chunk.id)
             kept = True
+            if self.on_stored is not None:
+                self.on_stored(chunk)
             return True
         finally:
             if not kept:

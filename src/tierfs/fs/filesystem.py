@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from tierfs.cloud.base import CloudStore
 from tierfs.errors import (
@@ -460,7 +459,3 @@ class Filesystem:
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
-
-
-def staging_dir(nvme: Path) -> Path:
-    return nvme / "staging"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.errors import ObjectNotFoundError
-from tierfs.fs.nodes import join, split
+from tierfs.fs.nodes import split
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +176,3 @@ class Namespace:
         parent, name = split(path)
         if parent in self._listings:
             self._listings[parent].entries.pop(name, None)
-
-    @staticmethod
-    def child(parent: str, name: str) -> str:
-        return join(parent, name)

@@ -50,9 +50,6 @@ class InodeTable:
         self._by_path: dict[str, Node] = {"": root}
         self._next_inode = ROOT_INODE + 1
 
-    def __len__(self) -> int:
-        return len(self._by_inode)
-
     def get(self, inode: int) -> Node:
         """The node of `inode`; StaleHandleError if the kernel asks for a forgotten one."""
         node = self._by_inode.get(inode)
