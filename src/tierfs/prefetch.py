@@ -155,14 +155,14 @@ class SequentialReader:
         return self._held.get(index)
 
     def hold(self, index: int, data: bytes, kept: asyncio.Future[bool]) -> None:
-        """Chunk `index` arrived: hold it until tier 1 has it, or while the reader needs it
-        if tier 1 does not keep it (not admitted, disk full), so it is not fetched again."""
-        if self._closed or index < self._first or (kept.done() and kept.result()):
+        """Chunk `index` arrived: hold it until the reader has passed it, so its next reads
+        neither fetch it again nor re-read (and re-verify) it from tier 1."""
+        if self._closed or index < self._first:
             return
         self._held[index] = data
         if not kept.done():
             self._storing.add(index)
-            kept.add_done_callback(partial(self._stored, index, data))
+            kept.add_done_callback(partial(self._stored, index))
 
     async def close(self) -> None:
         """Cancel every prefetch, wait until they are gone, and drop held chunks."""
@@ -251,10 +251,8 @@ class SequentialReader:
                 log.debug("prefetch of chunk %d of %s failed: %s", index, self.ref.key, exc)
                 return None
 
-    def _stored(self, index: int, data: bytes, kept: asyncio.Future[bool]) -> None:
+    def _stored(self, index: int, _: asyncio.Future[bool]) -> None:
         self._storing.discard(index)
-        if kept.result() and self._held.get(index) is data:
-            del self._held[index]  # tier 1 serves it now
         self._pump()
 
     def _done(self, index: int, _: asyncio.Task[None]) -> None:
