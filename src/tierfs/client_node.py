@@ -8,6 +8,8 @@ until SIGINT/SIGTERM or an unmount, and everything goes down in reverse order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import socket
 from contextlib import AsyncExitStack
@@ -27,6 +29,8 @@ from tierfs.stats import NodeStats
 from tierfs.upload import Uploader, UploadJournal
 
 log = logging.getLogger(__name__)
+
+M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 
 
 def join_cluster(
@@ -52,8 +56,17 @@ def join_cluster(
     return client
 
 
+def limit_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own heap arena (up to 8 per core); the
+    cloud client's and the file pools' threads then keep tens of MB each. Two arenas keep
+    the client's memory near what it uses."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+
+
 async def run_client(settings: ClientSettings) -> None:
     """Mount the bucket at `settings.mount` and serve it until told to stop."""
+    limit_malloc_arenas()
     prepare_mountpoint(settings.mount)
     settings.nvme.mkdir(parents=True, exist_ok=True)
     stats = NodeStats()
