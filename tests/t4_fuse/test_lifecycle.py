@@ -47,6 +47,13 @@ def test_kill_9_before_upload_loses_nothing(mount_factory: object) -> None:
     assert "stale mount" in mount.log_tail(200)
 
 
+def wait_for_object(mount: Mount, key: str, timeout: float = 60.0) -> None:
+    """Until the cloud has `key` (an upload the client retries on its own)."""
+    deadline = time.monotonic() + timeout
+    while cloud_bytes(mount, key) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def own_cloud_and_mount(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> tuple[servers.S3Server, Mount]:
@@ -76,9 +83,7 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
     assert time.monotonic() - started < 30  # the cloud deadline, not a hang
     assert (mount.path / "keep.txt").read_bytes() == payload  # kept, and still visible here
     server.proc.restart()  # the cloud is back: the kept file goes up without any help
-    deadline = time.monotonic() + 60
-    while cloud_bytes(mount, "keep.txt") is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_object(mount, "keep.txt")
     assert cloud_bytes(mount, "keep.txt") == payload
     assert mount.stop() == 0
 
@@ -94,9 +99,7 @@ def test_a_journaled_upload_waits_for_the_cloud_at_start(
     server.proc.kill()  # and the cloud is down when the client comes back
     mount.start()
     server.proc.restart()
-    deadline = time.monotonic() + 60
-    while cloud_bytes(mount, "late.txt") is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_for_object(mount, "late.txt")
     assert cloud_bytes(mount, "late.txt") == b"journaled"
     with contextlib.suppress(OSError):
         os.close(fd)

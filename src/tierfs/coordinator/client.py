@@ -163,14 +163,6 @@ class CoordinatorClient:
     def registered(self) -> bool:
         return self._registered
 
-    @property
-    def reachable(self) -> bool:
-        return self._trouble is None and self._membership is not None
-
-    @property
-    def pending_locations(self) -> int:
-        return len(self._dirty)
-
     # --- locations ------------------------------------------------------------------------
 
     def report_location(

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tierfs.cloud.base import CloudStore
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255  # bytes of one name, as every Linux filesystem
 KEY_MAX = 1024  # bytes of a whole key, the limit of S3 and GCS
 COPY_PIECE = 8 * 2**20  # filling a staging file from the tiers, one piece at a time
+RENAME_PARALLELISM = 16  # cloud copies (or deletes) in flight for a directory rename
 RETRY_INTERVAL = 5.0  # seconds between tries of uploads that failed at close
 
 
@@ -95,11 +97,16 @@ class Filesystem:
 
     async def lookup(self, parent_inode: int, name: str) -> Node:
         """The node of `name` in the directory; EntryNotFoundError if none."""
+        path, entry = await self._existing(parent_inode, name)
+        return self._apply(self.inodes.ensure(path, entry.is_dir), entry)
+
+    async def _existing(self, parent_inode: int, name: str) -> tuple[str, Entry]:
+        """The path and entry of `name` in the directory; EntryNotFoundError if none."""
         path = self._child_path(self.inodes.get(parent_inode), name)
         entry = await self._stat(path)
         if entry is None:
             raise EntryNotFoundError(path)
-        return self._apply(self.inodes.ensure(path, entry.is_dir), entry)
+        return path, entry
 
     async def exists(self, parent_inode: int, name: str) -> bool:
         return await self._stat(self._child_path(self.inodes.get(parent_inode), name)) is not None
@@ -144,10 +151,7 @@ class Filesystem:
         return node
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
-        path = self._child_path(self.inodes.get(parent_inode), name)
-        entry = await self._stat(path)
-        if entry is None:
-            raise EntryNotFoundError(path)
+        path, entry = await self._existing(parent_inode, name)
         if not entry.is_dir:
             raise NotDirectoryError(path)
         if await self.names.listdir(path):
@@ -157,10 +161,7 @@ class Filesystem:
         self.inodes.remove(path)
 
     async def unlink(self, parent_inode: int, name: str) -> None:
-        path = self._child_path(self.inodes.get(parent_inode), name)
-        entry = await self._stat(path)
-        if entry is None:
-            raise EntryNotFoundError(path)
+        path, entry = await self._existing(parent_inode, name)
         if entry.is_dir:
             raise IsDirectoryError(path)
         node = self.inodes.find(path)
@@ -176,11 +177,8 @@ class Filesystem:
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
         """Move a file or a directory tree (copy + delete in the cloud), replacing a file."""
-        old = self._child_path(self.inodes.get(old_parent), old_name)
+        old, source = await self._existing(old_parent, old_name)
         new = self._child_path(self.inodes.get(new_parent), new_name)
-        source = await self._stat(old)
-        if source is None:
-            raise EntryNotFoundError(old)
         if old == new:
             return
         target = await self._stat(new)
@@ -217,18 +215,10 @@ class Filesystem:
         keys = [
             meta.key for meta in (await self.cloud.list_all(old + "/", delimiter=False)).objects
         ]
-        limit = asyncio.Semaphore(16)
-
-        async def move(key: str) -> None:
-            async with limit:
-                await self.cloud.copy(key, new + key[len(old) :])
-
-        async with asyncio.TaskGroup() as group:
-            for key in keys:
-                group.create_task(move(key))
-        async with asyncio.TaskGroup() as group:
-            for key in keys:
-                group.create_task(self.cloud.delete(key))
+        # Every copy first, then the deletes: a failure part way leaves both names, never
+        # neither.
+        await _bounded(keys, lambda key: self.cloud.copy(key, new + key[len(old) :]))
+        await _bounded(keys, self.cloud.delete)
         was_local = self.names.is_local_dir(old)
         self.names.forget_subtree(old)
         self.names.forget_subtree(new)
@@ -459,3 +449,16 @@ class Filesystem:
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
+
+
+async def _bounded(keys: list[str], operation: Callable[[str], Awaitable[None]]) -> None:
+    """Run `operation` on every key, RENAME_PARALLELISM at a time."""
+    limit = asyncio.Semaphore(RENAME_PARALLELISM)
+
+    async def one(key: str) -> None:
+        async with limit:
+            await operation(key)
+
+    async with asyncio.TaskGroup() as group:
+        for key in keys:
+            group.create_task(one(key))
