@@ -29,15 +29,16 @@ typecheck: setup
 run: setup
 	scripts/run-demo.sh
 
-# Lowest level first: units, components on real servers, then real FUSE mounts.
+# Lowest level first: units, components on real servers, real FUSE mounts, then a cluster.
 test: lint typecheck
-	$(VENV)/bin/pytest tests/t1_unit tests/t2_components tests/t4_fuse
+	$(VENV)/bin/pytest tests/t1_unit tests/t2_components tests/t4_fuse tests/t5_cluster
 
 bench: setup
 	$(PYTHON) bench/cloud.py
 	$(PYTHON) bench/tier1.py
 	$(PYTHON) bench/fuse.py
 	$(PYTHON) bench/coordinator.py
+	$(PYTHON) bench/cluster.py
 
 clean:
 	rm -rf $(VENV) test-servers/node_modules .pytest_cache .mypy_cache .ruff_cache

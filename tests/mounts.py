@@ -47,6 +47,10 @@ class Mount:
     log: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # The peer API on loopback only, on a port of its own unless the caller chose one.
+        self.flags = {"listen": "127.0.0.1", "port": str(servers.free_ports(1)[0])} | self.flags
+
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "tierfs.cli", "client"]
         args += ["-mount", str(self.path), "-nvme", str(self.nvme), "-log-level", "info"]

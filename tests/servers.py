@@ -368,10 +368,26 @@ class S3Server:
                 total += int(float(match["value"]))
         return total
 
+    def bytes_sent(self, bucket: str) -> int:
+        """Bytes of object data the server has sent from ``bucket`` (the cloud egress), from
+        its own metrics (``SeaweedFS_s3_bucket_traffic_sent_bytes_total``)."""
+        if self.metrics_url is None:
+            raise RuntimeError(f"{self.name} exports no traffic metrics")
+        with _HTTP.open(self.metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        for match in _S3_SENT_RE.finditer(text):
+            if dict(_PROM_LABEL_RE.findall(match["labels"])).get("bucket") == bucket:
+                return int(float(match["value"]))
+        return 0
+
     def stop(self) -> None:
         self.proc.stop()
 
 
+_S3_SENT_RE = re.compile(
+    r"^SeaweedFS_s3_bucket_traffic_sent_bytes_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$",
+    re.MULTILINE,
+)
 _S3_REQUESTS_RE = re.compile(
     r"^SeaweedFS_s3_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$", re.MULTILINE
 )

@@ -1,8 +1,9 @@
 """`tierfs client`: one node of the cluster, wired into one asyncio loop.
 
-The tier-3 store, the tier-1 cache, the read path and the upload journal come up first
-(uploads a crash left behind go up before the mount appears), then the FUSE mount serves
-until SIGINT/SIGTERM or an unmount, and everything goes down in reverse order.
+The tier-3 store, the tier-1 cache, the cluster membership and tier 2, the upload journal
+and the read path come up first (uploads a crash left behind go up before the mount
+appears), then the peer API and the FUSE mount serve until SIGINT/SIGTERM or an unmount,
+and everything goes down in reverse order.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import socket
 from contextlib import AsyncExitStack
 
 from tierfs.cache.base import Origin
@@ -23,6 +23,8 @@ from tierfs.fs.filesystem import Filesystem, Ownership
 from tierfs.fs.handles import Staging
 from tierfs.fuse.mount import prepare_mountpoint, serve
 from tierfs.fuse.operations import Operations
+from tierfs.peer.app import create_app, start_site
+from tierfs.peer.fetcher import PeerFetcher
 from tierfs.read_path import ReadPath
 from tierfs.settings import ClientSettings
 from tierfs.stats import NodeStats
@@ -48,11 +50,12 @@ def join_cluster(
     client = CoordinatorClient(
         f"{scheme}://{settings.coordinator}",
         settings.node_id,
-        f"{socket.gethostname()}:{settings.port}",
+        settings.peer_address,
         report,
         token=settings.token,
     )
     cache.on_stored = lambda c: client.report_location(c.obj.key, c.obj.version, [c.index])
+    cache.on_evicted = lambda key, version, index: client.withdraw_location(key, version, [index])
     return client
 
 
@@ -81,22 +84,44 @@ async def run_client(settings: ClientSettings) -> None:
             admit_after=settings.admit_after,
         )
         stack.push_async_callback(cache.close)
+        coordinator = join_cluster(settings, cache, stats)
+        membership = asyncio.create_task(coordinator.run(), name="coordinator")
+        stack.push_async_callback(coordinator.close)
+        stack.callback(membership.cancel)
+        stack.push_async_callback(coordinator.leave)  # runs first: leave, then stop
+        peers = PeerFetcher(
+            settings.node_id,
+            coordinator,
+            stats=stats,
+            timeout=settings.peer_timeout,
+            token=settings.token,
+            tls=settings.tls_cert is not None,
+        )
+        stack.push_async_callback(peers.close)
         journal = UploadJournal(settings.nvme / "journal.sqlite3")
         stack.callback(journal.close)
-        uploader = Uploader(cloud, cache, journal, settings.chunk_size)
+        uploader = Uploader(cloud, cache, journal, settings.chunk_size, peers)
         stack.push_async_callback(uploader.close)
         # What a crash left unsent goes up before the mount appears, or, while the cloud
         # is down, in the background until it is back.
         if await uploader.recover():
             recovery = asyncio.create_task(uploader.recover_until_done(), name="recovery")
             stack.callback(recovery.cancel)
-        coordinator = join_cluster(settings, cache, stats)
-        membership = asyncio.create_task(coordinator.run(), name="coordinator")
-        stack.push_async_callback(coordinator.close)
-        stack.callback(membership.cancel)
-        stack.push_async_callback(coordinator.leave)  # runs first: leave, then stop
-        read_path = ReadPath(cache, cloud, chunk_size=settings.chunk_size, stats=stats)
+        read_path = ReadPath(cache, cloud, chunk_size=settings.chunk_size, stats=stats, peers=peers)
         stack.push_async_callback(read_path.close)
+        peer_api = create_app(
+            cache=cache,
+            read_path=read_path,
+            cloud=cloud,
+            stats=stats,
+            chunk_size=settings.chunk_size,
+            node_id=settings.node_id,
+            members=lambda: coordinator.membership,
+            token=settings.token,
+            on_peer_heartbeat=peers.mark_alive,
+        )
+        runner = await start_site(peer_api, settings)
+        stack.push_async_callback(runner.cleanup)  # runs before the read path closes
         fs = Filesystem(
             cloud,
             read_path,

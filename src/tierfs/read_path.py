@@ -10,7 +10,9 @@ Bounds: at most `max_parallel_fetches` fetches at once, of which prefetches take
 half, so demand reads always find a slot; at most `FLIGHTS_PER_FETCH` times as many
 flights in all, counting those whose chunk waits to be written to tier 1, so a slow disk
 slows fetching down instead of piling chunks up in memory. A read holds only the chunks
-it covers; a reader's read-ahead, its window (plus chunks still being written).
+it covers; a reader's read-ahead, its window (plus chunks still being written). Chunks
+read through for other nodes (`read_for_peer`, tier 2's owner side) have as many slots
+again, of their own.
 """
 
 from __future__ import annotations
@@ -94,9 +96,13 @@ class ReadPath:
         self._max_parallel = max_parallel_fetches
         self._max_window_bytes = max_window_bytes
         self._flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch")
+        # fetches for other nodes of chunks whose own flight waits on a peer
+        self._peer_flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch for peers")
+        self._asking_peers: set[ChunkId] = set()  # chunks whose flight waits on a peer
         self._fetch_slots = asyncio.Semaphore(max_parallel_fetches)
         self._flight_slots = asyncio.Semaphore(int(FLIGHTS_PER_FETCH * max_parallel_fetches))
         self._prefetch_slots = asyncio.Semaphore(max(1, int(PREFETCH_SHARE * max_parallel_fetches)))
+        self._serve_slots = asyncio.Semaphore(max_parallel_fetches)  # fetches for other nodes
         self._holds = cache.holds if isinstance(cache, _KnowsHeld) else None
         self._readers: weakref.WeakSet[SequentialReader] = weakref.WeakSet()
         self._closed = False
@@ -172,16 +178,38 @@ class ReadPath:
         """Bring `chunk` to tier 1 ahead of its reader (the `ChunkSource` of readers)."""
         if chunk.id in self._flights or await self._in_tier1(chunk):
             return Prefetched(fetched=False)
-        fetched, joined = await self._flights.do(chunk.id, partial(self._fetch, chunk))
+        fetched, joined = await self._flights.do(chunk.id, partial(self._fetch, chunk, True))
         if joined:
             return Prefetched(fetched=False)
         return Prefetched(fetched=True, data=fetched.data, kept=fetched.kept)
+
+    async def read_for_peer(self, chunk: ChunkRef, *, cached_only: bool) -> bytes | None:
+        """The whole chunk for another node (the owner's side of tier 2): from tier 1, else
+        (unless `cached_only`) read through from the cloud and kept within the peer budget.
+
+        Never asks the peers: a request between nodes goes one hop. Joins a fetch of the
+        chunk already under way unless that one is waiting on a peer, which might be the
+        asker (two nodes briefly disagreeing about the owner would wait on each other).
+        None when `cached_only` and tier 1 does not have it. Raises as `read`.
+        """
+        if self._closed:
+            raise RuntimeError("the read path is closed")
+        if chunk.id not in self._flights:
+            data = await self._from_local(chunk, 0, chunk.length)
+            if data is not None or cached_only:
+                return data
+        elif cached_only:
+            return None
+        flights = self._peer_flights if chunk.id in self._asking_peers else self._flights
+        fetched, _ = await flights.do(chunk.id, partial(self._fetch, chunk, False))
+        return fetched.data
 
     async def close(self) -> None:
         """Cancel all read-ahead and fetches under way and wait until they are gone."""
         self._closed = True
         await asyncio.gather(*(reader.close() for reader in list(self._readers)))
         await self._flights.close()
+        await self._peer_flights.close()
 
     # -- one chunk ----------------------------------------------------------------------
 
@@ -200,7 +228,7 @@ class ReadPath:
                 data = await self._from_local(chunk, lo, hi - lo)  # kept by a flight just ended
             if data is not None:
                 return data
-        fetched, joined = await self._flights.do(chunk.id, partial(self._fetch, chunk))
+        fetched, joined = await self._flights.do(chunk.id, partial(self._fetch, chunk, True))
         if joined:
             self._stats.singleflight_joins += 1
         if reader is not None:
@@ -215,16 +243,31 @@ class ReadPath:
         found = await self._from_local(chunk, 0, min(1, chunk.length)) is not None
         return found or self._flights.finished_since(chunk.id, ticket)
 
-    async def _fetch(self, chunk: ChunkRef, publish: Publish[_Fetched]) -> None:
-        """One flight: the whole chunk from the peers or the cloud, then into tier 1."""
+    async def _fetch(self, chunk: ChunkRef, ask_peers: bool, publish: Publish[_Fetched]) -> None:
+        """One flight: the whole chunk from the peers (for this node's own reads) or the
+        cloud, then into tier 1: its own reads' budget, or the peers' when it fetched for them.
+
+        Fetches for other nodes have slots of their own: were they to wait for slots held
+        by flights that wait on peers, two nodes reading at once could wait on each other.
+        """
+        if not ask_peers:
+            async with self._serve_slots:
+                await self._hand_over(chunk, await self._from_cloud(chunk), publish, Origin.PEER)
+            return
         async with self._flight_slots:  # held while storing: see the module docstring
             async with self._fetch_slots:
                 data = await self._from_peers(chunk)
                 if data is None:
                     data = await self._from_cloud(chunk)
-            fetched = _Fetched(data, asyncio.get_running_loop().create_future())
-            publish(fetched)
-            await self._keep(chunk, fetched)
+            await self._hand_over(chunk, data, publish, Origin.LOCAL)
+
+    async def _hand_over(
+        self, chunk: ChunkRef, data: bytes, publish: Publish[_Fetched], origin: Origin
+    ) -> None:
+        """Give the chunk to the flight's readers, then keep it in tier 1."""
+        fetched = _Fetched(data, asyncio.get_running_loop().create_future())
+        publish(fetched)
+        await self._keep(chunk, fetched, origin)
 
     # -- the tiers ----------------------------------------------------------------------
 
@@ -247,12 +290,15 @@ class ReadPath:
         if self._peers is None:
             return None
         counters = self._stats.tier(Tier.PEER)
+        self._asking_peers.add(chunk.id)
         try:
             data = await self._peers.fetch(chunk)
         except Exception as exc:
             counters.errors += 1
             log.info("peers failed on chunk %s of %s: %s", chunk.index, chunk.obj.key, exc)
             return None
+        finally:
+            self._asking_peers.discard(chunk.id)
         if data is None:
             counters.misses += 1
             return None
@@ -285,12 +331,12 @@ class ReadPath:
         counters.bytes += len(data)
         return data
 
-    async def _keep(self, chunk: ChunkRef, fetched: _Fetched) -> None:
+    async def _keep(self, chunk: ChunkRef, fetched: _Fetched, origin: Origin) -> None:
         """Promote a fetched chunk to tier 1; failing that, it is only not cached."""
         kept = False
         try:
-            if self._cache.wants(chunk):
-                kept = await self._cache.store(chunk, fetched.data, Origin.LOCAL)
+            if origin is Origin.PEER or self._cache.wants(chunk):
+                kept = await self._cache.store(chunk, fetched.data, origin)
             else:
                 self._stats.not_cached += 1  # not admitted (store counts its own refusals)
         except Exception as exc:

@@ -107,6 +107,9 @@ def from_env(env: str, help: str, secret: bool = False) -> Any:
     return Field(default=None, description=help, json_schema_extra=extra, repr=not secret)
 
 
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
+
+
 class CommonSettings(BaseModel):
     """Flags both commands take."""
 
@@ -161,6 +164,9 @@ class ClientSettings(CommonSettings):
     coordinator: HostPort = flag("localhost:8080", "coordinator address (host:port)")
     port: Port = flag(8081, "HTTP port of this node's peer API")
     peer_id: str | None = flag(None, "this node's id in the cluster (none: hostname-port)")
+    advertise: HostPort | None = flag(
+        None, "host:port other nodes reach this node's peer API at (none: -listen or hostname)"
+    )
     cloud_provider: Provider = flag("s3", "tier-3 store: s3, azure, gcp or local")
     s3_bucket: str = flag("fuse-client-cache", "S3 bucket")
     s3_region: str = flag("us-east-1", "S3 region", "AWS_REGION")
@@ -212,6 +218,15 @@ class ClientSettings(CommonSettings):
     def node_id(self) -> str:
         """The peer id, defaulting to `hostname-port` so two nodes on one host differ."""
         return self.peer_id or f"{socket.gethostname()}-{self.port}"
+
+    @property
+    def peer_address(self) -> str:
+        """Where other nodes reach this node: `-advertise`, else the `-listen` address
+        when it is one, else this host's name; with `-port`."""
+        if self.advertise is not None:
+            return self.advertise
+        host = socket.gethostname() if self.listen in WILDCARD_ADDRESSES else self.listen
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     @model_validator(mode="after")
     def _provider_needs(self) -> ClientSettings:

@@ -18,8 +18,8 @@ class Tier(StrEnum):
 
 @dataclass
 class TierCounters:
-    hits: int = 0  # chunks served by this tier
-    misses: int = 0  # chunks this tier did not have
+    hits: int = 0  # tier 1: reads it served; tiers 2 and 3: whole chunks fetched from them
+    misses: int = 0  # lookups this tier could not serve (compare tiers by `bytes`)
     bytes: int = 0  # bytes this tier delivered
     errors: int = 0  # failures that fell through to the next tier
 
@@ -38,6 +38,10 @@ class NodeStats:
     prefetched_chunks: int = 0  # chunks fetched ahead of the reader
     prefetch_hits: int = 0  # reads served by a chunk the prefetcher brought
     singleflight_joins: int = 0  # reads that waited on a fetch already under way
+    peer_bad_chunks: int = 0  # chunks from peers that failed their checksum (not used)
+    served_to_peers: int = 0  # chunks this node sent to other nodes (peer API)
+    served_to_peers_bytes: int = 0
+    pushed_to_peers: int = 0  # written chunks handed to their owner (tier 1 was full)
 
     def tier(self, tier: Tier) -> TierCounters:
         return self.tiers[tier]

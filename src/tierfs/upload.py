@@ -1,8 +1,12 @@
-"""Uploads of written files: the pending-upload journal, the put, and the tier-1 copy.
+"""Uploads of written files: the pending-upload journal, the put, and the cached copy.
 
 A file becomes dirty at its first write; from then until the cloud has its bytes, a row
 in `NVME/journal.sqlite3` names its staging file. A crash in between leaves the row, and
 `recover` uploads what it names on the next start: nothing written is lost.
+
+Once the cloud has a file, its bytes become chunks of the new version: in tier 1 if it
+has room, else handed to each chunk's owner peer (`PUT`, within its peer budget), else
+they are in the cloud only (DESIGN.md, Write path).
 """
 
 from __future__ import annotations
@@ -13,15 +17,24 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import Protocol
 
 from tierfs.cache.base import ChunkCache, Origin
-from tierfs.chunks import ObjectRef, chunk_ref
+from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.errors import CloudError
 
 log = logging.getLogger(__name__)
 
 RECOVERY_INTERVAL = 5.0  # seconds between tries while the cloud refuses a recovered upload
+
+
+class ChunkPusher(Protocol):
+    """Where written chunks go when tier 1 cannot keep them (the peer fetcher)."""
+
+    async def push(self, chunk: ChunkRef, data: bytes) -> bool:
+        """True once another node keeps the chunk."""
+        ...
 
 
 class UploadJournal:
@@ -60,12 +73,18 @@ class Uploader:
     """Puts staging files into the cloud and their bytes into tier 1 as clean chunks."""
 
     def __init__(
-        self, cloud: CloudStore, cache: ChunkCache, journal: UploadJournal, chunk_size: int
+        self,
+        cloud: CloudStore,
+        cache: ChunkCache,
+        journal: UploadJournal,
+        chunk_size: int,
+        peers: ChunkPusher | None = None,
     ) -> None:
         self.cloud = cloud
         self.cache = cache
         self.journal = journal
         self.chunk_size = chunk_size
+        self.peers = peers
         self._promotions: set[asyncio.Task[None]] = set()
 
     async def upload(self, key: str, staging: Path) -> ObjectMeta:
@@ -87,16 +106,21 @@ class Uploader:
         return meta
 
     async def _promote(self, meta: ObjectMeta, source: int) -> None:
-        """The written bytes become tier-1 chunks of the new version (best effort)."""
+        """The written bytes become cached chunks of the new version (best effort): tier 1
+        while it keeps them, then the owner peers while they take them."""
         ref = ObjectRef(meta.key, meta.version, meta.size)
+        tier1 = True
         try:
             for index in range((meta.size + self.chunk_size - 1) // self.chunk_size):
                 chunk = chunk_ref(ref, index, self.chunk_size)
                 data = await asyncio.to_thread(os.pread, source, chunk.length, chunk.start)
                 if len(data) != chunk.length:
                     return
-                if not await self.cache.store(chunk, data, Origin.LOCAL):
-                    return
+                tier1 = tier1 and await self.cache.store(chunk, data, Origin.LOCAL)
+                if not tier1:
+                    if self.peers is None:
+                        return
+                    await self.peers.push(chunk, data)  # each chunk has its own owner
         except OSError as exc:  # the cloud has the data; tier 1 simply misses it
             log.info("%s: not cached after upload: %s", meta.key, exc)
         finally:

@@ -18,13 +18,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from tierfs.cache import files
 from tierfs.cache.base import Origin
@@ -50,11 +53,35 @@ CHECK_INTERVAL = 60.0
 DISK_FULL_FREE_FACTOR = 2
 
 
+@dataclass(frozen=True, slots=True)
+class HeldChunk:
+    """A chunk tier 1 holds, as the peer API lists it."""
+
+    id: ChunkId
+    key: str
+    version: str
+    index: int
+    size: int
+    origin: Origin
+    hits: int
+    last_access: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFile:
+    """The open file of a verified chunk (`DiskChunkCache.open_verified`)."""
+
+    file: BinaryIO
+    size: int
+    checksum: str
+
+
 class DiskChunkCache:
     """The `ChunkCache` of one node: see `tierfs.cache.base` for the contract.
 
-    Beyond it: `maintain()` (one round of background housekeeping), `holds()`, `used()`,
-    `limit()` and `len()` for the cache API and tests. Build with `create`.
+    Beyond it, for the peer API and tests: `open_verified()` (a chunk's file for sendfile),
+    `chunks_of()`, `page()`, `forget_object()`, `maintain()` (one round of background
+    housekeeping), `holds()`, `used()`, `limit()`, `count()` and `len()`. Build with `create`.
     """
 
     def __init__(
@@ -84,6 +111,9 @@ class DiskChunkCache:
         # Told of every chunk stored, to announce it to the cluster (the coordinator's
         # location index); must be quick and must not raise.
         self.on_stored: Callable[[ChunkRef], object] | None = None
+        # Told (key, version, chunk index) of every chunk that leaves the cache: evicted,
+        # dropped as corrupt or vanished, or forgotten; must be quick. Errors are logged.
+        self.on_evicted: Callable[[str, str, int], object] | None = None
 
     @classmethod
     async def create(
@@ -139,12 +169,7 @@ class DiskChunkCache:
         if data is None:
             counters.misses += 1
             return None
-        counters.hits += 1
-        counters.bytes += len(data)
-        entry.hits += 1
-        entry.last_access = time.time()
-        self._budgets[entry.origin].touch(entry)
-        self._touched[entry.id] = entry
+        self._hit(entry, len(data))
         return data
 
     def wants(self, chunk: ChunkRef) -> bool:
@@ -198,6 +223,61 @@ class DiskChunkCache:
     def limit(self, origin: Origin) -> int:
         return self._budgets[origin].limit
 
+    def count(self, origin: Origin) -> int:
+        """Chunks held against `origin`."""
+        return len(self._budgets[origin])
+
+    @asynccontextmanager
+    async def open_verified(self, chunk: ChunkRef) -> AsyncIterator[ChunkFile | None]:
+        """The open file of `chunk`, to send as it is, when held with its checksum already
+        checked; else None and nothing counted (`read` then counts, and checks it).
+
+        The entry is pinned against eviction and the file open for the block; a hit of
+        the whole chunk is counted. A file gone or of the wrong size is dropped (None).
+        """
+        self._check_open()
+        entry = self._entries.get(chunk.id)
+        if entry is None or not entry.verified:
+            yield None
+            return
+        entry.readers += 1
+        try:
+            file = await self._open(entry)
+            if file is None:
+                yield None
+                return
+            with file:
+                self._hit(entry, entry.size)
+                yield ChunkFile(file, entry.size, entry.checksum)
+        finally:
+            entry.readers -= 1
+
+    async def chunks_of(self, key: str, version: str | None = None) -> list[HeldChunk]:
+        """The chunks held of object `key`: at `version`, or at any version (None)."""
+        self._check_open()
+        ids = await self._index.ids_of(key, version)
+        return [_held(e) for i in ids if (e := self._entries.get(i)) is not None]
+
+    async def page(
+        self, after: ChunkId | None, limit: int
+    ) -> tuple[list[HeldChunk], ChunkId | None]:
+        """Up to `limit` chunks held, in id order from the first past `after`, and the
+        cursor of the next page (None at the end)."""
+        self._check_open()
+        rows = await self._index.page(after, limit)
+        held = [_held(e) for r in rows if (e := self._entries.get(r.id)) is not None]
+        return held, rows[-1].id if rows and len(rows) == limit else None
+
+    async def forget_object(self, key: str, version: str | None = None) -> int:
+        """Drop the chunks of object `key` (at `version`, or every version), pinned or
+        not (a read under way then gets its bytes or a miss); how many there were.
+        Returns once their files are gone."""
+        self._check_open()
+        ids = await self._index.ids_of(key, version)
+        gone = [e for i in ids if (e := self._entries.get(i)) is not None and self._forget(e)]
+        await asyncio.shield(self._spawn(self._release(gone)))
+        return len(gone)
+
     async def maintain(self) -> None:
         """One round of housekeeping (the background task runs it periodically): write
         access info to the index and drop entries whose file vanished."""
@@ -236,7 +316,10 @@ class DiskChunkCache:
             if digest is None:
                 self._stats.not_cached += 1
                 return False
-            entry = Entry(chunk.id, size, digest, origin, time.time(), 0)
+            obj = chunk.obj
+            entry = Entry(
+                chunk.id, obj.key, obj.version, chunk.index, size, digest, origin, time.time(), 0
+            )
             row = ChunkRow(
                 chunk.id,
                 chunk.obj.key,
@@ -309,6 +392,35 @@ class DiskChunkCache:
 
     # -- read ---------------------------------------------------------------------------
 
+    def _hit(self, entry: Entry, size: int) -> None:
+        counters = self._stats.tier(Tier.LOCAL)
+        counters.hits += 1
+        counters.bytes += size
+        entry.hits += 1
+        entry.last_access = time.time()
+        self._budgets[entry.origin].touch(entry)
+        self._touched[entry.id] = entry
+
+    async def _open(self, entry: Entry) -> BinaryIO | None:
+        """The file of a verified `entry`, open; None (and the chunk dropped) if it is gone,
+        unreadable or not of its size."""
+        try:
+            file = open(self._path(entry.id), "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            await self._discard(entry, exc)
+            return None
+        try:
+            size = os.fstat(file.fileno()).st_size
+        except OSError as exc:
+            file.close()
+            await self._discard(entry, exc)
+            return None
+        if size != entry.size:
+            file.close()
+            await self._discard(entry, None)
+            return None
+        return file
+
     async def _pread(self, entry: Entry, offset: int, length: int) -> bytes | None:
         """`length` bytes at `offset` of a verified chunk; None (and the chunk dropped)
         if its file is gone, short or unreadable."""
@@ -363,6 +475,11 @@ class DiskChunkCache:
         self._touched.pop(entry.id, None)
         self._budgets[entry.origin].forget(entry)
         self._index.delete_soon([entry.id])
+        if self.on_evicted is not None:
+            try:
+                self.on_evicted(entry.key, entry.version, entry.index)
+            except Exception:
+                log.exception("tier 1: on_evicted failed for chunk %s", entry.id)
         return True
 
     async def _discard(self, entry: Entry, error: OSError | None) -> None:
@@ -424,7 +541,17 @@ class DiskChunkCache:
                     doomed.append(self._path(row.id))
                     self._stats.corrupt_chunks += 1
                 continue
-            entry = Entry(row.id, row.size, row.checksum, row.origin, row.last_access, row.hits)
+            entry = Entry(
+                row.id,
+                row.key,
+                row.version,
+                row.chunk_index,
+                row.size,
+                row.checksum,
+                row.origin,
+                row.last_access,
+                row.hits,
+            )
             self._entries[row.id] = entry
             budget = self._budgets[row.origin]
             budget.used += row.size
@@ -504,3 +631,16 @@ class DiskChunkCache:
             await self._index.close()
         finally:
             await asyncio.to_thread(self._io.shutdown, wait=True)
+
+
+def _held(entry: Entry) -> HeldChunk:
+    return HeldChunk(
+        entry.id,
+        entry.key,
+        entry.version,
+        entry.index,
+        entry.size,
+        entry.origin,
+        entry.hits,
+        entry.last_access,
+    )

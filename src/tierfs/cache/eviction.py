@@ -20,6 +20,9 @@ class Entry:
     """A chunk file the cache holds (compared by identity: one entry per stored file)."""
 
     id: ChunkId
+    key: str  # the object, version and chunk index the file holds
+    version: str
+    index: int
     size: int
     checksum: str
     origin: Origin

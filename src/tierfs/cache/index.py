@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tierfs.cache.base import Origin
 from tierfs.chunks import ChunkId
@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     dirty INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID
 """
+# The chunks of one object (DELETE and HEAD of the peer API, forget_object).
+_KEY_INDEX = "CREATE INDEX IF NOT EXISTS chunks_by_key ON chunks (key, version)"
 _COLUMNS = "id, key, version, chunk_index, size, checksum, last_access, hits, origin, dirty"
 
 
@@ -59,6 +61,12 @@ class ChunkRow:
     hits: int
     origin: Origin
     dirty: bool = False  # reserved for the write path: not yet uploaded
+
+
+def _row(r: tuple[Any, ...]) -> ChunkRow:
+    return ChunkRow(
+        ChunkId(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], Origin(r[8]), bool(r[9])
+    )
 
 
 class ChunkIndex:
@@ -95,6 +103,7 @@ class ChunkIndex:
             if version not in (0, SCHEMA_VERSION):
                 raise RuntimeError(f"{self._path}: unknown index schema {version}")
             db.execute(_SCHEMA)
+            db.execute(_KEY_INDEX)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             db.close()
@@ -114,10 +123,29 @@ class ChunkIndex:
 
         def run() -> list[ChunkRow]:
             rows = self._conn().execute(f"SELECT {_COLUMNS} FROM chunks ORDER BY last_access")
-            return [
-                ChunkRow(ChunkId(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], Origin(r[8]))
-                for r in rows
-            ]
+            return [_row(r) for r in rows]
+
+        return await self._call(run)
+
+    async def page(self, after: ChunkId | None, limit: int) -> list[ChunkRow]:
+        """Up to `limit` rows in id order, from the first id past `after` (None: the start)."""
+
+        def run() -> list[ChunkRow]:
+            query = f"SELECT {_COLUMNS} FROM chunks WHERE id > ? ORDER BY id LIMIT ?"
+            return [_row(r) for r in self._conn().execute(query, (after or "", limit))]
+
+        return await self._call(run)
+
+    async def ids_of(self, key: str, version: str | None = None) -> list[ChunkId]:
+        """The ids of the rows of object `key`: at `version`, or at any version (None)."""
+
+        def run() -> list[ChunkId]:
+            if version is None:
+                rows = self._conn().execute("SELECT id FROM chunks WHERE key = ?", (key,))
+            else:
+                query = "SELECT id FROM chunks WHERE key = ? AND version = ?"
+                rows = self._conn().execute(query, (key, version))
+            return [ChunkId(r[0]) for r in rows]
 
         return await self._call(run)
 

@@ -21,7 +21,7 @@ from tierfs.coordinator.db import FILE_NAME, Database
 from tierfs.coordinator.keys import DB, METRICS, OPENAPI, SNAPSHOT, TIMING
 from tierfs.coordinator.membership import Snapshot, Timing
 from tierfs.coordinator.metrics import CoordinatorMetrics
-from tierfs.coordinator.middlewares import MAX_BODY, authenticate, errors, measure
+from tierfs.coordinator.middlewares import MAX_BODY, middlewares
 from tierfs.coordinator.openapi import build
 from tierfs.coordinator.routes import add_routes
 from tierfs.errors import TierfsError
@@ -38,7 +38,7 @@ def create_app(settings: CoordinatorSettings) -> web.Application:
     metrics = CoordinatorMetrics()
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[measure(metrics), errors, authenticate(settings.token)],
+        middlewares=middlewares(metrics, settings.token),
     )
     app[TIMING] = Timing(settings.heartbeat_interval, settings.peer_expiry)
     app[SNAPSHOT] = Snapshot(min(SNAPSHOT_MAX_AGE, settings.heartbeat_interval / 4))

@@ -25,6 +25,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
@@ -32,7 +33,9 @@ from pydantic import BaseModel, ValidationError
 from tierfs.coordinator.models import (
     MAX_CHUNKS_PER_REPORT,
     HeartbeatRequest,
+    Location,
     LocationReport,
+    Locations,
     Membership,
     NodeStatsReport,
     PeerInfo,
@@ -160,6 +163,27 @@ class CoordinatorClient:
         return None if self._membership is None else self._membership.epoch
 
     @property
+    def membership(self) -> Membership | None:
+        """The last membership the coordinator answered (None before the first)."""
+        return self._membership
+
+    async def locate(self, path: str, version: str) -> list[Location]:
+        """The peers the location index lists as holding chunks of `version` of `path`.
+
+        [] when the coordinator cannot say (down, refusing us, not yet joined): callers
+        fall back to the cloud.
+        """
+        if self._session is None or self._trouble is not None:
+            return []  # not joined yet, or down: no waiting on it in the read path
+        query = urlencode({"path": path, "version": version})
+        try:
+            raw = await self._request("GET", f"/api/files/location?{query}")
+            return Locations.model_validate_json(raw).locations
+        except (_Trouble, _Unregistered, ValidationError) as exc:
+            log.debug("no locations of %r from the coordinator: %s", path, exc)
+            return []
+
+    @property
     def registered(self) -> bool:
         return self._registered
 
@@ -187,6 +211,13 @@ class CoordinatorClient:
         self._dirty[path] = None
         self._wake.set()
         return True
+
+    def withdraw_location(self, path: str, version: str, chunks: Iterable[int]) -> None:
+        """Record that this node no longer holds `chunks` of `version` of `path`."""
+        held = self._held.get(path)
+        if held is None or held[0] != version:
+            return
+        self.report_location(path, version, held[1] - frozenset(chunks), replace=True)
 
     def _reannounce(self) -> None:
         for path in self._held:

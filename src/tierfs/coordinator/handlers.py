@@ -14,7 +14,6 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from tierfs import __version__
 from tierfs.coordinator import dashboard, locations, membership, stats
 from tierfs.coordinator.keys import DB, METRICS, OPENAPI, SNAPSHOT, TIMING
-from tierfs.coordinator.middlewares import ApiError, invalid
 from tierfs.coordinator.models import (
     ClusterStats,
     Departed,
@@ -26,6 +25,7 @@ from tierfs.coordinator.models import (
     PeerInfo,
     RegisterRequest,
 )
+from tierfs.httpapi import ApiError, invalid, parse_query
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -55,17 +55,6 @@ async def _body(request: web.Request, model: type[M]) -> M:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         raise invalid(exc, "body") from None
-
-
-def _query(request: web.Request, model: type[M]) -> M:
-    """The query string as `model`; a parameter given twice is a 422."""
-    for key in request.query:
-        if len(request.query.getall(key)) > 1:
-            raise ApiError(422, "invalid_request", f"query.{key[:100]}: given more than once")
-    try:
-        return model.model_validate(dict(request.query))
-    except ValidationError as exc:
-        raise invalid(exc, "query") from None
 
 
 def _ping(conn: sqlite3.Connection) -> None:
@@ -124,7 +113,7 @@ async def put_location(request: web.Request) -> web.Response:
 
 
 async def get_location(request: web.Request) -> web.Response:
-    query = _query(request, LocationQuery)
+    query = parse_query(request, LocationQuery)
     expiry = request.app[TIMING].peer_expiry
     return _json(await request.app[DB].run(locations.get_locations, query, time.time(), expiry))
 

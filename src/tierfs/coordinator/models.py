@@ -126,6 +126,10 @@ class NodeStatsReport(Strict):
     prefetched_chunks: Count = 0
     prefetch_hits: Count = 0
     singleflight_joins: Count = 0
+    peer_bad_chunks: Count = 0
+    served_to_peers: Count = 0
+    served_to_peers_bytes: Count = 0
+    pushed_to_peers: Count = 0
 
 
 class RegisterRequest(Strict):

@@ -1,0 +1,222 @@
+"""Tier 2 from the asking side: fetch a chunk from the node that owns it, or hand one over.
+
+`PeerFetcher.fetch` is the read path's `PeerTier`. The owner of a chunk is the first live
+peer in rendezvous order (ring.py) of the membership the coordinator last reported: no
+coordinator call per read. The owner serves the chunk from its tier 1 or reads it through
+from the cloud once for the whole cluster. When the owner fails (down, slower than
+`FUSE_PEER_TIMEOUT`, an error, bytes that fail their checksum), the holders the
+coordinator's location index lists are asked for what they have cached, in rendezvous
+order; then the read path goes to the cloud. A peer that failed is skipped until the
+membership changes (it left, or came back) or `RETRY_DOWN_AFTER` has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from tierfs.chunks import ChunkRef, checksum
+from tierfs.coordinator.client import CoordinatorClient
+from tierfs.peer import protocol
+from tierfs.peer.ring import rank
+from tierfs.stats import NodeStats, Tier
+
+log = logging.getLogger(__name__)
+
+RETRY_DOWN_AFTER = 10.0  # seconds a failed peer is skipped if membership says nothing
+CONNECTIONS_PER_PEER = 16  # keep-alive connections to one peer (reads run 16 fetches at once)
+READ_BUFFER = 2**20  # bytes aiohttp reads at a time: a 4 MiB chunk in a few reads
+
+
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    peer_id: str
+    address: str  # host:port of its peer API
+
+
+class _PeerFailedError(Exception):
+    """A peer could not serve a request; the message says why in a few words."""
+
+
+class PeerFetcher:
+    """Tier 2 for one node. `close()` closes its HTTP session."""
+
+    def __init__(
+        self,
+        node_id: str,
+        coordinator: CoordinatorClient,
+        *,
+        stats: NodeStats,
+        timeout: float,
+        token: str | None = None,
+        tls: bool = False,
+        ssl_context: ssl.SSLContext | bool = True,
+    ) -> None:
+        self._node_id = node_id
+        self._coordinator = coordinator
+        self._stats = stats
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._scheme = "https" if tls else "http"
+        self._ssl = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+        self._down: dict[str, tuple[int | None, float]] = {}  # peer id -> (epoch, when)
+
+    async def fetch(self, chunk: ChunkRef) -> bytes | None:
+        """The whole chunk, checked against its checksum, or None: ask the cloud."""
+        order = self._ranked(chunk)
+        if not order or order[0].peer_id == self._node_id:
+            return None  # no cluster, or this node owns the chunk: it reads the cloud
+        owner = order[0]
+        if self._usable(owner.peer_id):
+            data = await self._get(owner, chunk, cached_only=False)
+            if data is not None:
+                return data
+        for holder in await self._holders(chunk, skip=owner.peer_id):
+            data = await self._get(holder, chunk, cached_only=True)
+            if data is not None:
+                return data
+        return None
+
+    async def push(self, chunk: ChunkRef, data: bytes) -> bool:
+        """Hand a chunk of a newly written file to its owner to keep for the cluster (when
+        this node's tier 1 has no room for it). False when no other node took it."""
+        order = self._ranked(chunk)
+        if not order or order[0].peer_id == self._node_id or not self._usable(order[0].peer_id):
+            return False
+        owner = order[0]
+        headers = {
+            **self._headers,
+            "Content-Range": protocol.content_range(chunk.start, chunk.length, chunk.obj.size),
+            protocol.CHECKSUM_HEADER: checksum(data),
+        }
+        params = {
+            protocol.VERSION_PARAM: chunk.obj.version,
+            protocol.SIZE_PARAM: str(chunk.obj.size),
+        }
+        try:
+            async with self._open().put(
+                self._url(owner, chunk), params=params, headers=headers, data=data, ssl=self._ssl
+            ) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._failed(owner, _describe(exc))
+            return False
+        if status == 201:
+            self._stats.pushed_to_peers += 1
+            return True
+        log.info("peer %s did not keep chunk %s: HTTP %d", owner.peer_id, chunk.id, status)
+        return False
+
+    def mark_alive(self, peer_id: str) -> None:
+        """A peer said it is up (its heartbeat): stop skipping it."""
+        self._down.pop(peer_id, None)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- one request ------------------------------------------------------------------------
+
+    async def _get(self, peer: _Peer, chunk: ChunkRef, *, cached_only: bool) -> bytes | None:
+        """The chunk from `peer` if it has it (or, not `cached_only`, reads it through);
+        None otherwise. A failure marks the peer down; bad bytes are only refused."""
+        params = {
+            protocol.VERSION_PARAM: chunk.obj.version,
+            protocol.SIZE_PARAM: str(chunk.obj.size),
+        }
+        if cached_only:
+            params[protocol.CACHED_ONLY_PARAM] = "1"
+        headers = {**self._headers, "Range": protocol.byte_range(chunk.start, chunk.length)}
+        try:
+            async with self._open().get(
+                self._url(peer, chunk), params=params, headers=headers, ssl=self._ssl
+            ) as response:
+                if response.status in (404, 412):  # not held / the object changed
+                    return None
+                if response.status not in (200, 206):
+                    raise _PeerFailedError(f"HTTP {response.status}")
+                expected = response.headers.get(protocol.CHECKSUM_HEADER)
+                data = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError, _PeerFailedError) as exc:
+            self._failed(peer, _describe(exc))
+            return None
+        if len(data) != chunk.length or expected is None or checksum(data) != expected:
+            self._stats.peer_bad_chunks += 1
+            self._stats.tier(Tier.PEER).errors += 1
+            log.warning(
+                "peer %s sent chunk %s of %s that fails its checksum (%d bytes): not used",
+                peer.peer_id,
+                chunk.index,
+                chunk.obj.key,
+                len(data),
+            )
+            return None
+        return data
+
+    def _ranked(self, chunk: ChunkRef) -> list[_Peer]:
+        """The active members in rendezvous order for `chunk` (this node included)."""
+        members = self._coordinator.membership
+        peers = (members.peers or []) if members is not None else []
+        live = [_Peer(p.peer_id, p.address) for p in peers if p.status == "active"]
+        return rank(chunk.id, live, lambda p: p.peer_id)
+
+    async def _holders(self, chunk: ChunkRef, skip: str) -> list[_Peer]:
+        """The usable peers that the location index lists with `chunk`, in rendezvous order."""
+        locations = await self._coordinator.locate(chunk.obj.key, chunk.obj.version)
+        holders = [
+            _Peer(loc.peer_id, loc.address)
+            for loc in locations
+            if loc.status == "active"
+            and chunk.index in loc.chunks
+            and loc.peer_id not in (skip, self._node_id)
+            and self._usable(loc.peer_id)
+        ]
+        return rank(chunk.id, holders, lambda p: p.peer_id)
+
+    def _url(self, peer: _Peer, chunk: ChunkRef) -> str:
+        return protocol.file_url(f"{self._scheme}://{peer.address}", chunk.obj.key)
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_PEER),
+                auto_decompress=False,
+                read_bufsize=READ_BUFFER,
+            )
+        return self._session
+
+    # -- peers that failed ---------------------------------------------------------------------
+
+    def _usable(self, peer_id: str) -> bool:
+        down = self._down.get(peer_id)
+        if down is None:
+            return True
+        epoch, since = down
+        if epoch != self._coordinator.epoch or time.monotonic() - since > RETRY_DOWN_AFTER:
+            del self._down[peer_id]
+            return True
+        return False
+
+    def _failed(self, peer: _Peer, why: str) -> None:
+        self._stats.tier(Tier.PEER).errors += 1
+        if peer.peer_id not in self._down:
+            log.warning(
+                "peer %s (%s) failed: %s; skipping it for now", peer.peer_id, peer.address, why
+            )
+        self._down[peer.peer_id] = (self._coordinator.epoch, time.monotonic())
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer within the peer timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

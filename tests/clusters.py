@@ -1,0 +1,122 @@
+"""A tierfs cluster on loopback for tests and benchmarks: a coordinator and client
+processes, each with its own mount, tier 1 and peer API on 127.0.0.1, over one bucket."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import servers
+from cloud_targets import target_flags
+from coordinators import Coordinator, start_coordinator
+from mounts import Mount
+
+NODES = ("node-a", "node-b", "node-c")
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def until(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@dataclass
+class Node:
+    """One client of the cluster: its mount, and its peer API on 127.0.0.1."""
+
+    peer_id: str
+    mount: Mount
+
+    @property
+    def port(self) -> int:
+        return int(self.mount.flags["port"])
+
+    @property
+    def path(self) -> Path:
+        return self.mount.path
+
+    def api(self, path: str) -> Any:
+        """GET `path` of this node's peer API as JSON."""
+        with _HTTP.open(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def stats(self) -> Any:
+        return self.api("/api/cache/stats")
+
+    def tier(self, name: str) -> Any:
+        """The counters of tier `name` (local, peer, cloud) of this node."""
+        return self.stats()["tiers"][name]
+
+    def sees_members(self, count: int) -> bool:
+        try:
+            peers = self.api("/api/peers")["peers"] or []
+        except (OSError, urllib.error.URLError):
+            return False
+        return len([p for p in peers if p["status"] == "active"]) == count
+
+
+@dataclass
+class Cluster:
+    coordinator: Coordinator
+    server: servers.S3Server
+    bucket: str
+    nodes: list[Node]
+
+    def node(self, peer_id: str) -> Node:
+        return next(n for n in self.nodes if n.peer_id == peer_id)
+
+    def egress(self) -> int:
+        """Bytes the S3 server has sent from the bucket, by its own count."""
+        return self.server.bytes_sent(self.bucket)
+
+    def settled_egress(self) -> int:
+        """`egress()` once it has stopped moving (the server's metrics lag a little)."""
+        last = self.egress()
+        while True:
+            time.sleep(0.3)
+            now = self.egress()
+            if now == last:
+                return now
+            last = now
+
+
+@contextmanager
+def running_cluster(
+    server: servers.S3Server, base: Path, peer_ids: tuple[str, ...] = NODES, **extra: str
+) -> Iterator[Cluster]:
+    """A coordinator and one mounted client per id that all see each other, on a fresh
+    bucket of `server`; everything is stopped on the way out."""
+    coordinator = start_coordinator(base, "-heartbeat-interval", "0.5s", "-peer-expiry", "2s")
+    flags, env = target_flags("s3-seaweedfs", server, base)
+    flags |= {
+        "coordinator": f"127.0.0.1:{coordinator.port}",
+        "listen": "127.0.0.1",
+        "peer_timeout": "5s",
+        "metadata_ttl": "1s",
+    } | extra
+    nodes: list[Node] = []
+    try:
+        for peer_id, port in zip(peer_ids, servers.free_ports(len(peer_ids)), strict=True):
+            root = base / peer_id
+            root.mkdir()
+            given = flags | {"peer_id": peer_id, "port": str(port)}
+            mount = Mount(root / "mnt", root / "nvme", given, env, root / "client.log")
+            nodes.append(Node(peer_id, mount))
+            mount.start()
+        for node in nodes:
+            until(partial(node.sees_members, len(peer_ids)), what=f"{node.peer_id} to see all")
+        yield Cluster(coordinator, server, flags["s3_bucket"], nodes)
+    finally:
+        for node in nodes:
+            node.mount.stop()
+        coordinator.stop()

@@ -1,0 +1,148 @@
+"""Tier 2 across real processes: three mounted nodes and a coordinator on loopback, over
+one bucket on the real S3 server. Cloud egress is counted by the S3 server itself."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from clusters import Cluster, Node, until
+from mounts import cloud_of, cloud_put
+from tierfs.chunks import ObjectRef, chunk_ref
+from tierfs.peer.ring import owner
+
+MiB = 2**20
+CHUNK = 4 * MiB  # the clients' default -chunk-size
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of the file as read through the mount, in 1 MiB reads."""
+    digest = hashlib.sha256()
+    with path.open("rb", buffering=0) as f:
+        while block := f.read(MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def put_dataset(cluster: Cluster, key: str, size: int) -> tuple[bytes, str]:
+    """Random bytes put straight into the bucket (no node has them): (data, sha256)."""
+    data = os.urandom(size)
+    cloud_put(cluster.nodes[0].mount, key, data)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def put_owned(cluster: Cluster, peer_id: str, size: int, from_chunk: int = 0) -> tuple[str, bytes]:
+    """Put random bytes under a key of which `peer_id` owns a chunk at `from_chunk` or
+    later (trying a few names: ownership follows from the key and version): (key, data)."""
+    for attempt in range(20):
+        key = f"owned-{attempt}.bin"
+        data, _ = put_dataset(cluster, key, size)
+        if any(i >= from_chunk for i in owners(cluster, key)[peer_id]):
+            return key, data
+    raise AssertionError(f"{peer_id} owns no chunk of 20 files")
+
+
+def owners(cluster: Cluster, key: str) -> dict[str, list[int]]:
+    """The chunks of `key` each node owns (rendezvous over the three node ids)."""
+
+    async def head() -> ObjectRef:
+        cloud = cloud_of(cluster.nodes[0].mount)
+        try:
+            meta = await cloud.head(key)
+        finally:
+            await cloud.close()
+        return ObjectRef(key, meta.version, meta.size)
+
+    ref = asyncio.run(head())
+    ids = [n.peer_id for n in cluster.nodes]
+    owned: dict[str, list[int]] = {peer_id: [] for peer_id in ids}
+    for index in range((ref.size + CHUNK - 1) // CHUNK):
+        found = owner(chunk_ref(ref, index, CHUNK).id, ids)
+        assert found is not None
+        owned[found].append(index)
+    return owned
+
+
+def test_the_cluster_reads_a_file_from_the_cloud_once(cluster: Cluster) -> None:
+    size = 128 * MiB
+    _, expected = put_dataset(cluster, "data/train.bin", size)
+    before = cluster.settled_egress()
+    a, b, c = cluster.nodes
+    for node in (a, b, c):
+        assert sha256_of(node.path / "data/train.bin") == expected
+    egress = cluster.settled_egress() - before
+    assert egress <= 1.1 * size, f"the cloud sent {egress / size:.2f}x the file"
+    owned = owners(cluster, "data/train.bin")
+    for node in (b, c):  # each read what it does not own from the other two
+        peer = node.tier("peer")
+        others = sum(len(v) for k, v in owned.items() if k != node.peer_id)
+        assert peer["hits"] >= others, (node.peer_id, peer, owned)
+        assert peer["bytes"] >= others * CHUNK * 0.9
+        # its own chunks, read through from the cloud once, when A asked for them
+        assert node.tier("cloud")["hits"] == len(owned[node.peer_id]), node.stats()
+    served = sum(n.stats()["served_to_peers"] for n in cluster.nodes)
+    assert served >= b.tier("peer")["hits"] + c.tier("peer")["hits"]
+
+
+@pytest.mark.warnings_expected
+def test_a_read_completes_when_the_owner_is_killed_during_it(cluster: Cluster) -> None:
+    key, data = put_owned(cluster, "node-b", 64 * MiB, from_chunk=8)  # past C's read-ahead
+    a, b, c = cluster.nodes
+    assert sha256_of(a.path / key) == hashlib.sha256(data).hexdigest()
+    got = bytearray()
+    with (c.path / key).open("rb", buffering=0) as f:
+        got += f.read(4 * MiB)  # C is reading ...
+        b.mount.kill()  # ... when the owner of some of its chunks dies
+        while block := f.read(MiB):
+            got += block
+    assert bytes(got) == data
+    assert c.tier("peer")["errors"] >= 1  # it did try the dead owner
+
+
+@pytest.mark.warnings_expected
+def test_reads_go_on_while_the_coordinator_is_down(cluster: Cluster) -> None:
+    _, expected = put_dataset(cluster, "calm.bin", 32 * MiB)
+    a, b, _ = cluster.nodes
+    assert sha256_of(a.path / "calm.bin") == expected
+    cluster.coordinator.stop()
+    hits_before = b.tier("peer")["hits"]
+    assert sha256_of(b.path / "calm.bin") == expected
+    assert b.tier("peer")["hits"] > hits_before  # B still knows its peers
+
+
+def test_a_write_on_one_node_is_read_on_another_after_the_ttl(cluster: Cluster) -> None:
+    a, b, _ = cluster.nodes
+    (a.path / "notes").mkdir()
+    (a.path / "notes/today.txt").write_bytes(b"first version\n" * 1000)
+    assert (b.path / "notes/today.txt").read_bytes() == b"first version\n" * 1000
+    (a.path / "notes/today.txt").write_bytes(b"second version, longer\n" * 2000)
+    expected = b"second version, longer\n" * 2000
+    until(lambda: (b.path / "notes/today.txt").read_bytes() == expected, timeout=10, what="v2")
+
+
+@pytest.mark.warnings_expected
+def test_a_peer_that_sends_corrupted_bytes_is_caught(cluster: Cluster) -> None:
+    key, data = put_owned(cluster, "node-b", 32 * MiB)
+    expected = hashlib.sha256(data).hexdigest()
+    a, b, c = cluster.nodes
+    assert sha256_of(a.path / key) == expected  # B reads its chunks through for A
+    assert sha256_of(b.path / key) == expected  # B has read (and checked) them
+    assert corrupt_chunk_files(b) >= 1
+    assert sha256_of(c.path / key) == expected  # C gets them elsewhere
+    assert c.stats()["peer_bad_chunks"] >= 1
+
+
+def corrupt_chunk_files(node: Node) -> int:
+    """Flip bytes in the middle of every chunk file of `node`, keeping sizes; how many."""
+    count = 0
+    for path in (node.mount.nvme / "chunks").rglob("*"):
+        if path.is_file() and path.stat().st_size > 1024:
+            with path.open("r+b") as f:
+                f.seek(path.stat().st_size // 2)
+                f.write(b"\xde\xad\xbe\xef" * 64)
+            count += 1
+    return count
