@@ -42,12 +42,20 @@ class Node:
         return int(self.mount.flags["port"])
 
     @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def path(self) -> Path:
         return self.mount.path
 
     def api(self, path: str) -> Any:
-        """GET `path` of this node's peer API as JSON."""
-        with _HTTP.open(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
+        """GET `path` of this node's peer API as JSON (with the cluster token, if any)."""
+        request = urllib.request.Request(self.url + path)
+        token = self.mount.flags.get("token")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        with _HTTP.open(request, timeout=10) as resp:
             return json.loads(resp.read())
 
     def stats(self) -> Any:
@@ -92,11 +100,20 @@ class Cluster:
 
 @contextmanager
 def running_cluster(
-    server: servers.S3Server, base: Path, peer_ids: tuple[str, ...] = NODES, **extra: str
+    server: servers.S3Server,
+    base: Path,
+    peer_ids: tuple[str, ...] = NODES,
+    *,
+    token: str | None = None,
+    node_flags: dict[str, dict[str, str]] | None = None,
+    **extra: str,
 ) -> Iterator[Cluster]:
     """A coordinator and one mounted client per id that all see each other, on a fresh
-    bucket of `server`; everything is stopped on the way out."""
-    coordinator = start_coordinator(base, "-heartbeat-interval", "0.5s", "-peer-expiry", "2s")
+    bucket of `server`; everything is stopped on the way out. `extra` flags go to every
+    client, `node_flags[peer_id]` to one; `token` to all, coordinator included."""
+    coordinator = start_coordinator(
+        base, "-heartbeat-interval", "0.5s", "-peer-expiry", "2s", token=token
+    )
     flags, env = target_flags("s3-seaweedfs", server, base)
     flags |= {
         "coordinator": f"127.0.0.1:{coordinator.port}",
@@ -104,12 +121,18 @@ def running_cluster(
         "peer_timeout": "5s",
         "metadata_ttl": "1s",
     } | extra
+    if token is not None:
+        flags["token"] = token
     nodes: list[Node] = []
     try:
         for peer_id, port in zip(peer_ids, servers.free_ports(len(peer_ids)), strict=True):
             root = base / peer_id
             root.mkdir()
-            given = flags | {"peer_id": peer_id, "port": str(port)}
+            given = (
+                flags
+                | {"peer_id": peer_id, "port": str(port)}
+                | (node_flags or {}).get(peer_id, {})
+            )
             mount = Mount(root / "mnt", root / "nvme", given, env, root / "client.log")
             nodes.append(Node(peer_id, mount))
             mount.start()

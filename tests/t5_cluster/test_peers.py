@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from clusters import Cluster, Node, until
+import servers
+from clusters import Cluster, Node, running_cluster, until
 from mounts import cloud_of, cloud_put
 from tierfs.chunks import ObjectRef, chunk_ref
 from tierfs.peer.ring import owner
@@ -146,3 +149,43 @@ def corrupt_chunk_files(node: Node) -> int:
                 f.write(b"\xde\xad\xbe\xef" * 64)
             count += 1
     return count
+
+
+def test_written_chunks_go_to_their_owners_when_tier_1_has_no_room(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    no_room = {"node-a": {"nvme_size": "1KiB"}}  # less than a chunk: A keeps none of its own
+    with running_cluster(seaweedfs, tmp_path, node_flags=no_room) as cluster:
+        a, b, c = cluster.nodes
+        data = os.urandom(32 * MiB)
+        (a.path / "out.bin").write_bytes(data)  # durable in the cloud at close
+        owned = owners(cluster, "out.bin")
+        pushed = len(owned["node-b"]) + len(owned["node-c"])
+        until(lambda: a.stats()["pushed_to_peers"] == pushed, what="the pushes")
+        for node in (b, c):
+            held = [
+                (chunk["index"], chunk["origin"])
+                for chunk in node.api("/api/cache?limit=1000")["chunks"]
+                if chunk["key"] == "out.bin"
+            ]
+            assert sorted(held) == [(i, "peer") for i in owned[node.peer_id]]
+        assert sha256_of(b.path / "out.bin") == hashlib.sha256(data).hexdigest()
+        assert b.tier("cloud")["hits"] == 0  # its own chunks it holds, C's come from C
+
+
+def test_a_cluster_with_a_token_serves_its_members_and_refuses_others(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    with running_cluster(seaweedfs, tmp_path, token="cluster-s3cret") as cluster:
+        _, expected = put_dataset(cluster, "private.bin", 16 * MiB)
+        a, b, _ = cluster.nodes
+        assert sha256_of(a.path / "private.bin") == expected
+        assert sha256_of(b.path / "private.bin") == expected
+        assert b.tier("peer")["hits"] >= 1
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            request = urllib.request.Request(f"{a.url}/api/files/private.bin", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 401
+        with urllib.request.urlopen(f"{a.url}/api/health", timeout=10) as health:
+            assert health.status == 200
