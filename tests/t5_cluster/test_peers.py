@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,11 +40,13 @@ def put_dataset(cluster: Cluster, key: str, size: int) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def put_owned(cluster: Cluster, peer_id: str, size: int, from_chunk: int = 0) -> tuple[str, bytes]:
+def put_owned(
+    cluster: Cluster, peer_id: str, size: int, from_chunk: int = 0, prefix: str = "owned"
+) -> tuple[str, bytes]:
     """Put random bytes under a key of which `peer_id` owns a chunk at `from_chunk` or
     later (trying a few names: ownership follows from the key and version): (key, data)."""
     for attempt in range(20):
-        key = f"owned-{attempt}.bin"
+        key = f"{prefix}-{attempt}.bin"
         data, _ = put_dataset(cluster, key, size)
         if any(i >= from_chunk for i in owners(cluster, key)[peer_id]):
             return key, data
@@ -189,3 +193,25 @@ def test_a_cluster_with_a_token_serves_its_members_and_refuses_others(
             assert refused.value.code == 401
         with urllib.request.urlopen(f"{a.url}/api/health", timeout=10) as health:
             assert health.status == 200
+
+
+@pytest.mark.warnings_expected
+def test_a_frozen_owner_costs_one_peer_timeout_and_a_returning_one_is_used_again(
+    cluster: Cluster,
+) -> None:
+    key, data = put_owned(cluster, "node-b", 32 * MiB)
+    a, b, c = cluster.nodes
+    assert sha256_of(a.path / key) == hashlib.sha256(data).hexdigest()
+    assert b.mount.proc is not None
+    os.killpg(b.mount.proc.pid, signal.SIGSTOP)  # alive to the kernel, silent to its peers
+    try:
+        started = time.monotonic()
+        assert sha256_of(c.path / key) == hashlib.sha256(data).hexdigest()
+        assert time.monotonic() - started < 20  # one 5 s peer timeout, not one per chunk
+    finally:
+        os.killpg(b.mount.proc.pid, signal.SIGCONT)
+    until(lambda: all(n.sees_members(3) for n in cluster.nodes), what="B to be back")
+    served = b.stats()["served_to_peers"]
+    key, data = put_owned(cluster, "node-b", 16 * MiB, prefix="back")
+    assert sha256_of(c.path / key) == hashlib.sha256(data).hexdigest()
+    assert b.stats()["served_to_peers"] > served  # the owner that came back serves again
