@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,6 +94,14 @@ def test_the_cluster_reads_a_file_from_the_cloud_once(cluster: Cluster) -> None:
         assert node.tier("cloud")["hits"] == len(owned[node.peer_id]), node.stats()
     served = sum(n.stats()["served_to_peers"] for n in cluster.nodes)
     assert served >= b.tier("peer")["hits"] + c.tier("peer")["hits"]
+    peer_bytes = sum(n.tier("peer")["bytes"] for n in cluster.nodes)
+
+    def cluster_stats() -> Any:
+        return cluster.coordinator.get("/api/stats").json
+
+    # the coordinator's totals, from the nodes' heartbeats
+    until(lambda: cluster_stats()["peer_bytes_served"] == peer_bytes, what="cluster stats")
+    assert cluster_stats()["cloud_bytes_fetched"] <= 1.1 * size
 
 
 @pytest.mark.warnings_expected
