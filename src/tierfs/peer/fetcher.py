@@ -142,6 +142,8 @@ class PeerFetcher:
                     return None
                 if response.status not in (200, 206):
                     raise _PeerFailedError(f"HTTP {response.status}")
+                if response.content_length != chunk.length:  # never read an unbounded body
+                    raise _PeerFailedError(f"a body of {response.content_length} bytes")
                 expected = response.headers.get(protocol.CHECKSUM_HEADER)
                 data = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError, _PeerFailedError) as exc:
