@@ -1,6 +1,6 @@
 """Tier 1 and the read path without FUSE, each figure beside its limit measured in the same run.
 
-Run from the repo root: `.venv/bin/python bench/tier1.py [--size 1GiB] [--json PATH]`.
+Run from the repo root: `.venv/bin/python bench/tier1.py [--size 1GiB] [--only hits] [--json PATH]`.
 (a) tier-1 hits: a warm object read through `ReadPath.read` beside `os.pread` of a local
 file, in 128 KiB and 4 MiB reads, best of 3; (b) a cold sequential read from a local
 SeaweedFS in 128 KiB reads (the FUSE read size) with read-ahead and an empty tier 1, beside
@@ -357,6 +357,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=GiB, help="object of (a), (b) (1GiB)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--only", choices=["hits"], help="run only part (a), the tier-1 hits")
     args = parser.parse_args()
     began, load_before = time.monotonic(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="tierfs-bench-"))
@@ -365,9 +366,10 @@ def main() -> None:
         source = write_source(work / "source", args.size)
         print(f"(a) tier-1 hits on a {size_text(args.size)} object", file=sys.stderr)
         rows = asyncio.run(hit_rows(source, work))
-        print("(b), (c) on SeaweedFS", file=sys.stderr)
-        server = servers.start_seaweedfs(work / "seaweedfs")
-        rows += asyncio.run(cloud_rows(source, work, server))
+        if args.only is None:
+            print("(b), (c) on SeaweedFS", file=sys.stderr)
+            server = servers.start_seaweedfs(work / "seaweedfs")
+            rows += asyncio.run(cloud_rows(source, work, server))
     finally:
         if server is not None:
             server.stop()

@@ -1,8 +1,10 @@
-"""Shared fixtures: one real server of each kind per session, started on first use."""
+"""Shared fixtures: one real server of each kind per session, started on first use; small
+disks (tmpfs) for tests of a full disk."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -76,3 +78,27 @@ def _fail_on_unexpected_warnings(
         if record.levelno >= logging.WARNING and record.name.startswith("tierfs")
     ]
     assert not loud, "unexpected warnings:\n" + "\n".join(loud)
+
+
+TmpfsMount = Callable[[Path, str], Path]
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[TmpfsMount]:
+    """Mount a tmpfs of a given size (`"64m"`) on a folder; all unmounted at the end,
+    whatever the test did."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+        subprocess.run(command, check=True)
+        mounted.append(path)
+        return path
+
+    try:
+        yield mount
+    finally:
+        for path in reversed(mounted):
+            if subprocess.run(["umount", str(path)], check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], check=True)

@@ -7,6 +7,7 @@ another chunk size gives new ids, so stale bytes are never served and never hunt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NewType
 
 import xxhash
@@ -39,6 +40,13 @@ class ChunkRef:
 
 def chunk_ref(obj: ObjectRef, index: int, chunk_size: int) -> ChunkRef:
     """The chunk `index` of `obj` (the last one may be short)."""
+    return _chunk_ref(obj, index, chunk_size)
+
+
+# Every read asks for the chunks it covers: building a ref and hashing its id takes ~1.5 µs,
+# a lookup here ~0.3 µs. 4096 refs are the chunks of 16 GiB at 4 MiB a chunk.
+@lru_cache(maxsize=4096)
+def _chunk_ref(obj: ObjectRef, index: int, chunk_size: int) -> ChunkRef:
     start = index * chunk_size
     if index < 0 or (start >= obj.size and not (index == 0 and obj.size == 0)):
         raise ValueError(f"chunk {index} is outside {obj.key} ({obj.size} bytes)")
@@ -53,7 +61,9 @@ def chunks_covering(obj: ObjectRef, offset: int, size: int, chunk_size: int) -> 
     if offset >= end:
         return []
     first, last = offset // chunk_size, (end - 1) // chunk_size
-    return [chunk_ref(obj, index, chunk_size) for index in range(first, last + 1)]
+    if first == last:  # most reads: one chunk
+        return [_chunk_ref(obj, first, chunk_size)]
+    return [_chunk_ref(obj, index, chunk_size) for index in range(first, last + 1)]
 
 
 def checksum(data: bytes | memoryview) -> str:

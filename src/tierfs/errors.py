@@ -35,6 +35,10 @@ class InvalidKeyError(CloudError):
     """The key cannot be stored by this provider (empty, or not a valid object name)."""
 
 
+class UnsupportedUploadError(CloudError):
+    """The provider cannot do this kind of upload (a streamed one, on native GCS)."""
+
+
 class TransientCloudError(CloudError):
     """A failure that may pass: 5xx (but 501/505), 408, 429, a reset or a timeout.
 

@@ -59,7 +59,12 @@ class UploadJournal:
         )
 
     def done(self, staging: Path) -> None:
-        self._db.execute("DELETE FROM pending WHERE staging = ?", (str(staging),))
+        """Forget `staging`. A failure (the disk is full) only leaves a row whose staging
+        file will be gone, which recovery drops: it is logged, not raised."""
+        try:
+            self._db.execute("DELETE FROM pending WHERE staging = ?", (str(staging),))
+        except sqlite3.OperationalError as exc:
+            log.warning("upload journal: cannot forget %s: %s", staging, exc)
 
     def pending(self) -> list[tuple[str, Path]]:
         rows = self._db.execute("SELECT key, staging FROM pending ORDER BY rowid").fetchall()

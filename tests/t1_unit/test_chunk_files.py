@@ -52,12 +52,17 @@ def test_failed_write_removes_its_temp_file(chunks_dir: str) -> None:
     assert temps(chunks_dir) == []
 
 
-def test_read_range_and_verify(chunks_dir: str) -> None:
+def test_read_at_and_verify(chunks_dir: str) -> None:
     path = files.chunk_path(chunks_dir, ID)
     data = os.urandom(10_000)
     digest = files.write_chunk(path, data)
-    assert files.read_range(path, 100, 50) == data[100:150]
-    assert files.read_range(path, 9_990, 50) == data[9_990:]  # clipped at the end
+    fd = files.open_chunk(path)
+    try:
+        assert files.read_at(fd, 100, 50) == data[100:150]
+        assert files.read_at(fd, 9_990, 50) == data[9_990:]  # clipped at the end
+        assert files.read_at(fd, 10_000, 50) == b""
+    finally:
+        os.close(fd)
     assert files.read_verified(path, len(data), digest) == data
     assert files.read_verified(path, len(data) + 1, digest) is None  # size differs
     assert files.read_verified(path, len(data), checksum(b"other")) is None
@@ -68,7 +73,27 @@ def test_read_range_and_verify(chunks_dir: str) -> None:
     assert files.remove(path) is True
     assert files.remove(path) is False
     with pytest.raises(FileNotFoundError):
-        files.read_range(path, 0, 1)
+        files.open_chunk(path)
+
+
+def test_in_page_cache_probes_without_reading_the_disk(chunks_dir: str) -> None:
+    path = files.chunk_path(chunks_dir, ID)
+    stride = files.PROBE_STRIDE
+    size = 3 * stride + 5
+    files.write_chunk(path, os.urandom(size))
+    fd = files.open_chunk(path)
+    try:
+        assert files.in_page_cache(fd, 0, size)  # just written
+        assert not files.in_page_cache(fd, 10, size)  # runs past the end
+        os.fsync(fd)  # clean pages can be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not files.in_page_cache(fd, 0, size)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead: just what is read
+        assert files.read_at(fd, stride, 1) != b""
+        assert files.in_page_cache(fd, stride, 1)
+        assert not files.in_page_cache(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def test_scan_sorts_chunks_temps_and_strays(chunks_dir: str) -> None:

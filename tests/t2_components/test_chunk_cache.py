@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tierfs.cache.base import Origin
-from tierfs.cache.chunk_cache import DiskChunkCache
+from tierfs.cache.chunk_cache import MAX_OPEN_FILES, DiskChunkCache
 from tierfs.cache.eviction import Admission
 from tierfs.chunks import ChunkId, ChunkRef, ObjectRef, chunk_ref
 from tierfs.stats import NodeStats, Tier
@@ -58,6 +58,20 @@ def du_file_bytes(root: Path) -> int:
     out = subprocess.run(["du", "-sb", str(root / "chunks")], capture_output=True, check=True)
     folders = [root / "chunks", *(root / "chunks").iterdir()]
     return int(out.stdout.split()[0]) - sum(f.stat().st_size for f in folders)
+
+
+def open_chunk_files(root: Path) -> list[str]:
+    """What this process's fds under root/chunks point at ("... (deleted)": unlinked)."""
+    chunks = str(root / "chunks")
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue  # the fd of listdir itself
+        if target.startswith(chunks):
+            targets.append(target)
+    return targets
 
 
 def index_ids(root: Path) -> set[str]:
@@ -248,7 +262,7 @@ CRASH_WRITER = """
 import asyncio, random, sys
 from pathlib import Path
 from tierfs.cache.base import Origin
-from tierfs.cache.chunk_cache import DiskChunkCache
+from tierfs.cache.chunk_cache import MAX_OPEN_FILES, DiskChunkCache
 from tierfs.chunks import ObjectRef, chunk_ref
 from tierfs.stats import NodeStats
 
@@ -541,6 +555,8 @@ async def test_reads_racing_eviction_get_right_bytes_or_none(open_cache: OpenCac
     assert local.hits > 50 and stats.evictions > 50
     assert stats.corrupt_chunks == 0 and local.errors == 0
     assert cache.used(Origin.LOCAL) <= 3 * MiB
+    held = {ref.id for ref, _ in chunks if cache.holds(ref.id)}
+    assert {Path(t).name for t in open_chunk_files(cache.root)} <= held  # none unlinked
 
 
 @pytest.mark.asyncio
@@ -557,3 +573,69 @@ async def test_housekeeping_drops_entries_whose_file_vanished(
     assert not cache.holds(victim.id)
     assert cache.used(Origin.LOCAL) == 2 * MiB
     assert index_ids(tmp_path / "nvme") == {ref.id for ref, _ in chunks} - {victim.id}
+
+
+@pytest.mark.asyncio
+async def test_a_forgotten_chunks_fd_is_closed_and_never_serves_its_successor(
+    open_cache: OpenCache, tmp_path: Path
+) -> None:
+    root = tmp_path / "nvme"
+    cache = await open_cache(nvme_size=2 * MiB)
+    (ref, data), (other, other_data) = make_chunks("f", 2 * MiB, MiB)
+    path = str(root / "chunks" / ref.id[:2] / ref.id)
+    assert await cache.store(ref, data, Origin.LOCAL)
+    for _ in range(3):  # the first read checks the checksum, the next ones keep the file open
+        assert await cache.read(ref, 10, 100) == data[10:110]
+    assert open_chunk_files(root) == [path]
+
+    assert await cache.forget_object("f") == 1
+    assert open_chunk_files(root) == []
+    changed = bytes(b ^ 0xFF for b in data)  # the same id, other bytes: a new file
+    assert await cache.store(ref, changed, Origin.LOCAL)
+    for _ in range(3):
+        assert await cache.read(ref, 10, 100) == changed[10:110]
+    assert open_chunk_files(root) == [path]
+
+    assert await cache.store(other, other_data, Origin.LOCAL)
+    (third, third_data), *_ = make_chunks("g", MiB, MiB)
+    assert await cache.store(third, third_data, Origin.LOCAL)  # evicts `ref`, the oldest
+    assert not cache.holds(ref.id)
+    assert open_chunk_files(root) == []
+    assert await cache.store(ref, data, Origin.LOCAL)  # evicts `other`
+    for _ in range(3):
+        assert await cache.read(ref, 10, 100) == data[10:110]
+    await cache.close()
+    assert open_chunk_files(root) == []
+
+
+@pytest.mark.asyncio
+async def test_open_files_are_bounded(open_cache: OpenCache, tmp_path: Path) -> None:
+    cache = await open_cache()
+    chunks = make_chunks("many", (MAX_OPEN_FILES + 44) * 4 * KiB, 4 * KiB)
+    for ref, data in chunks:
+        assert await cache.store(ref, data, Origin.LOCAL)
+    for _ in range(3):
+        for ref, data in chunks:
+            assert await cache.read(ref, 1, 10) == data[1:11]
+    assert len(open_chunk_files(tmp_path / "nvme")) == MAX_OPEN_FILES
+    await cache.close()
+    assert open_chunk_files(tmp_path / "nvme") == []
+
+
+@pytest.mark.asyncio
+async def test_large_reads_out_of_the_page_cache(open_cache: OpenCache, tmp_path: Path) -> None:
+    """Reads of 1 MiB or more: inline when their pages are in the page cache, else on a
+    thread; the same bytes either way."""
+    cache = await open_cache()
+    (ref, data), *_ = make_chunks("cold", 4 * MiB, 4 * MiB)
+    assert await cache.store(ref, data, Origin.LOCAL)
+    assert await cache.read(ref, 0, len(data)) == data  # checked
+    assert await cache.read(ref, 5, 3 * MiB) == data[5 : 5 + 3 * MiB]  # page-cached
+    fd = os.open(tmp_path / "nvme" / "chunks" / ref.id[:2] / ref.id, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert await cache.read(ref, 7, 3 * MiB) == data[7 : 7 + 3 * MiB]
+    assert await cache.read(ref, 0, len(data)) == data

@@ -1,4 +1,4 @@
-"""In-memory chunk entries, the LRU of each budget, and the admission filter.
+"""In-memory chunk entries, the LRU of each budget, open chunk files, and the admission filter.
 
 All of it lives on the event loop and is changed only by synchronous code, so a decision
 ("evict these", "reserve that") and its bookkeeping never interleave with another task.
@@ -7,6 +7,7 @@ All of it lives on the event loop and is changed only by synchronous code, so a 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,6 +88,57 @@ class LruBudget:
         """The entries not pinned by a read, least recently used first (do not change the
         budget while iterating)."""
         return (e for e in self._lru.values() if not e.readers)
+
+
+class OpenFiles:
+    """The open descriptors of chunk files, one per entry, least recently used first.
+
+    At most `limit` stay open, not counting those of pinned entries (`Entry.readers`),
+    which are never closed under their reader: its pread may be under way on a thread.
+    The owner opens an entry's file only while the entry is held (so the fd reads that
+    entry's file, even once unlinked) and closes it when the entry is forgotten (so a
+    chunk stored again under the same id is never read from the old file).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._fds: OrderedDict[Entry, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def get(self, entry: Entry) -> int | None:
+        """The fd of `entry`'s file, now the most recently used; None if not open."""
+        fd = self._fds.get(entry)
+        if fd is not None:
+            self._fds.move_to_end(entry)
+        return fd
+
+    def add(self, entry: Entry, fd: int) -> None:
+        """Keep `fd`, the file of `entry` just opened; close the least recently used
+        fds of unpinned entries beyond the limit."""
+        self._fds[entry] = fd
+        excess = len(self._fds) - self.limit
+        if excess <= 0:
+            return
+        idle: list[Entry] = []
+        for held in self._fds:
+            if not held.readers:
+                idle.append(held)
+                if len(idle) == excess:
+                    break
+        for held in idle:
+            self.close(held)
+
+    def close(self, entry: Entry) -> None:
+        """Close the fd of `entry`, if open (the caller checks it is not pinned)."""
+        fd = self._fds.pop(entry, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
 
 
 class Admission:

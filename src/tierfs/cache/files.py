@@ -29,6 +29,11 @@ _ID = re.compile(r"[0-9a-f]{32}")
 # A full disk: free some space and try again, or give up quietly.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
+# `in_page_cache` reads one byte every this many (~1 µs each). Pages evicted between two
+# probes cost a disk read on the loop; rare, as the pages of a chunk go in the order read.
+PROBE_STRIDE = 2**20
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
 
 def is_chunk_id(name: str) -> bool:
     return _ID.fullmatch(name) is not None
@@ -80,27 +85,42 @@ def write_chunk(path: str, data: bytes) -> str:
     return digest
 
 
-def read_range(path: str, offset: int, length: int) -> bytes:
-    """Up to `length` bytes at `offset` (fewer only at the end of the file).
+def open_chunk(path: str) -> int:
+    """A read-only fd of the chunk file at `path`; FileNotFoundError if it is gone."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
-    FileNotFoundError if the file is gone.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+def read_at(fd: int, offset: int, length: int) -> bytes:
+    """Up to `length` bytes at `offset` of `fd` (fewer only at the end of the file)."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]  # a short pread mid-file is legal; keep going until EOF
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def in_page_cache(fd: int, offset: int, length: int) -> bool:
+    """Whether bytes [offset, offset + length) of `fd` seem to be in the page cache, so
+    that reading them takes a copy and no disk I/O: one byte of every PROBE_STRIDE and
+    the last one, each read with RWF_NOWAIT (EAGAIN: not cached). False where the flag
+    is not supported (not Linux, or a filesystem without it)."""
+    if _NOWAIT is None:
+        return False
+    probe = bytearray(1)
     try:
-        data = os.pread(fd, length, offset)
-        if len(data) == length or not data:
-            return data
-        parts = [data]  # a short pread mid-file is legal; keep going until EOF
-        got = len(data)
-        while got < length:
-            more = os.pread(fd, length - got, offset + got)
-            if not more:
-                break
-            parts.append(more)
-            got += len(more)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
+        for at in (*range(offset, offset + length, PROBE_STRIDE), offset + length - 1):
+            if not os.preadv(fd, [probe], at, _NOWAIT):
+                return False  # past the end: the caller's read comes back short
+    except OSError:  # EAGAIN, or EOPNOTSUPP on a filesystem without RWF_NOWAIT
+        return False
+    return True
 
 
 def read_verified(path: str, size: int, expected: str) -> bytes | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from tierfs.errors import InvalidKeyError
+from tierfs.errors import InvalidKeyError, UnsupportedUploadError
 
 # Multipart uploads start above this size; parts are this big and go up in parallel.
 # 8 parts of 8 MiB in flight: 64 MiB of buffers (16 MiB x 8 put the client over 200 MB).
@@ -79,6 +79,16 @@ class CloudStore(abc.ABC):
         never held in memory whole. The object appears only once complete; on
         failure the old object, if any, is left as it was. Returns the new metadata.
         """
+
+    async def put_stream(self, key: str, parts: AsyncIterator[bytes]) -> ObjectMeta:
+        """Store the concatenation of `parts` under `key` as they come (a multipart upload
+        that never holds more than a few parts): for files too large to stage on disk.
+
+        Not retried, since the parts are consumed: a failure raises CloudError and the
+        caller has lost the stream. The object appears only once complete. Providers that
+        cannot stream raise UnsupportedUploadError before reading any part.
+        """
+        raise UnsupportedUploadError(f"{self.url}: this provider cannot stream an upload")
 
     @abc.abstractmethod
     def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:

@@ -173,6 +173,34 @@ class ObjstoreCloud(CloudStore):
 
         return await self._call("PUT", key, upload, bounded=size <= MULTIPART_THRESHOLD)
 
+    async def put_stream(self, key: str, parts: AsyncIterator[bytes]) -> ObjectMeta:
+        check_key(key)
+        size = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal size
+            async for part in parts:
+                size += len(part)
+                yield part
+
+        try:
+            result = await obstore.put_async(
+                self._store,
+                key,
+                counted(),
+                use_multipart=True,
+                chunk_size=PART_SIZE,
+                max_concurrency=PART_CONCURRENCY,
+            )
+        except (obx.BaseError, OSError) as exc:
+            raise self._translate(exc, key) from exc
+        version = result["e_tag"] or result["version"]
+        if version is None:
+            return _meta(
+                await self._call("HEAD", key, lambda: obstore.head_async(self._store, key))
+            )
+        return ObjectMeta(key, size, version, datetime.now(UTC))
+
     async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
         if prefix:
             check_key(prefix.removesuffix("/"))

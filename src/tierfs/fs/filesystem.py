@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from tierfs.cache.files import DISK_FULL_ERRNOS
 from tierfs.cloud.base import CloudStore
 from tierfs.errors import (
     CloudError,
@@ -25,11 +26,13 @@ from tierfs.errors import (
     NotDirectoryError,
     ObjectNotFoundError,
     StaleHandleError,
+    UnsupportedError,
     VersionChangedError,
 )
 from tierfs.fs.handles import Handle, OpenFile, Staging
 from tierfs.fs.metadata import Entry, Namespace, file_entry
 from tierfs.fs.nodes import InodeTable, Node, join, split
+from tierfs.fs.streaming import StreamingUpload
 from tierfs.read_path import ReadPath
 from tierfs.upload import Uploader
 
@@ -262,6 +265,8 @@ class Filesystem:
 
     async def _truncate(self, file: OpenFile, size: int) -> None:
         async with file.lock:
+            if file.stream is not None:
+                raise UnsupportedError(f"{file.node.path} is being streamed: cannot truncate it")
             await self._stage(file, keep=min(size, file.node.size))
             assert file.fd is not None
             await asyncio.to_thread(os.ftruncate, file.fd, size)
@@ -354,6 +359,10 @@ class Filesystem:
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.handle(fh)
         file = handle.file
+        if file.stream is not None:
+            raise UnsupportedError(
+                f"{file.node.path} is being streamed to the cloud: read it once closed"
+            )
         if file.fd is not None:
             return await asyncio.to_thread(os.pread, file.fd, size, offset)
         ref = file.ref()
@@ -370,9 +379,17 @@ class Filesystem:
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         file = self.handle(fh).file
         async with file.lock:
+            if file.stream is not None:
+                return await self._append_to_stream(file, offset, data)
             await self._stage(file, keep=file.node.size)
             assert file.fd is not None
-            written = await asyncio.to_thread(os.pwrite, file.fd, data, offset)
+            try:
+                written = await asyncio.to_thread(_pwrite_all, file.fd, data, offset)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS or offset != file.node.size:
+                    raise
+                await self._stream_instead(file, exc)
+                return await self._append_to_stream(file, offset, data)
             self._dirty(file, max(file.node.size, offset + written))
         return written
 
@@ -414,6 +431,43 @@ class Filesystem:
             self.staging.discard(file)
             raise
 
+    async def _stream_instead(self, file: OpenFile, full: OSError) -> None:
+        """The staging disk is full: send what is staged up a streamed upload, which the
+        next appends feed, and free the staging file. Raises `full` if the provider
+        cannot stream (then the staged bytes stay as they were)."""
+        assert file.fd is not None and file.staging is not None
+        path, size = file.node.path, file.node.size
+        stream = StreamingUpload(self.cloud, path)
+        try:
+            for start in range(0, size, COPY_PIECE):
+                length = min(COPY_PIECE, size - start)
+                await stream.send(await asyncio.to_thread(os.pread, file.fd, length, start))
+        except CloudError as exc:
+            await stream.abort()
+            log.warning("%s: no room to stage it, and it cannot be streamed: %s", path, exc)
+            raise full from exc
+        staged = file.staging
+        self.staging.discard(file)  # room first: the journal needs some too
+        self.uploader.journal.done(staged)  # from now on the stream carries its bytes
+        file.stream, file.dirty = stream, True
+        log.warning(
+            "%s: no room to stage it under %s; streaming it to the cloud instead "
+            "(only appending writes until it is closed)",
+            path,
+            self.staging.root,
+        )
+
+    async def _append_to_stream(self, file: OpenFile, offset: int, data: bytes) -> int:
+        assert file.stream is not None
+        if offset != file.stream.end:
+            raise UnsupportedError(
+                f"{file.node.path} is being streamed to the cloud (its disk is full): "
+                "only appending writes until it is closed"
+            )
+        await file.stream.send(data)
+        self._dirty(file, file.stream.end)
+        return len(data)
+
     def _dirty(self, file: OpenFile, size: int) -> None:
         if not file.dirty and not file.unlinked and file.staging is not None:
             self.uploader.journal.begin(file.node.path, file.staging)
@@ -423,15 +477,24 @@ class Filesystem:
 
     async def _upload(self, file: OpenFile) -> None:
         async with file.lock:
-            if not file.dirty or file.staging is None:
-                return
             path = file.node.path
-            try:
-                meta = await self.uploader.upload(path, file.staging)
-            except CloudError:
-                log.error("%s: upload failed; the data stays staged for a retry", path)
-                raise
-            file.dirty = False
+            if file.stream is not None:
+                stream, file.stream, file.dirty = file.stream, None, False
+                try:
+                    meta = await stream.finish()
+                except CloudError:
+                    log.error("%s: the streamed upload failed; its bytes are lost", path)
+                    self.names.forget_subtree(path)  # what the cloud has is the truth
+                    raise
+            elif not file.dirty or file.staging is None:
+                return
+            else:
+                try:
+                    meta = await self.uploader.upload(path, file.staging)
+                except CloudError:
+                    log.error("%s: upload failed; the data stays staged for a retry", path)
+                    raise
+                file.dirty = False
             node = file.node
             node.size, node.version = meta.size, meta.version
             self._last_versions[node.inode] = meta.version
@@ -449,6 +512,16 @@ class Filesystem:
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+    """Write all of `data` at `offset` or raise: a disk filling up gives a short write
+    first, then ENOSPC, and the caller must learn of it (not report a short write)."""
+    done = 0
+    with memoryview(data) as view:
+        while done < len(data):
+            done += os.pwrite(fd, view[done:], offset + done)
+    return done
 
 
 async def _bounded(keys: list[str], operation: Callable[[str], Awaitable[None]]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tierfs.chunks import ObjectRef
 from tierfs.fs.nodes import Node
+from tierfs.fs.streaming import StreamingUpload
 from tierfs.prefetch import SequentialReader
 
 
@@ -29,6 +30,7 @@ class OpenFile:
     fd: int | None = None  # of `staging`
     dirty: bool = False  # staging holds bytes the cloud does not have
     unlinked: bool = False  # removed while open: its bytes go nowhere
+    stream: StreamingUpload | None = None  # instead of staging, when the disk was full
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # writes vs. upload
 
     def ref(self) -> ObjectRef:

@@ -43,6 +43,8 @@ ERRNO: list[tuple[type[Exception], int]] = [
     (errors.AccessDeniedError, errno.EACCES),
     (errors.CloudError, errno.EIO),
 ]
+# What the staging disk may answer that a program should see as is (not as EIO).
+LOCAL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # Attributes and entries: the kernel may keep them this long; tierfs revalidates at open.
 KERNEL_TTL = 1.0
 BLOCK = 512
@@ -63,6 +65,9 @@ def _errno(
                     if number == errno.EIO:
                         log.error("%s: %s", handler.__name__, exc)
                     raise pyfuse3.FUSEError(number) from exc
+            if isinstance(exc, OSError) and exc.errno in LOCAL_DISK_ERRNOS:
+                log.warning("%s: %s", handler.__name__, exc)  # the staging disk's answer
+                raise pyfuse3.FUSEError(exc.errno) from exc
             log.exception("%s failed unexpectedly", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from exc
 

@@ -1,0 +1,61 @@
+"""The write fallback of the original spec: a file that the staging disk cannot hold is
+streamed straight to the cloud as it is written (a multipart upload fed by the writes).
+
+Only appending writes can follow (the parts already sent cannot change), and the object
+appears in the cloud once the stream is finished, at the file's close or fsync. A stream
+that fails loses what was sent through it: its close answers EIO, and nothing acknowledged
+is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from tierfs.cloud.base import CloudStore, ObjectMeta
+from tierfs.errors import CloudError
+
+# Writes queued for the upload before a writer waits: with FUSE's 128 KiB writes, 8 MiB.
+QUEUED_WRITES = 64
+
+
+class StreamingUpload:
+    """One object being streamed to the cloud; `send` its bytes in order, then `finish`."""
+
+    def __init__(self, cloud: CloudStore, key: str) -> None:
+        self.key = key
+        self.end = 0  # bytes handed over so far
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUED_WRITES)
+        self._upload = asyncio.create_task(
+            cloud.put_stream(key, self._parts()), name=f"stream {key}"
+        )
+
+    async def send(self, data: bytes) -> None:
+        """Append `data`; waits while the upload is behind. Raises CloudError once the
+        upload has failed."""
+        await self._hand_over(data)
+        self.end += len(data)
+
+    async def finish(self) -> ObjectMeta:
+        """End the stream; returns once the cloud has the whole object."""
+        await self._hand_over(None)
+        return await self._upload
+
+    async def abort(self) -> None:
+        """Give the upload up (nothing appears in the cloud)."""
+        self._upload.cancel()
+        await asyncio.gather(self._upload, return_exceptions=True)
+
+    async def _parts(self) -> AsyncIterator[bytes]:
+        while (piece := await self._queue.get()) is not None:
+            yield piece
+
+    async def _hand_over(self, item: bytes | None) -> None:
+        if not self._upload.done():
+            queued = asyncio.ensure_future(self._queue.put(item))
+            await asyncio.wait({queued, self._upload}, return_when=asyncio.FIRST_COMPLETED)
+            if queued.done():
+                return
+            queued.cancel()
+        self._upload.result()  # raises the upload's error
+        raise CloudError(f"{self.key}: the streamed upload ended before its last byte")
