@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -344,28 +344,7 @@ def test_kill_9_mid_write_never_serves_wrong_bytes(tmp_path: Path) -> None:
     assert stats.corrupt_chunks == 0
 
 
-Mount = Callable[[Path, str], Path]
-
-
-@pytest.fixture
-def tmpfs() -> Iterator[Mount]:
-    """Mount a tmpfs of a given size on a folder; all unmounted at the end, whatever the
-    test did."""
-    mounted: list[Path] = []
-
-    def mount(path: Path, size: str) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
-        subprocess.run(command, check=True)
-        mounted.append(path)
-        return path
-
-    try:
-        yield mount
-    finally:
-        for path in reversed(mounted):
-            if subprocess.run(["umount", str(path)], check=False).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], check=True)
+Mount = Callable[[Path, str], Path]  # the `tmpfs` fixture (tests/conftest.py)
 
 
 def used_bytes(mount: Path) -> int:
