@@ -23,13 +23,20 @@ def write_in_pieces(path: Path, data: bytes, piece: int = MiB) -> None:
             f.write(data[start : start + piece])
 
 
+def on_small_disk(
+    tmpfs: TmpfsMount, mount_factory: MountFactory, tmp_path: Path, size: str
+) -> Mount:
+    """A mount of a fresh S3 bucket whose -nvme dir is a tmpfs of `size`."""
+    mount = mount_factory("s3-seaweedfs", start=False)
+    mount.nvme = tmpfs(tmp_path / "small-nvme", size)
+    return mount.start()
+
+
 def test_a_file_larger_than_the_disk_streams_to_the_cloud(
     tmpfs: TmpfsMount, mount_factory: MountFactory, tmp_path: Path
 ) -> None:
-    nvme = tmpfs(tmp_path / "small-nvme", "32m")
-    mount = mount_factory("s3-seaweedfs", start=False)
-    mount.nvme = nvme
-    mount.start()
+    mount = on_small_disk(tmpfs, mount_factory, tmp_path, "32m")
+    nvme = mount.nvme
     data = os.urandom(96 * MiB)  # three times the disk
     write_in_pieces(mount.path / "big.bin", data)  # close returned: the cloud has it
     assert cloud_bytes(mount, "big.bin") == data
@@ -42,10 +49,7 @@ def test_a_file_larger_than_the_disk_streams_to_the_cloud(
 def test_a_streaming_file_takes_appends_only(
     tmpfs: TmpfsMount, mount_factory: MountFactory, tmp_path: Path
 ) -> None:
-    nvme = tmpfs(tmp_path / "small-nvme", "16m")
-    mount = mount_factory("s3-seaweedfs", start=False)
-    mount.nvme = nvme
-    mount.start()
+    mount = on_small_disk(tmpfs, mount_factory, tmp_path, "16m")
     data = os.urandom(40 * MiB)
     with (mount.path / "log.bin").open("wb", buffering=0) as f:
         for start in range(0, len(data), MiB):
