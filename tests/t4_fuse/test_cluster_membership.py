@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +60,32 @@ def test_a_node_mounts_and_works_while_the_coordinator_is_down(
     until(lambda: coordinator.live_ids() == ["node-b"])
     log = mount.log_tail(400)
     assert log.count("WARNING") <= 2, log  # one warning for the outage, not one per try
+
+
+def test_chunks_a_node_evicts_leave_the_location_index(
+    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    coordinator = start_coordinator(tmp_path, "-heartbeat-interval", "1s", "-peer-expiry", "3s")
+    request.addfinalizer(coordinator.stop)
+    mount: Mount = mount_factory(  # type: ignore[operator]
+        "local", coordinator=f"127.0.0.1:{coordinator.port}", peer_id="node-c", nvme_size="8MiB"
+    )
+    until(lambda: coordinator.live_ids() == ["node-c"])
+    data = os.urandom(24 * 2**20)  # six chunks; tier 1 keeps two
+    (mount.path / "big.bin").write_bytes(data)
+    assert (mount.path / "big.bin").read_bytes() == data
+
+    def listed() -> list[int]:
+        entries = coordinator.locations("big.bin")
+        return entries[0]["chunks"] if entries else []
+
+    until(lambda: 0 < len(listed()) <= 2)
+    held = [c["index"] for c in mount_api(mount, "/api/cache?limit=100")["chunks"]]
+    until(lambda: listed() == sorted(held))
+    coordinator.assert_clean_log()
+
+
+def mount_api(mount: Mount, path: str) -> Any:
+    """GET `path` of the node's peer API as JSON."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{mount.flags['port']}{path}") as answer:
+        return json.loads(answer.read())
