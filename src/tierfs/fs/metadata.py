@@ -39,12 +39,19 @@ class _Listing:
     fetched: float
 
 
+# Cached answers before the expired ones are dropped (then again each time they double).
+PRUNE_AT = 65_536
+
+
 @dataclass
 class Namespace:
-    """Cached answers about paths in the bucket."""
+    """Cached answers about paths in the bucket. Expired answers are dropped once there
+    are `prune_at` of them, so walking millions of paths does not keep them all (with an
+    `indefinite` TTL nothing expires: every answer is kept)."""
 
     cloud: CloudStore
     ttl: float
+    prune_at: int = PRUNE_AT
     _stats: dict[str, tuple[Entry | None, float]] = field(default_factory=dict)
     _listings: dict[str, _Listing] = field(default_factory=dict)
     # Directories made by mkdir that hold no object yet: object stores have no empty
@@ -89,8 +96,25 @@ class Namespace:
             entry: Entry | None = Entry(split(path)[1], True)
         else:
             entry = file_entry(meta) if meta is not None else None
-        self._stats[path] = (entry, started)
+        self._remember(path, entry, started)
         return entry
+
+    def __len__(self) -> int:
+        """Cached answers: paths and listings."""
+        return len(self._stats) + len(self._listings)
+
+    def _remember(self, path: str, entry: Entry | None, fetched: float) -> None:
+        self._stats[path] = (entry, fetched)
+        self._prune_if_grown()
+
+    def _prune_if_grown(self) -> None:
+        """Drop the expired answers (they would be fetched again anyway) once there are
+        `prune_at`; the next round waits until what is left has doubled."""
+        if len(self) < self.prune_at:
+            return
+        self._stats = {p: v for p, v in self._stats.items() if self._fresh(v[1])}
+        self._listings = {p: v for p, v in self._listings.items() if self._fresh(v.fetched)}
+        self.prune_at = max(self.prune_at, 2 * len(self))
 
     async def _has_children(self, path: str) -> bool:
         async for page in self.cloud.list(path + "/", delimiter=False):
@@ -130,12 +154,12 @@ class Namespace:
             entries[name] = Entry(name, True)
         listing = _Listing(entries, started)
         self._listings[path] = listing
+        self._prune_if_grown()
         return listing
 
     def note(self, path: str, entry: Entry | None) -> None:
         """This mount changed `path`: remember the new state (None: removed)."""
-        now = time.monotonic()
-        self._stats[path] = (entry, now)
+        self._remember(path, entry, time.monotonic())
         parent, name = split(path)
         listing = self._listings.get(parent)
         if listing is not None:
