@@ -1,6 +1,7 @@
 """Through a real mount: each figure beside its raw limit measured in the same run and its target.
 
-Run from the repo root, as root: `.venv/bin/python bench/fuse.py [--runs 2] [--json PATH]`.
+Run from the repo root, as root: `.venv/bin/python bench/fuse.py [--runs 2] [--json PATH]
+[--only GROUP ...]` (groups: sequential, random, small, listing, write).
 `tierfs client` runs as its own process on a local SeaweedFS (the S3 provider, default
 flags); the data goes into the bucket through the CloudStore before any mount. The targets
 are the best of rclone 1.60 and s3fs 1.90 measured on this kind of machine. "Cold" is a new
@@ -87,6 +88,7 @@ FIGURES: dict[str, tuple[str, float, str, str]] = {
     ),
 }  # fmt: skip
 RSS = "client RSS after the run"
+GROUPS = ["sequential", "random", "small", "listing", "write"]  # of figures, for --only
 Measured = dict[str, tuple[float, float]]  # figure -> (tierfs, limit)
 
 
@@ -376,40 +378,59 @@ async def write_figures(bench: Bench, data: Data) -> Measured:
     return {"write 256 MiB until durable": (rate, cloud)}
 
 
-async def fill(bench: Bench, source: Path) -> Data:
-    """Put the big object, the small files and the entries into the bucket; make the
-    local copies of the limits."""
+async def fill(bench: Bench, source: Path, groups: set[str]) -> Data:
+    """Put the big object, and the small files and the entries if `groups` measure them,
+    into the bucket; make the local copies of the limits."""
     ref = ObjectRef(BIG, (await bench.store.put(BIG, source)).version, SIZE)
-    bodies = {f"{n:04d}": os.urandom(SMALL_SIZE) for n in range(SMALL_FILES)}
-    put = bench.store.put
-    await bounded(32, (partial(put, f"small/{name}", body) for name, body in bodies.items()))
-    await bounded(32, (partial(put, f"entries/{n:05d}", b"") for n in range(ENTRIES)))
-    await warm_connections(bench.store)
     small_dir, entries_dir = bench.work / "small-local", bench.work / "entries-local"
     small_dir.mkdir()
-    for name, body in bodies.items():
-        (small_dir / name).write_bytes(body)
     entries_dir.mkdir()
-    for n in range(ENTRIES):
-        (entries_dir / f"{n:05d}").touch()
+    bodies: dict[str, bytes] = {}
+    put = bench.store.put
+    if "small" in groups:
+        bodies = {f"{n:04d}": os.urandom(SMALL_SIZE) for n in range(SMALL_FILES)}
+        await bounded(32, (partial(put, f"small/{name}", body) for name, body in bodies.items()))
+        for name, body in bodies.items():
+            (small_dir / name).write_bytes(body)
+    if "listing" in groups:
+        await bounded(32, (partial(put, f"entries/{n:05d}", b"") for n in range(ENTRIES)))
+        for n in range(ENTRIES):
+            (entries_dir / f"{n:05d}").touch()
+    await warm_connections(bench.store)
     return Data(ref, source, bodies, small_dir, entries_dir)
 
 
-async def run(bench: Bench, source: Path, runs: int) -> list[Row]:
-    """Every figure `runs` times; the best of each (and of each limit), then the RSS."""
+async def measure(bench: Bench, data: Data, buffer: bytearray, groups: set[str]) -> Measured:
+    """One run of the figures of `groups`."""
+    measured: Measured = {}
+    if "sequential" in groups:
+        measured |= await sequential_figures(bench, data, buffer)
+    elif "random" in groups:
+        with data.source.open("rb", buffering=0) as file:
+            file.readinto(buffer)
+    if "random" in groups:
+        measured |= await random_figures(bench, data, buffer)
+    if "small" in groups:
+        measured |= await small_file_figures(bench, data)
+    if "listing" in groups:
+        measured |= await listing_figures(bench, data)
+    if "write" in groups:
+        measured |= await write_figures(bench, data)
+    return measured
+
+
+async def run(bench: Bench, source: Path, runs: int, groups: set[str]) -> list[Row]:
+    """The figures of `groups`, each `runs` times; the best of each (and of each limit),
+    then the RSS."""
     best: dict[str, tuple[float, float]] = {}
     try:
         started = time.perf_counter()
-        data = await fill(bench, source)
+        data = await fill(bench, source, groups)
         print(f"data put in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         buffer = bytearray(SIZE)
         for number in range(1, runs + 1):
             print(f"run {number} of {runs}", file=sys.stderr)
-            measured = await sequential_figures(bench, data, buffer)
-            measured |= await random_figures(bench, data, buffer)  # buffer: the big file
-            measured |= await small_file_figures(bench, data)
-            measured |= await listing_figures(bench, data)
-            for figure, (value, limit) in (measured | await write_figures(bench, data)).items():
+            for figure, (value, limit) in (await measure(bench, data, buffer, groups)).items():
                 print(f"  {figure:<36} {value:>9,.0f} (limit {limit:,.0f})", file=sys.stderr)
                 old = best.get(figure, (0.0, 0.0))
                 best[figure] = (max(old[0], value), max(old[1], limit))
@@ -417,6 +438,8 @@ async def run(bench: Bench, source: Path, runs: int) -> list[Row]:
         await bench.store.close()
     rows = []
     for figure, (unit, target, limit_is, how) in FIGURES.items():
+        if figure not in best:
+            continue
         value, limit = best[figure]
         rows.append(
             Row(figure, unit, value, limit, target, "; ".join(filter(None, [limit_is, how])))
@@ -453,6 +476,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="runs of every figure, best kept (2)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--only", nargs="+", choices=GROUPS, default=GROUPS, help="measure only these groups"
+    )
     args = parser.parse_args()
     if not os.access(DROP_CACHES, os.W_OK):
         raise SystemExit(
@@ -467,7 +493,7 @@ def main() -> None:
         flags, env = target_flags("s3-seaweedfs", server, work)
         store = open_store(load_settings(ClientSettings, flags, env))
         bench = Bench(work, flags, env, store)
-        rows = asyncio.run(run(bench, source, args.runs))
+        rows = asyncio.run(run(bench, source, args.runs, set(args.only)))
     finally:
         if bench is not None:
             for mount in bench.mounts:

@@ -84,7 +84,7 @@ def progress(row: Row) -> Row:
     return row
 
 
-def check(source: Path, pieces: Iterable[bytes], what: str) -> None:
+def check(source: Path, pieces: Iterable[bytes | memoryview], what: str) -> None:
     """Exit unless `pieces`, end to end, are the bytes of `source`."""
     with source.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         offset = 0
@@ -102,7 +102,7 @@ async def read_span(
     start: int,
     end: int,
     piece: int,
-    keep: list[bytes] | None = None,
+    keep: list[bytes | memoryview] | None = None,
 ) -> int:
     """Read [start, end) of the reader's object in `piece` reads, one after another (as
     one thread reading a FUSE file); returns the bytes read, kept in `keep` if given."""
@@ -122,7 +122,7 @@ async def sequential(
 
     With `source`, the bytes are kept and checked against it after the timing."""
     reader = read_path.open_reader(ref)
-    kept: list[bytes] | None = [] if source is not None else None
+    kept: list[bytes | memoryview] | None = [] if source is not None else None
     try:
         started = time.perf_counter()
         got = await read_span(read_path, reader, 0, ref.size, piece, kept)

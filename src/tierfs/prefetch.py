@@ -118,6 +118,10 @@ class SequentialReader:
         if self._closed or offset >= end:
             return
         first, last = offset // self._chunk_size, (end - 1) // self._chunk_size
+        if offset == self._end and self._window and first == self._first == last == self._current:
+            self._end = end  # the steady state, within one chunk: nothing else changes
+            self._streak += 1
+            return
         previous = self._end
         if previous is None:
             self._end = end

@@ -60,6 +60,13 @@ class _KnowsHeld(Protocol):
     def holds(self, chunk_id: ChunkId) -> bool: ...
 
 
+@runtime_checkable
+class _ReadsNow(Protocol):
+    """A tier 1 that can serve its usual hit without an await."""
+
+    def read_now(self, chunk: ChunkRef, offset: int, length: int) -> bytes | None: ...
+
+
 @dataclass(slots=True)
 class _Fetched:
     """What a flight hands its readers: the chunk, and later whether tier 1 kept it."""
@@ -104,6 +111,7 @@ class ReadPath:
         self._prefetch_slots = asyncio.Semaphore(max(1, int(PREFETCH_SHARE * max_parallel_fetches)))
         self._serve_slots = asyncio.Semaphore(max_parallel_fetches)  # fetches for other nodes
         self._holds = cache.holds if isinstance(cache, _KnowsHeld) else None
+        self._read_now = cache.read_now if isinstance(cache, _ReadsNow) else None
         self._readers: weakref.WeakSet[SequentialReader] = weakref.WeakSet()
         self._closed = False
 
@@ -118,8 +126,9 @@ class ReadPath:
 
     async def read(
         self, ref: ObjectRef, offset: int, size: int, reader: SequentialReader | None = None
-    ) -> bytes:
-        """Bytes [offset, offset + size) of `ref`: all of them, fewer only at its end.
+    ) -> bytes | memoryview:
+        """Bytes [offset, offset + size) of `ref`: all of them, fewer only at its end; a
+        view into a chunk in memory when that is where they are (no copy of them).
 
         `reader` is the handle's read-ahead (from `open_reader(ref)`). Raises
         VersionChangedError when the object is no longer at `ref.version` (never bytes of
@@ -131,7 +140,7 @@ class ReadPath:
         if self._closed:
             raise RuntimeError("the read path is closed")
         if reader is not None:
-            if reader.ref != ref:
+            if reader.ref is not ref and reader.ref != ref:
                 raise ValueError(f"the reader is for {reader.ref}, not {ref}")
             reader.on_read(offset, size)
         chunks = chunks_covering(ref, offset, size, self._chunk_size)
@@ -215,13 +224,17 @@ class ReadPath:
 
     async def _read_chunk(
         self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None
-    ) -> bytes:
+    ) -> bytes | memoryview:
         """Bytes [lo, hi) of `chunk`, from whichever tier has it first."""
         if reader is not None:
             held = reader.claim(chunk.index)
             if held is not None:
                 return _piece(held, lo, hi)
         if chunk.id not in self._flights:
+            if self._read_now is not None:
+                now = self._read_now(chunk, lo, hi - lo)
+                if now is not None:
+                    return now
             ticket = self._flights.ticket()
             data = await self._from_local(chunk, lo, hi - lo)
             if data is None and self._flights.finished_since(chunk.id, ticket):
@@ -347,5 +360,6 @@ class ReadPath:
                 fetched.kept.set_result(kept)
 
 
-def _piece(data: bytes, lo: int, hi: int) -> bytes:
-    return data if lo == 0 and hi == len(data) else data[lo:hi]
+def _piece(data: bytes, lo: int, hi: int) -> bytes | memoryview:
+    """Bytes [lo, hi) of `data` without copying them: FUSE replies take any buffer."""
+    return data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi]

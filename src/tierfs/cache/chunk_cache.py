@@ -168,17 +168,9 @@ class DiskChunkCache:
             return None
         if offset + length > entry.size:
             length = max(0, entry.size - offset)
-        fd = self._files.get(entry)  # open only for verified entries
-        if fd is not None and length < LARGE_IO:
-            # The usual hit: a page-cache copy with no await, so no eviction comes between
-            # and no pin is needed. Trouble (an error, a short read): the path below.
-            try:
-                got = os.pread(fd, length, offset)
-            except OSError:
-                got = b""
-            if len(got) == length:
-                self._hit(entry, length)
-                return got
+        got = self._read_open(entry, offset, length)
+        if got is not None:
+            return got
         entry.readers += 1  # pinned: eviction skips it, so its file stays while we read
         try:
             if entry.verified:
@@ -193,6 +185,29 @@ class DiskChunkCache:
             return None
         self._hit(entry, len(data))
         return data
+
+    def read_now(self, chunk: ChunkRef, offset: int, length: int) -> bytes | None:
+        """The usual hit without an await: bytes of a checked chunk whose file is open,
+        under LARGE_IO. None when that does not apply (nothing counted): then `read`."""
+        entry = self._entries.get(chunk.id)
+        if entry is None or offset < 0 or length < 0 or self._closed:
+            return None
+        return self._read_open(entry, offset, min(length, max(0, entry.size - offset)))
+
+    def _read_open(self, entry: Entry, offset: int, length: int) -> bytes | None:
+        """A page-cache copy from the entry's open file, with no await, so no eviction
+        comes between and no pin is needed; None on any trouble (then the slow path)."""
+        fd = self._files.get(entry)  # open only for verified entries
+        if fd is None or length >= LARGE_IO:
+            return None
+        try:
+            got = os.pread(fd, length, offset)
+        except OSError:
+            return None
+        if len(got) != length:
+            return None
+        self._hit(entry, length)
+        return got
 
     def wants(self, chunk: ChunkRef) -> bool:
         """See `ChunkCache.wants`."""

@@ -356,7 +356,7 @@ class Filesystem:
         self.names.note(path, Entry(name, False, 0, node.mtime_ns, ""))
         return self._new_handle(file, writable=True)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self.handle(fh)
         file = handle.file
         if file.stream is not None:

@@ -219,7 +219,9 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle.fh)), self._attr(node)
 
     @_errno
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 replies with any buffer
+        self, fh: pyfuse3.FileHandleT, off: int, size: int
+    ) -> bytes | memoryview:
         return await self.fs.read(fh, off, size)
 
     @_errno
