@@ -16,6 +16,9 @@ import xxhash
 LAYOUT_VERSION = 1
 
 ChunkId = NewType("ChunkId", str)  # 32 hex digits of xxh3-128
+# Bytes of an object as they travel: `bytes`, or a view of a buffer the cloud client filled
+# (copying each 4 MiB chunk out of it cost 0.7 s of the event loop per GiB here).
+Data = bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

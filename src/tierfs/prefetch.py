@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
+from tierfs.chunks import ChunkRef, Data, ObjectRef, chunk_ref
 from tierfs.stats import NodeStats
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Prefetched:
     """The outcome of one prefetch, known as soon as the chunk has arrived."""
 
     fetched: bool  # this prefetch brought the chunk from a remote tier
-    data: bytes | None = None  # the chunk, while tier 1 may still refuse to keep it
+    data: Data | None = None  # the chunk, while tier 1 may still refuse to keep it
     kept: asyncio.Future[bool] | None = None  # resolves to whether tier 1 kept it
 
 
@@ -93,7 +93,7 @@ class SequentialReader:
         self._tasks: dict[int, asyncio.Task[None]] = {}  # prefetches whose chunk has not come
         self._ready: set[int] = set()  # prefetched, not yet read
         self._claimed: set[int] = set()  # read while its prefetch was under way
-        self._held: dict[int, bytes] = {}  # chunks in memory: being stored, or not kept
+        self._held: dict[int, Data] = {}  # chunks in memory: being stored, or not kept
         self._storing: set[int] = set()  # held chunks tier 1 is writing (their flight holds them)
         self._closed = False
 
@@ -148,7 +148,7 @@ class SequentialReader:
         self._current = max(self._current, last)
         self._pump()
 
-    def claim(self, index: int) -> bytes | None:
+    def claim(self, index: int) -> Data | None:
         """The read path serves chunk `index`: count a prefetch hit if it was prefetched,
         and return the chunk if it is held here."""
         if index in self._ready:
@@ -158,7 +158,7 @@ class SequentialReader:
             self._claimed.add(index)  # counted once its prefetch turns out to have fetched
         return self._held.get(index)
 
-    def hold(self, index: int, data: bytes, kept: asyncio.Future[bool]) -> None:
+    def hold(self, index: int, data: Data, kept: asyncio.Future[bool]) -> None:
         """Chunk `index` arrived: hold it until the reader has passed it, so its next reads
         neither fetch it again nor re-read (and re-verify) it from tier 1."""
         if self._closed or index < self._first:

@@ -25,7 +25,7 @@ from functools import partial
 from typing import Protocol, runtime_checkable
 
 from tierfs.cache.base import ChunkCache, Origin
-from tierfs.chunks import ChunkId, ChunkRef, ObjectRef, chunks_covering
+from tierfs.chunks import ChunkId, ChunkRef, Data, ObjectRef, chunks_covering
 from tierfs.cloud.base import CloudStore
 from tierfs.errors import CloudError, ObjectNotFoundError, VersionChangedError
 from tierfs.prefetch import MAX_WINDOW_BYTES, Prefetched, SequentialReader
@@ -71,7 +71,7 @@ class _ReadsNow(Protocol):
 class _Fetched:
     """What a flight hands its readers: the chunk, and later whether tier 1 kept it."""
 
-    data: bytes
+    data: Data
     kept: asyncio.Future[bool]
 
 
@@ -126,7 +126,7 @@ class ReadPath:
 
     async def read(
         self, ref: ObjectRef, offset: int, size: int, reader: SequentialReader | None = None
-    ) -> bytes | memoryview:
+    ) -> Data:
         """Bytes [offset, offset + size) of `ref`: all of them, fewer only at its end; a
         view into a chunk in memory when that is where they are (no copy of them).
 
@@ -192,7 +192,7 @@ class ReadPath:
             return Prefetched(fetched=False)
         return Prefetched(fetched=True, data=fetched.data, kept=fetched.kept)
 
-    async def read_for_peer(self, chunk: ChunkRef, *, cached_only: bool) -> bytes | None:
+    async def read_for_peer(self, chunk: ChunkRef, *, cached_only: bool) -> Data | None:
         """The whole chunk for another node (the owner's side of tier 2): from tier 1, else
         (unless `cached_only`) read through from the cloud and kept within the peer budget.
 
@@ -224,7 +224,7 @@ class ReadPath:
 
     async def _read_chunk(
         self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None
-    ) -> bytes | memoryview:
+    ) -> Data:
         """Bytes [lo, hi) of `chunk`, from whichever tier has it first."""
         if reader is not None:
             held = reader.claim(chunk.index)
@@ -275,7 +275,7 @@ class ReadPath:
             await self._hand_over(chunk, data, publish, Origin.LOCAL)
 
     async def _hand_over(
-        self, chunk: ChunkRef, data: bytes, publish: Publish[_Fetched], origin: Origin
+        self, chunk: ChunkRef, data: Data, publish: Publish[_Fetched], origin: Origin
     ) -> None:
         """Give the chunk to the flight's readers, then keep it in tier 1."""
         fetched = _Fetched(data, asyncio.get_running_loop().create_future())
@@ -284,7 +284,7 @@ class ReadPath:
 
     # -- the tiers ----------------------------------------------------------------------
 
-    async def _from_local(self, chunk: ChunkRef, offset: int, length: int) -> bytes | None:
+    async def _from_local(self, chunk: ChunkRef, offset: int, length: int) -> Data | None:
         """Tier 1 (it counts its own hits and misses); a failing disk is a miss."""
         try:
             data = await self._cache.read(chunk, offset, length)
@@ -298,7 +298,7 @@ class ReadPath:
             return None
         return data
 
-    async def _from_peers(self, chunk: ChunkRef) -> bytes | None:
+    async def _from_peers(self, chunk: ChunkRef) -> Data | None:
         """Tier 2: the whole chunk, or None to fall through to the cloud."""
         if self._peers is None:
             return None
@@ -323,7 +323,7 @@ class ReadPath:
         counters.bytes += len(data)
         return data
 
-    async def _from_cloud(self, chunk: ChunkRef) -> bytes:
+    async def _from_cloud(self, chunk: ChunkRef) -> Data:
         """Tier 3: the whole chunk, pinned to the object's version."""
         counters = self._stats.tier(Tier.CLOUD)
         obj = chunk.obj
@@ -360,6 +360,6 @@ class ReadPath:
                 fetched.kept.set_result(kept)
 
 
-def _piece(data: bytes, lo: int, hi: int) -> bytes | memoryview:
+def _piece(data: Data, lo: int, hi: int) -> Data:
     """Bytes [lo, hi) of `data` without copying them: FUSE replies take any buffer."""
     return data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi]

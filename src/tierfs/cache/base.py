@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Protocol
 
-from tierfs.chunks import ChunkRef
+from tierfs.chunks import ChunkRef, Data
 
 
 class Origin(StrEnum):
@@ -40,7 +40,7 @@ class ChunkCache(Protocol):
         from the N-th (with N = 1, always)."""
         ...
 
-    async def store(self, chunk: ChunkRef, data: bytes, origin: Origin) -> bool:
+    async def store(self, chunk: ChunkRef, data: Data, origin: Origin) -> bool:
         """Write the whole chunk atomically; False if it could not be kept (disk full
         even after evicting, or over the budget): the caller serves `data` anyway.
 

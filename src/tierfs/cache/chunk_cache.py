@@ -36,7 +36,7 @@ from tierfs.cache import files
 from tierfs.cache.base import Origin
 from tierfs.cache.eviction import Admission, Entry, LruBudget, OpenFiles
 from tierfs.cache.index import ChunkIndex, ChunkRow
-from tierfs.chunks import ChunkId, ChunkRef
+from tierfs.chunks import ChunkId, ChunkRef, Data
 from tierfs.stats import NodeStats, Tier
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class DiskChunkCache:
         """See `ChunkCache.wants`."""
         return self._admission.ask(chunk.id)
 
-    async def store(self, chunk: ChunkRef, data: bytes, origin: Origin) -> bool:
+    async def store(self, chunk: ChunkRef, data: Data, origin: Origin) -> bool:
         """See `ChunkCache.store`. `data` must be the whole chunk (ValueError otherwise).
         A chunk already held, or being stored by another call, is not written twice.
         Cancelling the caller does not cut the write short."""
@@ -324,7 +324,7 @@ class DiskChunkCache:
 
     # -- store --------------------------------------------------------------------------
 
-    async def _store(self, chunk: ChunkRef, data: bytes, origin: Origin) -> bool:
+    async def _store(self, chunk: ChunkRef, data: Data, origin: Origin) -> bool:
         budget = self._budgets[origin]
         size = len(data)
         victims = budget.victims(size)
@@ -386,7 +386,7 @@ class DiskChunkCache:
             if not kept:
                 budget.used -= size
 
-    async def _write(self, chunk_id: ChunkId, data: bytes) -> str | None:
+    async def _write(self, chunk_id: ChunkId, data: Data) -> str | None:
         """Write the chunk file and return its checksum; None if the disk would not take
         it (full even after evicting, or an I/O error: the caller serves it uncached)."""
         path = self._path(chunk_id)

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tierfs.chunks import ChunkId, checksum
+from tierfs.chunks import ChunkId, Data, checksum
 
 CHUNKS_DIR = "chunks"
 STAGING_DIR = "staging"
@@ -58,7 +58,7 @@ def chunk_path(chunks_dir: str, chunk_id: str) -> str:
     return f"{chunks_dir}/{chunk_id[:2]}/{chunk_id}"
 
 
-def write_chunk(path: str, data: bytes) -> str:
+def write_chunk(path: str, data: Data) -> str:
     """Write `data` to `path` atomically; return its checksum.
 
     Temp file in the same folder, write, rename: a reader, or a restart after the process

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from tierfs.chunks import Data
 from tierfs.errors import InvalidKeyError, UnsupportedUploadError
 
 # Multipart uploads start above this size; parts are this big and go up in parallel.
@@ -62,7 +63,7 @@ class CloudStore(abc.ABC):
         """Return the object's metadata; raise ObjectNotFoundError if it does not exist."""
 
     @abc.abstractmethod
-    async def get_range(self, key: str, start: int, length: int, version: str) -> bytes:
+    async def get_range(self, key: str, start: int, length: int, version: str) -> Data:
         """Return up to `length` bytes from `start` of the object at `version`.
 
         Fewer bytes come back only at the end of the object; a start at or past the end

@@ -13,6 +13,7 @@ import obstore
 import obstore.exceptions as obx
 from obstore.store import ObjectStore
 
+from tierfs.chunks import Data
 from tierfs.cloud.base import (
     MULTIPART_THRESHOLD,
     PART_CONCURRENCY,
@@ -118,12 +119,12 @@ class ObjstoreCloud(CloudStore):
         meta = await self._call("HEAD", key, lambda: obstore.head_async(self._store, key))
         return _meta(meta)
 
-    async def get_range(self, key: str, start: int, length: int, version: str) -> bytes:
+    async def get_range(self, key: str, start: int, length: int, version: str) -> Data:
         check_key(key)
         if length <= 0:
             return b""
 
-        async def fetch() -> bytes:
+        async def fetch() -> Data:
             try:
                 result = await obstore.get_async(
                     self._store,
@@ -140,11 +141,11 @@ class ObjstoreCloud(CloudStore):
                 return await self._past_end(key, start, version)
             if result.meta["e_tag"] != version:
                 raise obx.PreconditionError(f"version {result.meta['e_tag']} != {version}")
-            return bytes(await result.bytes_async())
+            return memoryview(await result.bytes_async())  # no copy: see chunks.Data
 
         return await self._call("GET", key, fetch)
 
-    async def _past_end(self, key: str, start: int, version: str) -> bytes:
+    async def _past_end(self, key: str, start: int, version: str) -> Data:
         """A range the store refused: b"" if it starts past the end of `version`."""
         meta = await obstore.head_async(self._store, key)
         if meta["e_tag"] != version:

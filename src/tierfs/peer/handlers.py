@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
-from tierfs.chunks import ChunkId, ChunkRef, ObjectRef, checksum, chunk_ref, chunks_covering
+from tierfs.chunks import ChunkId, ChunkRef, Data, ObjectRef, checksum, chunk_ref, chunks_covering
 from tierfs.cloud.base import CloudStore
 from tierfs.coordinator.models import Membership
 from tierfs.errors import CloudError, InvalidKeyError, ObjectNotFoundError, VersionChangedError
@@ -95,7 +95,7 @@ def _not_cached(chunk: ChunkRef) -> ApiError:
     return ApiError(404, "not_cached", f"chunk {chunk.index} of {chunk.obj.key} is not held here")
 
 
-async def _checksum(data: bytes) -> str:
+async def _checksum(data: Data) -> str:
     return checksum(data) if len(data) < LARGE_HASH else await asyncio.to_thread(checksum, data)
 
 
