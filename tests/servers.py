@@ -368,6 +368,16 @@ class S3Server:
                 total += int(float(match["value"]))
         return total
 
+    def settled_request_count(self, method: str, bucket: str) -> int:
+        """`request_count` once it has stopped moving (the server counts a little late)."""
+        count = self.request_count(method, bucket)
+        while True:
+            time.sleep(0.05)
+            again = self.request_count(method, bucket)
+            if again == count:
+                return count
+            count = again
+
     def bytes_sent(self, bucket: str) -> int:
         """Bytes of object data the server has sent from ``bucket`` (the cloud egress), from
         its own metrics (``SeaweedFS_s3_bucket_traffic_sent_bytes_total``)."""

@@ -72,13 +72,7 @@ class Node:
 
     async def cloud_gets(self) -> int:
         """GETs (and HEADs) the bucket's server answered, once the count has settled."""
-        count = await asyncio.to_thread(self.server.request_count, "GET", self.bucket)
-        while True:
-            await asyncio.sleep(0.05)
-            again = await asyncio.to_thread(self.server.request_count, "GET", self.bucket)
-            if again == count:
-                return count
-            count = again
+        return await asyncio.to_thread(self.server.settled_request_count, "GET", self.bucket)
 
     async def kept(self, ref: ObjectRef, index: int) -> None:
         """Wait until tier 1 holds the chunk (a chunk read through is stored behind its answer)."""

@@ -44,13 +44,7 @@ class Cloud:
 
     async def gets(self) -> int:
         """GETs the server has answered for this bucket, once its count has settled."""
-        count = await asyncio.to_thread(self.server.request_count, "GET", self.bucket)
-        while True:
-            await asyncio.sleep(0.05)
-            again = await asyncio.to_thread(self.server.request_count, "GET", self.bucket)
-            if again == count:
-                return count
-            count = again
+        return await asyncio.to_thread(self.server.settled_request_count, "GET", self.bucket)
 
 
 @asynccontextmanager

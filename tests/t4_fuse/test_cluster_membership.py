@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from coordinators import start_coordinator
+from coordinators import Coordinator, start_coordinator
 from mounts import Mount
 
 
@@ -23,15 +23,23 @@ def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.2)
 
 
-def test_a_node_registers_reports_and_leaves(
-    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+def joined(
+    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path, **flags: str
+) -> tuple[Coordinator, Mount]:
+    """A coordinator, and a mount on the local provider that has registered with it."""
     coordinator = start_coordinator(tmp_path, "-heartbeat-interval", "1s", "-peer-expiry", "3s")
     request.addfinalizer(coordinator.stop)
     mount: Mount = mount_factory(  # type: ignore[operator]
-        "local", coordinator=f"127.0.0.1:{coordinator.port}", peer_id="node-a"
+        "local", coordinator=f"127.0.0.1:{coordinator.port}", **flags
     )
-    until(lambda: coordinator.live_ids() == ["node-a"])
+    until(lambda: coordinator.live_ids() == [flags["peer_id"]])
+    return coordinator, mount
+
+
+def test_a_node_registers_reports_and_leaves(
+    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    coordinator, mount = joined(mount_factory, request, tmp_path, peer_id="node-a")
     (mount.path / "f.bin").write_bytes(b"x" * 5_000_000)  # two 4 MiB chunks in tier 1
     assert (mount.path / "f.bin").read_bytes() == b"x" * 5_000_000
     until(lambda: [e["chunks"] for e in coordinator.locations("f.bin")] == [[0, 1]])
@@ -65,12 +73,9 @@ def test_a_node_mounts_and_works_while_the_coordinator_is_down(
 def test_chunks_a_node_evicts_leave_the_location_index(
     mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    coordinator = start_coordinator(tmp_path, "-heartbeat-interval", "1s", "-peer-expiry", "3s")
-    request.addfinalizer(coordinator.stop)
-    mount: Mount = mount_factory(  # type: ignore[operator]
-        "local", coordinator=f"127.0.0.1:{coordinator.port}", peer_id="node-c", nvme_size="8MiB"
+    coordinator, mount = joined(
+        mount_factory, request, tmp_path, peer_id="node-c", nvme_size="8MiB"
     )
-    until(lambda: coordinator.live_ids() == ["node-c"])
     data = os.urandom(24 * 2**20)  # six chunks; tier 1 keeps two
     (mount.path / "big.bin").write_bytes(data)
     assert (mount.path / "big.bin").read_bytes() == data
