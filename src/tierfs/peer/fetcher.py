@@ -94,13 +94,13 @@ class PeerFetcher:
             "Content-Range": protocol.content_range(chunk.start, chunk.length, chunk.obj.size),
             protocol.CHECKSUM_HEADER: checksum(data),
         }
-        params = {
-            protocol.VERSION_PARAM: chunk.obj.version,
-            protocol.SIZE_PARAM: str(chunk.obj.size),
-        }
         try:
             async with self._open().put(
-                self._url(owner, chunk), params=params, headers=headers, data=data, ssl=self._ssl
+                self._url(owner, chunk),
+                params=_params(chunk),
+                headers=headers,
+                data=data,
+                ssl=self._ssl,
             ) as response:
                 await response.read()
                 status = response.status
@@ -127,10 +127,7 @@ class PeerFetcher:
     async def _get(self, peer: _Peer, chunk: ChunkRef, *, cached_only: bool) -> bytes | None:
         """The chunk from `peer` if it has it (or, not `cached_only`, reads it through);
         None otherwise. A failure marks the peer down; bad bytes are only refused."""
-        params = {
-            protocol.VERSION_PARAM: chunk.obj.version,
-            protocol.SIZE_PARAM: str(chunk.obj.size),
-        }
+        params = _params(chunk)
         if cached_only:
             params[protocol.CACHED_ONLY_PARAM] = "1"
         headers = {**self._headers, "Range": protocol.byte_range(chunk.start, chunk.length)}
@@ -214,6 +211,11 @@ class PeerFetcher:
                 "peer %s (%s) failed: %s; skipping it for now", peer.peer_id, peer.address, why
             )
         self._down[peer.peer_id] = (self._coordinator.epoch, time.monotonic())
+
+
+def _params(chunk: ChunkRef) -> dict[str, str]:
+    """The query naming the chunk's object version and size (saves the peer a HEAD)."""
+    return {protocol.VERSION_PARAM: chunk.obj.version, protocol.SIZE_PARAM: str(chunk.obj.size)}
 
 
 def _describe(exc: BaseException) -> str:
