@@ -85,10 +85,7 @@ async def run_client(settings: ClientSettings) -> None:
         )
         stack.push_async_callback(cache.close)
         coordinator = join_cluster(settings, cache, stats)
-        membership = asyncio.create_task(coordinator.run(), name="coordinator")
         stack.push_async_callback(coordinator.close)
-        stack.callback(membership.cancel)
-        stack.push_async_callback(coordinator.leave)  # runs first: leave, then stop
         peers = PeerFetcher(
             settings.node_id,
             coordinator,
@@ -122,6 +119,10 @@ async def run_client(settings: ClientSettings) -> None:
         )
         runner = await start_site(peer_api, settings)
         stack.push_async_callback(runner.cleanup)  # runs before the read path closes
+        # Join once the peer API answers, so no peer finds it closed and skips this node.
+        membership = asyncio.create_task(coordinator.run(), name="coordinator")
+        stack.callback(membership.cancel)
+        stack.push_async_callback(coordinator.leave)  # runs first: leave, then stop
         fs = Filesystem(
             cloud,
             read_path,

@@ -97,3 +97,14 @@ def test_bad_environment_names_the_variable() -> None:
         client({}, {"FUSE_NVME_SIZE": "lots"})
     with pytest.raises(ConfigError, match="GCP_ACCESS_KEY_ID and GCP_SECRET_ACCESS_KEY"):
         client({}, {"GCP_ACCESS_KEY_ID": "GOOG1"})
+
+
+def test_the_address_peers_reach_a_node_at() -> None:
+    def address(**given: str) -> str:
+        return load_settings(ClientSettings, given, {}).peer_address
+
+    assert address(listen="127.0.0.1", port="9001") == "127.0.0.1:9001"
+    assert address(listen="::1", port="9001") == "[::1]:9001"
+    assert address(port="9001").endswith(":9001")  # 0.0.0.0: this host's name
+    assert not address(port="9001").startswith("0.0.0.0")
+    assert address(listen="127.0.0.1", advertise="node-7.example:8081") == "node-7.example:8081"
