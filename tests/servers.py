@@ -465,6 +465,9 @@ def _start_seaweedfs_once(base: Path, weed: str) -> S3Server:
         f"-s3.port={s3}", f"-s3.port.grpc={s3_g}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-webdav=false", "-admin.ui=false",
+        # Every test bucket is a collection that grows volumes of its own: the default cap
+        # (free disk / volume size, 67 here) ran out in one run of the suite.
+        "-volume.max=2000",
         f"-admin.port={admin}", f"-admin.port.grpc={admin_g}",
         f"-s3.config={d / 's3.json'}",
         # Prometheus text of every component, for request_count(). (mini accepts
