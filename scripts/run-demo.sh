@@ -22,7 +22,7 @@ mkdir -p "$mount" 2>/dev/null || true   # a stale mount from a crash is cleaned 
 
 .venv/bin/tierfs coordinator -port "$port" -data-dir /tmp/tierfs-demo/coordinator &
 coordinator=$!
-trap 'kill -TERM $coordinator 2>/dev/null; wait $coordinator 2>/dev/null' EXIT
+trap 'kill -TERM $coordinator 2>/dev/null || true; wait $coordinator 2>/dev/null || true' EXIT
 
 cat <<MSG
 tierfs is mounting $bucket at $mount (tier-1 cache in $nvme); the coordinator's dashboard
