@@ -117,7 +117,6 @@ def running_cluster(
     flags, env = target_flags("s3-seaweedfs", server, base)
     flags |= {
         "coordinator": f"127.0.0.1:{coordinator.port}",
-        "listen": "127.0.0.1",
         "peer_timeout": "5s",
         "metadata_ttl": "1s",
     } | extra

@@ -49,7 +49,9 @@ class Mount:
 
     def __post_init__(self) -> None:
         # The peer API on loopback only, on a port of its own unless the caller chose one.
-        self.flags = {"listen": "127.0.0.1", "port": str(servers.free_ports(1)[0])} | self.flags
+        self.flags = {"listen": "127.0.0.1"} | self.flags
+        if "port" not in self.flags:
+            self.flags["port"] = str(servers.free_ports(1)[0])
 
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "tierfs.cli", "client"]

@@ -25,11 +25,7 @@ def mount_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mo
         given, env = target_flags(provider, server_for(request, provider), tmp_path)
         # No coordinator unless a test starts one: a free port nobody listens on.
         peer_port, nobody = servers.free_ports(2)
-        given |= {
-            "port": str(peer_port),
-            "listen": "127.0.0.1",
-            "coordinator": f"127.0.0.1:{nobody}",
-        }
+        given |= {"port": str(peer_port), "coordinator": f"127.0.0.1:{nobody}"}
         mount = Mount(root / "mnt", root / "nvme", given | flags, env, root / "client.log")
         made.append(mount)
         return mount.start() if start else mount

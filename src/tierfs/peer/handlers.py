@@ -340,8 +340,7 @@ async def list_cache(request: web.Request) -> web.Response:
     query = parse_query(request, models.CacheQuery)
     after = None if query.after is None else ChunkId(query.after)
     held, after_last = await request.app[NODE].cache.page(after, query.limit)
-    chunks = [models.CachedChunk.model_validate(c, from_attributes=True) for c in held]
-    return _json(models.CachePage(chunks=chunks, next=after_last))
+    return _json(models.CachePage(chunks=held, next=after_last))
 
 
 async def cache_stats(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tierfs.cache.base import Origin
+from tierfs.cache.chunk_cache import HeldChunk
 from tierfs.coordinator.models import Count, Version
 
 MAX_PAGE = 1000  # chunks per /api/cache page
@@ -83,17 +83,6 @@ class Dropped(BaseModel):
     chunks: int
 
 
-class CachedChunk(BaseModel):
-    id: str
-    key: str
-    version: str
-    index: int
-    size: int
-    origin: Origin
-    hits: int
-    last_access: float
-
-
 class CachePage(BaseModel):
-    chunks: list[CachedChunk]
+    chunks: list[HeldChunk]  # the cache's own record, as it is
     next: str | None = Field(description="`after` of the next page; null at the end")
