@@ -13,6 +13,7 @@ import pytest
 
 # tests/ has no __init__.py, so pytest puts it on sys.path for this conftest
 import servers
+from mounts import TmpfsMount
 
 
 class _Server(Protocol):
@@ -78,9 +79,6 @@ def _fail_on_unexpected_warnings(
         if record.levelno >= logging.WARNING and record.name.startswith("tierfs")
     ]
     assert not loud, "unexpected warnings:\n" + "\n".join(loud)
-
-
-TmpfsMount = Callable[[Path, str], Path]
 
 
 @pytest.fixture

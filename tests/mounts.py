@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from tierfs.cloud.base import CloudStore
 from tierfs.cloud.providers import open_store
 from tierfs.errors import ObjectNotFoundError
 from tierfs.settings import ClientSettings, load_settings
+
+# The `tmpfs` fixture: mounts a tmpfs of a size ("64m") on a folder and returns it.
+TmpfsMount = Callable[[Path, str], Path]
 
 MOUNT_TIMEOUT = 30.0
 

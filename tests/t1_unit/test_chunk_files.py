@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mounts import TmpfsMount
 from tierfs.cache import files
 from tierfs.chunks import checksum
 
@@ -41,6 +42,33 @@ def test_write_is_whole_and_leaves_no_temp(chunks_dir: str) -> None:
     assert Path(path).read_bytes() == data
     assert files.write_chunk(path, b"second") == checksum(b"second")  # replaces atomically
     assert Path(path).read_bytes() == b"second"
+    assert temps(chunks_dir) == []
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 2**20 + 3, 4 * 2**20])
+@pytest.mark.parametrize("disk", ["ext4", "tmpfs"])
+def test_direct_writes_keep_exact_sizes(
+    tmp_path: Path, tmpfs: TmpfsMount, disk: str, size: int
+) -> None:
+    # O_DIRECT writes whole blocks: the padding must be cut back, on either filesystem
+    root = tmpfs(tmp_path / "t", "32m") if disk == "tmpfs" else tmp_path
+    chunks_dir = files.make_dirs(root)
+    data = os.urandom(size)
+    for n in range(files.DIRECT_BUFFERS + 1):  # more than the buffers kept: some are reused
+        path = files.chunk_path(chunks_dir, f"{n:032x}")
+        assert files.write_chunk(path, data) == checksum(data)
+        assert os.stat(path).st_size == size
+        assert Path(path).read_bytes() == data
+    assert temps(chunks_dir) == []
+
+
+def test_full_disk_write_is_an_error_and_leaves_nothing(tmp_path: Path, tmpfs: TmpfsMount) -> None:
+    chunks_dir = files.make_dirs(tmpfs(tmp_path / "t", "4m"))
+    path = files.chunk_path(chunks_dir, ID)
+    with pytest.raises(OSError) as failed:
+        files.write_chunk(path, os.urandom(5 * 2**20))
+    assert failed.value.errno in files.DISK_FULL_ERRNOS
+    assert not os.path.exists(path)
     assert temps(chunks_dir) == []
 
 
@@ -83,7 +111,9 @@ def test_in_page_cache_probes_without_reading_the_disk(chunks_dir: str) -> None:
     files.write_chunk(path, os.urandom(size))
     fd = files.open_chunk(path)
     try:
-        assert files.in_page_cache(fd, 0, size)  # just written
+        assert not files.in_page_cache(fd, 0, size)  # written around the page cache
+        assert len(files.read_at(fd, 0, size)) == size
+        assert files.in_page_cache(fd, 0, size)
         assert not files.in_page_cache(fd, 10, size)  # runs past the end
         os.fsync(fd)  # clean pages can be dropped
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mounts import Mount, cloud_bytes
+from mounts import Mount, TmpfsMount, cloud_bytes
 
 MiB = 2**20
 MountFactory = Callable[..., Mount]
-TmpfsMount = Callable[[Path, str], Path]
 
 
 def write_in_pieces(path: Path, data: bytes, piece: int = MiB) -> None:

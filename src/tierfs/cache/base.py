@@ -23,7 +23,7 @@ class ChunkCache(Protocol):
     (`NodeStats.corrupt_chunks`), never returned.
     """
 
-    async def read(self, chunk: ChunkRef, offset: int, length: int) -> bytes | None:
+    async def read(self, chunk: ChunkRef, offset: int, length: int) -> Data | None:
         """Bytes [offset, offset + length) within the chunk, or None on a miss.
 
         A range running past the chunk's end is clipped, as `pread` does. The checksum is

@@ -156,7 +156,7 @@ class DiskChunkCache:
 
     # -- the ChunkCache contract ------------------------------------------------------
 
-    async def read(self, chunk: ChunkRef, offset: int, length: int) -> bytes | None:
+    async def read(self, chunk: ChunkRef, offset: int, length: int) -> Data | None:
         """See `ChunkCache.read`. A range past the chunk's end is clipped (like pread);
         a negative offset or length is a ValueError."""
         if offset < 0 or length < 0:
@@ -173,6 +173,7 @@ class DiskChunkCache:
             return got
         entry.readers += 1  # pinned: eviction skips it, so its file stays while we read
         try:
+            data: Data | None
             if entry.verified:
                 data = await self._pread(entry, offset, length)
             else:
@@ -481,7 +482,7 @@ class DiskChunkCache:
             return None
         return data
 
-    def _check(self, entry: Entry) -> asyncio.Task[bytes | None]:
+    def _check(self, entry: Entry) -> asyncio.Task[Data | None]:
         """The first read's checksum check of `entry`: one task that concurrent first
         reads share. Its result is the whole chunk, or None if the file is bad."""
         task = entry.checking
@@ -492,7 +493,7 @@ class DiskChunkCache:
             task.add_done_callback(lambda _: setattr(entry, "checking", None))
         return task
 
-    async def _verify(self, entry: Entry) -> bytes | None:
+    async def _verify(self, entry: Entry) -> Data | None:
         read = partial(files.read_verified, self._path(entry.id), entry.size, entry.checksum)
         try:
             data = await self._run_io(read) if entry.size >= LARGE_IO else read()

@@ -11,9 +11,15 @@ write path and is never looked into here.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import queue
 import re
 import secrets
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +39,18 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # probes cost a disk read on the loop; rare, as the pages of a chunk go in the order read.
 PROBE_STRIDE = 2**20
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+# Files this big are brought into the page cache in huge folios (see `read_verified`).
+HUGE_PAGE = 2 * 2**20
+# madvise(MADV_POPULATE_READ), Linux 5.14: fault a mapping in, or fail with an error.
+_POPULATE_READ: int | None = getattr(
+    mmap, "MADV_POPULATE_READ", 22 if sys.platform == "linux" else None
+)
+# O_DIRECT wants the buffer, the length and the file offset aligned to the disk's block.
+DIRECT_ALIGN = 4096
+_DIRECT: int = getattr(os, "O_DIRECT", 0)
+# Aligned buffers kept for O_DIRECT writes: at most this many writes go direct at once.
+DIRECT_BUFFERS = 4
 
 
 def is_chunk_id(name: str) -> bool:
@@ -66,23 +84,93 @@ def write_chunk(path: str, data: Data) -> str:
     file is removed on any error. No fsync: the cache is never the only copy, and after a
     power cut a short or garbled file fails the size or checksum check of its first read
     and is fetched again. An fsync per 4 MiB chunk halved cold reads here (334 MB/s disk).
+
+    The file is written with O_DIRECT where the filesystem takes it: a buffered write pays
+    for new page-cache pages, which cost here more than the disk itself (380-540 MB/s
+    buffered against 1.9-2.4 GB/s direct, `dd` of 1 GiB), and cold reads went from 49-60%
+    to 73-100% of the raw parallel GET limit (bench/tier1.py). The chunk's first read then
+    comes from the disk, not the page cache.
     """
     digest = checksum(data)
     folder, name = os.path.split(path)
     temp = f"{folder}/.{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+        if not _write_direct(temp, data):
+            _write_buffered(temp, data)
         os.rename(temp, path)
     except BaseException:
         remove(temp)
         raise
     return digest
+
+
+def _write_buffered(path: str, data: Data) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _write_direct(path: str, data: Data) -> bool:
+    """Write `data` to the new file `path` with O_DIRECT, through an aligned buffer padded
+    to the block and cut back to size; False (nothing created) where O_DIRECT is refused
+    and for no data."""
+    if not _DIRECT or not data:
+        return False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _DIRECT, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # a filesystem without O_DIRECT
+            return False
+        raise
+    size = len(data)
+    padded = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+    try:
+        with _direct_buffers.take(padded) as buffer:
+            buffer[:size] = data
+            buffer[size:padded] = bytes(padded - size)
+            view = memoryview(buffer)[:padded]
+            while view:
+                written = os.write(fd, view)
+                if written % DIRECT_ALIGN:  # a short write: only when the disk is full
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+                view = view[written:]
+        if padded != size:
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    return True
+
+
+class _AlignedBuffers:
+    """Page-aligned buffers for O_DIRECT writes, reused: a fresh buffer faults its pages in
+    on every write. At most `count` are in use; a write waits for one beyond that."""
+
+    def __init__(self, count: int) -> None:
+        self._free: queue.LifoQueue[mmap.mmap] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(count)
+
+    @contextmanager
+    def take(self, size: int) -> Iterator[mmap.mmap]:
+        """A buffer of at least `size` bytes, for the block."""
+        with self._slots:
+            try:
+                buffer = self._free.get_nowait()
+            except queue.Empty:
+                buffer = mmap.mmap(-1, size)
+            if len(buffer) < size:
+                buffer.close()
+                buffer = mmap.mmap(-1, size)
+            try:
+                yield buffer
+            finally:
+                self._free.put(buffer)
+
+
+_direct_buffers = _AlignedBuffers(DIRECT_BUFFERS)
 
 
 def open_chunk(path: str) -> int:
@@ -123,24 +211,44 @@ def in_page_cache(fd: int, offset: int, length: int) -> bool:
     return True
 
 
-def read_verified(path: str, size: int, expected: str) -> bytes | None:
+def read_verified(path: str, size: int, expected: str) -> memoryview | None:
     """The whole file if it is exactly `size` bytes with checksum `expected`, else None.
 
-    FileNotFoundError if the file is gone.
+    The first read of a chunk comes from the disk (`write_chunk` goes around the page
+    cache). It brings the file in as huge folios: later reads copy those out 1.3-1.5 times
+    as fast as the small folios a plain read brings in (6.4-10.4 against 10.7-15.3 GB/s
+    here; a file written through the page cache gets large ones). FileNotFoundError if
+    the file is gone.
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if os.fstat(fd).st_size != size:
             return None
-        data = os.pread(fd, size, 0)
-        while len(data) < size:  # a short pread is legal; finish or hit EOF
-            more = os.pread(fd, size - len(data), len(data))
-            if not more:
-                return None
-            data += more
+        _populate(fd, size)
+        data = memoryview(bytearray(size))
+        got = 0
+        while got < size:
+            count = os.preadv(fd, [data[got:]], got)
+            if not count:
+                return None  # cut short since the fstat
+            got += count
     finally:
         os.close(fd)
-    return data if checksum(data) == expected else None
+    return data.toreadonly() if checksum(data) == expected else None
+
+
+def _populate(fd: int, size: int) -> None:
+    """Bring a file of at least one huge page into the page cache in huge folios: through
+    a mapping advised for huge pages, populated (a file cut short since is an EFAULT here,
+    never a SIGBUS). Where the kernel cannot, nothing: the read brings the pages in."""
+    if _POPULATE_READ is None or size < HUGE_PAGE:
+        return
+    try:
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapping:
+            mapping.madvise(mmap.MADV_HUGEPAGE)
+            mapping.madvise(_POPULATE_READ)
+    except OSError:
+        pass
 
 
 def remove(path: str) -> bool:
