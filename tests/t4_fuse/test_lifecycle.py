@@ -31,6 +31,26 @@ def test_sigterm_uploads_dirty_files_unmounts_and_exits_0(mount_factory: object)
     assert cloud_bytes(mount, "open-at-stop") == b"written, never closed"
 
 
+def test_the_kernel_reads_ahead_a_chunk_and_sends_64_requests_at_once(
+    mount_factory: object,
+) -> None:
+    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    target = str(mount.path)
+    with open("/proc/self/mountinfo") as mounts:
+        device = next(line.split()[2] for line in mounts if line.split()[4] == target)
+    read_ahead = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    background = Path(f"/sys/fs/fuse/connections/{device.split(':')[1]}/max_background")
+    deadline = time.monotonic() + 10  # set by the client just after the mount
+
+    def tuned() -> bool:
+        return background.exists() and background.read_text() == "64\n"
+
+    while not tuned() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tuned()  # fusectl mounted by the client if need be
+    assert read_ahead.read_text() == "4096\n"
+
+
 def test_kill_9_before_upload_loses_nothing(mount_factory: object) -> None:
     mount: Mount = mount_factory("local")  # type: ignore[operator]
     fd = os.open(mount.path / "crash.bin", os.O_WRONLY | os.O_CREAT, 0o644)

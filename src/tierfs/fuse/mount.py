@@ -64,12 +64,18 @@ FUSECTL = Path("/sys/fs/fuse/connections")
 
 def tune_kernel(mountpoint: Path) -> None:
     """Best effort: raise the mount's read-ahead and its background requests; needs root,
-    logs when refused.
+    logs when refused. Mounts fusectl first where nobody has (systemd does at boot;
+    containers and small VMs often do not).
 
     Nothing here may touch the mount itself (not even `realpath`): its requests would
     wait for this very loop.
     """
     target = os.path.abspath(mountpoint)
+    if FUSECTL.is_dir() and not os.path.ismount(FUSECTL) and os.geteuid() == 0:
+        mount = ["mount", "-t", "fusectl", "fusectl", str(FUSECTL)]
+        done = subprocess.run(mount, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            log.info("cannot mount fusectl on %s: %s", FUSECTL, done.stderr.strip())
     try:
         with open("/proc/self/mountinfo") as mounts:
             device = next(line.split()[2] for line in mounts if line.split()[4] == target)
