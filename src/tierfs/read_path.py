@@ -187,7 +187,8 @@ class ReadPath:
         """Bring `chunk` to tier 1 ahead of its reader (the `ChunkSource` of readers)."""
         if chunk.id in self._flights or await self._in_tier1(chunk):
             return Prefetched(fetched=False)
-        fetched, joined = await self._flights.do(chunk.id, partial(self._fetch, chunk, True))
+        ahead = partial(self._fetch, chunk, True, read_ahead=True)
+        fetched, joined = await self._flights.do(chunk.id, ahead)
         if joined:
             return Prefetched(fetched=False)
         return Prefetched(fetched=True, data=fetched.data, kept=fetched.kept)
@@ -256,9 +257,17 @@ class ReadPath:
         found = await self._from_local(chunk, 0, min(1, chunk.length)) is not None
         return found or self._flights.finished_since(chunk.id, ticket)
 
-    async def _fetch(self, chunk: ChunkRef, ask_peers: bool, publish: Publish[_Fetched]) -> None:
+    async def _fetch(
+        self,
+        chunk: ChunkRef,
+        ask_peers: bool,
+        publish: Publish[_Fetched],
+        *,
+        read_ahead: bool = False,
+    ) -> None:
         """One flight: the whole chunk from the peers (for this node's own reads) or the
-        cloud, then into tier 1: its own reads' budget, or the peers' when it fetched for them.
+        cloud, then into tier 1: its own reads' budget, or the peers' when it fetched for
+        them; around the page cache when read ahead (its reader holds it).
 
         Fetches for other nodes have slots of their own: were they to wait for slots held
         by flights that wait on peers, two nodes reading at once could wait on each other.
@@ -272,15 +281,20 @@ class ReadPath:
                 data = await self._from_peers(chunk)
                 if data is None:
                     data = await self._from_cloud(chunk)
-            await self._hand_over(chunk, data, publish, Origin.LOCAL)
+            await self._hand_over(chunk, data, publish, Origin.LOCAL, read_ahead)
 
     async def _hand_over(
-        self, chunk: ChunkRef, data: Data, publish: Publish[_Fetched], origin: Origin
+        self,
+        chunk: ChunkRef,
+        data: Data,
+        publish: Publish[_Fetched],
+        origin: Origin,
+        read_ahead: bool = False,
     ) -> None:
         """Give the chunk to the flight's readers, then keep it in tier 1."""
         fetched = _Fetched(data, asyncio.get_running_loop().create_future())
         publish(fetched)
-        await self._keep(chunk, fetched, origin)
+        await self._keep(chunk, fetched, origin, read_ahead)
 
     # -- the tiers ----------------------------------------------------------------------
 
@@ -344,12 +358,15 @@ class ReadPath:
         counters.bytes += len(data)
         return data
 
-    async def _keep(self, chunk: ChunkRef, fetched: _Fetched, origin: Origin) -> None:
+    async def _keep(
+        self, chunk: ChunkRef, fetched: _Fetched, origin: Origin, read_ahead: bool
+    ) -> None:
         """Promote a fetched chunk to tier 1; failing that, it is only not cached."""
         kept = False
         try:
             if origin is Origin.PEER or self._cache.wants(chunk):
-                kept = await self._cache.store(chunk, fetched.data, origin)
+                store = self._cache.store
+                kept = await store(chunk, fetched.data, origin, around_page_cache=read_ahead)
             else:
                 self._stats.not_cached += 1  # not admitted (store counts its own refusals)
         except Exception as exc:

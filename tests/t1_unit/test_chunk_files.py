@@ -56,7 +56,7 @@ def test_direct_writes_keep_exact_sizes(
     data = os.urandom(size)
     for n in range(files.DIRECT_BUFFERS + 1):  # more than the buffers kept: some are reused
         path = files.chunk_path(chunks_dir, f"{n:032x}")
-        assert files.write_chunk(path, data) == checksum(data)
+        assert files.write_chunk(path, data, around_page_cache=True) == checksum(data)
         assert os.stat(path).st_size == size
         assert Path(path).read_bytes() == data
     assert temps(chunks_dir) == []
@@ -66,10 +66,23 @@ def test_full_disk_write_is_an_error_and_leaves_nothing(tmp_path: Path, tmpfs: T
     chunks_dir = files.make_dirs(tmpfs(tmp_path / "t", "4m"))
     path = files.chunk_path(chunks_dir, ID)
     with pytest.raises(OSError) as failed:
-        files.write_chunk(path, os.urandom(5 * 2**20))
+        files.write_chunk(path, os.urandom(5 * 2**20), around_page_cache=True)
     assert failed.value.errno in files.DISK_FULL_ERRNOS
     assert not os.path.exists(path)
     assert temps(chunks_dir) == []
+
+
+def test_a_write_around_the_page_cache_leaves_nothing_in_it(chunks_dir: str) -> None:
+    path = files.chunk_path(chunks_dir, ID)
+    size = 3 * files.PROBE_STRIDE + 5
+    files.write_chunk(path, os.urandom(size), around_page_cache=True)
+    fd = files.open_chunk(path)
+    try:
+        assert not files.in_page_cache(fd, 0, size)
+        assert len(files.read_at(fd, 0, size)) == size
+        assert files.in_page_cache(fd, 0, size)  # a read brings it in
+    finally:
+        os.close(fd)
 
 
 def test_failed_write_removes_its_temp_file(chunks_dir: str) -> None:
@@ -111,9 +124,7 @@ def test_in_page_cache_probes_without_reading_the_disk(chunks_dir: str) -> None:
     files.write_chunk(path, os.urandom(size))
     fd = files.open_chunk(path)
     try:
-        assert not files.in_page_cache(fd, 0, size)  # written around the page cache
-        assert len(files.read_at(fd, 0, size)) == size
-        assert files.in_page_cache(fd, 0, size)
+        assert files.in_page_cache(fd, 0, size)  # just written
         assert not files.in_page_cache(fd, 10, size)  # runs past the end
         os.fsync(fd)  # clean pages can be dropped
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -4,6 +4,7 @@ tier-1 hits across restarts, read-ahead, cancellation, version changes and bound
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,8 +18,9 @@ from hypothesis import strategies as st
 
 import servers
 from cloud_targets import server_for, settings_for
+from tierfs.cache import files
 from tierfs.cache.chunk_cache import DiskChunkCache
-from tierfs.chunks import ChunkRef, ObjectRef
+from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.providers import open_store
 from tierfs.errors import VersionChangedError
@@ -245,6 +247,41 @@ async def test_a_sequential_read_is_prefetched_with_one_get_per_chunk(
             assert 0 < stats.prefetch_hits <= stats.prefetched_chunks
             assert await cloud.gets() - start == 32  # no chunk fetched twice
             assert stats.tier(Tier.CLOUD).hits == 32
+
+
+@pytest.mark.asyncio
+async def test_chunks_read_ahead_are_kept_around_the_page_cache(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    chunk = MiB
+    body = random_bytes(16 * MiB, seed=5)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("around.bin", body)
+        other = await cloud.put("demand.bin", body[:chunk])
+        async with node_on(tmp_path / "nvme", cloud.store, chunk_size=chunk) as node:
+            reader = node.path.open_reader(ref)
+            for offset in range(0, ref.size, READ):
+                assert (
+                    await node.path.read(ref, offset, READ, reader) == body[offset : offset + READ]
+                )
+            await reader.close()
+            assert await node.path.read(other, 0, chunk) == body[:chunk]  # no read-ahead
+            await asyncio.sleep(0.2)  # tier 1 writes behind the readers
+
+            def page_cached(obj: ObjectRef, index: int) -> bool:
+                chunk_id = chunk_ref(obj, index, chunk).id
+                fd = files.open_chunk(files.chunk_path(str(tmp_path / "nvme" / "chunks"), chunk_id))
+                try:
+                    return files.in_page_cache(fd, 0, chunk)
+                finally:
+                    os.close(fd)
+
+            assert node.cache.holds(chunk_ref(ref, 15, chunk).id)
+            assert not page_cached(ref, 15)  # read ahead: its reader held it
+            assert page_cached(other, 0)  # fetched for a read: likely read again
+            start = await cloud.gets()
+            assert await node.path.read(ref, 0, ref.size) == body  # from tier 1, checked
+            assert await cloud.gets() == start
 
 
 @pytest.mark.asyncio

@@ -40,13 +40,18 @@ class ChunkCache(Protocol):
         from the N-th (with N = 1, always)."""
         ...
 
-    async def store(self, chunk: ChunkRef, data: Data, origin: Origin) -> bool:
+    async def store(
+        self, chunk: ChunkRef, data: Data, origin: Origin, *, around_page_cache: bool = False
+    ) -> bool:
         """Write the whole chunk atomically; False if it could not be kept (disk full
         even after evicting, or over the budget): the caller serves `data` anyway.
 
         True at once if the chunk is already held; concurrent stores of one chunk write
         it once. Evicts least recently used chunks of the same origin first, so the
-        files of an origin never add up to more than its budget.
+        files of an origin never add up to more than its budget. `around_page_cache`: the
+        chunk is not read from here again soon (read ahead for a sequential reader, who
+        holds it, and FUSE's page cache then keeps its bytes): write it without filling
+        the page cache a second time.
         """
         ...
 

@@ -214,7 +214,9 @@ class DiskChunkCache:
         """See `ChunkCache.wants`."""
         return self._admission.ask(chunk.id)
 
-    async def store(self, chunk: ChunkRef, data: Data, origin: Origin) -> bool:
+    async def store(
+        self, chunk: ChunkRef, data: Data, origin: Origin, *, around_page_cache: bool = False
+    ) -> bool:
         """See `ChunkCache.store`. `data` must be the whole chunk (ValueError otherwise).
         A chunk already held, or being stored by another call, is not written twice.
         Cancelling the caller does not cut the write short."""
@@ -225,7 +227,7 @@ class DiskChunkCache:
             return True
         task = self._storing.get(chunk.id)
         if task is None:
-            task = self._spawn(self._store(chunk, data, origin))
+            task = self._spawn(self._store(chunk, data, origin, around_page_cache))
             self._storing[chunk.id] = task
             task.add_done_callback(lambda _: self._storing.pop(chunk.id, None))
         return await asyncio.shield(task)
@@ -325,7 +327,9 @@ class DiskChunkCache:
 
     # -- store --------------------------------------------------------------------------
 
-    async def _store(self, chunk: ChunkRef, data: Data, origin: Origin) -> bool:
+    async def _store(
+        self, chunk: ChunkRef, data: Data, origin: Origin, around_page_cache: bool
+    ) -> bool:
         budget = self._budgets[origin]
         size = len(data)
         victims = budget.victims(size)
@@ -350,7 +354,7 @@ class DiskChunkCache:
             unlinking = self._unlinking.get(chunk.id)
             if unlinking is not None and not unlinking.done():
                 await asyncio.shield(unlinking)  # an old file of this id goes first
-            digest = await self._write(chunk.id, data)
+            digest = await self._write(chunk.id, data, around_page_cache)
             if digest is None:
                 self._stats.not_cached += 1
                 return False
@@ -387,13 +391,14 @@ class DiskChunkCache:
             if not kept:
                 budget.used -= size
 
-    async def _write(self, chunk_id: ChunkId, data: Data) -> str | None:
+    async def _write(self, chunk_id: ChunkId, data: Data, around_page_cache: bool) -> str | None:
         """Write the chunk file and return its checksum; None if the disk would not take
         it (full even after evicting, or an I/O error: the caller serves it uncached)."""
         path = self._path(chunk_id)
         for attempt in (1, 2):
             try:
-                return await self._run_io(partial(files.write_chunk, path, data))
+                write = partial(files.write_chunk, path, data, around_page_cache=around_page_cache)
+                return await self._run_io(write)
             except OSError as exc:
                 if exc.errno not in files.DISK_FULL_ERRNOS:
                     log.warning("tier 1: cannot write chunk %s: %s", chunk_id, exc)

@@ -16,7 +16,6 @@ import os
 import queue
 import re
 import secrets
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,12 +39,6 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 PROBE_STRIDE = 2**20
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
-# Files this big are brought into the page cache in huge folios (see `read_verified`).
-HUGE_PAGE = 2 * 2**20
-# madvise(MADV_POPULATE_READ), Linux 5.14: fault a mapping in, or fail with an error.
-_POPULATE_READ: int | None = getattr(
-    mmap, "MADV_POPULATE_READ", 22 if sys.platform == "linux" else None
-)
 # O_DIRECT wants the buffer, the length and the file offset aligned to the disk's block.
 DIRECT_ALIGN = 4096
 _DIRECT: int = getattr(os, "O_DIRECT", 0)
@@ -76,7 +69,7 @@ def chunk_path(chunks_dir: str, chunk_id: str) -> str:
     return f"{chunks_dir}/{chunk_id[:2]}/{chunk_id}"
 
 
-def write_chunk(path: str, data: Data) -> str:
+def write_chunk(path: str, data: Data, *, around_page_cache: bool = False) -> str:
     """Write `data` to `path` atomically; return its checksum.
 
     Temp file in the same folder, write, rename: a reader, or a restart after the process
@@ -85,17 +78,16 @@ def write_chunk(path: str, data: Data) -> str:
     power cut a short or garbled file fails the size or checksum check of its first read
     and is fetched again. An fsync per 4 MiB chunk halved cold reads here (334 MB/s disk).
 
-    The file is written with O_DIRECT where the filesystem takes it: a buffered write pays
-    for new page-cache pages, which cost here more than the disk itself (380-540 MB/s
-    buffered against 1.9-2.4 GB/s direct, `dd` of 1 GiB), and cold reads went from 49-60%
-    to 73-100% of the raw parallel GET limit (bench/tier1.py). The chunk's first read then
-    comes from the disk, not the page cache.
+    `around_page_cache`: write with O_DIRECT where the filesystem takes it, for a chunk
+    that is not read again from here soon (see `ChunkCache.store`). A buffered write pays
+    for new page-cache pages, which cost here more than the disk itself (380-1,400 MB/s
+    buffered against 1.9-2.4 GB/s direct, `dd` of 1 GiB).
     """
     digest = checksum(data)
     folder, name = os.path.split(path)
     temp = f"{folder}/.{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
     try:
-        if not _write_direct(temp, data):
+        if not (around_page_cache and _write_direct(temp, data)):
             _write_buffered(temp, data)
         os.rename(temp, path)
     except BaseException:
@@ -214,17 +206,12 @@ def in_page_cache(fd: int, offset: int, length: int) -> bool:
 def read_verified(path: str, size: int, expected: str) -> memoryview | None:
     """The whole file if it is exactly `size` bytes with checksum `expected`, else None.
 
-    The first read of a chunk comes from the disk (`write_chunk` goes around the page
-    cache). It brings the file in as huge folios: later reads copy those out 1.3-1.5 times
-    as fast as the small folios a plain read brings in (6.4-10.4 against 10.7-15.3 GB/s
-    here; a file written through the page cache gets large ones). FileNotFoundError if
-    the file is gone.
+    FileNotFoundError if the file is gone.
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if os.fstat(fd).st_size != size:
             return None
-        _populate(fd, size)
         data = memoryview(bytearray(size))
         got = 0
         while got < size:
@@ -235,20 +222,6 @@ def read_verified(path: str, size: int, expected: str) -> memoryview | None:
     finally:
         os.close(fd)
     return data.toreadonly() if checksum(data) == expected else None
-
-
-def _populate(fd: int, size: int) -> None:
-    """Bring a file of at least one huge page into the page cache in huge folios: through
-    a mapping advised for huge pages, populated (a file cut short since is an EFAULT here,
-    never a SIGBUS). Where the kernel cannot, nothing: the read brings the pages in."""
-    if _POPULATE_READ is None or size < HUGE_PAGE:
-        return
-    try:
-        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapping:
-            mapping.madvise(mmap.MADV_HUGEPAGE)
-            mapping.madvise(_POPULATE_READ)
-    except OSError:
-        pass
 
 
 def remove(path: str) -> bool:
