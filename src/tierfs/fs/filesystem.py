@@ -199,6 +199,15 @@ class Filesystem:
         else:
             await self._rename_file(old, new)
         self.inodes.move(old, new)
+        self._journal_moved(new)
+
+    def _journal_moved(self, new: str) -> None:
+        """Journal the dirty files now at or under `new` by their new keys: were the
+        process killed before their upload, recovery must put them where they are now."""
+        for file in self._open.values():
+            path = file.node.path
+            if file.dirty and file.staging is not None and (path + "/").startswith(new + "/"):
+                self.uploader.journal.begin(path, file.staging)
 
     async def _rename_file(self, old: str, new: str) -> None:
         node = self.inodes.find(old)
