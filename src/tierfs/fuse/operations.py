@@ -7,6 +7,7 @@ vanishes and the request hangs (pyfuse3 issue #93). So every handler goes throug
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import logging
@@ -83,6 +84,13 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.fs = fs
         self.kernel_ttl = kernel_ttl
+        self.on_init: Callable[[], object] | None = None  # once the kernel is answered
+
+    def init(self) -> None:
+        # pyfuse3 answers FUSE INIT as soon as this returns; the kernel applies that answer
+        # within the write, so whatever runs on the loop next sees the mount set up.
+        if self.on_init is not None:
+            asyncio.get_running_loop().call_soon(self.on_init)
 
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
         owner = self.fs.ownership
