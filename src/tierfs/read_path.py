@@ -147,9 +147,11 @@ class ReadPath:
         end = min(offset + size, ref.size)
         if not chunks:
             return b""
-        if len(chunks) == 1:
+        if len(chunks) == 1:  # most reads: served at once when held (no coroutine made)
             chunk = chunks[0]
-            return await self._read_chunk(chunk, offset - chunk.start, end - chunk.start, reader)
+            lo, hi = offset - chunk.start, end - chunk.start
+            held = self._held(chunk, lo, hi, reader)
+            return held if held is not None else await self._fetch_piece(chunk, lo, hi, reader)
         try:
             async with asyncio.TaskGroup() as group:  # fetches are bounded by the slots
                 parts = [
@@ -223,19 +225,32 @@ class ReadPath:
 
     # -- one chunk ----------------------------------------------------------------------
 
-    async def _read_chunk(
+    def _held(
         self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None
-    ) -> Data:
-        """Bytes [lo, hi) of `chunk`, from whichever tier has it first."""
+    ) -> Data | None:
+        """Bytes [lo, hi) of `chunk` without an await: held by the reader, or a usual tier-1
+        hit; else None."""
         if reader is not None:
             held = reader.claim(chunk.index)
             if held is not None:
                 return _piece(held, lo, hi)
+        if self._read_now is not None and chunk.id not in self._flights:
+            return self._read_now(chunk, lo, hi - lo)
+        return None
+
+    async def _read_chunk(
+        self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None
+    ) -> Data:
+        """Bytes [lo, hi) of `chunk`, from whichever tier has it first."""
+        held = self._held(chunk, lo, hi, reader)
+        return held if held is not None else await self._fetch_piece(chunk, lo, hi, reader)
+
+    async def _fetch_piece(
+        self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None
+    ) -> Data:
+        """Bytes [lo, hi) of `chunk` when `_held` had none: tier 1 read off the loop, or a
+        flight of the whole chunk."""
         if chunk.id not in self._flights:
-            if self._read_now is not None:
-                now = self._read_now(chunk, lo, hi - lo)
-                if now is not None:
-                    return now
             ticket = self._flights.ticket()
             data = await self._from_local(chunk, lo, hi - lo)
             if data is None and self._flights.finished_since(chunk.id, ticket):
