@@ -115,7 +115,8 @@ def _write_direct(path: str, data: Data) -> bool:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _DIRECT, 0o644)
     except OSError as exc:
-        if exc.errno == errno.EINVAL:  # a filesystem without O_DIRECT
+        if exc.errno == errno.EINVAL:  # a filesystem without O_DIRECT (it may have created it)
+            remove(path)
             return False
         raise
     size = len(data)
