@@ -62,6 +62,18 @@ def test_direct_writes_keep_exact_sizes(
     assert temps(chunks_dir) == []
 
 
+def test_a_refused_direct_write_falls_back_to_a_plain_one(
+    chunks_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a block size the disk does not take: the kernel refuses the O_DIRECT write (EINVAL)
+    monkeypatch.setattr(files, "DIRECT_ALIGN", 1000)
+    path = files.chunk_path(chunks_dir, ID)
+    data = os.urandom(4500)
+    assert files.write_chunk(path, data, around_page_cache=True) == checksum(data)
+    assert Path(path).read_bytes() == data
+    assert temps(chunks_dir) == []
+
+
 def test_full_disk_write_is_an_error_and_leaves_nothing(tmp_path: Path, tmpfs: TmpfsMount) -> None:
     chunks_dir = files.make_dirs(tmpfs(tmp_path / "t", "4m"))
     path = files.chunk_path(chunks_dir, ID)

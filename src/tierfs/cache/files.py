@@ -108,8 +108,9 @@ def _write_buffered(path: str, data: Data) -> None:
 
 def _write_direct(path: str, data: Data) -> bool:
     """Write `data` to the new file `path` with O_DIRECT, through an aligned buffer padded
-    to the block and cut back to size; False (nothing created) where O_DIRECT is refused
-    and for no data."""
+    to the block and cut back to size; False (nothing left at `path`) where O_DIRECT is
+    refused, at the open or at the first write (a block larger than DIRECT_ALIGN), and
+    for no data."""
     if not _DIRECT or not data:
         return False
     try:
@@ -133,6 +134,11 @@ def _write_direct(path: str, data: Data) -> bool:
                 view = view[written:]
         if padded != size:
             os.ftruncate(fd, size)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        remove(path)
+        return False
     finally:
         os.close(fd)
     return True
