@@ -4,7 +4,8 @@ For each chunk a read covers: tier 1 (local disk), else one fetch of the whole c
 shared by every concurrent reader (single-flight): tier 2 (peers), else tier 3 (the
 cloud, pinned to the object's version). A fetched chunk is handed to its readers at once
 and promoted to tier 1 behind them. Reads through a `SequentialReader` also feed its
-read-ahead, which goes through the same flights.
+read-ahead, which goes through the same flights; chunks it brings are written to tier 1
+around the page cache (their reader holds them, and the mount's page cache their bytes).
 
 Bounds: at most `max_parallel_fetches` fetches at once, of which prefetches take at most
 half, so demand reads always find a slot; at most `FLIGHTS_PER_FETCH` times as many
