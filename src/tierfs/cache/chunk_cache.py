@@ -362,19 +362,8 @@ class DiskChunkCache:
             entry = Entry(
                 chunk.id, obj.key, obj.version, chunk.index, size, digest, origin, time.time(), 0
             )
-            row = ChunkRow(
-                chunk.id,
-                chunk.obj.key,
-                chunk.obj.version,
-                chunk.index,
-                size,
-                digest,
-                entry.last_access,
-                0,
-                origin,
-            )
             try:
-                await self._index.insert(row)
+                await self._index.insert(_row(entry))
             except sqlite3.Error as exc:
                 log.warning("tier 1: cannot index chunk %s: %s", chunk.id, exc)
                 await self._unlink([chunk.id])
@@ -599,17 +588,7 @@ class DiskChunkCache:
                     doomed.append(self._path(row.id))
                     self._stats.corrupt_chunks += 1
                 continue
-            entry = Entry(
-                row.id,
-                row.key,
-                row.version,
-                row.chunk_index,
-                row.size,
-                row.checksum,
-                row.origin,
-                row.last_access,
-                row.hits,
-            )
+            entry = _entry(row)
             self._entries[row.id] = entry
             budget = self._budgets[row.origin]
             budget.used += row.size
@@ -702,4 +681,34 @@ def _held(entry: Entry) -> HeldChunk:
         entry.origin,
         entry.hits,
         entry.last_access,
+    )
+
+
+def _entry(row: ChunkRow) -> Entry:
+    """The entry of a chunk the index recorded in an earlier run (not yet checked)."""
+    return Entry(
+        row.id,
+        row.key,
+        row.version,
+        row.chunk_index,
+        row.size,
+        row.checksum,
+        row.origin,
+        row.last_access,
+        row.hits,
+    )
+
+
+def _row(entry: Entry) -> ChunkRow:
+    """The index row of `entry`."""
+    return ChunkRow(
+        entry.id,
+        entry.key,
+        entry.version,
+        entry.index,
+        entry.size,
+        entry.checksum,
+        entry.last_access,
+        entry.hits,
+        entry.origin,
     )

@@ -91,6 +91,15 @@ def _key(request: web.Request) -> str:
         raise ApiError(400, "bad_path", f"path: {exc}") from None
 
 
+def _version(request: web.Request) -> str | None:
+    """The `?version=` of a request about a whole object (None: any version)."""
+    return parse_query(request, models.VersionQuery).version
+
+
+def _none_held(key: str) -> ApiError:
+    return ApiError(404, "not_cached", f"no chunk of {key} is held here")
+
+
 def _not_cached(chunk: ChunkRef) -> ApiError:
     return ApiError(404, "not_cached", f"chunk {chunk.index} of {chunk.obj.key} is not held here")
 
@@ -271,24 +280,20 @@ async def put_file(request: web.Request) -> web.Response:
 
 async def delete_file(request: web.Request) -> web.Response:
     """Drop this node's chunks of an object (one version, or all)."""
-    node = request.app[NODE]
-    key = _key(request)
-    version = parse_query(request, models.VersionQuery).version
+    node, key, version = request.app[NODE], _key(request), _version(request)
     dropped = await node.cache.forget_object(key, version)
     if not dropped:
-        raise ApiError(404, "not_cached", f"no chunk of {key} is held here")
+        raise _none_held(key)
     return _json(models.Dropped(path=key, version=version, chunks=dropped))
 
 
 async def head_file(request: web.Request) -> web.Response:
     """200 when this node holds a chunk of the object (of that version, or its most
     recently used one), with the version and how many chunks; 404 otherwise."""
-    node = request.app[NODE]
-    key = _key(request)
-    version = parse_query(request, models.VersionQuery).version
+    node, key, version = request.app[NODE], _key(request), _version(request)
     held = await node.cache.chunks_of(key, version)
     if not held:
-        raise ApiError(404, "not_cached", f"no chunk of {key} is held here")
+        raise _none_held(key)
     latest = max(held, key=lambda c: c.last_access).version
     count = sum(1 for c in held if c.version == latest)
     return web.Response(headers={VERSION_HEADER: latest, CHUNKS_HEADER: str(count)})
