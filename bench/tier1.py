@@ -48,7 +48,7 @@ SMALL_READ = 128 * KiB  # the kernel's default read-ahead, and so its FUSE reads
 # raised to 4 MiB; requests are at most 1 MiB).
 FUSE_READ = 2**20
 IN_FLIGHT = 16  # ranged GETs of the raw limit, as ReadPath's max_parallel_fetches
-WARM_RUNS = 3  # (a) is cheap and noisy: best of 3
+WARM_RUNS = 5  # (a) is cheap (passes of 0.1 s) and noisy: best of 5
 COLD_RUNS = 3
 HOT = 64 * MiB
 SCAN = 512 * MiB

@@ -53,6 +53,11 @@ class ChunkSource(Protocol):
         """
         ...
 
+    def has(self, chunk: ChunkRef) -> bool:
+        """Whether `chunk` is known, without an await, to be in tier 1 or on its way there
+        (a prefetch of it would do nothing). False when unsure."""
+        ...
+
 
 class SequentialReader:
     """The sequential-access detector and read-ahead of one open file at one version.
@@ -158,13 +163,14 @@ class SequentialReader:
             self._claimed.add(index)  # counted once its prefetch turns out to have fetched
         return self._held.get(index)
 
-    def hold(self, index: int, data: Data, kept: asyncio.Future[bool]) -> None:
-        """Chunk `index` arrived: hold it until the reader has passed it, so its next reads
-        neither fetch it again nor re-read (and re-verify) it from tier 1."""
+    def hold(self, index: int, data: Data, kept: asyncio.Future[bool] | None = None) -> None:
+        """Chunk `index` arrived (`kept`: whether tier 1 keeps it; None: read from there):
+        hold it until the reader has passed it, so its next reads neither fetch it again nor
+        re-read (and re-verify) it from tier 1."""
         if self._closed or index < self._first:
             return
         self._held[index] = data
-        if not kept.done():
+        if kept is not None and not kept.done():
             self._storing.add(index)
             kept.add_done_callback(partial(self._stored, index))
 
@@ -227,6 +233,8 @@ class SequentialReader:
             self._next += 1
             if index in self._ready or index in self._held or index in self._tasks:
                 continue
+            if self._source.has(chunk_ref(self.ref, index, self._chunk_size)):
+                continue  # no task for a chunk tier 1 has: a warm read makes none
             task = asyncio.create_task(self._prefetch(index), name=f"prefetch {index}")
             self._tasks[index] = task
             task.add_done_callback(partial(self._done, index))

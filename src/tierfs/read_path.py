@@ -186,6 +186,10 @@ class ReadPath:
         self._readers.add(reader)
         return reader
 
+    def has(self, chunk: ChunkRef) -> bool:
+        """See `ChunkSource.has`: a flight of `chunk` is under way, or tier 1 holds it."""
+        return chunk.id in self._flights or (self._holds is not None and self._holds(chunk.id))
+
     async def prefetch(self, chunk: ChunkRef) -> Prefetched:
         """Bring `chunk` to tier 1 ahead of its reader (the `ChunkSource` of readers)."""
         if chunk.id in self._flights or await self._in_tier1(chunk):
@@ -230,14 +234,20 @@ class ReadPath:
         self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None
     ) -> Data | None:
         """Bytes [lo, hi) of `chunk` without an await: held by the reader, or a usual tier-1
-        hit; else None."""
+        hit; else None. A sequential reader takes the whole chunk at its first read of it
+        (one large copy, not many small ones) and holds it until it has passed it."""
         if reader is not None:
             held = reader.claim(chunk.index)
             if held is not None:
                 return _piece(held, lo, hi)
-        if self._read_now is not None and chunk.id not in self._flights:
-            return self._read_now(chunk, lo, hi - lo)
-        return None
+        if self._read_now is None or chunk.id in self._flights:
+            return None
+        if reader is not None and reader.window and hi - lo < chunk.length:
+            whole = self._read_now(chunk, 0, chunk.length)
+            if whole is not None:
+                reader.hold(chunk.index, whole)
+                return _piece(whole, lo, hi)
+        return self._read_now(chunk, lo, hi - lo)
 
     async def _read_chunk(
         self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None

@@ -24,7 +24,7 @@ from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.providers import open_store
 from tierfs.errors import VersionChangedError
-from tierfs.prefetch import MAX_WINDOW_BYTES, SequentialReader
+from tierfs.prefetch import MAX_WINDOW_BYTES, SEQUENTIAL_AFTER, SequentialReader
 from tierfs.read_path import PeerTier, ReadPath
 from tierfs.stats import NodeStats, Tier
 
@@ -283,6 +283,34 @@ async def test_chunks_read_ahead_are_kept_around_the_page_cache(
             assert page_cached(other, 0)  # fetched for a read: likely read again
             start = await cloud.gets()
             assert await node.path.read(ref, 0, ref.size) == body  # from tier 1, checked
+            assert await cloud.gets() == start
+
+
+@pytest.mark.asyncio
+async def test_a_warm_sequential_read_copies_each_chunk_out_of_tier_1_once(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    chunk = MiB
+    body = random_bytes(16 * MiB, seed=11)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("warm.bin", body)
+        async with node_on(tmp_path / "nvme", cloud.store, chunk_size=chunk) as node:
+            assert await node.path.read(ref, 0, ref.size) == body
+            while node.path.fetches:  # tier 1 writes behind the read (through the page cache)
+                await asyncio.sleep(0.01)
+            assert await node.path.read(ref, 0, ref.size) == body  # tier 1 checks each chunk
+            local = node.stats.tier(Tier.LOCAL)
+            hits_before, start = local.hits, await cloud.gets()
+            reader = node.path.open_reader(ref)
+            for offset in range(0, ref.size, READ):
+                got = await node.path.read(ref, offset, READ, reader)
+                assert got == body[offset : offset + READ], offset
+                assert reader.in_flight == 0  # no read-ahead task for chunks tier 1 has
+                assert reader.held <= 1  # the chunk being read, and nothing more
+            await reader.close()
+            # 8 reads a chunk; all but the first two (before the read counts as sequential)
+            # are served from one copy of their chunk
+            assert local.hits - hits_before == SEQUENTIAL_AFTER + ref.size // chunk
             assert await cloud.gets() == start
 
 

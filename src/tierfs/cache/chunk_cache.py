@@ -189,7 +189,8 @@ class DiskChunkCache:
 
     def read_now(self, chunk: ChunkRef, offset: int, length: int) -> bytes | None:
         """The usual hit without an await: bytes of a checked chunk whose file is open,
-        under LARGE_IO. None when that does not apply (nothing counted): then `read`."""
+        under LARGE_IO or (up to INLINE_READ) in the page cache. None when that does not
+        apply (nothing counted): then `read`."""
         entry = self._entries.get(chunk.id)
         if entry is None or offset < 0 or length < 0 or self._closed:
             return None
@@ -199,7 +200,10 @@ class DiskChunkCache:
         """A page-cache copy from the entry's open file, with no await, so no eviction
         comes between and no pin is needed; None on any trouble (then the slow path)."""
         fd = self._files.get(entry)  # open only for verified entries
-        if fd is None or length >= LARGE_IO:
+        if fd is None or (
+            length >= LARGE_IO
+            and (length > INLINE_READ or not files.in_page_cache(fd, offset, length))
+        ):
             return None
         try:
             got = os.pread(fd, length, offset)
@@ -488,9 +492,12 @@ class DiskChunkCache:
         return task
 
     async def _verify(self, entry: Entry) -> Data | None:
-        read = partial(files.read_verified, self._path(entry.id), entry.size, entry.checksum)
+        path = self._path(entry.id)
+        read = partial(files.read_verified, path, entry.size, entry.checksum)
         try:
             data = await self._run_io(read) if entry.size >= LARGE_IO else read()
+            if data is not None and self._files.get(entry) is None:
+                self._files.add(entry, files.open_chunk(path))  # its next reads: `read_now`
         except OSError as exc:
             await self._discard(entry, exc)
             return None
