@@ -290,7 +290,7 @@ async def test_chunks_read_ahead_are_kept_around_the_page_cache(
 async def test_a_warm_sequential_read_copies_each_chunk_out_of_tier_1_once(
     seaweedfs: servers.S3Server, tmp_path: Path
 ) -> None:
-    chunk = MiB
+    chunk = 2 * MiB
     body = random_bytes(16 * MiB, seed=11)
     async with cloud_on(seaweedfs, tmp_path) as cloud:
         ref = await cloud.put("warm.bin", body)
@@ -300,17 +300,22 @@ async def test_a_warm_sequential_read_copies_each_chunk_out_of_tier_1_once(
                 await asyncio.sleep(0.01)
             assert await node.path.read(ref, 0, ref.size) == body  # tier 1 checks each chunk
             local = node.stats.tier(Tier.LOCAL)
-            hits_before, start = local.hits, await cloud.gets()
-            reader = node.path.open_reader(ref)
-            for offset in range(0, ref.size, READ):
-                got = await node.path.read(ref, offset, READ, reader)
-                assert got == body[offset : offset + READ], offset
-                assert reader.in_flight == 0  # no read-ahead task for chunks tier 1 has
-                assert reader.held <= 1  # the chunk being read, and nothing more
-            await reader.close()
-            # 8 reads a chunk; all but the first two (before the read counts as sequential)
-            # are served from one copy of their chunk
-            assert local.hits - hits_before == SEQUENTIAL_AFTER + ref.size // chunk
+            start = await cloud.gets()
+            for piece, most_held in ((READ, 1), (MiB, 0)):
+                hits_before = local.hits
+                reader = node.path.open_reader(ref)
+                for offset in range(0, ref.size, piece):
+                    got = await node.path.read(ref, offset, piece, reader)
+                    assert got == body[offset : offset + piece], offset
+                    assert reader.in_flight == 0  # no read-ahead task for chunks tier 1 has
+                    assert reader.held <= most_held  # the chunk being read, or none
+                await reader.close()
+                if piece == READ:
+                    # all reads but the first two (before the read counts as sequential)
+                    # are slices of one copy of their chunk
+                    assert local.hits - hits_before == SEQUENTIAL_AFTER + ref.size // chunk
+                else:  # 1 MiB reads are large copies already: each reads its own range
+                    assert local.hits - hits_before == ref.size // piece
             assert await cloud.gets() == start
 
 
