@@ -496,7 +496,8 @@ class DiskChunkCache:
         read = partial(files.read_verified, path, entry.size, entry.checksum)
         try:
             data = await self._run_io(read) if entry.size >= LARGE_IO else read()
-            if data is not None and self._files.get(entry) is None:
+            held = self._entries.get(entry.id) is entry  # so the file at `path` is its own
+            if data is not None and held and self._files.get(entry) is None:
                 self._files.add(entry, files.open_chunk(path))  # its next reads: `read_now`
         except OSError as exc:
             await self._discard(entry, exc)
