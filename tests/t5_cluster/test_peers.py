@@ -190,13 +190,16 @@ def test_a_cluster_with_a_token_serves_its_members_and_refuses_others(
     seaweedfs: servers.S3Server, tmp_path: Path
 ) -> None:
     with running_cluster(seaweedfs, tmp_path, token="cluster-s3cret") as cluster:
-        _, expected = put_dataset(cluster, "private.bin", 16 * MiB)
+        # A owns a chunk, so B reads at least one from A (with any key, B would own all
+        # four chunks one time in 81, and then read none over tier 2)
+        key, data = put_owned(cluster, "node-a", 16 * MiB, prefix="private")
+        expected = hashlib.sha256(data).hexdigest()
         a, b, _ = cluster.nodes
-        assert sha256_of(a.path / "private.bin") == expected
-        assert sha256_of(b.path / "private.bin") == expected
+        assert sha256_of(a.path / key) == expected
+        assert sha256_of(b.path / key) == expected
         assert b.tier("peer")["hits"] >= 1
         for headers in ({}, {"Authorization": "Bearer wrong"}):
-            request = urllib.request.Request(f"{a.url}/api/files/private.bin", headers=headers)
+            request = urllib.request.Request(f"{a.url}/api/files/{key}", headers=headers)
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(request, timeout=10)
             assert refused.value.code == 401
