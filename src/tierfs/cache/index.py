@@ -14,7 +14,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -152,19 +152,9 @@ class ChunkIndex:
     async def insert(self, row: ChunkRow) -> None:
         """Add or replace the row of `row.id` (one committed transaction)."""
 
+        values = astuple(row)  # in column order: the origin binds as its text, dirty as 0/1
+
         def run() -> None:
-            values = (
-                row.id,
-                row.key,
-                row.version,
-                row.chunk_index,
-                row.size,
-                row.checksum,
-                row.last_access,
-                row.hits,
-                str(row.origin),
-                int(row.dirty),
-            )
             self._conn().execute(
                 f"INSERT OR REPLACE INTO chunks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
             )
