@@ -200,10 +200,7 @@ class DiskChunkCache:
         """A page-cache copy from the entry's open file, with no await, so no eviction
         comes between and no pin is needed; None on any trouble (then the slow path)."""
         fd = self._files.get(entry)  # open only for verified entries
-        if fd is None or (
-            length >= LARGE_IO
-            and (length > INLINE_READ or not files.in_page_cache(fd, offset, length))
-        ):
+        if fd is None or not _reads_inline(fd, offset, length):
             return None
         try:
             got = os.pread(fd, length, offset)
@@ -466,9 +463,7 @@ class DiskChunkCache:
             if fd is None:  # before any await: the entry is held, so the file is its own
                 fd = files.open_chunk(self._path(entry.id))
                 self._files.add(entry, fd)
-            if length < LARGE_IO or (
-                length <= INLINE_READ and files.in_page_cache(fd, offset, length)
-            ):
+            if _reads_inline(fd, offset, length):
                 data = files.read_at(fd, offset, length)
             else:
                 data = await self._run_io(partial(files.read_at, fd, offset, length))
@@ -677,6 +672,12 @@ class DiskChunkCache:
         finally:
             await asyncio.to_thread(self._io.shutdown, wait=True)
             self._files.close_all()  # no pread can be under way on a thread now
+
+
+def _reads_inline(fd: int, offset: int, length: int) -> bool:
+    """Whether a read of `fd` runs on the loop: small, or up to INLINE_READ and found in
+    the page cache (a copy, no disk I/O); else it goes to a thread."""
+    return length < LARGE_IO or (length <= INLINE_READ and files.in_page_cache(fd, offset, length))
 
 
 def _held(entry: Entry) -> HeldChunk:
