@@ -44,6 +44,11 @@ DIRECT_ALIGN = 4096
 _DIRECT: int = getattr(os, "O_DIRECT", 0)
 # Aligned buffers kept for O_DIRECT writes: at most this many writes go direct at once.
 DIRECT_BUFFERS = 4
+# A buffered write goes to the page cache in pieces of at most this: the kernel sizes new
+# page-cache folios by the write, and large ones cost these machines far more to fill
+# (1 GiB as 4 MiB files, after drop_caches: 2.0-3.4 s in 4 MiB writes, 1.6 s in 1 MiB
+# ones, 0.44-0.47 s in 64-256 KiB ones).
+BUFFERED_PIECE = 256 * 2**10
 
 
 def is_chunk_id(name: str) -> bool:
@@ -101,7 +106,7 @@ def _write_buffered(path: str, data: Data) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            view = view[os.write(fd, view[:BUFFERED_PIECE]) :]
     finally:
         os.close(fd)
 
