@@ -58,6 +58,11 @@ class ChunkSource(Protocol):
         (a prefetch of it would do nothing). False when unsure."""
         ...
 
+    def warm(self, chunk: ChunkRef) -> None:
+        """`chunk` is in tier 1 (or on its way): start reading it from disk into memory
+        ahead of its reads, without an await. Nothing where that does not apply."""
+        ...
+
 
 class SequentialReader:
     """The sequential-access detector and read-ahead of one open file at one version.
@@ -233,8 +238,10 @@ class SequentialReader:
             self._next += 1
             if index in self._ready or index in self._held or index in self._tasks:
                 continue
-            if self._source.has(chunk_ref(self.ref, index, self._chunk_size)):
-                continue  # no task for a chunk tier 1 has: a warm read makes none
+            chunk = chunk_ref(self.ref, index, self._chunk_size)
+            if self._source.has(chunk):
+                self._source.warm(chunk)  # no task for a chunk tier 1 has: its disk read only
+                continue
             task = asyncio.create_task(self._prefetch(index), name=f"prefetch {index}")
             self._tasks[index] = task
             task.add_done_callback(partial(self._done, index))

@@ -66,6 +66,13 @@ class _KnowsHeld(Protocol):
 
 
 @runtime_checkable
+class _Warms(Protocol):
+    """A tier 1 that can start reading a chunk from disk ahead of its reads."""
+
+    def warm(self, chunk_id: ChunkId) -> None: ...
+
+
+@runtime_checkable
 class _ReadsNow(Protocol):
     """A tier 1 that can serve its usual hit without an await."""
 
@@ -116,6 +123,7 @@ class ReadPath:
         self._prefetch_slots = asyncio.Semaphore(max(1, int(PREFETCH_SHARE * max_parallel_fetches)))
         self._serve_slots = asyncio.Semaphore(max_parallel_fetches)  # fetches for other nodes
         self._holds = cache.holds if isinstance(cache, _KnowsHeld) else None
+        self._warm = cache.warm if isinstance(cache, _Warms) else None
         self._read_now = cache.read_now if isinstance(cache, _ReadsNow) else None
         self._readers: weakref.WeakSet[SequentialReader] = weakref.WeakSet()
         self._closed = False
@@ -193,6 +201,11 @@ class ReadPath:
     def has(self, chunk: ChunkRef) -> bool:
         """See `ChunkSource.has`: a flight of `chunk` is under way, or tier 1 holds it."""
         return chunk.id in self._flights or (self._holds is not None and self._holds(chunk.id))
+
+    def warm(self, chunk: ChunkRef) -> None:
+        """See `ChunkSource.warm`: tier 1 starts reading the chunk's file into memory."""
+        if self._warm is not None:
+            self._warm(chunk.id)
 
     async def prefetch(self, chunk: ChunkRef) -> Prefetched:
         """Bring `chunk` to tier 1 ahead of its reader (the `ChunkSource` of readers)."""

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import servers
 from cloud_targets import server_for, settings_for
+from pagecache import evict, resident
 from tierfs.cache import files
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
@@ -317,6 +318,45 @@ async def test_a_warm_sequential_read_copies_each_chunk_out_of_tier_1_once(
                 else:  # 1 MiB reads are large copies already: each reads its own range
                     assert local.hits - hits_before == ref.size // piece
             assert await cloud.gets() == start
+
+
+@pytest.mark.asyncio
+async def test_read_ahead_brings_tier_1_chunks_from_disk_into_memory(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    chunk = MiB
+    body = random_bytes(8 * MiB, seed=12)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("cold-disk.bin", body)
+        async with node_on(
+            tmp_path / "nvme", cloud.store, chunk_size=chunk, max_window_bytes=2 * MiB
+        ) as node:
+            assert await node.path.read(ref, 0, ref.size) == body
+            while node.path.fetches:
+                await asyncio.sleep(0.01)
+            assert await node.path.read(ref, 0, ref.size) == body  # tier 1 checks each chunk
+            fds = []
+            for index in range(ref.size // chunk):  # as after a while, or drop_caches
+                chunks_dir = str(tmp_path / "nvme" / files.CHUNKS_DIR)
+                fd = files.open_chunk(files.chunk_path(chunks_dir, chunk_ref(ref, index, chunk).id))
+                fds.append(fd)
+                evict(fd, chunk)
+            try:
+                assert [resident(fd, chunk) for fd in fds] == [0] * len(fds)
+                reader = node.path.open_reader(ref)
+                for offset in range(0, chunk + READ, READ):  # into chunk 1: a window of 2
+                    got = await node.path.read(ref, offset, READ, reader)
+                    assert got == body[offset : offset + READ]
+                deadline = time.monotonic() + 10
+                while [resident(fd, chunk) for fd in fds[2:4]] != [chunk, chunk]:
+                    assert time.monotonic() < deadline, "chunks 2 and 3 never came from disk"
+                    await asyncio.sleep(0.01)
+                assert [resident(fd, chunk) for fd in fds[4:]] == [0] * 4  # beyond the window
+                assert reader.in_flight == 0  # no cloud fetch for chunks tier 1 has
+                await reader.close()
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
 
 @pytest.mark.asyncio

@@ -257,6 +257,26 @@ class DiskChunkCache:
         """Whether `chunk_id` is cached now."""
         return chunk_id in self._entries
 
+    def warm(self, chunk_id: ChunkId) -> None:
+        """Start reading a held chunk's file into the page cache ahead of its reads, so
+        that they are served at once from memory (see `files.advise_read`); nothing if the
+        chunk is not held. Neither a hit nor an access."""
+        entry = self._entries.get(chunk_id)
+        if entry is None or self._closed:
+            return
+        fd = self._files.get(entry)
+        if fd is not None:
+            files.advise_read(fd, entry.size)
+            return
+        try:  # not checked yet (its first read checks it), or its fd was closed
+            fd = files.open_chunk(self._path(entry.id))
+        except OSError:
+            return  # gone: its read finds out and drops it
+        try:
+            files.advise_read(fd, entry.size)
+        finally:
+            os.close(fd)
+
     def used(self, origin: Origin) -> int:
         """Bytes on disk (or reserved by writes under way) counted against `origin`."""
         return self._budgets[origin].used

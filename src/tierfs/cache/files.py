@@ -10,6 +10,7 @@ write path and is never looked into here.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -104,11 +105,20 @@ def write_chunk(path: str, data: Data, *, around_page_cache: bool = False) -> st
 def _write_buffered(path: str, data: Data) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view[:BUFFERED_PIECE]) :]
+        pwrite_all(fd, data, 0)
     finally:
         os.close(fd)
+
+
+def pwrite_all(fd: int, data: Data, offset: int) -> int:
+    """Write all of `data` at `offset` through the page cache, in BUFFERED_PIECE pieces,
+    or raise: a disk filling up gives a short write first, then ENOSPC, and the caller
+    must learn of it (not report a short write)."""
+    done = 0
+    with memoryview(data) as view:
+        while done < len(view):
+            done += os.pwrite(fd, view[done : done + BUFFERED_PIECE], offset + done)
+    return done
 
 
 def _write_direct(path: str, data: Data) -> bool:
@@ -198,11 +208,20 @@ def read_at(fd: int, offset: int, length: int) -> bytes:
     return b"".join(parts)
 
 
+def advise_read(fd: int, length: int) -> None:
+    """Ask the kernel to read bytes [0, length) of `fd` into the page cache in the
+    background (POSIX_FADV_WILLNEED); returns at once. Only a hint: errors are ignored."""
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+
+
 def in_page_cache(fd: int, offset: int, length: int) -> bool:
     """Whether bytes [offset, offset + length) of `fd` seem to be in the page cache, so
     that reading them takes a copy and no disk I/O: one byte of every PROBE_STRIDE and
-    the last one, each read with RWF_NOWAIT (EAGAIN: not cached). False where the flag
-    is not supported (not Linux, or a filesystem without it)."""
+    the last one, each read with RWF_NOWAIT (EAGAIN: not cached). Never waits; a probe
+    that misses lets the kernel start reading there (its read-ahead), which the read
+    that follows wants anyway. False where the flag is not supported (not Linux, or a
+    filesystem without it)."""
     if _NOWAIT is None:
         return False
     probe = bytearray(1)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from tierfs.cache.files import DISK_FULL_ERRNOS
+from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
 from tierfs.cloud.base import CloudStore
 from tierfs.errors import (
     CloudError,
@@ -393,7 +393,7 @@ class Filesystem:
             await self._stage(file, keep=file.node.size)
             assert file.fd is not None
             try:
-                written = await asyncio.to_thread(_pwrite_all, file.fd, data, offset)
+                written = await asyncio.to_thread(pwrite_all, file.fd, data, offset)
             except OSError as exc:
                 if exc.errno not in DISK_FULL_ERRNOS or offset != file.node.size:
                     raise
@@ -435,7 +435,7 @@ class Filesystem:
         try:
             for start in range(0, keep, COPY_PIECE):
                 data = await self.read_path.read(ref, start, min(COPY_PIECE, keep - start))
-                await asyncio.to_thread(os.pwrite, file.fd, data, start)
+                await asyncio.to_thread(pwrite_all, file.fd, data, start)
         except BaseException:
             self.staging.discard(file)
             raise
@@ -521,16 +521,6 @@ class Filesystem:
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
-    """Write all of `data` at `offset` or raise: a disk filling up gives a short write
-    first, then ENOSPC, and the caller must learn of it (not report a short write)."""
-    done = 0
-    with memoryview(data) as view:
-        while done < len(data):
-            done += os.pwrite(fd, view[done:], offset + done)
-    return done
 
 
 async def _bounded(keys: list[str], operation: Callable[[str], Awaitable[None]]) -> None:
