@@ -33,7 +33,9 @@ run: setup
 test: lint typecheck
 	$(VENV)/bin/pytest tests/t1_unit tests/t2_components tests/t4_fuse tests/t5_cluster
 
+# The rivals of bench/fuse.py: Debian 12's rclone 1.60 and s3fs 1.90.
 bench: setup
+	scripts/install-system-packages.sh rclone s3fs
 	$(PYTHON) bench/cloud.py
 	$(PYTHON) bench/tier1.py
 	$(PYTHON) bench/fuse.py

@@ -1,14 +1,18 @@
 """Through a real mount: each figure beside its raw limit measured in the same run and its target.
 
 Run from the repo root, as root: `.venv/bin/python bench/fuse.py [--runs 2] [--json PATH]
-[--only GROUP ...]` (groups: sequential, random, small, listing, write).
-`tierfs client` runs as its own process on a local SeaweedFS (the S3 provider, default
-flags); the data goes into the bucket through the CloudStore before any mount. The targets
-are the best of rclone 1.60 and s3fs 1.90 measured on this kind of machine. "Cold" is a new
-mount with an empty tier-1 dir, after `sync; echo 3 > /proc/sys/vm/drop_caches`; "warm" the
-same mount again. "Caches dropped" drops them again (not O_DIRECT): tier 1 is then read from
-disk, as its limit is. Each figure and each limit is the best of `--runs` runs (the machine
-is shared); every byte read or written is checked against its source, outside the timing.
+[--only GROUP ...] [--rivals CONFIGURATION ... | none]` (groups: sequential, random, small,
+listing, write). `tierfs client` runs as its own process on a local SeaweedFS (the S3
+provider, default flags); the data goes into the bucket through the CloudStore before any
+mount. The rivals (`bench/rivals.py`: rclone 1.60 and s3fs 1.90, each with and without its
+disk cache) mount the same bucket and are timed by the same functions in every run, in turn
+with tierfs; the targets are the best of them as the issue measured them on this kind of
+machine another day. "Cold" is a new mount with an empty cache dir, after `sync; echo 3 >
+/proc/sys/vm/drop_caches`; "warm" the same mount again. "Caches dropped" drops them again
+(not O_DIRECT): tier 1 is then read from disk, as its limit is. A write is timed until the
+object is in the bucket. Each figure and each limit is the best of `--runs` runs (the
+machine is shared); every byte read or written is checked against its source, outside the
+timing.
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ from tier1 import KiB, parallel_get, warm_connections
 from tierfs.chunks import ObjectRef
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.providers import open_store
+from tierfs.errors import ObjectNotFoundError
 from tierfs.settings import ClientSettings, load_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import servers  # noqa: E402  (tests/ is a folder on sys.path, not a package)
 from cloud_targets import target_flags  # noqa: E402
 from mounts import Mount  # noqa: E402
+from rivals import RIVALS, RivalMount, require  # noqa: E402
 
 BIG, SIZE = "big.bin", GiB
 PIECE = MiB  # each read() and write() of the sequential figures
@@ -89,7 +95,9 @@ FIGURES: dict[str, tuple[str, float, str, str]] = {
 }  # fmt: skip
 RSS = "client RSS after the run"
 GROUPS = ["sequential", "random", "small", "listing", "write"]  # of figures, for --only
-Measured = dict[str, tuple[float, float]]  # figure -> (tierfs, limit)
+TIERFS = "tierfs"
+DURABLE_WITHIN = 300.0  # seconds a written object may take to reach the bucket
+Measured = dict[str, tuple[float, float]]  # figure -> (the mounted system's, limit)
 
 
 @dataclass
@@ -102,12 +110,22 @@ class Row:
     limit: float | None
     target: float
     about: str
+    rival: float | None = None  # the best rival's figure in the same run
+    rival_is: str = ""  # which configuration that was
     lower_is_better: bool = False
+
+    def beats(self, other: float) -> bool:
+        return self.value < other if self.lower_is_better else self.value > other
 
     @property
     def ahead(self) -> bool:
         """Whether tierfs beats the target."""
-        return self.value < self.target if self.lower_is_better else self.value > self.target
+        return self.beats(self.target)
+
+    @property
+    def ahead_of_rivals(self) -> bool | None:
+        """Whether tierfs beats every rival in the same run (None: none was measured)."""
+        return None if self.rival is None else self.beats(self.rival)
 
 
 def drop_caches() -> None:
@@ -118,35 +136,47 @@ def drop_caches() -> None:
 
 @dataclass
 class Bench:
-    """The bucket, a CloudStore on it, and every client started (stopped at the end)."""
+    """The bucket, a CloudStore on it, the system being measured (tierfs or a rival's
+    configuration), and every client started (stopped at the end)."""
 
     work: Path
     flags: dict[str, str]
     env: dict[str, str]
     store: CloudStore
-    mounts: list[Mount] = field(default_factory=list)
-    rss: dict[str, tuple[float, float]] = field(default_factory=dict)  # VmRSS, VmHWM in MB
+    system: str = TIERFS
+    mounts: list[Mount | RivalMount] = field(default_factory=list)
+    # VmRSS, VmHWM in MB of each client, by system and mount
+    rss: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
-    def cold_mount(self, name: str) -> Mount:
-        """A new client on an empty tier-1 dir, started once the kernel caches are dropped."""
-        root = self.work / f"{name}-{len(self.mounts) + 1}"
+    def cold_mount(self, name: str) -> Mount | RivalMount:
+        """A new client of `system` on an empty cache dir, started once the kernel caches
+        are dropped."""
+        root = self.work / f"{self.system.replace(' ', '-')}-{name}-{len(self.mounts) + 1}"
         root.mkdir()
-        flags = self.flags | {"port": str(servers.free_ports(1)[0])}
-        mount = Mount(root / "mnt", root / "nvme", flags, self.env, root / "client.log")
+        mount: Mount | RivalMount
+        if self.system == TIERFS:
+            flags = self.flags | {"port": str(servers.free_ports(1)[0])}
+            mount = Mount(root / "mnt", root / "nvme", flags, self.env, root / "client.log")
+        else:
+            log = root / "client.log"
+            mount = RivalMount(self.system, root / "mnt", root / "cache", self.flags, self.env, log)
         self.mounts.append(mount)
         drop_caches()
         return mount.start()
 
-    def stop(self, mount: Mount) -> None:
-        """Note the client's memory, stop it, and exit if it failed or logged an error."""
+    def stop(self, mount: Mount | RivalMount) -> None:
+        """Note the client's memory, stop it, and exit if it failed (or tierfs logged an
+        error)."""
         assert mount.proc is not None
         status = Path(f"/proc/{mount.proc.pid}/status").read_text().splitlines()
         kib = {line.split(":")[0]: int(line.split()[1]) for line in status if line.endswith("kB")}
-        self.rss[mount.path.parent.name] = (kib["VmRSS"] * KiB / MB, kib["VmHWM"] * KiB / MB)
+        memory = (kib["VmRSS"] * KiB / MB, kib["VmHWM"] * KiB / MB)
+        self.rss.setdefault(self.system, {})[mount.path.parent.name] = memory
         code = mount.stop()
         log = mount.log.read_text(errors="replace")
-        if code != 0 or " ERROR " in log or "Traceback" in log:
-            raise SystemExit(f"tierfs client exited {code}; {mount.log}:\n{mount.log_tail()}")
+        failed = self.system == TIERFS and (" ERROR " in log or "Traceback" in log)
+        if code != 0 or failed:
+            raise SystemExit(f"{self.system} exited {code}; {mount.log}:\n{mount.log_tail()}")
 
 
 # -- what is timed: the same function on the mount and on its local limit ---------------------
@@ -220,10 +250,9 @@ def ls_l(folder: Path) -> float:
     return ENTRIES / seconds
 
 
-def write_durable(path: Path, data: bytes) -> float:
-    """MiB/s of writing `data` to a new file in PIECE writes, then fsync and close."""
+def write_closed(path: Path, data: bytes) -> None:
+    """Write `data` to a new file in PIECE writes, then fsync and close."""
     view = memoryview(data)
-    started = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         written = 0
@@ -232,7 +261,21 @@ def write_durable(path: Path, data: bytes) -> float:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return len(data) / MiB / (time.perf_counter() - started)
+
+
+async def in_bucket(store: CloudStore, key: str, size: int) -> None:
+    """Return once the bucket holds `key` at `size` bytes (at once for tierfs, whose close
+    returns when it does; rclone's cache uploads after close); exit after DURABLE_WITHIN."""
+    deadline = time.monotonic() + DURABLE_WITHIN
+    while True:
+        try:
+            if (await store.head(key)).size == size:
+                return
+        except ObjectNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{key}: not in the bucket {DURABLE_WITHIN:.0f} s after close")
+        await asyncio.sleep(0.01)
 
 
 # -- the cloud limits -------------------------------------------------------------------------
@@ -370,8 +413,11 @@ async def write_figures(bench: Bench, data: Data) -> Measured:
     cloud = WRITE_SIZE / MiB / (time.perf_counter() - started)
     mount = bench.cold_mount("write")
     key = f"written-{len(bench.mounts)}.bin"
-    rate = await asyncio.to_thread(write_durable, mount.path / key, body)
-    meta = await bench.store.head(key)  # before the client stops: close made it durable
+    started = time.perf_counter()
+    await asyncio.to_thread(write_closed, mount.path / key, body)
+    await in_bucket(bench.store, key, len(body))
+    rate = WRITE_SIZE / MiB / (time.perf_counter() - started)
+    meta = await bench.store.head(key)
     if await bench.store.get_range(key, 0, meta.size, meta.version) != body:
         raise SystemExit(f"{key}: the bucket does not hold the bytes written")
     bench.stop(mount)
@@ -419,54 +465,84 @@ async def measure(bench: Bench, data: Data, buffer: bytearray, groups: set[str])
     return measured
 
 
-async def run(bench: Bench, source: Path, runs: int, groups: set[str]) -> list[Row]:
-    """The figures of `groups`, each `runs` times; the best of each (and of each limit),
-    then the RSS."""
-    best: dict[str, tuple[float, float]] = {}
+Best = dict[str, Measured]  # system -> figure -> (its best, the best limit beside it)
+
+
+async def run(
+    bench: Bench, source: Path, runs: int, groups: set[str], rivals: list[str]
+) -> tuple[list[Row], Best]:
+    """The figures of `groups` for tierfs and each rival in turn, `runs` times; the rows of
+    tierfs's best figures beside the best rival's and the best limit, then the RSS."""
+    best: Best = {}
     try:
         started = time.perf_counter()
         data = await fill(bench, source, groups)
         print(f"data put in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         buffer = bytearray(SIZE)
         for number in range(1, runs + 1):
-            print(f"run {number} of {runs}", file=sys.stderr)
-            for figure, (value, limit) in (await measure(bench, data, buffer, groups)).items():
-                print(f"  {figure:<36} {value:>9,.0f} (limit {limit:,.0f})", file=sys.stderr)
-                old = best.get(figure, (0.0, 0.0))
-                best[figure] = (max(old[0], value), max(old[1], limit))
+            for system in [TIERFS, *rivals]:
+                print(f"run {number} of {runs}: {system}", file=sys.stderr)
+                bench.system = system
+                mine = best.setdefault(system, {})
+                for figure, (value, limit) in (await measure(bench, data, buffer, groups)).items():
+                    print(f"  {figure:<36} {value:>9,.0f} (limit {limit:,.0f})", file=sys.stderr)
+                    old = mine.get(figure, (0.0, 0.0))
+                    mine[figure] = (max(old[0], value), max(old[1], limit))
     finally:
         await bench.store.close()
     rows = []
     for figure, (unit, target, limit_is, how) in FIGURES.items():
-        if figure not in best:
+        if figure not in best[TIERFS]:
             continue
-        value, limit = best[figure]
-        rows.append(
-            Row(figure, unit, value, limit, target, "; ".join(filter(None, [limit_is, how])))
-        )
-    name, (rss, peak) = max(bench.rss.items(), key=lambda item: item[1][0])
-    each = ", ".join(f"{n} {r:,.0f}" for n, (r, _) in bench.rss.items())
-    about = f"the largest ({name}) of {len(bench.rss)} clients: {each}; VmHWM {peak:,.0f}"
-    return [*rows, Row(RSS, "MB", rss, None, 200, about, lower_is_better=True)]
+        limit = max(figures[figure][1] for figures in best.values())
+        theirs = {system: best[system][figure][0] for system in rivals}
+        rival_is = max(theirs, key=theirs.__getitem__, default="")
+        about = "; ".join(filter(None, [limit_is, how]))
+        row = Row(figure, unit, best[TIERFS][figure][0], limit, target, about)
+        row.rival, row.rival_is = theirs.get(rival_is), rival_is
+        rows.append(row)
+    return [*rows, rss_row(bench.rss, rivals)], best
+
+
+def rss_row(rss: dict[str, dict[str, tuple[float, float]]], rivals: list[str]) -> Row:
+    """tierfs's largest client RSS after its run, beside the leanest rival's largest."""
+    name, (largest, peak) = max(rss[TIERFS].items(), key=lambda item: item[1][0])
+    each = ", ".join(f"{n} {r:,.0f}" for n, (r, _) in rss[TIERFS].items())
+    about = f"the largest ({name}) of {len(rss[TIERFS])} clients: {each}; VmHWM {peak:,.0f}"
+    row = Row(RSS, "MB", largest, None, 200, about, lower_is_better=True)
+    theirs = {system: max(r for r, _ in rss[system].values()) for system in rivals}
+    if theirs:
+        row.rival_is = min(theirs, key=theirs.__getitem__)
+        row.rival = theirs[row.rival_is]
+    return row
+
+
+def yes_no(ahead: bool | None) -> str:
+    return "-" if ahead is None else "yes" if ahead else "NO"
+
+
+def number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
 
 
 def table(rows: list[Row]) -> str:
     """A plain aligned table: text columns left, figures right."""
-    head = ["figure", "unit", "tierfs", "limit", "of limit", "target", "ahead", "limit is; how"]
+    head = ["figure", "unit", "tierfs", "best rival", "rival", "ahead", "limit", "of limit"]
+    head += ["target", "ahead", "limit is; how"]
     cells = [head]
     for r in rows:
-        limit, share = (
-            ("-", "-") if r.limit is None else (f"{r.limit:,.0f}", f"{r.value / r.limit:.0%}")
-        )
+        share = "-" if r.limit is None else f"{r.value / r.limit:.0%}"
         target = f"{'< ' if r.lower_is_better else ''}{r.target:,.0f}"
-        ahead = "yes" if r.ahead else "NO"
-        value = f"{r.value:,.1f}" if r.value < 1000 else f"{r.value:,.0f}"
-        cells.append([r.figure, r.unit, value, limit, share, target, ahead, r.about])
+        rival = [number(r.rival), r.rival_is or "-", yes_no(r.ahead_of_rivals)]
+        cells.append([r.figure, r.unit, number(r.value), *rival, number(r.limit), share])
+        cells[-1] += [target, yes_no(r.ahead), r.about]
     widths = [max(len(line[column]) for line in cells) for column in range(len(head))]
     lines = []
     for line in cells:
         padded = [cell.ljust(width) for cell, width in zip(line, widths, strict=True)]
-        for column in (2, 3, 4, 5):
+        for column in (2, 3, 6, 7, 8):
             padded[column] = line[column].rjust(widths[column])
         lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
@@ -479,7 +555,16 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=GROUPS, default=GROUPS, help="measure only these groups"
     )
+    parser.add_argument(
+        "--rivals",
+        nargs="+",
+        choices=[*RIVALS, "none"],
+        default=list(RIVALS),
+        help="rival configurations to measure in the same run (all; none: tierfs alone)",
+    )
     args = parser.parse_args()
+    rivals = [rival for rival in args.rivals if rival != "none"]
+    require({RIVALS[rival][0] for rival in rivals})
     if not os.access(DROP_CACHES, os.W_OK):
         raise SystemExit(
             f"bench/fuse.py: cannot write {DROP_CACHES} for the cold figures: run as root"
@@ -493,7 +578,7 @@ def main() -> None:
         flags, env = target_flags("s3-seaweedfs", server, work)
         store = open_store(load_settings(ClientSettings, flags, env))
         bench = Bench(work, flags, env, store)
-        rows = asyncio.run(run(bench, source, args.runs, set(args.only)))
+        rows, best = asyncio.run(run(bench, source, args.runs, set(args.only), rivals))
     finally:
         if bench is not None:
             for mount in bench.mounts:
@@ -506,13 +591,21 @@ def main() -> None:
     print(
         f"\n{os.cpu_count()} cores, load average {load_before:.2f} before and {load_after:.2f} "
         f"after, {runtime:.0f} s. Best of {args.runs} runs per figure and per limit, each cold\n"
-        "one on a new client; every byte read or written was checked. Targets: the best of\n"
-        "rclone 1.60 and s3fs 1.90 on this kind of machine."
+        "one on a new client; every byte read or written was checked. Rivals: the best of\n"
+        f"{', '.join(rivals) or 'none'} in the same runs. Targets: the best of rclone 1.60 and\n"
+        "s3fs 1.90 as the issue measured them on this kind of machine."
     )
     if args.json:
         run_info = {"cores": os.cpu_count(), "load_average": [load_before, load_after]}
-        rows_out = [asdict(r) | {"ahead": r.ahead} for r in rows]
+        rows_out = [
+            asdict(r) | {"ahead": r.ahead, "ahead_of_rivals": r.ahead_of_rivals} for r in rows
+        ]
+        systems = {
+            system: {f: list(pair) for f, pair in figures.items()}
+            for system, figures in best.items()
+        }
         report = {**run_info, "runs": args.runs, "runtime_s": round(runtime, 1), "rows": rows_out}
+        report |= {"systems": systems, "rss": bench.rss}
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
