@@ -72,3 +72,8 @@ def chunks_covering(obj: ObjectRef, offset: int, size: int, chunk_size: int) -> 
 def checksum(data: bytes | memoryview) -> str:
     """The checksum stored beside every chunk: xxh3-64, several GB/s per core."""
     return xxhash.xxh3_64_hexdigest(data)
+
+
+def checksum_of_pieces() -> xxhash.xxh3_64:
+    """`checksum` of bytes given in pieces: `update` with each in order, then `hexdigest`."""
+    return xxhash.xxh3_64()

@@ -107,6 +107,17 @@ def test_failed_write_removes_its_temp_file(chunks_dir: str) -> None:
     assert temps(chunks_dir) == []
 
 
+@pytest.mark.parametrize("size", [files.VERIFY_PIECE - 1, 3 * files.VERIFY_PIECE + 7])
+def test_verify_reads_in_pieces(chunks_dir: str, size: int) -> None:
+    path = files.chunk_path(chunks_dir, ID)
+    data = bytearray(os.urandom(size))
+    digest = files.write_chunk(path, data)
+    assert files.verify(path, size, digest)
+    data[-1] ^= 1  # a flip in the last piece
+    files.write_chunk(path, data)
+    assert not files.verify(path, size, digest)
+
+
 def test_read_at_and_verify(chunks_dir: str) -> None:
     path = files.chunk_path(chunks_dir, ID)
     data = os.urandom(10_000)
@@ -118,13 +129,13 @@ def test_read_at_and_verify(chunks_dir: str) -> None:
         assert files.read_at(fd, 10_000, 50) == b""
     finally:
         os.close(fd)
-    assert files.read_verified(path, len(data), digest) == data
-    assert files.read_verified(path, len(data) + 1, digest) is None  # size differs
-    assert files.read_verified(path, len(data), checksum(b"other")) is None
+    assert files.verify(path, len(data), digest)
+    assert not files.verify(path, len(data) + 1, digest)  # size differs
+    assert not files.verify(path, len(data), checksum(b"other"))
     with open(path, "r+b") as f:
         f.seek(5_000)
         f.write(bytes([data[5_000] ^ 1]))
-    assert files.read_verified(path, len(data), digest) is None
+    assert not files.verify(path, len(data), digest)
     assert files.remove(path) is True
     assert files.remove(path) is False
     with pytest.raises(FileNotFoundError):

@@ -173,12 +173,9 @@ class DiskChunkCache:
             return got
         entry.readers += 1  # pinned: eviction skips it, so its file stays while we read
         try:
-            data: Data | None
-            if entry.verified:
+            data: Data | None = None
+            if entry.verified or await asyncio.shield(self._check(entry)):
                 data = await self._pread(entry, offset, length)
-            else:
-                whole = await asyncio.shield(self._check(entry))
-                data = None if whole is None else whole[offset : offset + length]
         finally:
             self._unpin(entry)
         if data is None:
@@ -495,35 +492,35 @@ class DiskChunkCache:
             return None
         return data
 
-    def _check(self, entry: Entry) -> asyncio.Task[Data | None]:
+    def _check(self, entry: Entry) -> asyncio.Task[bool]:
         """The first read's checksum check of `entry`: one task that concurrent first
-        reads share. Its result is the whole chunk, or None if the file is bad."""
+        reads share. True when the file is good (its reads follow from the page cache,
+        where the check brought it); False when it was bad, and is dropped."""
         task = entry.checking
         if task is None:
             entry.readers += 1  # released by the task
             task = entry.checking = self._spawn(self._verify(entry))
-            # Drop the reference when done: the result is the whole chunk.
             task.add_done_callback(lambda _: setattr(entry, "checking", None))
         return task
 
-    async def _verify(self, entry: Entry) -> Data | None:
+    async def _verify(self, entry: Entry) -> bool:
         path = self._path(entry.id)
-        read = partial(files.read_verified, path, entry.size, entry.checksum)
+        check = partial(files.verify, path, entry.size, entry.checksum)
         try:
-            data = await self._run_io(read) if entry.size >= LARGE_IO else read()
+            good = await self._run_io(check) if entry.size >= LARGE_IO else check()
             held = self._entries.get(entry.id) is entry  # so the file at `path` is its own
-            if data is not None and held and self._files.get(entry) is None:
+            if good and held and self._files.get(entry) is None:
                 self._files.add(entry, files.open_chunk(path))  # its next reads: `read_now`
         except OSError as exc:
             await self._discard(entry, exc)
-            return None
+            return False
         finally:
             self._unpin(entry)
-        if data is None:
+        if not good:
             await self._discard(entry, None)
-            return None
+            return False
         entry.verified = True
-        return data
+        return True
 
     def _unpin(self, entry: Entry) -> None:
         """A read of `entry` is over: the last one closes the fd of a forgotten entry."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tierfs.cache.base import Origin
-from tierfs.chunks import ChunkId, Data
+from tierfs.chunks import ChunkId
 
 
 @dataclass(slots=True, eq=False)
@@ -31,7 +31,7 @@ class Entry:
     hits: int
     verified: bool = False  # checksum checked since it was written or the process started
     readers: int = 0  # reads under way: a pinned entry is never evicted
-    checking: asyncio.Task[Data | None] | None = None  # the first read's checksum check
+    checking: asyncio.Task[bool] | None = None  # the first read's checksum check
 
 
 class LruBudget:
