@@ -13,12 +13,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import servers  # tests/ is on sys.path (bench/fuse.py puts it there)
-from mounts import MOUNT_TIMEOUT, is_mounted, is_serving
+from mounts import is_mounted, tail, wait_until_serving
 
 # Both read ahead and fetch in parallel as far as their flags allow: the best they can do.
 RCLONE_TUNING = ["--buffer-size", "64M", "--vfs-read-ahead", "64M", "--transfers", "16"]
@@ -100,19 +99,13 @@ class RivalMount:
                 env=env,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not is_serving(self.path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(
-                    f"{self.configuration} did not mount {self.path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+        if not wait_until_serving(self.path, self.proc):
+            self.stop()
+            raise SystemExit(f"{self.configuration} did not mount {self.path}:\n{self.log_tail()}")
         return self
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log, lines)
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """Unmount (both rivals then exit) and wait; SIGKILL its group past `timeout`."""

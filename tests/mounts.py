@@ -40,6 +40,23 @@ def is_serving(path: Path) -> bool:
     return is_mounted(path)
 
 
+def wait_until_serving(path: Path, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait until a filesystem answers at `path`; False if `proc` exits first or
+    MOUNT_TIMEOUT passes."""
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while not is_serving(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def tail(log: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a log file ('' before it exists)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 @dataclass
 class Mount:
     """A running client: its mount point, cache dir, process and log."""
@@ -77,17 +94,13 @@ class Mount:
                 env=servers.clean_env(**self.env),
                 start_new_session=True,
             )
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not is_serving(self.path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"tierfs did not mount {self.path}:\n{self.log_tail()}")
-            time.sleep(0.05)
+        if not wait_until_serving(self.path, self.proc):
+            self.kill()
+            raise RuntimeError(f"tierfs did not mount {self.path}:\n{self.log_tail()}")
         return self
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log, lines)
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (dirty files upload, then unmount) and wait; returns the exit code."""
