@@ -498,9 +498,8 @@ async def run(
         theirs = {system: best[system][figure][0] for system in rivals}
         rival_is = max(theirs, key=theirs.__getitem__, default="")
         about = "; ".join(filter(None, [limit_is, how]))
-        row = Row(figure, unit, best[TIERFS][figure][0], limit, target, about)
-        row.rival, row.rival_is = theirs.get(rival_is), rival_is
-        rows.append(row)
+        mine, rival = best[TIERFS][figure][0], theirs.get(rival_is)
+        rows.append(Row(figure, unit, mine, limit, target, about, rival, rival_is))
     return [*rows, rss_row(bench.rss, rivals)], best
 
 
@@ -509,12 +508,10 @@ def rss_row(rss: dict[str, dict[str, tuple[float, float]]], rivals: list[str]) -
     name, (largest, peak) = max(rss[TIERFS].items(), key=lambda item: item[1][0])
     each = ", ".join(f"{n} {r:,.0f}" for n, (r, _) in rss[TIERFS].items())
     about = f"the largest ({name}) of {len(rss[TIERFS])} clients: {each}; VmHWM {peak:,.0f}"
-    row = Row(RSS, "MB", largest, None, 200, about, lower_is_better=True)
     theirs = {system: max(r for r, _ in rss[system].values()) for system in rivals}
-    if theirs:
-        row.rival_is = min(theirs, key=theirs.__getitem__)
-        row.rival = theirs[row.rival_is]
-    return row
+    leanest = min(theirs, key=theirs.__getitem__, default="")
+    rival = theirs.get(leanest)
+    return Row(RSS, "MB", largest, None, 200, about, rival, leanest, lower_is_better=True)
 
 
 def yes_no(ahead: bool | None) -> str:
@@ -600,12 +597,8 @@ def main() -> None:
         rows_out = [
             asdict(r) | {"ahead": r.ahead, "ahead_of_rivals": r.ahead_of_rivals} for r in rows
         ]
-        systems = {
-            system: {f: list(pair) for f, pair in figures.items()}
-            for system, figures in best.items()
-        }
         report = {**run_info, "runs": args.runs, "runtime_s": round(runtime, 1), "rows": rows_out}
-        report |= {"systems": systems, "rss": bench.rss}
+        report |= {"systems": best, "rss": bench.rss}
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 

@@ -21,14 +21,7 @@ from mounts import is_mounted, tail, wait_until_serving
 
 # Both read ahead and fetch in parallel as far as their flags allow: the best they can do.
 RCLONE_TUNING = ["--buffer-size", "64M", "--vfs-read-ahead", "64M", "--transfers", "16"]
-S3FS_TUNING = [
-    "-o",
-    "parallel_count=16",
-    "-o",
-    "multireq_max=16",
-    "-o",
-    "max_stat_cache_size=100000",
-]
+S3FS_TUNING = ["parallel_count=16", "multireq_max=16", "max_stat_cache_size=100000"]  # -o
 # configuration -> (program, whether it keeps a disk cache)
 RIVALS: dict[str, tuple[str, bool]] = {
     "rclone cached": ("rclone", True),
@@ -81,7 +74,8 @@ class RivalMount:
         passwords.chmod(0o600)
         args = ["s3fs", bucket, str(self.path), "-f", "-o", f"url={endpoint}"]
         args += ["-o", "use_path_request_style", "-o", f"passwd_file={passwords}"]
-        args += ["-o", f"endpoint={self.flags['s3_region']}", *S3FS_TUNING]
+        args += ["-o", f"endpoint={self.flags['s3_region']}"]
+        args += [part for option in S3FS_TUNING for part in ("-o", option)]
         args += ["-o", f"use_cache={self.cache}"] if cached else []
         return args, servers.clean_env()
 

@@ -10,9 +10,9 @@ import time
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def resident(fd: int, size: int) -> int:
-    """Bytes of the file's first `size` in the page cache, in whole pages (mincore: unlike
-    a read, even a RWF_NOWAIT one, it starts no read-ahead)."""
+def cached_pages(fd: int, size: int) -> set[int]:
+    """The pages (offset // PAGESIZE) of the file's first `size` bytes that are in the page
+    cache (mincore: unlike a read, even a RWF_NOWAIT one, it starts no read-ahead)."""
     pages = -(-size // mmap.PAGESIZE)
     vector = (ctypes.c_ubyte * pages)()
     with mmap.mmap(fd, size, access=mmap.ACCESS_COPY) as mapped:
@@ -21,7 +21,7 @@ def resident(fd: int, size: int) -> int:
         del start  # the buffer export must end before the map closes
     if failed:
         raise OSError(ctypes.get_errno(), "mincore failed")
-    return sum(mmap.PAGESIZE for page in vector if page & 1)
+    return {index for index, page in enumerate(vector) if page & 1}
 
 
 def evict(fd: int, size: int) -> None:
@@ -32,7 +32,8 @@ def evict(fd: int, size: int) -> None:
     deadline = time.monotonic() + 1
     while True:
         os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
-        if not resident(fd, size):
+        left = cached_pages(fd, size)
+        if not left:
             return
-        assert time.monotonic() < deadline, f"{resident(fd, size)} bytes stay in the page cache"
+        assert time.monotonic() < deadline, f"{len(left)} pages stay in the page cache"
         time.sleep(0.01)
