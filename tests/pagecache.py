@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import time
 
-LIBC = ctypes.CDLL(None, use_errno=True)
+from tierfs.cache import files
 
 
 def cached_pages(fd: int, size: int) -> set[int]:
-    """The pages (offset // PAGESIZE) of the file's first `size` bytes that are in the page
-    cache (mincore: unlike a read, even a RWF_NOWAIT one, it starts no read-ahead)."""
-    pages = -(-size // mmap.PAGESIZE)
-    vector = (ctypes.c_ubyte * pages)()
-    with mmap.mmap(fd, size, access=mmap.ACCESS_COPY) as mapped:
-        start = ctypes.c_char.from_buffer(mapped)
-        failed = LIBC.mincore(ctypes.byref(start), ctypes.c_size_t(size), vector)
-        del start  # the buffer export must end before the map closes
-    if failed:
-        raise OSError(ctypes.get_errno(), "mincore failed")
-    return {index for index, page in enumerate(vector) if page & 1}
+    """The pages (offset // PAGESIZE) of the file's first `size` bytes in the page cache."""
+    resident = files.resident_pages(fd, 0, size)
+    assert resident is not None, "mincore failed"
+    return {index for index, page in enumerate(resident) if page}
 
 
 def evict(fd: int, size: int) -> None:

