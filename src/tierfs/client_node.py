@@ -23,6 +23,7 @@ from tierfs.fs.filesystem import Filesystem, Ownership
 from tierfs.fs.handles import Staging
 from tierfs.fuse.mount import prepare_mountpoint, serve
 from tierfs.fuse.operations import Operations
+from tierfs.fuse.page_cache import KernelPageCache
 from tierfs.peer.app import create_app, start_site
 from tierfs.peer.fetcher import PeerFetcher
 from tierfs.read_path import ReadPath
@@ -130,6 +131,7 @@ async def run_client(settings: ClientSettings) -> None:
             Staging(settings.nvme / "staging"),
             metadata_ttl=settings.metadata_ttl,
             ownership=Ownership(settings.uid, settings.gid, settings.file_mode, settings.dir_mode),
+            page_cache=KernelPageCache(stats),
         )
         log.info("node %s: %s through %s", settings.node_id, cloud.url, settings.nvme)
         await serve(Operations(fs), settings.mount, fsname=f"tierfs:{cloud.url}")

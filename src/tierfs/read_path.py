@@ -6,6 +6,8 @@ cloud, pinned to the object's version). A fetched chunk is handed to its readers
 and promoted to tier 1 behind them. Reads through a `SequentialReader` also feed its
 read-ahead, which goes through the same flights; chunks it brings are written to tier 1
 around the page cache (their reader holds them, and the mount's page cache their bytes).
+So are the chunks a read hands to its caller's `Fetched` hook (the mount puts them into
+its own page cache).
 
 Bounds: at most `max_parallel_fetches` fetches at once, of which prefetches take at most
 half, so demand reads always find a slot; at most `FLIGHTS_PER_FETCH` times as many
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, runtime_checkable
@@ -45,6 +48,11 @@ PREFETCH_SHARE = 0.5
 # first read of it, then slices it: 128 KiB reads of a warm object went from ~85% to over
 # 100% of pread's speed. 1 MiB reads are large copies already (no faster that way).
 WHOLE_CHUNK_BELOW = 2**20
+
+
+# Told of each chunk a read fetched (not one it found or joined): the chunk, its bytes, and
+# [lo, hi), the part of it the read returns. Must be quick and must not raise.
+Fetched = Callable[[ChunkRef, Data, int, int], None]
 
 
 class PeerTier(Protocol):
@@ -138,12 +146,19 @@ class ReadPath:
         return self._flights.tasks
 
     async def read(
-        self, ref: ObjectRef, offset: int, size: int, reader: SequentialReader | None = None
+        self,
+        ref: ObjectRef,
+        offset: int,
+        size: int,
+        reader: SequentialReader | None = None,
+        fetched: Fetched | None = None,
     ) -> Data:
         """Bytes [offset, offset + size) of `ref`: all of them, fewer only at its end; a
         view into a chunk in memory when that is where they are (no copy of them).
 
-        `reader` is the handle's read-ahead (from `open_reader(ref)`). Raises
+        `reader` is the handle's read-ahead (from `open_reader(ref)`). `fetched` is told
+        of each chunk this read fetches that holds more than the read returns; tier 1 then
+        writes it around the page cache, its bytes being the hook's to keep. Raises
         VersionChangedError when the object is no longer at `ref.version` (never bytes of
         another version), ObjectNotFoundError when it is gone, CloudError when no tier can
         serve a chunk.
@@ -164,7 +179,9 @@ class ReadPath:
             chunk = chunks[0]
             lo, hi = offset - chunk.start, end - chunk.start
             held = self._held(chunk, lo, hi, reader)
-            return held if held is not None else await self._fetch_piece(chunk, lo, hi, reader)
+            if held is not None:
+                return held
+            return await self._fetch_piece(chunk, lo, hi, reader, fetched)
         try:
             async with asyncio.TaskGroup() as group:  # fetches are bounded by the slots
                 parts = [
@@ -174,6 +191,7 @@ class ReadPath:
                             max(offset, chunk.start) - chunk.start,
                             min(end, chunk.start + chunk.length) - chunk.start,
                             reader,
+                            fetched,
                         )
                     )
                     for chunk in chunks
@@ -211,7 +229,7 @@ class ReadPath:
         """Bring `chunk` to tier 1 ahead of its reader (the `ChunkSource` of readers)."""
         if chunk.id in self._flights or await self._in_tier1(chunk):
             return Prefetched(fetched=False)
-        ahead = partial(self._fetch, chunk, True, read_ahead=True)
+        ahead = partial(self._fetch, chunk, True, around_page_cache=True)
         fetched, joined = await self._flights.do(chunk.id, ahead)
         if joined:
             return Prefetched(fetched=False)
@@ -269,14 +287,26 @@ class ReadPath:
         return self._read_now(chunk, lo, hi - lo)
 
     async def _read_chunk(
-        self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None
+        self,
+        chunk: ChunkRef,
+        lo: int,
+        hi: int,
+        reader: SequentialReader | None,
+        fetched: Fetched | None,
     ) -> Data:
         """Bytes [lo, hi) of `chunk`, from whichever tier has it first."""
         held = self._held(chunk, lo, hi, reader)
-        return held if held is not None else await self._fetch_piece(chunk, lo, hi, reader)
+        if held is not None:
+            return held
+        return await self._fetch_piece(chunk, lo, hi, reader, fetched)
 
     async def _fetch_piece(
-        self, chunk: ChunkRef, lo: int, hi: int, reader: SequentialReader | None
+        self,
+        chunk: ChunkRef,
+        lo: int,
+        hi: int,
+        reader: SequentialReader | None,
+        fetched: Fetched | None = None,
     ) -> Data:
         """Bytes [lo, hi) of `chunk` when `_held` had none: tier 1 read off the loop, or a
         flight of the whole chunk."""
@@ -287,12 +317,16 @@ class ReadPath:
                 data = await self._from_local(chunk, lo, hi - lo)  # kept by a flight just ended
             if data is not None:
                 return data
-        fetched, joined = await self._flights.do(chunk.id, partial(self._fetch, chunk, True))
+        handed = fetched if fetched is not None and (lo > 0 or hi < chunk.length) else None
+        fetch = partial(self._fetch, chunk, True, around_page_cache=handed is not None)
+        flight, joined = await self._flights.do(chunk.id, fetch)
         if joined:
             self._stats.singleflight_joins += 1
+        elif handed is not None:
+            handed(chunk, flight.data, lo, hi)
         if reader is not None:
-            reader.hold(chunk.index, fetched.data, fetched.kept)  # the next reads need it too
-        return _piece(fetched.data, lo, hi)
+            reader.hold(chunk.index, flight.data, flight.kept)  # the next reads need it too
+        return _piece(flight.data, lo, hi)
 
     async def _in_tier1(self, chunk: ChunkRef) -> bool:
         """Whether tier 1 holds `chunk` (or a flight of it just ended: no need to fetch)."""
@@ -308,11 +342,12 @@ class ReadPath:
         ask_peers: bool,
         publish: Publish[_Fetched],
         *,
-        read_ahead: bool = False,
+        around_page_cache: bool = False,
     ) -> None:
         """One flight: the whole chunk from the peers (for this node's own reads) or the
         cloud, then into tier 1: its own reads' budget, or the peers' when it fetched for
-        them; around the page cache when read ahead (its reader holds it).
+        them; around the page cache when its bytes are kept in memory elsewhere (read
+        ahead: its reader holds them; handed to a `Fetched` hook: the mount's page cache).
 
         Fetches for other nodes have slots of their own: were they to wait for slots held
         by flights that wait on peers, two nodes reading at once could wait on each other.
@@ -326,7 +361,7 @@ class ReadPath:
                 data = await self._from_peers(chunk)
                 if data is None:
                     data = await self._from_cloud(chunk)
-            await self._hand_over(chunk, data, publish, Origin.LOCAL, read_ahead)
+            await self._hand_over(chunk, data, publish, Origin.LOCAL, around_page_cache)
 
     async def _hand_over(
         self,
@@ -334,12 +369,12 @@ class ReadPath:
         data: Data,
         publish: Publish[_Fetched],
         origin: Origin,
-        read_ahead: bool = False,
+        around_page_cache: bool = False,
     ) -> None:
         """Give the chunk to the flight's readers, then keep it in tier 1."""
         fetched = _Fetched(data, asyncio.get_running_loop().create_future())
         publish(fetched)
-        await self._keep(chunk, fetched, origin, read_ahead)
+        await self._keep(chunk, fetched, origin, around_page_cache)
 
     # -- the tiers ----------------------------------------------------------------------
 
@@ -404,14 +439,14 @@ class ReadPath:
         return data
 
     async def _keep(
-        self, chunk: ChunkRef, fetched: _Fetched, origin: Origin, read_ahead: bool
+        self, chunk: ChunkRef, fetched: _Fetched, origin: Origin, around_page_cache: bool
     ) -> None:
         """Promote a fetched chunk to tier 1; failing that, it is only not cached."""
         kept = False
         try:
             if origin is Origin.PEER or self._cache.wants(chunk):
                 store = self._cache.store
-                kept = await store(chunk, fetched.data, origin, around_page_cache=read_ahead)
+                kept = await store(chunk, fetched.data, origin, around_page_cache=around_page_cache)
             else:
                 self._stats.not_cached += 1  # not admitted (store counts its own refusals)
         except Exception as exc:

@@ -42,6 +42,8 @@ class NodeStats:
     served_to_peers: int = 0  # chunks this node sent to other nodes (peer API)
     served_to_peers_bytes: int = 0
     pushed_to_peers: int = 0  # written chunks handed to their owner (tier 1 was full)
+    page_cache_stores: int = 0  # fetched chunks put into the mount's page cache
+    page_cache_bytes: int = 0
 
     def tier(self, tier: Tier) -> TierCounters:
         return self.tiers[tier]

@@ -130,6 +130,8 @@ class NodeStatsReport(Strict):
     served_to_peers: Count = 0
     served_to_peers_bytes: Count = 0
     pushed_to_peers: Count = 0
+    page_cache_stores: Count = 0
+    page_cache_bytes: Count = 0
 
 
 class RegisterRequest(Strict):

@@ -12,8 +12,11 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
+from tierfs.chunks import ChunkRef, Data
 from tierfs.cloud.base import CloudStore
 from tierfs.errors import (
     CloudError,
@@ -55,6 +58,21 @@ class Ownership:
     dir_mode: int = 0o755
 
 
+class PageCache(Protocol):
+    """The kernel's page cache of the mount's files, where tierfs puts chunks that random
+    reads fetched (`tierfs.fuse.page_cache`)."""
+
+    def offer(self, inode: int, offset: int, data: Data, busy: tuple[int, int]) -> None:
+        """Start putting `data` at `offset` of file `inode`, but for `data[busy[0]:busy[1]]`."""
+        ...
+
+    async def settle(self, inode: int) -> None:
+        """Return once no store into the page cache of `inode` is under way."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Filesystem:
     """One mounted bucket."""
 
@@ -67,12 +85,14 @@ class Filesystem:
         *,
         metadata_ttl: float,
         ownership: Ownership,
+        page_cache: PageCache | None = None,
     ) -> None:
         self.cloud = cloud
         self.read_path = read_path
         self.uploader = uploader
         self.staging = staging
         self.ownership = ownership
+        self.page_cache = page_cache
         self.inodes = InodeTable()
         self.names = Namespace(cloud, metadata_ttl)
         self._open: dict[int, OpenFile] = {}  # by inode
@@ -266,6 +286,7 @@ class Filesystem:
                     await self._upload(file)
                 finally:
                     self._drop(file)
+            await self._settle(inode)  # the kernel drops the pages past the new size next
         if mode is not None:
             node.mode = mode & 0o7777
         if mtime_ns is not None:
@@ -328,6 +349,8 @@ class Filesystem:
 
     def _new_handle(self, file: OpenFile, writable: bool) -> Handle:
         handle = Handle(self._next_fh, file, writable)
+        if writable:
+            file.writers += 1
         self._next_fh += 1
         self._handles[handle.fh] = handle
         return handle
@@ -346,10 +369,12 @@ class Filesystem:
         keep_cache = self._last_versions.get(inode) == node.version and bool(node.version)
         file = self._acquire(node)
         handle = self._new_handle(file, writable)
+        self._last_versions[inode] = node.version
         if truncate:
             await self._truncate(file, 0)
             keep_cache = False
-        self._last_versions[inode] = node.version
+        if writable or not keep_cache:
+            await self._settle(inode)  # the kernel drops the file's pages, or writes into them
         return handle, keep_cache
 
     async def create(self, parent_inode: int, name: str) -> Handle:
@@ -377,13 +402,30 @@ class Filesystem:
         ref = file.ref()
         if handle.reader is None and ref.size > 0:
             handle.reader = self.read_path.open_reader(ref)
+        random = handle.reader is not None and not handle.reader.window
+        fetched = partial(self._to_page_cache, file) if random and self.page_cache else None
         try:
-            return await self.read_path.read(ref, offset, size, handle.reader)
+            return await self.read_path.read(ref, offset, size, handle.reader, fetched)
         except (VersionChangedError, ObjectNotFoundError) as exc:
             self.names.forget_subtree(file.node.path)
             raise StaleHandleError(
                 f"{file.node.path} changed in the bucket since it was opened: reopen it"
             ) from exc
+
+    def _to_page_cache(self, file: OpenFile, chunk: ChunkRef, data: Data, lo: int, hi: int) -> None:
+        """Offer the mount's page cache a chunk that a random read of `file` fetched, but
+        only while the kernel caches that version of it and nobody writes it (else the
+        kernel could get old bytes over new ones)."""
+        node = file.node
+        version = chunk.obj.version
+        current = version == node.version == self._last_versions.get(node.inode)
+        unwritten = not file.writers and file.fd is None and file.stream is None
+        if current and unwritten and not file.unlinked and self.page_cache is not None:
+            self.page_cache.offer(node.inode, chunk.start, data, (lo, hi))
+
+    async def _settle(self, inode: int) -> None:
+        if self.page_cache is not None:
+            await self.page_cache.settle(inode)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         file = self.handle(fh).file
@@ -417,6 +459,8 @@ class Filesystem:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
+        if handle.writable:
+            handle.file.writers -= 1
         if handle.reader is not None:
             await handle.reader.close()
         try:
@@ -521,6 +565,8 @@ class Filesystem:
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
+        if self.page_cache is not None:
+            await self.page_cache.close()
 
 
 async def _bounded(keys: list[str], operation: Callable[[str], Awaitable[None]]) -> None:

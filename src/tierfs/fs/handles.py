@@ -26,6 +26,7 @@ class OpenFile:
 
     node: Node
     handles: int = 0
+    writers: int = 0  # of the handles, those open for writing
     staging: Path | None = None  # the file's bytes while it is written
     fd: int | None = None  # of `staging`
     dirty: bool = False  # staging holds bytes the cloud does not have

@@ -32,6 +32,8 @@ _COUNTERS = (
     ("served_to_peers", "chunks sent to other nodes"),
     ("served_to_peers_bytes", "bytes of chunks sent to other nodes"),
     ("pushed_to_peers", "written chunks handed to their owner"),
+    ("page_cache_stores", "fetched chunks put into the mount's page cache"),
+    ("page_cache_bytes", "bytes put into the mount's page cache"),
 )
 _PER_TIER = (
     ("hits", "chunks served by the tier"),

@@ -1,0 +1,106 @@
+"""A chunk fetched for a random read goes into the mount's page cache: the next reads
+anywhere in it are answered by the kernel, and nobody is ever shown bytes older than the
+file's."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import random
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from mounts import Mount, cloud_bytes, cloud_put
+from pagecache import cached_pages
+
+CHUNK = 2**20
+PAGE = mmap.PAGESIZE
+
+
+def node_stats(mount: Mount) -> Any:
+    """The node's counters (`GET /api/cache/stats` of its peer API)."""
+    url = f"http://127.0.0.1:{mount.flags['port']}/api/cache/stats"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def wait_for_pages(fd: int, pages: set[int], size: int) -> None:
+    """Return once `pages` of the file are all in the page cache; fail after 10 s."""
+    deadline = time.monotonic() + 10
+    while missing := pages - cached_pages(fd, size):
+        assert time.monotonic() < deadline, f"{len(missing)} of {len(pages)} pages never came"
+        time.sleep(0.02)
+
+
+def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    mount = mount_factory("s3-seaweedfs", chunk_size="1MiB")
+    body = os.urandom(3 * CHUNK)
+    cloud_put(mount, "data.bin", body)
+    fd = os.open(mount.path / "data.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # the kernel reads only what is asked
+        at = CHUNK + 100 * PAGE
+        assert os.pread(fd, PAGE, at) == body[at : at + PAGE]
+        wait_for_pages(fd, set(range(CHUNK // PAGE, 2 * CHUNK // PAGE)), len(body))
+        before = node_stats(mount)
+        assert before["page_cache_stores"] == 1
+        assert before["page_cache_bytes"] == CHUNK - PAGE  # all but the page read
+        offsets = random.Random(3).sample(range(CHUNK, 2 * CHUNK - PAGE), 200)
+        assert [os.pread(fd, PAGE, at) for at in offsets] == [body[a : a + PAGE] for a in offsets]
+        after = node_stats(mount)
+        assert after["tiers"] == before["tiers"]  # not one read reached tierfs
+        assert after["tiers"]["cloud"]["hits"] == 1  # the chunk, fetched once
+    finally:
+        os.close(fd)
+
+
+def test_a_change_in_the_bucket_drops_the_chunks_put_there(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """Chunks of the old version in the page cache are gone at the next open of the new."""
+    mount = mount_factory("s3-seaweedfs", chunk_size="1MiB")
+    old, new = os.urandom(3 * CHUNK), os.urandom(3 * CHUNK)  # the same size: only the version
+    cloud_put(mount, "data.bin", old)
+    fd = os.open(mount.path / "data.bin", os.O_RDONLY)
+    try:
+        for at in (PAGE, CHUNK + PAGE, 2 * CHUNK + PAGE):
+            assert os.pread(fd, PAGE, at) == old[at : at + PAGE]
+        wait_for_pages(fd, set(range(3 * CHUNK // PAGE)) - {1, 257, 513}, len(old))
+    finally:
+        os.close(fd)
+    cloud_put(mount, "data.bin", new)
+    time.sleep(2.5)  # the metadata TTL (1 s) and the kernel's attribute TTL (1 s)
+    assert (mount.path / "data.bin").read_bytes() == new
+
+
+def test_a_writer_is_never_shown_older_bytes_than_its_own(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """Random reads fill the page cache while a writer opens, writes and reads back."""
+    mount = mount_factory("s3-seaweedfs", chunk_size="1MiB")
+    old, new = os.urandom(8 * CHUNK), os.urandom(8 * CHUNK)
+    cloud_put(mount, "data.bin", old)
+    path = mount.path / "data.bin"
+    rng = random.Random(11)
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        for index in range(8):  # each read fetches a chunk; its store runs behind the read
+            at = index * CHUNK + rng.randrange(1, CHUNK // PAGE) * PAGE
+            assert os.pread(reader, PAGE, at) == old[at : at + PAGE]
+            if index == 3:
+                writer = os.open(path, os.O_RDWR)
+        try:
+            assert os.pwrite(writer, new, 0) == len(new)
+            os.fsync(writer)
+            assert os.pread(writer, len(new), 0) == new
+        finally:
+            os.close(writer)
+    finally:
+        os.close(reader)
+    assert cloud_bytes(mount, "data.bin") == new
+    assert path.read_bytes() == new
