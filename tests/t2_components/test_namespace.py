@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import servers
 from cloud_targets import settings_for
 from tierfs.cloud.providers import open_store
 from tierfs.fs.metadata import Namespace
@@ -28,5 +29,25 @@ async def test_expired_answers_are_dropped_so_a_long_walk_stays_bounded(tmp_path
         entry = await names.stat("data/kept.bin")
         assert entry is not None and entry.size == 5 and not entry.is_dir
         assert [e.name for e in await names.listdir("data")] == ["kept.bin"]
+    finally:
+        await cloud.close()
+
+
+async def test_concurrent_stats_of_one_path_ask_the_store_once(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """32 lookups of a path at once (threads opening files in one directory each make
+    the kernel look it up) cost one HEAD, counted at the server, and its answer is shared."""
+    settings = settings_for("s3-seaweedfs", seaweedfs, tmp_path)
+    cloud = open_store(settings)
+    try:
+        await cloud.put("data/kept.bin", b"12345")
+        names = Namespace(cloud, TTL)
+        before = await asyncio.to_thread(seaweedfs.settled_request_count, "GET", settings.s3_bucket)
+        for path, is_dir in (("data/kept.bin", False), ("data", True)):
+            entries = await asyncio.gather(*(names.stat(path) for _ in range(32)))
+            assert all(e is not None and e.is_dir is is_dir for e in entries)
+        after = await asyncio.to_thread(seaweedfs.settled_request_count, "GET", settings.s3_bucket)
+        assert after - before == 2  # one HEAD per path (SeaweedFS does not count LISTs here)
     finally:
         await cloud.close()

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.errors import ObjectNotFoundError
 from tierfs.fs.nodes import split
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,10 @@ class Namespace:
     # Directories made by mkdir that hold no object yet: object stores have no empty
     # directories, so they live on this mount until a file is written below them.
     _local_dirs: set[str] = field(default_factory=set)
+    # Fetches under way, shared by everyone who asks meanwhile (16 threads opening files
+    # in one directory each had the kernel look the directory up again every second).
     _listing_now: dict[str, asyncio.Future[_Listing]] = field(default_factory=dict)
+    _stat_now: dict[str, asyncio.Future[Entry | None]] = field(default_factory=dict)
 
     def _fresh(self, fetched: float) -> bool:
         return time.monotonic() - fetched < self.ttl
@@ -77,7 +84,7 @@ class Namespace:
         cached = self._stats.get(path)
         if cached is not None and self._fresh(cached[1]):
             return cached[0]
-        return await self._stat_remote(path)
+        return await _shared(self._stat_now, path, self._stat_remote)
 
     async def _stat_remote(self, path: str) -> Entry | None:
         started = time.monotonic()
@@ -135,12 +142,7 @@ class Namespace:
 
     async def _list(self, path: str) -> _Listing:
         """A fresh listing of `path`, shared by everyone who asks while it is fetched."""
-        task = self._listing_now.get(path)
-        if task is None:
-            task = asyncio.ensure_future(self._list_remote(path))
-            self._listing_now[path] = task
-            task.add_done_callback(lambda _: self._listing_now.pop(path, None))
-        return await asyncio.shield(task)
+        return await _shared(self._listing_now, path, self._list_remote)
 
     async def _list_remote(self, path: str) -> _Listing:
         started = time.monotonic()
@@ -200,3 +202,15 @@ class Namespace:
         parent, name = split(path)
         if parent in self._listings:
             self._listings[parent].entries.pop(name, None)
+
+
+async def _shared(
+    under_way: dict[str, asyncio.Future[T]], path: str, fetch: Callable[[str], Awaitable[T]]
+) -> T:
+    """`fetch(path)`, or the one already under way in `under_way` (a caller cancelled does
+    not cancel it for the others)."""
+    task = under_way.get(path)
+    if task is None:
+        task = under_way[path] = asyncio.ensure_future(fetch(path))
+        task.add_done_callback(lambda _: under_way.pop(path, None))
+    return await asyncio.shield(task)
