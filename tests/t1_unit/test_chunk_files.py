@@ -150,7 +150,7 @@ def test_in_page_cache_tells_cached_ranges_without_waiting(chunks_dir: str) -> N
     fd = files.open_chunk(path)
     try:
         assert files.in_page_cache(fd, 0, size)  # just written
-        assert not files.in_page_cache(fd, 10, size)  # runs past the end
+        assert not files.in_page_cache(fd, size - 5, 2 * mmap.PAGESIZE)  # a page past the end
         evict(fd, size)
         # A probe that misses never waits, but it lets the kernel start reading its page,
         # which a fast disk may have done by the time the kernel looks: True must then
@@ -161,6 +161,23 @@ def test_in_page_cache_tells_cached_ranges_without_waiting(chunks_dir: str) -> N
         evict(fd, size)
         assert files.read_at(fd, stride, 1) != b""
         assert files.in_page_cache(fd, stride, 1)
+    finally:
+        os.close(fd)
+
+
+def test_all_cached_counts_the_pages_of_a_range_without_reading(chunks_dir: str) -> None:
+    path = files.chunk_path(chunks_dir, ID)
+    size = 64 * mmap.PAGESIZE
+    files.write_chunk(path, os.urandom(size))
+    fd = files.open_chunk(path)
+    try:
+        assert files.all_cached(fd, 0, size) is True  # just written
+        evict(fd, size)
+        assert files.all_cached(fd, 0, size) is False
+        assert not cached_pages(fd, size)  # asking read nothing in
+        files.read_at(fd, 10 * mmap.PAGESIZE, 1)
+        assert files.all_cached(fd, 10 * mmap.PAGESIZE + 7, 100) is True
+        assert files.all_cached(fd, 9 * mmap.PAGESIZE, 2 * mmap.PAGESIZE) is False
     finally:
         os.close(fd)
 

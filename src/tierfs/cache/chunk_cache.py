@@ -270,10 +270,14 @@ class DiskChunkCache:
         fd = self._files.get(entry)
         if fd is not None:
             # The advice walks every page even when all are there (~15% of 4 MiB hits), so
-            # ask first whether the last page, filled last, is there. Not with a read probe:
-            # one that misses may read its page through, and the advice would be skipped.
-            last = (entry.size - 1) // mmap.PAGESIZE * mmap.PAGESIZE
-            if files.resident_pages(fd, last, entry.size - last) != b"\x01":
+            # ask first whether they are. Where the kernel cannot count them, ask mincore
+            # about the last page, filled last; not a read probe: one that misses may read
+            # its page through, and the advice would be skipped.
+            cached = files.all_cached(fd, 0, entry.size)
+            if cached is None:
+                last = (entry.size - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+                cached = files.resident_pages(fd, last, entry.size - last) == b"\x01"
+            if not cached:
                 files.advise_read(fd, entry.size)
             return
         try:  # not checked yet (its first read checks it), or its fd was closed
