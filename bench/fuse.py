@@ -352,7 +352,9 @@ async def sequential_figures(bench: Bench, data: Data, buffer: bytearray) -> Mea
 
 async def random_figures(bench: Bench, data: Data, buffer: bytearray) -> Measured:
     """RANDOM_READS reads of RANDOM_SIZE across the big file: cold, then warm at other
-    offsets (so that none is served by the page cache). `buffer` holds the file's bytes."""
+    offsets (none was read before: a system serves them from its cache, which for tierfs
+    is the page cache it filled with the chunks the cold reads fetched). `buffer` holds
+    the file's bytes."""
     digest = xxhash.xxh3_128_digest(buffer)
     rng = Random(7)
     cold_at, warm_at = (
