@@ -82,8 +82,8 @@ class KernelPageCache:
         try:
             self._stats.page_cache_bytes += done.result()
             self._stats.page_cache_stores += 1
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
                 return  # the kernel forgot the file meanwhile: nothing to fill
             self._enabled = False
             log.warning("the kernel refused bytes for its page cache (%s): not asked again", exc)
