@@ -47,7 +47,10 @@ def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
         at = CHUNK + 100 * PAGE
         assert os.pread(fd, PAGE, at) == body[at : at + PAGE]
         wait_for_pages(fd, set(range(CHUNK // PAGE, 2 * CHUNK // PAGE)), len(body))
-        before = node_stats(mount)
+        deadline = time.monotonic() + 10  # the node counts the store once it has returned
+        while (before := node_stats(mount))["page_cache_stores"] == 0:
+            assert time.monotonic() < deadline, "the store was never counted"
+            time.sleep(0.02)
         assert before["page_cache_stores"] == 1
         assert before["page_cache_bytes"] == CHUNK - PAGE  # all but the page read
         offsets = random.Random(3).sample(range(CHUNK, 2 * CHUNK - PAGE), 200)
