@@ -11,6 +11,7 @@ import random
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mounts import Mount, cloud_bytes, cloud_put
@@ -107,3 +108,27 @@ def test_a_writer_is_never_shown_older_bytes_than_its_own(
         os.close(reader)
     assert cloud_bytes(mount, "data.bin") == new
     assert path.read_bytes() == new
+
+
+def test_a_truncate_is_never_undone_by_chunks_put_there(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A store of a chunk past the new end would grow the file again in the kernel: the
+    truncate comes right after 16 reads at once, whose stores queue behind them."""
+    mount = mount_factory("s3-seaweedfs", chunk_size="1MiB")
+    old = os.urandom(16 * CHUNK)
+    cloud_put(mount, "data.bin", old)
+    path = mount.path / "data.bin"
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        offsets = [index * CHUNK + PAGE for index in range(16)]
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda at: os.pread(reader, PAGE, at), offsets))
+        os.truncate(path, CHUNK // 2)
+        assert got == [old[at : at + PAGE] for at in offsets]
+        assert os.stat(path).st_size == CHUNK // 2
+        assert os.fstat(reader).st_size == CHUNK // 2
+    finally:
+        os.close(reader)
+    assert path.read_bytes() == old[: CHUNK // 2]
+    assert cloud_bytes(mount, "data.bin") == old[: CHUNK // 2]
