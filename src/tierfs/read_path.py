@@ -6,7 +6,7 @@ cloud, pinned to the object's version). A fetched chunk is handed to its readers
 and promoted to tier 1 behind them. Reads through a `SequentialReader` also feed its
 read-ahead, which goes through the same flights; chunks it brings are written to tier 1
 around the page cache (their reader holds them, and the mount's page cache their bytes).
-So are the chunks a read hands to its caller's `Fetched` hook (the mount puts them into
+So are the chunks a read hands to its caller's `OnFetched` hook (the mount puts them into
 its own page cache).
 
 Bounds: at most `max_parallel_fetches` fetches at once, of which prefetches take at most
@@ -52,7 +52,7 @@ WHOLE_CHUNK_BELOW = 2**20
 
 # Told of each chunk a read fetched (not one it found or joined): the chunk, its bytes, and
 # [lo, hi), the part of it the read returns. Must be quick and must not raise.
-Fetched = Callable[[ChunkRef, Data, int, int], None]
+OnFetched = Callable[[ChunkRef, Data, int, int], None]
 
 
 class PeerTier(Protocol):
@@ -151,12 +151,12 @@ class ReadPath:
         offset: int,
         size: int,
         reader: SequentialReader | None = None,
-        fetched: Fetched | None = None,
+        on_fetched: OnFetched | None = None,
     ) -> Data:
         """Bytes [offset, offset + size) of `ref`: all of them, fewer only at its end; a
         view into a chunk in memory when that is where they are (no copy of them).
 
-        `reader` is the handle's read-ahead (from `open_reader(ref)`). `fetched` is told
+        `reader` is the handle's read-ahead (from `open_reader(ref)`). `on_fetched` is told
         of each chunk this read fetches that holds more than the read returns; tier 1 then
         writes it around the page cache, its bytes being the hook's to keep. Raises
         VersionChangedError when the object is no longer at `ref.version` (never bytes of
@@ -181,7 +181,7 @@ class ReadPath:
             held = self._held(chunk, lo, hi, reader)
             if held is not None:
                 return held
-            return await self._fetch_piece(chunk, lo, hi, reader, fetched)
+            return await self._fetch_piece(chunk, lo, hi, reader, on_fetched)
         try:
             async with asyncio.TaskGroup() as group:  # fetches are bounded by the slots
                 parts = [
@@ -191,7 +191,7 @@ class ReadPath:
                             max(offset, chunk.start) - chunk.start,
                             min(end, chunk.start + chunk.length) - chunk.start,
                             reader,
-                            fetched,
+                            on_fetched,
                         )
                     )
                     for chunk in chunks
@@ -292,13 +292,13 @@ class ReadPath:
         lo: int,
         hi: int,
         reader: SequentialReader | None,
-        fetched: Fetched | None,
+        on_fetched: OnFetched | None,
     ) -> Data:
         """Bytes [lo, hi) of `chunk`, from whichever tier has it first."""
         held = self._held(chunk, lo, hi, reader)
         if held is not None:
             return held
-        return await self._fetch_piece(chunk, lo, hi, reader, fetched)
+        return await self._fetch_piece(chunk, lo, hi, reader, on_fetched)
 
     async def _fetch_piece(
         self,
@@ -306,7 +306,7 @@ class ReadPath:
         lo: int,
         hi: int,
         reader: SequentialReader | None,
-        fetched: Fetched | None = None,
+        on_fetched: OnFetched | None,
     ) -> Data:
         """Bytes [lo, hi) of `chunk` when `_held` had none: tier 1 read off the loop, or a
         flight of the whole chunk."""
@@ -317,7 +317,7 @@ class ReadPath:
                 data = await self._from_local(chunk, lo, hi - lo)  # kept by a flight just ended
             if data is not None:
                 return data
-        handed = fetched if fetched is not None and (lo > 0 or hi < chunk.length) else None
+        handed = on_fetched if on_fetched is not None and (lo > 0 or hi < chunk.length) else None
         fetch = partial(self._fetch, chunk, True, around_page_cache=handed is not None)
         flight, joined = await self._flights.do(chunk.id, fetch)
         if joined:
@@ -347,7 +347,7 @@ class ReadPath:
         """One flight: the whole chunk from the peers (for this node's own reads) or the
         cloud, then into tier 1: its own reads' budget, or the peers' when it fetched for
         them; around the page cache when its bytes are kept in memory elsewhere (read
-        ahead: its reader holds them; handed to a `Fetched` hook: the mount's page cache).
+        ahead: its reader holds them; handed to an `OnFetched` hook: the mount's page cache).
 
         Fetches for other nodes have slots of their own: were they to wait for slots held
         by flights that wait on peers, two nodes reading at once could wait on each other.

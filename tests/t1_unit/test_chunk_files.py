@@ -142,25 +142,44 @@ def test_read_at_and_verify(chunks_dir: str) -> None:
         files.open_chunk(path)
 
 
-def test_in_page_cache_tells_cached_ranges_without_waiting(chunks_dir: str) -> None:
+def test_in_page_cache_tells_cached_ranges_without_reading(chunks_dir: str) -> None:
+    path = files.chunk_path(chunks_dir, ID)
+    size = 3 * files.PROBE_STRIDE + 5
+    files.write_chunk(path, os.urandom(size))
+    fd = files.open_chunk(path)
+    try:
+        assert files.all_cached(fd, 0, 1) is not None, "this kernel has no cachestat"
+        assert files.in_page_cache(fd, 0, size)  # just written
+        assert not files.in_page_cache(fd, size - 5, 2 * mmap.PAGESIZE)  # a page past the end
+        evict(fd, size)
+        assert not files.in_page_cache(fd, 0, size)
+        assert not cached_pages(fd, size)  # asking read nothing in
+        assert files.read_at(fd, files.PROBE_STRIDE, 1) != b""
+        assert files.in_page_cache(fd, files.PROBE_STRIDE, 1)
+    finally:
+        os.close(fd)
+
+
+def test_probes_tell_cached_ranges_without_waiting(chunks_dir: str) -> None:
+    """The fallback of kernels without cachestat."""
     path = files.chunk_path(chunks_dir, ID)
     stride = files.PROBE_STRIDE
     size = 3 * stride + 5
     files.write_chunk(path, os.urandom(size))
     fd = files.open_chunk(path)
     try:
-        assert files.in_page_cache(fd, 0, size)  # just written
-        assert not files.in_page_cache(fd, size - 5, 2 * mmap.PAGESIZE)  # a page past the end
+        assert files.probed_cached(fd, 0, size)  # just written
+        assert not files.probed_cached(fd, 10, size)  # runs past the end
         evict(fd, size)
         # A probe that misses never waits, but it lets the kernel start reading its page,
         # which a fast disk may have done by the time the kernel looks: True must then
         # mean that every probed page is in memory now (mincore, which reads nothing).
-        if files.in_page_cache(fd, 0, size):
+        if files.probed_cached(fd, 0, size):
             probed = {at // mmap.PAGESIZE for at in (*range(0, size, stride), size - 1)}
             assert probed <= cached_pages(fd, size)
         evict(fd, size)
         assert files.read_at(fd, stride, 1) != b""
-        assert files.in_page_cache(fd, stride, 1)
+        assert files.probed_cached(fd, stride, 1)
     finally:
         os.close(fd)
 

@@ -322,9 +322,12 @@ async def test_a_warm_sequential_read_copies_each_chunk_out_of_tier_1_once(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("cachestat", [True, False], ids=["cachestat", "mincore"])
 async def test_read_ahead_brings_tier_1_chunks_from_disk_into_memory(
-    seaweedfs: servers.S3Server, tmp_path: Path
+    seaweedfs: servers.S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cachestat: bool
 ) -> None:
+    """Tier 1 asks the kernel what is cached with cachestat, or (older kernels) mincore."""
+    monkeypatch.setattr(files, "_has_cachestat", cachestat)
     chunk = MiB
     body = random_bytes(8 * MiB, seed=12)
     async with cloud_on(seaweedfs, tmp_path) as cloud:

@@ -283,16 +283,19 @@ def advise_read(fd: int, length: int) -> None:
 
 
 def in_page_cache(fd: int, offset: int, length: int) -> bool:
-    """Whether bytes [offset, offset + length) of `fd` seem to be in the page cache, so
-    that reading them takes a copy and no disk I/O; never waits. `all_cached` where the
-    kernel has it (pages past the end of the file are not cached). Else one byte of
-    every PROBE_STRIDE and the last one, each read with RWF_NOWAIT (EAGAIN: not cached):
-    a probe that misses lets the kernel start reading there (its read-ahead), which the
-    read that follows wants anyway. False where neither works (not Linux, or a
-    filesystem without the flag)."""
+    """Whether bytes [offset, offset + length) of `fd` are in the page cache, so that
+    reading them takes a copy and no disk I/O; never waits. `all_cached` where the kernel
+    has it (pages past the end of the file are not cached), else `probed_cached`."""
     told = all_cached(fd, offset, length) if length > 0 else None
-    if told is not None:
-        return told
+    return probed_cached(fd, offset, length) if told is None else told
+
+
+def probed_cached(fd: int, offset: int, length: int) -> bool:
+    """`in_page_cache` on kernels without cachestat: one byte of every PROBE_STRIDE and the
+    last one, each read with RWF_NOWAIT (EAGAIN: not cached). A probe that misses lets the
+    kernel start reading there (its read-ahead), which the read that follows wants anyway,
+    and which a later probe may find done. False where the flag is not supported (not
+    Linux, or a filesystem without it)."""
     if _NOWAIT is None:
         return False
     probe = bytearray(1)

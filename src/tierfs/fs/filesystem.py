@@ -402,17 +402,21 @@ class Filesystem:
         ref = file.ref()
         if handle.reader is None and ref.size > 0:
             handle.reader = self.read_path.open_reader(ref)
+            if self.page_cache is not None:
+                handle.on_fetched = partial(self._to_page_cache, self.page_cache, file)
         random = handle.reader is not None and not handle.reader.window
-        fetched = partial(self._to_page_cache, file) if random and self.page_cache else None
+        on_fetched = handle.on_fetched if random else None
         try:
-            return await self.read_path.read(ref, offset, size, handle.reader, fetched)
+            return await self.read_path.read(ref, offset, size, handle.reader, on_fetched)
         except (VersionChangedError, ObjectNotFoundError) as exc:
             self.names.forget_subtree(file.node.path)
             raise StaleHandleError(
                 f"{file.node.path} changed in the bucket since it was opened: reopen it"
             ) from exc
 
-    def _to_page_cache(self, file: OpenFile, chunk: ChunkRef, data: Data, lo: int, hi: int) -> None:
+    def _to_page_cache(
+        self, page_cache: PageCache, file: OpenFile, chunk: ChunkRef, data: Data, lo: int, hi: int
+    ) -> None:
         """Offer the mount's page cache a chunk that a random read of `file` fetched, but
         only while the kernel caches that version of it and nobody writes it (else the
         kernel could get old bytes over new ones)."""
@@ -420,8 +424,8 @@ class Filesystem:
         version = chunk.obj.version
         current = version == node.version == self._last_versions.get(node.inode)
         unwritten = not file.writers and file.fd is None and file.stream is None
-        if current and unwritten and not file.unlinked and self.page_cache is not None:
-            self.page_cache.offer(node.inode, chunk.start, data, (lo, hi))
+        if current and unwritten and not file.unlinked:
+            page_cache.offer(node.inode, chunk.start, data, (lo, hi))
 
     async def _settle(self, inode: int) -> None:
         if self.page_cache is not None:

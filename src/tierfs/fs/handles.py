@@ -18,6 +18,7 @@ from tierfs.chunks import ObjectRef
 from tierfs.fs.nodes import Node
 from tierfs.fs.streaming import StreamingUpload
 from tierfs.prefetch import SequentialReader
+from tierfs.read_path import OnFetched
 
 
 @dataclass(eq=False)
@@ -46,6 +47,7 @@ class Handle:
     file: OpenFile
     writable: bool  # opened for writing: its close uploads the file's unsaved bytes
     reader: SequentialReader | None = None
+    on_fetched: OnFetched | None = None  # gives its random reads' chunks to the page cache
 
 
 class Staging:
