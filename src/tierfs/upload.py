@@ -4,6 +4,9 @@ A file becomes dirty at its first write; from then until the cloud has its bytes
 in `NVME/journal.sqlite3` names its staging file. A crash in between leaves the row, and
 `recover` uploads what it names on the next start: nothing written is lost.
 
+A file written by appends may have gone up while it was written (`tierfs.fs.early_upload`):
+its upload then only finishes that one.
+
 Once the cloud has a file, its bytes become chunks of the new version: in tier 1 if it
 has room, else handed to each chunk's owner peer (`PUT`, within its peer budget), else
 they are in the cloud only (DESIGN.md, Write path).
@@ -23,6 +26,7 @@ from tierfs.cache.base import ChunkCache, Origin
 from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.errors import CloudError
+from tierfs.fs.early_upload import EarlyUpload
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +95,18 @@ class Uploader:
         self.chunk_size = chunk_size
         self.peers = peers
         self._promotions: set[asyncio.Task[None]] = set()
+        self._abandoned: set[asyncio.Task[None]] = set()
 
-    async def upload(self, key: str, staging: Path) -> ObjectMeta:
-        """Put `staging` under `key`; returns only once the cloud has every byte.
+    async def upload(self, key: str, staging: Path, early: EarlyUpload | None = None) -> ObjectMeta:
+        """Put `staging` under `key` (finishing `early`, its upload under way, if it can);
+        returns only once the cloud has every byte.
 
         Raises CloudError (the journal row stays, so a later flush or restart retries).
         The tier-1 copy of the new version is made in the background.
         """
-        meta = await self.cloud.put(key, staging)
+        meta = await self._finish(key, early) if early is not None else None
+        if meta is None:
+            meta = await self.cloud.put(key, staging)
         self.journal.done(staging)
         try:
             source = os.open(staging, os.O_RDONLY)  # open now: the caller may delete it
@@ -109,6 +117,22 @@ class Uploader:
         self._promotions.add(task)
         task.add_done_callback(self._promotions.discard)
         return meta
+
+    async def _finish(self, key: str, early: EarlyUpload) -> ObjectMeta | None:
+        """The object that `early` uploaded, or None if the file must be put whole."""
+        if early.key == key:
+            try:
+                return await early.finish()
+            except (CloudError, OSError) as exc:
+                log.info("%s: its upload during the writes failed, putting it whole: %s", key, exc)
+        self.abandon(early)
+        return None
+
+    def abandon(self, early: EarlyUpload) -> None:
+        """Give `early` up in the background (the store drops the parts it has)."""
+        task = asyncio.create_task(early.abort(), name=f"abandon {early.key}")
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
 
     async def _promote(self, meta: ObjectMeta, source: int) -> None:
         """The written bytes become cached chunks of the new version (best effort): tier 1
@@ -132,10 +156,10 @@ class Uploader:
             os.close(source)
 
     async def close(self) -> None:
-        """Stop the tier-1 copies still under way."""
+        """Stop the tier-1 copies still under way; wait for the abandoned uploads to go."""
         for task in list(self._promotions):
             task.cancel()
-        await asyncio.gather(*self._promotions, return_exceptions=True)
+        await asyncio.gather(*self._promotions, *self._abandoned, return_exceptions=True)
 
     async def recover(self) -> int:
         """Upload what a previous run left in the journal; returns how many remain."""

@@ -81,13 +81,18 @@ class CloudStore(abc.ABC):
         failure the old object, if any, is left as it was. Returns the new metadata.
         """
 
+    #: Whether `put_stream` works (else it raises UnsupportedUploadError).
+    streams_uploads = False
+
     async def put_stream(self, key: str, parts: AsyncIterator[bytes]) -> ObjectMeta:
         """Store the concatenation of `parts` under `key` as they come (a multipart upload
         that never holds more than a few parts): for files too large to stage on disk.
 
         Not retried, since the parts are consumed: a failure raises CloudError and the
-        caller has lost the stream. The object appears only once complete. Providers that
-        cannot stream raise UnsupportedUploadError before reading any part.
+        caller has lost the stream. The object appears only once complete; an exception
+        raised by `parts` gives the upload up (the store is told to drop the parts it
+        has). Providers that cannot stream raise UnsupportedUploadError before reading any
+        part.
         """
         raise UnsupportedUploadError(f"{self.url}: this provider cannot stream an upload")
 

@@ -81,6 +81,8 @@ def is_transient(exc: Exception) -> bool:
 class ObjstoreCloud(CloudStore):
     """A bucket reached through an obstore store (S3Store, AzureStore or LocalStore)."""
 
+    streams_uploads = True
+
     def __init__(self, store: ObjectStore, url: str, timeout: float) -> None:
         self._store = store
         self.url = url

@@ -32,6 +32,7 @@ from tierfs.errors import (
     UnsupportedError,
     VersionChangedError,
 )
+from tierfs.fs.early_upload import START_AT, EarlyUpload
 from tierfs.fs.handles import Handle, OpenFile, Staging
 from tierfs.fs.metadata import Entry, Namespace, file_entry
 from tierfs.fs.nodes import InodeTable, Node, join, split
@@ -191,6 +192,7 @@ class Filesystem:
         opened = self._open.get(node.inode) if node else None
         if opened is not None:
             opened.unlinked, opened.dirty = True, False
+            self._abandon_early(opened)
             if opened.staging is not None:
                 self.uploader.journal.done(opened.staging)
         if entry.version:  # "" is a file created here and never uploaded
@@ -299,8 +301,10 @@ class Filesystem:
                 raise UnsupportedError(f"{file.node.path} is being streamed: cannot truncate it")
             await self._stage(file, keep=min(size, file.node.size))
             assert file.fd is not None
+            self._abandon_early(file)
             await asyncio.to_thread(os.ftruncate, file.fd, size)
             self._dirty(file, size)
+            file.appends_only = size == 0
 
     # -- open files ---------------------------------------------------------------------
 
@@ -387,6 +391,7 @@ class Filesystem:
         file = self._acquire(node)
         self.staging.open_new(file)
         self._dirty(file, 0)
+        file.appends_only = True
         self.names.note(path, Entry(name, False, 0, node.mtime_ns, ""))
         return self._new_handle(file, writable=True)
 
@@ -438,6 +443,8 @@ class Filesystem:
                 return await self._append_to_stream(file, offset, data)
             await self._stage(file, keep=file.node.size)
             assert file.fd is not None
+            if offset != file.node.size:
+                self._abandon_early(file)
             try:
                 written = await asyncio.to_thread(pwrite_all, file.fd, data, offset)
             except OSError as exc:
@@ -446,7 +453,26 @@ class Filesystem:
                 await self._stream_instead(file, exc)
                 return await self._append_to_stream(file, offset, data)
             self._dirty(file, max(file.node.size, offset + written))
+            if file.appends_only:
+                self._upload_early(file)
         return written
+
+    def _upload_early(self, file: OpenFile) -> None:
+        """Send the parts of a file written by appends while it grows (when the store can
+        stream): its close then waits only for the last."""
+        if file.early is None:
+            if file.node.size < START_AT or not self.cloud.streams_uploads:
+                return
+            assert file.fd is not None
+            file.early = EarlyUpload(self.cloud, file.node.path, file.fd)
+        file.early.appended(file.node.size)
+
+    def _abandon_early(self, file: OpenFile) -> None:
+        """The file changed in a way its early upload cannot follow: it goes up whole."""
+        file.appends_only = False
+        if file.early is not None:
+            self.uploader.abandon(file.early)
+            file.early = None
 
     async def flush(self, fh: int) -> None:
         """The close of a writer: upload the file's unsaved bytes; returns once the
@@ -493,6 +519,7 @@ class Filesystem:
         next appends feed, and free the staging file. Raises `full` if the provider
         cannot stream (then the staged bytes stay as they were)."""
         assert file.fd is not None and file.staging is not None
+        self._abandon_early(file)
         path, size = file.node.path, file.node.size
         stream = StreamingUpload(self.cloud, path)
         try:
@@ -546,8 +573,9 @@ class Filesystem:
             elif not file.dirty or file.staging is None:
                 return
             else:
+                early, file.early = file.early, None
                 try:
-                    meta = await self.uploader.upload(path, file.staging)
+                    meta = await self.uploader.upload(path, file.staging, early)
                 except CloudError:
                     log.error("%s: upload failed; the data stays staged for a retry", path)
                     raise

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tierfs.chunks import ObjectRef
+from tierfs.fs.early_upload import EarlyUpload
 from tierfs.fs.nodes import Node
 from tierfs.fs.streaming import StreamingUpload
 from tierfs.prefetch import SequentialReader
@@ -31,6 +32,8 @@ class OpenFile:
     staging: Path | None = None  # the file's bytes while it is written
     fd: int | None = None  # of `staging`
     dirty: bool = False  # staging holds bytes the cloud does not have
+    appends_only: bool = False  # written from empty by appends alone: it can go up early
+    early: EarlyUpload | None = None  # its upload, under way while it is written
     unlinked: bool = False  # removed while open: its bytes go nowhere
     stream: StreamingUpload | None = None  # instead of staging, when the disk was full
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # writes vs. upload

@@ -1,0 +1,143 @@
+"""A file written by appends goes up while it is written; any other change falls back to
+putting it whole at close. Checked at the S3 server: its multipart uploads and objects."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import pytest
+
+import servers
+from mounts import Mount, cloud_bytes
+
+MiB = 2**20
+MountFactory = Callable[..., Mount]
+
+
+@pytest.fixture
+def s3(mount_factory: MountFactory, seaweedfs: servers.S3Server) -> tuple[Mount, Any, str]:
+    """(a mount of a fresh S3 bucket, a boto3 client of its server, the bucket)."""
+    mount = mount_factory("s3-seaweedfs")
+    return mount, seaweedfs.boto3_client(), mount.flags["s3_bucket"]
+
+
+def uploads(client: Any, bucket: str) -> dict[str, int]:
+    """The server's unfinished multipart uploads: key -> parts it holds."""
+    found = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return {
+        upload["Key"]: len(
+            client.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]).get(
+                "Parts", []
+            )
+        )
+        for upload in found
+    }
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.1)
+
+
+def append(f: BinaryIO, data: bytes) -> None:
+    for start in range(0, len(data), MiB):
+        f.write(data[start : start + MiB])
+
+
+def parts_sent(client: Any, bucket: str, key: str, parts: int) -> Callable[[], bool]:
+    return lambda: uploads(client, bucket).get(key, 0) >= parts
+
+
+def test_appended_parts_are_in_the_cloud_before_close(s3: tuple[Mount, Any, str]) -> None:
+    mount, client, bucket = s3
+    data = os.urandom(48 * MiB)
+    with (mount.path / "log.bin").open("wb", buffering=0) as f:
+        append(f, data)
+        # Before close: the server holds parts of an upload, and no object yet.
+        wait_for(parts_sent(client, bucket, "log.bin", 3), "3 parts of log.bin uploaded")
+        assert cloud_bytes(mount, "log.bin") is None
+    assert cloud_bytes(mount, "log.bin") == data
+    assert uploads(client, bucket) == {}  # completed, nothing left behind
+
+
+def test_a_write_before_the_end_puts_the_file_whole(s3: tuple[Mount, Any, str]) -> None:
+    mount, client, bucket = s3
+    data = bytearray(os.urandom(40 * MiB))
+    with (mount.path / "patched.bin").open("wb", buffering=0) as f:
+        append(f, data)
+        wait_for(parts_sent(client, bucket, "patched.bin", 2), "parts of patched.bin uploaded")
+        f.seek(MiB)  # a header patched after the body, as many formats do
+        f.write(b"patched")
+    data[MiB : MiB + 7] = b"patched"
+    assert cloud_bytes(mount, "patched.bin") == data
+    # The upload that the patch abandoned is gone from the server, parts and all.
+    wait_for(lambda: uploads(client, bucket) == {}, "the abandoned upload dropped")
+
+
+def test_a_truncate_while_appending(s3: tuple[Mount, Any, str]) -> None:
+    mount, client, bucket = s3
+    data = os.urandom(40 * MiB)
+    more = os.urandom(5 * MiB)
+    with (mount.path / "cut.bin").open("wb", buffering=0) as f:
+        append(f, data)
+        wait_for(parts_sent(client, bucket, "cut.bin", 2), "parts of cut.bin uploaded")
+        f.truncate(20 * MiB)
+        f.seek(20 * MiB)
+        append(f, more)
+    assert cloud_bytes(mount, "cut.bin") == data[: 20 * MiB] + more
+    wait_for(lambda: uploads(client, bucket) == {}, "the abandoned upload dropped")
+
+
+def test_a_file_moved_while_written_goes_to_its_new_name(s3: tuple[Mount, Any, str]) -> None:
+    mount, client, bucket = s3
+    data = os.urandom(40 * MiB)
+    (mount.path / "old").mkdir()
+    with (mount.path / "old" / "f.bin").open("wb", buffering=0) as f:
+        append(f, data[: 32 * MiB])
+        wait_for(parts_sent(client, bucket, "old/f.bin", 2), "parts of old/f.bin uploaded")
+        (mount.path / "old").rename(mount.path / "new")
+        append(f, data[32 * MiB :])
+    assert cloud_bytes(mount, "new/f.bin") == data
+    assert cloud_bytes(mount, "old/f.bin") is None
+    wait_for(lambda: uploads(client, bucket) == {}, "the abandoned upload dropped")
+
+
+def test_an_upload_lost_at_the_server_is_put_whole(s3: tuple[Mount, Any, str]) -> None:
+    mount, client, bucket = s3
+    data = os.urandom(40 * MiB)
+    with (mount.path / "lost.bin").open("wb", buffering=0) as f:
+        append(f, data[: 32 * MiB])
+        wait_for(parts_sent(client, bucket, "lost.bin", 2), "parts of lost.bin uploaded")
+        for upload in client.list_multipart_uploads(Bucket=bucket)["Uploads"]:
+            client.abort_multipart_upload(
+                Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        append(f, data[32 * MiB :])
+    assert cloud_bytes(mount, "lost.bin") == data  # close succeeded: the cloud has it all
+
+
+def test_a_file_removed_while_written_leaves_nothing(s3: tuple[Mount, Any, str]) -> None:
+    mount, client, bucket = s3
+    with (mount.path / "gone.bin").open("wb", buffering=0) as f:
+        append(f, os.urandom(40 * MiB))
+        wait_for(parts_sent(client, bucket, "gone.bin", 2), "parts of gone.bin uploaded")
+        (mount.path / "gone.bin").unlink()
+    assert cloud_bytes(mount, "gone.bin") is None
+    wait_for(lambda: uploads(client, bucket) == {}, "the abandoned upload dropped")
+    assert not (mount.path / "gone.bin").exists()
+
+
+def test_small_files_go_up_in_one_request(s3: tuple[Mount, Any, str]) -> None:
+    mount, client, bucket = s3
+    data = os.urandom(12 * MiB)  # under the multipart threshold
+    with (mount.path / "small.bin").open("wb", buffering=0) as f:
+        append(f, data)
+        time.sleep(0.5)
+        assert uploads(client, bucket) == {}
+    assert cloud_bytes(mount, "small.bin") == data
