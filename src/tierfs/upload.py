@@ -31,6 +31,9 @@ from tierfs.fs.early_upload import EarlyUpload
 log = logging.getLogger(__name__)
 
 RECOVERY_INTERVAL = 5.0  # seconds between tries while the cloud refuses a recovered upload
+# Files going up while they are written, at most: each holds up to PART_CONCURRENCY parts
+# in memory. The others go up at their close.
+EARLY_UPLOADS = 2
 
 
 class ChunkPusher(Protocol):
@@ -96,6 +99,7 @@ class Uploader:
         self.peers = peers
         self._promotions: set[asyncio.Task[None]] = set()
         self._abandoned: set[asyncio.Task[None]] = set()
+        self._early: set[EarlyUpload] = set()  # started, neither finished nor abandoned
 
     async def upload(self, key: str, staging: Path, early: EarlyUpload | None = None) -> ObjectMeta:
         """Put `staging` under `key` (finishing `early`, its upload under way, if it can);
@@ -104,7 +108,12 @@ class Uploader:
         Raises CloudError (the journal row stays, so a later flush or restart retries).
         The tier-1 copy of the new version is made in the background.
         """
-        meta = await self._finish(key, early) if early is not None else None
+        meta = None
+        if early is not None:
+            try:
+                meta = await self._finish(key, early)
+            finally:
+                self._early.discard(early)
         if meta is None:
             meta = await self.cloud.put(key, staging)
         self.journal.done(staging)
@@ -128,8 +137,19 @@ class Uploader:
         self.abandon(early)
         return None
 
+    def start_early(self, key: str, fd: int) -> EarlyUpload | None:
+        """An upload of `key` to be fed from the staging file `fd` while it is written, or
+        None if the store cannot stream or EARLY_UPLOADS are under way (the file then goes
+        up at its close)."""
+        if not self.cloud.streams_uploads or len(self._early) >= EARLY_UPLOADS:
+            return None
+        early = EarlyUpload(self.cloud, key, fd)
+        self._early.add(early)
+        return early
+
     def abandon(self, early: EarlyUpload) -> None:
         """Give `early` up in the background (the store drops the parts it has)."""
+        self._early.discard(early)
         task = asyncio.create_task(early.abort(), name=f"abandon {early.key}")
         self._abandoned.add(task)
         task.add_done_callback(self._abandoned.discard)

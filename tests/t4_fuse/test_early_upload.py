@@ -133,6 +133,24 @@ def test_a_file_removed_while_written_leaves_nothing(s3: tuple[Mount, Any, str])
     assert not (mount.path / "gone.bin").exists()
 
 
+def test_two_files_at_most_go_up_while_written(s3: tuple[Mount, Any, str]) -> None:
+    mount, client, bucket = s3
+    data = [os.urandom(40 * MiB) for _ in range(3)]
+    files = [(mount.path / f"f{i}.bin").open("wb", buffering=0) for i in range(3)]
+    try:
+        for start in range(0, 40 * MiB, MiB):  # three writers, side by side
+            for f, body in zip(files, data, strict=True):
+                f.write(body[start : start + MiB])
+        wait_for(lambda: sum(uploads(client, bucket).values()) >= 4, "parts uploaded")
+        assert len(uploads(client, bucket)) == 2  # the third file goes up at its close
+    finally:
+        for f in files:
+            f.close()
+    for i, body in enumerate(data):
+        assert cloud_bytes(mount, f"f{i}.bin") == body
+    assert uploads(client, bucket) == {}
+
+
 def test_small_files_go_up_in_one_request(s3: tuple[Mount, Any, str]) -> None:
     mount, client, bucket = s3
     data = os.urandom(12 * MiB)  # under the multipart threshold

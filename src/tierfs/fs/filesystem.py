@@ -32,7 +32,7 @@ from tierfs.errors import (
     UnsupportedError,
     VersionChangedError,
 )
-from tierfs.fs.early_upload import START_AT, EarlyUpload
+from tierfs.fs.early_upload import START_AT
 from tierfs.fs.handles import Handle, OpenFile, Staging
 from tierfs.fs.metadata import Entry, Namespace, file_entry
 from tierfs.fs.nodes import InodeTable, Node, join, split
@@ -461,10 +461,12 @@ class Filesystem:
         """Send the parts of a file written by appends while it grows (when the store can
         stream): its close then waits only for the last."""
         if file.early is None:
-            if file.node.size < START_AT or not self.cloud.streams_uploads:
+            if file.node.size < START_AT:
                 return
             assert file.fd is not None
-            file.early = EarlyUpload(self.cloud, file.node.path, file.fd)
+            file.early = self.uploader.start_early(file.node.path, file.fd)
+            if file.early is None:
+                return
         file.early.appended(file.node.size)
 
     def _abandon_early(self, file: OpenFile) -> None:
