@@ -10,7 +10,7 @@ import pytest
 import servers
 from cloud_targets import settings_for
 from tierfs.cloud.providers import open_store
-from tierfs.fs.metadata import Namespace
+from tierfs.fs.metadata import Entry, Namespace
 
 TTL = 0.2
 pytestmark = pytest.mark.asyncio
@@ -49,5 +49,34 @@ async def test_concurrent_stats_of_one_path_ask_the_store_once(
             assert all(e is not None and e.is_dir is is_dir for e in entries)
         after = await asyncio.to_thread(seaweedfs.settled_request_count, "GET", settings.s3_bucket)
         assert after - before == 2  # one HEAD per path (SeaweedFS does not count LISTs here)
+    finally:
+        await cloud.close()
+
+
+async def test_a_cached_listing_follows_this_mounts_changes(tmp_path: Path) -> None:
+    """A listing is sorted once and then served to every readdir page: the changes this
+    mount makes (a new file, a removed one, a new empty directory) must show in it."""
+    cloud = open_store(settings_for("local", None, tmp_path))
+    try:
+        for name in ("b.bin", "d.bin"):
+            await cloud.put(f"dir/{name}", b"x")
+        names = Namespace(cloud, 60.0)  # nothing expires during the test
+        listed = await names.listdir("dir")
+        assert [e.name for e in listed] == ["b.bin", "d.bin"]
+        assert await names.listdir("dir") is listed  # served again, not sorted again
+        names.note("dir/c.bin", Entry("c.bin", False, 3, 0, "v1"))
+        names.note("dir/b.bin", None)
+        names.add_local_dir("dir/a")
+        assert [(e.name, e.is_dir) for e in await names.listdir("dir")] == [
+            ("a", True),
+            ("c.bin", False),
+            ("d.bin", False),
+        ]
+        names.note("dir/a/e.bin", Entry("e.bin", False, 1, 0, "v2"))  # a: a prefix now
+        assert [(e.name, e.is_dir) for e in await names.listdir("dir")] == [
+            ("a", True),
+            ("c.bin", False),
+            ("d.bin", False),
+        ]
     finally:
         await cloud.close()

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -153,17 +154,20 @@ class Filesystem:
             raise EntryNotFoundError(node.path)
         return self._apply(node, entry)
 
-    async def listdir(self, inode: int) -> list[tuple[Node, Entry]]:
-        """The directory's entries with their nodes (made if new), sorted by name."""
+    async def listdir(self, inode: int, start: int = 0) -> Iterator[tuple[Node, Entry]]:
+        """The directory's entries sorted by name, from the `start`-th on, each with its
+        node (made if new) as it is taken: a readdir that stops when its buffer is full
+        makes no nodes past it (a page of a 10,000-entry directory made them all)."""
         node = self.inodes.get(inode)
         if not node.is_dir:
             raise NotDirectoryError(node.path)
         entries = await self.names.listdir(node.path)
-        listed = []
+        return self._with_nodes(node.path, itertools.islice(entries, start, None))
+
+    def _with_nodes(self, parent: str, entries: Iterable[Entry]) -> Iterator[tuple[Node, Entry]]:
         for entry in entries:
-            child = self.inodes.ensure(join(node.path, entry.name), entry.is_dir)
-            listed.append((self._apply(child, entry), entry))
-        return listed
+            child = self.inodes.ensure(join(parent, entry.name), entry.is_dir)
+            yield self._apply(child, entry), entry
 
     async def mkdir(self, parent_inode: int, name: str) -> Node:
         path = self._child_path(self.inodes.get(parent_inode), name)

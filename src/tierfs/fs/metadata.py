@@ -41,6 +41,22 @@ def file_entry(meta: ObjectMeta) -> Entry:
 class _Listing:
     entries: dict[str, Entry]
     fetched: float
+    _in_order: list[Entry] | None = None
+
+    def in_order(self) -> list[Entry]:
+        """The entries sorted by name, sorted once until they change (each readdir page of
+        a directory asks for them)."""
+        if self._in_order is None:
+            self._in_order = [self.entries[name] for name in sorted(self.entries)]
+        return self._in_order
+
+    def put(self, name: str, entry: Entry | None) -> None:
+        """Change (None: remove) the entry `name`."""
+        if entry is None:
+            self.entries.pop(name, None)
+        else:
+            self.entries[name] = entry
+        self._in_order = None
 
 
 # Cached answers before the expired ones are dropped (then again each time they double).
@@ -129,15 +145,19 @@ class Namespace:
         return False
 
     async def listdir(self, path: str) -> list[Entry]:
-        """The entries of directory `path`, sorted by name; cached for the TTL."""
+        """The entries of directory `path`, sorted by name; cached for the TTL. The list
+        may be the cache's own: not to be changed."""
         listing = self._listings.get(path)
         if listing is None or not self._fresh(listing.fetched):
             listing = await self._list(path)
-        entries = dict(listing.entries)
-        for local in self._local_dirs:
-            parent, name = split(local)
-            if parent == path and name not in entries:
-                entries[name] = Entry(name, True)
+        local = [
+            name
+            for parent, name in map(split, self._local_dirs)
+            if parent == path and name not in listing.entries
+        ]
+        if not local:
+            return listing.in_order()
+        entries = listing.entries | {name: Entry(name, True) for name in local}
         return [entries[name] for name in sorted(entries)]
 
     async def _list(self, path: str) -> _Listing:
@@ -165,10 +185,7 @@ class Namespace:
         parent, name = split(path)
         listing = self._listings.get(parent)
         if listing is not None:
-            if entry is None:
-                listing.entries.pop(name, None)
-            else:
-                listing.entries[name] = entry
+            listing.put(name, entry)
         if entry is not None:
             self._ensure_parents(parent)
         if entry is None or not entry.is_dir:
@@ -181,7 +198,7 @@ class Namespace:
             parent, name = split(path)
             listing = self._listings.get(parent)
             if listing is not None and name not in listing.entries:
-                listing.entries[name] = Entry(name, True)
+                listing.put(name, Entry(name, True))
             self._stats[path] = (Entry(name, True), time.monotonic())
             path = parent
 

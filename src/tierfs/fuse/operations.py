@@ -156,9 +156,7 @@ class Operations(pyfuse3.Operations):
         # start_id is the index of the next entry: listings are sorted, so it is stable
         # while the listing is cached; a listing that changed between pages may repeat or
         # skip a name, as on NFS.
-        entries = await self.fs.listdir(fh)
-        for index in range(start_id, len(entries)):
-            node, _ = entries[index]
+        for index, (node, _) in enumerate(await self.fs.listdir(fh, start_id), start_id):
             name = os.fsencode(node.path.rpartition("/")[2])
             if not pyfuse3.readdir_reply(token, name, self._attr(node), index + 1):
                 self.fs.inodes.forget(node.inode, 0)
