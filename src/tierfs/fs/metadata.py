@@ -41,7 +41,7 @@ def file_entry(meta: ObjectMeta) -> Entry:
 class _Listing:
     entries: dict[str, Entry]
     fetched: float
-    _in_order: list[Entry] | None = None
+    _in_order: list[Entry] | None = field(default=None, init=False, repr=False)
 
     def in_order(self) -> list[Entry]:
         """The entries sorted by name, sorted once until they change (each readdir page of
