@@ -26,7 +26,7 @@ from tierfs.cache.base import ChunkCache, Origin
 from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.errors import CloudError
-from tierfs.fs.early_upload import EarlyUpload
+from tierfs.fs.early_upload import START_AT, EarlyUpload
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,13 @@ class Uploader:
         self.abandon(early)
         return None
 
-    def start_early(self, key: str, fd: int) -> EarlyUpload | None:
-        """An upload of `key` to be fed from the staging file `fd` while it is written, or
-        None if the store cannot stream or EARLY_UPLOADS are under way (the file then goes
-        up at its close)."""
-        if not self.cloud.streams_uploads or len(self._early) >= EARLY_UPLOADS:
+    def start_early(self, key: str, fd: int, size: int) -> EarlyUpload | None:
+        """An upload of `key` to be fed from the staging file `fd` (`size` bytes so far)
+        while it is written; None (the file goes up at its close) while it is under
+        START_AT, if the store cannot stream, or if EARLY_UPLOADS are under way."""
+        if size < START_AT or not self.cloud.streams_uploads:
+            return None
+        if len(self._early) >= EARLY_UPLOADS:
             return None
         early = EarlyUpload(self.cloud, key, fd)
         self._early.add(early)

@@ -33,7 +33,6 @@ from tierfs.errors import (
     UnsupportedError,
     VersionChangedError,
 )
-from tierfs.fs.early_upload import START_AT
 from tierfs.fs.handles import Handle, OpenFile, Staging
 from tierfs.fs.metadata import Entry, Namespace, file_entry
 from tierfs.fs.nodes import InodeTable, Node, join, split
@@ -462,16 +461,13 @@ class Filesystem:
         return written
 
     def _upload_early(self, file: OpenFile) -> None:
-        """Send the parts of a file written by appends while it grows (when the store can
-        stream): its close then waits only for the last."""
+        """Send the parts of a file written by appends while it grows (once it is large
+        enough, and where the store can stream): its close then waits only for the last."""
         if file.early is None:
-            if file.node.size < START_AT:
-                return
             assert file.fd is not None
-            file.early = self.uploader.start_early(file.node.path, file.fd)
-            if file.early is None:
-                return
-        file.early.appended(file.node.size)
+            file.early = self.uploader.start_early(file.node.path, file.fd, file.node.size)
+        if file.early is not None:
+            file.early.appended(file.node.size)
 
     def _abandon_early(self, file: OpenFile) -> None:
         """The file changed in a way its early upload cannot follow: it goes up whole."""
