@@ -25,16 +25,17 @@ def s3(mount_factory: MountFactory, seaweedfs: servers.S3Server) -> tuple[Mount,
 
 
 def uploads(client: Any, bucket: str) -> dict[str, int]:
-    """The server's unfinished multipart uploads: key -> parts it holds."""
-    found = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-    return {
-        upload["Key"]: len(
-            client.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]).get(
-                "Parts", []
-            )
-        )
-        for upload in found
-    }
+    """The server's unfinished multipart uploads: key -> parts it holds. An upload that
+    ends between the two requests (aborted or completed meanwhile) is left out."""
+    held = {}
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        key, upload_id = upload["Key"], upload["UploadId"]
+        try:
+            parts = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id)
+        except client.exceptions.NoSuchUpload:
+            continue
+        held[key] = len(parts.get("Parts", []))
+    return held
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
