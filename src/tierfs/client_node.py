@@ -9,8 +9,6 @@ and everything goes down in reverse order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
 from contextlib import AsyncExitStack
 
@@ -24,16 +22,15 @@ from tierfs.fs.handles import Staging
 from tierfs.fuse.mount import prepare_mountpoint, serve
 from tierfs.fuse.operations import Operations
 from tierfs.fuse.page_cache import KernelPageCache
+from tierfs.memory import free_held_memory_forever, limit_malloc_arenas
 from tierfs.peer.app import create_app, start_site
 from tierfs.peer.fetcher import PeerFetcher
 from tierfs.read_path import ReadPath
 from tierfs.settings import ClientSettings
-from tierfs.stats import NodeStats
+from tierfs.stats import NodeStats, Tier
 from tierfs.upload import Uploader, UploadJournal
 
 log = logging.getLogger(__name__)
-
-M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 
 
 def join_cluster(
@@ -60,12 +57,11 @@ def join_cluster(
     return client
 
 
-def limit_malloc_arenas() -> None:
-    """glibc gives each thread that allocates its own heap arena (up to 8 per core); the
-    cloud client's and the file pools' threads then keep tens of MB each. Two arenas keep
-    the client's memory near what it uses."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+def bytes_moved(stats: NodeStats) -> int:
+    """Bytes this node has fetched, served and put into the page cache: it is busy while
+    the count moves."""
+    fetched = sum(stats.tier(tier).bytes for tier in Tier)
+    return fetched + stats.served_to_peers_bytes + stats.page_cache_bytes
 
 
 async def run_client(settings: ClientSettings) -> None:
@@ -123,6 +119,10 @@ async def run_client(settings: ClientSettings) -> None:
         # Join once the peer API answers, so no peer finds it closed and skips this node.
         membership = asyncio.create_task(coordinator.run(), name="coordinator")
         stack.callback(membership.cancel)
+        trimming = asyncio.create_task(
+            free_held_memory_forever(lambda: bytes_moved(stats)), name="free memory"
+        )
+        stack.callback(trimming.cancel)
         stack.push_async_callback(coordinator.leave)  # runs first: leave, then stop
         fs = Filesystem(
             cloud,

@@ -1,0 +1,37 @@
+"""The allocator hands memory freed inside its heap back to the system (glibc)."""
+
+from __future__ import annotations
+
+import ctypes
+
+from tierfs import memory
+
+KiB, MiB = 2**10, 2**20
+BLOCK = 64 * KiB  # below glibc's mmap threshold: from the heap, not a map of its own
+
+
+def rss_anon() -> int:
+    """Bytes of this process's anonymous memory in RAM."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("RssAnon:"))
+    return int(line.split()[1]) * KiB
+
+
+def test_freed_heap_memory_goes_back_to_the_system() -> None:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(BLOCK) for _ in range(1024)]  # 64 MiB
+    fence = libc.malloc(BLOCK)  # above them: free() alone cannot shrink the heap
+    try:
+        for block in blocks:
+            ctypes.memset(block, 1, BLOCK)  # in RAM
+        for block in blocks:
+            libc.free(block)
+        before = rss_anon()
+        held = memory.free_held_memory()
+        after = rss_anon()
+    finally:
+        libc.free(fence)
+    assert held >= 60 * MiB  # the allocator held the freed blocks
+    assert before - after >= 48 * MiB  # and gave their pages back
