@@ -116,13 +116,13 @@ async def run_client(settings: ClientSettings) -> None:
         )
         runner = await start_site(peer_api, settings)
         stack.push_async_callback(runner.cleanup)  # runs before the read path closes
-        # Join once the peer API answers, so no peer finds it closed and skips this node.
-        membership = asyncio.create_task(coordinator.run(), name="coordinator")
-        stack.callback(membership.cancel)
         trimming = asyncio.create_task(
             free_held_memory_forever(lambda: bytes_moved(stats)), name="free memory"
         )
         stack.callback(trimming.cancel)
+        # Join once the peer API answers, so no peer finds it closed and skips this node.
+        membership = asyncio.create_task(coordinator.run(), name="coordinator")
+        stack.callback(membership.cancel)
         stack.push_async_callback(coordinator.leave)  # runs first: leave, then stop
         fs = Filesystem(
             cloud,

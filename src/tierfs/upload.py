@@ -141,9 +141,7 @@ class Uploader:
         """An upload of `key` to be fed from the staging file `fd` (`size` bytes so far)
         while it is written; None (the file goes up at its close) while it is under
         START_AT, if the store cannot stream, or if EARLY_UPLOADS are under way."""
-        if size < START_AT or not self.cloud.streams_uploads:
-            return None
-        if len(self._early) >= EARLY_UPLOADS:
+        if size < START_AT or not self.cloud.streams_uploads or len(self._early) >= EARLY_UPLOADS:
             return None
         early = EarlyUpload(self.cloud, key, fd)
         self._early.add(early)
