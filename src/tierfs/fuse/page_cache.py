@@ -29,7 +29,8 @@ from tierfs.stats import NodeStats
 log = logging.getLogger(__name__)
 
 # Bytes offered and not yet in the kernel's cache: more are dropped (they are in tier 1).
-MAX_PENDING_BYTES = 64 * 2**20
+# Part of a client's chunk memory (see `tierfs.read_path.FLIGHTS_PER_FETCH`).
+MAX_PENDING_BYTES = 32 * 2**20
 
 
 class KernelPageCache:
