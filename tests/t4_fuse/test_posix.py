@@ -88,6 +88,36 @@ def test_namespace_operations(mounted: Mount) -> None:
     assert not (root / "moved/g").exists()
 
 
+def test_a_file_being_written_stays_in_its_new_directory_past_the_metadata_ttl(
+    mounted: Mount,
+) -> None:
+    root = mounted.path
+    os.makedirs(root / "new/empty")
+    (root / "solo").mkdir()
+    with (
+        (root / "new/f.bin").open("wb", buffering=0) as f,
+        (root / "solo/g.bin").open("wb") as g,
+    ):
+        f.write(b"first ")
+        time.sleep(1.5)  # past the 1 s metadata TTL; the bucket has none of these names yet
+        assert sorted(os.listdir(root)) == ["new", "solo"]
+        assert sorted(os.listdir(root / "new")) == ["empty", "f.bin"]
+        assert os.listdir(root / "solo") == ["g.bin"]
+        assert os.stat(root / "new/f.bin").st_size == 6
+        with pytest.raises(OSError) as failed:
+            os.rmdir(root / "solo")
+        assert failed.value.errno == errno.ENOTEMPTY
+        os.rename(root / "new", root / "moved")
+        assert sorted(os.listdir(root)) == ["moved", "solo"]
+        assert sorted(os.listdir(root / "moved")) == ["empty", "f.bin"]
+        f.write(b"second")
+        g.write(b"g")
+    assert cloud_bytes(mounted, "moved/f.bin") == b"first second"
+    assert cloud_bytes(mounted, "new/f.bin") is None
+    assert cloud_bytes(mounted, "solo/g.bin") == b"g"
+    assert os.listdir(root / "moved/empty") == []
+
+
 @pytest.mark.parametrize(
     ("action", "expected"),
     [

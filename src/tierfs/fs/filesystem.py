@@ -160,8 +160,24 @@ class Filesystem:
         node = self.inodes.get(inode)
         if not node.is_dir:
             raise NotDirectoryError(node.path)
-        entries = await self.names.listdir(node.path)
+        entries = await self._entries(node.path)
         return self._with_nodes(node.path, itertools.islice(entries, start, None))
+
+    async def _entries(self, path: str) -> list[Entry]:
+        """The entries of directory `path`, sorted by name: the bucket's (cached), the
+        directories made here, and the files created here that are open and not in the
+        bucket yet (being written)."""
+        entries = await self.names.listdir(path)
+        unsaved = [
+            Entry(split(file.node.path)[1], False, file.node.size, file.node.mtime_ns, "")
+            for file in self._open.values()
+            if not file.node.version and not file.unlinked and split(file.node.path)[0] == path
+        ]
+        if not unsaved:
+            return entries
+        listed = {entry.name for entry in entries}
+        unlisted = [entry for entry in unsaved if entry.name not in listed]
+        return sorted([*entries, *unlisted], key=lambda entry: entry.name) if unlisted else entries
 
     def _with_nodes(self, parent: str, entries: Iterable[Entry]) -> Iterator[tuple[Node, Entry]]:
         for entry in entries:
@@ -181,7 +197,7 @@ class Filesystem:
         path, entry = await self._existing(parent_inode, name)
         if not entry.is_dir:
             raise NotDirectoryError(path)
-        if await self.names.listdir(path):
+        if await self._entries(path):
             raise DirectoryNotEmptyError(path)
         self.names.forget_subtree(path)
         self.names.note(path, None)
@@ -215,7 +231,7 @@ class Filesystem:
                 raise NotDirectoryError(new)
             if target.is_dir and not source.is_dir:
                 raise IsDirectoryError(new)
-            if target.is_dir and await self.names.listdir(new):
+            if target.is_dir and await self._entries(new):
                 raise DirectoryNotEmptyError(new)
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise InvalidKeyError(f"cannot move {old!r} into itself")
@@ -256,14 +272,16 @@ class Filesystem:
         # neither.
         await _bounded(keys, lambda key: self.cloud.copy(key, new + key[len(old) :]))
         await _bounded(keys, self.cloud.delete)
-        was_local = self.names.is_local_dir(old)
+        made_here = self.names.local_dirs_at_or_below(old)
         self.names.forget_subtree(old)
         self.names.forget_subtree(new)
         self.names.note(old, None)
-        if was_local or not keys:
-            self.names.add_local_dir(new)
-        else:
+        for folder in made_here:
+            self.names.add_local_dir(new + folder[len(old) :])
+        if keys:
             self.names.note(new, Entry(split(new)[1], True))
+        elif not made_here:  # it held only files being written here
+            self.names.add_local_dir(new)
 
     # -- attributes ---------------------------------------------------------------------
 

@@ -186,8 +186,8 @@ class Namespace:
         listing = self._listings.get(parent)
         if listing is not None:
             listing.put(name, entry)
-        if entry is not None:
-            self._ensure_parents(parent)
+        if entry is not None and (entry.is_dir or entry.version):
+            self._ensure_parents(parent)  # not for a file the bucket does not have yet
         if entry is None or not entry.is_dir:
             self._local_dirs.discard(path)
 
@@ -206,8 +206,9 @@ class Namespace:
         self._local_dirs.add(path)
         self._stats.pop(path, None)
 
-    def is_local_dir(self, path: str) -> bool:
-        return path in self._local_dirs
+    def local_dirs_at_or_below(self, path: str) -> list[str]:
+        below = path + "/"
+        return [d for d in self._local_dirs if d == path or d.startswith(below)]
 
     def forget_subtree(self, path: str) -> None:
         """Drop every cached answer at or below `path` (after a rename or rmdir)."""
