@@ -207,6 +207,8 @@ class Namespace:
         self._stats.pop(path, None)
 
     def local_dirs_at_or_below(self, path: str) -> list[str]:
+        """The directories made on this mount (no object below them yet) at or below
+        `path`."""
         below = path + "/"
         return [d for d in self._local_dirs if d == path or d.startswith(below)]
 
