@@ -164,20 +164,14 @@ class Filesystem:
         return self._with_nodes(node.path, itertools.islice(entries, start, None))
 
     async def _entries(self, path: str) -> list[Entry]:
-        """The entries of directory `path`, sorted by name: the bucket's (cached), the
-        directories made here, and the files created here that are open and not in the
-        bucket yet (being written)."""
-        entries = await self.names.listdir(path)
+        """The entries of directory `path` (`Namespace.listdir`), with the files created
+        here that are open and not in the bucket yet (being written)."""
         unsaved = [
             Entry(split(file.node.path)[1], False, file.node.size, file.node.mtime_ns, "")
             for file in self._open.values()
             if not file.node.version and not file.unlinked and split(file.node.path)[0] == path
         ]
-        if not unsaved:
-            return entries
-        listed = {entry.name for entry in entries}
-        unlisted = [entry for entry in unsaved if entry.name not in listed]
-        return sorted([*entries, *unlisted], key=lambda entry: entry.name) if unlisted else entries
+        return await self.names.listdir(path, unsaved)
 
     def _with_nodes(self, parent: str, entries: Iterable[Entry]) -> Iterator[tuple[Node, Entry]]:
         for entry in entries:

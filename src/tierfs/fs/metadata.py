@@ -8,8 +8,9 @@ changes made through this mount update the cache at once, so a writer sees its o
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -144,20 +145,25 @@ class Namespace:
             return bool(page.objects)
         return False
 
-    async def listdir(self, path: str) -> list[Entry]:
-        """The entries of directory `path`, sorted by name; cached for the TTL. The list
-        may be the cache's own: not to be changed."""
+    async def listdir(self, path: str, unsaved: Iterable[Entry] = ()) -> list[Entry]:
+        """The entries of directory `path`, sorted by name; cached for the TTL: the
+        bucket's, the directories made here, and `unsaved` (files of this mount the bucket
+        does not have yet), each unless the bucket lists it. The list may be the cache's
+        own: not to be changed."""
         listing = self._listings.get(path)
         if listing is None or not self._fresh(listing.fetched):
             listing = await self._list(path)
-        local = [
-            name
-            for parent, name in map(split, self._local_dirs)
-            if parent == path and name not in listing.entries
-        ]
+        made_here = (
+            Entry(name, True) for parent, name in map(split, self._local_dirs) if parent == path
+        )
+        local = {
+            entry.name: entry
+            for entry in itertools.chain(made_here, unsaved)
+            if entry.name not in listing.entries
+        }
         if not local:
             return listing.in_order()
-        entries = listing.entries | {name: Entry(name, True) for name in local}
+        entries = listing.entries | local
         return [entries[name] for name in sorted(entries)]
 
     async def _list(self, path: str) -> _Listing:
