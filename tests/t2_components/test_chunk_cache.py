@@ -602,6 +602,39 @@ async def test_open_files_are_bounded(open_cache: OpenCache, tmp_path: Path) -> 
 
 
 @pytest.mark.asyncio
+async def test_warming_checks_chunks_ahead_of_their_first_reads(
+    open_cache: OpenCache, tmp_path: Path
+) -> None:
+    """Read-ahead over chunks held but not checked since a restart checks them before
+    their reads come: a good one is then served at once (`read_now`, no await), a
+    damaged one is dropped and never served."""
+    stats = NodeStats()
+    cache = await open_cache(stats=stats)
+    (good, good_data), (bad, bad_data) = make_chunks("f", 8 * MiB, 4 * MiB)
+    for ref, data in ((good, good_data), (bad, bad_data)):
+        assert await cache.store(ref, data, Origin.LOCAL)
+    await cache.close()
+    bad_path = tmp_path / "nvme" / "chunks" / bad.id[:2] / bad.id
+    with open(bad_path, "r+b") as f:
+        f.seek(123_456)
+        f.write(bytes([bad_data[123_456] ^ 0x01]))
+    cache = await open_cache(stats=stats)
+    assert cache.read_now(good, 0, 100) is None  # its first read would check it
+
+    cache.warm(good.id)
+    cache.warm(bad.id)
+    deadline = time.monotonic() + 10
+    while (cache.holds(bad.id) or cache.read_now(good, 0, 100) is None) and (
+        time.monotonic() < deadline
+    ):
+        await asyncio.sleep(0.01)
+    assert cache.read_now(good, 5, 100) == good_data[5:105]
+    assert not cache.holds(bad.id) and not bad_path.exists()
+    assert stats.corrupt_chunks == 1
+    assert await cache.read(bad, 0, 100) is None
+
+
+@pytest.mark.asyncio
 async def test_large_reads_out_of_the_page_cache(open_cache: OpenCache, tmp_path: Path) -> None:
     """Reads of 1 MiB or more: inline when their pages are in the page cache, else on a
     thread; the same bytes either way."""

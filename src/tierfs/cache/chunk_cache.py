@@ -262,10 +262,14 @@ class DiskChunkCache:
 
     def warm(self, chunk_id: ChunkId) -> None:
         """Start reading a held chunk's file into the page cache ahead of its reads, so
-        that they are served at once from memory (see `files.advise_read`); nothing if the
-        chunk is not held. Neither a hit nor an access."""
+        that they are served at once from memory; nothing if the chunk is not held.
+        Neither a hit nor an access. A chunk not checked yet is checked now (the check
+        reads the file), else the kernel is advised (`files.advise_read`, on a thread)."""
         entry = self._entries.get(chunk_id)
         if entry is None or not entry.size or self._closed:
+            return
+        if not entry.verified:
+            self._check(entry)  # its first read waits for this task instead of starting one
             return
         fd = self._files.get(entry)
         if fd is not None:
@@ -277,17 +281,9 @@ class DiskChunkCache:
             if cached is None:
                 last = (entry.size - 1) // mmap.PAGESIZE * mmap.PAGESIZE
                 cached = files.resident_pages(fd, last, entry.size - last) == b"\x01"
-            if not cached:
-                files.advise_read(fd, entry.size)
-            return
-        try:  # not checked yet (its first read checks it), or its fd was closed
-            fd = files.open_chunk(self._path(entry.id))
-        except OSError:
-            return  # gone: its read finds out and drops it
-        try:
-            files.advise_read(fd, entry.size)
-        finally:
-            os.close(fd)
+            if cached:
+                return
+        self._io.submit(files.advise_read, self._path(entry.id), entry.size)
 
     def used(self, origin: Origin) -> int:
         """Bytes on disk (or reserved by writes under way) counted against `origin`."""

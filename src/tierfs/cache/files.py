@@ -277,11 +277,17 @@ def resident_pages(fd: int, offset: int, length: int) -> bytes | None:
     return None if failed else bytes(vector).translate(_LOW_BIT)
 
 
-def advise_read(fd: int, length: int) -> None:
-    """Ask the kernel to read bytes [0, length) of `fd` into the page cache in the
-    background (POSIX_FADV_WILLNEED); returns at once. Only a hint: errors are ignored."""
+def advise_read(path: str, length: int) -> None:
+    """Ask the kernel to read bytes [0, length) of the file at `path` into the page cache
+    (POSIX_FADV_WILLNEED). The disk reads go on in the background, but the call takes their
+    pages before it returns: ~0.7 ms for 4 MiB not cached here, so run it on a thread. Only
+    a hint: errors (the file gone meanwhile) are ignored."""
     with contextlib.suppress(OSError):
-        os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
 
 def in_page_cache(fd: int, offset: int, length: int) -> bool:
