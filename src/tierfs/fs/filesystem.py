@@ -274,7 +274,7 @@ class Filesystem:
             self.names.add_local_dir(new + folder[len(old) :])
         if keys:
             self.names.note(new, Entry(split(new)[1], True))
-        elif not made_here:  # it held only files being written here
+        else:  # the bucket has nothing below it: it lives on this mount
             self.names.add_local_dir(new)
 
     # -- attributes ---------------------------------------------------------------------
