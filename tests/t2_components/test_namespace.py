@@ -61,9 +61,7 @@ async def test_a_cached_listing_follows_this_mounts_changes(tmp_path: Path) -> N
         for name in ("b.bin", "d.bin"):
             await cloud.put(f"dir/{name}", b"x")
         names = Namespace(cloud, 60.0)  # nothing expires during the test
-        listed = await names.listdir("dir")
-        assert [e.name for e in listed] == ["b.bin", "d.bin"]
-        assert await names.listdir("dir") is listed  # served again, not sorted again
+        assert [e.name for e in await names.listdir("dir")] == ["b.bin", "d.bin"]
         names.note("dir/c.bin", Entry("c.bin", False, 3, 0, "v1"))
         names.note("dir/b.bin", None)
         names.add_local_dir("dir/a")
@@ -78,5 +76,39 @@ async def test_a_cached_listing_follows_this_mounts_changes(tmp_path: Path) -> N
             ("c.bin", False),
             ("d.bin", False),
         ]
+    finally:
+        await cloud.close()
+
+
+async def test_every_page_of_a_listing_with_local_entries_continues_where_the_last_ended(
+    tmp_path: Path,
+) -> None:
+    """Each readdir page asks for the entries from an index on. With directories made here
+    and files being written mixed among the bucket's, every start gives exactly the rest of
+    the whole sorted listing: nothing repeated, nothing skipped."""
+    cloud = open_store(settings_for("local", None, tmp_path))
+    try:
+        listed = [f"f{n:03d}.bin" for n in range(0, 300, 3)]
+        for name in listed:
+            await cloud.put(f"dir/{name}", b"x")
+        names = Namespace(cloud, 60.0)
+        made = ["a-first", "f050", "f150.d", "zz-last"]
+        for name in made:
+            names.add_local_dir(f"dir/{name}")
+        names.add_local_dir("elsewhere/f001")  # another directory's: not listed here
+        unsaved = [Entry(f"f{n:03d}.new", False, n, 0, "") for n in (1, 2, 200, 299)]
+        unsaved.append(Entry("f003.bin", False, 9, 0, ""))  # the bucket's entry wins
+        whole = sorted([*listed, *made, *(e.name for e in unsaved[:-1])])
+        for start in range(len(whole) + 2):
+            rest = await names.listdir("dir", unsaved, start)
+            assert [e.name for e in rest] == whole[start:], start
+        bucket_file = next(e for e in await names.listdir("dir", unsaved) if e.name == "f003.bin")
+        assert bucket_file.size == 1 and bucket_file.version
+        for name in ("c", "a", "b"):
+            await cloud.put(f"plain/{name}", b"x")
+        for start in range(5):  # no local entries: the bucket's alone
+            assert [e.name for e in await names.listdir("plain", (), start)] == ["a", "b", "c"][
+                start:
+            ]
     finally:
         await cloud.close()

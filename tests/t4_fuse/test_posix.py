@@ -191,6 +191,31 @@ def test_a_big_directory_lists_in_full(mount_factory: object) -> None:
     assert sorted(names) == [f"entry-{index:05d}" for index in range(10_000)]
 
 
+def test_a_directory_read_in_pages_keeps_to_one_listing_past_the_metadata_ttl(
+    mount_factory: object,
+) -> None:
+    """The readdir pages after the first keep to the listing the first one took, even once
+    the metadata TTL has passed: names added to the bucket meanwhile (sorting before all
+    the others) make no name come twice. (A directory too large to page through within the
+    TTL was listed again from the bucket for every page.)"""
+    mount = mount_factory("local", start=False, metadata_ttl="0.1s")  # type: ignore[operator]
+    bucket = Path(mount.flags["local_root"]) / "big"
+    bucket.mkdir(parents=True)
+    names = [f"entry-{index:04d}" for index in range(2000)]
+    for name in names:
+        (bucket / name).write_bytes(b"")
+    mount.start()
+    with os.scandir(mount.path / "big") as entries:
+        seen = [next(entries).name]  # the first page
+        time.sleep(0.3)
+        for index in range(50):
+            (bucket / f"added-{index:02d}").write_bytes(b"")
+        seen += [entry.name for entry in entries]
+    assert seen == names
+    later = os.listdir(mount.path / "big")  # a new listing, past the TTL, has them
+    assert sorted(later) == sorted(names + [f"added-{index:02d}" for index in range(50)])
+
+
 def test_concurrent_readers_and_writers(mounted: Mount) -> None:
     payload = {f"w{index}": os.urandom(2**20 + index) for index in range(8)}
 

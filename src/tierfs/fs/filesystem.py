@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import time
@@ -33,7 +32,7 @@ from tierfs.errors import (
     UnsupportedError,
     VersionChangedError,
 )
-from tierfs.fs.handles import Handle, OpenFile, Staging
+from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging
 from tierfs.fs.metadata import Entry, Namespace, file_entry
 from tierfs.fs.nodes import InodeTable, Node, join, split
 from tierfs.fs.streaming import StreamingUpload
@@ -98,6 +97,7 @@ class Filesystem:
         self.names = Namespace(cloud, metadata_ttl)
         self._open: dict[int, OpenFile] = {}  # by inode
         self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._last_versions: dict[int, str] = {}  # inode -> version at its last open
         self._retries: asyncio.Task[None] | None = None
@@ -153,25 +153,54 @@ class Filesystem:
             raise EntryNotFoundError(node.path)
         return self._apply(node, entry)
 
-    async def listdir(self, inode: int, start: int = 0) -> Iterator[tuple[Node, Entry]]:
-        """The directory's entries sorted by name, from the `start`-th on, each with its
-        node (made if new) as it is taken: a readdir that stops when its buffer is full
-        makes no nodes past it (a page of a 10,000-entry directory made them all)."""
-        node = self.inodes.get(inode)
+    async def opendir(self, inode: int) -> int:
+        """A handle for reading directory `inode` (`listdir`); `releasedir` drops it."""
+        node = await self.getattr(inode)
         if not node.is_dir:
             raise NotDirectoryError(node.path)
-        entries = await self._entries(node.path)
-        return self._with_nodes(node.path, itertools.islice(entries, start, None))
+        handle = self._next_fh
+        self._next_fh += 1
+        self._dirs[handle] = DirHandle(node)
+        return handle
 
-    async def _entries(self, path: str) -> list[Entry]:
-        """The entries of directory `path` (`Namespace.listdir`), with the files created
-        here that are open and not in the bucket yet (being written)."""
+    def releasedir(self, handle: int) -> None:
+        self._dirs.pop(handle, None)
+
+    async def listdir(self, handle: int, start: int = 0) -> Iterator[tuple[Node, Entry]]:
+        """The directory's entries sorted by name, from the `start`-th on, each with its
+        node (made if new) as it is taken: a readdir that stops when its buffer is full
+        makes no nodes past it (a page of a 10,000-entry directory made them all).
+
+        The pages after the first (`start` 0, or a rewind) take the listing the first one
+        did, or a later one, even past the metadata TTL: a directory too large to page
+        through within the TTL was listed again from the bucket for every page (50,000
+        entries took minutes)."""
+        opened = self._dirs.get(handle)
+        if opened is None:
+            raise StaleHandleError(f"directory handle {handle} is not open")
+        path = opened.node.path
+        if start == 0:
+            opened.listed_at = None
+        entries = await self._entries(path, start, listed_since=opened.listed_at)
+        if opened.listed_at is None:
+            opened.listed_at = self.names.listed_at(path)
+        return self._with_nodes(path, entries)
+
+    async def _entries(
+        self, path: str, start: int = 0, listed_since: float | None = None
+    ) -> Iterator[Entry]:
+        """The entries of directory `path` from the `start`-th on (`Namespace.listdir`),
+        with the files created here that are open and not in the bucket yet (being
+        written)."""
         unsaved = [
             Entry(split(file.node.path)[1], False, file.node.size, file.node.mtime_ns, "")
             for file in self._open.values()
             if not file.node.version and not file.unlinked and split(file.node.path)[0] == path
         ]
-        return await self.names.listdir(path, unsaved)
+        return await self.names.listdir(path, unsaved, start, listed_since)
+
+    async def _is_empty(self, path: str) -> bool:
+        return next(await self._entries(path), None) is None
 
     def _with_nodes(self, parent: str, entries: Iterable[Entry]) -> Iterator[tuple[Node, Entry]]:
         for entry in entries:
@@ -191,7 +220,7 @@ class Filesystem:
         path, entry = await self._existing(parent_inode, name)
         if not entry.is_dir:
             raise NotDirectoryError(path)
-        if await self._entries(path):
+        if not await self._is_empty(path):
             raise DirectoryNotEmptyError(path)
         self.names.forget_subtree(path)
         self.names.note(path, None)
@@ -225,7 +254,7 @@ class Filesystem:
                 raise NotDirectoryError(new)
             if target.is_dir and not source.is_dir:
                 raise IsDirectoryError(new)
-            if target.is_dir and await self._entries(new):
+            if target.is_dir and not await self._is_empty(new):
                 raise DirectoryNotEmptyError(new)
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise InvalidKeyError(f"cannot move {old!r} into itself")

@@ -1,4 +1,5 @@
-"""Open files: what each handle reads from, and the staging file of a file being written.
+"""Open files and directories: what each handle reads from, and the staging file of a file
+being written.
 
 All handles of one inode share one `OpenFile`, so a writer's bytes are what every reader
 on this node sees at once. A file is staged in `NVME/staging/` from its first write (or
@@ -51,6 +52,15 @@ class Handle:
     writable: bool  # opened for writing: its close uploads the file's unsaved bytes
     reader: SequentialReader | None = None
     on_fetched: OnFetched | None = None  # gives its random reads' chunks to the page cache
+
+
+@dataclass(eq=False)
+class DirHandle:
+    """One opendir(): the directory, and when the listing its readdir pages come from was
+    fetched (None until its first page)."""
+
+    node: Node
+    listed_at: float | None = None
 
 
 class Staging:

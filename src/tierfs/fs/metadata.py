@@ -8,9 +8,11 @@ changes made through this mount update the cache at once, so a writer sees its o
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -145,13 +147,23 @@ class Namespace:
             return bool(page.objects)
         return False
 
-    async def listdir(self, path: str, unsaved: Iterable[Entry] = ()) -> list[Entry]:
-        """The entries of directory `path`, sorted by name; cached for the TTL: the
-        bucket's, the directories made here, and `unsaved` (files of this mount the bucket
-        does not have yet), each unless the bucket lists it. The list may be the cache's
-        own: not to be changed."""
+    async def listdir(
+        self,
+        path: str,
+        unsaved: Iterable[Entry] = (),
+        start: int = 0,
+        listed_since: float | None = None,
+    ) -> Iterator[Entry]:
+        """The entries of directory `path` sorted by name, from the `start`-th on; cached
+        for the TTL (or, given `listed_since`, while the cached listing was fetched at or
+        after it): the bucket's, the directories made here, and `unsaved` (files of this
+        mount the bucket does not have yet), each unless the bucket lists it. A readdir
+        page of a large directory costs the page, not the directory."""
         listing = self._listings.get(path)
-        if listing is None or not self._fresh(listing.fetched):
+        if listing is None or not (
+            self._fresh(listing.fetched)
+            or (listed_since is not None and listing.fetched >= listed_since)
+        ):
             listing = await self._list(path)
         made_here = (
             Entry(name, True) for parent, name in map(split, self._local_dirs) if parent == path
@@ -161,10 +173,12 @@ class Namespace:
             for entry in itertools.chain(made_here, unsaved)
             if entry.name not in listing.entries
         }
-        if not local:
-            return listing.in_order()
-        entries = listing.entries | local
-        return [entries[name] for name in sorted(entries)]
+        return _merged_from(listing.in_order(), [local[name] for name in sorted(local)], start)
+
+    def listed_at(self, path: str) -> float | None:
+        """When the cached listing of `path` was fetched (`time.monotonic()`), if any."""
+        listing = self._listings.get(path)
+        return None if listing is None else listing.fetched
 
     async def _list(self, path: str) -> _Listing:
         """A fresh listing of `path`, shared by everyone who asks while it is fetched."""
@@ -228,6 +242,22 @@ class Namespace:
         parent, name = split(path)
         if parent in self._listings:
             self._listings[parent].entries.pop(name, None)
+
+
+def _name(entry: Entry) -> str:
+    return entry.name
+
+
+def _merged_from(listed: list[Entry], local: list[Entry], start: int) -> Iterator[Entry]:
+    """The `start`-th entry on of two lists sorted by name (no name in both), merged,
+    without walking or copying the entries before it."""
+    local_before = 0  # of the local entries, those that come before the `start`-th
+    for index, entry in enumerate(local):
+        if bisect.bisect_left(listed, entry.name, key=_name) + index >= start:
+            break
+        local_before += 1
+    rest = (listed[n] for n in range(start - local_before, len(listed)))
+    return heapq.merge(rest, local[local_before:], key=_name) if local else rest
 
 
 async def _shared(

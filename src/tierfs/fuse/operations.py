@@ -146,16 +146,13 @@ class Operations(pyfuse3.Operations):
 
     @_errno
     async def opendir(self, inode: pyfuse3.InodeT, ctx: Ctx) -> pyfuse3.FileHandleT:
-        node = await self.fs.getattr(inode)
-        if not node.is_dir:
-            raise errors.NotDirectoryError(node.path)
-        return pyfuse3.FileHandleT(inode)
+        return pyfuse3.FileHandleT(await self.fs.opendir(inode))
 
     @_errno
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Token) -> None:
-        # start_id is the index of the next entry: listings are sorted, so it is stable
-        # while the listing is cached; a listing that changed between pages may repeat or
-        # skip a name, as on NFS.
+        # start_id is the index of the next entry: listings are sorted, and the handle's
+        # pages keep to the listing its first page took (changes this mount makes show in
+        # it); a name added or removed between pages may repeat or skip another, as on NFS.
         for index, (node, _) in enumerate(await self.fs.listdir(fh, start_id), start_id):
             name = os.fsencode(node.path.rpartition("/")[2])
             if not pyfuse3.readdir_reply(token, name, self._attr(node), index + 1):
@@ -164,7 +161,7 @@ class Operations(pyfuse3.Operations):
             node.lookups += 1
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
-        return None
+        self.fs.releasedir(fh)
 
     @_errno
     async def mkdir(
