@@ -179,11 +179,9 @@ class Filesystem:
         if opened is None:
             raise StaleHandleError(f"directory handle {handle} is not open")
         path = opened.node.path
-        if start == 0:
-            opened.listed_at = None
-        entries = await self._entries(path, start, listed_since=opened.listed_at)
-        if opened.listed_at is None:
-            opened.listed_at = self.names.listed_at(path)
+        since = None if start == 0 else opened.listed_at
+        entries = await self._entries(path, start, listed_since=since)
+        opened.listed_at = self.names.listed_at(path)
         return self._with_nodes(path, entries)
 
     async def _entries(
