@@ -180,6 +180,50 @@ def test_ordinary_tools(mounted: Mount, tmp_path: Path) -> None:
     assert cloud_bytes(mounted, "dd.bin") == bytes(8 * 2**20)
 
 
+@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
+def test_times_and_modes_set_here_outlive_the_metadata_ttl(
+    mount_factory: object, tmp_path: Path, provider: str
+) -> None:
+    """`chmod` and `touch -m` hold on this mount past the metadata TTL, through a rename
+    and an upload (`cp -p`, `rsync -a`, whose next run then sends nothing), until the
+    object changes in the bucket. (The store's time came back after the TTL.)"""
+    mount = mount_factory(provider, metadata_ttl="0.1s")  # type: ignore[operator]
+    past = 1_500_000_000 * 10**9
+    path = mount.path / "f"
+    path.write_bytes(b"one")
+    os.utime(path, ns=(past, past))
+    path.chmod(0o600)
+    time.sleep(0.3)
+    info = path.stat()
+    assert (info.st_mtime_ns, stat.S_IMODE(info.st_mode)) == (past, 0o600)
+    path = path.rename(mount.path / "g")
+    time.sleep(0.3)
+    assert path.stat().st_mtime_ns == past
+
+    source = tmp_path / "tree"
+    source.mkdir()
+    for index in range(5):
+        (source / f"f{index}").write_bytes(os.urandom(1000))
+        os.utime(source / f"f{index}", ns=(past + index, past + index))
+    for _ in range(2):
+        sent = subprocess.run(
+            ["rsync", "-a", "--stats", f"{source}/", str(mount.path / "synced")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        time.sleep(0.3)
+    assert "Number of regular files transferred: 0" in sent
+    assert [(mount.path / "synced" / f"f{n}").stat().st_mtime_ns for n in range(5)] == [
+        past + index for index in range(5)
+    ]
+
+    cloud_put(mount, "g", b"changed elsewhere")
+    time.sleep(0.3)
+    assert abs(path.stat().st_mtime_ns - time.time_ns()) < 60 * 10**9  # the store's, now
+
+
 def test_a_big_directory_lists_in_full(mount_factory: object) -> None:
     mount = mount_factory("local", start=False)  # type: ignore[operator]
     bucket = Path(mount.flags["local_root"]) / "big"

@@ -116,7 +116,9 @@ class Filesystem:
 
     def _apply(self, node: Node, entry: Entry) -> Node:
         if not entry.is_dir and self._open.get(node.inode) is None:
-            node.size, node.version, node.mtime_ns = entry.size, entry.version, entry.mtime_ns
+            node.size, node.version = entry.size, entry.version
+            if node.mtime_set_for != entry.version:  # a time set here outlives the TTL
+                node.mtime_ns, node.mtime_set_for = entry.mtime_ns, None
         return node
 
     async def lookup(self, parent_inode: int, name: str) -> Node:
@@ -283,7 +285,10 @@ class Filesystem:
         await self.cloud.copy(old, new)
         await self.cloud.delete(old)
         self.names.note(old, None)
-        self.names.note(new, file_entry(await self.cloud.head(new)))
+        copied = await self.cloud.head(new)
+        self.names.note(new, file_entry(copied))
+        if node is not None and node.mtime_set_for == entry.version:
+            node.mtime_set_for = copied.version  # the copy is the same file, moved
 
     async def _rename_tree(self, old: str, new: str) -> None:
         keys = [
@@ -334,7 +339,7 @@ class Filesystem:
         if mode is not None:
             node.mode = mode & 0o7777
         if mtime_ns is not None:
-            node.mtime_ns = mtime_ns
+            node.mtime_ns, node.mtime_set_for = mtime_ns, node.version
         return node
 
     async def _truncate(self, file: OpenFile, size: int) -> None:
@@ -598,7 +603,7 @@ class Filesystem:
             self.uploader.journal.begin(file.node.path, file.staging)
         file.dirty = not file.unlinked
         file.node.size = size
-        file.node.mtime_ns = time.time_ns()
+        file.node.mtime_ns, file.node.mtime_set_for = time.time_ns(), None
 
     async def _upload(self, file: OpenFile) -> None:
         async with file.lock:
@@ -622,6 +627,8 @@ class Filesystem:
                     raise
                 file.dirty = False
             node = file.node
+            if node.mtime_set_for is not None:  # set since the last write: it stays
+                node.mtime_set_for = meta.version
             node.size, node.version = meta.size, meta.version
             self._last_versions[node.inode] = meta.version
             self.names.note(
