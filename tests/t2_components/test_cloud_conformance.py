@@ -13,9 +13,10 @@ import pytest
 from cloud_targets import AUTHENTICATING, server_for, settings_for
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.gcs import GcsStore
-from tierfs.cloud.providers import open_store
+from tierfs.cloud.providers import AzureBlobCloud, LocalDirectoryCloud, open_store
 from tierfs.errors import (
     AccessDeniedError,
+    InvalidKeyError,
     ObjectNotFoundError,
     UnsupportedUploadError,
     VersionChangedError,
@@ -88,6 +89,31 @@ async def test_keys_with_spaces_and_unicode(store: CloudStore) -> None:
     assert top.prefixes == sorted(["with space/", "ünïcødé/", "emoji 🎉/", "signs/"])
     inside = await store.list_all("signs/")
     assert [meta.key for meta in inside.objects] == sorted(keys[3:])
+
+
+async def test_a_key_is_stored_whole_or_refused_before_any_request(store: CloudStore) -> None:
+    """What `check_key` takes, the store takes, under that name; what it refuses is
+    InvalidKeyError (the mount's EINVAL at create), never another failure at upload (EIO
+    at close). The local directory refuses what its temp files `<name>#<n>` would break,
+    Azure a backslash (it reads it as `/`)."""
+    local, azure = isinstance(store, LocalDirectoryCloud), isinstance(store, AzureBlobCloud)
+    # 200 bytes: fake-gcs-server keeps each object in a file of a longer name.
+    longest = "n" * (store.name_max if local else 200)
+    accepted = ["q?x", "sharp#", "a.b.", longest] + ([] if local else ["h#1"])
+    refused = ["new\nline", "tab\there", "del\x7f"]
+    refused += ["h#1", f"dir/{longest}n", "h#1/x"] if local else []
+    refused += ["back\\slash"] if azure else []
+    for key in refused:
+        with pytest.raises(InvalidKeyError):
+            store.check_key(key)
+        with pytest.raises(InvalidKeyError):
+            await store.put(key, b"x")
+    for index, key in enumerate(accepted):
+        assert store.check_key(key) == key
+        version = (await store.put(key, pattern(10, seed=index))).version
+        assert await store.get_range(key, 0, 10, version) == pattern(10, seed=index)
+    listed = [meta.key for meta in (await store.list_all("")).objects]
+    assert listed == sorted(accepted)
 
 
 async def test_multipart_put_of_100_mib_from_a_file(store: CloudStore, tmp_path: Path) -> None:

@@ -128,6 +128,11 @@ def test_a_file_being_written_stays_in_its_new_directory_past_the_metadata_ttl(
         (lambda r: os.rmdir(r / "file"), errno.ENOTDIR),
         (lambda r: os.unlink(r / "dir"), errno.EISDIR),
         (lambda r: (r / ("n" * 256)).write_bytes(b"x"), errno.ENAMETOOLONG),
+        (lambda r: (r / ("n" * 251)).write_bytes(b"x"), errno.ENAMETOOLONG),  # local's limit
+        (lambda r: (r / "new\nline").write_bytes(b"x"), errno.EINVAL),
+        (lambda r: (r / "h#1").write_bytes(b"x"), errno.EINVAL),  # local's temp files
+        (lambda r: os.mkdir(r / "tab\tdir"), errno.EINVAL),
+        (lambda r: os.rename(r / "file", r / "dir/h#2"), errno.EINVAL),
         (lambda r: os.link(r / "file", r / "hard"), errno.ENOTSUP),
     ],
 )
@@ -139,6 +144,9 @@ def test_errors_users_expect(mount_factory: object, action: object, expected: in
     with pytest.raises(OSError) as failed:
         action(mount.path)  # type: ignore[operator]
     assert failed.value.errno == expected
+    assert sorted(os.listdir(mount.path)) == ["dir", "file"]  # nothing half made
+    assert sorted(os.listdir(mount.path / "dir")) == ["inside"]
+    assert cloud_bytes(mount, "file") == b"x"
 
 
 def test_unicode_and_spaces_in_names(mounted: Mount) -> None:

@@ -10,6 +10,7 @@ store's deadline. All methods are safe to call concurrently.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,10 +44,16 @@ class ListPage:
     prefixes: list[str] = field(default_factory=list)
 
 
+# No key holds an ASCII control character: obstore refuses them in a path.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_key(key: str) -> str:
     """Return `key` if every provider can store it, else raise InvalidKeyError."""
-    if not key or key.startswith("/") or "\x00" in key or len(key.encode()) > 1024:
+    if not key or key.startswith("/") or len(key.encode()) > 1024:
         raise InvalidKeyError(f"invalid object key {key!r}")
+    if _CONTROL.search(key):
+        raise InvalidKeyError(f"invalid object key {key!r}: a control character")
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise InvalidKeyError(f"invalid object key {key!r}: empty, '.' or '..' segment")
     return key
@@ -57,6 +64,13 @@ class CloudStore(abc.ABC):
 
     #: Human-readable "provider://bucket", used in messages and logs.
     url: str
+    #: The longest name (one segment of a key) this store takes, in bytes: by default
+    #: Linux's NAME_MAX, as the mount's names are the segments.
+    name_max: int = 255
+
+    def check_key(self, key: str) -> str:
+        """Return `key` if this store can hold it, else raise InvalidKeyError."""
+        return check_key(key)
 
     @abc.abstractmethod
     async def head(self, key: str) -> ObjectMeta:

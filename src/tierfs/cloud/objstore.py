@@ -21,7 +21,6 @@ from tierfs.cloud.base import (
     CloudStore,
     ListPage,
     ObjectMeta,
-    check_key,
 )
 from tierfs.errors import (
     AccessDeniedError,
@@ -117,12 +116,12 @@ class ObjstoreCloud(CloudStore):
         )
 
     async def head(self, key: str) -> ObjectMeta:
-        check_key(key)
+        self.check_key(key)
         meta = await self._call("HEAD", key, lambda: obstore.head_async(self._store, key))
         return _meta(meta)
 
     async def get_range(self, key: str, start: int, length: int, version: str) -> Data:
-        check_key(key)
+        self.check_key(key)
         if length <= 0:
             return b""
 
@@ -157,7 +156,7 @@ class ObjstoreCloud(CloudStore):
         raise CloudError(f"{self.url}/{key}: range from {start} refused by the store")
 
     async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
-        check_key(key)
+        self.check_key(key)
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
 
         async def upload() -> ObjectMeta:
@@ -177,7 +176,7 @@ class ObjstoreCloud(CloudStore):
         return await self._call("PUT", key, upload, bounded=size <= MULTIPART_THRESHOLD)
 
     async def put_stream(self, key: str, parts: AsyncIterator[bytes]) -> ObjectMeta:
-        check_key(key)
+        self.check_key(key)
         size = 0
 
         async def counted() -> AsyncIterator[bytes]:
@@ -206,7 +205,7 @@ class ObjstoreCloud(CloudStore):
 
     async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
         if prefix:
-            check_key(prefix.removesuffix("/"))
+            self.check_key(prefix.removesuffix("/"))
         path = prefix.removesuffix("/") or None
         if delimiter:
             listing = await self._call(
@@ -242,14 +241,14 @@ class ObjstoreCloud(CloudStore):
                 raise CloudError(f"LIST {self.url}/{prefix} broke off: {error}") from exc
 
     async def delete(self, key: str) -> None:
-        check_key(key)
+        self.check_key(key)
         # Azure and local say 404 where S3 says nothing: absent is what was asked for.
         with contextlib.suppress(ObjectNotFoundError):
             await self._call("DELETE", key, lambda: obstore.delete_async(self._store, key))
 
     async def copy(self, source: str, destination: str) -> None:
-        check_key(source)
-        check_key(destination)
+        self.check_key(source)
+        self.check_key(destination)
         await self._call(
             "COPY", source, lambda: obstore.copy_async(self._store, source, destination)
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from obstore.store import AzureStore, LocalStore, S3Store
 
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.objstore import NO_RETRIES, ObjstoreCloud, client_options
-from tierfs.errors import ConfigError
+from tierfs.errors import ConfigError, InvalidKeyError
 from tierfs.settings import ClientSettings
 
 GCS_INTEROP_ENDPOINT = "https://storage.googleapis.com"
@@ -103,14 +105,46 @@ def azure_store(
         client_options=client_options(timeout, allow_http=_is_http(endpoint)),  # type: ignore[arg-type]
         retry_config=NO_RETRIES,  # type: ignore[arg-type]
     )
-    return ObjstoreCloud(store, f"azure://{account}/{container}", timeout)
+    return AzureBlobCloud(store, f"azure://{account}/{container}", timeout)
+
+
+class AzureBlobCloud(ObjstoreCloud):
+    """Azure Blob takes a backslash in a name as a `/` (Azurite does too): a file named
+    `a\\b` would come back as `b` in a folder `a`, so such a name is refused."""
+
+    def check_key(self, key: str) -> str:
+        if "\\" in key:
+            raise InvalidKeyError(f"invalid object key {key!r}: Azure reads a backslash as '/'")
+        return super().check_key(key)
 
 
 def local_store(root: str, timeout: float) -> CloudStore:
     """A directory as the bucket: writes are atomic (temp file + rename), so every put
     gets a new version (obstore's ETag of inode, mtime and size)."""
     store = LocalStore(root, mkdir=True, automatic_cleanup=True)
-    return ObjstoreCloud(store, f"local://{root}", timeout)
+    return LocalDirectoryCloud(store, f"local://{root}", timeout)
+
+
+class LocalDirectoryCloud(ObjstoreCloud):
+    """obstore's LocalStore writes a key's file as a temp file `<name>#<n>` beside it,
+    then renames it: a name must leave room for that suffix in the local filesystem's 255
+    bytes, and must not look like such a file (obstore refuses those)."""
+
+    name_max = 255 - len("#9999")
+
+    def check_key(self, key: str) -> str:
+        super().check_key(key)
+        for name in key.split("/"):
+            if _LOCAL_TEMP_SUFFIX.search(name):
+                raise InvalidKeyError(f"invalid object key {key!r}: a local name ends in '#N'")
+            if len(name.encode()) > self.name_max:
+                raise InvalidKeyError(
+                    f"invalid object key {key!r}: a name over {self.name_max} bytes"
+                )
+        return key
+
+
+_LOCAL_TEMP_SUFFIX = re.compile(r"#\d+$")
 
 
 def _is_http(endpoint: str | None) -> bool:

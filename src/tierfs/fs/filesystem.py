@@ -41,7 +41,6 @@ from tierfs.upload import Uploader
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255  # bytes of one name, as every Linux filesystem
 KEY_MAX = 1024  # bytes of a whole key, the limit of S3 and GCS
 COPY_PIECE = 8 * 2**20  # filling a staging file from the tiers, one piece at a time
 RENAME_PARALLELISM = 16  # cloud copies (or deletes) in flight for a directory rename
@@ -107,12 +106,17 @@ class Filesystem:
     def _child_path(self, parent: Node, name: str) -> str:
         if not parent.is_dir:
             raise NotDirectoryError(f"{parent.path!r} is not a directory")
-        if len(name.encode()) > NAME_MAX:
+        if len(name.encode()) > self.cloud.name_max:
             raise NameTooLongError(f"name of {len(name.encode())} bytes")
         path = join(parent.path, name)
         if len(path.encode()) > KEY_MAX:
             raise NameTooLongError(f"key of {len(path.encode())} bytes")
         return path
+
+    def _new_child_path(self, parent: Node, name: str) -> str:
+        """The path of a name to be made: one the store can hold (InvalidKeyError, EINVAL,
+        before anything is written, not EIO at close)."""
+        return self.cloud.check_key(self._child_path(parent, name))
 
     def _apply(self, node: Node, entry: Entry) -> Node:
         if not entry.is_dir and self._open.get(node.inode) is None:
@@ -208,7 +212,7 @@ class Filesystem:
             yield self._apply(child, entry), entry
 
     async def mkdir(self, parent_inode: int, name: str) -> Node:
-        path = self._child_path(self.inodes.get(parent_inode), name)
+        path = self._new_child_path(self.inodes.get(parent_inode), name)
         if await self._stat(path) is not None:
             raise EntryExistsError(path)
         self.names.add_local_dir(path)
@@ -245,7 +249,7 @@ class Filesystem:
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
         """Move a file or a directory tree (copy + delete in the cloud), replacing a file."""
         old, source = await self._existing(old_parent, old_name)
-        new = self._child_path(self.inodes.get(new_parent), new_name)
+        new = self._new_child_path(self.inodes.get(new_parent), new_name)
         if old == new:
             return
         target = await self._stat(new)
@@ -430,7 +434,7 @@ class Filesystem:
 
     async def create(self, parent_inode: int, name: str) -> Handle:
         """A new empty file, in the cloud once its handle is flushed."""
-        path = self._child_path(self.inodes.get(parent_inode), name)
+        path = self._new_child_path(self.inodes.get(parent_inode), name)
         if await self._stat(path) is not None:
             raise EntryExistsError(path)
         node = self.inodes.ensure(path, is_dir=False)

@@ -251,7 +251,7 @@ class Operations(pyfuse3.Operations):
         data.f_bsize = data.f_frsize = 4096
         data.f_blocks = data.f_bfree = data.f_bavail = 2**40 // 4096 * 1024  # 1 PiB
         data.f_files = data.f_ffree = data.f_favail = 2**32
-        data.f_namemax = 255
+        data.f_namemax = self.fs.cloud.name_max
         return data
 
     async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
