@@ -237,7 +237,7 @@ class Filesystem:
         node = self.inodes.find(path)
         opened = self._open.get(node.inode) if node else None
         if opened is not None:
-            opened.unlinked, opened.dirty = True, False
+            opened.unlinked_from, opened.dirty = path, False
             self._abandon_early(opened)
             if opened.staging is not None:
                 self.uploader.journal.done(opened.staging)

@@ -35,12 +35,19 @@ class OpenFile:
     dirty: bool = False  # staging holds bytes the cloud does not have
     appends_only: bool = False  # written from empty by appends alone: it can go up early
     early: EarlyUpload | None = None  # its upload, under way while it is written
-    unlinked: bool = False  # removed while open: its bytes go nowhere
+    # The key it was removed from while open: its bytes go nowhere, and its reads still
+    # come from that object's chunks (from tier 1: the cloud has them no more).
+    unlinked_from: str | None = None
     stream: StreamingUpload | None = None  # instead of staging, when the disk was full
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # writes vs. upload
 
+    @property
+    def unlinked(self) -> bool:
+        return self.unlinked_from is not None
+
     def ref(self) -> ObjectRef:
-        return ObjectRef(self.node.path, self.node.version, self.node.size)
+        key = self.node.path if self.unlinked_from is None else self.unlinked_from
+        return ObjectRef(key, self.node.version, self.node.size)
 
 
 @dataclass(eq=False)
