@@ -251,6 +251,21 @@ def test_times_and_modes_set_here_outlive_the_metadata_ttl(
     assert abs(path.stat().st_mtime_ns - time.time_ns()) < 60 * 10**9  # the store's, now
 
 
+def test_modes_given_at_create_and_mkdir_hold(mounted: Mount) -> None:
+    """A program made here runs (`git clone`, a compiler's output): create and mkdir keep
+    the mode they are given, as chmod does, and a mode of 0 is 0, not the default."""
+    script = mounted.path / "run.sh"
+    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o750)
+    os.write(fd, b"#!/bin/sh\necho ran\n")
+    os.close(fd)
+    assert stat.S_IMODE(script.stat().st_mode) == 0o750
+    assert subprocess.run([str(script)], capture_output=True, timeout=30).stdout == b"ran\n"
+    os.mkdir(mounted.path / "private", 0o700)
+    assert stat.S_IMODE((mounted.path / "private").stat().st_mode) == 0o700
+    script.chmod(0)
+    assert stat.S_IMODE(script.stat().st_mode) == 0
+
+
 def test_a_big_directory_lists_in_full(mount_factory: object) -> None:
     mount = mount_factory("local", start=False)  # type: ignore[operator]
     bucket = Path(mount.flags["local_root"]) / "big"

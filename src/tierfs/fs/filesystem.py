@@ -211,13 +211,15 @@ class Filesystem:
             child = self.inodes.ensure(join(parent, entry.name), entry.is_dir)
             yield self._apply(child, entry), entry
 
-    async def mkdir(self, parent_inode: int, name: str) -> Node:
+    async def mkdir(self, parent_inode: int, name: str, mode: int | None = None) -> Node:
+        """A new directory; `mode` (None: the mount's default) holds on this mount, as a
+        chmod does."""
         path = self._new_child_path(self.inodes.get(parent_inode), name)
         if await self._stat(path) is not None:
             raise EntryExistsError(path)
         self.names.add_local_dir(path)
         node = self.inodes.ensure(path, is_dir=True)
-        node.mtime_ns = time.time_ns()
+        node.mtime_ns, node.mode = time.time_ns(), mode
         return node
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
@@ -432,13 +434,14 @@ class Filesystem:
             await self._settle(inode)  # the kernel drops the file's pages, or writes into them
         return handle, keep_cache
 
-    async def create(self, parent_inode: int, name: str) -> Handle:
-        """A new empty file, in the cloud once its handle is flushed."""
+    async def create(self, parent_inode: int, name: str, mode: int | None = None) -> Handle:
+        """A new empty file, in the cloud once its handle is flushed; `mode` as in
+        `mkdir` (an executable built here runs)."""
         path = self._new_child_path(self.inodes.get(parent_inode), name)
         if await self._stat(path) is not None:
             raise EntryExistsError(path)
         node = self.inodes.ensure(path, is_dir=False)
-        node.size, node.version, node.mtime_ns = 0, "", time.time_ns()
+        node.size, node.version, node.mtime_ns, node.mode = 0, "", time.time_ns(), mode
         file = self._acquire(node)
         self.staging.open_new(file)
         self._dirty(file, 0)

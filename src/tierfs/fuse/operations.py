@@ -97,10 +97,14 @@ class Operations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = pyfuse3.InodeT(node.inode)
         if node.is_dir:
-            attr.st_mode = pyfuse3.ModeT(stat.S_IFDIR | (node.mode or owner.dir_mode))
+            attr.st_mode = pyfuse3.ModeT(
+                stat.S_IFDIR | (owner.dir_mode if node.mode is None else node.mode)
+            )
             attr.st_nlink = 2
         else:
-            attr.st_mode = pyfuse3.ModeT(stat.S_IFREG | (node.mode or owner.file_mode))
+            attr.st_mode = pyfuse3.ModeT(
+                stat.S_IFREG | (owner.file_mode if node.mode is None else node.mode)
+            )
             attr.st_nlink = 1
             attr.st_size = node.size
         attr.st_uid, attr.st_gid = owner.uid, owner.gid
@@ -167,7 +171,7 @@ class Operations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
-        node = await self.fs.mkdir(parent_inode, os.fsdecode(name))
+        node = await self.fs.mkdir(parent_inode, os.fsdecode(name), stat.S_IMODE(mode))
         node.lookups += 1
         return self._attr(node)
 
@@ -216,7 +220,7 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: Ctx,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        handle = await self.fs.create(parent_inode, os.fsdecode(name))
+        handle = await self.fs.create(parent_inode, os.fsdecode(name), stat.S_IMODE(mode))
         node = handle.file.node
         node.lookups += 1
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle.fh)), self._attr(node)
