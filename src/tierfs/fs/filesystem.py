@@ -204,7 +204,14 @@ class Filesystem:
         return await self.names.listdir(path, unsaved, start, listed_since)
 
     async def _is_empty(self, path: str) -> bool:
-        return next(await self._entries(path), None) is None
+        """No entry in directory `path`, or only bucket prefixes with no key below them any
+        more (SeaweedFS lists an emptied prefix for minutes: `rm -rf` said ENOTEMPTY)."""
+        prefixes = False
+        for entry in await self._entries(path):
+            if not entry.is_dir or self.names.is_local_dir(join(path, entry.name)):
+                return False
+            prefixes = True
+        return not prefixes or not await self.names.has_keys_below(path)
 
     def _with_nodes(self, parent: str, entries: Iterable[Entry]) -> Iterator[tuple[Node, Entry]]:
         for entry in entries:
@@ -228,7 +235,7 @@ class Filesystem:
             raise NotDirectoryError(path)
         if not await self._is_empty(path):
             raise DirectoryNotEmptyError(path)
-        self.names.forget_subtree(path)
+        self.names.removed_dir(path)
         self.names.note(path, None)
         self.inodes.remove(path)
 
@@ -305,7 +312,7 @@ class Filesystem:
         await _bounded(keys, lambda key: self.cloud.copy(key, new + key[len(old) :]))
         await _bounded(keys, self.cloud.delete)
         made_here = self.names.local_dirs_at_or_below(old)
-        self.names.forget_subtree(old)
+        self.names.removed_dir(old)
         self.names.forget_subtree(new)
         self.names.note(old, None)
         for folder in made_here:

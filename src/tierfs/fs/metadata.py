@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.errors import ObjectNotFoundError
-from tierfs.fs.nodes import split
+from tierfs.fs.nodes import join, split
 
 T = TypeVar("T")
 
@@ -64,6 +64,9 @@ class _Listing:
 
 # Cached answers before the expired ones are dropped (then again each time they double).
 PRUNE_AT = 65_536
+# How long a directory this mount removed is checked for when a listing has it: a store
+# may list a prefix for a while after its last key is gone (SeaweedFS: ~2.5 min).
+GHOST_WINDOW = 300.0
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Namespace:
     # in one directory each had the kernel look the directory up again every second).
     _listing_now: dict[str, asyncio.Future[_Listing]] = field(default_factory=dict)
     _stat_now: dict[str, asyncio.Future[Entry | None]] = field(default_factory=dict)
+    # Directories this mount removed (rmdir, moved away), by when (`removed_dir`).
+    _removed: dict[str, float] = field(default_factory=dict)
 
     def _fresh(self, fetched: float) -> bool:
         return time.monotonic() - fetched < self.ttl
@@ -109,7 +114,7 @@ class Namespace:
         started = time.monotonic()
         file_check = asyncio.ensure_future(self.cloud.head(path))
         try:
-            is_dir = await self._has_children(path)
+            is_dir = await self.has_keys_below(path)
         except BaseException:
             file_check.cancel()
             raise
@@ -142,7 +147,9 @@ class Namespace:
         self._listings = {p: v for p, v in self._listings.items() if self._fresh(v.fetched)}
         self.prune_at = max(self.prune_at, 2 * len(self))
 
-    async def _has_children(self, path: str) -> bool:
+    async def has_keys_below(self, path: str) -> bool:
+        """Whether the bucket has a key below `path`: asked, not taken from a listing (a
+        listing may name a prefix whose keys are gone, see GHOST_WINDOW)."""
         async for page in self.cloud.list(path + "/", delimiter=False):
             return bool(page.objects)
         return False
@@ -190,10 +197,14 @@ class Namespace:
         entries: dict[str, Entry] = {}
         for meta in page.objects:
             entry = file_entry(meta)
-            entries[entry.name] = entry
+            # A "dir/" marker (the S3 console's folders; SeaweedFS lists an emptied folder
+            # so) comes back as the directory's own key: not an entry of it.
+            if meta.key != path and entry.name:
+                entries[entry.name] = entry
         for prefix in page.prefixes:
             name = split(prefix.rstrip("/"))[1]
-            entries[name] = Entry(name, True)
+            if not await self._is_ghost(join(path, name)):
+                entries[name] = Entry(name, True)
         listing = _Listing(entries, started)
         self._listings[path] = listing
         self._prune_if_grown()
@@ -222,9 +233,33 @@ class Namespace:
             self._stats[path] = (Entry(name, True), time.monotonic())
             path = parent
 
+    async def _is_ghost(self, path: str) -> bool:
+        """A listed prefix is a directory this mount removed lately with no key below it
+        now: the store lists it still, and it would come back (`rm -rf d; mkdir d` said
+        EEXIST)."""
+        removed = self._removed.get(path)
+        if removed is None:
+            return False
+        if time.monotonic() - removed < GHOST_WINDOW and not await self.has_keys_below(path):
+            return True
+        del self._removed[path]
+        return False
+
+    def removed_dir(self, path: str) -> None:
+        """This mount removed directory `path` (rmdir, or moved it away): forget every
+        answer at or below it, and keep listings from bringing it back (`_is_ghost`)."""
+        self.forget_subtree(path)
+        now = time.monotonic()
+        self._removed = {p: t for p, t in self._removed.items() if now - t < GHOST_WINDOW}
+        self._removed[path] = now
+
     def add_local_dir(self, path: str) -> None:
         self._local_dirs.add(path)
         self._stats.pop(path, None)
+
+    def is_local_dir(self, path: str) -> bool:
+        """Whether `path` is a directory made on this mount with no object below it yet."""
+        return path in self._local_dirs
 
     def local_dirs_at_or_below(self, path: str) -> list[str]:
         """The directories made on this mount (no object below them yet) at or below
