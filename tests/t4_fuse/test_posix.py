@@ -123,21 +123,27 @@ def test_a_file_being_written_stays_in_its_new_directory_past_the_metadata_ttl(
 
 
 def test_a_file_removed_while_open_still_reads(mounted: Mount) -> None:
-    """POSIX: an unlinked file lives on for those who hold it open. Its bytes come from
-    tier 1, which has them once this mount wrote or read them (the read failed with EINVAL:
-    it asked the cloud for the inode's detached name)."""
+    """POSIX: a file unlinked, or replaced by a rename, lives on for those who hold it
+    open. Its bytes come from tier 1, which has them once this mount wrote or read them
+    (the reads failed with EINVAL: they asked the cloud for the inode's detached name)."""
     written = os.urandom(3 * 2**20 + 5)
     (mounted.path / "written.bin").write_bytes(written)
     cloud_put(mounted, "fetched.bin", os.urandom(2**20))
     fetched = (mounted.path / "fetched.bin").read_bytes()
-    for name, body in [("written.bin", written), ("fetched.bin", fetched)]:
+    (mounted.path / "other.bin").write_bytes(b"other")
+    removals = [
+        ("written.bin", written, os.unlink),
+        ("fetched.bin", fetched, lambda path: (mounted.path / "other.bin").rename(path)),
+    ]
+    for name, body, remove in removals:
         with open(mounted.path / name, "rb", buffering=0) as held:
-            os.unlink(mounted.path / name)
+            remove(mounted.path / name)
             evict(held.fileno(), len(body))  # so that the reads come to tierfs
             assert held.read() == body
             assert os.pread(held.fileno(), 100, 2**20 - 50) == body[2**20 - 50 : 2**20 + 50]
-        assert cloud_bytes(mounted, name) is None
-    assert os.listdir(mounted.path) == []
+    assert cloud_bytes(mounted, "written.bin") is None
+    assert cloud_bytes(mounted, "fetched.bin") == b"other"
+    assert os.listdir(mounted.path) == ["fetched.bin"]
 
 
 @pytest.mark.parametrize(

@@ -243,6 +243,15 @@ class Filesystem:
         path, entry = await self._existing(parent_inode, name)
         if entry.is_dir:
             raise IsDirectoryError(path)
+        self._unlink_open(path)
+        if entry.version:  # "" is a file created here and never uploaded
+            await self.cloud.delete(path)
+        self.names.note(path, None)
+        self.inodes.remove(path)
+
+    def _unlink_open(self, path: str) -> None:
+        """The file at `path` leaves the namespace (unlinked, or replaced by a rename): a
+        handle still open on it reads on from its object's chunks, and writes nowhere."""
         node = self.inodes.find(path)
         opened = self._open.get(node.inode) if node else None
         if opened is not None:
@@ -250,10 +259,6 @@ class Filesystem:
             self._abandon_early(opened)
             if opened.staging is not None:
                 self.uploader.journal.done(opened.staging)
-        if entry.version:  # "" is a file created here and never uploaded
-            await self.cloud.delete(path)
-        self.names.note(path, None)
-        self.inodes.remove(path)
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
         """Move a file or a directory tree (copy + delete in the cloud), replacing a file."""
@@ -275,6 +280,7 @@ class Filesystem:
             await self._rename_tree(old, new)
         else:
             await self._rename_file(old, new)
+            self._unlink_open(new)  # the file it replaced, if any
         self.inodes.move(old, new)
         self._journal_moved(new)
 
