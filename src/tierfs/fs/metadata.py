@@ -201,9 +201,12 @@ class Namespace:
             # so) comes back as the directory's own key: not an entry of it.
             if meta.key != path and entry.name:
                 entries[entry.name] = entry
-        for prefix in page.prefixes:
-            name = split(prefix.rstrip("/"))[1]
-            if not await self._is_ghost(join(path, name)):
+        names = [split(prefix.rstrip("/"))[1] for prefix in page.prefixes]
+        removed = [name for name in names if join(path, name) in self._removed]
+        answers = await asyncio.gather(*(self._is_ghost(join(path, name)) for name in removed))
+        ghosts = {name for name, ghost in zip(removed, answers, strict=True) if ghost}
+        for name in names:
+            if name not in ghosts:
                 entries[name] = Entry(name, True)
         listing = _Listing(entries, started)
         self._listings[path] = listing
@@ -234,15 +237,14 @@ class Namespace:
             path = parent
 
     async def _is_ghost(self, path: str) -> bool:
-        """A listed prefix is a directory this mount removed lately with no key below it
-        now: the store lists it still, and it would come back (`rm -rf d; mkdir d` said
-        EEXIST)."""
+        """Whether a listed prefix is a directory this mount removed lately and the bucket
+        has no key below now: the store lists it still, and it would come back (`rm -rf d;
+        mkdir d` said EEXIST)."""
         removed = self._removed.get(path)
-        if removed is None:
-            return False
-        if time.monotonic() - removed < GHOST_WINDOW and not await self.has_keys_below(path):
+        recent = removed is not None and time.monotonic() - removed < GHOST_WINDOW
+        if recent and not await self.has_keys_below(path):
             return True
-        del self._removed[path]
+        self._removed.pop(path, None)
         return False
 
     def removed_dir(self, path: str) -> None:
