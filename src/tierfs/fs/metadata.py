@@ -12,6 +12,7 @@ import bisect
 import heapq
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -87,8 +88,9 @@ class Namespace:
     # in one directory each had the kernel look the directory up again every second).
     _listing_now: dict[str, asyncio.Future[_Listing]] = field(default_factory=dict)
     _stat_now: dict[str, asyncio.Future[Entry | None]] = field(default_factory=dict)
-    # Directories this mount removed (rmdir, moved away), by when (`removed_dir`).
-    _removed: dict[str, float] = field(default_factory=dict)
+    # Directories this mount removed (rmdir, moved away), by when, oldest first
+    # (`removed_dir`).
+    _removed: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def _fresh(self, fetched: float) -> bool:
         return time.monotonic() - fetched < self.ttl
@@ -252,8 +254,10 @@ class Namespace:
         answer at or below it, and keep listings from bringing it back (`_is_ghost`)."""
         self.forget_subtree(path)
         now = time.monotonic()
-        self._removed = {p: t for p, t in self._removed.items() if now - t < GHOST_WINDOW}
         self._removed[path] = now
+        self._removed.move_to_end(path)  # in time order: the expired ones come first
+        while now - next(iter(self._removed.values())) >= GHOST_WINDOW:
+            self._removed.popitem(last=False)
 
     def add_local_dir(self, path: str) -> None:
         self._local_dirs.add(path)
