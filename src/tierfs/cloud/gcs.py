@@ -22,7 +22,6 @@ from tierfs.cloud.base import (
     CloudStore,
     ListPage,
     ObjectMeta,
-    check_key,
 )
 from tierfs.errors import (
     AccessDeniedError,
@@ -129,11 +128,11 @@ class GcsStore(CloudStore):
         return _meta(data)
 
     async def head(self, key: str) -> ObjectMeta:
-        check_key(key)
+        self.check_key(key)
         return await self._call("HEAD", key, lambda: self._head(key))
 
     async def get_range(self, key: str, start: int, length: int, version: str) -> bytes:
-        check_key(key)
+        self.check_key(key)
         if length <= 0:
             return b""
         url = f"{self._root}/storage/v1/b/{quote(self._bucket, safe='')}/o/{quote(key, safe='')}"
@@ -166,7 +165,7 @@ class GcsStore(CloudStore):
             raise VersionChangedError(f"{self.url}/{key}: generation {generation}, not {version}")
 
     async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
-        check_key(key)
+        self.check_key(key)
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
         if size > MULTIPART_THRESHOLD:
             # A broken resumable upload starts over in a new session: the object appears only
@@ -227,7 +226,7 @@ class GcsStore(CloudStore):
     async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
         params = {"maxResults": str(LIST_PAGE_SIZE)}
         if prefix:
-            params["prefix"] = check_key(prefix.removesuffix("/")) + "/"
+            params["prefix"] = self.check_key(prefix.removesuffix("/")) + "/"
         if delimiter:
             params["delimiter"] = "/"
         while True:  # each page is retried alone: its pageToken resumes exactly
@@ -250,14 +249,14 @@ class GcsStore(CloudStore):
             params["pageToken"] = data["nextPageToken"]
 
     async def delete(self, key: str) -> None:
-        check_key(key)
+        self.check_key(key)
         delete = partial(self._client().delete, self._bucket, key, timeout=self._gtimeout)
         with contextlib.suppress(ObjectNotFoundError):  # GCS says 404; absent is what was asked
             await self._call("DELETE", key, delete)
 
     async def copy(self, source: str, destination: str) -> None:
-        check_key(source)
-        check_key(destination)
+        self.check_key(source)
+        self.check_key(destination)
         # objects.rewrite, which gcloud-aio repeats with the rewriteToken until done.
         await self._call(
             "COPY",
