@@ -112,3 +112,37 @@ async def test_every_page_of_a_listing_with_local_entries_continues_where_the_la
             ]
     finally:
         await cloud.close()
+
+
+async def test_forgetting_a_directory_forgets_all_below_it_and_nothing_beside_it(
+    tmp_path: Path,
+) -> None:
+    """After an rmdir or a rename of a directory, every answer cached below it is asked
+    again, however deep; a sibling whose name starts the same keeps its own."""
+    cloud = open_store(settings_for("local", None, tmp_path))
+    try:
+        for key in ("t/a/x", "t/a/b/c/d/y", "t/ab/z", "t/a.txt"):
+            await cloud.put(key, b"x")
+        # prune_at 4: the answers are pruned (none expired) and the index rebuilt often
+        names = Namespace(cloud, 60.0, prune_at=4)
+        assert [e.name for e in await names.listdir("t")] == ["a", "a.txt", "ab"]
+        assert [e.name for e in await names.listdir("t/a")] == ["b", "x"]
+        assert [e.name for e in await names.listdir("t/ab")] == ["z"]
+        assert await names.stat("t/a/b/c/d/y") is not None
+        names.add_local_dir("t/a/new")
+        names.add_local_dir("t/ab/new")
+        assert names.local_dirs_at_or_below("t/a") == ["t/a/new"]
+        for key in ("t/a/x", "t/a/b/c/d/y"):  # changed behind the cached answers
+            await cloud.delete(key)
+        await cloud.put("t/a/w", b"x")
+        await cloud.put("t/ab/w", b"x")
+
+        names.forget_subtree("t/a")
+
+        assert await names.stat("t/a/b/c/d/y") is None
+        assert [e.name for e in await names.listdir("t/a")] == ["w"]
+        assert not names.is_local_dir("t/a/new") and names.local_dirs_at_or_below("t/a") == []
+        assert [e.name for e in await names.listdir("t/ab")] == ["new", "z"]  # still cached
+        assert names.local_dirs_at_or_below("t/ab") == ["t/ab/new"]
+    finally:
+        await cloud.close()

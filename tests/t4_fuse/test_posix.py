@@ -397,6 +397,32 @@ def test_changes_in_the_bucket_are_seen_at_the_next_open(mounted: Mount) -> None
     assert (mounted.path / "shared.txt").read_bytes() == b"version two, longer"
 
 
+@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
+def test_a_file_found_changed_under_a_read_is_read_anew_at_its_next_open(
+    provider: str, mount_factory: Callable[..., Mount]
+) -> None:
+    """A read that finds the object replaced in the bucket under its handle fails with
+    ESTALE; the file stays listed and its next open reads the new bytes, even with an
+    indefinite metadata TTL (a read-only dataset replaced all the same)."""
+    mount = mount_factory(provider, chunk_size="1MiB", metadata_ttl="indefinite")
+    old, new = os.urandom(9 * 2**20), os.urandom(9 * 2**20)
+    cloud_put(mount, "data/file.bin", old)
+    assert os.listdir(mount.path / "data") == ["file.bin"]  # the listing is cached
+    fd = os.open(mount.path / "data/file.bin", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 2**20 + 5) == old[2**20 + 5 : 2**20 + 4101]
+        cloud_put(mount, "data/file.bin", new)
+        with pytest.raises(OSError) as caught:
+            os.pread(fd, 4096, 7 * 2**20 + 5)  # a chunk not read yet: from the cloud
+        assert caught.value.errno == errno.ESTALE
+    finally:
+        os.close(fd)
+    assert os.listdir(mount.path / "data") == ["file.bin"]
+    assert hashlib.sha256((mount.path / "data/file.bin").read_bytes()).digest() == (
+        hashlib.sha256(new).digest()
+    )
+
+
 def test_random_reads_return_the_right_bytes_and_never_mix_versions(
     mount_factory: Callable[..., Mount],
 ) -> None:

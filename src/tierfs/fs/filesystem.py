@@ -481,7 +481,7 @@ class Filesystem:
         try:
             return await self.read_path.read(ref, offset, size, handle.reader, on_fetched)
         except (VersionChangedError, ObjectNotFoundError) as exc:
-            self.names.forget_subtree(file.node.path)
+            self.names.forget(file.node.path)
             raise StaleHandleError(
                 f"{file.node.path} changed in the bucket since it was opened: reopen it"
             ) from exc
@@ -634,7 +634,7 @@ class Filesystem:
                     meta = await stream.finish()
                 except CloudError:
                     log.error("%s: the streamed upload failed; its bytes are lost", path)
-                    self.names.forget_subtree(path)  # what the cloud has is the truth
+                    self.names.forget(path)  # what the cloud has is the truth
                     raise
             elif not file.dirty or file.staging is None:
                 return

@@ -91,6 +91,10 @@ class Namespace:
     # Directories this mount removed (rmdir, moved away), by when, oldest first
     # (`removed_dir`).
     _removed: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    # The paths above (stats, listings, directories made here) by parent, each parent in
+    # its own parent's set up to the root: what is cached below a directory is found
+    # without walking every answer (`rm -rf` of a tree forgets each directory's).
+    _children: dict[str, set[str]] = field(default_factory=dict)
 
     def _fresh(self, fetched: float) -> bool:
         return time.monotonic() - fetched < self.ttl
@@ -138,7 +142,26 @@ class Namespace:
 
     def _remember(self, path: str, entry: Entry | None, fetched: float) -> None:
         self._stats[path] = (entry, fetched)
+        self._index(path)
         self._prune_if_grown()
+
+    def _index(self, path: str) -> None:
+        """Put `path` under its parent in `_children`, and the parent under its own, up to
+        the first one that is there already."""
+        while path:
+            parent = split(path)[0]
+            children = self._children.setdefault(parent, set())
+            if path in children:
+                return
+            children.add(path)
+            path = parent
+
+    def _subtree(self, path: str) -> list[str]:
+        """`path` and every indexed path below it."""
+        found = [path]
+        for at in found:  # the list grows as it is walked
+            found.extend(self._children.get(at, ()))
+        return found
 
     def _prune_if_grown(self) -> None:
         """Drop the expired answers (they would be fetched again anyway) once there are
@@ -147,6 +170,9 @@ class Namespace:
             return
         self._stats = {p: v for p, v in self._stats.items() if self._fresh(v[1])}
         self._listings = {p: v for p, v in self._listings.items() if self._fresh(v.fetched)}
+        self._children = {}
+        for path in itertools.chain(self._stats, self._listings, self._local_dirs):
+            self._index(path)
         self.prune_at = max(self.prune_at, 2 * len(self))
 
     async def has_keys_below(self, path: str) -> bool:
@@ -212,6 +238,7 @@ class Namespace:
                 entries[name] = Entry(name, True)
         listing = _Listing(entries, started)
         self._listings[path] = listing
+        self._index(path)
         self._prune_if_grown()
         return listing
 
@@ -235,7 +262,7 @@ class Namespace:
             listing = self._listings.get(parent)
             if listing is not None and name not in listing.entries:
                 listing.put(name, Entry(name, True))
-            self._stats[path] = (Entry(name, True), time.monotonic())
+            self._remember(path, Entry(name, True), time.monotonic())
             path = parent
 
     async def _is_ghost(self, path: str) -> bool:
@@ -261,6 +288,7 @@ class Namespace:
 
     def add_local_dir(self, path: str) -> None:
         self._local_dirs.add(path)
+        self._index(path)
         self._stats.pop(path, None)
 
     def is_local_dir(self, path: str) -> bool:
@@ -270,19 +298,23 @@ class Namespace:
     def local_dirs_at_or_below(self, path: str) -> list[str]:
         """The directories made on this mount (no object below them yet) at or below
         `path`."""
-        below = path + "/"
-        return [d for d in self._local_dirs if d == path or d.startswith(below)]
+        return [d for d in self._subtree(path) if d in self._local_dirs]
 
     def forget_subtree(self, path: str) -> None:
-        """Drop every cached answer at or below `path` (after a rename or rmdir)."""
-        below = path + "/"
-        for cache in (self._stats, self._listings):
-            for key in [k for k in cache if k == path or k.startswith(below)]:
-                del cache[key]
-        self._local_dirs = {d for d in self._local_dirs if d != path and not d.startswith(below)}
-        parent, name = split(path)
-        if parent in self._listings:
-            self._listings[parent].entries.pop(name, None)
+        """Drop every cached answer at or below `path` (after a rename or rmdir; the
+        caller notes what is at `path` now)."""
+        for at in self._subtree(path):
+            self._stats.pop(at, None)
+            self._listings.pop(at, None)
+            self._local_dirs.discard(at)
+            self._children.pop(at, None)
+        self._children.get(split(path)[0], set()).discard(path)
+
+    def forget(self, path: str) -> None:
+        """What the bucket has at `path` is not what this mount thought (it changed there,
+        or an upload to it failed): ask again, for it and for its directory's listing."""
+        self._stats.pop(path, None)
+        self._listings.pop(split(path)[0], None)
 
 
 def _name(entry: Entry) -> str:
