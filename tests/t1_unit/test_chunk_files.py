@@ -118,6 +118,31 @@ def test_verify_reads_in_pieces(chunks_dir: str, size: int) -> None:
     assert not files.verify(path, size, digest)
 
 
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 3 * files.VERIFY_PIECE + 7])
+@pytest.mark.parametrize("disk", ["ext4", "tmpfs"])
+def test_a_check_around_the_page_cache_is_as_strict_and_leaves_nothing_in_it(
+    tmp_path: Path, tmpfs: TmpfsMount, disk: str, size: int
+) -> None:
+    # O_DIRECT reads whole blocks, the last one short; tmpfs refuses it: read buffered
+    root = tmpfs(tmp_path / "t", "32m") if disk == "tmpfs" else tmp_path
+    path = files.chunk_path(files.make_dirs(root), ID)
+    data = bytearray(os.urandom(size))
+    digest = files.write_chunk(path, data, around_page_cache=True)
+    assert files.verify(path, size, digest, around_page_cache=True)
+    if disk == "ext4":
+        fd = files.open_chunk(path)
+        try:
+            assert cached_pages(fd, size) == set()
+        finally:
+            os.close(fd)
+    assert not files.verify(path, size + 1, digest, around_page_cache=True)
+    data[-1] ^= 1  # a flip in the last piece
+    files.write_chunk(path, data, around_page_cache=True)
+    assert not files.verify(path, size, digest, around_page_cache=True)
+    os.truncate(path, size - 1)
+    assert not files.verify(path, size, digest, around_page_cache=True)
+
+
 def test_read_at_and_verify(chunks_dir: str) -> None:
     path = files.chunk_path(chunks_dir, ID)
     data = os.urandom(10_000)

@@ -180,7 +180,10 @@ class DiskChunkCache:
         entry.readers += 1  # pinned: eviction skips it, so its file stays while we read
         try:
             data: Data | None = None
-            if entry.verified or await asyncio.shield(self._check(entry)):
+            # A small read of a large chunk checks it around the page cache: the reads
+            # that follow are likely small too (random reads), and need not its every page.
+            small = length < LARGE_IO <= entry.size
+            if entry.verified or await asyncio.shield(self._check(entry, small)):
                 data = await self._pread(entry, offset, length)
         finally:
             self._unpin(entry)
@@ -503,20 +506,23 @@ class DiskChunkCache:
             return None
         return data
 
-    def _check(self, entry: Entry) -> asyncio.Task[bool]:
+    def _check(self, entry: Entry, around_page_cache: bool = False) -> asyncio.Task[bool]:
         """The first read's checksum check of `entry`: one task that concurrent first
         reads share. True when the file is good (its reads follow from the page cache,
-        where the check brought it); False when it was bad, and is dropped."""
+        where the check brought it, unless `around_page_cache`: `files.verify`); False
+        when it was bad, and is dropped."""
         task = entry.checking
         if task is None:
             entry.readers += 1  # released by the task
-            task = entry.checking = self._spawn(self._verify(entry))
+            task = entry.checking = self._spawn(self._verify(entry, around_page_cache))
             task.add_done_callback(lambda _: setattr(entry, "checking", None))
         return task
 
-    async def _verify(self, entry: Entry) -> bool:
+    async def _verify(self, entry: Entry, around_page_cache: bool) -> bool:
         path = self._path(entry.id)
-        check = partial(files.verify, path, entry.size, entry.checksum)
+        check = partial(
+            files.verify, path, entry.size, entry.checksum, around_page_cache=around_page_cache
+        )
         try:
             good = await self._run_io(check) if entry.size >= LARGE_IO else check()
             held = self._entries.get(entry.id) is entry  # so the file at `path` is its own

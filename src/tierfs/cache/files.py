@@ -197,10 +197,11 @@ _per_thread = threading.local()
 
 
 def _verify_buffer() -> memoryview:
-    """This thread's buffer for checksum checks, made at its first use and kept."""
-    buffer: bytearray | None = getattr(_per_thread, "verify_buffer", None)
+    """This thread's buffer for checksum checks, made at its first use and kept; aligned
+    to the page, as O_DIRECT wants."""
+    buffer: mmap.mmap | None = getattr(_per_thread, "verify_buffer", None)
     if buffer is None:
-        buffer = _per_thread.verify_buffer = bytearray(VERIFY_PIECE)
+        buffer = _per_thread.verify_buffer = mmap.mmap(-1, VERIFY_PIECE)
     return memoryview(buffer)
 
 
@@ -316,11 +317,16 @@ def probed_cached(fd: int, offset: int, length: int) -> bool:
     return True
 
 
-def verify(path: str, size: int, expected: str) -> bool:
+def verify(path: str, size: int, expected: str, *, around_page_cache: bool = False) -> bool:
     """Whether the file is exactly `size` bytes with checksum `expected`. Read in pieces
     through a reused buffer: a new buffer of the whole chunk costs these machines more to
-    fault in than the read itself. FileNotFoundError if the file is gone."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fault in than the read itself. FileNotFoundError if the file is gone.
+
+    `around_page_cache`: read with O_DIRECT where the filesystem takes it, for a chunk
+    whose next reads are small: its pages need not come into the page cache for them, and
+    new page-cache pages cost these machines more than the disk read (see `write_chunk`).
+    """
+    fd, direct = _open_for_check(path, around_page_cache)
     try:
         if os.fstat(fd).st_size != size:
             return False
@@ -328,14 +334,27 @@ def verify(path: str, size: int, expected: str) -> bool:
         view = _verify_buffer()
         got = 0
         while got < size:
-            count = os.preadv(fd, [view[: min(len(view), size - got)]], got)
-            if not count:
-                return False  # cut short since the fstat
+            # O_DIRECT reads whole aligned pieces; the last one comes back short.
+            want = len(view) if direct else min(len(view), size - got)
+            count = os.preadv(fd, [view[:want]], got)
+            if not count or got + count > size:
+                return False  # cut short, or grown, since the fstat
             digest.update(view[:count])
             got += count
     finally:
         os.close(fd)
     return digest.hexdigest() == expected
+
+
+def _open_for_check(path: str, direct: bool) -> tuple[int, bool]:
+    """(fd, whether it reads with O_DIRECT) of the chunk file at `path`, read-only."""
+    if direct and _DIRECT:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | _DIRECT), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # a filesystem without O_DIRECT: read it buffered
+                raise
+    return open_chunk(path), False
 
 
 def remove(path: str) -> bool:
