@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+import servers
 from cloud_targets import AUTHENTICATING, server_for, settings_for
-from tierfs.cloud.base import CloudStore
+from tierfs.cloud.base import MULTIPART_THRESHOLD, PART_SIZE, CloudStore
 from tierfs.cloud.gcs import GcsStore
-from tierfs.cloud.providers import AzureBlobCloud, LocalDirectoryCloud, open_store
+from tierfs.cloud.providers import AzureBlobCloud, LocalDirectoryCloud, S3Cloud, open_store
 from tierfs.errors import (
     AccessDeniedError,
     InvalidKeyError,
@@ -221,3 +222,52 @@ async def test_a_streamed_put_stores_its_parts_in_order(store: CloudStore) -> No
     head = await store.head("stream/s.bin")
     assert put.size == head.size == len(body) and put.version == head.version
     assert await store.get_range("stream/s.bin", 0, len(body), head.version) == body
+
+
+async def test_a_copy_through_the_client_is_exact(store: CloudStore) -> None:
+    """What a store will not copy server-side (AWS: over 5 GiB) is read and written
+    through the client: one put for a small object, a streamed multipart one else (a store
+    that cannot stream an upload refuses before it writes anything)."""
+    for key, size in (("small.bin", 100_000), ("large.bin", MULTIPART_THRESHOLD + 5)):
+        body = pattern(size, seed=size)
+        await store.put(key, body)
+        if size > MULTIPART_THRESHOLD and not store.streams_uploads:
+            with pytest.raises(UnsupportedUploadError):
+                await store.copy_through(key, f"copied/{key}")
+            with pytest.raises(ObjectNotFoundError):
+                await store.head(f"copied/{key}")
+            continue
+        await store.copy_through(key, f"copied/{key}")
+        head = await store.head(f"copied/{key}")
+        assert head.size == size
+        assert await store.get_range(f"copied/{key}", 0, size, head.version) == body
+        assert (await store.head(key)).size == size  # the source stays
+
+
+async def test_s3_copies_an_object_over_its_copy_limit_through_the_client(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    settings = settings_for("s3-seaweedfs", seaweedfs, tmp_path)
+    store = open_store(settings)
+    assert isinstance(store, S3Cloud)
+    store.copy_limit = 2**20  # AWS's is 5 GiB
+    try:
+        body = pattern(3 * PART_SIZE + 7, seed=3)
+        await store.put("big.bin", body)
+
+        async def gets() -> int:
+            count = seaweedfs.settled_request_count
+            return await asyncio.to_thread(count, "GET", settings.s3_bucket)
+
+        before = await gets()
+        await store.copy("big.bin", "moved/big.bin", len(body))
+        assert await gets() - before >= 4  # a HEAD and the parts: through the client
+        head = await store.head("moved/big.bin")
+        assert await store.get_range("moved/big.bin", 0, len(body), head.version) == body
+
+        before = await gets()
+        await store.copy("big.bin", "server-side.bin", 2**20)  # under the limit
+        assert await gets() == before  # a CopyObject: no byte came here
+        assert (await store.head("server-side.bin")).size == len(body)
+    finally:
+        await store.close()

@@ -123,8 +123,26 @@ class CloudStore(abc.ABC):
         """Remove the object; a missing object is not an error."""
 
     @abc.abstractmethod
-    async def copy(self, source: str, destination: str) -> None:
-        """Copy `source` to `destination` server-side, replacing it."""
+    async def copy(self, source: str, destination: str, size: int | None = None) -> None:
+        """Copy `source` to `destination` server-side, replacing it. `size`, where the
+        caller knows it, lets a store copy an object too large for its server-side copy
+        through this client instead (`copy_through`)."""
+
+    async def copy_through(self, source: str, destination: str) -> None:
+        """Copy `source` to `destination` by reading it and writing it through this client,
+        a part at a time, pinned to the version it had at the start (VersionChangedError
+        if it changes meanwhile). For what the store will not copy server-side."""
+        meta = await self.head(source)
+
+        async def parts() -> AsyncIterator[bytes]:
+            for start in range(0, meta.size, PART_SIZE):
+                length = min(PART_SIZE, meta.size - start)
+                yield bytes(await self.get_range(source, start, length, meta.version))
+
+        if meta.size <= MULTIPART_THRESHOLD:
+            await self.put(destination, b"".join([part async for part in parts()]))
+        else:
+            await self.put_stream(destination, parts())
 
     async def close(self) -> None:  # noqa: B027 - most providers hold nothing to close
         """Release connections; the store is unusable afterwards."""

@@ -254,7 +254,7 @@ class GcsStore(CloudStore):
         with contextlib.suppress(ObjectNotFoundError):  # GCS says 404; absent is what was asked
             await self._call("DELETE", key, delete)
 
-    async def copy(self, source: str, destination: str) -> None:
+    async def copy(self, source: str, destination: str, size: int | None = None) -> None:
         self.check_key(source)
         self.check_key(destination)
         # objects.rewrite, which gcloud-aio repeats with the rewriteToken until done.

@@ -246,7 +246,7 @@ class ObjstoreCloud(CloudStore):
         with contextlib.suppress(ObjectNotFoundError):
             await self._call("DELETE", key, lambda: obstore.delete_async(self._store, key))
 
-    async def copy(self, source: str, destination: str) -> None:
+    async def copy(self, source: str, destination: str, size: int | None = None) -> None:
         self.check_key(source)
         self.check_key(destination)
         await self._call(

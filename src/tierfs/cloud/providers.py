@@ -89,7 +89,21 @@ def s3_store(
         client_options=client_options(timeout, allow_http=_is_http(endpoint)),  # type: ignore[arg-type]
         retry_config=NO_RETRIES,  # type: ignore[arg-type]
     )
-    return ObjstoreCloud(store, f"{scheme}://{bucket}", timeout)
+    return S3Cloud(store, f"{scheme}://{bucket}", timeout)
+
+
+class S3Cloud(ObjstoreCloud):
+    """S3 (and the stores that speak it). AWS refuses a CopyObject of a source over 5 GiB
+    (it wants a multipart copy, which obstore does not make): larger objects are copied
+    through this client."""
+
+    copy_limit = 5 * 2**30
+
+    async def copy(self, source: str, destination: str, size: int | None = None) -> None:
+        if size is not None and size > self.copy_limit:
+            await self.copy_through(source, destination)
+        else:
+            await super().copy(source, destination)
 
 
 def azure_store(

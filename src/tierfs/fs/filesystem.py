@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
 from tierfs.chunks import ChunkRef, Data
@@ -39,6 +39,7 @@ from tierfs.fs.streaming import StreamingUpload
 from tierfs.read_path import ReadPath
 from tierfs.upload import Uploader
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 KEY_MAX = 1024  # bytes of a whole key, the limit of S3 and GCS
@@ -301,7 +302,7 @@ class Filesystem:
         assert entry is not None
         if not entry.version:  # nothing in the cloud yet (an unlinked-while-open leftover)
             raise EntryNotFoundError(old)
-        await self.cloud.copy(old, new)
+        await self.cloud.copy(old, new, entry.size)
         await self.cloud.delete(old)
         self.names.note(old, None)
         copied = await self.cloud.head(new)
@@ -310,12 +311,13 @@ class Filesystem:
             node.mtime_set_for = copied.version  # the copy is the same file, moved
 
     async def _rename_tree(self, old: str, new: str) -> None:
-        keys = [
-            meta.key for meta in (await self.cloud.list_all(old + "/", delimiter=False)).objects
-        ]
+        below = (await self.cloud.list_all(old + "/", delimiter=False)).objects
+        keys = [meta.key for meta in below]
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
-        await _bounded(keys, lambda key: self.cloud.copy(key, new + key[len(old) :]))
+        await _bounded(
+            below, lambda meta: self.cloud.copy(meta.key, new + meta.key[len(old) :], meta.size)
+        )
         await _bounded(keys, self.cloud.delete)
         made_here = self.names.local_dirs_at_or_below(old)
         self.names.removed_dir(old)
@@ -669,14 +671,15 @@ class Filesystem:
             await self.page_cache.close()
 
 
-async def _bounded(keys: list[str], operation: Callable[[str], Awaitable[None]]) -> None:
-    """Run `operation` on every key, RENAME_PARALLELISM at a time."""
+async def _bounded(items: list[T], operation: Callable[[T], Awaitable[None]]) -> None:
+    """Run `operation` on every item (an object of a tree being renamed),
+    RENAME_PARALLELISM at a time."""
     limit = asyncio.Semaphore(RENAME_PARALLELISM)
 
-    async def one(key: str) -> None:
+    async def one(item: T) -> None:
         async with limit:
-            await operation(key)
+            await operation(item)
 
     async with asyncio.TaskGroup() as group:
-        for key in keys:
-            group.create_task(one(key))
+        for item in items:
+            group.create_task(one(item))
