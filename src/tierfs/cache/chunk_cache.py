@@ -272,7 +272,7 @@ class DiskChunkCache:
         if entry is None or not entry.size or self._closed:
             return
         if not entry.verified:
-            self._check(entry)  # its first read waits for this task instead of starting one
+            self._check(entry, False)  # its first read waits for this task, not starting one
             return
         fd = self._files.get(entry)
         if fd is not None:
@@ -506,7 +506,7 @@ class DiskChunkCache:
             return None
         return data
 
-    def _check(self, entry: Entry, around_page_cache: bool = False) -> asyncio.Task[bool]:
+    def _check(self, entry: Entry, around_page_cache: bool) -> asyncio.Task[bool]:
         """The first read's checksum check of `entry`: one task that concurrent first
         reads share. True when the file is good (its reads follow from the page cache,
         where the check brought it, unless `around_page_cache`: `files.verify`); False
