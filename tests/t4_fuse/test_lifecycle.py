@@ -15,7 +15,7 @@ import pytest
 
 import servers
 from cloud_targets import target_flags
-from mounts import Mount, cloud_bytes, is_mounted
+from mounts import Mount, cloud_bytes, cloud_put, is_mounted
 
 
 def test_sigterm_uploads_dirty_files_unmounts_and_exits_0(mount_factory: object) -> None:
@@ -139,6 +139,39 @@ def test_a_journaled_upload_waits_for_the_cloud_at_start(
     assert cloud_bytes(mount, "late.txt") == b"journaled"
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+@pytest.mark.warnings_expected
+def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Past the metadata TTL, a lookup or listing the bucket does not answer is served
+    as this mount last knew it, so files it holds in tier 1 still open and read; new
+    answers come again once the cloud is back."""
+    server, mount = own_cloud_and_mount(request, tmp_path)
+    payload = os.urandom(3 * 2**20)
+    (mount.path / "data").mkdir()
+    (mount.path / "data" / "held.bin").write_bytes(payload)  # its chunks: in tier 1
+    assert os.listdir(mount.path / "data") == ["held.bin"]
+    server.proc.kill()
+    time.sleep(2.5)  # the metadata TTL (1 s) and the kernel's (1 s) have passed
+    started = time.monotonic()
+    assert os.listdir(mount.path / "data") == ["held.bin"]
+    assert (mount.path / "data" / "held.bin").read_bytes() == payload
+    assert os.stat(mount.path / "data" / "held.bin").st_size == len(payload)
+    assert time.monotonic() - started < 20  # the cloud deadline (3 s) per question at most
+    assert not (mount.path / "data" / "never-listed.bin").exists()  # as the listing said
+    with pytest.raises(OSError) as failed:  # what it never knew is still an error
+        os.stat(mount.path / "never-looked-up" / "x")
+    assert failed.value.errno == errno.EIO
+    server.proc.restart()
+    cloud_put(mount, "data/new.bin", b"after the outage")
+    deadline = time.monotonic() + 30
+    while "new.bin" not in os.listdir(mount.path / "data"):
+        assert time.monotonic() < deadline, "the listing never came back from the bucket"
+        time.sleep(0.5)
+    assert (mount.path / "data" / "new.bin").read_bytes() == b"after the outage"
+    assert "serving what this mount knew" in mount.log.read_text()
 
 
 def client(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import heapq
 import itertools
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
-from tierfs.errors import ObjectNotFoundError
+from tierfs.errors import AccessDeniedError, CloudError, ObjectNotFoundError
 from tierfs.fs.nodes import join, split
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,13 @@ PRUNE_AT = 65_536
 # How long a directory this mount removed is checked for when a listing has it: a store
 # may list a prefix for a while after its last key is gone (SeaweedFS: ~2.5 min).
 GHOST_WINDOW = 300.0
+# An expired answer waits this long for the bucket's new one, then is served as it was
+# while the bucket is asked on (its answer is cached when it comes): with the bucket
+# unreachable, a cached file still opens and a listed directory still lists, instead of
+# every lookup waiting out `-cloud-timeout` to fail with EIO.
+STALE_AFTER = 5.0
+# A warning that stale answers are served, at most this often.
+STALE_WARNING_EVERY = 60.0
 
 
 @dataclass
@@ -79,6 +88,7 @@ class Namespace:
     cloud: CloudStore
     ttl: float
     prune_at: int = PRUNE_AT
+    stale_after: float = STALE_AFTER
     _stats: dict[str, tuple[Entry | None, float]] = field(default_factory=dict)
     _listings: dict[str, _Listing] = field(default_factory=dict)
     # Directories made by mkdir that hold no object yet: object stores have no empty
@@ -95,6 +105,7 @@ class Namespace:
     # its own parent's set up to the root: what is cached below a directory is found
     # without walking every answer (`rm -rf` of a tree forgets each directory's).
     _children: dict[str, set[str]] = field(default_factory=dict)
+    _warned_stale_at: float = -STALE_WARNING_EVERY
 
     def _fresh(self, fetched: float) -> bool:
         return time.monotonic() - fetched < self.ttl
@@ -109,12 +120,40 @@ class Namespace:
             # A directory listed before is listed again, once for all the lookups that
             # wait on it: one LIST instead of a HEAD and a LIST per name (`ls -l`, `cp -r`).
             if not self._fresh(listing.fetched):
-                listing = await self._list(parent)
+                listing = await self._or_stale(self._list(parent), listing, parent)
             return listing.entries.get(name)
         cached = self._stats.get(path)
         if cached is not None and self._fresh(cached[1]):
             return cached[0]
-        return await _shared(self._stat_now, path, self._stat_remote)
+        fetch = _shared(self._stat_now, path, self._stat_remote)
+        return await (fetch if cached is None else self._or_stale(fetch, cached[0], path))
+
+    async def _or_stale(self, fresh: Awaitable[T], stale: T, path: str) -> T:
+        """`fresh`, the bucket's new answer about `path`, or `stale`, the expired one, if
+        the bucket has not answered within `stale_after` (STALE_AFTER; the fetch goes on,
+        shared, and its answer replaces the stale one when it comes) or could not be
+        reached. Refused access is no outage: it is raised."""
+        try:
+            return await asyncio.wait_for(fresh, self.stale_after)
+        except AccessDeniedError:
+            raise
+        except (TimeoutError, CloudError) as exc:
+            now = time.monotonic()
+            if now - self._warned_stale_at >= STALE_WARNING_EVERY:
+                self._warned_stale_at = now
+                reason = (
+                    f"no answer within {self.stale_after:g}s"
+                    if isinstance(exc, TimeoutError)
+                    else str(exc)
+                )
+                log.warning(
+                    "%s: %s; serving what this mount knew of %r (and of others, for %gs)",
+                    self.cloud.url,
+                    reason,
+                    path,
+                    STALE_WARNING_EVERY,
+                )
+            return stale
 
     async def _stat_remote(self, path: str) -> Entry | None:
         started = time.monotonic()
@@ -195,11 +234,13 @@ class Namespace:
         mount the bucket does not have yet), each unless the bucket lists it. A readdir
         page of a large directory costs the page, not the directory."""
         listing = self._listings.get(path)
-        if listing is None or not (
+        if listing is None:
+            listing = await self._list(path)
+        elif not (
             self._fresh(listing.fetched)
             or (listed_since is not None and listing.fetched >= listed_since)
         ):
-            listing = await self._list(path)
+            listing = await self._or_stale(self._list(path), listing, path)
         made_here = (
             Entry(name, True) for parent, name in map(split, self._local_dirs) if parent == path
         )
