@@ -10,6 +10,8 @@ store's deadline. All methods are safe to call concurrently.
 from __future__ import annotations
 
 import abc
+import asyncio
+import functools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +26,9 @@ from tierfs.errors import InvalidKeyError, UnsupportedUploadError
 MULTIPART_THRESHOLD = 16 * 2**20
 PART_SIZE = 8 * 2**20
 PART_CONCURRENCY = 8
+# Copies through the client at once (`copy_through`): each holds up to PART_CONCURRENCY
+# parts, and a directory rename starts many copies together.
+COPIES_THROUGH = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +136,16 @@ class CloudStore(abc.ABC):
     async def copy_through(self, source: str, destination: str) -> None:
         """Copy `source` to `destination` by reading it and writing it through this client,
         a part at a time, pinned to the version it had at the start (VersionChangedError
-        if it changes meanwhile). For what the store will not copy server-side."""
+        if it changes meanwhile). For what the store will not copy server-side; at most
+        COPIES_THROUGH at once."""
+        async with self._copy_through_slots:
+            await self._copy_through(source, destination)
+
+    @functools.cached_property
+    def _copy_through_slots(self) -> asyncio.Semaphore:
+        return asyncio.Semaphore(COPIES_THROUGH)
+
+    async def _copy_through(self, source: str, destination: str) -> None:
         meta = await self.head(source)
 
         async def parts() -> AsyncIterator[bytes]:

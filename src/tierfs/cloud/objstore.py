@@ -81,6 +81,9 @@ class ObjstoreCloud(CloudStore):
     """A bucket reached through an obstore store (S3Store, AzureStore or LocalStore)."""
 
     streams_uploads = True
+    # Objects larger than this are copied through the client (`copy_through`), not by the
+    # store; None: the store copies any size.
+    copy_limit: int | None = None
 
     def __init__(self, store: ObjectStore, url: str, timeout: float) -> None:
         self._store = store
@@ -249,6 +252,9 @@ class ObjstoreCloud(CloudStore):
     async def copy(self, source: str, destination: str, size: int | None = None) -> None:
         self.check_key(source)
         self.check_key(destination)
+        if size is not None and self.copy_limit is not None and size > self.copy_limit:
+            await self.copy_through(source, destination)
+            return
         await self._call(
             "COPY", source, lambda: obstore.copy_async(self._store, source, destination)
         )

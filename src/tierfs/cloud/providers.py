@@ -99,12 +99,6 @@ class S3Cloud(ObjstoreCloud):
 
     copy_limit = 5 * 2**30
 
-    async def copy(self, source: str, destination: str, size: int | None = None) -> None:
-        if size is not None and size > self.copy_limit:
-            await self.copy_through(source, destination)
-        else:
-            await super().copy(source, destination)
-
 
 def azure_store(
     *, account: str, key: str, container: str, endpoint: str | None, timeout: float
@@ -124,7 +118,17 @@ def azure_store(
 
 class AzureBlobCloud(ObjstoreCloud):
     """Azure Blob takes a backslash in a name as a `/` (Azurite does too): a file named
-    `a\\b` would come back as `b` in a folder `a`, so such a name is refused."""
+    `a\\b` would come back as `b` in a folder `a`, so such a name is refused.
+
+    Azure's Copy Blob may finish after it has answered (`x-ms-copy-status: pending`,
+    which obstore does not read; within one account it "can" finish at once, Azure
+    says), and a source deleted meanwhile fails the copy: a rename (copy, then delete)
+    could lose the file. A blob over 256 MiB, the size Azure's synchronous copy (Copy
+    Blob From URL) takes at most, is copied through this client, complete when it
+    returns; a smaller one by Azure, as fast as a rename of many small files wants.
+    """
+
+    copy_limit = 256 * 2**20
 
     def check_key(self, key: str) -> str:
         if "\\" in key:
