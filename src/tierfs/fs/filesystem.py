@@ -312,20 +312,19 @@ class Filesystem:
 
     async def _rename_tree(self, old: str, new: str) -> None:
         below = (await self.cloud.list_all(old + "/", delimiter=False)).objects
-        keys = [meta.key for meta in below]
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
         await _bounded(
             below, lambda meta: self.cloud.copy(meta.key, new + meta.key[len(old) :], meta.size)
         )
-        await _bounded(keys, self.cloud.delete)
+        await _bounded(below, lambda meta: self.cloud.delete(meta.key))
         made_here = self.names.local_dirs_at_or_below(old)
         self.names.removed_dir(old)
         self.names.forget_subtree(new)
         self.names.note(old, None)
         for folder in made_here:
             self.names.add_local_dir(new + folder[len(old) :])
-        if keys:
+        if below:
             self.names.note(new, Entry(split(new)[1], True))
         else:  # the bucket has nothing below it: it lives on this mount
             self.names.add_local_dir(new)

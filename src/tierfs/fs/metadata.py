@@ -242,7 +242,9 @@ class Namespace:
         ):
             listing = await self._or_stale(self._list(path), listing, path)
         made_here = (
-            Entry(name, True) for parent, name in map(split, self._local_dirs) if parent == path
+            Entry(split(child)[1], True)
+            for child in self._children.get(path, ())
+            if child in self._local_dirs
         )
         local = {
             entry.name: entry

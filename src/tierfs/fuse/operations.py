@@ -96,15 +96,13 @@ class Operations(pyfuse3.Operations):
         owner = self.fs.ownership
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = pyfuse3.InodeT(node.inode)
+        default = owner.dir_mode if node.is_dir else owner.file_mode
+        mode = default if node.mode is None else node.mode  # 0 is a mode too
         if node.is_dir:
-            attr.st_mode = pyfuse3.ModeT(
-                stat.S_IFDIR | (owner.dir_mode if node.mode is None else node.mode)
-            )
+            attr.st_mode = pyfuse3.ModeT(stat.S_IFDIR | mode)
             attr.st_nlink = 2
         else:
-            attr.st_mode = pyfuse3.ModeT(
-                stat.S_IFREG | (owner.file_mode if node.mode is None else node.mode)
-            )
+            attr.st_mode = pyfuse3.ModeT(stat.S_IFREG | mode)
             attr.st_nlink = 1
             attr.st_size = node.size
         attr.st_uid, attr.st_gid = owner.uid, owner.gid
