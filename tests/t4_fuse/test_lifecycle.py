@@ -16,6 +16,7 @@ import pytest
 import servers
 from cloud_targets import target_flags
 from mounts import Mount, cloud_bytes, cloud_put, is_mounted
+from tierfs.errors import CloudError
 
 
 def test_sigterm_uploads_dirty_files_unmounts_and_exits_0(mount_factory: object) -> None:
@@ -165,7 +166,14 @@ def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
         os.stat(mount.path / "never-looked-up" / "x")
     assert failed.value.errno == errno.EIO
     server.proc.restart()
-    cloud_put(mount, "data/new.bin", b"after the outage")
+    deadline = time.monotonic() + 60
+    while True:  # the restarted server takes PUTs a little after it answers HTTP
+        try:
+            cloud_put(mount, "data/new.bin", b"after the outage")
+            break
+        except CloudError:
+            assert time.monotonic() < deadline, "the restarted server never took a PUT"
+            time.sleep(0.5)
     deadline = time.monotonic() + 30
     while "new.bin" not in os.listdir(mount.path / "data"):
         assert time.monotonic() < deadline, "the listing never came back from the bucket"
