@@ -160,7 +160,9 @@ def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
     assert os.listdir(mount.path / "data") == ["held.bin"]
     assert (mount.path / "data" / "held.bin").read_bytes() == payload
     assert os.stat(mount.path / "data" / "held.bin").st_size == len(payload)
-    assert time.monotonic() - started < 20  # the cloud deadline (3 s) per question at most
+    # The first question waits out the cloud deadline (3 s); the next ones, knowing the
+    # bucket unreachable, are answered at once (each waited 3 s: 20 s in all, once in CI).
+    assert time.monotonic() - started < 10
     assert not (mount.path / "data" / "never-listed.bin").exists()  # as the listing said
     with pytest.raises(OSError) as failed:  # what it never knew is still an error
         os.stat(mount.path / "never-looked-up" / "x")
@@ -174,7 +176,7 @@ def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
         except CloudError:
             assert time.monotonic() < deadline, "the restarted server never took a PUT"
             time.sleep(0.5)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # asked again 10 s after the last time it failed
     while "new.bin" not in os.listdir(mount.path / "data"):
         assert time.monotonic() < deadline, "the listing never came back from the bucket"
         time.sleep(0.5)

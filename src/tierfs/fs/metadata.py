@@ -12,10 +12,12 @@ import bisect
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
@@ -75,6 +77,9 @@ GHOST_WINDOW = 300.0
 # unreachable, a cached file still opens and a listed directory still lists, instead of
 # every lookup waiting out `-cloud-timeout` to fail with EIO.
 STALE_AFTER = 5.0
+# Once the bucket has not answered, expired answers are served at once for this long;
+# then one lookup asks again (the others keep to what they know meanwhile).
+RECHECK_AFTER = 10.0
 # A warning that stale answers are served, at most this often.
 STALE_WARNING_EVERY = 60.0
 
@@ -105,6 +110,7 @@ class Namespace:
     # its own parent's set up to the root: what is cached below a directory is found
     # without walking every answer (`rm -rf` of a tree forgets each directory's).
     _children: dict[str, set[str]] = field(default_factory=dict)
+    _unanswered_at: float = -math.inf  # when the bucket last left a refresh unanswered
     _warned_stale_at: float = -STALE_WARNING_EVERY
 
     def _fresh(self, fetched: float) -> bool:
@@ -120,25 +126,31 @@ class Namespace:
             # A directory listed before is listed again, once for all the lookups that
             # wait on it: one LIST instead of a HEAD and a LIST per name (`ls -l`, `cp -r`).
             if not self._fresh(listing.fetched):
-                listing = await self._or_stale(self._list(parent), listing, parent)
+                listing = await self._or_stale(partial(self._list, parent), listing, parent)
             return listing.entries.get(name)
         cached = self._stats.get(path)
         if cached is not None and self._fresh(cached[1]):
             return cached[0]
-        fetch = _shared(self._stat_now, path, self._stat_remote)
-        return await (fetch if cached is None else self._or_stale(fetch, cached[0], path))
+        fetch = partial(_shared, self._stat_now, path, self._stat_remote)
+        return await (fetch() if cached is None else self._or_stale(fetch, cached[0], path))
 
-    async def _or_stale(self, fresh: Awaitable[T], stale: T, path: str) -> T:
-        """`fresh`, the bucket's new answer about `path`, or `stale`, the expired one, if
+    async def _or_stale(self, fetch: Callable[[], Awaitable[T]], stale: T, path: str) -> T:
+        """`fetch()`, the bucket's new answer about `path`, or `stale`, the expired one, if
         the bucket has not answered within `stale_after` (STALE_AFTER; the fetch goes on,
         shared, and its answer replaces the stale one when it comes) or could not be
-        reached. Refused access is no outage: it is raised."""
+        reached; then, for RECHECK_AFTER, without asking. Refused access is no outage:
+        it is raised."""
+        now = time.monotonic()
+        if now - self._unanswered_at < RECHECK_AFTER:
+            return stale
+        if self._unanswered_at > -math.inf:
+            self._unanswered_at = now  # this lookup asks; the others keep to what they know
         try:
-            return await asyncio.wait_for(fresh, self.stale_after)
+            answer = await asyncio.wait_for(fetch(), self.stale_after)
         except AccessDeniedError:
             raise
         except (TimeoutError, CloudError) as exc:
-            now = time.monotonic()
+            now = self._unanswered_at = time.monotonic()
             if now - self._warned_stale_at >= STALE_WARNING_EVERY:
                 self._warned_stale_at = now
                 reason = (
@@ -154,6 +166,8 @@ class Namespace:
                     STALE_WARNING_EVERY,
                 )
             return stale
+        self._unanswered_at = -math.inf
+        return answer
 
     async def _stat_remote(self, path: str) -> Entry | None:
         started = time.monotonic()
@@ -240,7 +254,7 @@ class Namespace:
             self._fresh(listing.fetched)
             or (listed_since is not None and listing.fetched >= listed_since)
         ):
-            listing = await self._or_stale(self._list(path), listing, path)
+            listing = await self._or_stale(partial(self._list, path), listing, path)
         made_here = (
             Entry(split(child)[1], True)
             for child in self._children.get(path, ())
