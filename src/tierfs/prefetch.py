@@ -158,6 +158,26 @@ class SequentialReader:
         self._current = max(self._current, last)
         self._pump()
 
+    def next_piece(self, offset: int, size: int) -> Data | None:
+        """The steady state of a sequential reader, noted: bytes [offset, offset + size)
+        when they continue the previous read within the chunk held for it; else None
+        (nothing noted: the read goes through `on_read`)."""
+        index = self._current
+        start = index * self._chunk_size
+        end = offset + size
+        if (
+            offset != self._end
+            or not self._window
+            or index != self._first
+            or offset < start
+            or end > min(start + self._chunk_size, self.ref.size)
+            or (held := self._held.get(index)) is None
+        ):
+            return None
+        self._end = end
+        self._streak += 1
+        return memoryview(held)[offset - start : end - start]
+
     def claim(self, index: int) -> Data | None:
         """The read path serves chunk `index`: count a prefetch hit if it was prefetched,
         and return the chunk if it is held here."""

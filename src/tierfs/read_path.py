@@ -174,6 +174,8 @@ class ReadPath:
         if reader is not None:
             if reader.ref is not ref and reader.ref != ref:
                 raise ValueError(f"the reader is for {reader.ref}, not {ref}")
+            if (piece := reader.next_piece(offset, size)) is not None:
+                return piece
             reader.on_read(offset, size)
         chunks = chunks_covering(ref, offset, size, self._chunk_size)
         end = min(offset + size, ref.size)
