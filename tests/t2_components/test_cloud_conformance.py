@@ -90,6 +90,10 @@ async def test_keys_with_spaces_and_unicode(store: CloudStore) -> None:
     assert top.prefixes == sorted(["with space/", "ünïcødé/", "emoji 🎉/", "signs/"])
     inside = await store.list_all("signs/")
     assert [meta.key for meta in inside.objects] == sorted(keys[3:])
+    for index, key in enumerate(keys):  # a copy names both keys in its request
+        await store.copy(key, f"copied/{key}", 100 + index)
+        head = await store.head(f"copied/{key}")
+        assert await store.get_range(head.key, 0, 1000, head.version) == pattern(100 + index, index)
 
 
 async def test_a_key_is_stored_whole_or_refused_before_any_request(store: CloudStore) -> None:
@@ -168,6 +172,10 @@ async def test_missing_object(store: CloudStore) -> None:
         await store.head("no/such/object")
     with pytest.raises(ObjectNotFoundError):
         await store.get_range("no/such/object", 0, 10, "whatever")
+    with pytest.raises(ObjectNotFoundError, match="no/such/object"):
+        await store.copy("no/such/object", "copy/of/nothing")
+    with pytest.raises(ObjectNotFoundError):
+        await store.head("copy/of/nothing")
     await store.delete("no/such/object")  # deleting what is absent is fine
     assert (await store.list_all("no/")).objects == []
 
@@ -198,6 +206,8 @@ async def test_bad_credentials_are_access_denied(
             await cloud.put("anything", b"x")
         with pytest.raises(AccessDeniedError):
             await cloud.list_all("")
+        with pytest.raises(AccessDeniedError):
+            await cloud.copy("anything", "elsewhere")
     finally:
         await cloud.close()
 
@@ -242,6 +252,29 @@ async def test_a_copy_through_the_client_is_exact(store: CloudStore) -> None:
         assert head.size == size
         assert await store.get_range(f"copied/{key}", 0, size, head.version) == body
         assert (await store.head(key)).size == size  # the source stays
+
+
+async def test_an_azure_copy_has_succeeded_when_it_returns(
+    azurite: servers.AzureServer, tmp_path: Path
+) -> None:
+    """Azure's Copy Blob may answer while still copying (Azurite never does): the store
+    reads the copy's status, so the blob it leaves is a finished copy."""
+    store = open_store(settings_for("azure", azurite, tmp_path))
+    assert isinstance(store, AzureBlobCloud)
+    try:
+        body = pattern(3 * 2**20 + 1, seed=5)
+        await store.put("source.bin", body)
+        assert await store.copy_state("source.bin") == (None, None)  # never a copy
+        await store.copy("source.bin", "copy.bin", len(body))
+        status, copy_id = await store.copy_state("copy.bin")
+        assert status == "success" and copy_id
+        await store.delete("source.bin")  # what a rename does next
+        head = await store.head("copy.bin")
+        assert await store.get_range("copy.bin", 0, len(body), head.version) == body
+        with pytest.raises(ObjectNotFoundError):
+            await store.copy_state("source.bin")
+    finally:
+        await store.close()
 
 
 async def test_s3_copies_an_object_over_its_copy_limit_through_the_client(

@@ -255,6 +255,10 @@ class ObjstoreCloud(CloudStore):
         if size is not None and self.copy_limit is not None and size > self.copy_limit:
             await self.copy_through(source, destination)
             return
+        await self._server_copy(source, destination)
+
+    async def _server_copy(self, source: str, destination: str) -> None:
+        """Have the store copy `source` to `destination`, complete when this returns."""
         await self._call(
             "COPY", source, lambda: obstore.copy_async(self._store, source, destination)
         )

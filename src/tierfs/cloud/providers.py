@@ -6,6 +6,7 @@ import re
 
 from obstore.store import AzureStore, LocalStore, S3Store
 
+from tierfs.cloud.azure import AzureBlobCloud
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.objstore import NO_RETRIES, ObjstoreCloud, client_options
 from tierfs.errors import ConfigError, InvalidKeyError
@@ -113,27 +114,9 @@ def azure_store(
         client_options=client_options(timeout, allow_http=_is_http(endpoint)),  # type: ignore[arg-type]
         retry_config=NO_RETRIES,  # type: ignore[arg-type]
     )
-    return AzureBlobCloud(store, f"azure://{account}/{container}", timeout)
-
-
-class AzureBlobCloud(ObjstoreCloud):
-    """Azure Blob takes a backslash in a name as a `/` (Azurite does too): a file named
-    `a\\b` would come back as `b` in a folder `a`, so such a name is refused.
-
-    Azure's Copy Blob may finish after it has answered (`x-ms-copy-status: pending`,
-    which obstore does not read; within one account it "can" finish at once, Azure
-    says), and a source deleted meanwhile fails the copy: a rename (copy, then delete)
-    could lose the file. A blob over 256 MiB, the size Azure's synchronous copy (Copy
-    Blob From URL) takes at most, is copied through this client, complete when it
-    returns; a smaller one by Azure, as fast as a rename of many small files wants.
-    """
-
-    copy_limit = 256 * 2**20
-
-    def check_key(self, key: str) -> str:
-        if "\\" in key:
-            raise InvalidKeyError(f"invalid object key {key!r}: Azure reads a backslash as '/'")
-        return super().check_key(key)
+    return AzureBlobCloud(
+        store, account=account, key=key, container=container, endpoint=endpoint, timeout=timeout
+    )
 
 
 def local_store(root: str, timeout: float) -> CloudStore:
