@@ -561,6 +561,13 @@ def main() -> None:
         default=list(RIVALS),
         help="rival configurations to measure in the same run (all; none: tierfs alone)",
     )
+    parser.add_argument(
+        "--tierfs-flag",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a flag for tierfs's clients, as `direct-io=true` (repeatable)",
+    )
     args = parser.parse_args()
     rivals = [rival for rival in args.rivals if rival != "none"]
     require({RIVALS[rival][0] for rival in rivals})
@@ -575,6 +582,10 @@ def main() -> None:
         source = write_source(work / "source", SIZE)
         server = servers.start_seaweedfs(work / "seaweedfs")
         flags, env = target_flags("s3-seaweedfs", server, work)
+        flags |= {
+            name.replace("-", "_"): value
+            for name, value in (flag.split("=", 1) for flag in args.tierfs_flag)
+        }
         store = open_store(load_settings(ClientSettings, flags, env))
         bench = Bench(work, flags, env, store)
         rows, best = asyncio.run(run(bench, source, args.runs, set(args.only), rivals))
@@ -593,6 +604,7 @@ def main() -> None:
         "one on a new client; every byte read or written was checked. Rivals: the best of\n"
         f"{', '.join(rivals) or 'none'} in the same runs. Targets: the best of rclone 1.60 and\n"
         "s3fs 1.90 as the issue measured them on this kind of machine."
+        + "".join(f"\ntierfs's clients ran with --{flag}" for flag in args.tierfs_flag)
     )
     if args.json:
         run_info = {"cores": os.cpu_count(), "load_average": [load_before, load_after]}

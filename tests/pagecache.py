@@ -15,6 +15,14 @@ def cached_pages(fd: int, size: int) -> set[int]:
     return {index for index, page in enumerate(resident) if page}
 
 
+def cached_page_count(fd: int, size: int) -> int:
+    """How many pages of the file's first `size` bytes are in the page cache, asked without
+    mapping the file (a map of a file opened around the page cache would empty it)."""
+    counted = files.cached_page_count(fd, 0, size)
+    assert counted is not None, "cachestat failed (Linux 6.5+)"
+    return counted
+
+
 def evict(fd: int, size: int) -> None:
     """Write the file back and drop its first `size` bytes from the page cache, as time or
     `drop_caches` would; fails unless they are all gone within a second (a page another

@@ -41,6 +41,8 @@ class _Parser(argparse.ArgumentParser):
 def _default_text(value: Any, name: str) -> str:
     if value is None:
         return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, int) and name.endswith("size"):
         return format_size(value)
     if isinstance(value, float) and name.endswith(_DURATION_SUFFIXES):
@@ -65,8 +67,15 @@ def _add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
         text = f"{field.description} (default: {_default_text(field.default, name)}"
         if flags[name].get("env"):
             text += f"; env {flags[name]['env']}"
+        yes_or_no = field.annotation is bool  # alone it means yes; `-direct-io=false` says no
         parser.add_argument(
-            f"-{spelled}", f"--{spelled}", dest=name, metavar=_metavar(name), help=text + ")"
+            f"-{spelled}",
+            f"--{spelled}",
+            dest=name,
+            metavar="true|false" if yes_or_no else _metavar(name),
+            nargs="?" if yes_or_no else None,
+            const="true" if yes_or_no else None,
+            help=text + ")",
         )
     env_only = [
         f"{extra['env']} ({field.description})"

@@ -131,7 +131,11 @@ async def run_client(settings: ClientSettings) -> None:
             Staging(settings.nvme / "staging"),
             metadata_ttl=settings.metadata_ttl,
             ownership=Ownership(settings.uid, settings.gid, settings.file_mode, settings.dir_mode),
-            page_cache=KernelPageCache(stats),
+            page_cache=None if settings.direct_io else KernelPageCache(stats),
         )
         log.info("node %s: %s through %s", settings.node_id, cloud.url, settings.nvme)
-        await serve(Operations(fs), settings.mount, fsname=f"tierfs:{cloud.url}")
+        await serve(
+            Operations(fs, direct_io=settings.direct_io),
+            settings.mount,
+            fsname=f"tierfs:{cloud.url}",
+        )

@@ -200,6 +200,11 @@ class ClientSettings(CommonSettings):
     local_root: Path | None = flag(None, "directory used as the bucket by -cloud-provider local")
     chunk_size: Size = flag(4 * 2**20, "cache and transfer unit")
     metadata_ttl: Ttl = flag(1.0, "attribute and listing cache lifetime, or 'indefinite'")
+    direct_io: bool = flag(
+        False,
+        "read and write around the kernel's page cache (data read once: faster cold reads, "
+        "no page cache filled; re-reads come from tier 1)",
+    )
     nvme_size: Size = flag(10 * 2**30, "tier-1 budget for this node's reads", "FUSE_NVME_SIZE")
     peer_size: Size = flag(5 * 2**30, "tier-1 budget for chunks held for peers", "FUSE_PEER_SIZE")
     peer_timeout: Duration = flag(30.0, "deadline of one peer request", "FUSE_PEER_TIMEOUT")

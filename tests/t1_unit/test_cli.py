@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tierfs.cli import build_parser
+
 ORIGINAL_CLIENT_FLAGS = [
     "-mount",
     "-nvme",
@@ -29,6 +31,7 @@ OUR_CLIENT_FLAGS = [
     "-gcp-endpoint",
     "-chunk-size",
     "-metadata-ttl",
+    "-direct-io",
     "-token",
     "-tls-cert",
     "-tls-key",
@@ -95,6 +98,7 @@ def test_version() -> None:
         (["client", "-cloud-provider", "azure", "-azure-account", "a"], "-azure-key"),
         (["client", "-no-such-flag", "1"], "-no-such-flag"),
         (["client", "-port"], "-port"),
+        (["client", "-direct-io=maybe"], "-direct-io"),
         (["frobnicate"], "frobnicate"),
     ],
 )
@@ -114,3 +118,11 @@ def test_one_and_two_dashes_alike(tmp_path: object) -> None:
     for result in (one, two):
         assert result.returncode == 1
         assert result.stderr == f"tierfs client: mount point {absent} does not exist\n"
+
+
+def test_a_yes_or_no_flag_alone_means_yes() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["client", "-direct-io"]).direct_io == "true"
+    assert parser.parse_args(["client", "--direct-io=false"]).direct_io == "false"
+    assert parser.parse_args(["client", "-direct-io", "-port", "9"]).direct_io == "true"
+    assert parser.parse_args(["client"]).direct_io is None  # not given: the default

@@ -67,6 +67,12 @@ def test_secrets_stay_out_of_repr() -> None:
         assert secret not in shown
 
 
+def test_direct_io_is_a_yes_or_no() -> None:
+    assert client({}).direct_io is False
+    assert client({"direct_io": "true"}).direct_io is True
+    assert client({"direct_io": "false"}).direct_io is False
+
+
 def test_indefinite_ttl() -> None:
     assert client({"metadata_ttl": "indefinite"}).metadata_ttl == math.inf
 
@@ -85,6 +91,7 @@ def test_indefinite_ttl() -> None:
         ({"peer_id": "a/b"}, "-peer-id"),
         ({"peer_timeout": "0s"}, "-peer-timeout"),
         ({"tls_cert": "/tmp/cert.pem"}, "-tls-cert and -tls-key go together"),
+        ({"direct_io": "maybe"}, "invalid value for -direct-io"),
     ],
 )
 def test_bad_values_name_the_flag(given: dict[str, str], message: str) -> None:

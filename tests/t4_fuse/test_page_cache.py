@@ -4,6 +4,7 @@ file's."""
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -14,8 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
 from mounts import Mount, cloud_bytes, cloud_put
-from pagecache import cached_pages
+from pagecache import cached_page_count, cached_pages
 
 CHUNK = 2**20
 PAGE = mmap.PAGESIZE
@@ -132,3 +135,44 @@ def test_a_truncate_is_never_undone_by_chunks_put_there(
         os.close(reader)
     assert path.read_bytes() == old[: CHUNK // 2]
     assert cloud_bytes(mount, "data.bin") == old[: CHUNK // 2]
+
+
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct-io", "page-cache"])
+def test_with_direct_io_nothing_goes_through_the_page_cache(
+    mount_factory: Callable[..., Mount], direct_io: bool
+) -> None:
+    """`-direct-io`: files read and written leave nothing in the mount's page cache, a
+    re-read comes from tier 1, a private map still reads, a shared one is refused (ENODEV,
+    as FUSE does for such files). Without it the same reads fill the page cache."""
+    flags = {"direct_io": "true"} if direct_io else {}
+    mount = mount_factory("s3-seaweedfs", chunk_size="1MiB", **flags)
+    body = os.urandom(3 * CHUNK + 123)
+    cloud_put(mount, "data.bin", body)
+    path = mount.path / "data.bin"
+    assert path.read_bytes() == body  # cold
+    with path.open("rb", buffering=0) as file:  # again, in the pieces of a sequential reader
+        assert b"".join(iter(lambda: file.read(128 * 1024), b"")) == body
+        offsets = random.Random(5).sample(range(len(body) - PAGE), 50)
+        got = [os.pread(file.fileno(), PAGE, at) for at in offsets]
+        assert got == [body[at : at + PAGE] for at in offsets]
+        cached = cached_page_count(file.fileno(), len(body))
+    assert (cached == 0) if direct_io else (cached > 0)
+    tiers = node_stats(mount)["tiers"]
+    assert tiers["cloud"]["hits"] == 4  # each chunk fetched once: the rest from tier 1
+    written = os.urandom(2 * CHUNK + 5)
+    (mount.path / "new.bin").write_bytes(written)
+    assert cloud_bytes(mount, "new.bin") == written
+    with (mount.path / "new.bin").open("rb") as file:
+        assert file.read() == written
+        cached = cached_page_count(file.fileno(), len(written))
+        assert (cached == 0) if direct_io else (cached > 0)
+        with mmap.mmap(file.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mapped:
+            assert mapped[:] == written
+    with (mount.path / "new.bin").open("r+b") as file:
+        if direct_io:
+            with pytest.raises(OSError) as refused:
+                mmap.mmap(file.fileno(), 0)
+            assert refused.value.errno == errno.ENODEV
+        else:
+            with mmap.mmap(file.fileno(), 0) as mapped:
+                assert mapped[:] == written

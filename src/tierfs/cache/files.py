@@ -246,9 +246,18 @@ _has_cachestat = sys.platform == "linux"
 
 def all_cached(fd: int, offset: int, length: int) -> bool | None:
     """Whether every page of bytes [offset, offset + length) of `fd` (length > 0) is in the
-    page cache, as the kernel counts them (cachestat, Linux 6.5+: ~1 us, reads nothing,
-    where a mincore takes 11-30 us and a RWF_NOWAIT probe may read); None where it cannot
-    be asked."""
+    page cache, as the kernel counts them (`cached_page_count`); None where it cannot be
+    asked."""
+    counted = cached_page_count(fd, offset, length)
+    if counted is None:
+        return None
+    return counted == (offset + length - 1) // mmap.PAGESIZE - offset // mmap.PAGESIZE + 1
+
+
+def cached_page_count(fd: int, offset: int, length: int) -> int | None:
+    """How many pages of bytes [offset, offset + length) of `fd` are in the page cache
+    (cachestat, Linux 6.5+: ~1 us, maps and reads nothing, where a mincore takes 11-30 us
+    and a RWF_NOWAIT probe may read); None where it cannot be asked."""
     global _has_cachestat
     if not _has_cachestat:
         return None
@@ -257,8 +266,7 @@ def all_cached(fd: int, offset: int, length: int) -> bool | None:
         if ctypes.get_errno() == errno.ENOSYS:
             _has_cachestat = False
         return None
-    pages = (offset + length - 1) // mmap.PAGESIZE - offset // mmap.PAGESIZE + 1
-    return bool(counted.nr_cache == pages)
+    return int(counted.nr_cache)
 
 
 def resident_pages(fd: int, offset: int, length: int) -> bytes | None:

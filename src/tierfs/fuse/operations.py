@@ -80,10 +80,13 @@ class Operations(pyfuse3.Operations):
 
     enable_writeback_cache = False
 
-    def __init__(self, fs: Filesystem, kernel_ttl: float = KERNEL_TTL) -> None:
+    def __init__(
+        self, fs: Filesystem, kernel_ttl: float = KERNEL_TTL, direct_io: bool = False
+    ) -> None:
         super().__init__()
         self.fs = fs
         self.kernel_ttl = kernel_ttl
+        self.direct_io = direct_io  # every file opened around the page cache
         self.on_init: Callable[[], object] | None = None  # once the kernel is answered
 
     def init(self) -> None:
@@ -207,7 +210,9 @@ class Operations(pyfuse3.Operations):
         handle, keep_cache = await self.fs.open(
             inode, writable=writable, truncate=bool(flags & os.O_TRUNC)
         )
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle.fh), keep_cache=keep_cache)
+        return pyfuse3.FileInfo(
+            fh=pyfuse3.FileHandleT(handle.fh), keep_cache=keep_cache, direct_io=self.direct_io
+        )
 
     @_errno
     async def create(
@@ -221,7 +226,8 @@ class Operations(pyfuse3.Operations):
         handle = await self.fs.create(parent_inode, os.fsdecode(name), stat.S_IMODE(mode))
         node = handle.file.node
         node.lookups += 1
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle.fh)), self._attr(node)
+        info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle.fh), direct_io=self.direct_io)
+        return info, self._attr(node)
 
     @_errno
     async def read(  # type: ignore[override]  # pyfuse3 replies with any buffer
