@@ -5,8 +5,8 @@ scrubbed environment, waits until it answers, and returns a dataclass describing
 and config live in a fresh folder under ``base``. A missing binary raises ``RuntimeError``
 naming what to install: the tests fail, they never skip.
 
-Data survives ``Proc.restart()`` on SeaweedFS, Azurite and fake-gcs-server (on disk); moto
-keeps everything in memory and comes back empty.
+Data survives ``Proc.restart()`` on SeaweedFS and Azurite (on disk); fake-gcs-server and moto
+keep everything in memory and come back empty.
 """
 
 from __future__ import annotations
@@ -659,7 +659,9 @@ def _start_fake_gcs_once(base: Path, fake_gcs: str) -> GcsServer:
         fake_gcs, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
         # without -public-host the XML API (obstore reads) answers 404
         "-public-host", f"127.0.0.1:{port}", "-external-url", endpoint,
-        "-backend", "filesystem", "-filesystem-root", str(d / "data"),
+        # in memory: the filesystem backend drops an object whose name ends in "/" (a
+        # folder marker), which GCS keeps
+        "-backend", "memory",
         "-log-level", "error",
     ]  # fmt: skip
     proc = Proc("fake-gcs-server", cmd, d / "fake-gcs.log", cwd=d)
@@ -669,6 +671,6 @@ def _start_fake_gcs_once(base: Path, fake_gcs: str) -> GcsServer:
 
 
 def start_fake_gcs(base: Path) -> GcsServer:
-    """fake-gcs-server (GCS JSON API, path-style XML reads), persisting to disk under ``base``."""
+    """fake-gcs-server (GCS JSON API, path-style XML reads), its log under ``base``."""
     fake_gcs = _fake_gcs_bin()
     return _start_with_retries(lambda: _start_fake_gcs_once(base, fake_gcs))

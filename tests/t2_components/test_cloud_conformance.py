@@ -14,7 +14,13 @@ import servers
 from cloud_targets import AUTHENTICATING, server_for, settings_for
 from tierfs.cloud.base import MULTIPART_THRESHOLD, PART_SIZE, CloudStore
 from tierfs.cloud.gcs import GcsStore
-from tierfs.cloud.providers import AzureBlobCloud, LocalDirectoryCloud, S3Cloud, open_store
+from tierfs.cloud.providers import (
+    AzureBlobCloud,
+    LocalDirectoryCloud,
+    S3Cloud,
+    open_store,
+    s3_store,
+)
 from tierfs.errors import (
     AccessDeniedError,
     InvalidKeyError,
@@ -191,6 +197,51 @@ async def test_copy_and_delete(store: CloudStore) -> None:
         await store.head("src/file")
     await store.delete("src/file")
     assert [m.key for m in (await store.list_all("dst/")).objects] == ["dst/file"]
+
+
+async def test_a_folder_marker_keeps_an_empty_folder(store: CloudStore) -> None:
+    """`put_marker` makes a folder the bucket lists while it is empty (the `name/` object of
+    the S3 console and s3fs; a directory on the local provider); a listing without
+    delimiter tells it from the files; `delete_marker` removes it, and again is no error."""
+    await store.put("m/file", b"x")
+    await store.put("m/empty", b"")  # an empty file is no marker
+    folders = ["m/sub", "m/ü ñ+%", "m/deep", "m/deep/er"]
+    for folder in folders:
+        await store.put_marker(folder)
+    top = await store.list_all("m/")
+    assert top.prefixes == sorted(["m/sub/", "m/ü ñ+%/", "m/deep/"])
+    assert sorted(meta.key for meta in top.objects) == ["m/empty", "m/file"]
+    listed = (await store.list_all("m/", delimiter=False)).objects
+    files, markers = await store.markers_in("m", listed)
+    assert sorted(meta.key for meta in files) == ["m/empty", "m/file"]
+    # every store names the empty folders; the local one cannot tell a marker from the
+    # directory of what is below it ("m/deep")
+    assert {"m/sub", "m/ü ñ+%", "m/deep/er"} <= set(markers) <= set(folders)
+    for folder in sorted([*folders, "m/sub", "m/never"], reverse=True):  # deepest first
+        await store.delete_marker(folder)
+    after = await store.list_all("m/")
+    assert after.prefixes == []
+    assert sorted(meta.key for meta in after.objects) == ["m/empty", "m/file"]
+
+
+async def test_s3_folder_markers_need_the_access_keys(
+    seaweedfs: servers.S3Server,
+) -> None:
+    """obstore finds credentials of its own (an instance role) that tierfs cannot sign
+    with: markers are refused before any request, and the mount keeps empty folders."""
+    store = s3_store(
+        bucket=seaweedfs.create_bucket(),
+        region=seaweedfs.region,
+        endpoint=seaweedfs.endpoint,
+        access_key=None,
+        secret_key=None,
+        timeout=5,
+    )
+    try:
+        with pytest.raises(UnsupportedUploadError, match="folder markers need the access keys"):
+            await store.put_marker("folder")
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("provider", AUTHENTICATING)

@@ -424,6 +424,12 @@ class SlowCloud(CloudStore):
     async def copy(self, source: str, destination: str) -> None:
         await self._store.copy(source, destination)
 
+    async def put_marker(self, prefix: str) -> None:
+        await self._store.put_marker(prefix)
+
+    async def delete_marker(self, prefix: str) -> None:
+        await self._store.delete_marker(prefix)
+
 
 @pytest.mark.asyncio
 async def test_a_seek_cancels_read_ahead_and_close_leaves_no_task(

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import random
+import shutil
 import stat
 import subprocess
 import time
@@ -297,11 +298,11 @@ def test_a_removed_directory_stays_gone_past_the_metadata_ttl(
         assert os.listdir(root) == []
         (root / "d").mkdir()
         (root / "d").rmdir()
-    # A prefix emptied by removing its files (not rmdir) is no entry that keeps its
-    # parent from going, as on AWS, where it is gone at once.
-    (root / "e/sub").mkdir(parents=True)
-    (root / "e/sub/f").write_bytes(b"f")
-    (root / "e/g").write_bytes(b"g")
+    # A prefix (no folder marker: keys put by another client) emptied by removing its
+    # files is no entry that keeps its parent from going, as on AWS, where it is gone at once.
+    cloud_put(mount, "e/sub/f", b"f")  # type: ignore[arg-type]
+    cloud_put(mount, "e/g", b"g")  # type: ignore[arg-type]
+    time.sleep(0.3)  # past the TTL of the listing above
     (root / "e/sub/f").unlink()
     time.sleep(0.3)
     os.listdir(root / "e")  # listed again: SeaweedFS still has sub/
@@ -335,6 +336,84 @@ def test_a_folder_marker_is_no_entry_of_its_folder(
     assert sorted(os.listdir(mount.path)) == ["folder", "full"]
     assert os.listdir(mount.path / "folder") == []
     assert os.listdir(mount.path / "full") == ["a"]
+
+    def keys() -> list[str]:
+        listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+        return sorted(item["Key"] for item in listed)
+
+    # Such markers move with their folders and go with them (they came back as ghosts, and
+    # a folder holding one could not be renamed: EIO).
+    (mount.path / "top").mkdir()
+    (mount.path / "full").rename(mount.path / "top/full")
+    (mount.path / "folder").rename(mount.path / "top/folder")
+    assert keys() == ["top/", "top/folder/", "top/full/", "top/full/a"]
+    (mount.path / "top").rename(mount.path / "moved")
+    assert keys() == ["moved/", "moved/folder/", "moved/full/", "moved/full/a"]
+    (mount.path / "moved/folder").rmdir()
+    assert keys() == ["moved/", "moved/full/", "moved/full/a"]
+    subprocess.run(["rm", "-r", str(mount.path / "moved")], check=True, timeout=60)
+    assert keys() == []
+
+
+@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
+def test_an_empty_directory_is_in_the_bucket_for_every_node(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """mkdir writes the folder's marker: the directory shows on another node and after a
+    restart, and an rmdir anywhere removes it for all."""
+    first = mount_factory(provider, metadata_ttl="0.1s")
+    shared = {key: first.flags[key] for key in ("s3_bucket", "local_root") if key in first.flags}
+    second = mount_factory(provider, metadata_ttl="0.1s", **shared)
+    (first.path / "a/b/c").mkdir(parents=True)
+    (first.path / "a/file").write_bytes(b"f")
+    time.sleep(0.3)  # past the TTL
+    assert sorted(os.listdir(second.path / "a")) == ["b", "file"]
+    assert os.listdir(second.path / "a/b") == ["c"]
+    first.stop()
+    first.start()
+    assert os.listdir(first.path / "a/b") == ["c"]
+    (second.path / "a/b/c").rmdir()
+    (second.path / "a/b").rmdir()
+    time.sleep(0.3)
+    assert os.listdir(first.path / "a") == ["file"]
+    with pytest.raises(FileNotFoundError):
+        os.stat(first.path / "a/b")
+
+
+def test_a_git_repository_is_used_from_two_nodes(mount_factory: Callable[..., Mount]) -> None:
+    """git keeps empty directories in a repository (`refs/heads` after `git gc`); without
+    their markers the other node found no repository."""
+    git = shutil.which("git")
+    assert git is not None, "git is not installed"
+    first = mount_factory("s3-seaweedfs", metadata_ttl="0.1s")
+    second = mount_factory("s3-seaweedfs", metadata_ttl="0.1s", s3_bucket=first.flags["s3_bucket"])
+    identity = ["-c", "user.name=tierfs", "-c", "user.email=tierfs@localhost"]
+
+    def run(where: Path, *args: str) -> str:
+        done = subprocess.run(
+            [git, *identity, "-c", "init.defaultBranch=main", *args],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    (first.path / "repo").mkdir()
+    run(first.path / "repo", "init", "-q")
+    (first.path / "repo/a.txt").write_text("a\n")
+    run(first.path / "repo", "add", "a.txt")
+    run(first.path / "repo", "commit", "-qm", "first")
+    run(first.path / "repo", "gc", "-q")  # packs the refs: refs/heads is left empty
+    time.sleep(0.3)
+    assert run(second.path / "repo", "log", "--format=%s") == "first\n"
+    (second.path / "repo/b.txt").write_text("b\n")
+    run(second.path / "repo", "add", "b.txt")
+    run(second.path / "repo", "commit", "-qm", "second")
+    time.sleep(0.3)
+    assert run(first.path / "repo", "log", "--format=%s") == "second\nfirst\n"
+    run(first.path / "repo", "fsck", "--no-progress")
 
 
 def test_a_big_directory_lists_in_full(mount_factory: object) -> None:

@@ -1,5 +1,5 @@
-"""Azure Blob over obstore, and the one request obstore cannot make right: a copy that is
-complete when it returns.
+"""Azure Blob over obstore, and what obstore cannot send: a copy that is complete when it
+returns, and folder markers (`name/`, a name obstore's paths cannot hold).
 
 Azure's Copy Blob may answer before the copy is done (`x-ms-copy-status: pending`; within
 one account it "can" finish at once, Azure says), and a source deleted meanwhile fails
@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from email.utils import formatdate
 from urllib.parse import quote
 
@@ -27,13 +27,12 @@ from obstore.store import AzureStore
 from yarl import URL
 
 from tierfs.cloud.objstore import ObjstoreCloud
+from tierfs.cloud.signed import SignedRequests
 from tierfs.errors import (
-    AccessDeniedError,
     CloudError,
     ConfigError,
     InvalidKeyError,
     ObjectNotFoundError,
-    TransientCloudError,
 )
 
 API_VERSION = "2021-08-06"  # x-ms-version of the requests made here
@@ -71,8 +70,7 @@ class AzureBlobCloud(ObjstoreCloud):
         self._account = account
         base = endpoint.rstrip("/") if endpoint else PUBLIC_ENDPOINT.format(account=account)
         self._container_url = f"{base}/{quote(container, safe='')}"
-        self._http_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0))
-        self._session: aiohttp.ClientSession | None = None
+        self._http = SignedRequests(self.url, timeout)
 
     def check_key(self, key: str) -> str:
         if "\\" in key:
@@ -134,48 +132,39 @@ class AzureBlobCloud(ObjstoreCloud):
     def _blob_url(self, key: str) -> str:
         return f"{self._container_url}/{quote(key, safe='/~')}"
 
-    @contextlib.asynccontextmanager
-    async def _request(
+    def _request(
         self, method: str, key: str, extra: Mapping[str, str] | None = None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A signed request for blob `key`: an answer of 400 or more raises its tierfs
-        error, a connection that failed or timed out TransientCloudError."""
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """A request for blob `key`, signed with the account key (see SignedRequests)."""
         url = URL(self._blob_url(key), encoded=True)
         headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
         headers |= extra or {}
         if method == "PUT":
             headers["Content-Length"] = "0"
         headers["Authorization"] = shared_key(self._account, self._secret, method, url, headers)
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._http_timeout)
-        try:
-            # aiohttp would add a Content-Type to a PUT after it was signed
-            request = self._session.request(
-                method, url, headers=headers, skip_auto_headers=["Content-Type"]
-            )
-            async with request as response:
-                if response.status >= 400:
-                    detail = response.headers.get("x-ms-error-code") or response.reason or ""
-                    raise self._failure(response.status, detail, key)
-                yield response
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            what = f"{self.url}/{key}"
-            raise TransientCloudError(f"{what}: {type(exc).__name__} {exc}".rstrip()) from exc
+        return self._http.send(method, url, headers, key)
 
-    def _failure(self, status: int, detail: str, key: str) -> CloudError:
-        what = f"{self.url}/{key}"
-        if status == 404:
-            return ObjectNotFoundError(f"{what}: no such object")
-        if status in (401, 403):
-            return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
-        if status in (408, 429) or (status >= 500 and status not in (501, 505)):
-            return TransientCloudError(f"{what}: HTTP {status} {detail}")
-        return CloudError(f"{what}: HTTP {status} {detail}")
+    async def put_marker(self, prefix: str) -> None:
+        self.check_key(prefix)
+
+        async def put() -> None:
+            async with self._request("PUT", prefix + "/", {"x-ms-blob-type": "BlockBlob"}):
+                pass
+
+        await self._call("PUT", prefix + "/", put)
+
+    async def delete_marker(self, prefix: str) -> None:
+        self.check_key(prefix)
+
+        async def delete() -> None:
+            with contextlib.suppress(ObjectNotFoundError):
+                async with self._request("DELETE", prefix + "/"):
+                    pass
+
+        await self._call("DELETE", prefix + "/", delete)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
         await super().close()
 
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import functools
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from tierfs.chunks import Data
-from tierfs.errors import InvalidKeyError, UnsupportedUploadError
+from tierfs.errors import InvalidKeyError, ObjectNotFoundError, UnsupportedUploadError
 
 # Multipart uploads start above this size; parts are this big and go up in parallel.
 # 8 parts of 8 MiB in flight: 64 MiB of buffers (16 MiB x 8 put the client over 200 MB).
@@ -126,6 +127,41 @@ class CloudStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Remove the object; a missing object is not an error."""
+
+    @abc.abstractmethod
+    async def put_marker(self, prefix: str) -> None:
+        """Write the folder marker of `prefix`: the empty object `prefix/` that the S3
+        console, s3fs and gcsfuse make a folder with, so that an empty folder exists in the
+        bucket (on the local provider, a directory). Listings show it as a prefix."""
+
+    @abc.abstractmethod
+    async def delete_marker(self, prefix: str) -> None:
+        """Remove the folder marker of `prefix`; none there is not an error."""
+
+    async def markers_in(
+        self, prefix: str, objects: Sequence[ObjectMeta]
+    ) -> tuple[builtins.list[ObjectMeta], builtins.list[str]]:
+        """`objects`, a listing of `prefix` + "/" without delimiter, as its files and the
+        folders at or below `prefix` whose markers it holds (named without the slash). A
+        marker is listed under its own name (`a/b/`), or, by a client that drops the
+        slash, as an empty object of the folder's name that a HEAD does not find."""
+        files: builtins.list[ObjectMeta] = []  # (`list` is a method here)
+        markers: builtins.list[str] = []
+        for meta in objects:
+            if meta.key.endswith("/"):
+                markers.append(meta.key[:-1])
+            elif meta.size == 0 and (meta.key == prefix or not await self._exists(meta.key)):
+                markers.append(meta.key)
+            else:
+                files.append(meta)
+        return files, markers
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await self.head(key)
+        except ObjectNotFoundError:
+            return False
+        return True
 
     @abc.abstractmethod
     async def copy(self, source: str, destination: str, size: int | None = None) -> None:

@@ -254,6 +254,27 @@ class GcsStore(CloudStore):
         with contextlib.suppress(ObjectNotFoundError):  # GCS says 404; absent is what was asked
             await self._call("DELETE", key, delete)
 
+    async def put_marker(self, prefix: str) -> None:
+        self.check_key(prefix)
+        marker = prefix + "/"
+        upload = partial(
+            self._client().upload,
+            self._bucket,
+            marker,
+            b"",
+            content_type=OCTET_STREAM,
+            force_resumable_upload=False,
+            timeout=self._gtimeout,
+        )
+        await self._call("PUT", marker, upload)
+
+    async def delete_marker(self, prefix: str) -> None:
+        self.check_key(prefix)
+        marker = prefix + "/"
+        delete = partial(self._client().delete, self._bucket, marker, timeout=self._gtimeout)
+        with contextlib.suppress(ObjectNotFoundError):
+            await self._call("DELETE", marker, delete)
+
     async def copy(self, source: str, destination: str, size: int | None = None) -> None:
         self.check_key(source)
         self.check_key(destination)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import contextlib
+import os
 import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
 
 from obstore.store import AzureStore, LocalStore, S3Store
 
 from tierfs.cloud.azure import AzureBlobCloud
-from tierfs.cloud.base import CloudStore
+from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.objstore import NO_RETRIES, ObjstoreCloud, client_options
+from tierfs.cloud.s3 import S3Cloud, S3Keys
 from tierfs.errors import ConfigError, InvalidKeyError
 from tierfs.settings import ClientSettings
 
@@ -90,15 +99,12 @@ def s3_store(
         client_options=client_options(timeout, allow_http=_is_http(endpoint)),  # type: ignore[arg-type]
         retry_config=NO_RETRIES,  # type: ignore[arg-type]
     )
-    return S3Cloud(store, f"{scheme}://{bucket}", timeout)
-
-
-class S3Cloud(ObjstoreCloud):
-    """S3 (and the stores that speak it). AWS refuses a CopyObject of a source over 5 GiB
-    (it wants a multipart copy, which obstore does not make): larger objects are copied
-    through this client."""
-
-    copy_limit = 5 * 2**30
+    keys = None
+    if access_key and secret_key:
+        keys = S3Keys(access_key, secret_key, region, session_token)
+    base = endpoint.rstrip("/") if endpoint else f"https://s3.{region}.amazonaws.com"
+    bucket_url = f"{base}/{quote(bucket, safe='')}"
+    return S3Cloud(store, f"{scheme}://{bucket}", timeout, bucket_url=bucket_url, keys=keys)
 
 
 def azure_store(
@@ -123,15 +129,49 @@ def local_store(root: str, timeout: float) -> CloudStore:
     """A directory as the bucket: writes are atomic (temp file + rename), so every put
     gets a new version (obstore's ETag of inode, mtime and size)."""
     store = LocalStore(root, mkdir=True, automatic_cleanup=True)
-    return LocalDirectoryCloud(store, f"local://{root}", timeout)
+    return LocalDirectoryCloud(store, root, timeout)
 
 
 class LocalDirectoryCloud(ObjstoreCloud):
     """obstore's LocalStore writes a key's file as a temp file `<name>#<n>` beside it,
     then renames it: a name must leave room for that suffix in the local filesystem's 255
-    bytes, and must not look like such a file (obstore refuses those)."""
+    bytes, and must not look like such a file (obstore refuses those). A folder marker is
+    a directory (obstore lists an empty one as a prefix)."""
 
     name_max = 255 - len("#9999")
+
+    def __init__(self, store: LocalStore, root: str, timeout: float) -> None:
+        super().__init__(store, f"local://{root}", timeout)
+        self._root = Path(root)
+
+    async def put_marker(self, prefix: str) -> None:
+        self.check_key(prefix)
+        await asyncio.to_thread(os.makedirs, self._root / prefix, exist_ok=True)
+
+    async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
+        """As the other stores: without `delimiter`, an empty folder (its marker) is listed
+        too, as `name/` (obstore lists files alone)."""
+        async for page in super().list(prefix, delimiter):
+            yield page
+        if not delimiter:
+            folders = await asyncio.to_thread(self._empty_folders, prefix.removesuffix("/"))
+            if folders:
+                yield ListPage(folders, [])
+
+    def _empty_folders(self, prefix: str) -> builtins.list[ObjectMeta]:
+        found = []
+        for folder, subfolders, names in os.walk(self._root / prefix):
+            if not subfolders and not names and Path(folder) != self._root:
+                mtime = datetime.fromtimestamp(os.stat(folder).st_mtime, UTC)
+                key = f"{Path(folder).relative_to(self._root)}/"
+                found.append(ObjectMeta(key, 0, "", mtime))
+        return found
+
+    async def delete_marker(self, prefix: str) -> None:
+        """The directory goes if it is empty: a local folder is its own marker."""
+        self.check_key(prefix)
+        with contextlib.suppress(OSError):  # absent, or files below it keep it
+            await asyncio.to_thread(os.rmdir, self._root / prefix)
 
     def check_key(self, key: str) -> str:
         super().check_key(key)

@@ -30,6 +30,7 @@ from tierfs.errors import (
     ObjectNotFoundError,
     StaleHandleError,
     UnsupportedError,
+    UnsupportedUploadError,
     VersionChangedError,
 )
 from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging
@@ -93,6 +94,7 @@ class Filesystem:
         self.staging = staging
         self.ownership = ownership
         self.page_cache = page_cache
+        self._warned_markers = False  # that the store cannot keep empty directories
         self.inodes = InodeTable()
         self.names = Namespace(cloud, metadata_ttl)
         self._open: dict[int, OpenFile] = {}  # by inode
@@ -225,10 +227,30 @@ class Filesystem:
         path = self._new_child_path(self.inodes.get(parent_inode), name)
         if await self._stat(path) is not None:
             raise EntryExistsError(path)
+        await self._put_marker(path)
         self.names.add_local_dir(path)
         node = self.inodes.ensure(path, is_dir=True)
         node.mtime_ns, node.mode = time.time_ns(), mode
         return node
+
+    async def _put_marker(self, path: str) -> None:
+        """Write the folder marker of directory `path`, so it exists in the bucket while
+        empty; where the store cannot, it lives on this mount alone (as before markers)."""
+        try:
+            await self.cloud.put_marker(path)
+        except UnsupportedUploadError as exc:
+            self._warn_markers(exc)
+
+    async def _delete_marker(self, path: str) -> None:
+        try:
+            await self.cloud.delete_marker(path)
+        except UnsupportedUploadError as exc:
+            self._warn_markers(exc)
+
+    def _warn_markers(self, exc: UnsupportedUploadError) -> None:
+        if not self._warned_markers:
+            self._warned_markers = True
+            log.warning("%s: empty directories live on this mount alone", exc)
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
         path, entry = await self._existing(parent_inode, name)
@@ -236,6 +258,7 @@ class Filesystem:
             raise NotDirectoryError(path)
         if not await self._is_empty(path):
             raise DirectoryNotEmptyError(path)
+        await self._delete_marker(path)
         self.names.removed_dir(path)
         self.names.note(path, None)
         self.inodes.remove(path)
@@ -311,20 +334,24 @@ class Filesystem:
             node.mtime_set_for = copied.version  # the copy is the same file, moved
 
     async def _rename_tree(self, old: str, new: str) -> None:
-        below = (await self.cloud.list_all(old + "/", delimiter=False)).objects
+        listed = (await self.cloud.list_all(old + "/", delimiter=False)).objects
+        below, markers = await self.cloud.markers_in(old, listed)
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
         await _bounded(
             below, lambda meta: self.cloud.copy(meta.key, new + meta.key[len(old) :], meta.size)
         )
+        await _bounded(markers, lambda folder: self._put_marker(new + folder[len(old) :]))
         await _bounded(below, lambda meta: self.cloud.delete(meta.key))
+        for folder in sorted(markers, reverse=True):  # deepest first: a local folder must be empty
+            await self._delete_marker(folder)
         made_here = self.names.local_dirs_at_or_below(old)
         self.names.removed_dir(old)
         self.names.forget_subtree(new)
         self.names.note(old, None)
         for folder in made_here:
             self.names.add_local_dir(new + folder[len(old) :])
-        if below:
+        if below or markers:
             self.names.note(new, Entry(split(new)[1], True))
         else:  # the bucket has nothing below it: it lives on this mount
             self.names.add_local_dir(new)

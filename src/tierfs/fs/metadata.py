@@ -232,7 +232,7 @@ class Namespace:
         """Whether the bucket has a key below `path`: asked, not taken from a listing (a
         listing may name a prefix whose keys are gone, see GHOST_WINDOW)."""
         async for page in self.cloud.list(path + "/", delimiter=False):
-            return bool(page.objects)
+            return bool(page.objects)  # its own folder marker too: that is a directory
         return False
 
     async def listdir(
@@ -345,6 +345,7 @@ class Namespace:
 
     def add_local_dir(self, path: str) -> None:
         self._local_dirs.add(path)
+        self._removed.pop(path, None)  # made again: no ghost
         self._index(path)
         self._stats.pop(path, None)
 

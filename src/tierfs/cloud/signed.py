@@ -1,0 +1,65 @@
+"""Requests tierfs signs itself, for what obstore cannot send: Azure's Copy Blob with its
+status, and folder markers (keys ending in `/`, which obstore's paths cannot name)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+from yarl import URL
+
+from tierfs.errors import (
+    AccessDeniedError,
+    CloudError,
+    ObjectNotFoundError,
+    TransientCloudError,
+)
+
+
+class SignedRequests:
+    """One HTTP session of a store, for requests that carry their own signature; failures
+    come back as tierfs errors named after the store's `url` and the key."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0))
+        self._session: aiohttp.ClientSession | None = None
+
+    @contextlib.asynccontextmanager
+    async def send(
+        self, method: str, url: URL, headers: Mapping[str, str], key: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send a request without a body: an answer of 400 or more raises its tierfs error
+        (ObjectNotFoundError, AccessDeniedError, ...), a connection that failed or timed out
+        TransientCloudError."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            # aiohttp would add a Content-Type to a PUT after it was signed
+            request = self._session.request(
+                method, url, headers=headers, skip_auto_headers=["Content-Type"]
+            )
+            async with request as response:
+                if response.status >= 400:
+                    raise self._failure(response, key)
+                yield response
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            what = f"{self.url}/{key}"
+            raise TransientCloudError(f"{what}: {type(exc).__name__} {exc}".rstrip()) from exc
+
+    def _failure(self, response: aiohttp.ClientResponse, key: str) -> CloudError:
+        status, what = response.status, f"{self.url}/{key}"
+        detail = response.headers.get("x-ms-error-code") or response.reason or ""
+        if status == 404:
+            return ObjectNotFoundError(f"{what}: no such object")
+        if status in (401, 403):
+            return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
+        if status in (408, 429) or (status >= 500 and status not in (501, 505)):
+            return TransientCloudError(f"{what}: HTTP {status} {detail}")
+        return CloudError(f"{what}: HTTP {status} {detail}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
