@@ -22,6 +22,9 @@ from pathlib import Path
 from tierfs.chunks import Data
 from tierfs.errors import InvalidKeyError, ObjectNotFoundError, UnsupportedUploadError
 
+# HEADs at once that tell an empty object from a folder marker a client listed without
+# its slash (`CloudStore.markers_in`).
+MARKER_CHECKS = 16
 # Multipart uploads start above this size; parts are this big and go up in parallel.
 # 8 parts of 8 MiB in flight: 64 MiB of buffers (16 MiB x 8 put the client over 200 MB).
 MULTIPART_THRESHOLD = 16 * 2**20
@@ -145,23 +148,24 @@ class CloudStore(abc.ABC):
         folders at or below `prefix` whose markers it holds (named without the slash). A
         marker is listed under its own name (`a/b/`), or, by a client that drops the
         slash, as an empty object of the folder's name that a HEAD does not find."""
-        files: builtins.list[ObjectMeta] = []  # (`list` is a method here)
-        markers: builtins.list[str] = []
-        for meta in objects:
-            if meta.key.endswith("/"):
-                markers.append(meta.key[:-1])
-            elif meta.size == 0 and (meta.key == prefix or not await self._exists(meta.key)):
-                markers.append(meta.key)
-            else:
-                files.append(meta)
-        return files, markers
+        slots = asyncio.Semaphore(MARKER_CHECKS)
 
-    async def _exists(self, key: str) -> bool:
-        try:
-            await self.head(key)
-        except ObjectNotFoundError:
-            return False
-        return True
+        async def is_marker(meta: ObjectMeta) -> bool:
+            if meta.key.endswith("/") or meta.key == prefix:
+                return True
+            if meta.size:
+                return False
+            async with slots:
+                try:
+                    await self.head(meta.key)
+                except ObjectNotFoundError:
+                    return True
+                return False
+
+        found = await asyncio.gather(*(is_marker(meta) for meta in objects))
+        files = [meta for meta, marker in zip(objects, found, strict=True) if not marker]
+        named = (meta.key for meta, marker in zip(objects, found, strict=True) if marker)
+        return files, [key.removesuffix("/") for key in named]
 
     @abc.abstractmethod
     async def copy(self, source: str, destination: str, size: int | None = None) -> None:
