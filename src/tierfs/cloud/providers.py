@@ -148,6 +148,12 @@ class LocalDirectoryCloud(ObjstoreCloud):
         self.check_key(prefix)
         await asyncio.to_thread(os.makedirs, self._root / prefix, exist_ok=True)
 
+    async def delete_marker(self, prefix: str) -> None:
+        """The directory goes if it is empty: a local folder is its own marker."""
+        self.check_key(prefix)
+        with contextlib.suppress(OSError):  # absent, or files below it keep it
+            await asyncio.to_thread(os.rmdir, self._root / prefix)
+
     async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
         """As the other stores: without `delimiter`, an empty folder (its marker) is listed
         too, as `name/` (obstore lists files alone)."""
@@ -166,12 +172,6 @@ class LocalDirectoryCloud(ObjstoreCloud):
                 key = f"{Path(folder).relative_to(self._root)}/"
                 found.append(ObjectMeta(key, 0, "", mtime))
         return found
-
-    async def delete_marker(self, prefix: str) -> None:
-        """The directory goes if it is empty: a local folder is its own marker."""
-        self.check_key(prefix)
-        with contextlib.suppress(OSError):  # absent, or files below it keep it
-            await asyncio.to_thread(os.rmdir, self._root / prefix)
 
     def check_key(self, key: str) -> str:
         super().check_key(key)
