@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import os
@@ -9,6 +10,7 @@ import random
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from cloud_targets import server_for
-from mounts import Mount, cloud_bytes, cloud_put
+from mounts import Mount, cloud_bytes, cloud_of, cloud_put
 from pagecache import evict
+from tierfs.cloud.base import ObjectMeta
 
 
 def test_objects_are_files_and_prefixes_directories(mounted: Mount) -> None:
@@ -163,6 +166,10 @@ def test_a_file_removed_while_open_still_reads(mounted: Mount) -> None:
         (lambda r: os.mkdir(r / "tab\tdir"), errno.EINVAL),
         (lambda r: os.rename(r / "file", r / "dir/h#2"), errno.EINVAL),
         (lambda r: os.link(r / "file", r / "hard"), errno.ENOTSUP),
+        (lambda r: os.symlink("file", r / "x.tierfs-symlink"), errno.EINVAL),  # a link's key
+        (lambda r: (r / "y.tierfs-symlink").write_bytes(b"x"), errno.EINVAL),
+        (lambda r: os.readlink(r / "file"), errno.EINVAL),
+        (lambda r: os.symlink("elsewhere", r / "file"), errno.EEXIST),
     ],
 )
 def test_errors_users_expect(mount_factory: object, action: object, expected: int) -> None:
@@ -176,6 +183,81 @@ def test_errors_users_expect(mount_factory: object, action: object, expected: in
     assert sorted(os.listdir(mount.path)) == ["dir", "file"]  # nothing half made
     assert sorted(os.listdir(mount.path / "dir")) == ["inside"]
     assert cloud_bytes(mount, "file") == b"x"
+
+
+@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
+def test_symbolic_links_are_kept_in_the_bucket(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """A link is the object `NAME.tierfs-symlink` holding its target: every node reads it
+    from a listing, follows it, and renames and removes it as a file."""
+    first = mount_factory(provider, metadata_ttl="0.1s")
+    shared = {key: first.flags[key] for key in ("s3_bucket", "local_root") if key in first.flags}
+    second = mount_factory(provider, metadata_ttl="0.1s", **shared)
+    root = first.path
+    (root / "d").mkdir()
+    (root / "d/target.txt").write_bytes(b"hello")
+    os.symlink("target.txt", root / "d/link")
+    os.symlink("d/target.txt", root / "up")
+    os.symlink("nowhere", root / "dangling")
+    assert cloud_bytes(first, "d/link.tierfs-symlink") == b"target.txt"
+    time.sleep(0.3)  # past the TTL
+    for node in (first, second):
+        assert sorted(os.listdir(node.path)) == ["d", "dangling", "up"]
+        assert sorted(os.listdir(node.path / "d")) == ["link", "target.txt"]
+        link = os.lstat(node.path / "d/link")
+        assert stat.S_ISLNK(link.st_mode) and link.st_size == len("target.txt")
+        assert os.readlink(node.path / "d/link") == "target.txt"
+        assert (node.path / "d/link").read_bytes() == b"hello"
+        assert (node.path / "up").read_bytes() == b"hello"
+        assert os.readlink(node.path / "dangling") == "nowhere"
+        assert not (node.path / "dangling").exists()
+    os.rename(second.path / "d/link", second.path / "moved")  # a link moves as a link
+    (second.path / "file").write_bytes(b"file")
+    os.replace(second.path / "up", second.path / "file")  # a link over a file
+    os.replace(second.path / "d/target.txt", second.path / "dangling")  # a file over a link
+    os.unlink(second.path / "moved")
+    time.sleep(0.3)
+    # d, emptied: its marker keeps it, but on the local provider, where a folder its last
+    # file leaves goes with it (SEMANTICS.md)
+    folders = [] if provider == "local" else ["d"]
+    assert sorted(os.listdir(root)) == sorted([*folders, "dangling", "file"])
+    assert os.readlink(root / "file") == "d/target.txt"
+    assert not os.path.islink(root / "dangling")
+    assert (root / "dangling").read_bytes() == b"hello"
+    keys = [meta.key.rstrip("/") for meta in asyncio.run(_all_keys(first))]
+    assert sorted(keys) == sorted([*folders, "dangling", "file.tierfs-symlink"])  # no more
+
+
+async def _all_keys(mount: Mount) -> list[ObjectMeta]:
+    cloud = cloud_of(mount)
+    try:
+        return (await cloud.list_all("", delimiter=False)).objects
+    finally:
+        await cloud.close()
+
+
+def test_a_python_environment_made_on_one_node_runs_on_another(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """`python -m venv` links the interpreter and `lib64`: it failed with ENOTSUP."""
+    first = mount_factory("s3-seaweedfs", metadata_ttl="0.1s")
+    second = mount_factory("s3-seaweedfs", metadata_ttl="0.1s", s3_bucket=first.flags["s3_bucket"])
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(first.path / "env")],
+        check=True,
+        timeout=120,
+    )
+    time.sleep(0.3)
+    for node in (first, second):
+        done = subprocess.run(
+            [str(node.path / "env/bin/python"), "-c", "import sys; print(sys.prefix)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        assert done.stdout.strip() == str(node.path / "env")
 
 
 def test_unicode_and_spaces_in_names(mounted: Mount) -> None:

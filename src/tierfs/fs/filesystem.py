@@ -34,7 +34,7 @@ from tierfs.errors import (
     VersionChangedError,
 )
 from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging
-from tierfs.fs.metadata import Entry, Namespace, file_entry
+from tierfs.fs.metadata import LINK_SUFFIX, Entry, Namespace, file_entry, object_key
 from tierfs.fs.nodes import InodeTable, Node, join, split
 from tierfs.fs.streaming import StreamingUpload
 from tierfs.read_path import ReadPath
@@ -118,11 +118,15 @@ class Filesystem:
 
     def _new_child_path(self, parent: Node, name: str) -> str:
         """The path of a name to be made: one the store can hold (InvalidKeyError, EINVAL,
-        before anything is written, not EIO at close)."""
+        before anything is written, not EIO at close), and not a link's key."""
+        if name.endswith(LINK_SUFFIX):
+            raise InvalidKeyError(f"names ending in {LINK_SUFFIX!r} are tierfs's links")
         return self.cloud.check_key(self._child_path(parent, name))
 
     def _apply(self, node: Node, entry: Entry) -> Node:
         if not entry.is_dir and self._open.get(node.inode) is None:
+            if node.version != entry.version:
+                node.target = None
             node.size, node.version = entry.size, entry.version
             if node.mtime_set_for != entry.version:  # a time set here outlives the TTL
                 node.mtime_ns, node.mtime_set_for = entry.mtime_ns, None
@@ -131,7 +135,7 @@ class Filesystem:
     async def lookup(self, parent_inode: int, name: str) -> Node:
         """The node of `name` in the directory; EntryNotFoundError if none."""
         path, entry = await self._existing(parent_inode, name)
-        return self._apply(self.inodes.ensure(path, entry.is_dir), entry)
+        return self._apply(self.inodes.ensure(path, entry.is_dir, entry.is_link), entry)
 
     async def _existing(self, parent_inode: int, name: str) -> tuple[str, Entry]:
         """The path and entry of `name` in the directory; EntryNotFoundError if none."""
@@ -145,6 +149,8 @@ class Filesystem:
         return await self._stat(self._child_path(self.inodes.get(parent_inode), name)) is not None
 
     async def _stat(self, path: str) -> Entry | None:
+        if path.endswith(LINK_SUFFIX):
+            return None  # a link's object, shown under the link's name
         node = self.inodes.find(path)
         if node is not None and node.inode in self._open:
             return Entry(split(path)[1], False, node.size, node.mtime_ns, node.version)
@@ -158,8 +164,8 @@ class Filesystem:
         if node.inode in self._open or node.path == "":
             return node
         entry = await self._stat(node.path)
-        if entry is None:
-            raise EntryNotFoundError(node.path)
+        if entry is None or (entry.is_dir, entry.is_link) != (node.is_dir, node.is_link):
+            raise EntryNotFoundError(node.path)  # gone, or another kind of thing now
         return self._apply(node, entry)
 
     async def opendir(self, inode: int) -> int:
@@ -218,7 +224,7 @@ class Filesystem:
 
     def _with_nodes(self, parent: str, entries: Iterable[Entry]) -> Iterator[tuple[Node, Entry]]:
         for entry in entries:
-            child = self.inodes.ensure(join(parent, entry.name), entry.is_dir)
+            child = self.inodes.ensure(join(parent, entry.name), entry.is_dir, entry.is_link)
             yield self._apply(child, entry), entry
 
     async def mkdir(self, parent_inode: int, name: str, mode: int | None = None) -> Node:
@@ -232,6 +238,26 @@ class Filesystem:
         node = self.inodes.ensure(path, is_dir=True)
         node.mtime_ns, node.mode = time.time_ns(), mode
         return node
+
+    async def symlink(self, parent_inode: int, name: str, target: bytes) -> Node:
+        """A new symbolic link to `target`, in the bucket when this returns."""
+        path = self._new_child_path(self.inodes.get(parent_inode), name)
+        if await self._stat(path) is not None:
+            raise EntryExistsError(path)
+        entry = file_entry(await self.cloud.put(self.cloud.check_key(path + LINK_SUFFIX), target))
+        self.names.note(path, entry)
+        node = self._apply(self.inodes.ensure(path, is_dir=False, is_link=True), entry)
+        node.target = target
+        return node
+
+    async def readlink(self, inode: int) -> bytes:
+        node = self.inodes.get(inode)
+        if not node.is_link:
+            raise InvalidKeyError(f"{node.path!r} is not a symbolic link")
+        if node.target is None:
+            key = node.path + LINK_SUFFIX
+            node.target = bytes(await self.cloud.get_range(key, 0, node.size, node.version))
+        return node.target
 
     async def _put_marker(self, path: str) -> None:
         """Write the folder marker of directory `path`, so it exists in the bucket while
@@ -269,7 +295,7 @@ class Filesystem:
             raise IsDirectoryError(path)
         self._unlink_open(path)
         if entry.version:  # "" is a file created here and never uploaded
-            await self.cloud.delete(path)
+            await self.cloud.delete(object_key(path, entry))
         self.names.note(path, None)
         self.inodes.remove(path)
 
@@ -305,6 +331,8 @@ class Filesystem:
         else:
             await self._rename_file(old, new)
             self._unlink_open(new)  # the file it replaced, if any
+            if target is not None and target.version and target.is_link != source.is_link:
+                await self.cloud.delete(object_key(new, target))  # not replaced by the copy
         self.inodes.move(old, new)
         self._journal_moved(new)
 
@@ -325,10 +353,11 @@ class Filesystem:
         assert entry is not None
         if not entry.version:  # nothing in the cloud yet (an unlinked-while-open leftover)
             raise EntryNotFoundError(old)
-        await self.cloud.copy(old, new, entry.size)
-        await self.cloud.delete(old)
+        source, destination = object_key(old, entry), object_key(new, entry)
+        await self.cloud.copy(source, destination, entry.size)
+        await self.cloud.delete(source)
         self.names.note(old, None)
-        copied = await self.cloud.head(new)
+        copied = await self.cloud.head(destination)
         self.names.note(new, file_entry(copied))
         if node is not None and node.mtime_set_for == entry.version:
             node.mtime_set_for = copied.version  # the copy is the same file, moved

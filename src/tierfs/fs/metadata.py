@@ -21,7 +21,7 @@ from functools import partial
 from typing import TypeVar
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
-from tierfs.errors import AccessDeniedError, CloudError, ObjectNotFoundError
+from tierfs.errors import AccessDeniedError, CloudError, InvalidKeyError, ObjectNotFoundError
 from tierfs.fs.nodes import join, split
 
 T = TypeVar("T")
@@ -37,12 +37,27 @@ class Entry:
     size: int = 0
     mtime_ns: int = 0
     version: str = ""
+    is_link: bool = False  # a symbolic link: its target is the body of `object_key`
+
+
+# A symbolic link is the object of its name with this suffix, its target the body: a
+# listing shows it as such without asking for each object's metadata.
+LINK_SUFFIX = ".tierfs-symlink"
 
 
 def file_entry(meta: ObjectMeta) -> Entry:
-    return Entry(
-        split(meta.key)[1], False, meta.size, int(meta.mtime.timestamp() * 1e9), meta.version
-    )
+    """The entry of a listed object: a file, or a link (its key ends in LINK_SUFFIX)."""
+    name = split(meta.key)[1]
+    is_link = name.endswith(LINK_SUFFIX) and name != LINK_SUFFIX
+    if is_link:
+        name = name.removesuffix(LINK_SUFFIX)
+    mtime_ns = int(meta.mtime.timestamp() * 1e9)
+    return Entry(name, False, meta.size, mtime_ns, meta.version, is_link=is_link)
+
+
+def object_key(path: str, entry: Entry) -> str:
+    """The key of the object behind the file or link `entry` at `path`."""
+    return path + LINK_SUFFIX if entry.is_link else path
 
 
 @dataclass
@@ -171,23 +186,29 @@ class Namespace:
 
     async def _stat_remote(self, path: str) -> Entry | None:
         started = time.monotonic()
-        file_check = asyncio.ensure_future(self.cloud.head(path))
+        checks = [asyncio.ensure_future(self._head(key)) for key in (path, path + LINK_SUFFIX)]
         try:
             is_dir = await self.has_keys_below(path)
+            file, link = [await check for check in checks]
         except BaseException:
-            file_check.cancel()
+            for check in checks:
+                check.cancel()
             raise
-        try:
-            meta = await file_check
-        except ObjectNotFoundError:
-            meta = None
-        # A prefix with objects wins over an object of the same name (S3 allows both).
+        # A prefix with objects wins over an object of the same name (S3 allows both), and
+        # a file over a link.
         if is_dir:
             entry: Entry | None = Entry(split(path)[1], True)
         else:
+            meta = file or link
             entry = file_entry(meta) if meta is not None else None
         self._remember(path, entry, started)
         return entry
+
+    async def _head(self, key: str) -> ObjectMeta | None:
+        try:
+            return await self.cloud.head(key)
+        except (ObjectNotFoundError, InvalidKeyError):  # a link's key may be one too long
+            return None
 
     def __len__(self) -> int:
         """Cached answers: paths and listings."""
@@ -284,7 +305,9 @@ class Namespace:
             entry = file_entry(meta)
             # A "dir/" marker (the S3 console's folders; SeaweedFS lists an emptied folder
             # so) comes back as the directory's own key: not an entry of it.
-            if meta.key != path and entry.name:
+            if meta.key == path or not entry.name:
+                continue
+            if not entry.is_link or entry.name not in entries:  # a file of the name wins
                 entries[entry.name] = entry
         names = [split(prefix.rstrip("/"))[1] for prefix in page.prefixes]
         removed = [name for name in names if join(path, name) in self._removed]

@@ -33,6 +33,7 @@ class Node:
     inode: int
     path: str
     is_dir: bool
+    is_link: bool = False  # a symbolic link; its target, once read: `target`
     size: int = 0
     mtime_ns: int = field(default_factory=time.time_ns)
     version: str = ""  # the object's version; "" for directories and unsaved files
@@ -42,6 +43,7 @@ class Node:
     mtime_set_for: str | None = None
     lookups: int = 0
     open_count: int = 0
+    target: bytes | None = None  # a link's target at `version`
 
 
 class InodeTable:
@@ -63,14 +65,14 @@ class InodeTable:
     def find(self, path: str) -> Node | None:
         return self._by_path.get(path)
 
-    def ensure(self, path: str, is_dir: bool) -> Node:
+    def ensure(self, path: str, is_dir: bool, is_link: bool = False) -> Node:
         """The node of `path`, made if new; a changed kind gets a new inode."""
         node = self._by_path.get(path)
-        if node is not None and node.is_dir == is_dir:
+        if node is not None and (node.is_dir, node.is_link) == (is_dir, is_link):
             return node
         if node is not None:
             self._detach(node)
-        node = Node(self._next_inode, path, is_dir)
+        node = Node(self._next_inode, path, is_dir, is_link)
         self._next_inode += 1
         self._by_inode[node.inode] = node
         self._by_path[path] = node

@@ -104,6 +104,10 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             attr.st_mode = pyfuse3.ModeT(stat.S_IFDIR | mode)
             attr.st_nlink = 2
+        elif node.is_link:
+            attr.st_mode = pyfuse3.ModeT(stat.S_IFLNK | 0o777)  # a link's own bits mean nothing
+            attr.st_nlink = 1
+            attr.st_size = node.size  # the target's length
         else:
             attr.st_mode = pyfuse3.ModeT(stat.S_IFREG | mode)
             attr.st_nlink = 1
@@ -265,8 +269,17 @@ class Operations(pyfuse3.Operations):
     async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
-    async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+    @_errno
+    async def symlink(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes, ctx: Ctx
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.symlink(parent_inode, os.fsdecode(name), target)
+        node.lookups += 1
+        return self._attr(node)
+
+    @_errno
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: Ctx) -> bytes:
+        return await self.fs.readlink(inode)
 
     async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
