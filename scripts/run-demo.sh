@@ -20,7 +20,9 @@ if [ ! -d "$bucket/datasets" ]; then
 fi
 mkdir -p "$mount" 2>/dev/null || true   # a stale mount from a crash is cleaned by the client
 
-.venv/bin/tierfs coordinator -port "$port" -data-dir /tmp/tierfs-demo/coordinator &
+# In a session of its own, so that Ctrl-C reaches the client alone: it says goodbye to the
+# coordinator, unmounts and exits, and then the coordinator is stopped.
+setsid .venv/bin/tierfs coordinator -port "$port" -data-dir /tmp/tierfs-demo/coordinator &
 coordinator=$!
 trap 'kill -TERM $coordinator 2>/dev/null || true; wait $coordinator 2>/dev/null || true' EXIT
 
