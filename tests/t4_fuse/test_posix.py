@@ -170,6 +170,7 @@ def test_a_file_removed_while_open_still_reads(mounted: Mount) -> None:
         (lambda r: (r / "y.tierfs-symlink").write_bytes(b"x"), errno.EINVAL),
         (lambda r: os.readlink(r / "file"), errno.EINVAL),
         (lambda r: os.symlink("elsewhere", r / "file"), errno.EEXIST),
+        (lambda r: os.symlink("file", r / ("n" * 240)), errno.ENAMETOOLONG),  # with its suffix
     ],
 )
 def test_errors_users_expect(mount_factory: object, action: object, expected: int) -> None:

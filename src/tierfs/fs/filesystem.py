@@ -242,6 +242,8 @@ class Filesystem:
     async def symlink(self, parent_inode: int, name: str, target: bytes) -> Node:
         """A new symbolic link to `target`, in the bucket when this returns."""
         path = self._new_child_path(self.inodes.get(parent_inode), name)
+        if len((name + LINK_SUFFIX).encode()) > self.cloud.name_max:
+            raise NameTooLongError(f"a link's name of {len(name.encode())} bytes")
         if await self._stat(path) is not None:
             raise EntryExistsError(path)
         entry = file_entry(await self.cloud.put(self.cloud.check_key(path + LINK_SUFFIX), target))
