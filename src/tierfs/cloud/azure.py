@@ -145,23 +145,22 @@ class AzureBlobCloud(ObjstoreCloud):
         return self._http.send(method, url, headers, key)
 
     async def put_marker(self, prefix: str) -> None:
-        self.check_key(prefix)
-
-        async def put() -> None:
-            async with self._request("PUT", prefix + "/", {"x-ms-blob-type": "BlockBlob"}):
-                pass
-
-        await self._call("PUT", prefix + "/", put)
+        await self._marker("PUT", prefix)
 
     async def delete_marker(self, prefix: str) -> None:
-        self.check_key(prefix)
+        await self._marker("DELETE", prefix)
 
-        async def delete() -> None:
-            with contextlib.suppress(ObjectNotFoundError):
-                async with self._request("DELETE", prefix + "/"):
+    async def _marker(self, method: str, prefix: str) -> None:
+        self.check_key(prefix)
+        marker = prefix + "/"
+        headers = {"x-ms-blob-type": "BlockBlob"} if method == "PUT" else {}
+
+        async def send() -> None:
+            with contextlib.suppress(ObjectNotFoundError):  # a DELETE of no marker: done
+                async with self._request(method, marker, headers):
                     pass
 
-        await self._call("DELETE", prefix + "/", delete)
+        await self._call(method, marker, send)
 
     async def close(self) -> None:
         await self._http.close()

@@ -246,7 +246,7 @@ class Filesystem:
             raise NameTooLongError(f"a link's name of {len(name.encode())} bytes")
         if await self._stat(path) is not None:
             raise EntryExistsError(path)
-        entry = file_entry(await self.cloud.put(self.cloud.check_key(path + LINK_SUFFIX), target))
+        entry = file_entry(await self.cloud.put(path + LINK_SUFFIX, target))
         self.names.note(path, entry)
         node = self._apply(self.inodes.ensure(path, is_dir=False, is_link=True), entry)
         node.target = target

@@ -174,11 +174,12 @@ class Namespace:
                     else str(exc)
                 )
                 log.warning(
-                    "%s: %s; serving what this mount knew of %r (and of others, for %gs)",
+                    "%s: %s; serving what this mount knew of %r and of others, asking "
+                    "again every %gs",
                     self.cloud.url,
                     reason,
                     path,
-                    STALE_WARNING_EVERY,
+                    RECHECK_AFTER,
                 )
             return stale
         self._unanswered_at = -math.inf
