@@ -159,3 +159,16 @@ def cloud_put(mount: Mount, key: str, data: bytes) -> None:
             await cloud.close()
 
     asyncio.run(put())
+
+
+def cloud_mkdir(mount: Mount, prefix: str) -> None:
+    """Make the folder `prefix` in the bucket (its marker) behind the mount's back."""
+
+    async def put_marker() -> None:
+        cloud = cloud_of(mount)
+        try:
+            await cloud.put_marker(prefix)
+        finally:
+            await cloud.close()
+
+    asyncio.run(put_marker())

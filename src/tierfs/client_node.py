@@ -138,4 +138,6 @@ async def run_client(settings: ClientSettings) -> None:
             Operations(fs, direct_io=settings.direct_io),
             settings.mount,
             fsname=f"tierfs:{cloud.url}",
+            read_only=settings.read_only,
+            allow_other=settings.allow_other,
         )

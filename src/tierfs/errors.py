@@ -79,6 +79,11 @@ class NameTooLongError(FsError):
     """A name over 255 bytes or a key over the stores' 1024 bytes (ENAMETOOLONG)."""
 
 
+class InvalidArgumentError(FsError):
+    """A request no file could answer: readlink of a file, a directory moved into itself,
+    a name ending as tierfs's links do (EINVAL)."""
+
+
 class StaleHandleError(FsError):
     """The object changed under an open handle, or the inode is gone (ESTALE)."""
 

@@ -205,6 +205,10 @@ class ClientSettings(CommonSettings):
         "read and write around the kernel's page cache (data read once: faster cold reads, "
         "no page cache filled; re-reads come from tier 1)",
     )
+    read_only: bool = flag(False, "mount read-only: the kernel refuses every change (EROFS)")
+    allow_other: bool = flag(
+        False, "let users other than the mounting one in (the permission bits still apply)"
+    )
     nvme_size: Size = flag(10 * 2**30, "tier-1 budget for this node's reads", "FUSE_NVME_SIZE")
     peer_size: Size = flag(5 * 2**30, "tier-1 budget for chunks held for peers", "FUSE_PEER_SIZE")
     peer_timeout: Duration = flag(30.0, "deadline of one peer request", "FUSE_PEER_TIMEOUT")

@@ -23,6 +23,7 @@ from tierfs.errors import (
     DirectoryNotEmptyError,
     EntryExistsError,
     EntryNotFoundError,
+    InvalidArgumentError,
     InvalidKeyError,
     IsDirectoryError,
     NameTooLongError,
@@ -118,9 +119,10 @@ class Filesystem:
 
     def _new_child_path(self, parent: Node, name: str) -> str:
         """The path of a name to be made: one the store can hold (InvalidKeyError, EINVAL,
-        before anything is written, not EIO at close), and not a link's key."""
+        before anything is written, not EIO at close), and not a link's key
+        (InvalidArgumentError)."""
         if name.endswith(LINK_SUFFIX):
-            raise InvalidKeyError(f"names ending in {LINK_SUFFIX!r} are tierfs's links")
+            raise InvalidArgumentError(f"names ending in {LINK_SUFFIX!r} are tierfs's links")
         return self.cloud.check_key(self._child_path(parent, name))
 
     def _apply(self, node: Node, entry: Entry) -> Node:
@@ -255,7 +257,7 @@ class Filesystem:
     async def readlink(self, inode: int) -> bytes:
         node = self.inodes.get(inode)
         if not node.is_link:
-            raise InvalidKeyError(f"{node.path!r} is not a symbolic link")
+            raise InvalidArgumentError(f"{node.path!r} is not a symbolic link")
         if node.target is None:
             key = node.path + LINK_SUFFIX
             node.target = bytes(await self.cloud.get_range(key, 0, node.size, node.version))
@@ -327,7 +329,7 @@ class Filesystem:
             if target.is_dir and not await self._is_empty(new):
                 raise DirectoryNotEmptyError(new)
         if source.is_dir and (new + "/").startswith(old + "/"):
-            raise InvalidKeyError(f"cannot move {old!r} into itself")
+            raise InvalidArgumentError(f"cannot move {old!r} into itself")
         if source.is_dir:
             await self._rename_tree(old, new)
         else:

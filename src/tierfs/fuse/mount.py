@@ -118,14 +118,25 @@ async def _wait_for_request(fd: pyfuse3.FileHandleT) -> None:
     await _pyfuse3_wait_readable(fd)
 
 
-async def serve(ops: Operations, mountpoint: Path, fsname: str) -> None:
+async def serve(
+    ops: Operations,
+    mountpoint: Path,
+    fsname: str,
+    *,
+    read_only: bool = False,
+    allow_other: bool = False,
+) -> None:
     """Mount, answer the kernel until SIGINT/SIGTERM or an outside unmount, then unmount.
 
-    Dirty files are uploaded (`ops.fs.close()`) before the mount goes away.
+    Dirty files are uploaded (`ops.fs.close()`) before the mount goes away. `read_only`
+    mounts it so (the kernel answers every change EROFS); `allow_other` lets other users
+    in, and the kernel checks the mode bits for them (`default_permissions`).
     """
     pyfuse3.asyncio.enable()
     pyfuse3.asyncio.wait_readable = _wait_for_request
     options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=tierfs"}
+    options |= {"ro"} if read_only else set()
+    options |= {"allow_other"} if allow_other else set()
     pyfuse3.init(ops, str(mountpoint), options)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

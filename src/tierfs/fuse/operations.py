@@ -37,6 +37,7 @@ ERRNO: list[tuple[type[Exception], int]] = [
     (errors.NotDirectoryError, errno.ENOTDIR),
     (errors.DirectoryNotEmptyError, errno.ENOTEMPTY),
     (errors.NameTooLongError, errno.ENAMETOOLONG),
+    (errors.InvalidArgumentError, errno.EINVAL),
     (errors.StaleHandleError, errno.ESTALE),
     (errors.VersionChangedError, errno.ESTALE),
     (errors.UnsupportedError, errno.ENOTSUP),
