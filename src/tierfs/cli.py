@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _default_text(value: Any, name: str) -> str:
-    if value is None:
+    if value is None or value == "":
         return "none"
     if isinstance(value, bool):
         return str(value).lower()

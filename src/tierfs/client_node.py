@@ -14,6 +14,8 @@ from contextlib import AsyncExitStack
 
 from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
+from tierfs.cache.owner import claim
+from tierfs.cloud.folder import FolderStore, KeyPrefix
 from tierfs.cloud.providers import open_store
 from tierfs.coordinator.client import CoordinatorClient, NodeReport
 from tierfs.coordinator.models import TierBytes
@@ -34,10 +36,11 @@ log = logging.getLogger(__name__)
 
 
 def join_cluster(
-    settings: ClientSettings, cache: DiskChunkCache, stats: NodeStats
+    settings: ClientSettings, cache: DiskChunkCache, stats: NodeStats, keys: KeyPrefix
 ) -> CoordinatorClient:
     """The membership of this node: registers and heartbeats in the background, and never
-    holds up the mount (a coordinator that is down is one warning, and retried)."""
+    holds up the mount (a coordinator that is down is one warning, and retried). Chunks
+    are reported by the bucket's keys (`keys`)."""
 
     def report() -> NodeReport:
         capacity = TierBytes(local=settings.nvme_size, peer=settings.peer_size)
@@ -52,8 +55,12 @@ def join_cluster(
         report,
         token=settings.token,
     )
-    cache.on_stored = lambda c: client.report_location(c.obj.key, c.obj.version, [c.index])
-    cache.on_evicted = lambda key, version, index: client.withdraw_location(key, version, [index])
+    cache.on_stored = lambda c: client.report_location(
+        keys.outer(c.obj.key), c.obj.version, [c.index]
+    )
+    cache.on_evicted = lambda key, version, index: client.withdraw_location(
+        keys.outer(key), version, [index]
+    )
     return client
 
 
@@ -71,8 +78,13 @@ async def run_client(settings: ClientSettings) -> None:
     settings.nvme.mkdir(parents=True, exist_ok=True)
     stats = NodeStats()
     async with AsyncExitStack() as stack:
-        cloud = open_store(settings)
+        keys = KeyPrefix(settings.prefix)
+        bucket = open_store(settings)
+        cloud = FolderStore(bucket, keys) if keys.prefix else bucket
         stack.push_async_callback(cloud.close)
+        journal = UploadJournal(settings.nvme / "journal.sqlite3")
+        stack.callback(journal.close)
+        claim(settings.nvme, cloud.url, len(journal.pending()))
         cache = await DiskChunkCache.create(
             settings.nvme,
             nvme_size=settings.nvme_size,
@@ -81,7 +93,7 @@ async def run_client(settings: ClientSettings) -> None:
             admit_after=settings.admit_after,
         )
         stack.push_async_callback(cache.close)
-        coordinator = join_cluster(settings, cache, stats)
+        coordinator = join_cluster(settings, cache, stats, keys)
         stack.push_async_callback(coordinator.close)
         peers = PeerFetcher(
             settings.node_id,
@@ -90,10 +102,10 @@ async def run_client(settings: ClientSettings) -> None:
             timeout=settings.peer_timeout,
             token=settings.token,
             tls=settings.tls_cert is not None,
+            keys=keys,
+            chunk_size=settings.chunk_size,
         )
         stack.push_async_callback(peers.close)
-        journal = UploadJournal(settings.nvme / "journal.sqlite3")
-        stack.callback(journal.close)
         uploader = Uploader(cloud, cache, journal, settings.chunk_size, peers)
         stack.push_async_callback(uploader.close)
         # What a crash left unsent goes up before the mount appears, or, while the cloud
@@ -113,6 +125,7 @@ async def run_client(settings: ClientSettings) -> None:
             members=lambda: coordinator.membership,
             token=settings.token,
             on_peer_heartbeat=peers.mark_alive,
+            keys=keys,
         )
         runner = await start_site(peer_api, settings)
         stack.push_async_callback(runner.cleanup)  # runs before the read path closes

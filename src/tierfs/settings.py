@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from tierfs.errors import ConfigError
+from tierfs.cloud.base import check_key
+from tierfs.errors import ConfigError, InvalidKeyError
 from tierfs.units import parse_duration, parse_size
 
 _HOST_PORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
@@ -73,6 +74,18 @@ def _host_port(value: Any) -> str:
     return text
 
 
+def _prefix(value: Any) -> str:
+    """A folder of the bucket as a key prefix: "" or "a/b/" (slashes around it optional)."""
+    folder = str(value).strip("/")
+    if not folder:
+        return ""
+    try:
+        check_key(folder)
+    except InvalidKeyError as exc:
+        raise ValueError(f"{value!r} is no folder of a bucket ({exc})") from None
+    return folder + "/"
+
+
 def _mode(value: Any) -> int:
     try:
         mode = value if isinstance(value, int) else int(str(value), 8)
@@ -85,6 +98,7 @@ def _mode(value: Any) -> int:
 
 Size = Annotated[int, BeforeValidator(_size)]
 Mode = Annotated[int, BeforeValidator(_mode)]
+Prefix = Annotated[str, BeforeValidator(_prefix)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 Ttl = Annotated[float, BeforeValidator(_ttl)]
 Port = Annotated[int, BeforeValidator(_port)]
@@ -198,6 +212,7 @@ class ClientSettings(CommonSettings):
         "GOOGLE_APPLICATION_CREDENTIALS", "GCS service-account key file (native GCS)"
     )
     local_root: Path | None = flag(None, "directory used as the bucket by -cloud-provider local")
+    prefix: Prefix = flag("", "mount this folder of the bucket (a key prefix) instead of all of it")
     chunk_size: Size = flag(4 * 2**20, "cache and transfer unit")
     metadata_ttl: Ttl = flag(1.0, "attribute and listing cache lifetime, or 'indefinite'")
     direct_io: bool = flag(

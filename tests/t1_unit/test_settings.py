@@ -78,6 +78,19 @@ def test_indefinite_ttl() -> None:
 
 
 @pytest.mark.parametrize(
+    ("given", "prefix"),
+    [
+        ({}, ""),
+        ({"prefix": "/"}, ""),
+        ({"prefix": "data/set"}, "data/set/"),
+        ({"prefix": "/d/"}, "d/"),
+    ],
+)
+def test_a_folder_of_the_bucket_is_a_key_prefix(given: dict[str, str], prefix: str) -> None:
+    assert client(given).prefix == prefix
+
+
+@pytest.mark.parametrize(
     ("given", "message"),
     [
         ({"port": "abc"}, "invalid value for -port: 'abc' is not a port number"),
@@ -92,6 +105,8 @@ def test_indefinite_ttl() -> None:
         ({"peer_timeout": "0s"}, "-peer-timeout"),
         ({"tls_cert": "/tmp/cert.pem"}, "-tls-cert and -tls-key go together"),
         ({"direct_io": "maybe"}, "invalid value for -direct-io"),
+        ({"prefix": "a//b"}, "invalid value for -prefix: 'a//b' is no folder of a bucket"),
+        ({"prefix": "../up"}, "invalid value for -prefix"),
     ],
 )
 def test_bad_values_name_the_flag(given: dict[str, str], message: str) -> None:

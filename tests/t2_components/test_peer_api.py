@@ -27,6 +27,7 @@ from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.chunks import ObjectRef, checksum, chunk_ref
 from tierfs.cloud.base import CloudStore
+from tierfs.cloud.folder import KeyPrefix
 from tierfs.cloud.providers import open_store
 from tierfs.coordinator.models import Membership, PeerInfo, TierBytes
 from tierfs.httpapi import start_site
@@ -145,6 +146,7 @@ async def open_node(seaweedfs: servers.S3Server, tmp_path: Path) -> AsyncIterato
             members=lambda: node.membership,  # set below, before any request
             token=TOKEN,
             on_peer_heartbeat=heartbeats.append,
+            keys=KeyPrefix(),
         )
         if tls:
             runner = await peer_app.start_site(app, config)

@@ -1,7 +1,9 @@
-"""Mount options users of other bucket mounts reach for: read-only, other users let in."""
+"""Mount options users of other bucket mounts reach for: read-only, other users let in, one
+folder of the bucket."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import subprocess
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mounts import Mount, cloud_bytes, cloud_mkdir, cloud_put
+from mounts import Mount, cloud_bytes, cloud_mkdir, cloud_of, cloud_put
 
 NOBODY = 65534
 
@@ -95,3 +97,86 @@ def test_other_users_come_in_with_allow_other_and_the_mode_bits_hold(
     # The root folder is the mounting user's, 0755: nobody may read, not write.
     assert write.returncode != 0 and "Permission denied" in write.stderr
     assert sorted(os.listdir(mount.path)) == ["a.txt"]
+
+
+def bucket_keys(mount: Mount) -> list[str]:
+    """Every key in the bucket behind `mount`, folder markers included."""
+
+    async def keys() -> list[str]:
+        cloud = cloud_of(mount)
+        try:
+            return [meta.key for meta in (await cloud.list_all(delimiter=False)).objects]
+        finally:
+            await cloud.close()
+
+    return asyncio.run(keys())
+
+
+@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
+def test_a_folder_of_the_bucket_is_mounted_as_its_root(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    mount = mount_factory(provider, start=False)
+    payload = os.urandom(5 * 2**20)
+    cloud_put(mount, "datasets/imagenet/train/a.bin", payload)
+    cloud_put(mount, "datasets/imagenet/b.txt", b"b\n")
+    cloud_put(mount, "datasets/other.txt", b"other\n")
+    cloud_put(mount, "top.txt", b"top\n")
+    cloud_mkdir(mount, "datasets/imagenet")  # the folder's own marker is no entry of it
+    mount.flags["prefix"] = "datasets/imagenet"
+    root = mount.start().path
+    assert sorted(os.listdir(root)) == ["b.txt", "train"]
+    assert (root / "train/a.bin").read_bytes() == payload
+    (root / "new.txt").write_bytes(b"new\n")
+    os.mkdir(root / "empty")
+    os.rename(root / "b.txt", root / "train/c.txt")
+    os.unlink(root / "train/a.bin")
+    assert sorted(os.listdir(root)) == ["empty", "new.txt", "train"]
+    assert os.listdir(root / "train") == ["c.txt"]
+    keys = bucket_keys(mount)
+    inside = sorted(key.removesuffix("/") for key in keys if key.startswith("datasets/imagenet/"))
+    assert inside == [
+        "datasets/imagenet/empty",
+        "datasets/imagenet/new.txt",
+        "datasets/imagenet/train/c.txt",
+    ]
+    assert "datasets/other.txt" in keys and "top.txt" in keys  # outside: untouched
+    assert cloud_bytes(mount, "datasets/imagenet/train/c.txt") == b"b\n"
+    assert "rw" in mount_options(mount)
+
+
+def chunk_files(mount: Mount) -> int:
+    return sum(1 for path in (mount.nvme / "chunks").rglob("*") if path.is_file())
+
+
+def test_a_cache_dir_keeps_to_its_folder_and_sends_its_uploads_there(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    mount = mount_factory("local", start=False)
+    cloud_put(mount, "one/x.bin", os.urandom(2**20))
+    cloud_put(mount, "two/x.bin", theirs := os.urandom(2**20))
+    mount.flags["prefix"] = "one"
+    mount.start()
+    (mount.path / "x.bin").read_bytes()
+    assert mount.stop() == 0
+    mount.start()  # the same folder: tier 1 kept
+    assert chunk_files(mount) == 1
+    fd = os.open(mount.path / "crash.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    assert os.write(fd, payload := os.urandom(3 * 2**20)) == len(payload)
+    mount.kill()  # the upload is journaled, not sent
+    with pytest.raises(OSError):
+        os.close(fd)  # the daemon is gone
+    mount.flags["prefix"] = "two"
+    with pytest.raises(RuntimeError, match=r"holds 1 upload\(s\) not yet in local://.*/one/"):
+        mount.start()
+    assert mount.proc is not None and mount.proc.returncode == 1
+    assert cloud_bytes(mount, "two/crash.bin") is None
+    mount.flags["prefix"] = "one"
+    mount.start()  # sends it where it was written
+    assert cloud_bytes(mount, "one/crash.bin") == payload
+    assert mount.stop() == 0
+    mount.flags["prefix"] = "two"
+    mount.start()  # no upload pending: the chunks of the other folder are dropped
+    assert chunk_files(mount) == 0
+    assert (mount.path / "x.bin").read_bytes() == theirs
+    assert "its chunks are dropped" in mount.log_tail(200)

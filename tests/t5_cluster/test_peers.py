@@ -227,3 +227,28 @@ def test_a_frozen_owner_costs_one_peer_timeout_and_a_returning_one_is_used_again
     key, data = put_owned(cluster, "node-b", 16 * MiB, prefix="back")
     assert sha256_of(c.path / key) == hashlib.sha256(data).hexdigest()
     assert b.stats()["served_to_peers"] > served  # the owner that came back serves again
+
+
+def test_nodes_mounting_folders_of_the_bucket_share_its_chunks(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    folders = {"node-b": {"prefix": "data"}, "node-c": {"prefix": "data/sub"}}
+    with running_cluster(seaweedfs, tmp_path, node_flags=folders) as cluster:
+        size = 64 * MiB
+        _, expected = put_dataset(cluster, "data/sub/train.bin", size)
+        before = cluster.settled_egress()
+        a, b, c = cluster.nodes
+        for node, name in ((a, "data/sub/train.bin"), (b, "sub/train.bin"), (c, "train.bin")):
+            assert sha256_of(node.path / name) == expected
+        egress = cluster.settled_egress() - before
+        assert egress <= 1.1 * size, f"the cloud sent {egress / size:.2f}x the file"
+        assert b.tier("peer")["hits"] + c.tier("peer")["hits"] > 0
+        # the location index knows every node's chunks by the bucket's key
+        until(
+            lambda: (
+                {e["peer_id"] for e in cluster.coordinator.locations("data/sub/train.bin")}
+                == {"node-a", "node-b", "node-c"}
+            ),
+            what="three holders of data/sub/train.bin",
+        )
+        assert cluster.coordinator.locations("train.bin") == []

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.cloud.base import CloudStore
+from tierfs.cloud.folder import KeyPrefix
 from tierfs.coordinator.models import Membership
 from tierfs.httpapi import authenticate, errors, measure, tls_context
 from tierfs.httpapi import start_site as serve
@@ -51,8 +52,10 @@ def create_app(
     members: Callable[[], Membership | None],
     token: str | None,
     on_peer_heartbeat: Callable[[str], None],
+    keys: KeyPrefix,
 ) -> web.Application:
-    """The peer API over the node's parts; `token` None leaves it open."""
+    """The peer API over the node's parts; `token` None leaves it open. Paths are the
+    bucket's keys, `keys` the node's folder of the bucket."""
     metrics = PeerMetrics(stats, cache)
     app = web.Application(
         client_max_size=chunk_size,
@@ -64,7 +67,16 @@ def create_app(
         ],
     )
     app[NODE] = PeerNode(
-        cache, read_path, cloud, stats, chunk_size, node_id, members, on_peer_heartbeat, metrics
+        cache,
+        read_path,
+        cloud,
+        stats,
+        chunk_size,
+        node_id,
+        members,
+        on_peer_heartbeat,
+        metrics,
+        keys,
     )
     route = app.router.add_route
     route("GET", FILE + "/size", handlers.file_size)  # first: see file_size

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from tierfs.chunks import ChunkRef, checksum
+from tierfs.cloud.folder import KeyPrefix
 from tierfs.coordinator.client import CoordinatorClient
 from tierfs.peer import protocol
 from tierfs.peer.ring import rank
@@ -55,7 +56,11 @@ class PeerFetcher:
         token: str | None = None,
         tls: bool = False,
         ssl_context: ssl.SSLContext | bool = True,
+        keys: KeyPrefix,
+        chunk_size: int,
     ) -> None:
+        """`keys` and `chunk_size` name chunks by the bucket's keys, as the cluster knows
+        them, for a node that mounts a folder of the bucket."""
         self._node_id = node_id
         self._coordinator = coordinator
         self._stats = stats
@@ -65,9 +70,12 @@ class PeerFetcher:
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
         self._down: dict[str, tuple[int | None, float]] = {}  # peer id -> (epoch, when)
+        self._keys = keys
+        self._chunk_size = chunk_size
 
     async def fetch(self, chunk: ChunkRef) -> bytes | None:
         """The whole chunk, checked against its checksum, or None: ask the cloud."""
+        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
         order = self._ranked(chunk)
         if not order or order[0].peer_id == self._node_id:
             return None  # no cluster, or this node owns the chunk: it reads the cloud
@@ -85,6 +93,7 @@ class PeerFetcher:
     async def push(self, chunk: ChunkRef, data: bytes) -> bool:
         """Hand a chunk of a newly written file to its owner to keep for the cluster (when
         this node's tier 1 has no room for it). False when no other node took it."""
+        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
         order = self._ranked(chunk)
         if not order or order[0].peer_id == self._node_id or not self._usable(order[0].peer_id):
             return False

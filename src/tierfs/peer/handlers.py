@@ -26,6 +26,7 @@ from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.chunks import ChunkId, ChunkRef, Data, ObjectRef, checksum, chunk_ref, chunks_covering
 from tierfs.cloud.base import CloudStore
+from tierfs.cloud.folder import KeyPrefix
 from tierfs.coordinator.models import Membership
 from tierfs.errors import CloudError, InvalidKeyError, ObjectNotFoundError, VersionChangedError
 from tierfs.httpapi import ApiError, parse_query
@@ -57,6 +58,7 @@ class PeerNode:
     members: Callable[[], Membership | None]
     on_peer_heartbeat: Callable[[str], None]
     metrics: PeerMetrics
+    keys: KeyPrefix  # the bucket's names of the node's keys (its `-prefix`)
 
 
 NODE = web.AppKey("node", PeerNode)
@@ -85,10 +87,15 @@ def _json(model: BaseModel, status: int = 200) -> web.Response:
 
 
 def _key(request: web.Request) -> str:
+    """The node's key of the request's path, which is the bucket's key of an object."""
     try:
-        return check_path(request.match_info["path"])
+        path = check_path(request.match_info["path"])
     except ValueError as exc:
         raise ApiError(400, "bad_path", f"path: {exc}") from None
+    key = request.app[NODE].keys.inner(path)
+    if key is None:
+        raise ApiError(404, "outside_folder", f"{path} is outside the folder this node mounts")
+    return key
 
 
 def _version(request: web.Request) -> str | None:
@@ -274,7 +281,10 @@ async def put_file(request: web.Request) -> web.Response:
     if not await node.cache.store(chunk, data, Origin.PEER):
         raise ApiError(507, "no_room", f"no room for chunk {chunk.index} of {key} here")
     return _json(
-        models.Stored(path=key, version=obj.version, index=chunk.index, size=len(data)), 201
+        models.Stored(
+            path=node.keys.outer(key), version=obj.version, index=chunk.index, size=len(data)
+        ),
+        201,
     )
 
 
@@ -284,7 +294,7 @@ async def delete_file(request: web.Request) -> web.Response:
     dropped = await node.cache.forget_object(key, version)
     if not dropped:
         raise _none_held(key)
-    return _json(models.Dropped(path=key, version=version, chunks=dropped))
+    return _json(models.Dropped(path=node.keys.outer(key), version=version, chunks=dropped))
 
 
 async def head_file(request: web.Request) -> web.Response:
@@ -312,7 +322,9 @@ async def file_size(request: web.Request) -> web.Response:
     held = await node.cache.chunks_of(key, meta.version)
     cached = sum(c.size for c in held)
     return _json(
-        models.FileSize(path=key, version=meta.version, size=meta.size, cached_bytes=cached)
+        models.FileSize(
+            path=node.keys.outer(key), version=meta.version, size=meta.size, cached_bytes=cached
+        )
     )
 
 
