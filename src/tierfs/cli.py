@@ -1,4 +1,4 @@
-"""The `tierfs` command: `tierfs coordinator ...` and `tierfs client ...`.
+"""The `tierfs` command: `tierfs coordinator ...`, `tierfs client ...`, `tierfs warm PATH...`.
 
 Flags follow the original Go-style spelling (`-port 8080`) and accept two dashes alike.
 A bad value prints one line naming the flag and exits 2; no traceback reaches the user.
@@ -21,6 +21,7 @@ from tierfs.settings import (
     ClientSettings,
     CommonSettings,
     CoordinatorSettings,
+    WarmSettings,
     flag_fields,
     load_settings,
 )
@@ -121,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         ClientSettings,
         "mount a bucket through the three-tier cache and serve the cache to peers",
     )
+    warm = _subcommand(
+        subparsers,
+        "warm",
+        WarmSettings,
+        "bring files or folders of a mount into its node's tier 1 before they are read",
+    )
+    warm.add_argument("paths", nargs="+", metavar="PATH", help="a file or folder on a mount")
     return parser
 
 
@@ -137,6 +145,10 @@ def _runner(command: str) -> Callable[[Any], Any]:
         from tierfs.client_node import run_client
 
         return run_client
+    if command == "warm":
+        from tierfs.warm_command import run_warm
+
+        return run_warm
     from tierfs.coordinator_node import run_coordinator
 
     return run_coordinator

@@ -126,6 +126,7 @@ async def run_client(settings: ClientSettings) -> None:
             token=settings.token,
             on_peer_heartbeat=peers.mark_alive,
             keys=keys,
+            mount=str(settings.mount.resolve()),
         )
         runner = await start_site(peer_api, settings)
         stack.push_async_callback(runner.cleanup)  # runs before the read path closes

@@ -241,6 +241,18 @@ class ReadPath:
             return Prefetched(fetched=False)
         return Prefetched(fetched=True, data=fetched.data, kept=fetched.kept)
 
+    async def load(self, chunk: ChunkRef) -> bool | None:
+        """Bring `chunk` into tier 1 whatever `-admit-after` says (`tierfs warm`): from the
+        peers or the cloud, as a read would. None when tier 1 held it already, else
+        whether tier 1 kept it (False: no room). Raises as `read`."""
+        if self._closed:
+            raise RuntimeError("the read path is closed")
+        if chunk.id not in self._flights and await self._in_tier1(chunk):
+            return None
+        fetch = partial(self._fetch, chunk, True, around_page_cache=True, admit=True)
+        fetched, _ = await self._flights.do(chunk.id, fetch)
+        return await fetched.kept
+
     async def read_for_peer(self, chunk: ChunkRef, *, cached_only: bool) -> Data | None:
         """The whole chunk for another node (the owner's side of tier 2): from tier 1, else
         (unless `cached_only`) read through from the cloud and kept within the peer budget.
@@ -349,11 +361,13 @@ class ReadPath:
         publish: Publish[_Fetched],
         *,
         around_page_cache: bool = False,
+        admit: bool = False,
     ) -> None:
         """One flight: the whole chunk from the peers (for this node's own reads) or the
         cloud, then into tier 1: its own reads' budget, or the peers' when it fetched for
         them; around the page cache when its bytes are kept in memory elsewhere (read
         ahead: its reader holds them; handed to an `OnFetched` hook: the mount's page cache).
+        `admit` keeps it in tier 1 even where admission would not (a warm).
 
         Fetches for other nodes have slots of their own: were they to wait for slots held
         by flights that wait on peers, two nodes reading at once could wait on each other.
@@ -367,7 +381,7 @@ class ReadPath:
                 data = await self._from_peers(chunk)
                 if data is None:
                     data = await self._from_cloud(chunk)
-            await self._hand_over(chunk, data, publish, Origin.LOCAL, around_page_cache)
+            await self._hand_over(chunk, data, publish, Origin.LOCAL, around_page_cache, admit)
 
     async def _hand_over(
         self,
@@ -376,11 +390,12 @@ class ReadPath:
         publish: Publish[_Fetched],
         origin: Origin,
         around_page_cache: bool = False,
+        admit: bool = False,
     ) -> None:
         """Give the chunk to the flight's readers, then keep it in tier 1."""
         fetched = _Fetched(data, asyncio.get_running_loop().create_future())
         publish(fetched)
-        await self._keep(chunk, fetched, origin, around_page_cache)
+        await self._keep(chunk, fetched, origin, around_page_cache, admit)
 
     # -- the tiers ----------------------------------------------------------------------
 
@@ -445,12 +460,18 @@ class ReadPath:
         return data
 
     async def _keep(
-        self, chunk: ChunkRef, fetched: _Fetched, origin: Origin, around_page_cache: bool
+        self,
+        chunk: ChunkRef,
+        fetched: _Fetched,
+        origin: Origin,
+        around_page_cache: bool,
+        admit: bool = False,
     ) -> None:
-        """Promote a fetched chunk to tier 1; failing that, it is only not cached."""
+        """Promote a fetched chunk to tier 1 (`admit`: whatever admission says); failing
+        that, it is only not cached."""
         kept = False
         try:
-            if origin is Origin.PEER or self._cache.wants(chunk):
+            if origin is Origin.PEER or admit or self._cache.wants(chunk):
                 store = self._cache.store
                 kept = await store(chunk, fetched.data, origin, around_page_cache=around_page_cache)
             else:

@@ -275,7 +275,24 @@ class ClientSettings(CommonSettings):
         return self
 
 
-S = TypeVar("S", bound=CommonSettings)
+class WarmSettings(BaseModel):
+    """`tierfs warm PATH...`: files and folders of a mount brought into its node's tier 1."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    paths: list[Path] = Field(min_length=1, description="files or folders on a tierfs mount")
+    node: str = flag(
+        "localhost:8081", "peer API of the node that mounts PATH (host:port, or an http(s) URL)"
+    )
+    token: str | None = flag(None, "the cluster's token", "TIERFS_TOKEN", secret=True)
+    log_level: LogLevel = flag("warning", "log verbosity: debug, info, warning or error")
+
+    @property
+    def node_url(self) -> str:
+        return self.node if "://" in self.node else f"http://{self.node}"
+
+
+S = TypeVar("S", bound=BaseModel)
 
 
 def flag_fields(model: type[BaseModel]) -> dict[str, dict[str, Any]]:

@@ -147,6 +147,7 @@ async def open_node(seaweedfs: servers.S3Server, tmp_path: Path) -> AsyncIterato
             token=TOKEN,
             on_peer_heartbeat=heartbeats.append,
             keys=KeyPrefix(),
+            mount="/mnt/tierfs",
         )
         if tls:
             runner = await peer_app.start_site(app, config)
@@ -610,6 +611,13 @@ async def test_hostile_paths_are_400_and_nothing_outside_is_served(
         url = URL(node.url + "/api/files/%2e%2e/secret.txt", encoded=True)
         async with node.http.request(method, url) as answer:
             assert answer.status == 400, method
+    for path in ("../secret.txt", "a/../../secret.txt", "a\x00b", "a//b"):
+        params = {"path": path, "mount": "/mnt/tierfs"}
+        async with node.http.post("/api/warm", params=params) as answer:
+            assert answer.status == 400, path
+            assert b"secret" not in await answer.read()
+    async with node.http.post("/api/warm", params={"mount": "/elsewhere"}) as answer:
+        assert answer.status == 409  # another node's mount: nothing is warmed
 
 
 # -- the cache's eviction callback -------------------------------------------------------------

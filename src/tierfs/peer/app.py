@@ -53,6 +53,7 @@ def create_app(
     token: str | None,
     on_peer_heartbeat: Callable[[str], None],
     keys: KeyPrefix,
+    mount: str,
 ) -> web.Application:
     """The peer API over the node's parts; `token` None leaves it open. Paths are the
     bucket's keys, `keys` the node's folder of the bucket."""
@@ -77,6 +78,7 @@ def create_app(
         on_peer_heartbeat,
         metrics,
         keys,
+        mount,
     )
     route = app.router.add_route
     route("GET", FILE + "/size", handlers.file_size)  # first: see file_size
@@ -84,6 +86,7 @@ def create_app(
     route("HEAD", FILE, handlers.head_file)
     route("PUT", FILE, handlers.put_file)
     route("DELETE", FILE, handlers.delete_file)
+    route("POST", "/api/warm", handlers.warm_files)
     route("GET", "/api/peers", handlers.list_peers)
     route("POST", "/api/peers/{peer_id}/heartbeat", handlers.heartbeat)
     route("GET", "/api/cache", handlers.list_cache)

@@ -11,6 +11,8 @@ when the cache index knows it as a chunk, so nothing outside the cache is reacha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +39,12 @@ from tierfs.peer.ranges import RangeNotSatisfiableError, parse_content_range, pa
 from tierfs.read_path import ReadPath
 from tierfs.security import check_path, check_peer_id
 from tierfs.stats import NodeStats
+from tierfs.warm import WarmProgress, warm
 
 log = logging.getLogger(__name__)
 
 CHUNKS_HEADER = "X-Tierfs-Chunks"  # HEAD: chunks of the object this node holds
+WARM_PROGRESS_EVERY = 0.5  # seconds between the progress lines of a warm
 LARGE_HASH = 2**20  # checksums of buffers from this size run in a thread
 OCTETS = "application/octet-stream"
 
@@ -59,6 +63,7 @@ class PeerNode:
     on_peer_heartbeat: Callable[[str], None]
     metrics: PeerMetrics
     keys: KeyPrefix  # the bucket's names of the node's keys (its `-prefix`)
+    mount: str  # the node's mount point
 
 
 NODE = web.AppKey("node", PeerNode)
@@ -326,6 +331,40 @@ async def file_size(request: web.Request) -> web.Response:
             path=node.keys.outer(key), version=meta.version, size=meta.size, cached_bytes=cached
         )
     )
+
+
+# -- /api/warm ------------------------------------------------------------------------------
+
+
+async def warm_files(request: web.Request) -> web.StreamResponse:
+    """Bring a file or folder of the node's mount into its tier 1 (`tierfs warm`). The
+    answer is one JSON line of progress every WARM_PROGRESS_EVERY seconds while it works;
+    the last has `done` true, or `error`."""
+    node = request.app[NODE]
+    query = parse_query(request, models.WarmQuery)
+    if query.mount != node.mount:
+        raise ApiError(409, "another_mount", f"this node mounts {node.mount}, not {query.mount}")
+    path = query.path.strip("/")
+    if path:
+        try:
+            check_path(path)
+        except ValueError as exc:
+            raise ApiError(400, "bad_path", f"path: {exc}") from None
+    progress = WarmProgress()
+    task = asyncio.create_task(warm(node.cloud, node.read_path, path, progress))
+    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/x-ndjson"})
+    await response.prepare(request)
+    try:
+        while not task.done():
+            await asyncio.wait([task], timeout=WARM_PROGRESS_EVERY)
+            line: dict[str, object] = dataclasses.asdict(progress)
+            if task.done():
+                error = task.exception()
+                line |= {"done": error is None} | ({"error": str(error)} if error else {})
+            await response.write(json.dumps(line).encode() + b"\n")
+    finally:
+        task.cancel()  # the asker went away: stop
+    return response
 
 
 # -- the rest -------------------------------------------------------------------------------

@@ -46,6 +46,14 @@ class NoQuery(_Query):
     """No parameters."""
 
 
+class WarmQuery(_Query):
+    """The query of `POST /api/warm`: a file or folder of the mount ("" for all of it),
+    and the mount point the asker means, which must be this node's."""
+
+    path: str = Field("", max_length=4096)
+    mount: str = Field(max_length=4096)
+
+
 class CacheQuery(_Query):
     """The query of `GET /api/cache`: the page after chunk `after`, `limit` long."""
 

@@ -1,0 +1,118 @@
+"""`tierfs warm PATH...`: asks the node that mounts each PATH to bring it into its tier 1
+(`POST /api/warm`, `tierfs.warm`), showing how far it is on a terminal, and says in one
+line per PATH what it found and did. Exits 1 when a PATH could not be warmed whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tierfs.errors import TierfsError
+from tierfs.settings import WarmSettings
+from tierfs.warm import WarmProgress
+
+MOUNT_TYPE = "fuse.tierfs"
+MiB = 2**20
+
+
+def tierfs_mount_of(path: Path) -> tuple[str, str]:
+    """The tierfs mount point holding `path`, and `path` relative to it ("" for the root)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        raise TierfsError(f"{path}: {exc.strerror}") from None
+    real = os.path.realpath(path)
+    with open("/proc/mounts") as mounts:
+        points = [
+            _unescape(fields[1])
+            for fields in (line.split() for line in mounts)
+            if fields[2] == MOUNT_TYPE
+        ]
+    inside = [p for p in points if real == p or real.startswith(p.rstrip("/") + "/")]
+    if not inside:
+        raise TierfsError(f"{path} is not on a tierfs mount")
+    mount = max(inside, key=len)
+    return mount, os.path.relpath(real, mount).removeprefix(".")
+
+
+def _unescape(field: str) -> str:
+    """A /proc/mounts field: spaces, tabs, newlines and backslashes are octal escapes."""
+    return field.encode().decode("unicode_escape").encode("latin-1").decode()
+
+
+def _size(count: int) -> str:
+    return f"{count / MiB:,.1f} MiB"
+
+
+def _files(count: int) -> str:
+    return f"{count} file{'s' * (count != 1)}"
+
+
+def summary(path: Path, progress: WarmProgress) -> str:
+    """One line on what a warm of `path` found and did."""
+    parts = [f"{_size(progress.fetched)} fetched", f"{_size(progress.held)} cached already"]
+    if progress.not_kept:
+        parts.append(f"{_size(progress.not_kept)} did not fit in tier 1 (-nvme-size)")
+    if progress.changed:
+        parts.append(f"{_size(progress.changed)} changed while warming (read anew when opened)")
+    return f"{path}: {_files(progress.files)}, {_size(progress.bytes)}: " + ", ".join(parts)
+
+
+async def warm_one(session: aiohttp.ClientSession, settings: WarmSettings, path: Path) -> bool:
+    """Warm `path` through its node; True when all of it is in tier 1 now."""
+    mount, relative = tierfs_mount_of(path)
+    headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+    url = settings.node_url.rstrip("/") + "/api/warm"
+    started = time.monotonic()
+    line: dict[str, Any] = {}
+    try:
+        async with session.post(
+            url, params={"path": relative, "mount": mount}, headers=headers
+        ) as response:
+            if response.status != 200:
+                body = await response.text()
+                try:
+                    message = json.loads(body)["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = body[:200]
+                raise TierfsError(f"{path}: the node at {settings.node} answered: {message}")
+            async for raw in response.content:
+                line = json.loads(raw)
+                _show(path, line, time.monotonic() - started)
+    except aiohttp.ClientError as exc:
+        raise TierfsError(f"{path}: no answer from the node at {settings.node}: {exc}") from None
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if "error" in line:
+        raise TierfsError(f"{path}: {line['error']}")
+    if not line.get("done"):
+        raise TierfsError(f"{path}: the node at {settings.node} stopped before the end")
+    progress = WarmProgress(**{k: v for k, v in line.items() if k not in ("done", "error")})
+    print(summary(path, progress))
+    return not progress.not_kept and not progress.changed
+
+
+def _show(path: Path, line: dict[str, Any], seconds: float) -> None:
+    """The progress line, redrawn in place on a terminal."""
+    if not sys.stderr.isatty():
+        return
+    done = line["fetched"] + line["held"]
+    of = f"{_size(done)} of {_size(line['bytes'])}{'' if line['listed'] else '+'}"
+    rate = done / MiB / seconds if seconds > 0 else 0.0
+    print(f"\r{path}: {_files(line['files'])}, {of}, {rate:,.0f} MiB/s", end="", file=sys.stderr)
+
+
+async def run_warm(settings: WarmSettings) -> None:
+    """Warm every PATH in turn; TierfsError (exit 1) if any was not warmed whole."""
+    whole = True
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_connect=10)) as session:
+        for path in settings.paths:
+            whole &= await warm_one(session, settings, path)
+    if not whole:
+        raise TierfsError("not everything could be warmed (see above)")

@@ -1,0 +1,132 @@
+"""`tierfs warm PATH`: a folder brought into the node's tier 1 before it is read."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import servers
+from mounts import Mount, cloud_put
+
+MiB = 2**20
+
+
+def warm(*args: str) -> subprocess.CompletedProcess[str]:
+    """`tierfs warm ARGS` as a user runs it."""
+    command = [sys.executable, "-m", "tierfs.cli", "warm", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def node(mount: Mount) -> str:
+    return f"127.0.0.1:{mount.flags['port']}"
+
+
+def settled_egress(server: servers.S3Server, bucket: str) -> int:
+    """Bytes the S3 server has sent from `bucket`, once the count stops moving."""
+    sent = server.bytes_sent(bucket)
+    while True:
+        time.sleep(0.2)
+        again = server.bytes_sent(bucket)
+        if again == sent:
+            return sent
+        sent = again
+
+
+def test_a_warmed_folder_is_read_without_the_cloud(
+    mount_factory: Callable[..., Mount], seaweedfs: servers.S3Server
+) -> None:
+    # -admit-after 2: a first read would not cache a chunk; a warm does.
+    mount = mount_factory("s3-seaweedfs", start=False, admit_after="2")
+    files = {"data/a.bin": os.urandom(9 * MiB), "data/sub/b.bin": os.urandom(MiB)}
+    for key, data in files.items():
+        cloud_put(mount, key, data)
+    cloud_put(mount, "other.bin", os.urandom(MiB))
+    mount.start()
+    bucket = mount.flags["s3_bucket"]
+    before = settled_egress(seaweedfs, bucket)
+    warmed = warm(str(mount.path / "data"), "-node", node(mount))
+    assert warmed.returncode == 0, warmed.stderr
+    assert warmed.stdout.splitlines() == [
+        f"{mount.path / 'data'}: 2 files, 10.0 MiB: 10.0 MiB fetched, 0.0 MiB cached already"
+    ]
+    fetched = settled_egress(seaweedfs, bucket) - before
+    assert 10 * MiB <= fetched < 11 * MiB  # the folder, not other.bin
+    for key, data in files.items():  # never read through the mount: from tier 1
+        assert (mount.path / key).read_bytes() == data
+    assert settled_egress(seaweedfs, bucket) - before == fetched
+    again = warm(str(mount.path / "data/sub/b.bin"), "-node", node(mount))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.endswith(": 1 file, 1.0 MiB: 0.0 MiB fetched, 1.0 MiB cached already\n")
+
+
+def test_what_does_not_fit_in_tier_1_is_said_and_exit_1(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    mount = mount_factory("local", start=False, nvme_size="8MiB")
+    cloud_put(mount, "big.bin", os.urandom(16 * MiB))
+    mount.start()
+    warmed = warm(str(mount.path), "-node", node(mount))
+    assert warmed.returncode == 1
+    report, error = warmed.stdout.strip(), warmed.stderr.strip()
+    assert "1 file, 16.0 MiB" in report and "did not fit in tier 1 (-nvme-size)" in report
+    assert error == "tierfs warm: not everything could be warmed (see above)"
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("outside", "is not on a tierfs mount"),
+        ("missing", "No such file or directory"),
+        ("no node", "no answer from the node at"),
+        ("other node", "answered: this node mounts"),
+        ("empty folder", "nothing to warm at empty"),
+    ],
+)
+def test_a_warm_that_cannot_be_done_is_one_line_and_exit_1(
+    mount_factory: Callable[..., Mount], tmp_path: Path, where: str, expected: str
+) -> None:
+    mount = mount_factory("local")
+    os.mkdir(mount.path / "empty")
+    other = mount_factory("local") if where == "other node" else mount
+    path = {
+        "outside": tmp_path,
+        "missing": mount.path / "nope",
+        "empty folder": mount.path / "empty",
+    }.get(where, mount.path)
+    address = f"127.0.0.1:{servers.free_ports(1)[0]}" if where == "no node" else node(other)
+    failed = warm(str(path), "-node", address)
+    assert failed.returncode == 1
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tierfs warm: ") and expected in lines[0], lines
+
+
+def test_on_a_terminal_a_warm_shows_how_far_it_is(mount_factory: Callable[..., Mount]) -> None:
+    mount = mount_factory("local", start=False)
+    cloud_put(mount, "a.bin", os.urandom(6 * MiB))
+    mount.start()
+    controller, terminal = pty.openpty()
+    try:
+        command = [
+            sys.executable,
+            "-m",
+            "tierfs.cli",
+            "warm",
+            str(mount.path),
+            "-node",
+            node(mount),
+        ]
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=terminal, timeout=120)
+        shown = os.read(controller, 65536).decode()
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert done.returncode == 0
+    assert f"\r{mount.path}: 1 file, 6.0 MiB of 6.0 MiB, " in shown
+    assert shown.rstrip().endswith("MiB/s")
