@@ -1,4 +1,5 @@
-"""The `tierfs` command: `tierfs coordinator ...`, `tierfs client ...`, `tierfs warm PATH...`.
+"""The `tierfs` command: `tierfs coordinator`, `tierfs client`, `tierfs warm PATH...` and
+`tierfs status`.
 
 Flags follow the original Go-style spelling (`-port 8080`) and accept two dashes alike.
 A bad value prints one line naming the flag and exits 2; no traceback reaches the user.
@@ -21,6 +22,7 @@ from tierfs.settings import (
     ClientSettings,
     CommonSettings,
     CoordinatorSettings,
+    StatusSettings,
     WarmSettings,
     flag_fields,
     load_settings,
@@ -129,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bring files or folders of a mount into its node's tier 1 before they are read",
     )
     warm.add_argument("paths", nargs="+", metavar="PATH", help="a file or folder on a mount")
+    _subcommand(
+        subparsers,
+        "status",
+        StatusSettings,
+        "show the cluster as its coordinator sees it: peers, tier-1 use, hits per tier",
+    )
     return parser
 
 
@@ -149,6 +157,10 @@ def _runner(command: str) -> Callable[[Any], Any]:
         from tierfs.warm_command import run_warm
 
         return run_warm
+    if command == "status":
+        from tierfs.status_command import run_status
+
+        return run_status
     from tierfs.coordinator_node import run_coordinator
 
     return run_coordinator

@@ -275,6 +275,20 @@ class ClientSettings(CommonSettings):
         return self
 
 
+class StatusSettings(BaseModel):
+    """`tierfs status`: the cluster as its coordinator sees it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    coordinator: str = flag("localhost:8080", "the coordinator (host:port, or an http(s) URL)")
+    token: str | None = flag(None, "the cluster's token", "TIERFS_TOKEN", secret=True)
+    log_level: LogLevel = flag("warning", "log verbosity: debug, info, warning or error")
+
+    @property
+    def coordinator_url(self) -> str:
+        return self.coordinator if "://" in self.coordinator else f"http://{self.coordinator}"
+
+
 class WarmSettings(BaseModel):
     """`tierfs warm PATH...`: files and folders of a mount brought into its node's tier 1."""
 

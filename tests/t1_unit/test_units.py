@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tierfs.units import format_size, parse_duration, parse_size
+from tierfs.units import format_size, human_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,17 @@ def test_bad_durations(text: str) -> None:
 def test_format_size_round_trips() -> None:
     for size in (4 * 2**20, 10 * 2**30, 3 * 2**10, 1000):
         assert parse_size(format_size(size)) == size
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (5 * 2**20, "5.0 MiB"),
+        (10 * 2**30, "10.0 GiB"),
+    ],
+)
+def test_sizes_for_people(size: int, shown: str) -> None:
+    assert human_size(size) == shown

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from coordinators import Coordinator, start_coordinator
-from mounts import Mount
+from mounts import Mount, cloud_put
 
 
 def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -94,3 +96,37 @@ def mount_api(mount: Mount, path: str) -> Any:
     """GET `path` of the node's peer API as JSON."""
     with urllib.request.urlopen(f"http://127.0.0.1:{mount.flags['port']}{path}") as answer:
         return json.loads(answer.read())
+
+
+def status(*args: str) -> subprocess.CompletedProcess[str]:
+    """`tierfs status ARGS` as a user runs it."""
+    command = [sys.executable, "-m", "tierfs.cli", "status", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_tierfs_status_shows_the_peers_and_the_tiers(
+    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    coordinator, mount = joined(mount_factory, request, tmp_path, peer_id="node-s")
+    cloud_put(mount, "f.bin", os.urandom(5 * 2**20))
+    (mount.path / "f.bin").read_bytes()  # two chunks from the cloud into tier 1
+    until(lambda: coordinator.get("/api/stats").json["tiers"]["cloud"]["hits"] == 2)
+    shown = status("-coordinator", f"127.0.0.1:{coordinator.port}")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    where = f"127.0.0.1:{coordinator.port}"
+    assert lines[0] == f"coordinator {where}: 1 peer active, 0 draining, 0 dead"
+    assert lines[1].split() == ["PEER", "ADDRESS", "STATUS", "TIER", "1", "(OWN", "READS)",
+                                "FOR", "PEERS", "HEARTBEAT"]  # fmt: skip
+    row = lines[2].split()
+    assert row[:3] == ["node-s", f"127.0.0.1:{mount.flags['port']}", "active"]
+    assert row[3:7] == ["5.0", "MiB", "of", "10.0"]  # both chunks held, of -nvme-size
+    assert lines[5].startswith("tier 3 (cloud): 2 hits, ") and lines[5].endswith("5.0 MiB")
+    assert lines[-1].endswith("files cached on some peer: 1")
+    coordinator.stop()
+    down = status("-coordinator", where)
+    assert down.returncode == 1
+    assert down.stderr.strip().startswith(
+        f"tierfs status: no answer from the coordinator at http://{where}"
+    )
+    assert len(down.stderr.strip().splitlines()) == 1

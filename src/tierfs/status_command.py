@@ -1,0 +1,83 @@
+"""`tierfs status`: the cluster as its coordinator sees it, in the terminal: the peers with
+their tier-1 use and last heartbeat, then hits and bytes per tier and the egress saved."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+
+from tierfs.coordinator.models import ClusterStats, Membership, TierName
+from tierfs.errors import TierfsError
+from tierfs.settings import StatusSettings
+from tierfs.units import human_size
+
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+TIERS: dict[TierName, str] = {
+    "local": "tier 1 (local disk)",
+    "peer": "tier 2 (peers)",
+    "cloud": "tier 3 (cloud)",
+}
+
+
+async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
+    try:
+        async with session.get(url, headers=headers) as response:
+            body = await response.json(content_type=None)
+            if response.status != 200:
+                raise TierfsError(f"{url} answered {response.status}: {body.get('message')}")
+            return body
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise TierfsError(
+            f"no answer from the coordinator at {url}: {exc or 'timed out'}"
+        ) from None
+
+
+def render(where: str, membership: Membership, stats: ClusterStats, now: float) -> str:
+    """The status as lines of text."""
+    counts = stats.peers
+    lines = [
+        f"coordinator {where}: {counts.active} peer{'s' * (counts.active != 1)} active, "
+        f"{counts.draining} draining, "
+        f"{counts.dead} dead"
+    ]
+    rows = [("PEER", "ADDRESS", "STATUS", "TIER 1 (OWN READS)", "FOR PEERS", "HEARTBEAT")]
+    for peer in sorted(membership.peers or [], key=lambda p: p.peer_id):
+        rows.append(
+            (
+                peer.peer_id,
+                peer.address,
+                peer.status,
+                f"{human_size(peer.usage.local)} of {human_size(peer.capacity.local)}",
+                f"{human_size(peer.usage.peer)} of {human_size(peer.capacity.peer)}",
+                f"{max(0.0, now - peer.last_heartbeat):.1f} s ago",
+            )
+        )
+    if len(rows) > 1:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+    for name, label in TIERS.items():
+        tier = stats.tiers[name]
+        ratio = "" if tier.hit_ratio is None else f" ({tier.hit_ratio:.0%} hits)"
+        lines.append(
+            f"{label}: {tier.hits:,} hits, {tier.misses:,} misses{ratio}, {human_size(tier.bytes)}"
+        )
+    lines.append(
+        f"cloud egress saved: {human_size(stats.cloud_egress_saved)}; "
+        f"fetched from the cloud: {human_size(stats.cloud_bytes_fetched)}; "
+        f"files cached on some peer: {stats.files:,}"
+    )
+    return "\n".join(lines)
+
+
+async def run_status(settings: StatusSettings) -> None:
+    """Print the cluster's status; TierfsError (exit 1) when the coordinator does not answer."""
+    headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+    base = settings.coordinator_url.rstrip("/")
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        membership = Membership.model_validate(await _get(session, base + "/api/peers", headers))
+        stats = ClusterStats.model_validate(await _get(session, base + "/api/stats", headers))
+    print(render(settings.coordinator, membership, stats, time.time()))
