@@ -33,6 +33,8 @@ is at http://localhost:$port/. Try, in another terminal:
   cat $mount/README.txt
   time cat $mount/datasets/large-64MiB.bin > /dev/null   # cold, then again: warm
   cp /etc/hostname $mount/hello.txt && ls -l $bucket     # written through to the bucket
+  .venv/bin/tierfs warm $mount/datasets/images            # into tier 1 before it is read
+  .venv/bin/tierfs status                                 # the cluster: peers and tiers
 Ctrl-C here unmounts.
 MSG
 .venv/bin/tierfs client -mount "$mount" -nvme "$nvme" -coordinator "localhost:$port" \
