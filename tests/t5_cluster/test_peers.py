@@ -252,3 +252,6 @@ def test_nodes_mounting_folders_of_the_bucket_share_its_chunks(
             what="three holders of data/sub/train.bin",
         )
         assert cluster.coordinator.locations("train.bin") == []
+        # and so does each node's peer API, whatever folder it mounts
+        assert {chunk["key"] for chunk in c.api("/api/cache")["chunks"]} == {"data/sub/train.bin"}
+        assert c.api("/api/files/data/sub/train.bin/size")["cached_bytes"] > 0

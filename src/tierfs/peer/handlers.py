@@ -392,11 +392,13 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def list_cache(request: web.Request) -> web.Response:
-    """One page of the chunks in tier 1, in id order."""
+    """One page of the chunks in tier 1, in id order, named by the bucket's keys."""
     query = parse_query(request, models.CacheQuery)
     after = None if query.after is None else ChunkId(query.after)
-    held, after_last = await request.app[NODE].cache.page(after, query.limit)
-    return _json(models.CachePage(chunks=held, next=after_last))
+    node = request.app[NODE]
+    held, after_last = await node.cache.page(after, query.limit)
+    named = [dataclasses.replace(chunk, key=node.keys.outer(chunk.key)) for chunk in held]
+    return _json(models.CachePage(chunks=named, next=after_last))
 
 
 async def cache_stats(request: web.Request) -> web.Response:
