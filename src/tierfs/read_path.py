@@ -253,6 +253,10 @@ class ReadPath:
         fetched, _ = await self._flights.do(chunk.id, fetch)
         return await fetched.kept
 
+    async def cached(self, chunk: ChunkRef) -> Data | None:
+        """The whole chunk if tier 1 holds it (checked), else None: never a fetch."""
+        return None if self._closed else await self._from_local(chunk, 0, chunk.length)
+
     async def read_for_peer(self, chunk: ChunkRef, *, cached_only: bool) -> Data | None:
         """The whole chunk for another node (the owner's side of tier 2): from tier 1, else
         (unless `cached_only`) read through from the cloud and kept within the peer budget.

@@ -9,6 +9,8 @@ import json
 import mmap
 import os
 import random
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -62,6 +64,36 @@ def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
         after = node_stats(mount)
         assert after["tiers"] == before["tiers"]  # not one read reached tierfs
         assert after["tiers"]["cloud"]["hits"] == 1  # the chunk, fetched once
+    finally:
+        os.close(fd)
+
+
+def test_a_second_random_read_that_tier_1_answers_puts_its_chunk_there_too(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    mount = mount_factory("s3-seaweedfs", chunk_size="1MiB")
+    body = os.urandom(3 * CHUNK)
+    cloud_put(mount, "data.bin", body)
+    warm = [sys.executable, "-m", "tierfs.cli", "warm", str(mount.path / "data.bin")]
+    warm += ["-node", f"127.0.0.1:{mount.flags['port']}"]
+    subprocess.run(warm, check=True, capture_output=True, timeout=60)  # tier 1 only
+    fd = os.open(mount.path / "data.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        assert cached_page_count(fd, len(body)) == 0
+        for at in (2 * CHUNK + 7 * PAGE, CHUNK + 9 * PAGE, 2 * CHUNK + 90 * PAGE):
+            assert os.pread(fd, PAGE, at) == body[at : at + PAGE]
+        # the second read of chunk 2 brought the rest of it; chunk 1 was read once
+        wait_for_pages(fd, set(range(2 * CHUNK // PAGE, 3 * CHUNK // PAGE)), len(body))
+        time.sleep(0.2)
+        chunk_2 = set(range(2 * CHUNK // PAGE, 3 * CHUNK // PAGE))
+        assert cached_pages(fd, len(body)) == chunk_2 | {CHUNK // PAGE + 9}
+        before = node_stats(mount)
+        offsets = random.Random(5).sample(range(2 * CHUNK, 3 * CHUNK - PAGE), 200)
+        assert [os.pread(fd, PAGE, at) for at in offsets] == [body[a : a + PAGE] for a in offsets]
+        after = node_stats(mount)
+        assert after["tiers"] == before["tiers"]  # not one read reached tierfs
+        assert after["tiers"]["cloud"]["hits"] == 3  # the warm's, none since
     finally:
         os.close(fd)
 

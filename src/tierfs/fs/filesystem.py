@@ -16,7 +16,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
-from tierfs.chunks import ChunkRef, Data
+from tierfs.chunks import ChunkRef, Data, ObjectRef, chunks_covering
 from tierfs.cloud.base import CloudStore
 from tierfs.errors import (
     CloudError,
@@ -64,8 +64,13 @@ class PageCache(Protocol):
     """The kernel's page cache of the mount's files, where tierfs puts chunks that random
     reads fetched (`tierfs.fuse.page_cache`)."""
 
-    def offer(self, inode: int, offset: int, data: Data, busy: tuple[int, int]) -> None:
-        """Start putting `data` at `offset` of file `inode`, but for `data[busy[0]:busy[1]]`."""
+    def has_room(self, size: int) -> bool:
+        """Whether an offer of `size` bytes would be taken now."""
+        ...
+
+    def offer(self, inode: int, offset: int, data: Data, busy: tuple[int, int]) -> bool:
+        """Start putting `data` at `offset` of file `inode`, but for `data[busy[0]:busy[1]]`;
+        False when it is not taken."""
         ...
 
     async def settle(self, inode: int) -> None:
@@ -95,6 +100,7 @@ class Filesystem:
         self.staging = staging
         self.ownership = ownership
         self.page_cache = page_cache
+        self._page_fills: set[asyncio.Task[None]] = set()  # chunks put there from tier 1
         self._warned_markers = False  # that the store cannot keep empty directories
         self.inodes = InodeTable()
         self.names = Namespace(cloud, metadata_ttl)
@@ -536,29 +542,70 @@ class Filesystem:
         if handle.reader is None and ref.size > 0:
             handle.reader = self.read_path.open_reader(ref)
             if self.page_cache is not None:
-                handle.on_fetched = partial(self._to_page_cache, self.page_cache, file)
+                handle.on_fetched = partial(self._offer_fetched, self.page_cache, handle)
         random = handle.reader is not None and not handle.reader.window
         on_fetched = handle.on_fetched if random else None
         try:
-            return await self.read_path.read(ref, offset, size, handle.reader, on_fetched)
+            data = await self.read_path.read(ref, offset, size, handle.reader, on_fetched)
         except (VersionChangedError, ObjectNotFoundError) as exc:
             self.names.forget(file.node.path)
             raise StaleHandleError(
                 f"{file.node.path} changed in the bucket since it was opened: reopen it"
             ) from exc
+        if random and self.page_cache is not None:
+            self._fill_page_cache(self.page_cache, handle, ref, offset, len(data))
+        return data
+
+    def _offer_fetched(
+        self, page_cache: PageCache, handle: Handle, chunk: ChunkRef, data: Data, lo: int, hi: int
+    ) -> None:
+        """The handle's `on_fetched`: a chunk its random read fetched, to the page cache."""
+        if self._to_page_cache(page_cache, handle.file, chunk, data, lo, hi):
+            handle.offered.add(chunk.index)
+
+    def _fill_page_cache(
+        self, page_cache: PageCache, handle: Handle, ref: ObjectRef, offset: int, size: int
+    ) -> None:
+        """At the second random read of a chunk that tier 1 answered (a chunk a read
+        fetched was offered then), put the rest of the chunk into the page cache too, from
+        tier 1 in the background: once per handle and chunk, while the queue has room
+        (else a later read tries). Not at the first: reads scattered over more than memory
+        would each read a whole chunk from disk into memory for nothing."""
+        for chunk in chunks_covering(ref, offset, size, self.read_path.chunk_size):
+            if chunk.index in handle.offered or size >= chunk.length:
+                continue
+            if chunk.index not in handle.read_once:
+                handle.read_once.add(chunk.index)
+                continue
+            if not page_cache.has_room(chunk.length):
+                return
+            handle.offered.add(chunk.index)
+            lo = max(offset, chunk.start) - chunk.start
+            hi = min(offset + size, chunk.start + chunk.length) - chunk.start
+            fill = asyncio.create_task(self._offer_cached(page_cache, handle, chunk, lo, hi))
+            self._page_fills.add(fill)
+            fill.add_done_callback(self._page_fills.discard)
+
+    async def _offer_cached(
+        self, page_cache: PageCache, handle: Handle, chunk: ChunkRef, lo: int, hi: int
+    ) -> None:
+        data = await self.read_path.cached(chunk)
+        if data is None or not self._to_page_cache(page_cache, handle.file, chunk, data, lo, hi):
+            handle.offered.discard(chunk.index)  # a later read may try again
 
     def _to_page_cache(
         self, page_cache: PageCache, file: OpenFile, chunk: ChunkRef, data: Data, lo: int, hi: int
-    ) -> None:
-        """Offer the mount's page cache a chunk that a random read of `file` fetched, but
-        only while the kernel caches that version of it and nobody writes it (else the
-        kernel could get old bytes over new ones)."""
+    ) -> bool:
+        """Offer the mount's page cache a chunk of `file` a random read wanted, but only
+        while the kernel caches that version of it and nobody writes it (else the kernel
+        could get old bytes over new ones); whether it was taken."""
         node = file.node
         version = chunk.obj.version
         current = version == node.version == self._last_versions.get(node.inode)
         unwritten = not file.writers and file.fd is None and file.stream is None
         if current and unwritten and not file.unlinked:
-            page_cache.offer(node.inode, chunk.start, data, (lo, hi))
+            return page_cache.offer(node.inode, chunk.start, data, (lo, hi))
+        return False
 
     async def _settle(self, inode: int) -> None:
         if self.page_cache is not None:
@@ -726,6 +773,9 @@ class Filesystem:
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
+        for fill in list(self._page_fills):
+            fill.cancel()
+        await asyncio.gather(*self._page_fills, return_exceptions=True)
         if self.page_cache is not None:
             await self.page_cache.close()
 

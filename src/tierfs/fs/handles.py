@@ -59,6 +59,8 @@ class Handle:
     writable: bool  # opened for writing: its close uploads the file's unsaved bytes
     reader: SequentialReader | None = None
     on_fetched: OnFetched | None = None  # gives its random reads' chunks to the page cache
+    offered: set[int] = field(default_factory=set)  # chunks it gave the page cache
+    read_once: set[int] = field(default_factory=set)  # chunks tier 1 answered it once
 
 
 @dataclass(eq=False)

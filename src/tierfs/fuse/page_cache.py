@@ -44,15 +44,20 @@ class KernelPageCache:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tierfs-pagecache")
         self._enabled = True
 
-    def offer(self, inode: int, offset: int, data: Data, busy: tuple[int, int]) -> None:
+    def has_room(self, size: int) -> bool:
+        """Whether an offer of `size` bytes would be taken now."""
+        return self._enabled and self._pending_bytes + size <= self._max_pending
+
+    def offer(self, inode: int, offset: int, data: Data, busy: tuple[int, int]) -> bool:
         """Start putting `data`, bytes [offset, offset + len(data)) of the file `inode`,
         into its page cache, but for the pages of `data[busy[0]:busy[1]]`, which a read
-        request holds now. Dropped when too much is under way or the kernel refused one."""
+        request holds now. False (dropped) when too much is under way or the kernel
+        refused one."""
         lo = busy[0] // mmap.PAGESIZE * mmap.PAGESIZE
         hi = min(len(data), -(-busy[1] // mmap.PAGESIZE) * mmap.PAGESIZE)
         size = len(data) - (hi - lo)
-        if not self._enabled or size <= 0 or self._pending_bytes + size > self._max_pending:
-            return
+        if size <= 0 or not self.has_room(size):
+            return False
         view = memoryview(data)
         pieces = [(offset + start, view[start:end]) for start, end in ((0, lo), (hi, len(data)))]
         store = asyncio.get_running_loop().run_in_executor(
@@ -61,6 +66,7 @@ class KernelPageCache:
         self._pending_bytes += size
         self._pending.setdefault(inode, set()).add(store)
         store.add_done_callback(lambda done: self._stored(inode, size, done))
+        return True
 
     async def settle(self, inode: int) -> None:
         """Return once no store into the page cache of `inode` is under way."""
