@@ -61,8 +61,8 @@ class Ownership:
 
 
 class PageCache(Protocol):
-    """The kernel's page cache of the mount's files, where tierfs puts chunks that random
-    reads fetched (`tierfs.fuse.page_cache`)."""
+    """The kernel's page cache of the mount's files, where tierfs puts the chunks that
+    random reads want (`tierfs.fuse.page_cache`)."""
 
     def has_room(self, size: int) -> bool:
         """Whether an offer of `size` bytes would be taken now."""
