@@ -108,7 +108,7 @@ def test_a_warm_that_cannot_be_done_is_one_line_and_exit_1(
 
 
 def test_on_a_terminal_a_warm_shows_how_far_it_is(mount_factory: Callable[..., Mount]) -> None:
-    mount = mount_factory("local", start=False)
+    mount = mount_factory("local", start=False, read_only="true")  # a read-only mount too
     cloud_put(mount, "a.bin", os.urandom(6 * MiB))
     mount.start()
     controller, terminal = pty.openpty()
