@@ -613,3 +613,15 @@ def test_random_reads_return_the_right_bytes_and_never_mix_versions(
         assert caught.value.errno == errno.ESTALE
     finally:
         os.close(fd)
+
+
+def test_a_file_removed_at_once_after_it_was_written_still_reads(mounted: Mount) -> None:
+    """Its chunks go to tier 1 behind the close that uploaded them: removing the object
+    waits for them, or the open handle would find neither tier 1 nor the cloud."""
+    written = os.urandom(64 * 2**20)
+    (mounted.path / "big.bin").write_bytes(written)
+    with open(mounted.path / "big.bin", "rb", buffering=0) as held:
+        os.unlink(mounted.path / "big.bin")
+        evict(held.fileno(), len(written))
+        assert held.read() == written
+    assert cloud_bytes(mounted, "big.bin") is None

@@ -303,15 +303,17 @@ class Filesystem:
         path, entry = await self._existing(parent_inode, name)
         if entry.is_dir:
             raise IsDirectoryError(path)
-        self._unlink_open(path)
+        await self._unlink_open(path)
         if entry.version:  # "" is a file created here and never uploaded
             await self.cloud.delete(object_key(path, entry))
         self.names.note(path, None)
         self.inodes.remove(path)
 
-    def _unlink_open(self, path: str) -> None:
+    async def _unlink_open(self, path: str) -> None:
         """The file at `path` leaves the namespace (unlinked, or replaced by a rename): a
-        handle still open on it reads on from its object's chunks, and writes nowhere."""
+        handle still open on it reads on from its object's chunks, and writes nowhere.
+        Returns once tier 1 has the chunks of its last upload (made in the background),
+        before the object goes: they are all such a handle can read."""
         node = self.inodes.find(path)
         opened = self._open.get(node.inode) if node else None
         if opened is not None:
@@ -319,6 +321,7 @@ class Filesystem:
             self._abandon_early(opened)
             if opened.staging is not None:
                 self.uploader.journal.done(opened.staging)
+            await self.uploader.promoted(path)
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
         """Move a file or a directory tree (copy + delete in the cloud), replacing a file."""
@@ -340,7 +343,7 @@ class Filesystem:
             await self._rename_tree(old, new)
         else:
             await self._rename_file(old, new)
-            self._unlink_open(new)  # the file it replaced, if any
+            await self._unlink_open(new)  # the file it replaced, if any
             if target is not None and target.version and target.is_link != source.is_link:
                 await self.cloud.delete(object_key(new, target))  # not replaced by the copy
         self.inodes.move(old, new)
