@@ -340,7 +340,10 @@ class ReadPath:
             if data is not None:
                 return data
         handed = on_fetched if on_fetched is not None and (lo > 0 or hi < chunk.length) else None
-        fetch = partial(self._fetch, chunk, True, around_page_cache=handed is not None)
+        # Around the page cache when its bytes are kept elsewhere: by the hook, or by a
+        # sequential reader until it has passed the chunk (FUSE's page cache after that).
+        around = handed is not None or (reader is not None and reader.window > 0)
+        fetch = partial(self._fetch, chunk, True, around_page_cache=around)
         flight, joined = await self._flights.do(chunk.id, fetch)
         if joined:
             self._stats.singleflight_joins += 1
@@ -369,8 +372,9 @@ class ReadPath:
     ) -> None:
         """One flight: the whole chunk from the peers (for this node's own reads) or the
         cloud, then into tier 1: its own reads' budget, or the peers' when it fetched for
-        them; around the page cache when its bytes are kept in memory elsewhere (read
-        ahead: its reader holds them; handed to an `OnFetched` hook: the mount's page cache).
+        them; around the page cache when its bytes are kept in memory elsewhere (for a
+        sequential reader: it holds them; handed to an `OnFetched` hook: the mount's page
+        cache).
         `admit` keeps it in tier 1 even where admission would not (a warm).
 
         Fetches for other nodes have slots of their own: were they to wait for slots held

@@ -49,8 +49,8 @@ class ChunkCache(Protocol):
         True at once if the chunk is already held; concurrent stores of one chunk write
         it once. Evicts least recently used chunks of the same origin first, so the
         files of an origin never add up to more than its budget. `around_page_cache`: the
-        chunk is not read from here again soon (read ahead for a sequential reader, who
-        holds it, and FUSE's page cache then keeps its bytes): write it without filling
+        chunk is not read from here again soon (fetched for a sequential reader, who holds
+        it until passed, and FUSE's page cache then keeps its bytes): write it without filling
         the page cache a second time.
         """
         ...
