@@ -242,3 +242,16 @@ def test_scan_sorts_chunks_temps_and_strays(chunks_dir: str) -> None:
         [f"{chunks_dir}/01/{misplaced}", f"{chunks_dir}/02/notes.txt"]
     )
     assert files.list_ids(chunks_dir) == {ID}
+
+
+def test_a_larger_direct_write_leaves_a_smaller_buffer_to_its_last_views() -> None:
+    # Buffers pass from write to write (thread to thread) while the last writer's views of
+    # one may live on for a moment: a larger write closing it raised BufferError, and a
+    # chunk was not kept.
+    buffers = files._AlignedBuffers(1)
+    with buffers.take(4096) as small:
+        view = memoryview(small)
+    with buffers.take(8192) as large:
+        assert len(large) >= 8192
+    view[:5] = b"still"
+    assert small[:5] == b"still"

@@ -169,7 +169,11 @@ def _write_direct(path: str, data: Data) -> bool:
 
 class _AlignedBuffers:
     """Page-aligned buffers for O_DIRECT writes, reused: a fresh buffer faults its pages in
-    on every write. At most `count` are in use; a write waits for one beyond that."""
+    on every write. At most `count` are in use; a write waits for one beyond that.
+
+    One too small is dropped, not closed: the last write's views of it may outlive its
+    return to the pool (until that write returns, or its error is handled), and closing a
+    buffer with views raises BufferError, which lost a chunk of tier 1 in a run."""
 
     def __init__(self, count: int) -> None:
         self._free: queue.LifoQueue[mmap.mmap] = queue.LifoQueue()
@@ -184,8 +188,7 @@ class _AlignedBuffers:
             except queue.Empty:
                 buffer = mmap.mmap(-1, size)
             if len(buffer) < size:
-                buffer.close()
-                buffer = mmap.mmap(-1, size)
+                buffer = mmap.mmap(-1, size)  # the small one goes with its last view
             try:
                 yield buffer
             finally:
