@@ -52,6 +52,10 @@ _ADDR_IN_USE = ("address already in use", "eaddrinuse", "port allocation failed"
 
 SEAWEED_ACCESS_KEY = "testaccess"
 SEAWEED_SECRET_KEY = "testsecret123"
+# A second key pair, as credentials renewed by their source are (tests of AWS credentials).
+SEAWEED_RENEWED_KEYS = ("renewedaccess", "renewedsecret456")
+# The bucket anyone may list and read without signing (public datasets, -no-sign-request).
+SEAWEED_PUBLIC_BUCKET = "public-datasets"
 MOTO_ACCESS_KEY = "testing"
 MOTO_SECRET_KEY = "testing"
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -348,6 +352,14 @@ class S3Server:
         self._client.create_bucket(Bucket=bucket)
         return bucket
 
+    def public_bucket(self) -> str:
+        """SEAWEED_PUBLIC_BUCKET, made at the first call: anyone may list and read it."""
+        if self._client is None:
+            self._client = self.boto3_client()
+        if SEAWEED_PUBLIC_BUCKET not in {b["Name"] for b in self._client.list_buckets()["Buckets"]}:
+            self._client.create_bucket(Bucket=SEAWEED_PUBLIC_BUCKET)
+        return SEAWEED_PUBLIC_BUCKET
+
     def request_count(self, method: str = "GET", bucket: str | None = None) -> int:
         """Requests of ``method`` the server has answered (any status), from its own metrics.
 
@@ -431,7 +443,18 @@ def _seaweed_files(d: Path) -> None:
                 "name": "test",
                 "credentials": [{"accessKey": SEAWEED_ACCESS_KEY, "secretKey": SEAWEED_SECRET_KEY}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }
+            },
+            {
+                "name": "renewed",
+                "credentials": [
+                    {"accessKey": SEAWEED_RENEWED_KEYS[0], "secretKey": SEAWEED_RENEWED_KEYS[1]}
+                ],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            },
+            {
+                "name": "anonymous",
+                "actions": [f"Read:{SEAWEED_PUBLIC_BUCKET}", f"List:{SEAWEED_PUBLIC_BUCKET}"],
+            },
         ]
     }
     (d / "s3.json").write_text(json.dumps(s3_config, indent=1))

@@ -192,6 +192,7 @@ class ClientSettings(CommonSettings):
         "AWS_SECRET_ACCESS_KEY", "S3 secret key", secret=True
     )
     aws_session_token: str | None = from_env("AWS_SESSION_TOKEN", "S3 session token", secret=True)
+    no_sign_request: bool = flag(False, "read a public S3 bucket: send requests unsigned")
     azure_account: str | None = flag(None, "Azure storage account", "AZURE_STORAGE_ACCOUNT")
     azure_key: str | None = flag(
         None, "Azure storage account key", "AZURE_STORAGE_KEY", secret=True

@@ -19,7 +19,6 @@ from tierfs.cloud.providers import (
     LocalDirectoryCloud,
     S3Cloud,
     open_store,
-    s3_store,
 )
 from tierfs.errors import (
     AccessDeniedError,
@@ -222,26 +221,6 @@ async def test_a_folder_marker_keeps_an_empty_folder(store: CloudStore) -> None:
     after = await store.list_all("m/")
     assert after.prefixes == []
     assert sorted(meta.key for meta in after.objects) == ["m/empty", "m/file"]
-
-
-async def test_s3_folder_markers_need_the_access_keys(
-    seaweedfs: servers.S3Server,
-) -> None:
-    """obstore finds credentials of its own (an instance role) that tierfs cannot sign
-    with: markers are refused before any request, and the mount keeps empty folders."""
-    store = s3_store(
-        bucket=seaweedfs.create_bucket(),
-        region=seaweedfs.region,
-        endpoint=seaweedfs.endpoint,
-        access_key=None,
-        secret_key=None,
-        timeout=5,
-    )
-    try:
-        with pytest.raises(UnsupportedUploadError, match="folder markers need the access keys"):
-            await store.put_marker("folder")
-    finally:
-        await store.close()
 
 
 @pytest.mark.parametrize("provider", AUTHENTICATING)

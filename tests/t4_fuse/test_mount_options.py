@@ -1,5 +1,5 @@
 """Mount options users of other bucket mounts reach for: read-only, other users let in, one
-folder of the bucket."""
+folder of the bucket, the AWS tools' credentials, a public bucket without any."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import servers
 from mounts import Mount, cloud_bytes, cloud_mkdir, cloud_of, cloud_put
 
 NOBODY = 65534
@@ -180,3 +181,49 @@ def test_a_cache_dir_keeps_to_its_folder_and_sends_its_uploads_there(
     assert chunk_files(mount) == 0
     assert (mount.path / "x.bin").read_bytes() == theirs
     assert "its chunks are dropped" in mount.log_tail(200)
+
+
+def test_a_mount_signs_with_the_keys_of_an_aws_profile(
+    mount_factory: Callable[..., Mount], seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """No keys in the client's environment: it signs with a profile's, as the AWS CLI
+    would, its folder markers included."""
+    aws = tmp_path / "aws"
+    aws.mkdir()
+    (aws / "credentials").write_text(
+        f"[datasets]\naws_access_key_id = {seaweedfs.access_key}\n"
+        f"aws_secret_access_key = {seaweedfs.secret_key}\n"
+    )
+    (aws / "config").write_text("")
+    mount = mount_factory("s3-seaweedfs", start=False)
+    mount.env = {
+        "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
+        "AWS_CONFIG_FILE": str(aws / "config"),
+        "AWS_PROFILE": "datasets",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    mount.start()
+    payload = os.urandom(5 * 2**20 + 3)
+    (mount.path / "empty").mkdir()
+    (mount.path / "data.bin").write_bytes(payload)
+    assert (mount.path / "data.bin").read_bytes() == payload
+    bucket = seaweedfs.boto3_client().list_objects_v2(Bucket=mount.flags["s3_bucket"])
+    assert sorted(item["Key"] for item in bucket["Contents"]) == ["data.bin", "empty/"]
+
+
+def test_a_public_bucket_mounts_without_credentials(
+    mount_factory: Callable[..., Mount], seaweedfs: servers.S3Server
+) -> None:
+    """-no-sign-request (mountpoint-s3's flag): a public dataset read with no credentials
+    at all; what its owner did not open to all is refused (EACCES), the mount goes on."""
+    bucket = seaweedfs.public_bucket()
+    table = b"id,label\n" + b"".join(b"%d,x\n" % n for n in range(100_000))
+    seaweedfs.boto3_client().put_object(Bucket=bucket, Key="tables/labels.csv", Body=table)
+    mount = mount_factory("s3-seaweedfs", start=False, s3_bucket=bucket, no_sign_request="true")
+    mount.env = {"AWS_EC2_METADATA_DISABLED": "true"}
+    mount.start()
+    assert "labels.csv" in os.listdir(mount.path / "tables")
+    assert (mount.path / "tables/labels.csv").read_bytes() == table
+    with pytest.raises(PermissionError):
+        (mount.path / "tables/mine").mkdir()
+    assert (mount.path / "tables/labels.csv").stat().st_size == len(table)

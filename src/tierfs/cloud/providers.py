@@ -7,8 +7,9 @@ import builtins
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
@@ -39,6 +40,7 @@ def open_store(settings: ClientSettings) -> CloudStore:
             secret_key=settings.aws_secret_access_key,
             session_token=settings.aws_session_token,
             timeout=timeout,
+            signed=not settings.no_sign_request,
         )
     if settings.cloud_provider == "azure":
         assert settings.azure_account and settings.azure_key  # ensured by ClientSettings
@@ -80,28 +82,39 @@ def s3_store(
     timeout: float,
     session_token: str | None = None,
     scheme: str = "s3",
+    signed: bool = True,
 ) -> CloudStore:
-    """An S3 bucket; `endpoint` selects an S3-compatible store (path-style addressing)."""
+    """An S3 bucket; `endpoint` selects an S3-compatible store (path-style addressing).
+
+    Its requests are signed with the keys given, else with those AWS's own tools would find
+    (`AwsCredentials`); not at all unless `signed` (a public bucket)."""
     if (access_key is None) != (secret_key is None):
         raise ConfigError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together")
     config: dict[str, str | bool] = {"region": region}
     if endpoint:
         config["endpoint"] = endpoint
         config["virtual_hosted_style_request"] = False
-    if access_key and secret_key:
-        config["access_key_id"] = access_key
-        config["secret_access_key"] = secret_key
-    if session_token:
-        config["session_token"] = session_token
+    provider = None
+    keys: Callable[[], S3Keys] | None = None
+    if not signed:
+        config["skip_signature"] = True
+    elif access_key and secret_key:
+        config |= {"access_key_id": access_key, "secret_access_key": secret_key}
+        if session_token:
+            config["session_token"] = session_token
+        keys = partial(S3Keys, access_key, secret_key, region, session_token)
+    else:
+        from tierfs.cloud.aws_credentials import AwsCredentials  # botocore: only here
+
+        provider = AwsCredentials.find(region)
+        keys = provider.keys
     store = S3Store(
         bucket,
         config=config,  # type: ignore[arg-type]
         client_options=client_options(timeout, allow_http=_is_http(endpoint)),  # type: ignore[arg-type]
         retry_config=NO_RETRIES,  # type: ignore[arg-type]
+        credential_provider=provider,
     )
-    keys = None
-    if access_key and secret_key:
-        keys = S3Keys(access_key, secret_key, region, session_token)
     base = endpoint.rstrip("/") if endpoint else f"https://s3.{region}.amazonaws.com"
     bucket_url = f"{base}/{quote(bucket, safe='')}"
     return S3Cloud(store, f"{scheme}://{bucket}", timeout, bucket_url=bucket_url, keys=keys)

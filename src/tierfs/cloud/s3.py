@@ -4,8 +4,10 @@ paths drop. Those are signed here (AWS Signature Version 4)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -15,7 +17,6 @@ from yarl import URL
 
 from tierfs.cloud.objstore import ObjstoreCloud
 from tierfs.cloud.signed import SignedRequests
-from tierfs.errors import UnsupportedUploadError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -34,8 +35,9 @@ class S3Cloud(ObjstoreCloud):
     """An S3 bucket. AWS refuses a CopyObject of a source over 5 GiB (it wants a multipart
     copy, which obstore does not make): larger objects are copied through this client.
 
-    Folder markers need the access keys given to tierfs (`keys`); with credentials obstore
-    finds on its own (an instance role), they raise UnsupportedUploadError.
+    `keys` gives the keys that sign the folder markers, as obstore's own requests are
+    signed (static ones, or `AwsCredentials.keys`, which may block while it renews them);
+    None: requests are not signed (a public bucket, `-no-sign-request`).
     """
 
     copy_limit = 5 * 2**30
@@ -47,7 +49,7 @@ class S3Cloud(ObjstoreCloud):
         timeout: float,
         *,
         bucket_url: str,
-        keys: S3Keys | None,
+        keys: Callable[[], S3Keys] | None,
     ) -> None:
         super().__init__(store, url, timeout)
         self._bucket_url = bucket_url.rstrip("/")  # path-style: ENDPOINT/BUCKET
@@ -62,14 +64,14 @@ class S3Cloud(ObjstoreCloud):
 
     async def _marker(self, method: str, prefix: str) -> None:
         self.check_key(prefix)
-        keys = self._keys
-        if keys is None:
-            raise UnsupportedUploadError(f"{self.url}: folder markers need the access keys")
         marker = prefix + "/"
         url = URL(f"{self._bucket_url}/{quote(marker, safe='/~')}", encoded=True)
 
         async def send() -> None:
-            headers = sigv4(method, url, keys, datetime.now(UTC))
+            headers = {}
+            if self._keys is not None:
+                keys = await asyncio.to_thread(self._keys)
+                headers = sigv4(method, url, keys, datetime.now(UTC))
             async with self._http.send(method, url, headers, marker):
                 pass
 

@@ -31,7 +31,6 @@ from tierfs.errors import (
     ObjectNotFoundError,
     StaleHandleError,
     UnsupportedError,
-    UnsupportedUploadError,
     VersionChangedError,
 )
 from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging
@@ -101,7 +100,6 @@ class Filesystem:
         self.ownership = ownership
         self.page_cache = page_cache
         self._page_fills: set[asyncio.Task[None]] = set()  # chunks put there from tier 1
-        self._warned_markers = False  # that the store cannot keep empty directories
         self.inodes = InodeTable()
         self.names = Namespace(cloud, metadata_ttl)
         self._open: dict[int, OpenFile] = {}  # by inode
@@ -241,7 +239,7 @@ class Filesystem:
         path = self._new_child_path(self.inodes.get(parent_inode), name)
         if await self._stat(path) is not None:
             raise EntryExistsError(path)
-        await self._put_marker(path)
+        await self.cloud.put_marker(path)
         self.names.add_local_dir(path)
         node = self.inodes.ensure(path, is_dir=True)
         node.mtime_ns, node.mode = time.time_ns(), mode
@@ -269,32 +267,13 @@ class Filesystem:
             node.target = bytes(await self.cloud.get_range(key, 0, node.size, node.version))
         return node.target
 
-    async def _put_marker(self, path: str) -> None:
-        """Write the folder marker of directory `path`, so it exists in the bucket while
-        empty; where the store cannot, it lives on this mount alone (as before markers)."""
-        try:
-            await self.cloud.put_marker(path)
-        except UnsupportedUploadError as exc:
-            self._warn_markers(exc)
-
-    async def _delete_marker(self, path: str) -> None:
-        try:
-            await self.cloud.delete_marker(path)
-        except UnsupportedUploadError as exc:
-            self._warn_markers(exc)
-
-    def _warn_markers(self, exc: UnsupportedUploadError) -> None:
-        if not self._warned_markers:
-            self._warned_markers = True
-            log.warning("%s: empty directories live on this mount alone", exc)
-
     async def rmdir(self, parent_inode: int, name: str) -> None:
         path, entry = await self._existing(parent_inode, name)
         if not entry.is_dir:
             raise NotDirectoryError(path)
         if not await self._is_empty(path):
             raise DirectoryNotEmptyError(path)
-        await self._delete_marker(path)
+        await self.cloud.delete_marker(path)
         self.names.removed_dir(path)
         self.names.note(path, None)
         self.inodes.remove(path)
@@ -383,10 +362,10 @@ class Filesystem:
         await _bounded(
             below, lambda meta: self.cloud.copy(meta.key, new + meta.key[len(old) :], meta.size)
         )
-        await _bounded(markers, lambda folder: self._put_marker(new + folder[len(old) :]))
+        await _bounded(markers, lambda folder: self.cloud.put_marker(new + folder[len(old) :]))
         await _bounded(below, lambda meta: self.cloud.delete(meta.key))
         for folder in sorted(markers, reverse=True):  # deepest first: a local folder must be empty
-            await self._delete_marker(folder)
+            await self.cloud.delete_marker(folder)
         made_here = self.names.local_dirs_at_or_below(old)
         self.names.removed_dir(old)
         self.names.forget_subtree(new)
