@@ -10,9 +10,10 @@ import servers
 from tierfs.settings import ClientSettings, load_settings
 
 # Every provider tierfs supports, on the server that stands in for it here.
-PROVIDERS = ["s3-seaweedfs", "s3-moto", "gcp-interop", "azure", "gcp-native", "local"]
+# (azure-sas: Azure with a shared access signature of the container in place of the key)
+PROVIDERS = ["s3-seaweedfs", "s3-moto", "gcp-interop", "azure", "azure-sas", "gcp-native", "local"]
 # The ones whose servers check credentials (moto and fake-gcs-server accept anything).
-AUTHENTICATING = ["s3-seaweedfs", "gcp-interop", "azure"]
+AUTHENTICATING = ["s3-seaweedfs", "gcp-interop", "azure", "azure-sas"]
 # The ones behind a server process that a test can stop.
 NETWORKED = ["s3-seaweedfs", "s3-moto", "gcp-interop", "azure", "gcp-native"]
 
@@ -41,8 +42,13 @@ def target_flags(
     elif isinstance(server, servers.AzureServer):
         key = server.key[:-8] + "AAAAAA==" if bad_credentials else server.key
         given |= {"cloud_provider": "azure", "azure_container": server.create_container()}
-        given |= {"azure_account": server.account, "azure_key": key}
-        given["azure_endpoint"] = server.endpoint
+        given |= {"azure_account": server.account, "azure_endpoint": server.endpoint}
+        if provider == "azure-sas":
+            environ["AZURE_STORAGE_SAS_TOKEN"] = server.container_sas(
+                given["azure_container"], key=key
+            )
+        else:
+            given["azure_key"] = key
     elif isinstance(server, servers.GcsServer):
         given |= {"cloud_provider": "gcp", "gcp_bucket": server.create_bucket()}
         given["gcp_endpoint"] = server.endpoint
@@ -71,6 +77,7 @@ SERVER_FIXTURE = {
     "gcp-interop": "seaweedfs",
     "s3-moto": "moto",
     "azure": "azurite",
+    "azure-sas": "azurite",
     "gcp-native": "fake_gcs",
 }
 

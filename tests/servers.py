@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -569,6 +570,22 @@ class AzureServer:
 
         credential = {"account_name": self.account, "account_key": self.key}
         return BlobServiceClient(self.endpoint, credential=credential)
+
+    def container_sas(self, container: str, *, key: str | None = None, write: bool = True) -> str:
+        """A shared access signature of `container` for a day: list and read, and unless
+        not `write` also write and delete; signed with `key` (the account's by default)."""
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+        allowed = dict(read=True, list=True)
+        if write:
+            allowed |= dict(write=True, add=True, create=True, delete=True)
+        return generate_container_sas(
+            self.account,
+            container,
+            account_key=key or self.key,
+            permission=ContainerSasPermissions(**allowed),
+            expiry=datetime.now(UTC) + timedelta(days=1),
+        )
 
     def create_container(self, name: str | None = None) -> str:
         """Create a container (a random ``t-<12 hex>`` name by default) and return its name."""

@@ -197,6 +197,9 @@ class ClientSettings(CommonSettings):
     azure_key: str | None = flag(
         None, "Azure storage account key", "AZURE_STORAGE_KEY", secret=True
     )
+    azure_sas_token: str | None = from_env(
+        "AZURE_STORAGE_SAS_TOKEN", "Azure shared access signature, in place of the key", secret=True
+    )
     azure_container: str = flag("fuse-cache", "Azure Blob container", "AZURE_CONTAINER_NAME")
     azure_endpoint: str | None = flag(
         None, "Azure Blob endpoint URL (Azurite: http://127.0.0.1:10000/ACCOUNT)"
@@ -269,8 +272,11 @@ class ClientSettings(CommonSettings):
             raise ValueError(
                 "-cloud-provider azure needs -azure-account (or AZURE_STORAGE_ACCOUNT)"
             )
-        if self.cloud_provider == "azure" and not self.azure_key:
-            raise ValueError("-cloud-provider azure needs -azure-key (or AZURE_STORAGE_KEY)")
+        if self.cloud_provider == "azure" and not (self.azure_key or self.azure_sas_token):
+            raise ValueError(
+                "-cloud-provider azure needs -azure-key (or AZURE_STORAGE_KEY), "
+                "or a shared access signature in AZURE_STORAGE_SAS_TOKEN"
+            )
         if (self.gcp_access_key_id is None) != (self.gcp_secret_access_key is None):
             raise ValueError("GCP_ACCESS_KEY_ID and GCP_SECRET_ACCESS_KEY go together")
         return self

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import servers
 from mounts import Mount, cloud_bytes, cloud_put
 
 
-@pytest.mark.parametrize("provider", ["azure", "gcp-native", "gcp-interop", "s3-moto"])
+@pytest.mark.parametrize("provider", ["azure", "azure-sas", "gcp-native", "gcp-interop", "s3-moto"])
 def test_read_write_smoke(mount_factory: object, provider: str) -> None:
     mount: Mount = mount_factory(provider)  # type: ignore[operator]
     cloud_put(mount, "in/seed.bin", b"seed" * 100_000)
@@ -51,3 +52,26 @@ def test_a_1_gib_file_through_the_mount(
                 reread.update(piece)
         assert reread.hexdigest() == expected
         assert os.stat(node.path / "gib.bin").st_size == 2**30
+
+
+def test_a_read_only_signature_of_an_azure_container_reads_and_refuses_writes(
+    mount_factory: object, azurite: servers.AzureServer
+) -> None:
+    """A container shared with a signature that lets its holder list and read: the mount
+    reads; a write or a mkdir is refused (EACCES) and leaves nothing in the container."""
+    mount: Mount = mount_factory("azure-sas", start=False)  # type: ignore[operator]
+    container = mount.flags["azure_container"]
+    mount.env["AZURE_STORAGE_SAS_TOKEN"] = azurite.container_sas(container, write=False)
+    table = os.urandom(3 * 2**20 + 5)
+    azurite.service_client().get_blob_client(container, "shared/table.bin").upload_blob(table)
+    mount.start()
+    assert os.listdir(mount.path / "shared") == ["table.bin"]
+    assert (mount.path / "shared/table.bin").read_bytes() == table
+    with pytest.raises(PermissionError):
+        (mount.path / "shared/mine").mkdir()
+    with pytest.raises(PermissionError):
+        (mount.path / "shared/mine.bin").write_bytes(b"mine")
+    names = [
+        blob.name for blob in azurite.service_client().get_container_client(container).list_blobs()
+    ]
+    assert names == ["shared/table.bin"]

@@ -5,8 +5,8 @@ Azure's Copy Blob may answer before the copy is done (`x-ms-copy-status: pending
 one account it "can" finish at once, Azure says), and a source deleted meanwhile fails
 the copy: a rename (copy, then delete) would lose the file. obstore's copy does not read
 that status, so this store sends Copy Blob itself (signed with the account key, Azure's
-Shared Key scheme) and, while the copy is pending, looks at the destination until it is
-done.
+Shared Key scheme, or carrying the shared access signature tierfs was given instead) and,
+while the copy is pending, looks at the destination until it is done.
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from obstore.store import AzureStore
 from yarl import URL
 
+from tierfs.cloud.base import ObjectMeta
 from tierfs.cloud.objstore import ObjstoreCloud
 from tierfs.cloud.signed import SignedRequests
 from tierfs.errors import (
@@ -57,20 +60,37 @@ class AzureBlobCloud(ObjstoreCloud):
         store: AzureStore,
         *,
         account: str,
-        key: str,
+        key: str | None,
         container: str,
         endpoint: str | None,
         timeout: float,
+        sas_token: str | None = None,
     ) -> None:
+        """Requests are signed with `key`; without one, they carry `sas_token` (no `?`)."""
         super().__init__(store, f"azure://{account}/{container}", timeout)
-        try:
-            self._secret = base64.b64decode(key, validate=True)
-        except binascii.Error:
-            raise ConfigError("invalid value for -azure-key: not a base64 account key") from None
+        self._secret: bytes | None = None
+        if key is not None:
+            try:
+                self._secret = base64.b64decode(key, validate=True)
+            except binascii.Error:
+                raise ConfigError(
+                    "invalid value for -azure-key: not a base64 account key"
+                ) from None
+        elif not sas_token:
+            raise ConfigError("Azure needs the account key or a shared access signature")
+        self._query = "" if key is not None else f"?{sas_token}"  # appended to blob URLs
         self._account = account
         base = endpoint.rstrip("/") if endpoint else PUBLIC_ENDPOINT.format(account=account)
         self._container_url = f"{base}/{quote(container, safe='')}"
         self._http = SignedRequests(self.url, timeout)
+
+    def _listed(self, meta: Any) -> ObjectMeta:
+        """Azure lists ETags bare (`0x8D...`) and gives them quoted to HEAD, GET and PUT: a
+        listed version is quoted here, or a file read after `ls` was "changed" (ESTALE)."""
+        listed = super()._listed(meta)
+        if listed.version.startswith('"'):
+            return listed
+        return replace(listed, version=f'"{listed.version}"')
 
     def check_key(self, key: str) -> str:
         if "\\" in key:
@@ -97,7 +117,7 @@ class AzureBlobCloud(ObjstoreCloud):
 
     async def _start_copy(self, source: str, destination: str) -> str | None:
         """Send Copy Blob; the copy's id while Azure is still copying, else None."""
-        headers = {"x-ms-copy-source": self._blob_url(source)}
+        headers = {"x-ms-copy-source": self._blob_url(source) + self._query}
         try:
             async with self._request("PUT", destination, headers) as response:
                 status = response.headers.get("x-ms-copy-status")
@@ -135,13 +155,16 @@ class AzureBlobCloud(ObjstoreCloud):
     def _request(
         self, method: str, key: str, extra: Mapping[str, str] | None = None
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        """A request for blob `key`, signed with the account key (see SignedRequests)."""
-        url = URL(self._blob_url(key), encoded=True)
+        """A request for blob `key`, signed with the account key or carrying the shared
+        access signature (see SignedRequests)."""
+        url = URL(self._blob_url(key) + self._query, encoded=True)
         headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
         headers |= extra or {}
         if method == "PUT":
             headers["Content-Length"] = "0"
-        headers["Authorization"] = shared_key(self._account, self._secret, method, url, headers)
+        if self._secret is not None:
+            auth = shared_key(self._account, self._secret, method, url, headers)
+            headers["Authorization"] = auth
         return self._http.send(method, url, headers, key)
 
     async def put_marker(self, prefix: str) -> None:

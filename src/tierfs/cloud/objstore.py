@@ -206,6 +206,10 @@ class ObjstoreCloud(CloudStore):
             )
         return ObjectMeta(key, size, version, datetime.now(UTC))
 
+    def _listed(self, meta: Any) -> ObjectMeta:
+        """An object of a listing, its version as HEAD and GET give it."""
+        return _meta(meta)
+
     async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
         if prefix:
             self.check_key(prefix.removesuffix("/"))
@@ -215,7 +219,7 @@ class ObjstoreCloud(CloudStore):
                 "LIST", prefix, lambda: obstore.list_with_delimiter_async(self._store, path)
             )
             yield ListPage(
-                [_meta(m) for m in listing["objects"]],
+                [self._listed(m) for m in listing["objects"]],
                 [p.rstrip("/") + "/" for p in listing["common_prefixes"]],
             )
             return
@@ -236,7 +240,7 @@ class ObjstoreCloud(CloudStore):
 
         batch = await self._call("LIST", prefix, first_batch)
         while batch is not None:
-            yield ListPage([_meta(m) for m in batch])
+            yield ListPage([self._listed(m) for m in batch])
             try:
                 batch = await next_batch()
             except (obx.BaseError, OSError) as exc:

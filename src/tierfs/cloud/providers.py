@@ -43,10 +43,11 @@ def open_store(settings: ClientSettings) -> CloudStore:
             signed=not settings.no_sign_request,
         )
     if settings.cloud_provider == "azure":
-        assert settings.azure_account and settings.azure_key  # ensured by ClientSettings
+        assert settings.azure_account  # ensured by ClientSettings, as a key or a signature
         return azure_store(
             account=settings.azure_account,
             key=settings.azure_key,
+            sas_token=settings.azure_sas_token,
             container=settings.azure_container,
             endpoint=settings.azure_endpoint,
             timeout=timeout,
@@ -121,10 +122,24 @@ def s3_store(
 
 
 def azure_store(
-    *, account: str, key: str, container: str, endpoint: str | None, timeout: float
+    *,
+    account: str,
+    key: str | None,
+    container: str,
+    endpoint: str | None,
+    timeout: float,
+    sas_token: str | None = None,
 ) -> CloudStore:
-    """An Azure Blob container; `endpoint` (Azurite) is `http://HOST:PORT/ACCOUNT`."""
-    config: dict[str, str] = {"account_name": account, "account_key": key}
+    """An Azure Blob container; `endpoint` (Azurite) is `http://HOST:PORT/ACCOUNT`. Its
+    requests are signed with the account `key`, else carry the shared access signature
+    `sas_token` (with or without its leading `?`)."""
+    config: dict[str, str] = {"account_name": account}
+    if key:
+        config["account_key"] = key
+        sas_token = None
+    elif sas_token:
+        sas_token = sas_token.removeprefix("?")
+        config["sas_key"] = sas_token
     if endpoint:
         config["endpoint"] = endpoint
     store = AzureStore(
@@ -134,7 +149,13 @@ def azure_store(
         retry_config=NO_RETRIES,  # type: ignore[arg-type]
     )
     return AzureBlobCloud(
-        store, account=account, key=key, container=container, endpoint=endpoint, timeout=timeout
+        store,
+        account=account,
+        key=key,
+        sas_token=sas_token,
+        container=container,
+        endpoint=endpoint,
+        timeout=timeout,
     )
 
 
