@@ -345,12 +345,14 @@ class S3Server:
             config=config,
         )
 
-    def create_bucket(self, name: str | None = None) -> str:
-        """Create a bucket (a random ``t-<12 hex>`` name by default) and return its name."""
+    def create_bucket(self, name: str | None = None, region: str | None = None) -> str:
+        """Create a bucket (a random ``t-<12 hex>`` name by default), in ``region`` if
+        given (its LocationConstraint), and return its name."""
         if self._client is None:
             self._client = self.boto3_client()
         bucket = name or random_name()
-        self._client.create_bucket(Bucket=bucket)
+        where = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region else {}
+        self._client.create_bucket(Bucket=bucket, **where)
         return bucket
 
     def public_bucket(self) -> str:

@@ -16,7 +16,7 @@ from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.cache.owner import claim
 from tierfs.cloud.folder import FolderStore, KeyPrefix
-from tierfs.cloud.providers import open_store
+from tierfs.cloud.providers import check_bucket, open_store, settle_s3_region
 from tierfs.coordinator.client import CoordinatorClient, NodeReport
 from tierfs.coordinator.models import TierBytes
 from tierfs.fs.filesystem import Filesystem, Ownership
@@ -79,9 +79,12 @@ async def run_client(settings: ClientSettings) -> None:
     stats = NodeStats()
     async with AsyncExitStack() as stack:
         keys = KeyPrefix(settings.prefix)
+        settings = await settle_s3_region(settings)
         bucket = open_store(settings)
         cloud = FolderStore(bucket, keys) if keys.prefix else bucket
         stack.push_async_callback(cloud.close)
+        bucket_checked = asyncio.create_task(check_bucket(cloud), name="bucket check")
+        stack.callback(bucket_checked.cancel)
         journal = UploadJournal(settings.nvme / "journal.sqlite3")
         stack.callback(journal.close)
         claim(settings.nvme, cloud.url, len(journal.pending()))
@@ -108,6 +111,7 @@ async def run_client(settings: ClientSettings) -> None:
         stack.push_async_callback(peers.close)
         uploader = Uploader(cloud, cache, journal, settings.chunk_size, peers)
         stack.push_async_callback(uploader.close)
+        await bucket_checked
         # What a crash left unsent goes up before the mount appears, or, while the cloud
         # is down, in the background until it is back.
         if await uploader.recover():

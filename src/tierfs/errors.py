@@ -23,6 +23,10 @@ class ObjectNotFoundError(CloudError):
     """The object does not exist in the bucket."""
 
 
+class BucketNotFoundError(CloudError):
+    """The bucket (or container) itself does not exist."""
+
+
 class VersionChangedError(CloudError):
     """The object changed since the version a read was pinned to."""
 

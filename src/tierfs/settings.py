@@ -183,7 +183,12 @@ class ClientSettings(CommonSettings):
     )
     cloud_provider: Provider = flag("s3", "tier-3 store: s3, azure, gcp or local")
     s3_bucket: str = flag("fuse-client-cache", "S3 bucket")
-    s3_region: str = flag("us-east-1", "S3 region", "AWS_REGION")
+    s3_region: str | None = flag(
+        None,
+        "S3 region (none: the bucket's own, else AWS_DEFAULT_REGION's or the profile's, "
+        "else us-east-1)",
+        "AWS_REGION",
+    )
     s3_endpoint: str | None = flag(
         None, "S3-compatible endpoint URL (MinIO, SeaweedFS, R2, ...)", "AWS_ENDPOINT_URL"
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from cloud_targets import AUTHENTICATING, server_for, settings_for
+from cloud_targets import AUTHENTICATING, NETWORKED, SERVER_FIXTURE, server_for, settings_for
 from tierfs.cloud.base import MULTIPART_THRESHOLD, PART_SIZE, CloudStore
 from tierfs.cloud.gcs import GcsStore
 from tierfs.cloud.providers import (
@@ -22,6 +22,7 @@ from tierfs.cloud.providers import (
 )
 from tierfs.errors import (
     AccessDeniedError,
+    BucketNotFoundError,
     InvalidKeyError,
     ObjectNotFoundError,
     UnsupportedUploadError,
@@ -248,6 +249,25 @@ async def test_bad_credentials_are_access_denied(
             await cloud.list_all("")
         with pytest.raises(AccessDeniedError):
             await cloud.copy("anything", "elsewhere")
+    finally:
+        await cloud.close()
+
+
+@pytest.mark.parametrize("provider", NETWORKED)
+async def test_a_bucket_that_does_not_exist_is_said_so(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A listing of it and a put into it: BucketNotFoundError, not an object's ENOENT
+    (SeaweedFS makes the bucket a put names, its filer's folder: only the listing there)."""
+    settings = settings_for(provider, server_for(request, provider), tmp_path)
+    missing = {"s3_bucket": "no-such-bucket", "gcp_bucket": "no-such-bucket"}
+    cloud = open_store(settings.model_copy(update=missing | {"azure_container": "no-such"}))
+    try:
+        with pytest.raises(BucketNotFoundError, match="no such bucket"):
+            await cloud.list_all("")
+        if SERVER_FIXTURE[provider] != "seaweedfs":
+            with pytest.raises(BucketNotFoundError, match="no such bucket"):
+                await cloud.put("data/new.bin", b"x")
     finally:
         await cloud.close()
 

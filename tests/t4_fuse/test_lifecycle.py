@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from cloud_targets import target_flags
+from cloud_targets import server_for, target_flags
 from mounts import Mount, cloud_bytes, cloud_put, is_mounted
 from tierfs.errors import CloudError
 
@@ -184,13 +184,13 @@ def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
     assert "serving what this mount knew" in mount.log.read_text()
 
 
-def client(*args: str) -> subprocess.CompletedProcess[str]:
+def client(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tierfs.cli", "client", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env=servers.clean_env(),
+        env=servers.clean_env(**env),
     )
 
 
@@ -201,6 +201,29 @@ def test_missing_mount_point_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"tierfs client: mount point {tmp_path / 'absent'} does not exist"
     ]
+
+
+@pytest.mark.parametrize(
+    "provider", ["s3-seaweedfs", "s3-moto", "gcp-interop", "azure", "gcp-native"]
+)
+def test_a_bucket_that_does_not_exist_is_one_line_and_exit_1(
+    request: pytest.FixtureRequest, provider: str, tmp_path: Path
+) -> None:
+    """A mistyped bucket stops the client at start, as mountpoint-s3 and gcsfuse do, instead
+    of a mount whose every listing fails."""
+    given, env = target_flags(provider, server_for(request, provider), tmp_path)
+    name = {"s3": "s3_bucket", "gcp": "gcp_bucket", "azure": "azure_container"}
+    given[name[given["cloud_provider"]]] = "no-such-bucket"
+    given |= {"port": str(servers.free_ports(1)[0]), "log_level": "warning"}
+    (tmp_path / "mnt").mkdir()
+    flags = [
+        arg for field, value in given.items() for arg in (f"-{field.replace('_', '-')}", value)
+    ]
+    result = client("-mount", str(tmp_path / "mnt"), "-nvme", str(tmp_path / "n"), *flags, **env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no-such-bucket: no such bucket" in lines[0], result.stderr
+    assert not is_mounted(tmp_path / "mnt")
 
 
 def test_busy_mount_point_is_one_line_and_exit_1(mount_factory: object, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Mount options users of other bucket mounts reach for: read-only, other users let in, one
-folder of the bucket, the AWS tools' credentials, a public bucket without any."""
+folder of the bucket, the AWS tools' credentials and the bucket's region, a public bucket
+without any."""
 
 from __future__ import annotations
 
@@ -209,6 +210,19 @@ def test_a_mount_signs_with_the_keys_of_an_aws_profile(
     assert (mount.path / "data.bin").read_bytes() == payload
     bucket = seaweedfs.boto3_client().list_objects_v2(Bucket=mount.flags["s3_bucket"])
     assert sorted(item["Key"] for item in bucket["Contents"]) == ["data.bin", "empty/"]
+
+
+def test_a_mount_given_no_region_takes_the_one_its_bucket_names(
+    mount_factory: Callable[..., Mount], moto: servers.S3Server
+) -> None:
+    """No -s3-region: the bucket's own (moto names it as S3 does), not us-east-1."""
+    bucket = moto.create_bucket(region="eu-west-2")
+    moto.boto3_client().put_object(Bucket=bucket, Key="labels.csv", Body=b"id,label\n1,x\n")
+    mount = mount_factory("s3-moto", start=False, s3_bucket=bucket)
+    del mount.flags["s3_region"]
+    mount.start()
+    assert (mount.path / "labels.csv").read_bytes() == b"id,label\n1,x\n"
+    assert f"S3 bucket {bucket}: region eu-west-2 (the bucket's)" in mount.log.read_text()
 
 
 def test_a_public_bucket_mounts_without_credentials(

@@ -25,6 +25,7 @@ from tierfs.cloud.base import (
 )
 from tierfs.errors import (
     AccessDeniedError,
+    BucketNotFoundError,
     CloudError,
     ConfigError,
     ObjectNotFoundError,
@@ -90,11 +91,14 @@ class GcsStore(CloudStore):
         session = self._client().session  # its request() raises ClientResponseError on >= 400
         return await session.request(method, url, headers, timeout=self._http_timeout, **kwargs)
 
-    def _translate(self, exc: Exception, key: str) -> Exception:
-        """Map an aiohttp or gcloud-aio failure to a tierfs error; the caller raises it."""
+    def _translate(self, exc: Exception, key: str, request: str) -> Exception:
+        """Map an aiohttp or gcloud-aio failure of `request` (LIST, PUT, ...) to a tierfs
+        error; the caller raises it."""
         what = f"{self.url}/{key}"
         if isinstance(exc, aiohttp.ClientResponseError):
             status, detail = exc.status, _detail(exc)
+            if status == 404 and request in ("LIST", "PUT"):  # nothing else was looked for
+                return BucketNotFoundError(f"{self.url}: no such bucket")
             if status == 404:
                 return ObjectNotFoundError(f"{what}: no such object")
             if status == 412:
@@ -117,7 +121,7 @@ class GcsStore(CloudStore):
             try:
                 return await operation()
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-                raise self._translate(exc, key) from exc
+                raise self._translate(exc, key, what) from exc
 
         return await with_retry(
             attempt, what=f"{what} {self.url}/{key}", deadline=self._timeout, bound_attempts=bounded
@@ -230,16 +234,13 @@ class GcsStore(CloudStore):
         if delimiter:
             params["delimiter"] = "/"
         while True:  # each page is retried alone: its pageToken resumes exactly
-            try:
-                data = await self._call(
-                    "LIST",
-                    prefix,
-                    lambda: self._client().list_objects(
-                        self._bucket, params=params, timeout=self._gtimeout
-                    ),
-                )
-            except ObjectNotFoundError as exc:
-                raise CloudError(f"LIST {self.url}: no such bucket") from exc
+            data = await self._call(
+                "LIST",
+                prefix,
+                lambda: self._client().list_objects(
+                    self._bucket, params=params, timeout=self._gtimeout
+                ),
+            )
             yield ListPage(
                 [_meta(item) for item in data.get("items", [])],
                 [p.rstrip("/") + "/" for p in data.get("prefixes", [])],

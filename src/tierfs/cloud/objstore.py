@@ -24,6 +24,7 @@ from tierfs.cloud.base import (
 )
 from tierfs.errors import (
     AccessDeniedError,
+    BucketNotFoundError,
     CloudError,
     InvalidKeyError,
     ObjectNotFoundError,
@@ -37,6 +38,7 @@ T = TypeVar("T")
 # Retries happen in tierfs.retry alone, so obstore's own are off.
 NO_RETRIES: dict[str, Any] = {"max_retries": 0, "retry_timeout": timedelta(seconds=0)}
 _STATUS_RE = re.compile(r"status(?: code)?:? (\d{3})", re.IGNORECASE)
+_BUCKET_MISSING = re.compile(r"<Code>(NoSuchBucket|ContainerNotFound)</Code>")  # S3, Azure
 _TRANSIENT_TEXT = (
     "error sending request",
     "connection",
@@ -92,6 +94,8 @@ class ObjstoreCloud(CloudStore):
 
     def _translate(self, exc: Exception, key: str) -> Exception:
         """Map an obstore failure to a tierfs error; the caller raises it."""
+        if _BUCKET_MISSING.search(str(exc)):  # a listing's or a put's 404 (the store's code)
+            return BucketNotFoundError(f"{self.url}: no such bucket")
         if isinstance(exc, obx.NotFoundError | FileNotFoundError):
             return ObjectNotFoundError(f"{self.url}/{key}: no such object")
         if isinstance(exc, obx.PreconditionError):

@@ -19,10 +19,12 @@ from tierfs.cloud.azure import AzureBlobCloud
 from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.objstore import NO_RETRIES, ObjstoreCloud, client_options
 from tierfs.cloud.s3 import S3Cloud, S3Keys
-from tierfs.errors import ConfigError, InvalidKeyError
+from tierfs.cloud.s3_region import DEFAULT_REGION, find_region
+from tierfs.errors import BucketNotFoundError, CloudError, ConfigError, InvalidKeyError
 from tierfs.settings import ClientSettings
 
 GCS_INTEROP_ENDPOINT = "https://storage.googleapis.com"
+BUCKET_CHECK_DEADLINE = 2.0  # seconds
 
 
 def open_store(settings: ClientSettings) -> CloudStore:
@@ -34,7 +36,7 @@ def open_store(settings: ClientSettings) -> CloudStore:
     if settings.cloud_provider == "s3":
         return s3_store(
             bucket=settings.s3_bucket,
-            region=settings.s3_region,
+            region=settings.s3_region or DEFAULT_REGION,
             endpoint=settings.s3_endpoint,
             access_key=settings.aws_access_key_id,
             secret_key=settings.aws_secret_access_key,
@@ -71,6 +73,28 @@ def open_store(settings: ClientSettings) -> CloudStore:
         credentials=settings.gcp_credentials,
         timeout=timeout,
     )
+
+
+async def settle_s3_region(settings: ClientSettings) -> ClientSettings:
+    """`settings` with the S3 bucket's region found (`find_region`) when none was given."""
+    if settings.cloud_provider != "s3" or settings.s3_region:
+        return settings
+    region = await find_region(settings.s3_bucket, settings.s3_endpoint)
+    return settings.model_copy(update={"s3_region": region})
+
+
+async def check_bucket(cloud: CloudStore) -> None:
+    """ConfigError if the store says its bucket does not exist. Only that stops a client:
+    a store that fails otherwise, or does not answer in BUCKET_CHECK_DEADLINE, is the
+    mount's to meet (it starts with the cloud down, serving what tier 1 holds)."""
+    try:
+        async with asyncio.timeout(BUCKET_CHECK_DEADLINE):
+            async for _ in cloud.list(""):
+                break
+    except BucketNotFoundError as exc:
+        raise ConfigError(f"{exc}: create it, or check the name") from exc
+    except (CloudError, TimeoutError):
+        pass
 
 
 def s3_store(
