@@ -219,15 +219,12 @@ def test_symbolic_links_are_kept_in_the_bucket(
     os.replace(second.path / "d/target.txt", second.path / "dangling")  # a file over a link
     os.unlink(second.path / "moved")
     time.sleep(0.3)
-    # d, emptied: its marker keeps it, but on the local provider, where a folder its last
-    # file leaves goes with it (SEMANTICS.md)
-    folders = [] if provider == "local" else ["d"]
-    assert sorted(os.listdir(root)) == sorted([*folders, "dangling", "file"])
+    assert sorted(os.listdir(root)) == ["d", "dangling", "file"]  # d, emptied: its marker
     assert os.readlink(root / "file") == "d/target.txt"
     assert not os.path.islink(root / "dangling")
     assert (root / "dangling").read_bytes() == b"hello"
     keys = [meta.key.rstrip("/") for meta in asyncio.run(_all_keys(first))]
-    assert sorted(keys) == sorted([*folders, "dangling", "file.tierfs-symlink"])  # no more
+    assert sorted(keys) == ["d", "dangling", "file.tierfs-symlink"]  # no more
 
 
 async def _all_keys(mount: Mount) -> list[ObjectMeta]:

@@ -186,15 +186,19 @@ def azure_store(
 def local_store(root: str, timeout: float) -> CloudStore:
     """A directory as the bucket: writes are atomic (temp file + rename), so every put
     gets a new version (obstore's ETag of inode, mtime and size)."""
-    store = LocalStore(root, mkdir=True, automatic_cleanup=True)
+    store = LocalStore(root, mkdir=True)
     return LocalDirectoryCloud(store, root, timeout)
 
 
 class LocalDirectoryCloud(ObjstoreCloud):
     """obstore's LocalStore writes a key's file as a temp file `<name>#<n>` beside it,
     then renames it: a name must leave room for that suffix in the local filesystem's 255
-    bytes, and must not look like such a file (obstore refuses those). A folder marker is
-    a directory (obstore lists an empty one as a prefix)."""
+    bytes, and must not look like such a file (obstore refuses those).
+
+    A folder marker is a directory marked with the extended attribute FOLDER_MARK: it
+    stays until it is removed, as a `dir/` key on S3, while a directory a put made goes
+    with its last key, as a prefix does (on a filesystem without user xattrs every folder
+    goes so). An empty directory counts as a marker too (another tool's, or an old one)."""
 
     name_max = 255 - len("#9999")
 
@@ -204,31 +208,44 @@ class LocalDirectoryCloud(ObjstoreCloud):
 
     async def put_marker(self, prefix: str) -> None:
         self.check_key(prefix)
-        await asyncio.to_thread(os.makedirs, self._root / prefix, exist_ok=True)
+        await asyncio.to_thread(_make_marked_folder, self._root / prefix)
 
     async def delete_marker(self, prefix: str) -> None:
-        """The directory goes if it is empty: a local folder is its own marker."""
+        """The directory goes if it is empty, and the unmarked ones it leaves empty."""
         self.check_key(prefix)
-        with contextlib.suppress(OSError):  # absent, or files below it keep it
-            await asyncio.to_thread(os.rmdir, self._root / prefix)
+        await asyncio.to_thread(self._remove_unmarked_from, self._root / prefix, True)
+
+    async def delete(self, key: str) -> None:
+        await super().delete(key)
+        await asyncio.to_thread(self._remove_unmarked_from, (self._root / key).parent, False)
+
+    def _remove_unmarked_from(self, folder: Path, marked_too: bool) -> None:
+        """Remove `folder` and its parents while they are empty and unmarked (`folder`
+        itself even if marked, given `marked_too`)."""
+        while folder != self._root and (marked_too or not _is_marked(folder)):
+            try:
+                folder.rmdir()
+            except OSError:  # absent, or keys below it keep it
+                return
+            folder, marked_too = folder.parent, False
 
     async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
-        """As the other stores: without `delimiter`, an empty folder (its marker) is listed
-        too, as `name/` (obstore lists files alone)."""
+        """As the other stores: without `delimiter`, the folders' markers are listed too,
+        as `name/` (obstore lists files alone)."""
         async for page in super().list(prefix, delimiter):
             yield page
         if not delimiter:
-            folders = await asyncio.to_thread(self._empty_folders, prefix.removesuffix("/"))
+            folders = await asyncio.to_thread(self._markers, prefix.removesuffix("/"))
             if folders:
                 yield ListPage(folders, [])
 
-    def _empty_folders(self, prefix: str) -> builtins.list[ObjectMeta]:
+    def _markers(self, prefix: str) -> builtins.list[ObjectMeta]:
         found = []
         for folder, subfolders, names in os.walk(self._root / prefix):
-            if not subfolders and not names and Path(folder) != self._root:
-                mtime = datetime.fromtimestamp(os.stat(folder).st_mtime, UTC)
-                key = f"{Path(folder).relative_to(self._root)}/"
-                found.append(ObjectMeta(key, 0, "", mtime))
+            path = Path(folder)
+            if path != self._root and (not (subfolders or names) or _is_marked(path)):
+                mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                found.append(ObjectMeta(f"{path.relative_to(self._root)}/", 0, "", mtime))
         return found
 
     def check_key(self, key: str) -> str:
@@ -244,6 +261,20 @@ class LocalDirectoryCloud(ObjstoreCloud):
 
 
 _LOCAL_TEMP_SUFFIX = re.compile(r"#\d+$")
+FOLDER_MARK = "user.tierfs.folder"
+
+
+def _make_marked_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # no user xattrs here: a folder unmarked
+        os.setxattr(folder, FOLDER_MARK, b"")
+
+
+def _is_marked(folder: Path) -> bool:
+    try:
+        return FOLDER_MARK in os.listxattr(folder)
+    except OSError:
+        return False
 
 
 def _is_http(endpoint: str | None) -> bool:
