@@ -218,7 +218,7 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
         assert mounted == local
 
 
-@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto", "local"])
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto", "azure", "gcp-native", "local"])
 def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
     mount_factory: Callable[..., Mount], tmp_path: Path, provider: str
 ) -> None:
@@ -230,7 +230,7 @@ def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
 
     def another_mount() -> Mount:
         other = mount_factory(provider, start=False, chunk_size=str(CHUNK))
-        shared = ("s3_bucket", "local_root")
+        shared = ("s3_bucket", "gcp_bucket", "azure_container", "local_root")
         other.flags |= {key: mount.flags[key] for key in shared if key in mount.flags}
         return other.start()
 

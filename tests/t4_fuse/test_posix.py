@@ -150,6 +150,34 @@ def test_a_file_removed_while_open_still_reads(mounted: Mount) -> None:
     assert os.listdir(mounted.path) == ["fetched.bin"]
 
 
+def test_a_file_moved_then_removed_while_open_reads_and_takes_writes(mounted: Mount) -> None:
+    """POSIX again, for a file tier 1 holds under another name only: moved (its copy is a
+    new version) and then removed, or replaced by a rename, while held open for writing.
+    The handle reads the bytes and takes writes, which go nowhere (the write was ENOENT,
+    the read ESTALE). Found by tests/t4_fuse/test_model.py."""
+    body = os.urandom(100)
+    (mounted.path / "b").write_bytes(body)
+    (mounted.path / "other").write_bytes(b"other")
+    removals = [
+        lambda: os.unlink(mounted.path / "moved"),
+        lambda: os.rename(mounted.path / "other", mounted.path / "moved"),
+    ]
+    for remove in removals:
+        fd = os.open(mounted.path / "b", os.O_RDWR)
+        try:
+            os.rename(mounted.path / "b", mounted.path / "moved")
+            remove()
+            assert os.pwrite(fd, b"x" * 100, 196607) == 100
+            assert os.pread(fd, 100, 0) == body
+            assert os.pread(fd, 100, 196607) == b"x" * 100
+        finally:
+            os.close(fd)
+        (mounted.path / "b").write_bytes(body)
+    assert sorted(os.listdir(mounted.path)) == ["b", "moved"]
+    assert cloud_bytes(mounted, "moved") == b"other"
+    assert cloud_bytes(mounted, "b") == body
+
+
 @pytest.mark.parametrize(
     ("action", "expected"),
     [

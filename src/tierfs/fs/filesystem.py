@@ -282,17 +282,28 @@ class Filesystem:
         path, entry = await self._existing(parent_inode, name)
         if entry.is_dir:
             raise IsDirectoryError(path)
+        await self._keep_for_open_handles(path)
         await self._unlink_open(path)
         if entry.version:  # "" is a file created here and never uploaded
             await self.cloud.delete(object_key(path, entry))
         self.names.note(path, None)
         self.inodes.remove(path)
 
+    async def _keep_for_open_handles(self, path: str) -> None:
+        """Before the file at `path` leaves the namespace, while its object is still there:
+        a handle open on it gets its bytes staged, to read and write on (to nowhere) as
+        POSIX has it. Tier 1 may not hold them all (a moved file's copy is a new version)."""
+        node = self.inodes.find(path)
+        opened = self._open.get(node.inode) if node else None
+        if opened is not None and opened.fd is None and opened.stream is None:
+            async with opened.lock:
+                await self._stage(opened, keep=opened.node.size)
+
     async def _unlink_open(self, path: str) -> None:
         """The file at `path` leaves the namespace (unlinked, or replaced by a rename): a
-        handle still open on it reads on from its object's chunks, and writes nowhere.
-        Returns once tier 1 has the chunks of its last upload (made in the background),
-        before the object goes: they are all such a handle can read."""
+        handle still open on it reads on from what `_keep_for_open_handles` staged, and
+        writes nowhere. Returns once tier 1 has the chunks of its last upload (made in the
+        background), before the object goes."""
         node = self.inodes.find(path)
         opened = self._open.get(node.inode) if node else None
         if opened is not None:
@@ -321,6 +332,8 @@ class Filesystem:
         if source.is_dir:
             await self._rename_tree(old, new)
         else:
+            if target is not None:
+                await self._keep_for_open_handles(new)
             await self._rename_file(old, new)
             await self._unlink_open(new)  # the file it replaced, if any
             if target is not None and target.version and target.is_link != source.is_link:
@@ -351,12 +364,19 @@ class Filesystem:
         self.names.note(old, None)
         copied = await self.cloud.head(destination)
         self.names.note(new, file_entry(copied))
+        if node is not None and node.version == entry.version:
+            # its handles read the copy, the same bytes (a new version but on S3, whose
+            # ETag is their MD5: an open handle's next read or write was ESTALE)
+            node.version = copied.version
         if node is not None and node.mtime_set_for == entry.version:
             node.mtime_set_for = copied.version  # the copy is the same file, moved
 
     async def _rename_tree(self, old: str, new: str) -> None:
         listed = (await self.cloud.list_all(old + "/", delimiter=False)).objects
-        below, markers = await self.cloud.markers_in(old, listed)
+        below, markers_below = await self.cloud.markers_in(old, listed)
+        # The folder's own marker too, listed or not (Azure lists `old/` as `old`, outside
+        # the listing of `old/`): the moved folder has one, the old name none.
+        markers = sorted({*markers_below, old})
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
         await _bounded(
@@ -372,10 +392,7 @@ class Filesystem:
         self.names.note(old, None)
         for folder in made_here:
             self.names.add_local_dir(new + folder[len(old) :])
-        if below or markers:
-            self.names.note(new, Entry(split(new)[1], True))
-        else:  # the bucket has nothing below it: it lives on this mount
-            self.names.add_local_dir(new)
+        self.names.note(new, Entry(split(new)[1], True))
 
     # -- attributes ---------------------------------------------------------------------
 
