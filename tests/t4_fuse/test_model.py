@@ -1,7 +1,8 @@
-"""Random programs of file and folder operations, run on a mount and on a local folder side
-by side (hypothesis's stateful testing): every call ends the same way on both (its bytes,
-or its errno), every folder lists the same after each step, and a fresh mount of the
-bucket afterwards (another cache directory) holds exactly what the local folder does."""
+"""Random programs of file and folder operations, handles held open across them, run on a
+mount and on a local folder side by side (hypothesis's stateful testing): every call ends
+the same way on both (its bytes, or its errno), the two trees match after each step, and
+at a program's end the bucket and a second node's mount hold what the local folder does;
+a fresh mount of the bucket at last holds all of it."""
 
 from __future__ import annotations
 
