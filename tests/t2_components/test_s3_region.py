@@ -10,7 +10,6 @@ import pytest
 
 import servers
 from tierfs.cloud.s3_region import find_region
-from tierfs.errors import ConfigError
 
 pytestmark = pytest.mark.asyncio
 
@@ -31,13 +30,6 @@ async def test_the_bucket_names_its_own_region(moto: servers.S3Server, aws_confi
     aws_config.write_text("[default]\nregion = ap-south-1\n")  # the bucket's wins over it
     assert await find_region(moto.create_bucket(region="eu-west-2"), moto.endpoint) == "eu-west-2"
     assert await find_region(moto.create_bucket(), moto.endpoint) == "us-east-1"
-
-
-async def test_a_bucket_that_does_not_exist_is_said_so(
-    moto: servers.S3Server, aws_config: Path
-) -> None:
-    with pytest.raises(ConfigError, match="S3 bucket 'no-such-bucket' does not exist"):
-        await find_region("no-such-bucket", moto.endpoint)
 
 
 async def test_where_the_bucket_does_not_say_the_configured_region_is_used(

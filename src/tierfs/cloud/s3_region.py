@@ -15,8 +15,6 @@ from urllib.parse import quote
 
 import aiohttp
 
-from tierfs.errors import ConfigError
-
 log = logging.getLogger(__name__)
 
 AWS_GLOBAL_ENDPOINT = "https://s3.amazonaws.com"
@@ -25,7 +23,7 @@ ASK_DEADLINE = 5.0  # seconds: a bucket that does not answer leaves the configur
 
 
 async def find_region(bucket: str, endpoint: str | None) -> str:
-    """The region to sign `bucket`'s requests for; ConfigError if the bucket does not exist."""
+    """The region to sign `bucket`'s requests for."""
     region, source = await bucket_region(bucket, endpoint), "the bucket's"
     if not region:
         region, source = configured_region(), "configured"
@@ -37,7 +35,8 @@ async def find_region(bucket: str, endpoint: str | None) -> str:
 
 async def bucket_region(bucket: str, endpoint: str | None) -> str | None:
     """What an unsigned HEAD of the bucket says of its region (None: nothing, as most
-    S3-compatible stores, or no answer in ASK_DEADLINE); ConfigError on 404."""
+    S3-compatible stores, or no answer in ASK_DEADLINE). A bucket that does not exist is
+    for `providers.check_bucket` to say."""
     url = f"{(endpoint or AWS_GLOBAL_ENDPOINT).rstrip('/')}/{quote(bucket, safe='')}"
     try:
         timeout = aiohttp.ClientTimeout(total=ASK_DEADLINE)
@@ -45,10 +44,7 @@ async def bucket_region(bucket: str, endpoint: str | None) -> str | None:
             aiohttp.ClientSession(timeout=timeout) as session,
             session.head(url, allow_redirects=False) as response,
         ):
-            region = response.headers.get("x-amz-bucket-region")
-            if response.status == 404 and not region:
-                raise ConfigError(f"S3 bucket {bucket!r} does not exist (at {url})")
-            return region or None
+            return response.headers.get("x-amz-bucket-region") or None
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("S3 bucket %s: its region could not be asked (%s)", bucket, exc or type(exc))
         return None
