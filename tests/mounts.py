@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import servers
 from tierfs.cloud.base import CloudStore
@@ -32,9 +35,10 @@ def is_mounted(path: Path) -> bool:
 
 
 def is_serving(path: Path) -> bool:
-    """A live filesystem answers at `path` (a stale mount fails stat with ENOTCONN)."""
+    """A live filesystem answers at `path` (a stale mount fails statfs with ENOTCONN; not
+    stat, which for a second after a crash the kernel may answer from its cache)."""
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError:
         return False
     return is_mounted(path)
@@ -130,6 +134,13 @@ class Mount:
 def cloud_of(mount: Mount) -> CloudStore:
     """A CloudStore on the bucket behind `mount`, to check what really reached the cloud."""
     return open_store(load_settings(ClientSettings, mount.flags, mount.env))
+
+
+def node_stats(mount: Mount) -> Any:
+    """The node's counters (`GET /api/cache/stats` of its peer API)."""
+    url = f"http://127.0.0.1:{mount.flags['port']}/api/cache/stats"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
 
 
 def cloud_bytes(mount: Mount, key: str) -> bytes | None:

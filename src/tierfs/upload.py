@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -99,7 +98,6 @@ class Uploader:
         self.chunk_size = chunk_size
         self.peers = peers
         self._promotions: set[asyncio.Task[None]] = set()
-        self._promoting: dict[str, asyncio.Task[None]] = {}  # by key: its latest promotion
         self._abandoned: set[asyncio.Task[None]] = set()
         self._early: set[EarlyUpload] = set()  # started, neither finished nor abandoned
 
@@ -126,20 +124,8 @@ class Uploader:
             return meta
         task = asyncio.create_task(self._promote(meta, source), name=f"promote {key}")
         self._promotions.add(task)
-        self._promoting[key] = task
-        task.add_done_callback(partial(self._promoted, key))
+        task.add_done_callback(self._promotions.discard)
         return meta
-
-    def _promoted(self, key: str, task: asyncio.Task[None]) -> None:
-        self._promotions.discard(task)
-        if self._promoting.get(key) is task:
-            del self._promoting[key]
-
-    async def promoted(self, key: str) -> None:
-        """Return once the tier-1 copy of `key`'s last upload is made (or given up)."""
-        task = self._promoting.get(key)
-        if task is not None:
-            await asyncio.wait([task])
 
     async def _finish(self, key: str, early: EarlyUpload) -> ObjectMeta | None:
         """The object that `early` uploaded, or None if the file must be put whole."""

@@ -62,6 +62,21 @@ def test_kill_9_before_upload_loses_nothing(mount_factory: object) -> None:
     assert "stale mount" in mount.log_tail(200)
 
 
+def test_a_client_started_at_once_after_a_crash_cleans_up_the_stale_mount(
+    mount_factory: object,
+) -> None:
+    """Within a second of the crash the kernel still answers `stat` of the mount point
+    from its cache, as if the mount were alive: the new client said "busy" and exited 1
+    (a service manager restarting it at once would fail the same way)."""
+    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    (mount.path / "kept.txt").write_bytes(b"kept")
+    os.stat(mount.path)  # its attributes in the kernel's cache
+    mount.kill()
+    mount.start()
+    assert (mount.path / "kept.txt").read_bytes() == b"kept"
+    assert "stale mount" in mount.log_tail(200)
+
+
 def test_kill_9_after_renaming_the_folder_of_a_dirty_file_puts_it_where_it_was_moved(
     mount_factory: object,
 ) -> None:

@@ -1,8 +1,9 @@
-"""Random programs of file and folder operations, handles held open across them, run on a
-mount and on a local folder side by side (hypothesis's stateful testing): every call ends
-the same way on both (its bytes, or its errno), the two trees match after each step, and
-at a program's end the bucket and a second node's mount hold what the local folder does;
-a fresh mount of the bucket at last holds all of it."""
+"""Random programs of file, folder and symbolic-link operations, handles opened in every
+mode and held open across them, run on a mount and on a local folder side by side
+(hypothesis's stateful testing): every call ends the same way on both (its bytes, or its
+errno), the two trees match after each step, and at a program's end the bucket and a
+second node's mount hold what the local folder does; a fresh mount of the bucket at last
+holds all of it."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from mounts import Mount, cloud_of
+from mounts import Mount, cloud_of, node_stats
+from tierfs.fs.metadata import LINK_SUFFIX
 
 CHUNK = 64 * 2**10  # the mount's chunk size: small writes cross chunk edges
+TIGHT_TIER1 = 4 * CHUNK  # a tier 1 that evicts all the time
 FILES = ["a", "b", "d/a", "d/b", "d/e/a", "e/a"]
 FOLDERS = ["d", "e", "d/e"]
 offsets = st.sampled_from([0, 1, 4095, CHUNK - 3, CHUNK, CHUNK + 5000, 3 * CHUNK - 1])
@@ -45,6 +48,18 @@ payloads = st.builds(
     st.integers(0, 2**32),
     st.sampled_from([0, 1, 100, 4096, CHUNK - 1, CHUNK + 7, 2 * CHUNK]),
 )
+# where links point: files and folders of the program, above it, and nowhere
+link_targets = st.sampled_from(["a", "d", "d/a", "e/a", "../a", "nowhere", "/nowhere"])
+# how a handle is opened: flags besides O_CREAT
+open_modes = {
+    "read": os.O_RDONLY,
+    "write": os.O_WRONLY,
+    "read-write": os.O_RDWR,
+    "truncate": os.O_RDWR | os.O_TRUNC,
+    "append": os.O_WRONLY | os.O_APPEND,
+    "read-append": os.O_RDWR | os.O_APPEND,
+    "exclusive": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+}
 Outcome = tuple[str, Any]
 
 
@@ -69,16 +84,24 @@ def append(path: Path, data: bytes) -> None:
         file.write(data)
 
 
+def file_entry(data: bytes) -> str:
+    """How `tree` names a file: its size and digest."""
+    return f"{len(data)} bytes {hashlib.sha256(data).hexdigest()[:16]}"
+
+
 def tree(root: Path) -> dict[str, str]:
-    """Every folder and file below `root`, a file by its size and digest."""
+    """Every folder, file and link below `root`: a file by its size and digest, a link by
+    its target."""
     found: dict[str, str] = {}
     for folder, subfolders, names in os.walk(root):
-        for name in subfolders:
-            found[os.path.relpath(Path(folder, name), root)] = "folder"
-        for name in names:
-            data = Path(folder, name).read_bytes()
-            digest = hashlib.sha256(data).hexdigest()[:16]
-            found[os.path.relpath(Path(folder, name), root)] = f"{len(data)} bytes {digest}"
+        for name in [*subfolders, *names]:
+            path = Path(folder, name)
+            if path.is_symlink():
+                found[os.path.relpath(path, root)] = f"link to {os.readlink(path)}"
+            elif name in subfolders:
+                found[os.path.relpath(path, root)] = "folder"
+            else:
+                found[os.path.relpath(path, root)] = file_entry(path.read_bytes())
     return found
 
 
@@ -93,8 +116,11 @@ def bucket_tree(mount: Mount, folder: str) -> dict[str, str]:
             found = {}
             for meta in files:
                 data = await cloud.get_range(meta.key, 0, meta.size, meta.version)
-                digest = hashlib.sha256(data).hexdigest()[:16]
-                found[meta.key[len(folder) + 1 :]] = f"{len(data)} bytes {digest}"
+                name = meta.key[len(folder) + 1 :]
+                if name.endswith(LINK_SUFFIX):
+                    found[name.removesuffix(LINK_SUFFIX)] = f"link to {bytes(data).decode()}"
+                else:
+                    found[name] = file_entry(data)
             for path in [*found, *(marker[len(folder) + 1 :] + "/" for marker in markers)]:
                 parents = path.split("/")[:-1]  # a marker's own name among them
                 for depth in range(1, len(parents) + 1):
@@ -116,6 +142,7 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     local_root: Path
     programs = itertools.count()
     handles = Bundle("handles")
+    slowness = 1  # the programs run are MODEL_EXAMPLES / slowness
 
     def __init__(self) -> None:
         super().__init__()
@@ -176,9 +203,24 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     def rename(self, source: str, destination: str) -> None:
         self.both(os.rename, source, destination)
 
-    @rule(target=handles, path=st.sampled_from(FILES), create=st.booleans())
-    def open_handle(self, path: str, create: bool) -> tuple[int, int] | MultipleResults[Any]:
-        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    @rule(path=st.sampled_from(FILES + FOLDERS), pointing_to=link_targets)
+    def symlink(self, path: str, pointing_to: str) -> None:
+        self.both(lambda p: os.symlink(pointing_to, p), path)
+
+    @rule(path=st.sampled_from(FILES + FOLDERS))
+    def readlink(self, path: str) -> None:
+        self.both(os.readlink, path)
+
+    @rule(
+        target=handles,
+        path=st.sampled_from(FILES),
+        mode=st.sampled_from(sorted(open_modes)),
+        create=st.booleans(),
+    )
+    def open_handle(
+        self, path: str, mode: str, create: bool
+    ) -> tuple[int, int] | MultipleResults[Any]:
+        flags = open_modes[mode] | (os.O_CREAT if create else 0)
         local, mounted = (
             outcome(lambda r=root: os.open(r / path, flags, 0o644)) for root in self.roots
         )
@@ -193,6 +235,18 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     @rule(handle=handles, offset=offsets, data=payloads)
     def write_through_handle(self, handle: tuple[int, int], offset: int, data: bytes) -> None:
         self.on_handle(handle, lambda fd: os.pwrite(fd, data, offset))
+
+    @rule(handle=handles, data=payloads)
+    def write_at_the_handles_offset(self, handle: tuple[int, int], data: bytes) -> None:
+        self.on_handle(handle, lambda fd: os.write(fd, data))
+
+    @rule(handle=handles, offset=offsets)
+    def seek(self, handle: tuple[int, int], offset: int) -> None:
+        self.on_handle(handle, lambda fd: os.lseek(fd, offset, os.SEEK_SET))
+
+    @rule(handle=handles, size=offsets)
+    def truncate_through_handle(self, handle: tuple[int, int], size: int) -> None:
+        self.on_handle(handle, lambda fd: os.ftruncate(fd, size))
 
     @rule(handle=handles, offset=offsets, size=st.sampled_from([1, 4096, CHUNK + 1, 4 * CHUNK]))
     def read_through_handle(self, handle: tuple[int, int], offset: int, size: int) -> None:
@@ -219,36 +273,76 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
         assert mounted == local
 
 
-@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto", "azure", "gcp-native", "local"])
+class CrashingMount(MountAgainstLocalFolder):
+    """The same programs, where the client may also be killed (SIGKILL) between two calls
+    and started again on its cache dir: every write a call returned from is then in the
+    bucket, open or not (the journal), and the handles of the dead mount are gone."""
+
+    slowness = 4  # a restart takes a second or two: a quarter as many programs
+
+    @rule()
+    def crash_and_restart(self) -> None:
+        self.mount.kill()
+        for local_fd, mount_fd in self.open:
+            os.close(local_fd)
+            with contextlib.suppress(OSError):
+                os.close(mount_fd)  # of the dead mount
+        self.open.clear()
+        self.mount.start()
+
+
+@pytest.mark.parametrize(
+    ("provider", "tier1", "machine"),
+    [
+        *(
+            pytest.param(provider, "10GiB", MountAgainstLocalFolder, id=provider)
+            for provider in ["s3-seaweedfs", "s3-moto", "azure", "gcp-native", "local"]
+        ),
+        pytest.param(
+            "s3-moto", str(TIGHT_TIER1), MountAgainstLocalFolder, id="s3-moto-tier1-of-4-chunks"
+        ),
+        pytest.param("s3-moto", "10GiB", CrashingMount, id="s3-moto-crashing"),
+        pytest.param("local", "10GiB", CrashingMount, id="local-crashing"),
+    ],
+)
 def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
-    mount_factory: Callable[..., Mount], tmp_path: Path, provider: str
+    mount_factory: Callable[..., Mount],
+    tmp_path: Path,
+    provider: str,
+    tier1: str,
+    machine: type[MountAgainstLocalFolder],
 ) -> None:
     """Each program checked at its end on the bucket and through a second mount of it
     (another node, its own cache), and all of them at last through a fresh mount, but on
     SeaweedFS: its cleaner of emptied folders deletes, 20-40 s after they were written,
     some objects written under or at the name of a folder emptied just before
-    (docs/SEMANTICS.md), which the programs do all the time."""
+    (docs/SEMANTICS.md), which the programs do all the time. On every store, and once with
+    a tier 1 of 4 chunks, which evicts what the programs read and write, and with crashes.
+    MODEL_EXAMPLES (40) programs each, a quarter as many with crashes: more for a longer
+    hunt."""
 
     def another_mount() -> Mount:
-        other = mount_factory(provider, start=False, chunk_size=str(CHUNK))
+        other = mount_factory(provider, start=False, chunk_size=str(CHUNK), nvme_size=tier1)
         shared = ("s3_bucket", "gcp_bucket", "azure_container", "local_root")
         other.flags |= {key: mount.flags[key] for key in shared if key in mount.flags}
         return other.start()
 
-    mount = mount_factory(provider, chunk_size=str(CHUNK))
-    MountAgainstLocalFolder.mount, MountAgainstLocalFolder.observer = mount, another_mount()
-    MountAgainstLocalFolder.local_root = tmp_path / "local"
-    MountAgainstLocalFolder.local_root.mkdir()
+    mount = mount_factory(provider, chunk_size=str(CHUNK), nvme_size=tier1)
+    machine.mount, machine.observer = mount, another_mount()
+    machine.local_root = tmp_path / "local"
+    machine.local_root.mkdir()
     run_state_machine_as_test(
-        MountAgainstLocalFolder,
+        machine,
         settings=settings(
-            max_examples=40,
+            max_examples=int(os.environ.get("MODEL_EXAMPLES", "40")) // machine.slowness,
             stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         ),
     )
+    if tier1 == str(TIGHT_TIER1):
+        assert node_stats(mount)["evictions"] > 0
     mount.stop()
-    MountAgainstLocalFolder.observer.stop()
+    machine.observer.stop()
     if provider != "s3-seaweedfs":
-        assert tree(another_mount().path) == tree(MountAgainstLocalFolder.local_root)
+        assert tree(another_mount().path) == tree(machine.local_root)

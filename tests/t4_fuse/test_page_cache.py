@@ -5,32 +5,22 @@ file's."""
 from __future__ import annotations
 
 import errno
-import json
 import mmap
 import os
 import random
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 
-from mounts import Mount, cloud_bytes, cloud_put
+from mounts import Mount, cloud_bytes, cloud_put, node_stats
 from pagecache import cached_page_count, cached_pages
 
 CHUNK = 2**20
 PAGE = mmap.PAGESIZE
-
-
-def node_stats(mount: Mount) -> Any:
-    """The node's counters (`GET /api/cache/stats` of its peer API)."""
-    url = f"http://127.0.0.1:{mount.flags['port']}/api/cache/stats"
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        return json.loads(answer.read())
 
 
 def wait_for_pages(fd: int, pages: set[int], size: int) -> None:

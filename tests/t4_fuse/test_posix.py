@@ -128,8 +128,16 @@ def test_a_file_being_written_stays_in_its_new_directory_past_the_metadata_ttl(
 
 def test_a_file_removed_while_open_still_reads(mounted: Mount) -> None:
     """POSIX: a file unlinked, or replaced by a rename, lives on for those who hold it
-    open. Its bytes come from tier 1, which has them once this mount wrote or read them
-    (the reads failed with EINVAL: they asked the cloud for the inode's detached name)."""
+    open. Its bytes are staged at the removal, from tier 1 or from the cloud while the
+    object is still there (the reads failed with EINVAL: they asked the cloud for the
+    inode's detached name; then ESTALE for a large file removed at once after its upload,
+    before tier 1 had its chunks)."""
+    large = os.urandom(64 * 2**20)
+    (mounted.path / "large.bin").write_bytes(large)
+    with open(mounted.path / "large.bin", "rb", buffering=0) as held:  # at once
+        os.unlink(mounted.path / "large.bin")
+        evict(held.fileno(), len(large))
+        assert held.read() == large
     written = os.urandom(3 * 2**20 + 5)
     (mounted.path / "written.bin").write_bytes(written)
     cloud_put(mounted, "fetched.bin", os.urandom(2**20))
@@ -146,6 +154,7 @@ def test_a_file_removed_while_open_still_reads(mounted: Mount) -> None:
             assert held.read() == body
             assert os.pread(held.fileno(), 100, 2**20 - 50) == body[2**20 - 50 : 2**20 + 50]
     assert cloud_bytes(mounted, "written.bin") is None
+    assert cloud_bytes(mounted, "large.bin") is None
     assert cloud_bytes(mounted, "fetched.bin") == b"other"
     assert os.listdir(mounted.path) == ["fetched.bin"]
 

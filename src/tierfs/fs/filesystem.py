@@ -283,7 +283,7 @@ class Filesystem:
         if entry.is_dir:
             raise IsDirectoryError(path)
         await self._keep_for_open_handles(path)
-        await self._unlink_open(path)
+        self._unlink_open(path)
         if entry.version:  # "" is a file created here and never uploaded
             await self.cloud.delete(object_key(path, entry))
         self.names.note(path, None)
@@ -299,11 +299,10 @@ class Filesystem:
             async with opened.lock:
                 await self._stage(opened, keep=opened.node.size)
 
-    async def _unlink_open(self, path: str) -> None:
+    def _unlink_open(self, path: str) -> None:
         """The file at `path` leaves the namespace (unlinked, or replaced by a rename): a
         handle still open on it reads on from what `_keep_for_open_handles` staged, and
-        writes nowhere. Returns once tier 1 has the chunks of its last upload (made in the
-        background), before the object goes."""
+        writes nowhere."""
         node = self.inodes.find(path)
         opened = self._open.get(node.inode) if node else None
         if opened is not None:
@@ -311,7 +310,6 @@ class Filesystem:
             self._abandon_early(opened)
             if opened.staging is not None:
                 self.uploader.journal.done(opened.staging)
-            await self.uploader.promoted(path)
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
         """Move a file or a directory tree (copy + delete in the cloud), replacing a file."""
@@ -335,7 +333,7 @@ class Filesystem:
             if target is not None:
                 await self._keep_for_open_handles(new)
             await self._rename_file(old, new)
-            await self._unlink_open(new)  # the file it replaced, if any
+            self._unlink_open(new)  # the file it replaced, if any
             if target is not None and target.version and target.is_link != source.is_link:
                 await self.cloud.delete(object_key(new, target))  # not replaced by the copy
         self.inodes.move(old, new)

@@ -32,14 +32,15 @@ def prepare_mountpoint(mountpoint: Path) -> None:
     """Raise MountError unless `mountpoint` is an empty-handed directory we can mount on.
 
     A stale mount left by a crashed tierfs ("Transport endpoint is not connected") is
-    unmounted first.
+    unmounted first. It is found by `statfs`, which the kernel always asks the filesystem:
+    for a second after a crash, `stat` may still be answered from cached attributes.
     """
     if not FUSE_DEVICE.exists():
         raise MountError(f"{FUSE_DEVICE} is missing: this machine cannot mount FUSE filesystems")
     if shutil.which("fusermount3") is None:
         raise MountError("fusermount3 is not installed (Debian: apt-get install fuse3)")
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except FileNotFoundError:
         raise MountError(f"mount point {mountpoint} does not exist") from None
     except OSError as exc:
