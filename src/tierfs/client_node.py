@@ -22,7 +22,7 @@ from tierfs.coordinator.models import TierBytes
 from tierfs.fs.filesystem import Filesystem, Ownership
 from tierfs.fs.handles import Staging
 from tierfs.fuse.mount import prepare_mountpoint, serve
-from tierfs.fuse.operations import Operations
+from tierfs.fuse.operations import KERNEL_TTL, Operations
 from tierfs.fuse.page_cache import KernelPageCache
 from tierfs.memory import free_held_memory_forever, limit_malloc_arenas
 from tierfs.peer.app import create_app, start_site
@@ -153,7 +153,7 @@ async def run_client(settings: ClientSettings) -> None:
         )
         log.info("node %s: %s through %s", settings.node_id, cloud.url, settings.nvme)
         await serve(
-            Operations(fs, direct_io=settings.direct_io),
+            Operations(fs, min(KERNEL_TTL, settings.metadata_ttl), settings.direct_io),
             settings.mount,
             fsname=f"tierfs:{cloud.url}",
             read_only=settings.read_only,

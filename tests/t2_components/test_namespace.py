@@ -65,7 +65,7 @@ async def test_a_cached_listing_follows_this_mounts_changes(tmp_path: Path) -> N
         assert [e.name for e in await names.listdir("dir")] == ["b.bin", "d.bin"]
         names.note("dir/c.bin", Entry("c.bin", False, 3, 0, "v1"))
         names.note("dir/b.bin", None)
-        names.add_local_dir("dir/a")
+        names.made_dir("dir/a")
         assert [(e.name, e.is_dir) for e in await names.listdir("dir")] == [
             ("a", True),
             ("c.bin", False),
@@ -84,9 +84,9 @@ async def test_a_cached_listing_follows_this_mounts_changes(tmp_path: Path) -> N
 async def test_every_page_of_a_listing_with_local_entries_continues_where_the_last_ended(
     tmp_path: Path,
 ) -> None:
-    """Each readdir page asks for the entries from an index on. With directories made here
-    and files being written mixed among the bucket's, every start gives exactly the rest of
-    the whole sorted listing: nothing repeated, nothing skipped."""
+    """Each readdir page asks for the entries from an index on. With files being written
+    mixed among the bucket's files and folders, every start gives exactly the rest of the
+    whole sorted listing: nothing repeated, nothing skipped."""
     cloud = open_store(settings_for("local", None, tmp_path))
     try:
         listed = [f"f{n:03d}.bin" for n in range(0, 300, 3)]
@@ -94,9 +94,9 @@ async def test_every_page_of_a_listing_with_local_entries_continues_where_the_la
             await cloud.put(f"dir/{name}", b"x")
         names = Namespace(cloud, 60.0)
         made = ["a-first", "f050", "f150.d", "zz-last"]
-        for name in made:
-            names.add_local_dir(f"dir/{name}")
-        names.add_local_dir("elsewhere/f001")  # another directory's: not listed here
+        for folder in [*(f"dir/{name}" for name in made), "elsewhere/f001"]:
+            await cloud.put_marker(folder)  # as mkdir does
+            names.made_dir(folder)
         unsaved = [Entry(f"f{n:03d}.new", False, n, 0, "") for n in (1, 2, 200, 299)]
         unsaved.append(Entry("f003.bin", False, 9, 0, ""))  # the bucket's entry wins
         whole = sorted([*listed, *made, *(e.name for e in unsaved[:-1])])
@@ -130,9 +130,9 @@ async def test_forgetting_a_directory_forgets_all_below_it_and_nothing_beside_it
         assert [e.name for e in await names.listdir("t/a")] == ["b", "x"]
         assert [e.name for e in await names.listdir("t/ab")] == ["z"]
         assert await names.stat("t/a/b/c/d/y") is not None
-        names.add_local_dir("t/a/new")
-        names.add_local_dir("t/ab/new")
-        assert names.local_dirs_at_or_below("t/a") == ["t/a/new"]
+        names.made_dir("t/a/new")  # made here, as far as the cache knows
+        names.made_dir("t/ab/new")
+        assert [e.name for e in await names.listdir("t/a")] == ["b", "new", "x"]
         for key in ("t/a/x", "t/a/b/c/d/y"):  # changed behind the cached answers
             await cloud.delete(key)
         await cloud.put("t/a/w", b"x")
@@ -142,8 +142,8 @@ async def test_forgetting_a_directory_forgets_all_below_it_and_nothing_beside_it
 
         assert await names.stat("t/a/b/c/d/y") is None
         assert [e.name for e in await names.listdir("t/a")] == ["w"]
-        assert not names.is_local_dir("t/a/new") and names.local_dirs_at_or_below("t/a") == []
+        assert await names.stat("t/a/new") is None  # the bucket has no marker of it
         assert [e.name for e in await names.listdir("t/ab")] == ["new", "z"]  # still cached
-        assert names.local_dirs_at_or_below("t/ab") == ["t/ab/new"]
+        assert await names.stat("t/ab/new") is not None
     finally:
         await cloud.close()

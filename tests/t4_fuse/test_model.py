@@ -29,6 +29,7 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     multiple,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -37,9 +38,10 @@ from mounts import Mount, cloud_of, node_stats
 from tierfs.fs.metadata import LINK_SUFFIX
 
 CHUNK = 64 * 2**10  # the mount's chunk size: small writes cross chunk edges
-TIGHT_TIER1 = 4 * CHUNK  # a tier 1 that evicts all the time
-FILES = ["a", "b", "d/a", "d/b", "d/e/a", "e/a"]
-FOLDERS = ["d", "e", "d/e"]
+# names URLs must escape (a space, %, +, ?, #, &, =, non-ASCII) and one that looks escaped
+ODD = "ü +%2F?#&=.x"
+FILES = ["a", "b", "d/a", "d/b", "d/e/a", "e/a", f"e/{ODD}", f"{ODD}/a"]
+FOLDERS = ["d", "e", "d/e", ODD]
 offsets = st.sampled_from([0, 1, 4095, CHUNK - 3, CHUNK, CHUNK + 5000, 3 * CHUNK - 1])
 # bytes of a length around the sizes that matter, from a seed (hypothesis's own draws are
 # kept small)
@@ -49,7 +51,7 @@ payloads = st.builds(
     st.sampled_from([0, 1, 100, 4096, CHUNK - 1, CHUNK + 7, 2 * CHUNK]),
 )
 # where links point: files and folders of the program, above it, and nowhere
-link_targets = st.sampled_from(["a", "d", "d/a", "e/a", "../a", "nowhere", "/nowhere"])
+link_targets = st.sampled_from(["a", "d", "d/a", "e/a", f"{ODD}/a", "../a", "nowhere", "/nowhere"])
 # how a handle is opened: flags besides O_CREAT
 open_modes = {
     "read": os.O_RDONLY,
@@ -143,6 +145,8 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     programs = itertools.count()
     handles = Bundle("handles")
     slowness = 1  # the programs run are MODEL_EXAMPLES / slowness
+    flags: dict[str, str] = {}  # of both nodes' clients
+    holds_handles = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -211,6 +215,7 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     def readlink(self, path: str) -> None:
         self.both(os.readlink, path)
 
+    @precondition(lambda self: self.holds_handles)
     @rule(
         target=handles,
         path=st.sampled_from(FILES),
@@ -291,43 +296,66 @@ class CrashingMount(MountAgainstLocalFolder):
         self.mount.start()
 
 
+class SmallTier1(MountAgainstLocalFolder):
+    """The same programs on a tier 1 of 4 chunks, which evicts all the time."""
+
+    flags = {"nvme_size": str(4 * CHUNK)}
+
+
+class TwoNodes(MountAgainstLocalFolder):
+    """The calls of a program go to one node, then to another (each mounts the bucket
+    with a metadata TTL of 0: it sees the other's changes at its next call). No handle is
+    held across calls: close-to-open is what nodes promise each other."""
+
+    flags = {"metadata_ttl": "0"}
+    holds_handles = False
+    slowness = 8  # every lookup asks the bucket: an eighth as many programs
+
+    @rule()
+    def switch_node(self) -> None:
+        mounted = self.roots[1]
+        nodes = [self.mount.path, self.observer.path]
+        other = nodes[1 - nodes.index(mounted.parent)]
+        self.roots = (self.roots[0], other / mounted.name)
+
+
 @pytest.mark.parametrize(
-    ("provider", "tier1", "machine"),
+    ("provider", "machine"),
     [
         *(
-            pytest.param(provider, "10GiB", MountAgainstLocalFolder, id=provider)
+            pytest.param(provider, MountAgainstLocalFolder, id=provider)
             for provider in ["s3-seaweedfs", "s3-moto", "azure", "gcp-native", "local"]
         ),
-        pytest.param(
-            "s3-moto", str(TIGHT_TIER1), MountAgainstLocalFolder, id="s3-moto-tier1-of-4-chunks"
-        ),
-        pytest.param("s3-moto", "10GiB", CrashingMount, id="s3-moto-crashing"),
-        pytest.param("local", "10GiB", CrashingMount, id="local-crashing"),
+        pytest.param("s3-moto", SmallTier1, id="s3-moto-tier1-of-4-chunks"),
+        pytest.param("s3-moto", CrashingMount, id="s3-moto-crashing"),
+        pytest.param("local", CrashingMount, id="local-crashing"),
+        pytest.param("local", TwoNodes, id="local-two-nodes"),
+        pytest.param("azure", TwoNodes, id="azure-two-nodes"),
+        pytest.param("gcp-native", TwoNodes, id="gcp-native-two-nodes"),
     ],
 )
 def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
     mount_factory: Callable[..., Mount],
     tmp_path: Path,
     provider: str,
-    tier1: str,
     machine: type[MountAgainstLocalFolder],
 ) -> None:
     """Each program checked at its end on the bucket and through a second mount of it
     (another node, its own cache), and all of them at last through a fresh mount, but on
     SeaweedFS: its cleaner of emptied folders deletes, 20-40 s after they were written,
     some objects written under or at the name of a folder emptied just before
-    (docs/SEMANTICS.md), which the programs do all the time. On every store, and once with
-    a tier 1 of 4 chunks, which evicts what the programs read and write, and with crashes.
-    MODEL_EXAMPLES (40) programs each, a quarter as many with crashes: more for a longer
-    hunt."""
+    (docs/SEMANTICS.md), which the programs do all the time. On every store; then on a
+    tier 1 that evicts, with crashes, and on two nodes taking turns. MODEL_EXAMPLES (40)
+    programs each, a quarter as many with crashes, an eighth on two nodes (moto is too slow
+    for that: each lookup asks it): more for a longer hunt."""
 
     def another_mount() -> Mount:
-        other = mount_factory(provider, start=False, chunk_size=str(CHUNK), nvme_size=tier1)
+        other = mount_factory(provider, start=False, chunk_size=str(CHUNK), **machine.flags)
         shared = ("s3_bucket", "gcp_bucket", "azure_container", "local_root")
         other.flags |= {key: mount.flags[key] for key in shared if key in mount.flags}
         return other.start()
 
-    mount = mount_factory(provider, chunk_size=str(CHUNK), nvme_size=tier1)
+    mount = mount_factory(provider, chunk_size=str(CHUNK), **machine.flags)
     machine.mount, machine.observer = mount, another_mount()
     machine.local_root = tmp_path / "local"
     machine.local_root.mkdir()
@@ -340,7 +368,7 @@ def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         ),
     )
-    if tier1 == str(TIGHT_TIER1):
+    if machine is SmallTier1:
         assert node_stats(mount)["evictions"] > 0
     mount.stop()
     machine.observer.stop()

@@ -472,18 +472,26 @@ def test_a_folder_marker_is_no_entry_of_its_folder(
     assert keys() == []
 
 
-@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
+@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs", "azure", "gcp-native"])
 def test_an_empty_directory_is_in_the_bucket_for_every_node(
     mount_factory: Callable[..., Mount], provider: str
 ) -> None:
-    """mkdir writes the folder's marker: the directory shows on another node and after a
-    restart, and an rmdir anywhere removes it for all."""
+    """mkdir writes the folder's marker: the directory shows on another node (looked up at
+    once, or listed) and after a restart, and an rmdir anywhere removes it for all (the
+    node that made it showed it on: Azure found it only through a listing)."""
     first = mount_factory(provider, metadata_ttl="0.1s")
-    shared = {key: first.flags[key] for key in ("s3_bucket", "local_root") if key in first.flags}
+    names = ("s3_bucket", "local_root", "azure_container", "gcp_bucket")
+    shared = {key: first.flags[key] for key in names if key in first.flags}
     second = mount_factory(provider, metadata_ttl="0.1s", **shared)
     (first.path / "a/b/c").mkdir(parents=True)
     (first.path / "a/file").write_bytes(b"f")
     time.sleep(0.3)  # past the TTL
+    assert stat.S_ISDIR(os.stat(second.path / "a/b/c").st_mode)  # no listing before
+    (second.path / "a/b/c").rmdir()
+    time.sleep(0.3)
+    assert os.listdir(first.path / "a/b") == []
+    (first.path / "a/b/c").mkdir()
+    time.sleep(0.3)
     assert sorted(os.listdir(second.path / "a")) == ["b", "file"]
     assert os.listdir(second.path / "a/b") == ["c"]
     first.stop()

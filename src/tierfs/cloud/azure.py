@@ -173,6 +173,19 @@ class AzureBlobCloud(ObjstoreCloud):
     async def delete_marker(self, prefix: str) -> None:
         await self._marker("DELETE", prefix)
 
+    async def has_own_marker(self, prefix: str) -> bool:
+        self.check_key(prefix)
+        marker = prefix + "/"
+
+        async def head() -> bool:
+            try:
+                async with self._request("HEAD", marker):
+                    return True
+            except ObjectNotFoundError:
+                return False
+
+        return await self._call("HEAD", marker, head)
+
     async def _marker(self, method: str, prefix: str) -> None:
         self.check_key(prefix)
         marker = prefix + "/"

@@ -141,6 +141,12 @@ class CloudStore(abc.ABC):
     async def delete_marker(self, prefix: str) -> None:
         """Remove the folder marker of `prefix`; none there is not an error."""
 
+    async def has_own_marker(self, prefix: str) -> bool:
+        """Whether the folder marker of `prefix` is there, asked when a listing of
+        `prefix/` held nothing. Such a listing shows the marker on most stores, so no;
+        Azure's (obstore's) leaves it out, and asks."""
+        return False
+
     async def markers_in(
         self, prefix: str, objects: Sequence[ObjectMeta]
     ) -> tuple[builtins.list[ObjectMeta], builtins.list[str]]:

@@ -223,7 +223,7 @@ class Filesystem:
         more (SeaweedFS lists an emptied prefix for minutes: `rm -rf` said ENOTEMPTY)."""
         prefixes = False
         for entry in await self._entries(path):
-            if not entry.is_dir or self.names.is_local_dir(join(path, entry.name)):
+            if not entry.is_dir:
                 return False
             prefixes = True
         return not prefixes or not await self.names.has_keys_below(path)
@@ -240,7 +240,7 @@ class Filesystem:
         if await self._stat(path) is not None:
             raise EntryExistsError(path)
         await self.cloud.put_marker(path)
-        self.names.add_local_dir(path)
+        self.names.made_dir(path)
         node = self.inodes.ensure(path, is_dir=True)
         node.mtime_ns, node.mode = time.time_ns(), mode
         return node
@@ -384,12 +384,9 @@ class Filesystem:
         await _bounded(below, lambda meta: self.cloud.delete(meta.key))
         for folder in sorted(markers, reverse=True):  # deepest first: a local folder must be empty
             await self.cloud.delete_marker(folder)
-        made_here = self.names.local_dirs_at_or_below(old)
         self.names.removed_dir(old)
         self.names.forget_subtree(new)
         self.names.note(old, None)
-        for folder in made_here:
-            self.names.add_local_dir(new + folder[len(old) :])
         self.names.note(new, Entry(split(new)[1], True))
 
     # -- attributes ---------------------------------------------------------------------

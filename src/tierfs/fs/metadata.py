@@ -1,7 +1,7 @@
 """What is in the bucket, cached for `-metadata-ttl`: entries and directory listings.
 
 A path is a file (an object with that key), a directory (a key prefix with objects under
-it, or one made here by mkdir), or absent. Listings and answers are cached for the TTL;
+it, its folder marker among them), or absent. Listings and answers are cached for the TTL;
 changes made through this mount update the cache at once, so a writer sees its own writes.
 """
 
@@ -111,9 +111,6 @@ class Namespace:
     stale_after: float = STALE_AFTER
     _stats: dict[str, tuple[Entry | None, float]] = field(default_factory=dict)
     _listings: dict[str, _Listing] = field(default_factory=dict)
-    # Directories made by mkdir that hold no object yet: object stores have no empty
-    # directories, so they live on this mount until a file is written below them.
-    _local_dirs: set[str] = field(default_factory=set)
     # Fetches under way, shared by everyone who asks meanwhile (16 threads opening files
     # in one directory each had the kernel look the directory up again every second).
     _listing_now: dict[str, asyncio.Future[_Listing]] = field(default_factory=dict)
@@ -133,8 +130,6 @@ class Namespace:
 
     async def stat(self, path: str) -> Entry | None:
         """The entry at `path`, or None if there is none; cached for the TTL."""
-        if path in self._local_dirs:
-            return Entry(split(path)[1], True)
         parent, name = split(path)
         listing = self._listings.get(parent)
         if listing is not None:
@@ -246,7 +241,7 @@ class Namespace:
         self._stats = {p: v for p, v in self._stats.items() if self._fresh(v[1])}
         self._listings = {p: v for p, v in self._listings.items() if self._fresh(v.fetched)}
         self._children = {}
-        for path in itertools.chain(self._stats, self._listings, self._local_dirs):
+        for path in itertools.chain(self._stats, self._listings):
             self._index(path)
         self.prune_at = max(self.prune_at, 2 * len(self))
 
@@ -254,8 +249,10 @@ class Namespace:
         """Whether the bucket has a key below `path`: asked, not taken from a listing (a
         listing may name a prefix whose keys are gone, see GHOST_WINDOW)."""
         async for page in self.cloud.list(path + "/", delimiter=False):
-            return bool(page.objects)  # its own folder marker too: that is a directory
-        return False
+            if page.objects:
+                return True  # its own folder marker too: that is a directory
+            break
+        return await self.cloud.has_own_marker(path)
 
     async def listdir(
         self,
@@ -277,16 +274,7 @@ class Namespace:
             or (listed_since is not None and listing.fetched >= listed_since)
         ):
             listing = await self._or_stale(partial(self._list, path), listing, path)
-        made_here = (
-            Entry(split(child)[1], True)
-            for child in self._children.get(path, ())
-            if child in self._local_dirs
-        )
-        local = {
-            entry.name: entry
-            for entry in itertools.chain(made_here, unsaved)
-            if entry.name not in listing.entries
-        }
+        local = {entry.name: entry for entry in unsaved if entry.name not in listing.entries}
         return _merged_from(listing.in_order(), [local[name] for name in sorted(local)], start)
 
     def listed_at(self, path: str) -> float | None:
@@ -332,13 +320,10 @@ class Namespace:
             listing.put(name, entry)
         if entry is not None and (entry.is_dir or entry.version):
             self._ensure_parents(parent)  # not for a file the bucket does not have yet
-        if entry is None or not entry.is_dir:
-            self._local_dirs.discard(path)
 
     def _ensure_parents(self, path: str) -> None:
         """Parents of a new entry exist in the bucket now (as prefixes of its key)."""
         while path:
-            self._local_dirs.discard(path)
             parent, name = split(path)
             listing = self._listings.get(parent)
             if listing is not None and name not in listing.entries:
@@ -367,20 +352,11 @@ class Namespace:
         while now - next(iter(self._removed.values())) >= GHOST_WINDOW:
             self._removed.popitem(last=False)
 
-    def add_local_dir(self, path: str) -> None:
-        self._local_dirs.add(path)
+    def made_dir(self, path: str) -> None:
+        """This mount made directory `path` (its marker is in the bucket): known as any
+        answer is, for the TTL; then the bucket says, as it does to every node."""
         self._removed.pop(path, None)  # made again: no ghost
-        self._index(path)
-        self._stats.pop(path, None)
-
-    def is_local_dir(self, path: str) -> bool:
-        """Whether `path` is a directory made on this mount with no object below it yet."""
-        return path in self._local_dirs
-
-    def local_dirs_at_or_below(self, path: str) -> list[str]:
-        """The directories made on this mount (no object below them yet) at or below
-        `path`."""
-        return [d for d in self._subtree(path) if d in self._local_dirs]
+        self.note(path, Entry(split(path)[1], True))
 
     def forget_subtree(self, path: str) -> None:
         """Drop every cached answer at or below `path` (after a rename or rmdir; the
@@ -388,7 +364,6 @@ class Namespace:
         for at in self._subtree(path):
             self._stats.pop(at, None)
             self._listings.pop(at, None)
-            self._local_dirs.discard(at)
             self._children.pop(at, None)
         self._children.get(split(path)[0], set()).discard(path)
 

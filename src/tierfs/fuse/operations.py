@@ -47,7 +47,8 @@ ERRNO: list[tuple[type[Exception], int]] = [
 ]
 # What the staging disk may answer that a program should see as is (not as EIO).
 LOCAL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-# Attributes and entries: the kernel may keep them this long; tierfs revalidates at open.
+# Attributes and entries: the kernel may keep them this long (or -metadata-ttl if shorter);
+# tierfs revalidates at open.
 KERNEL_TTL = 1.0
 BLOCK = 512
 
