@@ -47,10 +47,22 @@ def moto(request: pytest.FixtureRequest, servers_root: Path) -> servers.S3Server
     return _session_server(request, servers.start_moto, servers_root)
 
 
+_azurites: list[servers.AzureServer] = []  # the session's, once started
+
+
 @pytest.fixture(scope="session")
 def azurite(request: pytest.FixtureRequest, servers_root: Path) -> servers.AzureServer:
     """Azurite blob service."""
-    return _session_server(request, servers.start_azurite, servers_root)
+    _azurites.append(_session_server(request, servers.start_azurite, servers_root))
+    return _azurites[-1]
+
+
+@pytest.fixture(autouse=True)
+def _delete_azure_containers() -> Iterator[None]:
+    """The containers a test made go when it ends (see AzureServer.delete_containers)."""
+    yield
+    for server in _azurites:
+        server.delete_containers()
 
 
 @pytest.fixture(scope="session")

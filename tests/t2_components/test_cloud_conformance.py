@@ -23,6 +23,7 @@ from tierfs.cloud.providers import (
 from tierfs.errors import (
     AccessDeniedError,
     BucketNotFoundError,
+    CloudError,
     InvalidKeyError,
     ObjectNotFoundError,
     UnsupportedUploadError,
@@ -362,5 +363,49 @@ async def test_s3_copies_an_object_over_its_copy_limit_through_the_client(
         await store.copy("big.bin", "server-side.bin", 2**20)  # under the limit
         assert await gets() == before  # a CopyObject: no byte came here
         assert (await store.head("server-side.bin")).size == len(body)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto", "azure"])
+async def test_parts_grow_so_that_a_large_file_fits_in_the_parts_a_store_takes(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """S3 takes 10,000 parts in one upload, 78 GiB of 8 MiB ones; Azure 50,000 blocks. A
+    larger file goes up in larger parts, as the server counts them (the most is set to 3
+    here: 40 MiB in 3 parts of 14 MiB). A stream of unknown size fails past the most
+    (CloudError, and nothing in the bucket) rather than at the store's last part."""
+    server = server_for(request, provider)
+    settings = settings_for(provider, server, tmp_path)
+    store = open_store(settings)
+    assert isinstance(store, S3Cloud | AzureBlobCloud)
+    store.max_parts = 3
+    body = pattern(40 * 2**20, seed=3)
+    (tmp_path / "big.bin").write_bytes(body)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 2**20):
+            yield body[start : start + 2**20]
+
+    def parts_of(key: str, version: str) -> int:
+        if isinstance(server, servers.AzureServer):
+            with server.service_client() as client:
+                blob = client.get_blob_client(settings.azure_container, key)
+                committed, _ = blob.get_block_list("committed")
+                return len(committed)
+        return int(version.strip('"').rpartition("-")[2])  # S3's ETag: MD5-PARTS
+
+    try:
+        for key, put in (
+            ("put.bin", store.put("put.bin", tmp_path / "big.bin")),
+            ("streamed.bin", store.put_stream("streamed.bin", pieces(), len(body))),
+        ):
+            version = (await put).version
+            assert await store.get_range(key, 0, len(body), version) == body
+            assert await asyncio.to_thread(parts_of, key, version) == 3
+        with pytest.raises(CloudError, match="at most 24 MiB here"):
+            await store.put_stream("unknown-size.bin", pieces())
+        with pytest.raises(ObjectNotFoundError):
+            await store.head("unknown-size.bin")
     finally:
         await store.close()

@@ -340,7 +340,8 @@ def test_times_and_modes_set_here_outlive_the_metadata_ttl(
 ) -> None:
     """`chmod` and `touch -m` hold on this mount past the metadata TTL, through a rename
     and an upload (`cp -p`, `rsync -a`, whose next run then sends nothing), until the
-    object changes in the bucket. (The store's time came back after the TTL.)"""
+    object changes in the bucket. (The store's time came back after the TTL.) `chown`
+    is accepted and changes nothing."""
     mount = mount_factory(provider, metadata_ttl="0.1s")  # type: ignore[operator]
     past = 1_500_000_000 * 10**9
     path = mount.path / "f"
@@ -350,6 +351,8 @@ def test_times_and_modes_set_here_outlive_the_metadata_ttl(
     time.sleep(0.3)
     info = path.stat()
     assert (info.st_mtime_ns, stat.S_IMODE(info.st_mode)) == (past, 0o600)
+    os.chown(path, 1000, 1000)  # accepted (cp -a as root goes on), and changes nothing
+    assert (path.stat().st_uid, path.stat().st_gid) == (os.getuid(), os.getgid())
     path = path.rename(mount.path / "g")
     time.sleep(0.3)
     assert path.stat().st_mtime_ns == past

@@ -54,6 +54,7 @@ class AzureBlobCloud(ObjstoreCloud):
     """
 
     copy_limit = 256 * 2**20
+    max_parts = 50_000  # blocks of one blob
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ MARKER_CHECKS = 16
 MULTIPART_THRESHOLD = 16 * 2**20
 PART_SIZE = 8 * 2**20
 PART_CONCURRENCY = 8
+PART_BUFFERS = PART_SIZE * PART_CONCURRENCY  # larger parts go up fewer at a time
 # Copies through the client at once (`copy_through`): each holds up to PART_CONCURRENCY
 # parts, and a directory rename starts many copies together.
 COPIES_THROUGH = 2
@@ -107,9 +108,13 @@ class CloudStore(abc.ABC):
     #: Whether `put_stream` works (else it raises UnsupportedUploadError).
     streams_uploads = False
 
-    async def put_stream(self, key: str, parts: AsyncIterator[bytes]) -> ObjectMeta:
+    async def put_stream(
+        self, key: str, parts: AsyncIterator[bytes], size: int | None = None
+    ) -> ObjectMeta:
         """Store the concatenation of `parts` under `key` as they come (a multipart upload
         that never holds more than a few parts): for files too large to stage on disk.
+        `size`, when the caller knows it, lets parts grow where the store takes few of
+        them; without it a stream that outgrows the store's most parts fails (CloudError).
 
         Not retried, since the parts are consumed: a failure raises CloudError and the
         caller has lost the stream. The object appears only once complete; an exception
@@ -202,7 +207,7 @@ class CloudStore(abc.ABC):
         if meta.size <= MULTIPART_THRESHOLD:
             await self.put(destination, b"".join([part async for part in parts()]))
         else:
-            await self.put_stream(destination, parts())
+            await self.put_stream(destination, parts(), meta.size)
 
     async def close(self) -> None:  # noqa: B027 - most providers hold nothing to close
         """Release connections; the store is unusable afterwards."""

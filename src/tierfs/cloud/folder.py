@@ -66,8 +66,10 @@ class FolderStore(CloudStore):
     async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
         return self._meta(await self._inner.put(self._keys.outer(key), body))
 
-    async def put_stream(self, key: str, parts: AsyncIterator[bytes]) -> ObjectMeta:
-        return self._meta(await self._inner.put_stream(self._keys.outer(key), parts))
+    async def put_stream(
+        self, key: str, parts: AsyncIterator[bytes], size: int | None = None
+    ) -> ObjectMeta:
+        return self._meta(await self._inner.put_stream(self._keys.outer(key), parts, size))
 
     async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
         async for page in self._inner.list(self._keys.outer(prefix), delimiter):

@@ -16,7 +16,7 @@ from obstore.store import ObjectStore
 from tierfs.chunks import Data
 from tierfs.cloud.base import (
     MULTIPART_THRESHOLD,
-    PART_CONCURRENCY,
+    PART_BUFFERS,
     PART_SIZE,
     CloudStore,
     ListPage,
@@ -35,6 +35,7 @@ from tierfs.retry import with_retry
 
 T = TypeVar("T")
 
+MiB = 2**20
 # Retries happen in tierfs.retry alone, so obstore's own are off.
 NO_RETRIES: dict[str, Any] = {"max_retries": 0, "retry_timeout": timedelta(seconds=0)}
 _STATUS_RE = re.compile(r"status(?: code)?:? (\d{3})", re.IGNORECASE)
@@ -86,6 +87,8 @@ class ObjstoreCloud(CloudStore):
     # Objects larger than this are copied through the client (`copy_through`), not by the
     # store; None: the store copies any size.
     copy_limit: int | None = None
+    # The most parts one multipart upload takes (S3's; Azure's 50,000 blocks); None: any.
+    max_parts: int | None = 10_000
 
     def __init__(self, store: ObjectStore, url: str, timeout: float) -> None:
         self._store = store
@@ -162,9 +165,17 @@ class ObjstoreCloud(CloudStore):
             return b""
         raise CloudError(f"{self.url}/{key}: range from {start} refused by the store")
 
+    def _part_size(self, size: int | None) -> int:
+        """PART_SIZE, or, for an upload of `size` bytes that would take more than
+        `max_parts` of them (78 GiB on S3), the fewest whole MiB that fit it in."""
+        if size is None or self.max_parts is None:
+            return PART_SIZE
+        return max(PART_SIZE, -(-size // (self.max_parts * MiB)) * MiB)
+
     async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
         self.check_key(key)
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
+        part = self._part_size(size)
 
         async def upload() -> ObjectMeta:
             result = await obstore.put_async(
@@ -172,8 +183,8 @@ class ObjstoreCloud(CloudStore):
                 key,
                 body,
                 use_multipart=size > MULTIPART_THRESHOLD,
-                chunk_size=PART_SIZE,
-                max_concurrency=PART_CONCURRENCY,
+                chunk_size=part,
+                max_concurrency=max(1, PART_BUFFERS // part),
             )
             version = result["e_tag"] or result["version"]
             if version is None:  # no store used here omits both; be safe rather than wrong
@@ -182,15 +193,24 @@ class ObjstoreCloud(CloudStore):
 
         return await self._call("PUT", key, upload, bounded=size <= MULTIPART_THRESHOLD)
 
-    async def put_stream(self, key: str, parts: AsyncIterator[bytes]) -> ObjectMeta:
+    async def put_stream(
+        self, key: str, parts: AsyncIterator[bytes], size: int | None = None
+    ) -> ObjectMeta:
         self.check_key(key)
-        size = 0
+        part = self._part_size(size)
+        most = None if self.max_parts is None else self.max_parts * part
+        sent = 0
 
         async def counted() -> AsyncIterator[bytes]:
-            nonlocal size
-            async for part in parts:
-                size += len(part)
-                yield part
+            nonlocal sent
+            async for data in parts:
+                sent += len(data)
+                if most is not None and sent > most:
+                    raise CloudError(
+                        f"{self.url}/{key}: a streamed upload takes at most {most // MiB} MiB"
+                        f" here ({self.max_parts} parts of {part // MiB} MiB)"
+                    )
+                yield data
 
         try:
             result = await obstore.put_async(
@@ -198,8 +218,8 @@ class ObjstoreCloud(CloudStore):
                 key,
                 counted(),
                 use_multipart=True,
-                chunk_size=PART_SIZE,
-                max_concurrency=PART_CONCURRENCY,
+                chunk_size=part,
+                max_concurrency=max(1, PART_BUFFERS // part),
             )
         except (obx.BaseError, OSError) as exc:
             raise self._translate(exc, key) from exc
@@ -208,7 +228,7 @@ class ObjstoreCloud(CloudStore):
             return _meta(
                 await self._call("HEAD", key, lambda: obstore.head_async(self._store, key))
             )
-        return ObjectMeta(key, size, version, datetime.now(UTC))
+        return ObjectMeta(key, sent, version, datetime.now(UTC))
 
     def _listed(self, meta: Any) -> ObjectMeta:
         """An object of a listing, its version as HEAD and GET give it."""

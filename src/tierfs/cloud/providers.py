@@ -201,6 +201,7 @@ class LocalDirectoryCloud(ObjstoreCloud):
     goes so). An empty directory counts as a marker too (another tool's, or an old one)."""
 
     name_max = 255 - len("#9999")
+    max_parts = None  # a file written part by part
 
     def __init__(self, store: LocalStore, root: str, timeout: float) -> None:
         super().__init__(store, f"local://{root}", timeout)
