@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 
 import servers
 from cloud_targets import server_for, target_flags
-from mounts import Mount, cloud_bytes, cloud_put, is_mounted
+from mounts import Mount, cloud_bytes, cloud_of, cloud_put, is_mounted
 from tierfs.errors import CloudError
 
 
@@ -97,6 +99,67 @@ def test_kill_9_after_renaming_the_folder_of_a_dirty_file_puts_it_where_it_was_m
     assert (mount.path / "after" / "open.bin").read_bytes() == payload
     # (no check that "before" is gone from listings: SeaweedFS lists an emptied prefix
     # for a while, see notes/test-servers.md)
+
+
+def test_kill_9_during_a_directory_rename_leaves_every_file_under_a_name(
+    mount_factory: object,
+) -> None:
+    """A directory rename copies every object, then deletes the old ones: a client killed
+    part way leaves each file under its new name, its old one or both, never neither, and
+    the restarted mount reads each where the bucket has it. (The kill comes at half the
+    time a rename of the same tree took; tried again on a new tree until one lands in the
+    middle.)"""
+    mount: Mount = mount_factory("s3-seaweedfs")  # type: ignore[operator]
+    files = {f"f{n:03d}": os.urandom(1000) for n in range(300)}
+    for attempt in range(5):
+        first, old, new = (f"{name}{attempt}" for name in ("first", "old", "new"))
+        (mount.path / first).mkdir()
+        for name, body in files.items():
+            (mount.path / first / name).write_bytes(body)
+        started = time.monotonic()
+        os.rename(mount.path / first, mount.path / old)
+        took = time.monotonic() - started
+
+        def rename_until_killed(old: str = old, new: str = new) -> None:
+            with contextlib.suppress(OSError):  # ENOTCONN: the client is gone
+                os.rename(mount.path / old, mount.path / new)
+
+        renaming = threading.Thread(target=rename_until_killed)
+        renaming.start()
+        time.sleep(took / 2)
+        mount.kill()
+        renaming.join(10)
+        mount.start()
+        in_bucket = {folder: bucket_files(mount, folder) for folder in (old, new)}
+        where = {
+            name: {folder for folder in (old, new) if in_bucket[folder].get(name) == body}
+            for name, body in files.items()
+        }
+        assert all(where.values()), f"lost: {[n for n, at in where.items() if not at]}"
+        for name, at in where.items():
+            for folder in at:
+                assert (mount.path / folder / name).read_bytes() == files[name]
+        if any(old in at for at in where.values()) and any(new in at for at in where.values()):
+            return  # killed in the middle
+    pytest.fail("no kill landed in the middle of a rename")
+
+
+def bucket_files(mount: Mount, folder: str) -> dict[str, bytes]:
+    """The objects the bucket behind `mount` holds in `folder`, by name."""
+
+    async def fetch() -> dict[str, bytes]:
+        cloud = cloud_of(mount)
+        try:
+            listed = (await cloud.list_all(folder + "/")).objects
+            bodies = [cloud.get_range(meta.key, 0, meta.size, meta.version) for meta in listed]
+            return {
+                meta.key.rpartition("/")[2]: bytes(body)
+                for meta, body in zip(listed, await asyncio.gather(*bodies), strict=True)
+            }
+        finally:
+            await cloud.close()
+
+    return asyncio.run(fetch())
 
 
 def wait_for_object(mount: Mount, key: str, timeout: float = 60.0) -> None:
