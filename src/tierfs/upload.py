@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -61,9 +62,16 @@ class UploadJournal:
         )
 
     def begin(self, key: str, staging: Path) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO pending (staging, key) VALUES (?, ?)", (str(staging), key)
-        )
+        """Note `staging` as bound for `key`; OSError(ENOSPC) when the disk has no room
+        for the row (SQLite's "database or disk is full")."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO pending (staging, key) VALUES (?, ?)", (str(staging), key)
+            )
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise OSError(errno.ENOSPC, f"upload journal: no room to note {key}") from exc
 
     def done(self, staging: Path) -> None:
         """Forget `staging`. A failure (the disk is full) only leaves a row whose staging

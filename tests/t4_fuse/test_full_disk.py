@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mounts import Mount, TmpfsMount, cloud_bytes
+from mounts import Mount, TmpfsMount, cloud_bytes, cloud_put
 
 MiB = 2**20
 MountFactory = Callable[..., Mount]
@@ -58,3 +59,45 @@ def test_a_streaming_file_takes_appends_only(
             f.write(b"rewrite the start")
         assert refused.value.errno == errno.ENOTSUP
     assert cloud_bytes(mount, "log.bin") == data  # every appended byte arrived
+
+
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as file:
+        file.write(data)
+
+
+@pytest.mark.warnings_expected
+def test_a_disk_filled_by_another_program_refuses_changes_with_enospc(
+    tmpfs: TmpfsMount, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """With no byte left on the cache disk (filled by someone else: nothing to evict), a
+    new file and a write to a file there are ENOSPC (a new file was EIO, an error logged
+    as a bug), and nothing of them is left; what is there reads on, from the cloud what
+    tier 1 has no room for, and once there is room again files are written."""
+    mount = on_small_disk(tmpfs, mount_factory, tmp_path, "16m")
+    (mount.path / "there.txt").write_bytes(b"there")
+    uncached = os.urandom(3 * MiB)
+    cloud_put(mount, "uncached.bin", uncached)  # written by another node
+    filler = mount.nvme / "filler"
+    with filler.open("wb") as fill, contextlib.suppress(OSError):
+        while True:
+            fill.write(bytes(MiB))
+            fill.flush()
+    for change in (
+        lambda: (mount.path / "new.txt").write_bytes(b"new"),
+        lambda: append(mount.path / "there.txt", b" and more"),
+    ):
+        with pytest.raises(OSError) as refused:
+            change()
+        assert refused.value.errno == errno.ENOSPC
+    assert (mount.path / "uncached.bin").read_bytes() == uncached  # not cached: no room
+    assert sorted(os.listdir(mount.path)) == ["there.txt", "uncached.bin"]
+    assert os.listdir(mount.nvme / "staging") == []
+    assert cloud_bytes(mount, "new.txt") is None
+    assert cloud_bytes(mount, "there.txt") == (mount.path / "there.txt").read_bytes() == b"there"
+    assert "failed unexpectedly" not in mount.log.read_text()
+    filler.unlink()
+    (mount.path / "new.txt").write_bytes(b"new")
+    append(mount.path / "there.txt", b" and more")
+    assert cloud_bytes(mount, "new.txt") == b"new"
+    assert cloud_bytes(mount, "there.txt") == b"there and more"

@@ -517,8 +517,12 @@ class Filesystem:
         node = self.inodes.ensure(path, is_dir=False)
         node.size, node.version, node.mtime_ns, node.mode = 0, "", time.time_ns(), mode
         file = self._acquire(node)
-        self.staging.open_new(file)
-        self._dirty(file, 0)
+        try:
+            self.staging.open_new(file)
+            self._dirty(file, 0)
+        except BaseException:
+            self._drop(file)  # a full disk (ENOSPC): nothing is left of the file
+            raise
         file.appends_only = True
         self.names.note(path, Entry(name, False, 0, node.mtime_ns, ""))
         return self._new_handle(file, writable=True)
