@@ -93,9 +93,13 @@ def file_entry(data: bytes) -> str:
 
 def tree(root: Path) -> dict[str, str]:
     """Every folder, file and link below `root`: a file by its size and digest, a link by
-    its target."""
+    its target. An error listing a folder is raised (os.walk would pass over it)."""
+
+    def fail(error: OSError) -> None:
+        raise error
+
     found: dict[str, str] = {}
-    for folder, subfolders, names in os.walk(root):
+    for folder, subfolders, names in os.walk(root, onerror=fail):
         for name in [*subfolders, *names]:
             path = Path(folder, name)
             if path.is_symlink():
@@ -164,7 +168,8 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
                     os.close(fd)
         local = tree(self.roots[0])
         assert bucket_tree(self.mount, self.roots[1].name) == local
-        assert tree(self.observer.path / self.roots[1].name) == local
+        observed = tree(self.observer.path / self.roots[1].name)
+        assert observed == local, f"the other node's log:\n{self.observer.log_tail()}"
 
     def both(self, call: Callable[..., Any], *paths: str) -> None:
         """`call` on the local folder, then on the mount: the same outcome."""

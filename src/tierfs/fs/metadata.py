@@ -249,9 +249,8 @@ class Namespace:
         """Whether the bucket has a key below `path`: asked, not taken from a listing (a
         listing may name a prefix whose keys are gone, see GHOST_WINDOW)."""
         async for page in self.cloud.list(path + "/", delimiter=False):
-            if page.objects:
+            if page.objects:  # a page may hold none and still be followed by others
                 return True  # its own folder marker too: that is a directory
-            break
         return await self.cloud.has_own_marker(path)
 
     async def listdir(
