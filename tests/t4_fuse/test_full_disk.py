@@ -79,10 +79,11 @@ def test_a_disk_filled_by_another_program_refuses_changes_with_enospc(
     uncached = os.urandom(3 * MiB)
     cloud_put(mount, "uncached.bin", uncached)  # written by another node
     filler = mount.nvme / "filler"
-    with filler.open("wb") as fill, contextlib.suppress(OSError):
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):  # ENOSPC: the disk is full
         while True:
-            fill.write(bytes(MiB))
-            fill.flush()
+            os.write(fd, bytes(MiB))
+    os.close(fd)
     for change in (
         lambda: (mount.path / "new.txt").write_bytes(b"new"),
         lambda: append(mount.path / "there.txt", b" and more"),
