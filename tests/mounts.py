@@ -61,6 +61,10 @@ def tail(log: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+# The flags, one per provider, that name the bucket a client mounts.
+BUCKET_FLAGS = ("s3_bucket", "gcp_bucket", "azure_container", "local_root")
+
+
 @dataclass
 class Mount:
     """A running client: its mount point, cache dir, process and log."""
@@ -119,6 +123,11 @@ class Mount:
             code = None
         self._unmount()
         return code
+
+    def bucket_flags(self) -> dict[str, str]:
+        """The flags that name this mount's bucket: given to another mount, it mounts the
+        same one (another node)."""
+        return {key: self.flags[key] for key in BUCKET_FLAGS if key in self.flags}
 
     def kill(self) -> None:
         """SIGKILL the client, as a crash would; the mount is left stale."""

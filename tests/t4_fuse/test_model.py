@@ -355,10 +355,8 @@ def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
     for that: each lookup asks it): more for a longer hunt."""
 
     def another_mount() -> Mount:
-        other = mount_factory(provider, start=False, chunk_size=str(CHUNK), **machine.flags)
-        shared = ("s3_bucket", "gcp_bucket", "azure_container", "local_root")
-        other.flags |= {key: mount.flags[key] for key in shared if key in mount.flags}
-        return other.start()
+        flags = machine.flags | mount.bucket_flags()
+        return mount_factory(provider, chunk_size=str(CHUNK), **flags)
 
     mount = mount_factory(provider, chunk_size=str(CHUNK), **machine.flags)
     machine.mount, machine.observer = mount, another_mount()

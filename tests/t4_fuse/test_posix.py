@@ -230,8 +230,7 @@ def test_symbolic_links_are_kept_in_the_bucket(
     """A link is the object `NAME.tierfs-symlink` holding its target: every node reads it
     from a listing, follows it, and renames and removes it as a file."""
     first = mount_factory(provider, metadata_ttl="0.1s")
-    shared = {key: first.flags[key] for key in ("s3_bucket", "local_root") if key in first.flags}
-    second = mount_factory(provider, metadata_ttl="0.1s", **shared)
+    second = mount_factory(provider, metadata_ttl="0.1s", **first.bucket_flags())
     root = first.path
     (root / "d").mkdir()
     (root / "d/target.txt").write_bytes(b"hello")
@@ -483,9 +482,7 @@ def test_an_empty_directory_is_in_the_bucket_for_every_node(
     once, or listed) and after a restart, and an rmdir anywhere removes it for all (the
     node that made it showed it on: Azure found it only through a listing)."""
     first = mount_factory(provider, metadata_ttl="0.1s")
-    names = ("s3_bucket", "local_root", "azure_container", "gcp_bucket")
-    shared = {key: first.flags[key] for key in names if key in first.flags}
-    second = mount_factory(provider, metadata_ttl="0.1s", **shared)
+    second = mount_factory(provider, metadata_ttl="0.1s", **first.bucket_flags())
     (first.path / "a/b/c").mkdir(parents=True)
     (first.path / "a/file").write_bytes(b"f")
     time.sleep(0.3)  # past the TTL
