@@ -1,9 +1,9 @@
 """Random programs of file, folder and symbolic-link operations, handles opened in every
 mode and held open across them, run on a mount and on a local folder side by side
 (hypothesis's stateful testing): every call ends the same way on both (its bytes, or its
-errno), the two trees match after each step, and at a program's end the bucket and a
-second node's mount hold what the local folder does; a fresh mount of the bucket at last
-holds all of it."""
+errno), the two trees (and, on one mount, their modes) match after each step, and at a
+program's end the bucket and a second node's mount hold what the local folder does; a
+fresh mount of the bucket at last holds all of it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import errno
 import hashlib
 import itertools
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from random import Random
@@ -111,6 +112,18 @@ def tree(root: Path) -> dict[str, str]:
     return found
 
 
+def modes(root: Path) -> dict[str, str]:
+    """The permission bits of every folder and file below `root` (not links: theirs are
+    always 0777)."""
+    found = {}
+    for folder, subfolders, names in os.walk(root):
+        for name in [*subfolders, *names]:
+            path = Path(folder, name)
+            if not path.is_symlink():
+                found[os.path.relpath(path, root)] = oct(stat.S_IMODE(path.lstat().st_mode))
+    return found
+
+
 def bucket_tree(mount: Mount, folder: str) -> dict[str, str]:
     """What the bucket behind `mount` holds below `folder`, as `tree` names it."""
 
@@ -151,6 +164,7 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     slowness = 1  # the programs run are MODEL_EXAMPLES / slowness
     flags: dict[str, str] = {}  # of both nodes' clients
     holds_handles = True
+    keeps_modes = True  # the mount shows the modes set through it (see docs/SEMANTICS.md)
 
     def __init__(self) -> None:
         super().__init__()
@@ -220,6 +234,10 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     def readlink(self, path: str) -> None:
         self.both(os.readlink, path)
 
+    @rule(path=st.sampled_from(FILES + FOLDERS), mode=st.sampled_from([0o600, 0o640, 0o700, 0o444]))
+    def chmod(self, path: str, mode: int) -> None:
+        self.both(lambda p: os.chmod(p, mode), path)
+
     @precondition(lambda self: self.holds_handles)
     @rule(
         target=handles,
@@ -262,6 +280,10 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     def read_through_handle(self, handle: tuple[int, int], offset: int, size: int) -> None:
         self.on_handle(handle, lambda fd: os.pread(fd, size, offset))
 
+    @rule(handle=handles, mode=st.sampled_from([0o600, 0o444]))
+    def chmod_through_handle(self, handle: tuple[int, int], mode: int) -> None:
+        self.on_handle(handle, lambda fd: os.fchmod(fd, mode))
+
     @rule(handle=handles)
     def fsync_handle(self, handle: tuple[int, int]) -> None:
         self.on_handle(handle, os.fsync)
@@ -281,6 +303,9 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     def every_folder_lists_and_every_file_reads_the_same(self) -> None:
         local, mounted = (tree(root) for root in self.roots)
         assert mounted == local
+        if self.keeps_modes:
+            local_modes, mounted_modes = (modes(root) for root in self.roots)
+            assert mounted_modes == local_modes
 
 
 class CrashingMount(MountAgainstLocalFolder):
@@ -289,6 +314,7 @@ class CrashingMount(MountAgainstLocalFolder):
     bucket, open or not (the journal), and the handles of the dead mount are gone."""
 
     slowness = 4  # a restart takes a second or two: a quarter as many programs
+    keeps_modes = False  # they live on the mount that set them, and it is restarted
 
     @rule()
     def crash_and_restart(self) -> None:
@@ -314,6 +340,7 @@ class TwoNodes(MountAgainstLocalFolder):
 
     flags = {"metadata_ttl": "0"}
     holds_handles = False
+    keeps_modes = False  # each node shows the modes set through it
     slowness = 8  # every lookup asks the bucket: an eighth as many programs
 
     @rule()
