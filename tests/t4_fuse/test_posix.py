@@ -552,6 +552,35 @@ def test_a_big_directory_lists_in_full(mount_factory: object) -> None:
     assert sorted(names) == [f"entry-{index:05d}" for index in range(10_000)]
 
 
+def test_every_directory_lists_dot_and_dot_dot_first(mount_factory: object) -> None:
+    """`ls -a` shows `.` and `..` (as on a local disk, mountpoint-s3 and s3fs), with the
+    inode numbers of the directory and its parent, once each in a listing of many pages,
+    and at the mount's root too."""
+    mount = mount_factory("local", start=False)  # type: ignore[operator]
+    bucket = Path(mount.flags["local_root"]) / "big"
+    bucket.mkdir(parents=True)
+    names = [f"entry-{index:04d}" for index in range(3000)]
+    for name in names:
+        (bucket / name).write_bytes(b"")
+    mount.start()
+
+    def listed(folder: Path) -> list[tuple[int, str]]:
+        """`ls -a -i -f` (unsorted: as the directory gives them): (inode, name) each."""
+        out = subprocess.run(
+            ["ls", "-a", "-i", "-f", "-1", str(folder)], capture_output=True, text=True, check=True
+        ).stdout
+        return [(int(inode), name) for inode, name in (line.split() for line in out.splitlines())]
+
+    big = listed(mount.path / "big")
+    assert [name for _, name in big] == [".", "..", *names]
+    assert big[0][0] == os.stat(mount.path / "big").st_ino
+    assert big[1][0] == os.stat(mount.path).st_ino
+    root = listed(mount.path)
+    assert [name for _, name in root] == [".", "..", "big"]
+    assert root[0][0] == os.stat(mount.path).st_ino  # `..` there: ls asks the host's
+    assert sorted(os.listdir(mount.path / "big")) == names  # programs never see them twice
+
+
 def test_a_directory_read_in_pages_keeps_to_one_listing_past_the_metadata_ttl(
     mount_factory: object,
 ) -> None:

@@ -187,6 +187,16 @@ class Filesystem:
     def releasedir(self, handle: int) -> None:
         self._dirs.pop(handle, None)
 
+    def dot_entries(self, handle: int) -> tuple[Node, Node]:
+        """The nodes a listing names `.` and `..`: its directory and that one's parent (the
+        root's own at the top; the directory itself if the kernel forgot its parent)."""
+        opened = self._dirs.get(handle)
+        if opened is None:
+            raise StaleHandleError(f"directory handle {handle} is not open")
+        directory = opened.node
+        parent = self.inodes.find(split(directory.path)[0]) if directory.path else directory
+        return directory, parent or directory
+
     async def listdir(self, handle: int, start: int = 0) -> Iterator[tuple[Node, Entry]]:
         """The directory's entries sorted by name, from the `start`-th on, each with its
         node (made if new) as it is taken: a readdir that stops when its buffer is full

@@ -51,6 +51,7 @@ LOCAL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # tierfs revalidates at open.
 KERNEL_TTL = 1.0
 BLOCK = 512
+DOTS = (b".", b"..")  # the first entries of every directory listing
 
 
 def _errno(
@@ -161,10 +162,17 @@ class Operations(pyfuse3.Operations):
 
     @_errno
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Token) -> None:
-        # start_id is the index of the next entry: listings are sorted, and the handle's
-        # pages keep to the listing its first page took (changes this mount makes show in
-        # it); a name added or removed between pages may repeat or skip another, as on NFS.
-        for index, (node, _) in enumerate(await self.fs.listdir(fh, start_id), start_id):
+        # start_id is the index of the next entry: `.` and `..` (which take no lookup),
+        # then the listing. Listings are sorted, and the handle's pages keep to the listing
+        # its first page took (changes this mount makes show in it); a name added or
+        # removed between pages may repeat or skip another, as on NFS.
+        dots = self.fs.dot_entries(fh)
+        for index in range(start_id, len(dots)):
+            if not pyfuse3.readdir_reply(token, DOTS[index], self._attr(dots[index]), index + 1):
+                return
+        start = max(start_id, len(dots))
+        listed = await self.fs.listdir(fh, start - len(dots))
+        for index, (node, _) in enumerate(listed, start):
             name = os.fsencode(node.path.rpartition("/")[2])
             if not pyfuse3.readdir_reply(token, name, self._attr(node), index + 1):
                 self.fs.inodes.forget(node.inode, 0)
