@@ -185,8 +185,8 @@ class ClientSettings(CommonSettings):
     s3_bucket: str = flag("fuse-client-cache", "S3 bucket")
     s3_region: str | None = flag(
         None,
-        "S3 region (none: the bucket's own, else AWS_DEFAULT_REGION's or the profile's, "
-        "else us-east-1)",
+        "S3 region; the bucket's own wins where S3 names it (none given: else "
+        "AWS_DEFAULT_REGION's or the profile's, else us-east-1)",
         "AWS_REGION",
     )
     s3_endpoint: str | None = flag(

@@ -1,6 +1,6 @@
 """The region of an S3 bucket whose client was given none: the bucket's own, as S3 names
 it (moto, as AWS, answers a HEAD of the bucket with it), else the one the AWS tools are
-configured with, else us-east-1."""
+configured with, else us-east-1. One given gives way to the bucket's own."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from tierfs.cloud.s3_region import find_region
+from tierfs.cloud.s3_region import check_given_region, find_region
 
 pytestmark = pytest.mark.asyncio
 
@@ -55,3 +55,19 @@ async def test_a_store_that_does_not_answer_leaves_the_configured_region(
     nobody = f"http://127.0.0.1:{servers.free_ports(1)[0]}"
     assert await find_region("datasets", nobody) == "eu-west-3"
     assert "S3 bucket datasets: its region could not be asked" in caplog.text
+
+
+@pytest.mark.warnings_expected
+async def test_a_region_given_gives_way_to_the_buckets_own(
+    moto: servers.S3Server, seaweedfs: servers.S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """AWS refuses requests signed for another region than the bucket's: AWS_REGION set
+    for the machine's region (ECS, Lambda) made every request to a bucket elsewhere fail."""
+    bucket = moto.create_bucket(region="eu-west-2")
+    assert await check_given_region(bucket, moto.endpoint, "eu-west-2") == "eu-west-2"
+    assert await check_given_region(bucket, seaweedfs.endpoint, "eu-north-1") == "eu-north-1"
+    nobody = f"http://127.0.0.1:{servers.free_ports(1)[0]}"
+    assert await check_given_region(bucket, nobody, "eu-west-3") == "eu-west-3"
+    assert "WARNING" not in caplog.text
+    assert await check_given_region(bucket, moto.endpoint, "us-east-1") == "eu-west-2"
+    assert f"S3 bucket {bucket} is in region eu-west-2, not us-east-1" in caplog.text

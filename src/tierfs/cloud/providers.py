@@ -19,7 +19,7 @@ from tierfs.cloud.azure import AzureBlobCloud
 from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.objstore import NO_RETRIES, ObjstoreCloud, client_options
 from tierfs.cloud.s3 import S3Cloud, S3Keys
-from tierfs.cloud.s3_region import DEFAULT_REGION, find_region
+from tierfs.cloud.s3_region import DEFAULT_REGION, check_given_region, find_region
 from tierfs.errors import BucketNotFoundError, CloudError, ConfigError, InvalidKeyError
 from tierfs.settings import ClientSettings
 
@@ -76,10 +76,15 @@ def open_store(settings: ClientSettings) -> CloudStore:
 
 
 async def settle_s3_region(settings: ClientSettings) -> ClientSettings:
-    """`settings` with the S3 bucket's region found (`find_region`) when none was given."""
-    if settings.cloud_provider != "s3" or settings.s3_region:
+    """`settings` with the S3 bucket's region: found (`find_region`) when none was given,
+    else the one given unless the bucket says it is in another (`check_given_region`)."""
+    if settings.cloud_provider != "s3":
         return settings
-    region = await find_region(settings.s3_bucket, settings.s3_endpoint)
+    bucket, endpoint, given = settings.s3_bucket, settings.s3_endpoint, settings.s3_region
+    if given:
+        region = await check_given_region(bucket, endpoint, given)
+    else:
+        region = await find_region(bucket, endpoint)
     return settings.model_copy(update={"s3_region": region})
 
 

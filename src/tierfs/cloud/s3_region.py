@@ -1,7 +1,8 @@
 """The region of an S3 bucket whose client was given none, as mountpoint-s3 and the AWS
 tools find it: the bucket's own, which S3 names in `x-amz-bucket-region` on its answer to
 a HEAD of the bucket, signed or not, allowed or not; else the region the AWS tools are
-configured with (AWS_DEFAULT_REGION, the profile's); else us-east-1.
+configured with (AWS_DEFAULT_REGION, the profile's); else us-east-1. A region given
+(-s3-region, AWS_REGION) gives way to the bucket's own where they differ.
 
 A request signed for another region than the bucket's is refused by AWS (a redirect or
 AuthorizationHeaderMalformed), so a client in eu-west-1 used to fail on a bucket there
@@ -33,10 +34,29 @@ async def find_region(bucket: str, endpoint: str | None) -> str:
     return region
 
 
-async def bucket_region(bucket: str, endpoint: str | None) -> str | None:
+async def check_given_region(bucket: str, endpoint: str | None, given: str) -> str:
+    """`given` (-s3-region, AWS_REGION), unless the bucket names another region as its
+    own: AWS refuses every request signed for another region than the bucket's, so the
+    bucket's is used, with a warning (as the AWS tools follow S3's redirect). AWS_REGION
+    is often set for the machine's own region (ECS, Lambda), not the bucket's."""
+    own = await bucket_region(bucket, endpoint, quiet=True)
+    if own is None or own == given:
+        return given
+    log.warning(
+        "S3 bucket %s is in region %s, not %s (-s3-region or AWS_REGION): its requests are "
+        "signed for %s",
+        bucket,
+        own,
+        given,
+        own,
+    )
+    return own
+
+
+async def bucket_region(bucket: str, endpoint: str | None, quiet: bool = False) -> str | None:
     """What an unsigned HEAD of the bucket says of its region (None: nothing, as most
-    S3-compatible stores, or no answer in ASK_DEADLINE). A bucket that does not exist is
-    for `providers.check_bucket` to say."""
+    S3-compatible stores, or no answer in ASK_DEADLINE; `quiet`: no warning then). A
+    bucket that does not exist is for `providers.check_bucket` to say."""
     url = f"{(endpoint or AWS_GLOBAL_ENDPOINT).rstrip('/')}/{quote(bucket, safe='')}"
     try:
         timeout = aiohttp.ClientTimeout(total=ASK_DEADLINE)
@@ -46,7 +66,12 @@ async def bucket_region(bucket: str, endpoint: str | None) -> str | None:
         ):
             return response.headers.get("x-amz-bucket-region") or None
     except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("S3 bucket %s: its region could not be asked (%s)", bucket, exc or type(exc))
+        log.log(
+            logging.INFO if quiet else logging.WARNING,
+            "S3 bucket %s: its region could not be asked (%s)",
+            bucket,
+            exc or type(exc),
+        )
         return None
 
 
