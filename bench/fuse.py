@@ -147,6 +147,9 @@ class Bench:
     mounts: list[Mount | RivalMount] = field(default_factory=list)
     # VmRSS, VmHWM in MB of each client, by system and mount
     rss: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # CPU seconds (user and system) each client spent, by system and mount: a figure the
+    # machine's slow spells move less than the timings (the clients' own work)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def cold_mount(self, name: str) -> Mount | RivalMount:
         """A new client of `system` on an empty cache dir, started once the kernel caches
@@ -172,6 +175,14 @@ class Bench:
         kib = {line.split(":")[0]: int(line.split()[1]) for line in status if line.endswith("kB")}
         memory = (kib["VmRSS"] * KiB / MB, kib["VmHWM"] * KiB / MB)
         self.rss.setdefault(self.system, {})[mount.path.parent.name] = memory
+        ticks = Path(f"/proc/{mount.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]
+        cpu = sum(map(int, ticks)) / os.sysconf("SC_CLK_TCK")
+        self.cpu.setdefault(self.system, {})[mount.path.parent.name] = cpu
+        print(
+            f"  {mount.path.parent.name}: {cpu:.2f} s of CPU, RSS {memory[0]:,.0f} MB "
+            f"(peak {memory[1]:,.0f})",
+            file=sys.stderr,
+        )
         code = mount.stop()
         log = mount.log.read_text(errors="replace")
         failed = self.system == TIERFS and (" ERROR " in log or "Traceback" in log)
@@ -612,7 +623,7 @@ def main() -> None:
             asdict(r) | {"ahead": r.ahead, "ahead_of_rivals": r.ahead_of_rivals} for r in rows
         ]
         report = {**run_info, "runs": args.runs, "runtime_s": round(runtime, 1), "rows": rows_out}
-        report |= {"systems": best, "rss": bench.rss}
+        report |= {"systems": best, "rss": bench.rss, "cpu": bench.cpu}
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
