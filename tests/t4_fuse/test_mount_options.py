@@ -228,6 +228,21 @@ def test_a_mount_given_no_region_takes_the_one_its_bucket_names(
     assert f"S3 bucket {bucket}: region eu-west-2 (the bucket's)" in mount.log.read_text()
 
 
+@pytest.mark.warnings_expected
+def test_a_mount_given_another_region_than_its_buckets_takes_the_buckets(
+    mount_factory: Callable[..., Mount], moto: servers.S3Server
+) -> None:
+    """-s3-region us-east-1 (or AWS_REGION, set so on ECS and Lambda) for a bucket in
+    eu-west-2: AWS would refuse every request so signed; the bucket's region is used, and
+    the log says so."""
+    bucket = moto.create_bucket(region="eu-west-2")
+    moto.boto3_client().put_object(Bucket=bucket, Key="labels.csv", Body=b"id,label\n1,x\n")
+    mount = mount_factory("s3-moto", s3_bucket=bucket, s3_region="us-east-1")
+    assert (mount.path / "labels.csv").read_bytes() == b"id,label\n1,x\n"
+    log = mount.log.read_text()
+    assert f"S3 bucket {bucket} is in region eu-west-2, not us-east-1" in log
+
+
 def test_a_public_bucket_mounts_without_credentials(
     mount_factory: Callable[..., Mount], seaweedfs: servers.S3Server
 ) -> None:
