@@ -20,13 +20,14 @@ import errno
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from tierfs.cache.base import ChunkCache, Origin
 from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore, ObjectMeta
-from tierfs.errors import CloudError
+from tierfs.errors import CloudError, ObjectNotFoundError
 from tierfs.fs.early_upload import START_AT, EarlyUpload
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,19 @@ RECOVERY_INTERVAL = 5.0  # seconds between tries while the cloud refuses a recov
 # Files going up while they are written, at most: each holds up to PART_CONCURRENCY parts
 # in memory. The others go up at their close.
 EARLY_UPLOADS = 2
+# Where recovery puts a file whose object another node changed or removed since this node
+# began writing it (`Uploader.recover`): CONFLICTS/<UTC time>/<its key>.
+CONFLICTS = ".tierfs-conflicts"
+COMPARE_PIECE = 8 * 2**20  # bytes compared at a time (`Uploader._holds`)
+
+
+class PendingUpload(NamedTuple):
+    """A journal row: the staging file bound for `key`, written over the object's version
+    `base` ("" for none; None for a row of a journal from before bases were noted)."""
+
+    key: str
+    staging: Path
+    base: str | None
 
 
 class ChunkPusher(Protocol):
@@ -58,15 +72,21 @@ class UploadJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS pending (staging TEXT PRIMARY KEY, key TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS pending"
+            " (staging TEXT PRIMARY KEY, key TEXT NOT NULL, base TEXT)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(pending)")}
+        if "base" not in columns:  # a journal of an earlier tierfs: its rows' bases are NULL
+            self._db.execute("ALTER TABLE pending ADD COLUMN base TEXT")
 
-    def begin(self, key: str, staging: Path) -> None:
-        """Note `staging` as bound for `key`; OSError(ENOSPC) when the disk has no room
-        for the row (SQLite's "database or disk is full")."""
+    def begin(self, key: str, staging: Path, base: str) -> None:
+        """Note `staging` as bound for `key`, written over the object's version `base` (""
+        for a new file); OSError(ENOSPC) when the disk has no room for the row (SQLite's
+        "database or disk is full")."""
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO pending (staging, key) VALUES (?, ?)", (str(staging), key)
+                "INSERT OR REPLACE INTO pending (staging, key, base) VALUES (?, ?, ?)",
+                (str(staging), key, base),
             )
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
@@ -81,9 +101,9 @@ class UploadJournal:
         except sqlite3.OperationalError as exc:
             log.warning("upload journal: cannot forget %s: %s", staging, exc)
 
-    def pending(self) -> list[tuple[str, Path]]:
-        rows = self._db.execute("SELECT key, staging FROM pending ORDER BY rowid").fetchall()
-        return [(key, Path(staging)) for key, staging in rows]
+    def pending(self) -> list[PendingUpload]:
+        rows = self._db.execute("SELECT key, staging, base FROM pending ORDER BY rowid")
+        return [PendingUpload(key, Path(staging), base) for key, staging, base in rows]
 
     def close(self) -> None:
         self._db.close()
@@ -192,12 +212,14 @@ class Uploader:
     async def recover(self) -> int:
         """Upload what a previous run left in the journal; returns how many remain."""
         remaining = 0
-        for key, staging in self.journal.pending():
+        for row in self.journal.pending():
+            key, staging = row.key, row.staging
             if not staging.exists():
                 log.error("%s: journal names %s, which is gone", key, staging)
                 self.journal.done(staging)
                 continue
             try:
+                key = await self._recovery_key(row)
                 await self.upload(key, staging)
             except CloudError as exc:
                 log.error("%s: recovery upload failed, kept for another try: %s", key, exc)
@@ -207,6 +229,45 @@ class Uploader:
                 staging.unlink()
             log.info("%s: uploaded what a previous run had written", key)
         return remaining
+
+    async def _recovery_key(self, row: PendingUpload) -> str:
+        """Where a recovered file goes: its key, unless the object there is no longer the
+        one it was written over (another node wrote or removed it while this one was down)
+        and does not hold these bytes already (put before the crash); then a key under
+        CONFLICTS, so that neither node's bytes are lost."""
+        if row.base is None:
+            return row.key
+        try:
+            current: ObjectMeta | None = await self.cloud.head(row.key)
+        except ObjectNotFoundError:
+            current = None
+        if (current.version if current else "") == row.base:
+            return row.key
+        if current is not None and await self._holds(current, row.staging):
+            return row.key
+        stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+        conflict = f"{CONFLICTS}/{stamp}/{row.key}"
+        log.error(
+            "%s changed in the bucket while this node was down, before it could upload what "
+            "it had written there: that goes to %s, the bucket's %s stays",
+            row.key,
+            conflict,
+            row.key,
+        )
+        return conflict
+
+    async def _holds(self, meta: ObjectMeta, staging: Path) -> bool:
+        """Whether the object `meta` holds the bytes of `staging`."""
+        if meta.size != staging.stat().st_size:
+            return False
+        with staging.open("rb") as file:
+            for start in range(0, meta.size, COMPARE_PIECE):
+                length = min(COMPARE_PIECE, meta.size - start)
+                ours = await asyncio.to_thread(file.read, length)
+                theirs = await self.cloud.get_range(meta.key, start, length, meta.version)
+                if ours != theirs:
+                    return False
+        return True
 
     async def recover_until_done(self, interval: float = RECOVERY_INTERVAL) -> None:
         """Retry `recover` until the journal of the previous run is empty."""

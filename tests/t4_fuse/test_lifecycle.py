@@ -64,6 +64,78 @@ def test_kill_9_before_upload_loses_nothing(mount_factory: object) -> None:
     assert "stale mount" in mount.log_tail(200)
 
 
+def conflict_copies(mount: Mount) -> dict[str, bytes]:
+    """What the bucket behind `mount` holds under `.tierfs-conflicts/`, by key."""
+
+    async def fetch() -> dict[str, bytes]:
+        cloud = cloud_of(mount)
+        try:
+            listed = (await cloud.list_all(".tierfs-conflicts/", delimiter=False)).objects
+            return {
+                meta.key: bytes(await cloud.get_range(meta.key, 0, meta.size, meta.version))
+                for meta in listed
+            }
+        finally:
+            await cloud.close()
+
+    return asyncio.run(fetch())
+
+
+def write_and_crash(mount: Mount, name: str, payload: bytes) -> None:
+    """Write `payload` over the file `name` through `mount`, then kill the client before
+    the file is closed (nothing uploaded)."""
+    fd = os.open(mount.path / name, os.O_WRONLY | os.O_TRUNC)
+    assert os.write(fd, payload) == len(payload)
+    mount.kill()
+    with pytest.raises(OSError):
+        os.close(fd)
+
+
+@pytest.mark.warnings_expected
+def test_a_file_changed_elsewhere_while_its_writer_was_down_keeps_both_versions(
+    mount_factory: object,
+) -> None:
+    """Killed before its upload, a node finds at its restart that another node wrote the
+    file meanwhile (and closed it: the bucket has it). Its own bytes, never closed, must
+    not replace the other's, which were: they go under `.tierfs-conflicts/`, and the log
+    says where."""
+    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    (mount.path / "labels.csv").write_bytes(b"id,label\n1,cat\n")
+    ours = b"id,label\n1,dog\n2,cow\n"
+    write_and_crash(mount, "labels.csv", ours)
+    theirs = b"id,label\n1,cat\n2,hen\n"
+    cloud_put(mount, "labels.csv", theirs)  # another node's close, while this one is down
+    mount.start()
+    assert cloud_bytes(mount, "labels.csv") == theirs
+    copies = conflict_copies(mount)
+    assert list(copies.values()) == [ours]
+    (key,) = copies
+    assert key.startswith(".tierfs-conflicts/") and key.endswith("/labels.csv")
+    assert (mount.path / key).read_bytes() == ours
+    assert (mount.path / "labels.csv").read_bytes() == theirs
+    assert f"that goes to {key}" in mount.log.read_text()
+
+
+def test_a_file_whose_upload_landed_before_the_crash_is_no_conflict(
+    mount_factory: object,
+) -> None:
+    """The bucket already holds what the journal names (the put went through and the
+    client was killed before it noted so), or still the version it was written over:
+    recovery puts it at its own key."""
+    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    for name in ("landed.bin", "waiting.bin"):
+        (mount.path / name).write_bytes(b"before")
+    landed, waiting = os.urandom(3 * 2**20), os.urandom(2**20)
+    write_and_crash(mount, "landed.bin", landed)
+    cloud_put(mount, "landed.bin", landed)
+    mount.start()
+    write_and_crash(mount, "waiting.bin", waiting)
+    mount.start()
+    assert cloud_bytes(mount, "landed.bin") == landed
+    assert cloud_bytes(mount, "waiting.bin") == waiting
+    assert conflict_copies(mount) == {}
+
+
 def test_a_client_started_at_once_after_a_crash_cleans_up_the_stale_mount(
     mount_factory: object,
 ) -> None:

@@ -355,7 +355,7 @@ class Filesystem:
         for file in self._open.values():
             path = file.node.path
             if file.dirty and file.staging is not None and (path + "/").startswith(new + "/"):
-                self.uploader.journal.begin(path, file.staging)
+                self.uploader.journal.begin(path, file.staging, file.node.version)
 
     async def _rename_file(self, old: str, new: str) -> None:
         node = self.inodes.find(old)
@@ -736,7 +736,7 @@ class Filesystem:
 
     def _dirty(self, file: OpenFile, size: int) -> None:
         if not file.dirty and not file.unlinked and file.staging is not None:
-            self.uploader.journal.begin(file.node.path, file.staging)
+            self.uploader.journal.begin(file.node.path, file.staging, file.node.version)
         file.dirty = not file.unlinked
         file.node.size = size
         file.node.mtime_ns, file.node.mtime_set_for = time.time_ns(), None

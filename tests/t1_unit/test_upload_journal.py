@@ -1,0 +1,39 @@
+"""The upload journal: what it names survives reopening, and a journal of an earlier
+tierfs (no base versions) still opens with its rows."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tierfs.upload import PendingUpload, UploadJournal
+
+
+def test_rows_outlive_the_journal_and_go_when_done(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = UploadJournal(path)
+    journal.begin("a/new.bin", tmp_path / "s1", "")
+    journal.begin("a/old.bin", tmp_path / "s2", '"etag-1"')
+    journal.begin("a/moved.bin", tmp_path / "s1", "")  # the same staging file, moved
+    journal.close()
+    journal = UploadJournal(path)
+    assert journal.pending() == [
+        PendingUpload("a/old.bin", tmp_path / "s2", '"etag-1"'),
+        PendingUpload("a/moved.bin", tmp_path / "s1", ""),
+    ]
+    journal.done(tmp_path / "s2")
+    assert [row.key for row in journal.pending()] == ["a/moved.bin"]
+    journal.close()
+
+
+def test_a_journal_of_an_earlier_tierfs_opens_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE pending (staging TEXT PRIMARY KEY, key TEXT NOT NULL)")
+        db.execute("INSERT INTO pending VALUES (?, ?)", (str(tmp_path / "s"), "kept.bin"))
+    db.close()
+    journal = UploadJournal(path)
+    assert journal.pending() == [PendingUpload("kept.bin", tmp_path / "s", None)]
+    journal.begin("new.bin", tmp_path / "t", "")
+    assert journal.pending()[1] == PendingUpload("new.bin", tmp_path / "t", "")
+    journal.close()
