@@ -541,28 +541,31 @@ def test_a_git_repository_is_used_from_two_nodes(mount_factory: Callable[..., Mo
     run(first.path / "repo", "fsck", "--no-progress")
 
 
-def test_a_big_directory_lists_in_full(mount_factory: object) -> None:
-    mount = mount_factory("local", start=False)  # type: ignore[operator]
+def mount_with_big_folder(
+    mount_factory: object, count: int, **flags: str
+) -> tuple[Mount, list[str]]:
+    """A mount of the local provider whose bucket holds, from its start, the folder `big`
+    of `count` empty files; the mount and their names, sorted."""
+    mount = mount_factory("local", start=False, **flags)  # type: ignore[operator]
     bucket = Path(mount.flags["local_root"]) / "big"
     bucket.mkdir(parents=True)
-    for index in range(10_000):
-        (bucket / f"entry-{index:05d}").write_bytes(b"")
+    names = [f"entry-{index:05d}" for index in range(count)]
+    for name in names:
+        (bucket / name).write_bytes(b"")
     mount.start()
-    names = os.listdir(mount.path / "big")
-    assert sorted(names) == [f"entry-{index:05d}" for index in range(10_000)]
+    return mount, names
+
+
+def test_a_big_directory_lists_in_full(mount_factory: object) -> None:
+    mount, names = mount_with_big_folder(mount_factory, 10_000)
+    assert sorted(os.listdir(mount.path / "big")) == names
 
 
 def test_every_directory_lists_dot_and_dot_dot_first(mount_factory: object) -> None:
     """`ls -a` shows `.` and `..` (as on a local disk, mountpoint-s3 and s3fs), with the
     inode numbers of the directory and its parent, once each in a listing of many pages,
     and at the mount's root too."""
-    mount = mount_factory("local", start=False)  # type: ignore[operator]
-    bucket = Path(mount.flags["local_root"]) / "big"
-    bucket.mkdir(parents=True)
-    names = [f"entry-{index:04d}" for index in range(3000)]
-    for name in names:
-        (bucket / name).write_bytes(b"")
-    mount.start()
+    mount, names = mount_with_big_folder(mount_factory, 3000)
 
     def listed(folder: Path) -> list[tuple[int, str]]:
         """`ls -a -i -f` (unsorted: as the directory gives them): (inode, name) each."""
@@ -588,13 +591,8 @@ def test_a_directory_read_in_pages_keeps_to_one_listing_past_the_metadata_ttl(
     the metadata TTL has passed: names added to the bucket meanwhile (sorting before all
     the others) make no name come twice. (A directory too large to page through within the
     TTL was listed again from the bucket for every page.)"""
-    mount = mount_factory("local", start=False, metadata_ttl="0.1s")  # type: ignore[operator]
+    mount, names = mount_with_big_folder(mount_factory, 2000, metadata_ttl="0.1s")
     bucket = Path(mount.flags["local_root"]) / "big"
-    bucket.mkdir(parents=True)
-    names = [f"entry-{index:04d}" for index in range(2000)]
-    for name in names:
-        (bucket / name).write_bytes(b"")
-    mount.start()
     with os.scandir(mount.path / "big") as entries:
         seen = [next(entries).name]  # the first page
         time.sleep(0.3)
