@@ -219,7 +219,8 @@ class Uploader:
                 self.journal.done(staging)
                 continue
             try:
-                key = await self._recovery_key(row)
+                if row.base is not None:
+                    key = await self.key_unless_changed(key, staging, row.base)
                 await self.upload(key, staging)
             except CloudError as exc:
                 log.error("%s: recovery upload failed, kept for another try: %s", key, exc)
@@ -230,29 +231,28 @@ class Uploader:
             log.info("%s: uploaded what a previous run had written", key)
         return remaining
 
-    async def _recovery_key(self, row: PendingUpload) -> str:
-        """Where a recovered file goes: its key, unless the object there is no longer the
-        one it was written over (another node wrote or removed it while this one was down)
-        and does not hold these bytes already (put before the crash); then a key under
-        CONFLICTS, so that neither node's bytes are lost."""
-        if row.base is None:
-            return row.key
+    async def key_unless_changed(self, key: str, staging: Path, base: str) -> str:
+        """Where a file written over version `base` of `key` goes when its upload comes
+        late (at a restart, or a retry of a failed close): `key`, unless the object there
+        is no longer `base` (another node wrote or removed it meanwhile) and does not hold
+        these bytes already (a put that went through before the crash or the failure);
+        then a key under CONFLICTS, so that neither node's bytes are lost."""
         try:
-            current: ObjectMeta | None = await self.cloud.head(row.key)
+            current: ObjectMeta | None = await self.cloud.head(key)
         except ObjectNotFoundError:
             current = None
-        if (current.version if current else "") == row.base:
-            return row.key
-        if current is not None and await self._holds(current, row.staging):
-            return row.key
+        if (current.version if current else "") == base:
+            return key
+        if current is not None and await self._holds(current, staging):
+            return key
         stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
-        conflict = f"{CONFLICTS}/{stamp}/{row.key}"
+        conflict = f"{CONFLICTS}/{stamp}/{key}"
         log.error(
-            "%s changed in the bucket while this node was down, before it could upload what "
-            "it had written there: that goes to %s, the bucket's %s stays",
-            row.key,
+            "%s changed in the bucket before this node could upload what it had written "
+            "there: that goes to %s, the bucket's %s stays",
+            key,
             conflict,
-            row.key,
+            key,
         )
         return conflict
 

@@ -18,6 +18,7 @@ import pytest
 import servers
 from cloud_targets import server_for, target_flags
 from mounts import Mount, cloud_bytes, cloud_of, cloud_put, is_mounted
+from relay import Relay
 from tierfs.errors import CloudError
 
 
@@ -273,6 +274,44 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
     wait_for_object(mount, "keep.txt")
     assert cloud_bytes(mount, "keep.txt") == payload
     assert mount.stop() == 0
+
+
+@pytest.mark.warnings_expected
+def test_a_failed_close_retried_after_another_node_wrote_the_file_keeps_both(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """This node alone loses the bucket (a partition): its close fails (EIO, the bytes
+    kept for a retry), another node writes the same file meanwhile and closes it. Once
+    the bucket is back, the retry must not put the failed close's bytes over the other
+    node's: they go under `.tierfs-conflicts/`, and the mount shows the bucket's file."""
+    relay = Relay(int(seaweedfs.endpoint.rpartition(":")[2])).start()
+    request.addfinalizer(relay.stop)
+    flags, env = target_flags("s3-seaweedfs", seaweedfs, tmp_path, timeout=3.0)
+    flags["s3_endpoint"] = f"http://127.0.0.1:{relay.port}"
+    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
+    request.addfinalizer(mount.stop)
+    mount.start()
+    bucket, s3 = flags["s3_bucket"], seaweedfs.boto3_client()
+    (mount.path / "notes.txt").write_bytes(b"first\n")
+    ours, theirs = b"first\nours\n", b"first\ntheirs\n"
+    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, ours)
+    relay.cut()
+    with pytest.raises(OSError) as failed:
+        os.close(fd)
+    assert failed.value.errno == errno.EIO
+    time.sleep(5)  # the release's own try, at once after the failed flush, runs out too
+    s3.put_object(Bucket=bucket, Key="notes.txt", Body=theirs)  # the other node's close
+    relay.restore()
+    deadline = time.monotonic() + 60
+    while not (copies := conflict_copies(mount)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert list(copies.values()) == [ours]
+    assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == theirs
+    time.sleep(1.5)  # the kernel's attributes (1 s) of the file it knew
+    assert (mount.path / "notes.txt").read_bytes() == theirs
+    assert mount.stop() == 0
+    assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == theirs
 
 
 @pytest.mark.warnings_expected

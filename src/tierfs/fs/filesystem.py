@@ -483,10 +483,30 @@ class Filesystem:
             for file in waiting:
                 if file.handles == 0:
                     with contextlib.suppress(CloudError):
-                        await self._upload(file)
+                        await self._retry_upload(file)
                 kept = self._open.get(file.node.inode) is file and file.handles == 0
                 if kept and not file.dirty:
                     self._forget_file(file)
+
+    async def _retry_upload(self, file: OpenFile) -> None:
+        """A closed file's failed upload, again; if another node changed the file in the
+        bucket meanwhile, its bytes go under CONFLICTS (`Uploader.key_unless_changed`) and
+        this mount shows the bucket's file from then on."""
+        path, staging = file.node.path, file.staging
+        if file.stream is not None or not file.dirty or staging is None:
+            await self._upload(file)
+            return
+        key = await self.uploader.key_unless_changed(path, staging, file.node.version)
+        if key == path:
+            await self._upload(file)
+            return
+        async with file.lock:
+            if file.handles or not file.dirty or file.node.path != path:
+                return  # opened or moved meanwhile: its next close or retry uploads it
+            self._abandon_early(file)
+            await self.uploader.upload(key, staging)
+            file.dirty = False
+        self.names.forget(path)
 
     def _new_handle(self, file: OpenFile, writable: bool) -> Handle:
         handle = Handle(self._next_fh, file, writable)
