@@ -2,7 +2,8 @@
 
 A file becomes dirty at its first write; from then until the cloud has its bytes, a row
 in `NVME/journal.sqlite3` names its staging file. A crash in between leaves the row, and
-`recover` uploads what it names on the next start: nothing written is lost.
+`recover` uploads what it names on the next start: nothing written is lost. Nor is what
+another node wrote meanwhile: a late upload goes aside if the object changed.
 
 A file written by appends may have gone up while it was written (`tierfs.fs.early_upload`):
 its upload then only finishes that one.
@@ -36,8 +37,8 @@ RECOVERY_INTERVAL = 5.0  # seconds between tries while the cloud refuses a recov
 # Files going up while they are written, at most: each holds up to PART_CONCURRENCY parts
 # in memory. The others go up at their close.
 EARLY_UPLOADS = 2
-# Where recovery puts a file whose object another node changed or removed since this node
-# began writing it (`Uploader.recover`): CONFLICTS/<UTC time>/<its key>.
+# Where a late upload puts a file whose object another node changed or removed since this
+# node began writing it (`Uploader.key_unless_changed`): CONFLICTS/<UTC time>/<its key>.
 CONFLICTS = ".tierfs-conflicts"
 COMPARE_PIECE = 8 * 2**20  # bytes compared at a time (`Uploader._holds`)
 
