@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -276,6 +277,21 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
     assert mount.stop() == 0
 
 
+def partitioned_mount(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> tuple[Relay, Mount, Any]:
+    """A mount of a new bucket of `seaweedfs` through a relay the test may cut (this node
+    alone loses the bucket), with a 3 s cloud deadline; and a boto3 client of the bucket
+    that the cut does not reach (another node). Both stopped at the end."""
+    relay = Relay(int(seaweedfs.endpoint.rpartition(":")[2])).start()
+    request.addfinalizer(relay.stop)
+    flags, env = target_flags("s3-seaweedfs", seaweedfs, tmp_path, timeout=3.0)
+    flags["s3_endpoint"] = f"http://127.0.0.1:{relay.port}"
+    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
+    request.addfinalizer(mount.stop)
+    return relay, mount.start(), seaweedfs.boto3_client()
+
+
 @pytest.mark.warnings_expected
 def test_a_failed_close_retried_after_another_node_wrote_the_file_keeps_both(
     request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
@@ -284,14 +300,8 @@ def test_a_failed_close_retried_after_another_node_wrote_the_file_keeps_both(
     kept for a retry), another node writes the same file meanwhile and closes it. Once
     the bucket is back, the retry must not put the failed close's bytes over the other
     node's: they go under `.tierfs-conflicts/`, and the mount shows the bucket's file."""
-    relay = Relay(int(seaweedfs.endpoint.rpartition(":")[2])).start()
-    request.addfinalizer(relay.stop)
-    flags, env = target_flags("s3-seaweedfs", seaweedfs, tmp_path, timeout=3.0)
-    flags["s3_endpoint"] = f"http://127.0.0.1:{relay.port}"
-    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
-    request.addfinalizer(mount.stop)
-    mount.start()
-    bucket, s3 = flags["s3_bucket"], seaweedfs.boto3_client()
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    bucket = mount.flags["s3_bucket"]
     (mount.path / "notes.txt").write_bytes(b"first\n")
     ours, theirs = b"first\nours\n", b"first\ntheirs\n"
     fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
@@ -312,6 +322,28 @@ def test_a_failed_close_retried_after_another_node_wrote_the_file_keeps_both(
     assert (mount.path / "notes.txt").read_bytes() == theirs
     assert mount.stop() == 0
     assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == theirs
+
+
+@pytest.mark.warnings_expected
+def test_a_failed_close_uploaded_at_unmount_after_another_node_wrote_the_file_keeps_both(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """As above, but the client is stopped (SIGTERM) as soon as the bucket is back, before
+    its retry: the unmount's upload of the failed file must not overwrite either."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    bucket = mount.flags["s3_bucket"]
+    (mount.path / "notes.txt").write_bytes(b"first\n")
+    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"first\nours\n")
+    relay.cut()
+    with pytest.raises(OSError):
+        os.close(fd)
+    time.sleep(4)  # the release's own try runs out
+    s3.put_object(Bucket=bucket, Key="notes.txt", Body=b"first\ntheirs\n")
+    relay.restore()
+    assert mount.stop() == 0
+    assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == b"first\ntheirs\n"
+    assert list(conflict_copies(mount).values()) == [b"first\nours\n"]
 
 
 @pytest.mark.warnings_expected

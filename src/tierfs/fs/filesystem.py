@@ -792,12 +792,13 @@ class Filesystem:
             )
 
     async def close(self) -> None:
-        """Upload every dirty file (at unmount); the ones that fail stay journaled."""
+        """Upload every dirty file (at unmount); the ones that fail stay journaled. A file
+        whose close failed earlier goes up as its retry would (`_retry_upload`)."""
         if self._retries is not None:
             self._retries.cancel()
         for file in list(self._open.values()):
             with contextlib.suppress(CloudError):
-                await self._upload(file)
+                await (self._retry_upload(file) if file.handles == 0 else self._upload(file))
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
