@@ -187,13 +187,16 @@ class Filesystem:
     def releasedir(self, handle: int) -> None:
         self._dirs.pop(handle, None)
 
-    def dot_entries(self, handle: int) -> tuple[Node, Node]:
-        """The nodes a listing names `.` and `..`: its directory and that one's parent (the
-        root's own at the top; the directory itself if the kernel forgot its parent)."""
+    def _dir_handle(self, handle: int) -> DirHandle:
         opened = self._dirs.get(handle)
         if opened is None:
             raise StaleHandleError(f"directory handle {handle} is not open")
-        directory = opened.node
+        return opened
+
+    def dot_entries(self, handle: int) -> tuple[Node, Node]:
+        """The nodes a listing names `.` and `..`: its directory and that one's parent (the
+        root's own at the top; the directory itself if the kernel forgot its parent)."""
+        directory = self._dir_handle(handle).node
         parent = self.inodes.find(split(directory.path)[0]) if directory.path else directory
         return directory, parent or directory
 
@@ -206,9 +209,7 @@ class Filesystem:
         did, or a later one, even past the metadata TTL: a directory too large to page
         through within the TTL was listed again from the bucket for every page (50,000
         entries took minutes)."""
-        opened = self._dirs.get(handle)
-        if opened is None:
-            raise StaleHandleError(f"directory handle {handle} is not open")
+        opened = self._dir_handle(handle)
         path = opened.node.path
         since = None if start == 0 else opened.listed_at
         entries = await self._entries(path, start, listed_since=since)
@@ -483,30 +484,10 @@ class Filesystem:
             for file in waiting:
                 if file.handles == 0:
                     with contextlib.suppress(CloudError):
-                        await self._retry_upload(file)
+                        await self._upload(file, late=True)
                 kept = self._open.get(file.node.inode) is file and file.handles == 0
                 if kept and not file.dirty:
                     self._forget_file(file)
-
-    async def _retry_upload(self, file: OpenFile) -> None:
-        """A closed file's failed upload, again; if another node changed the file in the
-        bucket meanwhile, its bytes go under CONFLICTS (`Uploader.key_unless_changed`) and
-        this mount shows the bucket's file from then on."""
-        path, staging = file.node.path, file.staging
-        if file.stream is not None or not file.dirty or staging is None:
-            await self._upload(file)
-            return
-        key = await self.uploader.key_unless_changed(path, staging, file.node.version)
-        if key == path:
-            await self._upload(file)
-            return
-        async with file.lock:
-            if file.handles or not file.dirty or file.node.path != path:
-                return  # opened or moved meanwhile: its next close or retry uploads it
-            self._abandon_early(file)
-            await self.uploader.upload(key, staging)
-            file.dirty = False
-        self.names.forget(path)
 
     def _new_handle(self, file: OpenFile, writable: bool) -> Handle:
         handle = Handle(self._next_fh, file, writable)
@@ -761,7 +742,11 @@ class Filesystem:
         file.node.size = size
         file.node.mtime_ns, file.node.mtime_set_for = time.time_ns(), None
 
-    async def _upload(self, file: OpenFile) -> None:
+    async def _upload(self, file: OpenFile, late: bool = False) -> None:
+        """Put the file's unsaved bytes in the cloud. `late` (the retry of a failed close,
+        at once or at unmount): if another node changed the file in the bucket meanwhile,
+        they go under CONFLICTS (`Uploader.key_unless_changed`) and this mount shows the
+        bucket's file from then on."""
         async with file.lock:
             path = file.node.path
             if file.stream is not None:
@@ -775,13 +760,20 @@ class Filesystem:
             elif not file.dirty or file.staging is None:
                 return
             else:
-                early, file.early = file.early, None
+                key = path
                 try:
-                    meta = await self.uploader.upload(path, file.staging, early)
+                    if late:
+                        version = file.node.version
+                        key = await self.uploader.key_unless_changed(path, file.staging, version)
+                    early, file.early = file.early, None  # finished, or abandoned if aside
+                    meta = await self.uploader.upload(key, file.staging, early)
                 except CloudError:
                     log.error("%s: upload failed; the data stays staged for a retry", path)
                     raise
                 file.dirty = False
+                if key != path:  # went aside: the bucket's file is the truth here now
+                    self.names.forget(path)
+                    return
             node = file.node
             if node.mtime_set_for is not None:  # set since the last write: it stays
                 node.mtime_set_for = meta.version
@@ -793,12 +785,12 @@ class Filesystem:
 
     async def close(self) -> None:
         """Upload every dirty file (at unmount); the ones that fail stay journaled. A file
-        whose close failed earlier goes up as its retry would (`_retry_upload`)."""
+        whose close failed earlier goes up late, as its retry would."""
         if self._retries is not None:
             self._retries.cancel()
         for file in list(self._open.values()):
             with contextlib.suppress(CloudError):
-                await (self._retry_upload(file) if file.handles == 0 else self._upload(file))
+                await self._upload(file, late=file.handles == 0)
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
