@@ -22,7 +22,7 @@ class Relay:
         self._listener: socket.socket | None = None
 
     def start(self) -> Relay:
-        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        listener = socket.create_server(("127.0.0.1", self.port))
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         return self

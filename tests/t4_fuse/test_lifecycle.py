@@ -277,6 +277,14 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
     assert mount.stop() == 0
 
 
+def wait_for_log(mount: Mount, text: str, timeout: float = 30.0) -> None:
+    """Until the client's log holds `text`; fails past `timeout`."""
+    deadline = time.monotonic() + timeout
+    while text not in mount.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{mount.log_tail()}"
+        time.sleep(0.1)
+
+
 def partitioned_mount(
     request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
 ) -> tuple[Relay, Mount, Any]:
@@ -310,7 +318,7 @@ def test_a_failed_close_retried_after_another_node_wrote_the_file_keeps_both(
     with pytest.raises(OSError) as failed:
         os.close(fd)
     assert failed.value.errno == errno.EIO
-    time.sleep(5)  # the release's own try, at once after the failed flush, runs out too
+    wait_for_log(mount, "release: PUT")  # the release's own try, after the flush's, fails too
     s3.put_object(Bucket=bucket, Key="notes.txt", Body=theirs)  # the other node's close
     relay.restore()
     deadline = time.monotonic() + 60
@@ -338,7 +346,7 @@ def test_a_failed_close_uploaded_at_unmount_after_another_node_wrote_the_file_ke
     relay.cut()
     with pytest.raises(OSError):
         os.close(fd)
-    time.sleep(4)  # the release's own try runs out
+    wait_for_log(mount, "release: PUT")  # the release's own try, after the flush's, fails too
     s3.put_object(Bucket=bucket, Key="notes.txt", Body=b"first\ntheirs\n")
     relay.restore()
     assert mount.stop() == 0

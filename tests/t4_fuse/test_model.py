@@ -92,15 +92,16 @@ def file_entry(data: bytes) -> str:
     return f"{len(data)} bytes {hashlib.sha256(data).hexdigest()[:16]}"
 
 
+def raise_it(error: OSError) -> None:
+    """os.walk's `onerror`: a folder that cannot be listed fails the walk."""
+    raise error
+
+
 def tree(root: Path) -> dict[str, str]:
     """Every folder, file and link below `root`: a file by its size and digest, a link by
     its target. An error listing a folder is raised (os.walk would pass over it)."""
-
-    def fail(error: OSError) -> None:
-        raise error
-
     found: dict[str, str] = {}
-    for folder, subfolders, names in os.walk(root, onerror=fail):
+    for folder, subfolders, names in os.walk(root, onerror=raise_it):
         for name in [*subfolders, *names]:
             path = Path(folder, name)
             if path.is_symlink():
@@ -114,9 +115,9 @@ def tree(root: Path) -> dict[str, str]:
 
 def modes(root: Path) -> dict[str, str]:
     """The permission bits of every folder and file below `root` (not links: theirs are
-    always 0777)."""
+    always 0777); as `tree`, an error listing a folder is raised."""
     found = {}
-    for folder, subfolders, names in os.walk(root):
+    for folder, subfolders, names in os.walk(root, onerror=raise_it):
         for name in [*subfolders, *names]:
             path = Path(folder, name)
             if not path.is_symlink():
