@@ -110,6 +110,13 @@ class Mount:
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.log, lines)
 
+    def wait_for_log(self, text: str, times: int = 1, timeout: float = 30.0) -> None:
+        """Until the client's log holds `text` `times` times; fails past `timeout`."""
+        deadline = time.monotonic() + timeout
+        while self.log.read_text(errors="replace").count(text) < times:
+            assert time.monotonic() < deadline, f"no {text!r} in the log:\n{self.log_tail()}"
+            time.sleep(0.1)
+
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (dirty files upload, then unmount) and wait; returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:

@@ -12,7 +12,7 @@ import servers
 
 class Relay:
     """Relays 127.0.0.1:`port` to 127.0.0.1:`target`; `cut` refuses and drops every
-    connection until `restore`."""
+    connection until `restore`, `mute` drops the server's answers until then."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -20,6 +20,7 @@ class Relay:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._muted = threading.Event()
 
     def start(self) -> Relay:
         listener = socket.create_server(("127.0.0.1", self.port))
@@ -33,13 +34,27 @@ class Relay:
             listener, self._listener = self._listener, None
             sockets, self._open = self._open, set()
         if listener is not None:
+            # shutdown wakes the accepting thread: a close alone would leave the port
+            # listening until that accept returned (a refused restore, EADDRINUSE)
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
-    restore = start
+    def mute(self) -> None:
+        """Relay requests on, but drop what the server answers: it does what it is asked
+        and its client never learns (an answer lost on the way)."""
+        self._muted.set()
+
+    def restore(self) -> None:
+        """Relay both ways again (after `cut` or `mute`)."""
+        self._muted.clear()
+        if self._listener is None:
+            self.start()
+
     stop = cut
 
     def _accept(self, listener: socket.socket) -> None:
@@ -59,14 +74,16 @@ class Relay:
                     upstream.close()
                     return
                 self._open |= {client, upstream}
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+            for source, sink, muted in ((client, upstream, None), (upstream, client, self._muted)):
+                threading.Thread(target=_pump, args=(source, sink, muted), daemon=True).start()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    """Copy until either side closes, then close the other's writing side."""
+def _pump(source: socket.socket, sink: socket.socket, muted: threading.Event | None) -> None:
+    """Copy until either side closes (but what comes while `muted` is set), then close the
+    other's writing side."""
     with contextlib.suppress(OSError):
         while data := source.recv(65536):
-            sink.sendall(data)
+            if muted is None or not muted.is_set():
+                sink.sendall(data)
     with contextlib.suppress(OSError):
         sink.shutdown(socket.SHUT_WR)

@@ -3,7 +3,8 @@
 A file becomes dirty at its first write; from then until the cloud has its bytes, a row
 in `NVME/journal.sqlite3` names its staging file. A crash in between leaves the row, and
 `recover` uploads what it names on the next start: nothing written is lost. Nor is what
-another node wrote meanwhile: a late upload goes aside if the object changed.
+another node wrote meanwhile: a late upload goes aside if the object changed, unless it
+changed to what a failed put of ours had sent (its answer lost on the way).
 
 A file written by appends may have gone up while it was written (`tierfs.fs.early_upload`):
 its upload then only finishes that one.
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+import xxhash
+
 from tierfs.cache.base import ChunkCache, Origin
 from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore, ObjectMeta
@@ -40,7 +43,9 @@ EARLY_UPLOADS = 2
 # Where a late upload puts a file whose object another node changed or removed since this
 # node began writing it (`Uploader.key_unless_changed`): CONFLICTS/<UTC time>/<its key>.
 CONFLICTS = ".tierfs-conflicts"
-COMPARE_PIECE = 8 * 2**20  # bytes compared at a time (`Uploader._holds`)
+COMPARE_PIECE = 8 * 2**20  # bytes compared or hashed at a time (`Uploader._holds`)
+# Failed puts of a file's contents remembered, at most (`UploadJournal.note_tried`).
+TRIED_KEPT = 8
 
 
 class PendingUpload(NamedTuple):
@@ -50,6 +55,13 @@ class PendingUpload(NamedTuple):
     key: str
     staging: Path
     base: str | None
+
+
+class Content(NamedTuple):
+    """A file's content as a late upload recognises it: its size and xxh3-128 digest."""
+
+    size: int
+    digest: str
 
 
 class ChunkPusher(Protocol):
@@ -79,6 +91,8 @@ class UploadJournal:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(pending)")}
         if "base" not in columns:  # a journal of an earlier tierfs: its rows' bases are NULL
             self._db.execute("ALTER TABLE pending ADD COLUMN base TEXT")
+        if "tried" not in columns:
+            self._db.execute("ALTER TABLE pending ADD COLUMN tried TEXT")
 
     def begin(self, key: str, staging: Path, base: str) -> None:
         """Note `staging` as bound for `key`, written over the object's version `base` (""
@@ -94,6 +108,23 @@ class UploadJournal:
                 raise
             raise OSError(errno.ENOSPC, f"upload journal: no room to note {key}") from exc
 
+    def note_tried(self, staging: Path, content: Content) -> None:
+        """Note that a put of `staging` with this content failed: its answer may have been
+        lost after the store took it. Only the last TRIED_KEPT are kept."""
+        tried = [c for c in self.tried(staging) if c != content][-(TRIED_KEPT - 1) :]
+        text = ";".join(f"{size}:{digest}" for size, digest in [*tried, content])
+        try:
+            self._db.execute("UPDATE pending SET tried = ? WHERE staging = ?", (text, str(staging)))
+        except sqlite3.OperationalError as exc:
+            log.warning("upload journal: cannot note a failed put of %s: %s", staging, exc)
+
+    def tried(self, staging: Path) -> list[Content]:
+        """The contents of `staging` whose puts failed since it was begun, oldest first."""
+        row = self._db.execute("SELECT tried FROM pending WHERE staging = ?", (str(staging),))
+        text = (row.fetchone() or ("",))[0] or ""
+        pairs = (entry.split(":") for entry in text.split(";") if entry)
+        return [Content(int(size), digest) for size, digest in pairs]
+
     def done(self, staging: Path) -> None:
         """Forget `staging`. A failure (the disk is full) only leaves a row whose staging
         file will be gone, which recovery drops: it is logged, not raised."""
@@ -108,6 +139,16 @@ class UploadJournal:
 
     def close(self) -> None:
         self._db.close()
+
+
+def content_of(path: Path) -> Content:
+    """The size and digest of the file at `path` (blocking: run it off the loop)."""
+    digest, size = xxhash.xxh3_128(), 0
+    with path.open("rb") as file:
+        while piece := file.read(COMPARE_PIECE):
+            digest.update(piece)
+            size += len(piece)
+    return Content(size, digest.hexdigest())
 
 
 class Uploader:
@@ -144,7 +185,12 @@ class Uploader:
             finally:
                 self._early.discard(early)
         if meta is None:
-            meta = await self.cloud.put(key, staging)
+            try:
+                meta = await self.cloud.put(key, staging)
+            except CloudError:  # the store may have taken it all the same
+                with contextlib.suppress(OSError):  # no staging file: nothing to retry
+                    self.journal.note_tried(staging, await asyncio.to_thread(content_of, staging))
+                raise
         self.journal.done(staging)
         try:
             source = os.open(staging, os.O_RDONLY)  # open now: the caller may delete it
@@ -246,6 +292,9 @@ class Uploader:
             return key
         if current is not None and await self._holds(current, staging):
             return key
+        if current is not None and await self._is_one_of(current, self.journal.tried(staging)):
+            log.info("%s: a put of ours that seemed to fail had landed; putting it again", key)
+            return key
         stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
         conflict = f"{CONFLICTS}/{stamp}/{key}"
         log.error(
@@ -269,6 +318,16 @@ class Uploader:
                 if ours != theirs:
                     return False
         return True
+
+    async def _is_one_of(self, meta: ObjectMeta, contents: list[Content]) -> bool:
+        """Whether the object `meta` has one of `contents` (one of our own puts)."""
+        if meta.size not in {content.size for content in contents}:
+            return False
+        digest = xxhash.xxh3_128()
+        for start in range(0, meta.size, COMPARE_PIECE):
+            length = min(COMPARE_PIECE, meta.size - start)
+            digest.update(await self.cloud.get_range(meta.key, start, length, meta.version))
+        return Content(meta.size, digest.hexdigest()) in contents
 
     async def recover_until_done(self, interval: float = RECOVERY_INTERVAL) -> None:
         """Retry `recover` until the journal of the previous run is empty."""

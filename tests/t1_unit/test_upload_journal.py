@@ -1,12 +1,12 @@
-"""The upload journal: what it names survives reopening, and a journal of an earlier
-tierfs (no base versions) still opens with its rows."""
+"""The upload journal: what it names survives reopening, so do the contents of failed
+puts, and a journal of an earlier tierfs (no base versions) still opens with its rows."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from tierfs.upload import PendingUpload, UploadJournal
+from tierfs.upload import TRIED_KEPT, Content, PendingUpload, UploadJournal
 
 
 def test_rows_outlive_the_journal_and_go_when_done(tmp_path: Path) -> None:
@@ -23,6 +23,23 @@ def test_rows_outlive_the_journal_and_go_when_done(tmp_path: Path) -> None:
     ]
     journal.done(tmp_path / "s2")
     assert [row.key for row in journal.pending()] == ["a/moved.bin"]
+    journal.close()
+
+
+def test_failed_puts_are_remembered_until_the_file_is_begun_again(tmp_path: Path) -> None:
+    path, staging = tmp_path / "journal.sqlite3", tmp_path / "s"
+    journal = UploadJournal(path)
+    journal.begin("a.bin", staging, '"etag-1"')
+    assert journal.tried(staging) == []
+    contents = [Content(size, f"{size:032x}") for size in range(TRIED_KEPT + 2)]
+    for content in [*contents, contents[-2]]:  # one tried twice: noted once, as the last
+        journal.note_tried(staging, content)
+    journal.close()
+    journal = UploadJournal(path)
+    kept = [*contents[-TRIED_KEPT:-2], contents[-1], contents[-2]]
+    assert journal.tried(staging) == kept
+    journal.begin("a.bin", staging, '"etag-2"')  # uploaded, and written again
+    assert journal.tried(staging) == []
     journal.close()
 
 

@@ -277,14 +277,6 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
     assert mount.stop() == 0
 
 
-def wait_for_log(mount: Mount, text: str, timeout: float = 30.0) -> None:
-    """Until the client's log holds `text`; fails past `timeout`."""
-    deadline = time.monotonic() + timeout
-    while text not in mount.log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{mount.log_tail()}"
-        time.sleep(0.1)
-
-
 def partitioned_mount(
     request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
 ) -> tuple[Relay, Mount, Any]:
@@ -318,7 +310,7 @@ def test_a_failed_close_retried_after_another_node_wrote_the_file_keeps_both(
     with pytest.raises(OSError) as failed:
         os.close(fd)
     assert failed.value.errno == errno.EIO
-    wait_for_log(mount, "release: PUT")  # the release's own try, after the flush's, fails too
+    mount.wait_for_log("release: PUT")  # the release's own try, after the flush's, fails too
     s3.put_object(Bucket=bucket, Key="notes.txt", Body=theirs)  # the other node's close
     relay.restore()
     deadline = time.monotonic() + 60
@@ -346,12 +338,45 @@ def test_a_failed_close_uploaded_at_unmount_after_another_node_wrote_the_file_ke
     relay.cut()
     with pytest.raises(OSError):
         os.close(fd)
-    wait_for_log(mount, "release: PUT")  # the release's own try, after the flush's, fails too
+    mount.wait_for_log("release: PUT")  # the release's own try, after the flush's, fails too
     s3.put_object(Bucket=bucket, Key="notes.txt", Body=b"first\ntheirs\n")
     relay.restore()
     assert mount.stop() == 0
     assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == b"first\ntheirs\n"
     assert list(conflict_copies(mount).values()) == [b"first\nours\n"]
+
+
+@pytest.mark.warnings_expected
+def test_a_put_whose_answer_was_lost_is_no_conflict_for_its_retry(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """This node's put reaches the bucket but the bucket's answer is lost: the close fails
+    (EIO). The file is written again and closed while the bucket is out of reach (EIO
+    again). Once it is back, the retry must know the object for its own put, not another
+    node's: the bucket gets the last bytes, and nothing goes under `.tierfs-conflicts/`."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    bucket = mount.flags["s3_bucket"]
+    path = mount.path / "notes.txt"
+    path.write_bytes(b"first\n")
+    first, second = (os.open(path, os.O_WRONLY) for _ in range(2))
+    os.pwrite(first, b"second\n", 0)
+    relay.mute()
+    with pytest.raises(OSError) as failed:
+        os.close(first)
+    assert failed.value.errno == errno.EIO
+    relay.cut()
+    assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == b"second\n"
+    os.pwrite(second, b"third!\n", 0)
+    with pytest.raises(OSError):
+        os.close(second)
+    mount.wait_for_log("release: PUT", times=2)  # the last release's own try failed too
+    relay.restore()
+    deadline = time.monotonic() + 60
+    while s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() != b"third!\n":
+        assert time.monotonic() < deadline, f"not uploaded:\n{mount.log_tail()}"
+        time.sleep(0.5)
+    assert conflict_copies(mount) == {}
+    assert path.read_bytes() == b"third!\n"
 
 
 @pytest.mark.warnings_expected
