@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from random import Random
@@ -36,6 +37,8 @@ from hypothesis.stateful import (
 )
 
 from mounts import Mount, cloud_of, node_stats
+from relay import Relay
+from tierfs.errors import ObjectNotFoundError, VersionChangedError
 from tierfs.fs.metadata import LINK_SUFFIX
 
 CHUNK = 64 * 2**10  # the mount's chunk size: small writes cross chunk edges
@@ -177,14 +180,18 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         """Every handle closed: the bucket holds what the local folder does."""
-        for pair in self.open:
-            for fd in pair:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        self.close_every_handle()
         local = tree(self.roots[0])
         assert bucket_tree(self.mount, self.roots[1].name) == local
         observed = tree(self.observer.path / self.roots[1].name)
         assert observed == local, f"the other node's log:\n{self.observer.log_tail()}"
+
+    def close_every_handle(self) -> None:
+        for pair in self.open:
+            for fd in pair:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.open.clear()
 
     def both(self, call: Callable[..., Any], *paths: str) -> None:
         """`call` on the local folder, then on the mount: the same outcome."""
@@ -352,6 +359,80 @@ class TwoNodes(MountAgainstLocalFolder):
         self.roots = (self.roots[0], other / mounted.name)
 
 
+class PartitionedMount(MountAgainstLocalFolder):
+    """The same programs, where the mount may also lose the bucket (a partition: it alone)
+    while a handle writes and closes: the close fails (EIO) or not, the bytes are kept,
+    and the program goes on with the file waiting for its upload, healed at once or once
+    the release's own try has failed too (the retry loop's then, amid the next calls).
+    The mount shows the bytes all along; at the program's end the bucket has them. And a
+    change of names tried while partitioned either ends as on the local folder or fails
+    with EIO and changes nothing (nothing of it reached the bucket)."""
+
+    relay: Relay
+    slowness = 8  # a failing close waits out the cloud deadline: an eighth as many programs
+
+    @rule(path=st.sampled_from(FILES), offset=offsets, data=payloads, heal_at_once=st.booleans())
+    def write_and_close_while_partitioned(
+        self, path: str, offset: int, data: bytes, heal_at_once: bool
+    ) -> None:
+        flags = os.O_WRONLY | os.O_CREAT
+        local, mounted = (
+            outcome(lambda r=root: os.open(r / path, flags, 0o644)) for root in self.roots
+        )
+        assert mounted[0] == local[0], f"open {path}: mount {mounted}, local {local}"
+        if local[0] == "error":
+            assert mounted == local, f"open {path}: mount {mounted}, local {local}"
+            return
+        os.pwrite(local[1], data, offset)
+        os.close(local[1])
+        assert outcome(lambda: os.pwrite(mounted[1], data, offset)) == ("ok", len(data))
+        failed_releases = self.mount.log.read_text(errors="replace").count("release: ")
+        self.relay.cut()
+        try:
+            closed = outcome(lambda: os.close(mounted[1]))
+            if closed == ("error", "EIO") and not heal_at_once:
+                self.mount.wait_for_log("release: ", failed_releases + 1)
+        finally:
+            self.relay.restore()
+        assert closed in {("ok", None), ("error", "EIO")}, f"close {path}: {closed}"
+
+    @rule(
+        change=st.sampled_from(["mkdir", "rmdir", "unlink", "rename", "symlink"]),
+        path=st.sampled_from(FILES + FOLDERS),
+        other=st.sampled_from(FILES + FOLDERS),
+    )
+    def change_names_while_partitioned(self, change: str, path: str, other: str) -> None:
+        calls: dict[str, Callable[[Path, Path], Any]] = {
+            "mkdir": lambda p, _: os.mkdir(p),
+            "rmdir": lambda p, _: os.rmdir(p),
+            "unlink": lambda p, _: os.unlink(p),
+            "rename": os.rename,
+            "symlink": lambda p, _: os.symlink(other, p),
+        }
+        call = calls[change]
+        self.relay.cut()
+        try:
+            mounted = outcome(lambda: call(self.roots[1] / path, self.roots[1] / other))
+        finally:
+            self.relay.restore()
+        if mounted != ("error", "EIO"):
+            local = outcome(lambda: call(self.roots[0] / path, self.roots[0] / other))
+            assert mounted == local, f"{change} {path} {other}: mount {mounted}, local {local}"
+
+    def teardown(self) -> None:
+        """Once every failed close has been retried (within a minute)."""
+        self.close_every_handle()
+        local = tree(self.roots[0])
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(VersionChangedError, ObjectNotFoundError):  # a retry's put
+                if bucket_tree(self.mount, self.roots[1].name) == local:
+                    break
+            assert time.monotonic() < deadline, f"not uploaded:\n{self.mount.log_tail()}"
+            time.sleep(0.5)
+        super().teardown()
+
+
 @pytest.mark.parametrize(
     ("provider", "machine"),
     [
@@ -365,9 +446,16 @@ class TwoNodes(MountAgainstLocalFolder):
         pytest.param("local", TwoNodes, id="local-two-nodes"),
         pytest.param("azure", TwoNodes, id="azure-two-nodes"),
         pytest.param("gcp-native", TwoNodes, id="gcp-native-two-nodes"),
+        pytest.param(
+            "s3-seaweedfs",
+            PartitionedMount,
+            id="s3-seaweedfs-partitioned",
+            marks=pytest.mark.warnings_expected,
+        ),
     ],
 )
 def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
+    request: pytest.FixtureRequest,
     mount_factory: Callable[..., Mount],
     tmp_path: Path,
     provider: str,
@@ -386,7 +474,13 @@ def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
         flags = machine.flags | mount.bucket_flags()
         return mount_factory(provider, chunk_size=str(CHUNK), **flags)
 
-    mount = mount_factory(provider, chunk_size=str(CHUNK), **machine.flags)
+    flags = dict(machine.flags)
+    if machine is PartitionedMount:
+        seaweedfs = request.getfixturevalue("seaweedfs")
+        machine.relay = Relay(int(seaweedfs.endpoint.rpartition(":")[2])).start()
+        request.addfinalizer(machine.relay.stop)
+        flags |= {"s3_endpoint": f"http://127.0.0.1:{machine.relay.port}", "cloud_timeout": "3"}
+    mount = mount_factory(provider, chunk_size=str(CHUNK), **flags)
     machine.mount, machine.observer = mount, another_mount()
     machine.local_root = tmp_path / "local"
     machine.local_root.mkdir()
