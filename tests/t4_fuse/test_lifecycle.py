@@ -346,16 +346,10 @@ def test_a_failed_close_uploaded_at_unmount_after_another_node_wrote_the_file_ke
     assert list(conflict_copies(mount).values()) == [b"first\nours\n"]
 
 
-@pytest.mark.warnings_expected
-def test_a_put_whose_answer_was_lost_is_no_conflict_for_its_retry(
-    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
-) -> None:
-    """This node's put reaches the bucket but the bucket's answer is lost: the close fails
-    (EIO). The file is written again and closed while the bucket is out of reach (EIO
-    again). Once it is back, the retry must know the object for its own put, not another
-    node's: the bucket gets the last bytes, and nothing goes under `.tierfs-conflicts/`."""
-    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
-    bucket = mount.flags["s3_bucket"]
+def write_twice_losing_the_first_answer(relay: Relay, mount: Mount, s3: Any) -> int:
+    """notes.txt written through one handle and closed while the relay loses the bucket's
+    answers (the bucket takes the put, the close fails: EIO); then, the relay cut, written
+    again through a second handle, which is returned open."""
     path = mount.path / "notes.txt"
     path.write_bytes(b"first\n")
     first, second = (os.open(path, os.O_WRONLY) for _ in range(2))
@@ -365,18 +359,52 @@ def test_a_put_whose_answer_was_lost_is_no_conflict_for_its_retry(
         os.close(first)
     assert failed.value.errno == errno.EIO
     relay.cut()
+    bucket = mount.flags["s3_bucket"]
     assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == b"second\n"
     os.pwrite(second, b"third!\n", 0)
+    return second
+
+
+@pytest.mark.warnings_expected
+def test_a_put_whose_answer_was_lost_is_no_conflict_for_its_retry(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """This node's put reaches the bucket but the bucket's answer is lost: the close fails
+    (EIO). The file is written again and closed while the bucket is out of reach (EIO
+    again). Once it is back, the retry must know the object for its own put, not another
+    node's: the bucket gets the last bytes, and nothing goes under `.tierfs-conflicts/`."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    second = write_twice_losing_the_first_answer(relay, mount, s3)
     with pytest.raises(OSError):
         os.close(second)
     mount.wait_for_log("release: PUT", times=2)  # the last release's own try failed too
     relay.restore()
     deadline = time.monotonic() + 60
+    bucket = mount.flags["s3_bucket"]
     while s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() != b"third!\n":
         assert time.monotonic() < deadline, f"not uploaded:\n{mount.log_tail()}"
         time.sleep(0.5)
     assert conflict_copies(mount) == {}
-    assert path.read_bytes() == b"third!\n"
+    assert (mount.path / "notes.txt").read_bytes() == b"third!\n"
+
+
+@pytest.mark.warnings_expected
+def test_a_put_whose_answer_was_lost_is_no_conflict_for_the_recovery_after_a_crash(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """As above, but the client is killed (SIGKILL) before the second handle's close: the
+    journal's upload at the restart must know the object for its own put too."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    second = write_twice_losing_the_first_answer(relay, mount, s3)
+    mount.kill()
+    with contextlib.suppress(OSError):
+        os.close(second)  # of the dead mount
+    relay.restore()
+    mount.start()  # the journal's uploads are done before the mount appears
+    bucket = mount.flags["s3_bucket"]
+    assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == b"third!\n"
+    assert conflict_copies(mount) == {}
+    assert (mount.path / "notes.txt").read_bytes() == b"third!\n"
 
 
 @pytest.mark.warnings_expected
