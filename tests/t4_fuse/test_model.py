@@ -466,9 +466,10 @@ def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
     SeaweedFS: its cleaner of emptied folders deletes, 20-40 s after they were written,
     some objects written under or at the name of a folder emptied just before
     (docs/SEMANTICS.md), which the programs do all the time. On every store; then on a
-    tier 1 that evicts, with crashes, and on two nodes taking turns. MODEL_EXAMPLES (40)
-    programs each, a quarter as many with crashes, an eighth on two nodes (moto is too slow
-    for that: each lookup asks it): more for a longer hunt."""
+    tier 1 that evicts, with crashes, on two nodes taking turns, and on a mount that alone
+    loses the bucket at times (a relay between them, cut). MODEL_EXAMPLES (40) programs
+    each, a quarter as many with crashes, an eighth on two nodes (moto is too slow for
+    that: each lookup asks it) and with partitions: more for a longer hunt."""
 
     def another_mount() -> Mount:
         flags = machine.flags | mount.bucket_flags()
