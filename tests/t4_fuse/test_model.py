@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from random import Random
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -36,6 +37,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from cloud_targets import server_for
 from mounts import Mount, cloud_of, node_stats
 from relay import Relay
 from tierfs.errors import ObjectNotFoundError, VersionChangedError
@@ -446,11 +448,14 @@ class PartitionedMount(MountAgainstLocalFolder):
         pytest.param("local", TwoNodes, id="local-two-nodes"),
         pytest.param("azure", TwoNodes, id="azure-two-nodes"),
         pytest.param("gcp-native", TwoNodes, id="gcp-native-two-nodes"),
-        pytest.param(
-            "s3-seaweedfs",
-            PartitionedMount,
-            id="s3-seaweedfs-partitioned",
-            marks=pytest.mark.warnings_expected,
+        *(
+            pytest.param(
+                provider,
+                PartitionedMount,
+                id=f"{provider}-partitioned",
+                marks=pytest.mark.warnings_expected,
+            )
+            for provider in ["s3-seaweedfs", "azure"]
         ),
     ],
 )
@@ -477,10 +482,11 @@ def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
 
     flags = dict(machine.flags)
     if machine is PartitionedMount:
-        seaweedfs = request.getfixturevalue("seaweedfs")
-        machine.relay = Relay(int(seaweedfs.endpoint.rpartition(":")[2])).start()
+        endpoint = urlsplit(server_for(request, provider).endpoint)  # type: ignore[attr-defined]
+        machine.relay = Relay(endpoint.port or 80).start()
         request.addfinalizer(machine.relay.stop)
-        flags |= {"s3_endpoint": f"http://127.0.0.1:{machine.relay.port}", "cloud_timeout": "3"}
+        relayed = endpoint._replace(netloc=f"127.0.0.1:{machine.relay.port}").geturl()
+        flags |= {f"{provider.split('-')[0]}_endpoint": relayed, "cloud_timeout": "3"}
     mount = mount_factory(provider, chunk_size=str(CHUNK), **flags)
     machine.mount, machine.observer = mount, another_mount()
     machine.local_root = tmp_path / "local"
