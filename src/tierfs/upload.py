@@ -43,7 +43,7 @@ EARLY_UPLOADS = 2
 # Where a late upload puts a file whose object another node changed or removed since this
 # node began writing it (`Uploader.key_unless_changed`): CONFLICTS/<UTC time>/<its key>.
 CONFLICTS = ".tierfs-conflicts"
-COMPARE_PIECE = 8 * 2**20  # bytes compared or hashed at a time (`Uploader._holds`)
+COMPARE_PIECE = 8 * 2**20  # bytes hashed at a time (`content_of`, `Uploader._is_ours`)
 # Failed puts of a file's contents remembered, at most (`UploadJournal.note_tried`).
 TRIED_KEPT = 8
 
@@ -290,10 +290,8 @@ class Uploader:
             current = None
         if (current.version if current else "") == base:
             return key
-        if current is not None and await self._holds(current, staging):
-            return key
-        if current is not None and await self._is_one_of(current, self.journal.tried(staging)):
-            log.info("%s: a put of ours that seemed to fail had landed; putting it again", key)
+        if current is not None and await self._is_ours(current, staging):
+            log.info("%s: the bucket holds a put of ours already; putting it again", key)
             return key
         stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
         conflict = f"{CONFLICTS}/{stamp}/{key}"
@@ -306,28 +304,20 @@ class Uploader:
         )
         return conflict
 
-    async def _holds(self, meta: ObjectMeta, staging: Path) -> bool:
-        """Whether the object `meta` holds the bytes of `staging`."""
-        if meta.size != staging.stat().st_size:
-            return False
-        with staging.open("rb") as file:
-            for start in range(0, meta.size, COMPARE_PIECE):
-                length = min(COMPARE_PIECE, meta.size - start)
-                ours = await asyncio.to_thread(file.read, length)
-                theirs = await self.cloud.get_range(meta.key, start, length, meta.version)
-                if ours != theirs:
-                    return False
-        return True
-
-    async def _is_one_of(self, meta: ObjectMeta, contents: list[Content]) -> bool:
-        """Whether the object `meta` has one of `contents` (one of our own puts)."""
-        if meta.size not in {content.size for content in contents}:
+    async def _is_ours(self, meta: ObjectMeta, staging: Path) -> bool:
+        """Whether the object `meta` is a put of ours: the bytes of `staging` (a put that
+        went through before the crash or the failure), or a content whose put seemed to
+        fail (its answer lost on the way). One GET of it, when its size is one of theirs."""
+        ours = self.journal.tried(staging)
+        if meta.size == staging.stat().st_size:
+            ours.append(await asyncio.to_thread(content_of, staging))
+        if meta.size not in {content.size for content in ours}:
             return False
         digest = xxhash.xxh3_128()
         for start in range(0, meta.size, COMPARE_PIECE):
             length = min(COMPARE_PIECE, meta.size - start)
             digest.update(await self.cloud.get_range(meta.key, start, length, meta.version))
-        return Content(meta.size, digest.hexdigest()) in contents
+        return Content(meta.size, digest.hexdigest()) in ours
 
     async def recover_until_done(self, interval: float = RECOVERY_INTERVAL) -> None:
         """Retry `recover` until the journal of the previous run is empty."""
