@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from urllib.parse import urlsplit
 
 import servers
 
@@ -87,3 +88,11 @@ def _pump(source: socket.socket, sink: socket.socket, muted: threading.Event | N
                 sink.sendall(data)
     with contextlib.suppress(OSError):
         sink.shutdown(socket.SHUT_WR)
+
+
+def relay_in_front_of(endpoint: str) -> tuple[Relay, str]:
+    """A started relay in front of the server at the URL `endpoint`, and the URL that
+    reaches the server through it."""
+    parts = urlsplit(endpoint)
+    relay = Relay(parts.port or 80).start()
+    return relay, parts._replace(netloc=f"127.0.0.1:{relay.port}").geturl()

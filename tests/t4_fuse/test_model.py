@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from random import Random
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -39,7 +38,7 @@ from hypothesis.stateful import (
 
 from cloud_targets import server_for
 from mounts import Mount, cloud_of, node_stats
-from relay import Relay
+from relay import Relay, relay_in_front_of
 from tierfs.errors import ObjectNotFoundError, VersionChangedError
 from tierfs.fs.metadata import LINK_SUFFIX
 
@@ -482,10 +481,9 @@ def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
 
     flags = dict(machine.flags)
     if machine is PartitionedMount:
-        endpoint = urlsplit(server_for(request, provider).endpoint)  # type: ignore[attr-defined]
-        machine.relay = Relay(endpoint.port or 80).start()
+        endpoint = server_for(request, provider).endpoint  # type: ignore[attr-defined]
+        machine.relay, relayed = relay_in_front_of(endpoint)
         request.addfinalizer(machine.relay.stop)
-        relayed = endpoint._replace(netloc=f"127.0.0.1:{machine.relay.port}").geturl()
         flags |= {f"{provider.split('-')[0]}_endpoint": relayed, "cloud_timeout": "3"}
     mount = mount_factory(provider, chunk_size=str(CHUNK), **flags)
     machine.mount, machine.observer = mount, another_mount()
