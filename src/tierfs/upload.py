@@ -4,7 +4,8 @@ A file becomes dirty at its first write; from then until the cloud has its bytes
 in `NVME/journal.sqlite3` names its staging file. A crash in between leaves the row, and
 `recover` uploads what it names on the next start: nothing written is lost. Nor is what
 another node wrote meanwhile: a late upload goes aside if the object changed, unless it
-changed to what a failed put of ours had sent (its answer lost on the way).
+changed to what a failed put of ours had sent (its answer lost on the way), and its put
+checks that the object did not change since it looked (`CloudStore.put`'s `expect`).
 
 A file written by appends may have gone up while it was written (`tierfs.fs.early_upload`):
 its upload then only finishes that one.
@@ -30,8 +31,8 @@ import xxhash
 
 from tierfs.cache.base import ChunkCache, Origin
 from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
-from tierfs.cloud.base import CloudStore, ObjectMeta
-from tierfs.errors import CloudError, ObjectNotFoundError
+from tierfs.cloud.base import ABSENT, CloudStore, ObjectMeta
+from tierfs.errors import CloudError, ObjectNotFoundError, VersionChangedError
 from tierfs.fs.early_upload import START_AT, EarlyUpload
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,12 @@ RECOVERY_INTERVAL = 5.0  # seconds between tries while the cloud refuses a recov
 # in memory. The others go up at their close.
 EARLY_UPLOADS = 2
 # Where a late upload puts a file whose object another node changed or removed since this
-# node began writing it (`Uploader.key_unless_changed`): CONFLICTS/<UTC time>/<its key>.
+# node began writing it (`Uploader.upload_late`): CONFLICTS/<UTC time>/<its key>.
 CONFLICTS = ".tierfs-conflicts"
 COMPARE_PIECE = 8 * 2**20  # bytes hashed at a time (`content_of`, `Uploader._is_ours`)
+# Looks at the bucket a late upload takes, at most, when its object keeps changing between
+# the look and the put (`Uploader.upload_late`); then it fails, and is retried later.
+LATE_LOOKS = 3
 # Failed puts of a file's contents remembered, at most (`UploadJournal.note_tried`).
 TRIED_KEPT = 8
 
@@ -171,9 +175,16 @@ class Uploader:
         self._abandoned: set[asyncio.Task[None]] = set()
         self._early: set[EarlyUpload] = set()  # started, neither finished nor abandoned
 
-    async def upload(self, key: str, staging: Path, early: EarlyUpload | None = None) -> ObjectMeta:
+    async def upload(
+        self,
+        key: str,
+        staging: Path,
+        early: EarlyUpload | None = None,
+        expect: str | None = None,
+    ) -> ObjectMeta:
         """Put `staging` under `key` (finishing `early`, its upload under way, if it can);
-        returns only once the cloud has every byte.
+        returns only once the cloud has every byte. `expect`: put it only over that
+        version of the object (`CloudStore.put`; a finished `early` is not checked).
 
         Raises CloudError (the journal row stays, so a later flush or restart retries).
         The tier-1 copy of the new version is made in the background.
@@ -186,7 +197,7 @@ class Uploader:
                 self._early.discard(early)
         if meta is None:
             try:
-                meta = await self.cloud.put(key, staging)
+                meta = await self.cloud.put(key, staging, expect)
             except CloudError:  # the store may have taken it all the same
                 with contextlib.suppress(OSError):  # no staging file: nothing to retry
                     self.journal.note_tried(staging, await asyncio.to_thread(content_of, staging))
@@ -266,9 +277,10 @@ class Uploader:
                 self.journal.done(staging)
                 continue
             try:
-                if row.base is not None:
-                    key = await self.key_unless_changed(key, staging, row.base)
-                await self.upload(key, staging)
+                if row.base is None:
+                    await self.upload(key, staging)
+                else:
+                    key = (await self.upload_late(key, staging, row.base)).key
             except CloudError as exc:
                 log.error("%s: recovery upload failed, kept for another try: %s", key, exc)
                 remaining += 1
@@ -278,21 +290,38 @@ class Uploader:
             log.info("%s: uploaded what a previous run had written", key)
         return remaining
 
-    async def key_unless_changed(self, key: str, staging: Path, base: str) -> str:
-        """Where a file written over version `base` of `key` goes when its upload comes
-        late (at a restart, or a retry of a failed close): `key`, unless the object there
-        is no longer `base` (another node wrote or removed it meanwhile) and does not hold
-        these bytes already (a put that went through before the crash or the failure);
-        then a key under CONFLICTS, so that neither node's bytes are lost."""
+    async def upload_late(self, key: str, staging: Path, base: str) -> ObjectMeta:
+        """`upload` of a file written over version `base` of `key` whose upload comes late
+        (at a restart, at unmount, or a retry of a failed close): to `key`, unless
+        another node changed the object meanwhile; then under CONFLICTS, so that neither
+        node's bytes are lost. The put checks that the object is still as it was seen,
+        so a change between the look and the put is seen too. The returned object's key
+        says where the file went."""
+        looks = 1
+        while True:
+            target, expect = await self._late_target(key, staging, base)
+            try:
+                return await self.upload(target, staging, expect=expect)
+            except VersionChangedError:
+                if looks == LATE_LOOKS:
+                    raise
+                looks += 1
+                log.info("%s changed while this node was uploading it; looking again", key)
+
+    async def _late_target(self, key: str, staging: Path, base: str) -> tuple[str, str | None]:
+        """Where a late upload goes, and the version it expects to put over there: `key`
+        while the object there is still `base`, or holds bytes of ours (a put that went
+        through before the crash or the failure); else a new key under CONFLICTS."""
         try:
             current: ObjectMeta | None = await self.cloud.head(key)
         except ObjectNotFoundError:
             current = None
-        if (current.version if current else "") == base:
-            return key
+        version = current.version if current else ABSENT
+        if version == base:
+            return key, version
         if current is not None and await self._is_ours(current, staging):
             log.info("%s: the bucket holds a put of ours already; putting it again", key)
-            return key
+            return key, version
         stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
         conflict = f"{CONFLICTS}/{stamp}/{key}"
         log.error(
@@ -302,7 +331,7 @@ class Uploader:
             conflict,
             key,
         )
-        return conflict
+        return conflict, None
 
     async def _is_ours(self, meta: ObjectMeta, staging: Path) -> bool:
         """Whether the object `meta` is a put of ours: the bytes of `staging` (a put that

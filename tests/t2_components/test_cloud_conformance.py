@@ -12,7 +12,7 @@ import pytest
 
 import servers
 from cloud_targets import AUTHENTICATING, NETWORKED, SERVER_FIXTURE, server_for, settings_for
-from tierfs.cloud.base import MULTIPART_THRESHOLD, PART_SIZE, CloudStore
+from tierfs.cloud.base import ABSENT, MULTIPART_THRESHOLD, PART_SIZE, CloudStore
 from tierfs.cloud.gcs import GcsStore
 from tierfs.cloud.providers import (
     AzureBlobCloud,
@@ -182,6 +182,31 @@ async def test_a_changed_object_is_never_read_at_the_old_version(store: CloudSto
     with pytest.raises(VersionChangedError):
         await store.get_range("changing", 0, CHUNK, old.version)
     assert await store.get_range("changing", 0, CHUNK, new.version) == pattern(CHUNK, seed=2)
+
+
+async def test_a_put_that_expects_a_version_replaces_that_version_only(
+    store: CloudStore, tmp_path: Path
+) -> None:
+    """`expect` (a late upload's check that no other node wrote the file meanwhile): the
+    put goes over the version it names, or over no object for ABSENT; over anything else
+    it is refused and the object stays as it was, large bodies (in parts) too."""
+    first = await store.put("expect/file", b"first")
+    seen = (await store.head("expect/file")).version  # as a late upload sees it
+    second = await store.put("expect/file", b"second", expect=seen)
+    large = tmp_path / "large"
+    large.write_bytes(pattern(MULTIPART_THRESHOLD + 1))
+    for body, expect in [(b"stale", first.version), (b"new", ABSENT), (large, first.version)]:
+        with pytest.raises(VersionChangedError):
+            await store.put("expect/file", body, expect=expect)
+    assert (await store.head("expect/file")).version == second.version
+    assert await store.get_range("expect/file", 0, 100, second.version) == b"second"
+    created = await store.put("expect/new", b"new", expect=ABSENT)
+    assert await store.get_range("expect/new", 0, 100, created.version) == b"new"
+    await store.delete("expect/file")
+    with pytest.raises(VersionChangedError):
+        await store.put("expect/file", b"gone", expect=second.version)
+    with pytest.raises(ObjectNotFoundError):
+        await store.head("expect/file")
 
 
 async def test_missing_object(store: CloudStore) -> None:

@@ -420,8 +420,8 @@ class SlowCloud(CloudStore):
     async def head(self, key: str) -> ObjectMeta:
         return await self._store.head(key)
 
-    async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
-        return await self._store.put(key, body)
+    async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
+        return await self._store.put(key, body, expect)
 
     def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
         return self._store.list(prefix, delimiter)

@@ -20,7 +20,12 @@ from datetime import datetime
 from pathlib import Path
 
 from tierfs.chunks import Data
-from tierfs.errors import InvalidKeyError, ObjectNotFoundError, UnsupportedUploadError
+from tierfs.errors import (
+    InvalidKeyError,
+    ObjectNotFoundError,
+    UnsupportedUploadError,
+    VersionChangedError,
+)
 
 # HEADs at once that tell an empty object from a folder marker a client listed without
 # its slash (`CloudStore.markers_in`).
@@ -34,6 +39,8 @@ PART_BUFFERS = PART_SIZE * PART_CONCURRENCY  # larger parts go up fewer at a tim
 # Copies through the client at once (`copy_through`): each holds up to PART_CONCURRENCY
 # parts, and a directory rename starts many copies together.
 COPIES_THROUGH = 2
+# The version `put` expects of a key that holds no object (its `expect`).
+ABSENT = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +103,34 @@ class CloudStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
+    async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
         """Store `body` (bytes, or the content of a local file) under `key`, replacing it.
 
         A file is streamed: over MULTIPART_THRESHOLD it goes up in parts (in parallel
         where the provider allows: S3 and Azure; GCS resumable uploads are sequential),
         never held in memory whole. The object appears only once complete; on
         failure the old object, if any, is left as it was. Returns the new metadata.
+
+        `expect`: put only over that version of the object (ABSENT: only where there is
+        none), else raise VersionChangedError and change nothing. Where `checks_puts`,
+        a put up to MULTIPART_THRESHOLD checks it in the same request; otherwise a HEAD
+        just before the put does (`_check_expected`), and a put by another client in
+        between is overwritten.
         """
+
+    #: Whether `put` checks `expect` in its own request (for bodies that go up whole).
+    checks_puts = False
+
+    async def _check_expected(self, key: str, expect: str) -> None:
+        """Raise VersionChangedError unless the object at `key` is at version `expect`."""
+        try:
+            version = (await self.head(key)).version
+        except ObjectNotFoundError:
+            version = ABSENT
+        if version != expect:
+            raise VersionChangedError(
+                f"{self.url}/{key}: at version {version or '(none)'}, not {expect or '(none)'}"
+            )
 
     #: Whether `put_stream` works (else it raises UnsupportedUploadError).
     streams_uploads = False

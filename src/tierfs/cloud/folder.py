@@ -52,6 +52,7 @@ class FolderStore(CloudStore):
         self.url = f"{inner.url}/{prefix.prefix}"
         self.name_max = inner.name_max
         self.streams_uploads = inner.streams_uploads
+        self.checks_puts = inner.checks_puts
 
     def check_key(self, key: str) -> str:
         self._inner.check_key(self._keys.outer(key))
@@ -63,8 +64,8 @@ class FolderStore(CloudStore):
     async def get_range(self, key: str, start: int, length: int, version: str) -> Data:
         return await self._inner.get_range(self._keys.outer(key), start, length, version)
 
-    async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
-        return self._meta(await self._inner.put(self._keys.outer(key), body))
+    async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
+        return self._meta(await self._inner.put(self._keys.outer(key), body, expect))
 
     async def put_stream(
         self, key: str, parts: AsyncIterator[bytes], size: int | None = None

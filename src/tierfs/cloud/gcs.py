@@ -168,9 +168,11 @@ class GcsStore(CloudStore):
         if generation != version:
             raise VersionChangedError(f"{self.url}/{key}: generation {generation}, not {version}")
 
-    async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
+    async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
         self.check_key(key)
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
+        if expect is not None:  # fake-gcs-server ignores ifGenerationMatch: not relied on
+            await self._check_expected(key, expect)
         if size > MULTIPART_THRESHOLD:
             # A broken resumable upload starts over in a new session: the object appears only
             # when the last chunk lands, and fake-gcs-server appends a resent chunk blindly.

@@ -7,14 +7,18 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import obstore
 import obstore.exceptions as obx
 from obstore.store import ObjectStore
 
+if TYPE_CHECKING:
+    from obstore import PutMode
+
 from tierfs.chunks import Data
 from tierfs.cloud.base import (
+    ABSENT,
     MULTIPART_THRESHOLD,
     PART_BUFFERS,
     PART_SIZE,
@@ -84,6 +88,7 @@ class ObjstoreCloud(CloudStore):
     """A bucket reached through an obstore store (S3Store, AzureStore or LocalStore)."""
 
     streams_uploads = True
+    checks_puts = True  # If-Match / If-None-Match (obstore's PutMode); not LocalStore
     # Objects larger than this are copied through the client (`copy_through`), not by the
     # store; None: the store copies any size.
     copy_limit: int | None = None
@@ -101,7 +106,7 @@ class ObjstoreCloud(CloudStore):
             return BucketNotFoundError(f"{self.url}: no such bucket")
         if isinstance(exc, obx.NotFoundError | FileNotFoundError):
             return ObjectNotFoundError(f"{self.url}/{key}: no such object")
-        if isinstance(exc, obx.PreconditionError):
+        if isinstance(exc, obx.PreconditionError | obx.AlreadyExistsError):  # a put's `expect`
             return VersionChangedError(f"{self.url}/{key}: the object changed")
         denied = (obx.PermissionDeniedError, obx.UnauthenticatedError)
         if isinstance(exc, denied) or http_status(exc) in (401, 403):
@@ -172,16 +177,22 @@ class ObjstoreCloud(CloudStore):
             return PART_SIZE
         return max(PART_SIZE, -(-size // (self.max_parts * MiB)) * MiB)
 
-    async def put(self, key: str, body: bytes | Path) -> ObjectMeta:
+    async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
         self.check_key(key)
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
         part = self._part_size(size)
+        mode: PutMode | None = None
+        if expect is not None and self.checks_puts and size <= MULTIPART_THRESHOLD:
+            mode = "create" if expect == ABSENT else {"e_tag": expect}
+        elif expect is not None:  # obstore's multipart uploads take no condition
+            await self._check_expected(key, expect)
 
         async def upload() -> ObjectMeta:
             result = await obstore.put_async(
                 self._store,
                 key,
                 body,
+                mode=mode,
                 use_multipart=size > MULTIPART_THRESHOLD,
                 chunk_size=part,
                 max_concurrency=max(1, PART_BUFFERS // part),

@@ -207,6 +207,7 @@ class LocalDirectoryCloud(ObjstoreCloud):
 
     name_max = 255 - len("#9999")
     max_parts = None  # a file written part by part
+    checks_puts = False  # LocalStore refuses an If-Match put (not implemented)
 
     def __init__(self, store: LocalStore, root: str, timeout: float) -> None:
         super().__init__(store, f"local://{root}", timeout)

@@ -745,7 +745,7 @@ class Filesystem:
     async def _upload(self, file: OpenFile, late: bool = False) -> None:
         """Put the file's unsaved bytes in the cloud. `late` (the retry of a failed close,
         at once or at unmount): if another node changed the file in the bucket meanwhile,
-        they go under CONFLICTS (`Uploader.key_unless_changed`) and this mount shows the
+        they go under CONFLICTS (`Uploader.upload_late`) and this mount shows the
         bucket's file from then on."""
         async with file.lock:
             path = file.node.path
@@ -760,18 +760,20 @@ class Filesystem:
             elif not file.dirty or file.staging is None:
                 return
             else:
-                key = path
+                early, file.early = file.early, None  # finished, or abandoned
                 try:
                     if late:
-                        version = file.node.version
-                        key = await self.uploader.key_unless_changed(path, file.staging, version)
-                    early, file.early = file.early, None  # finished, or abandoned if aside
-                    meta = await self.uploader.upload(key, file.staging, early)
+                        if early is not None:
+                            self.uploader.abandon(early)
+                        base = file.node.version
+                        meta = await self.uploader.upload_late(path, file.staging, base)
+                    else:
+                        meta = await self.uploader.upload(path, file.staging, early)
                 except CloudError:
                     log.error("%s: upload failed; the data stays staged for a retry", path)
                     raise
                 file.dirty = False
-                if key != path:  # went aside: the bucket's file is the truth here now
+                if meta.key != path:  # went aside: the bucket's file is the truth here now
                     self.names.forget(path)
                     return
             node = file.node
