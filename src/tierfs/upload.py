@@ -184,7 +184,8 @@ class Uploader:
     ) -> ObjectMeta:
         """Put `staging` under `key` (finishing `early`, its upload under way, if it can);
         returns only once the cloud has every byte. `expect`: put it only over that
-        version of the object (`CloudStore.put`; a finished `early` is not checked).
+        version of the object (`CloudStore.put`); not with `early`, whose stream takes no
+        condition (`upload_late`'s callers give it up first).
 
         Raises CloudError (the journal row stays, so a later flush or restart retries).
         The tier-1 copy of the new version is made in the background.

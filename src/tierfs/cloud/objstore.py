@@ -184,7 +184,7 @@ class ObjstoreCloud(CloudStore):
         mode: PutMode | None = None
         if expect is not None and self.checks_puts and size <= MULTIPART_THRESHOLD:
             mode = "create" if expect == ABSENT else {"e_tag": expect}
-        elif expect is not None:  # obstore's multipart uploads take no condition
+        elif expect is not None:  # LocalStore, or a multipart upload: neither takes one
             await self._check_expected(key, expect)
 
         async def upload() -> ObjectMeta:
