@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import servers
@@ -13,7 +14,8 @@ import servers
 
 class Relay:
     """Relays 127.0.0.1:`port` to 127.0.0.1:`target`; `cut` refuses and drops every
-    connection until `restore`, `mute` drops the server's answers until then."""
+    connection until `restore`, `mute` drops the server's answers until then, `rewrite`
+    changes the next request that holds a given string."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -22,6 +24,7 @@ class Relay:
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._muted = threading.Event()
+        self._rewrites: list[tuple[bytes, bytes]] = []  # (old, new), each for one request
 
     def start(self) -> Relay:
         listener = socket.create_server(("127.0.0.1", self.port))
@@ -50,6 +53,28 @@ class Relay:
         and its client never learns (an answer lost on the way)."""
         self._muted.set()
 
+    def rewrite(self, old: bytes, new: bytes) -> None:
+        """Replace `old` with `new` in the next request that holds it, once (a server that
+        misunderstands one request). Both the same length: the request's framing holds."""
+        if len(old) != len(new):
+            raise ValueError("a rewrite keeps the length")
+        with self._lock:
+            self._rewrites.append((old, new))
+
+    @property
+    def rewrites_pending(self) -> int:
+        """Rewrites no request has met yet."""
+        with self._lock:
+            return len(self._rewrites)
+
+    def _rewritten(self, data: bytes) -> bytes:
+        with self._lock:
+            for n, (old, new) in enumerate(self._rewrites):
+                if old in data:
+                    del self._rewrites[n]
+                    return data.replace(old, new, 1)
+        return data
+
     def restore(self) -> None:
         """Relay both ways again (after `cut` or `mute`)."""
         self._muted.clear()
@@ -75,16 +100,22 @@ class Relay:
                     upstream.close()
                     return
                 self._open |= {client, upstream}
-            for source, sink, muted in ((client, upstream, None), (upstream, client, self._muted)):
-                threading.Thread(target=_pump, args=(source, sink, muted), daemon=True).start()
+            for source, sink, change in (
+                (client, upstream, self._rewritten),
+                (upstream, client, self._unless_muted),
+            ):
+                threading.Thread(target=_pump, args=(source, sink, change), daemon=True).start()
+
+    def _unless_muted(self, data: bytes) -> bytes:
+        return b"" if self._muted.is_set() else data
 
 
-def _pump(source: socket.socket, sink: socket.socket, muted: threading.Event | None) -> None:
-    """Copy until either side closes (but what comes while `muted` is set), then close the
+def _pump(source: socket.socket, sink: socket.socket, change: Callable[[bytes], bytes]) -> None:
+    """Copy what `change` makes of the bytes until either side closes, then close the
     other's writing side."""
     with contextlib.suppress(OSError):
         while data := source.recv(65536):
-            if muted is None or not muted.is_set():
+            if data := change(data):
                 sink.sendall(data)
     with contextlib.suppress(OSError):
         sink.shutdown(socket.SHUT_WR)

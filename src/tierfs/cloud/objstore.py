@@ -57,6 +57,9 @@ _TRANSIENT_TEXT = (
     "error decoding response body",
 )
 _RANGE_PAST_END_TEXT = ("range", "not satisfiable", "416", "out of bounds")
+# obstore's error for a range request answered with the whole object (200, not 206):
+# SeaweedFS does that to a few small ranges while other requests are being cancelled.
+_NOT_PARTIAL_TEXT = "non-partial response"
 LIST_PAGE_SIZE = 1000
 
 
@@ -152,7 +155,13 @@ class ObjstoreCloud(CloudStore):
                 await obstore.head_async(self._store, key)
                 raise
             except obx.GenericError as exc:
-                if not any(word in str(exc).lower() for word in _RANGE_PAST_END_TEXT):
+                text = str(exc).lower()
+                if _NOT_PARTIAL_TEXT in text:  # asked again, it answers the range
+                    raise TransientCloudError(
+                        f"{self.url}/{key}: the store answered a range request with the "
+                        f"whole object"
+                    ) from exc
+                if not any(word in text for word in _RANGE_PAST_END_TEXT):
                     raise
                 return await self._past_end(key, start, version)
             if result.meta["e_tag"] != version:
