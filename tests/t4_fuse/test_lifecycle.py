@@ -352,6 +352,35 @@ def test_a_failed_close_uploaded_at_unmount_after_another_node_wrote_the_file_ke
     assert list(conflict_copies(mount).values()) == [b"first\nours\n"]
 
 
+@pytest.mark.warnings_expected
+def test_a_failed_close_renamed_after_another_node_wrote_the_file_keeps_both(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """As above, but the file is renamed as soon as the bucket is back, before its retry:
+    the rename's upload of the failed file must not overwrite the other node's either.
+    The rename moves the bucket's file (the other node's, as for any file changed
+    elsewhere); the failed close's bytes go under `.tierfs-conflicts/`."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    bucket = mount.flags["s3_bucket"]
+    (mount.path / "notes.txt").write_bytes(b"first\n")
+    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"first\nours\n")
+    relay.cut()
+    with pytest.raises(OSError):
+        os.close(fd)
+    mount.wait_for_log("release: PUT")  # the release's own try, after the flush's, fails too
+    s3.put_object(Bucket=bucket, Key="notes.txt", Body=b"first\ntheirs\n")
+    relay.restore()
+    (mount.path / "notes.txt").rename(mount.path / "moved.txt")
+    assert list(conflict_copies(mount).values()) == [b"first\nours\n"]
+    assert s3.get_object(Bucket=bucket, Key="moved.txt")["Body"].read() == b"first\ntheirs\n"
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="notes.txt")["KeyCount"] == 0
+    time.sleep(1.5)  # the kernel's attributes (1 s) of the file it knew
+    assert (mount.path / "moved.txt").read_bytes() == b"first\ntheirs\n"
+    assert mount.stop() == 0
+    assert s3.get_object(Bucket=bucket, Key="moved.txt")["Body"].read() == b"first\ntheirs\n"
+
+
 def write_twice_losing_the_first_answer(relay: Relay, mount: Mount, s3: Any) -> int:
     """notes.txt written through one handle and closed while the relay loses the bucket's
     answers (the bucket takes the put, the close fails: EIO); then, the relay cut, written

@@ -362,7 +362,11 @@ class Filesystem:
         node = self.inodes.find(old)
         opened = self._open.get(node.inode) if node else None
         if opened is not None and opened.dirty:
-            await self._upload(opened)  # the bytes must exist in the cloud to be copied
+            # The bytes must exist in the cloud to be copied; a file whose close failed
+            # goes up late, as its retry would: over another node's write, they go aside
+            # and the rename moves the bucket's file.
+            await self._upload(opened, late=opened.handles == 0)
+            self._forget_if_uploaded(opened)
         entry = await self._stat(old)
         assert entry is not None
         if not entry.version:  # nothing in the cloud yet (an unlinked-while-open leftover)
@@ -485,9 +489,12 @@ class Filesystem:
                 if file.handles == 0:
                     with contextlib.suppress(CloudError):
                         await self._upload(file, late=True)
-                kept = self._open.get(file.node.inode) is file and file.handles == 0
-                if kept and not file.dirty:
-                    self._forget_file(file)
+                self._forget_if_uploaded(file)
+
+    def _forget_if_uploaded(self, file: OpenFile) -> None:
+        """Forget a file whose close failed once its bytes are in the cloud (or aside)."""
+        if self._open.get(file.node.inode) is file and file.handles == 0 and not file.dirty:
+            self._forget_file(file)
 
     def _new_handle(self, file: OpenFile, writable: bool) -> Handle:
         handle = Handle(self._next_fh, file, writable)
