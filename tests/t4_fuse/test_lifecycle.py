@@ -381,6 +381,40 @@ def test_a_failed_close_renamed_after_another_node_wrote_the_file_keeps_both(
     assert s3.get_object(Bucket=bucket, Key="moved.txt")["Body"].read() == b"first\ntheirs\n"
 
 
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "azure"])
+def test_a_failed_close_in_a_renamed_folder_goes_up_under_the_new_name(
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+) -> None:
+    """A file whose close failed (this node lost the bucket), then its folder renamed
+    once the bucket is back: the retry puts it over its copy under the new name. On
+    Azure, where a copy is a new version, the retry took the copy for another node's
+    change and sent the bytes under `.tierfs-conflicts/`."""
+    relay, relayed = relay_in_front_of(server_for(request, provider).endpoint)  # type: ignore[attr-defined]
+    request.addfinalizer(relay.stop)
+    flags, env = target_flags(provider, server_for(request, provider), tmp_path, timeout=3.0)
+    flags[f"{provider.split('-')[0]}_endpoint"] = relayed
+    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
+    request.addfinalizer(mount.stop)
+    mount.start()
+    (mount.path / "d").mkdir()
+    (mount.path / "d/notes.txt").write_bytes(b"first\n")
+    fd = os.open(mount.path / "d/notes.txt", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"first\nours\n")
+    relay.cut()
+    with pytest.raises(OSError):
+        os.close(fd)
+    mount.wait_for_log("release: PUT")  # the release's own try, after the flush's, fails too
+    relay.restore()
+    os.rename(mount.path / "d", mount.path / "e")
+    wait_for_object(mount, "e/notes.txt", b"first\nours\n")
+    assert cloud_bytes(mount, "e/notes.txt") == b"first\nours\n"
+    assert conflict_copies(mount) == {}
+    assert (mount.path / "e/notes.txt").read_bytes() == b"first\nours\n"
+    assert mount.stop() == 0
+    assert cloud_bytes(mount, "d/notes.txt") is None
+
+
 def write_twice_losing_the_first_answer(relay: Relay, mount: Mount, s3: Any) -> int:
     """notes.txt written through one handle and closed while the relay loses the bucket's
     answers (the bucket takes the put, the close fails: EIO); then, the relay cut, written

@@ -10,6 +10,7 @@ import pytest
 
 import servers
 from mounts import Mount, cloud_bytes, cloud_put
+from pagecache import evict
 
 
 @pytest.mark.parametrize("provider", ["azure", "azure-sas", "gcp-native", "gcp-interop", "s3-moto"])
@@ -25,6 +26,26 @@ def test_read_write_smoke(mount_factory: object, provider: str) -> None:
     assert cloud_bytes(mount, "in/renamed.bin") == payload
     os.unlink(mount.path / "in/renamed.bin")
     assert cloud_bytes(mount, "in/renamed.bin") is None
+
+
+@pytest.mark.parametrize("provider", ["azure", "gcp-native"])
+def test_a_file_held_open_reads_on_through_renames(mount_factory: object, provider: str) -> None:
+    """A file renamed, then its folder, while held open: where a copy is a new version
+    (Azure, GCS), the handle reads the copy, and its reads failed (EIO at the file's
+    rename, ESTALE at the folder's)."""
+    mount: Mount = mount_factory(provider)  # type: ignore[operator]
+    body = os.urandom(9 * 2**20 + 7)
+    (mount.path / "in").mkdir()
+    (mount.path / "in/f.bin").write_bytes(body)
+    with open(mount.path / "in/f.bin", "rb", buffering=0) as held:
+        assert os.pread(held.fileno(), 4096, 0) == body[:4096]
+        os.rename(mount.path / "in/f.bin", mount.path / "in/g.bin")
+        evict(held.fileno(), len(body))  # so that the reads come to tierfs
+        assert os.pread(held.fileno(), 2**20, 5 * 2**20) == body[5 * 2**20 : 6 * 2**20]
+        os.rename(mount.path / "in", mount.path / "out")
+        evict(held.fileno(), len(body))
+        assert held.read() == body
+    assert cloud_bytes(mount, "out/g.bin") == body
 
 
 def test_a_1_gib_file_through_the_mount(

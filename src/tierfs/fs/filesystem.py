@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 
 from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
 from tierfs.chunks import ChunkRef, Data, ObjectRef, chunks_covering
-from tierfs.cloud.base import CloudStore
+from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.errors import (
     CloudError,
     DirectoryNotEmptyError,
@@ -377,12 +377,8 @@ class Filesystem:
         self.names.note(old, None)
         copied = await self.cloud.head(destination)
         self.names.note(new, file_entry(copied))
-        if node is not None and node.version == entry.version:
-            # its handles read the copy, the same bytes (a new version but on S3, whose
-            # ETag is their MD5: an open handle's next read or write was ESTALE)
-            node.version = copied.version
-        if node is not None and node.mtime_set_for == entry.version:
-            node.mtime_set_for = copied.version  # the copy is the same file, moved
+        if node is not None:
+            _copied_as(node, entry.version, copied.version)
 
     async def _rename_tree(self, old: str, new: str) -> None:
         listed = (await self.cloud.list_all(old + "/", delimiter=False)).objects
@@ -396,6 +392,7 @@ class Filesystem:
             below, lambda meta: self.cloud.copy(meta.key, new + meta.key[len(old) :], meta.size)
         )
         await _bounded(markers, lambda folder: self.cloud.put_marker(new + folder[len(old) :]))
+        await self._follow_copies(old, new, below)
         await _bounded(below, lambda meta: self.cloud.delete(meta.key))
         for folder in sorted(markers, reverse=True):  # deepest first: a local folder must be empty
             await self.cloud.delete_marker(folder)
@@ -403,6 +400,16 @@ class Filesystem:
         self.names.forget_subtree(new)
         self.names.note(old, None)
         self.names.note(new, Entry(split(new)[1], True))
+
+    async def _follow_copies(self, old: str, new: str, below: list[ObjectMeta]) -> None:
+        """The open files under folder `old`, copied under `new`, take their copies'
+        versions: their handles read on, and a dirty one's late upload goes over its copy."""
+        listed = {meta.key: meta.version for meta in below}
+        for file in list(self._open.values()):
+            node = file.node
+            if node.path.startswith(old + "/") and listed.get(node.path) == node.version:
+                copied = await self.cloud.head(new + node.path[len(old) :])
+                _copied_as(node, listed[node.path], copied.version)
 
     # -- attributes ---------------------------------------------------------------------
 
@@ -555,6 +562,11 @@ class Filesystem:
         if file.fd is not None:
             return await asyncio.to_thread(os.pread, file.fd, size, offset)
         ref = file.ref()
+        if handle.reader is not None and handle.reader.ref != ref:
+            # renamed since (its bytes under another key, another version but on S3):
+            # the read-ahead starts again there
+            stale, handle.reader = handle.reader, self.read_path.open_reader(ref)
+            await stale.close()
         if handle.reader is None and ref.size > 0:
             handle.reader = self.read_path.open_reader(ref)
             if self.page_cache is not None:
@@ -808,6 +820,16 @@ class Filesystem:
         await asyncio.gather(*self._page_fills, return_exceptions=True)
         if self.page_cache is not None:
             await self.page_cache.close()
+
+
+def _copied_as(node: Node, version: str, copy: str) -> None:
+    """`node`'s file at `version` was copied to its new name as version `copy`, the same
+    bytes (a new version but on S3, whose ETag is their MD5): its handles read the copy,
+    and a time set here stays with it."""
+    if node.version == version:
+        node.version = copy
+    if node.mtime_set_for == version:
+        node.mtime_set_for = copy
 
 
 async def _bounded(items: list[T], operation: Callable[[T], Awaitable[None]]) -> None:
