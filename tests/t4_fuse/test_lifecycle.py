@@ -298,6 +298,20 @@ def partitioned_mount(
     return relay, mount.start(), seaweedfs.boto3_client()
 
 
+def close_while_cut(relay: Relay, mount: Mount, name: str, ours: bytes) -> None:
+    """`name` written ("first") and closed; then `ours` written over it through a handle
+    whose close fails (EIO) while the relay is cut, as does its release's own try. The
+    relay stays cut."""
+    (mount.path / name).write_bytes(b"first\n")
+    fd = os.open(mount.path / name, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, ours)
+    relay.cut()
+    with pytest.raises(OSError) as failed:
+        os.close(fd)
+    assert failed.value.errno == errno.EIO
+    mount.wait_for_log("release: PUT")  # the release's own try, after the flush's, fails too
+
+
 @pytest.mark.warnings_expected
 def test_a_failed_close_retried_after_another_node_wrote_the_file_keeps_both(
     request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
@@ -308,15 +322,8 @@ def test_a_failed_close_retried_after_another_node_wrote_the_file_keeps_both(
     node's: they go under `.tierfs-conflicts/`, and the mount shows the bucket's file."""
     relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
     bucket = mount.flags["s3_bucket"]
-    (mount.path / "notes.txt").write_bytes(b"first\n")
     ours, theirs = b"first\nours\n", b"first\ntheirs\n"
-    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, ours)
-    relay.cut()
-    with pytest.raises(OSError) as failed:
-        os.close(fd)
-    assert failed.value.errno == errno.EIO
-    mount.wait_for_log("release: PUT")  # the release's own try, after the flush's, fails too
+    close_while_cut(relay, mount, "notes.txt", ours)
     s3.put_object(Bucket=bucket, Key="notes.txt", Body=theirs)  # the other node's close
     relay.restore()
     deadline = time.monotonic() + 60
@@ -338,13 +345,7 @@ def test_a_failed_close_uploaded_at_unmount_after_another_node_wrote_the_file_ke
     its retry: the unmount's upload of the failed file must not overwrite either."""
     relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
     bucket = mount.flags["s3_bucket"]
-    (mount.path / "notes.txt").write_bytes(b"first\n")
-    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, b"first\nours\n")
-    relay.cut()
-    with pytest.raises(OSError):
-        os.close(fd)
-    mount.wait_for_log("release: PUT")  # the release's own try, after the flush's, fails too
+    close_while_cut(relay, mount, "notes.txt", b"first\nours\n")
     s3.put_object(Bucket=bucket, Key="notes.txt", Body=b"first\ntheirs\n")
     relay.restore()
     assert mount.stop() == 0
@@ -362,13 +363,7 @@ def test_a_failed_close_renamed_after_another_node_wrote_the_file_keeps_both(
     elsewhere); the failed close's bytes go under `.tierfs-conflicts/`."""
     relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
     bucket = mount.flags["s3_bucket"]
-    (mount.path / "notes.txt").write_bytes(b"first\n")
-    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, b"first\nours\n")
-    relay.cut()
-    with pytest.raises(OSError):
-        os.close(fd)
-    mount.wait_for_log("release: PUT")  # the release's own try, after the flush's, fails too
+    close_while_cut(relay, mount, "notes.txt", b"first\nours\n")
     s3.put_object(Bucket=bucket, Key="notes.txt", Body=b"first\ntheirs\n")
     relay.restore()
     (mount.path / "notes.txt").rename(mount.path / "moved.txt")
@@ -398,13 +393,7 @@ def test_a_failed_close_in_a_renamed_folder_goes_up_under_the_new_name(
     request.addfinalizer(mount.stop)
     mount.start()
     (mount.path / "d").mkdir()
-    (mount.path / "d/notes.txt").write_bytes(b"first\n")
-    fd = os.open(mount.path / "d/notes.txt", os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, b"first\nours\n")
-    relay.cut()
-    with pytest.raises(OSError):
-        os.close(fd)
-    mount.wait_for_log("release: PUT")  # the release's own try, after the flush's, fails too
+    close_while_cut(relay, mount, "d/notes.txt", b"first\nours\n")
     relay.restore()
     os.rename(mount.path / "d", mount.path / "e")
     wait_for_object(mount, "e/notes.txt", b"first\nours\n")

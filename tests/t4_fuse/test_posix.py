@@ -187,26 +187,6 @@ def test_a_file_moved_then_removed_while_open_reads_and_takes_writes(mounted: Mo
     assert cloud_bytes(mounted, "b") == body
 
 
-def test_a_file_renamed_while_open_or_in_a_renamed_folder_reads_on(mounted: Mount) -> None:
-    """POSIX: a rename does not touch those who hold the file open. A handle opened
-    before the file, or its folder, was renamed (its bytes now under another key, and
-    a new version but on S3) failed its next read that came to tierfs with EIO."""
-    body = os.urandom(9 * 2**20 + 7)
-    os.mkdir(mounted.path / "d")
-    (mounted.path / "d/f.bin").write_bytes(body)
-    with open(mounted.path / "d/f.bin", "rb", buffering=0) as held:
-        assert os.pread(held.fileno(), 4096, 0) == body[:4096]
-        os.rename(mounted.path / "d/f.bin", mounted.path / "d/g.bin")
-        evict(held.fileno(), len(body))  # so that the reads come to tierfs
-        assert os.pread(held.fileno(), 2**20, 5 * 2**20) == body[5 * 2**20 : 6 * 2**20]
-        os.rename(mounted.path / "d", mounted.path / "e")
-        evict(held.fileno(), len(body))
-        assert held.read() == body
-    assert os.listdir(mounted.path) == ["e"]
-    assert cloud_bytes(mounted, "e/g.bin") == body
-    assert (mounted.path / "e/g.bin").read_bytes() == body
-
-
 @pytest.mark.parametrize(
     ("action", "expected"),
     [
