@@ -31,9 +31,9 @@ def test_read_write_smoke(mount_factory: object, provider: str) -> None:
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs", "azure", "gcp-native"])
 def test_a_file_held_open_reads_on_through_renames(mount_factory: object, provider: str) -> None:
     """POSIX: a rename does not touch those who hold the file open. A handle opened
-    before the file, then its folder, was renamed reads on from the copy (a new version
-    but on S3 and local). Its reads that reached tierfs failed: EIO after the file's
-    rename, and ESTALE after the folder's where a copy is a new version (Azure, GCS)."""
+    before the file, then its folder, was renamed reads on from the copy. Its reads that
+    reached tierfs failed: EIO after the file's rename, and ESTALE after the folder's
+    where a copy is a new version (Azure, GCS; on S3 and local it is the same one)."""
     mount: Mount = mount_factory(provider)  # type: ignore[operator]
     body = os.urandom(9 * 2**20 + 7)
     (mount.path / "in").mkdir()

@@ -563,8 +563,7 @@ class Filesystem:
             return await asyncio.to_thread(os.pread, file.fd, size, offset)
         ref = file.ref()
         if handle.reader is not None and handle.reader.ref != ref:
-            # renamed since (its bytes under another key, another version but on S3):
-            # the read-ahead starts again there
+            # renamed since (its bytes under another key): the read-ahead starts again
             stale, handle.reader = handle.reader, self.read_path.open_reader(ref)
             await stale.close()
         if handle.reader is None and ref.size > 0:
@@ -823,9 +822,9 @@ class Filesystem:
 
 
 def _copied_as(node: Node, version: str, copy: str) -> None:
-    """`node`'s file at `version` was copied to its new name as version `copy`, the same
-    bytes (a new version but on S3, whose ETag is their MD5): its handles read the copy,
-    and a time set here stays with it."""
+    """`node`'s file at `version` was copied to its new name as version `copy`: the same
+    bytes (and version on S3, whose ETag is their MD5, and local, whose copy is a hard
+    link; a new one on Azure and GCS). Its handles read the copy; a time set here stays."""
     if node.version == version:
         node.version = copy
     if node.mtime_set_for == version:
