@@ -283,19 +283,29 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
     assert mount.stop() == 0
 
 
+def relayed_mount(
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+) -> tuple[Relay, Mount]:
+    """A mount of a new bucket of `provider`'s server through a relay the test may cut
+    (this node alone loses the bucket), with a 3 s cloud deadline; both stopped at the
+    end."""
+    server = server_for(request, provider)
+    relay, relayed = relay_in_front_of(server.endpoint)  # type: ignore[attr-defined]
+    request.addfinalizer(relay.stop)
+    flags, env = target_flags(provider, server, tmp_path, timeout=3.0)
+    flags[f"{provider.split('-')[0]}_endpoint"] = relayed
+    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
+    request.addfinalizer(mount.stop)
+    return relay, mount.start()
+
+
 def partitioned_mount(
     request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
 ) -> tuple[Relay, Mount, Any]:
-    """A mount of a new bucket of `seaweedfs` through a relay the test may cut (this node
-    alone loses the bucket), with a 3 s cloud deadline; and a boto3 client of the bucket
-    that the cut does not reach (another node). Both stopped at the end."""
-    relay, relayed = relay_in_front_of(seaweedfs.endpoint)
-    request.addfinalizer(relay.stop)
-    flags, env = target_flags("s3-seaweedfs", seaweedfs, tmp_path, timeout=3.0)
-    flags["s3_endpoint"] = relayed
-    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
-    request.addfinalizer(mount.stop)
-    return relay, mount.start(), seaweedfs.boto3_client()
+    """`relayed_mount` of `seaweedfs`, and a boto3 client of the bucket that the cut does
+    not reach (another node)."""
+    relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")
+    return relay, mount, seaweedfs.boto3_client()
 
 
 def close_while_cut(relay: Relay, mount: Mount, name: str, ours: bytes) -> None:
@@ -384,14 +394,9 @@ def test_a_failed_close_in_a_renamed_folder_goes_up_under_the_new_name(
     """A file whose close failed (this node lost the bucket), then its folder renamed
     once the bucket is back: the retry puts it over its copy under the new name. On
     Azure, where a copy is a new version, the retry took the copy for another node's
-    change and sent the bytes under `.tierfs-conflicts/`."""
-    relay, relayed = relay_in_front_of(server_for(request, provider).endpoint)  # type: ignore[attr-defined]
-    request.addfinalizer(relay.stop)
-    flags, env = target_flags(provider, server_for(request, provider), tmp_path, timeout=3.0)
-    flags[f"{provider.split('-')[0]}_endpoint"] = relayed
-    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
-    request.addfinalizer(mount.stop)
-    mount.start()
+    change and sent the bytes under `.tierfs-conflicts/` (on S3 a copy keeps its version:
+    there it always went up)."""
+    relay, mount = relayed_mount(request, tmp_path, provider)
     (mount.path / "d").mkdir()
     close_while_cut(relay, mount, "d/notes.txt", b"first\nours\n")
     relay.restore()
