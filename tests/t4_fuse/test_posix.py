@@ -187,6 +187,11 @@ def test_a_file_moved_then_removed_while_open_reads_and_takes_writes(mounted: Mo
     assert cloud_bytes(mounted, "b") == body
 
 
+def not_utf8(root: Path) -> Path:
+    """A name in `root` whose bytes are not UTF-8 (Latin-1's "café")."""
+    return root / os.fsdecode(b"caf\xe9")
+
+
 @pytest.mark.parametrize(
     ("action", "expected"),
     [
@@ -208,6 +213,11 @@ def test_a_file_moved_then_removed_while_open_reads_and_takes_writes(mounted: Mo
         (lambda r: os.readlink(r / "file"), errno.EINVAL),
         (lambda r: os.symlink("elsewhere", r / "file"), errno.EEXIST),
         (lambda r: os.symlink("file", r / ("n" * 240)), errno.ENAMETOOLONG),  # with its suffix
+        (lambda r: not_utf8(r).write_bytes(b"x"), errno.EINVAL),  # keys are UTF-8
+        (lambda r: os.mkdir(not_utf8(r)), errno.EINVAL),
+        (lambda r: os.rename(r / "file", not_utf8(r)), errno.EINVAL),
+        (lambda r: os.symlink("file", not_utf8(r)), errno.EINVAL),
+        (lambda r: os.stat(not_utf8(r)), errno.EINVAL),
     ],
 )
 def test_errors_users_expect(mount_factory: object, action: object, expected: int) -> None:
@@ -221,6 +231,27 @@ def test_errors_users_expect(mount_factory: object, action: object, expected: in
     assert sorted(os.listdir(mount.path)) == ["dir", "file"]  # nothing half made
     assert sorted(os.listdir(mount.path / "dir")) == ["inside"]
     assert cloud_bytes(mount, "file") == b"x"
+
+
+@pytest.mark.warnings_expected
+def test_a_local_folder_holding_a_name_that_is_not_utf8_says_so(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """Another program put a file whose name is not UTF-8 in a local bucket: no key can
+    name it, so its folder cannot be listed (EIO) and the log names the file; the rest of
+    the mount works on."""
+    mount = mount_factory("local")
+    (mount.path / "sub").mkdir()
+    (mount.path / "sub/good").write_bytes(b"x")
+    (mount.path / "other").write_bytes(b"y")
+    not_utf8(Path(mount.flags["local_root"]) / "sub").write_bytes(b"z")
+    with pytest.raises(OSError) as failed:
+        os.listdir(mount.path / "sub")
+    assert failed.value.errno == errno.EIO
+    mount.wait_for_log("cannot be an object key (rename it)")
+    assert "caf%E9" in mount.log_tail()
+    assert (mount.path / "sub/good").read_bytes() == b"x"
+    assert sorted(os.listdir(mount.path)) == ["other", "sub"]
 
 
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])

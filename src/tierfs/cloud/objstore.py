@@ -60,6 +60,9 @@ _RANGE_PAST_END_TEXT = ("range", "not satisfiable", "416", "out of bounds")
 # obstore's error for a range request answered with the whole object (200, not 206):
 # SeaweedFS does that to a few small ranges while other requests are being cancelled.
 _NOT_PARTIAL_TEXT = "non-partial response"
+# obstore's error for a listing that met a name no key can be (LocalStore: not UTF-8):
+# it fails the whole listing, so the folder cannot be listed until the file is renamed.
+_LISTED_NO_KEY_TEXT = "Encountered object with invalid path"
 LIST_PAGE_SIZE = 1000
 
 
@@ -115,6 +118,11 @@ class ObjstoreCloud(CloudStore):
         if isinstance(exc, denied) or http_status(exc) in (401, 403):
             return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
         if isinstance(exc, obx.InvalidPathError):
+            if _LISTED_NO_KEY_TEXT in str(exc):
+                return CloudError(
+                    f"{self.url}/{key}: a name in it cannot be an object key (rename it): "
+                    f"{_first_line(exc)}"
+                )
             return InvalidKeyError(f"invalid object key {key!r}: {exc}")
         if is_transient(exc):
             return TransientCloudError(f"{self.url}/{key}: {_first_line(exc)}")

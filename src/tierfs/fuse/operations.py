@@ -54,6 +54,15 @@ BLOCK = 512
 DOTS = (b".", b"..")  # the first entries of every directory listing
 
 
+def _name(raw: bytes) -> str:
+    """A name the kernel gave, as a key's segment: object keys are UTF-8, so a name that is
+    not cannot name anything in the bucket (EINVAL)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise errors.InvalidArgumentError(f"{raw!r} is not UTF-8, as object keys are") from None
+
+
 def _errno(
     handler: Callable[P, Coroutine[Any, Any, T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -126,7 +135,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
-        node = await self.fs.lookup(parent_inode, os.fsdecode(name))
+        node = await self.fs.lookup(parent_inode, _name(name))
         node.lookups += 1
         return self._attr(node)
 
@@ -186,17 +195,17 @@ class Operations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
-        node = await self.fs.mkdir(parent_inode, os.fsdecode(name), stat.S_IMODE(mode))
+        node = await self.fs.mkdir(parent_inode, _name(name), stat.S_IMODE(mode))
         node.lookups += 1
         return self._attr(node)
 
     @_errno
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: Ctx) -> None:
-        await self.fs.rmdir(parent_inode, os.fsdecode(name))
+        await self.fs.rmdir(parent_inode, _name(name))
 
     @_errno
     async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: Ctx) -> None:
-        await self.fs.unlink(parent_inode, os.fsdecode(name))
+        await self.fs.unlink(parent_inode, _name(name))
 
     @_errno
     async def rename(
@@ -211,12 +220,10 @@ class Operations(pyfuse3.Operations):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise errors.UnsupportedError("rename with RENAME_EXCHANGE")
         if flags & pyfuse3.RENAME_NOREPLACE and await self.fs.exists(
-            parent_inode_new, os.fsdecode(name_new)
+            parent_inode_new, _name(name_new)
         ):
-            raise errors.EntryExistsError(os.fsdecode(name_new))
-        await self.fs.rename(
-            parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new)
-        )
+            raise errors.EntryExistsError(_name(name_new))
+        await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new))
 
     @_errno
     async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Ctx) -> pyfuse3.FileInfo:
@@ -237,7 +244,7 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: Ctx,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        handle = await self.fs.create(parent_inode, os.fsdecode(name), stat.S_IMODE(mode))
+        handle = await self.fs.create(parent_inode, _name(name), stat.S_IMODE(mode))
         node = handle.file.node
         node.lookups += 1
         info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle.fh), direct_io=self.direct_io)
@@ -283,7 +290,7 @@ class Operations(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes, ctx: Ctx
     ) -> pyfuse3.EntryAttributes:
-        node = await self.fs.symlink(parent_inode, os.fsdecode(name), target)
+        node = await self.fs.symlink(parent_inode, _name(name), target)
         node.lookups += 1
         return self._attr(node)
 
