@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import AsyncExitStack
 
 from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
-from tierfs.cache.owner import claim
+from tierfs.cache.owner import claim, lock
 from tierfs.cloud.folder import FolderStore, KeyPrefix
 from tierfs.cloud.providers import check_bucket, open_store, settle_s3_region
 from tierfs.coordinator.client import CoordinatorClient, NodeReport
@@ -78,6 +79,7 @@ async def run_client(settings: ClientSettings) -> None:
     settings.nvme.mkdir(parents=True, exist_ok=True)
     stats = NodeStats()
     async with AsyncExitStack() as stack:
+        stack.callback(os.close, lock(settings.nvme))  # before its journal is read
         keys = KeyPrefix(settings.prefix)
         settings = await settle_s3_region(settings)
         bucket = open_store(settings)

@@ -577,3 +577,30 @@ def test_busy_mount_point_is_one_line_and_exit_1(mount_factory: object, tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "is busy" in lines[0], result.stderr
     assert is_mounted(mount.path)  # the mount in place is untouched
+
+
+def test_a_second_client_on_the_same_tier_1_directory_is_one_line_and_exit_1(
+    mount_factory: object, tmp_path: Path
+) -> None:
+    """Two clients on one -nvme: the second took the first's upload under way for what a
+    crash left, sent the file half written and removed its staging file (the writer's
+    next write failed: EIO). It refuses at start, and the writer writes on."""
+    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    (tmp_path / "mnt2").mkdir()
+    with (mount.path / "being-written").open("wb") as file:
+        file.write(b"a" * 1000)
+        file.flush()
+        try:
+            result = client("-mount", str(tmp_path / "mnt2"), "-nvme", str(mount.nvme),
+                            "-cloud-provider", "local", "-local-root", mount.flags["local_root"],
+                            "-port", str(servers.free_ports(1)[0]))  # fmt: skip
+        finally:  # a client that did not refuse runs until killed: its mount stays
+            if is_mounted(tmp_path / "mnt2"):
+                subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt2")], check=False)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert f"{mount.nvme} is in use by another tierfs client (pid {mount.proc.pid})" in lines[0]
+        assert not is_mounted(tmp_path / "mnt2")
+        file.write(b"b" * 1000)
+    assert cloud_bytes(mount, "being-written") == b"a" * 1000 + b"b" * 1000

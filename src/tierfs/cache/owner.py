@@ -1,10 +1,13 @@
 """A tier-1 directory belongs to one store: the bucket (and folder) its chunks and pending
 uploads are of. Pointed at another, it must neither serve that bucket's chunks for this
-one nor send its pending uploads to the wrong bucket."""
+one nor send its pending uploads to the wrong bucket. And it belongs to one client at a
+time: a second would take the first's uploads under way for a crash's leftovers."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from pathlib import Path
 
 from tierfs.cache.index import INDEX_FILE
@@ -13,6 +16,25 @@ from tierfs.errors import ConfigError
 log = logging.getLogger(__name__)
 
 OWNER_FILE = "store"  # the URL of the store the directory caches
+LOCK_FILE = "client.pid"  # locked (flock) by the client using the directory; holds its pid
+
+
+def lock(root: Path) -> int:
+    """Take `root` for this process alone until it exits or closes the descriptor returned.
+    A second client on it would upload the files the first is writing, half written, as
+    what a crash left, and remove their staging files: ConfigError if another holds it."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"{root} is in use by another tierfs client (pid {holder}): give each its own -nvme"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def claim(root: Path, store_url: str, pending_uploads: int) -> None:
