@@ -34,6 +34,14 @@ def is_mounted(path: Path) -> bool:
         return any(line.split()[1] == target for line in mounts)
 
 
+def unmount_if_mounted(path: Path) -> bool:
+    """Unmount (lazily) what is at `path`, live or stale; whether there was a mount."""
+    if not is_mounted(path):
+        return False
+    subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False)
+    return True
+
+
 def is_serving(path: Path) -> bool:
     """A live filesystem answers at `path` (a stale mount fails statfs with ENOTCONN; not
     stat, which for a second after a crash the kernel may answer from its cache)."""
@@ -143,8 +151,7 @@ class Mount:
             self.proc.wait(10)
 
     def _unmount(self) -> None:
-        if is_mounted(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        unmount_if_mounted(self.path)
 
 
 def cloud_of(mount: Mount) -> CloudStore:

@@ -18,7 +18,7 @@ import pytest
 
 import servers
 from cloud_targets import server_for, target_flags
-from mounts import Mount, cloud_bytes, cloud_of, cloud_put, is_mounted
+from mounts import Mount, cloud_bytes, cloud_of, cloud_put, is_mounted, unmount_if_mounted
 from relay import Relay, relay_in_front_of
 from tierfs.errors import CloudError
 
@@ -595,12 +595,11 @@ def test_a_second_client_on_the_same_tier_1_directory_is_one_line_and_exit_1(
                             "-cloud-provider", "local", "-local-root", mount.flags["local_root"],
                             "-port", str(servers.free_ports(1)[0]))  # fmt: skip
         finally:  # a client that did not refuse runs until killed: its mount stays
-            if is_mounted(tmp_path / "mnt2"):
-                subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt2")], check=False)
+            mounted = unmount_if_mounted(tmp_path / "mnt2")
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
         assert f"{mount.nvme} is in use by another tierfs client (pid {mount.proc.pid})" in lines[0]
-        assert not is_mounted(tmp_path / "mnt2")
+        assert not mounted
         file.write(b"b" * 1000)
     assert cloud_bytes(mount, "being-written") == b"a" * 1000 + b"b" * 1000

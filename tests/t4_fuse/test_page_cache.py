@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -33,12 +34,14 @@ def wait_for_pages(fd: int, pages: set[int], size: int) -> None:
         time.sleep(0.02)
 
 
-def wait_for_stores(mount: Mount, count: int) -> None:
-    """Return once the node has counted `count` stores into the page cache; fail after 10 s."""
+def wait_for_stores(mount: Mount, count: int) -> Any:
+    """The node's counters once it has counted `count` stores into the page cache; fails
+    after 10 s."""
     deadline = time.monotonic() + 10
-    while (stores := node_stats(mount)["page_cache_stores"]) < count:
-        assert time.monotonic() < deadline, f"{stores} of {count} stores done"
+    while (stats := node_stats(mount))["page_cache_stores"] < count:
+        assert time.monotonic() < deadline, f"{stats['page_cache_stores']} of {count} stores"
         time.sleep(0.02)
+    return stats
 
 
 def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
@@ -53,8 +56,7 @@ def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
         at = CHUNK + 100 * PAGE
         assert os.pread(fd, PAGE, at) == body[at : at + PAGE]
         wait_for_pages(fd, set(range(CHUNK // PAGE, 2 * CHUNK // PAGE)), len(body))
-        wait_for_stores(mount, 1)  # the node counts a store once it has returned
-        before = node_stats(mount)
+        before = wait_for_stores(mount, 1)  # the node counts a store once it has returned
         assert before["page_cache_stores"] == 1
         assert before["page_cache_bytes"] == CHUNK - PAGE  # all but the page read
         offsets = random.Random(3).sample(range(CHUNK, 2 * CHUNK - PAGE), 200)

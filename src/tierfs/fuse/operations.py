@@ -219,11 +219,10 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise errors.UnsupportedError("rename with RENAME_EXCHANGE")
-        if flags & pyfuse3.RENAME_NOREPLACE and await self.fs.exists(
-            parent_inode_new, _name(name_new)
-        ):
-            raise errors.EntryExistsError(_name(name_new))
-        await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new))
+        old, new = _name(name_old), _name(name_new)
+        if flags & pyfuse3.RENAME_NOREPLACE and await self.fs.exists(parent_inode_new, new):
+            raise errors.EntryExistsError(new)
+        await self.fs.rename(parent_inode_old, old, parent_inode_new, new)
 
     @_errno
     async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: Ctx) -> pyfuse3.FileInfo:
