@@ -14,6 +14,8 @@ import logging
 import secrets
 import shutil
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+import servers
 from certs import self_signed
 from coordinators import Coordinator, start_coordinator
 from tierfs.coordinator.client import CoordinatorClient, NodeReport
@@ -460,6 +463,29 @@ def test_kill9_and_restart_keep_peers_and_locations(base: Path) -> None:
         coordinator.stop()
     assert coordinator.proc.popen is not None and coordinator.proc.popen.returncode == 0
     assert "coordinator stopped" in coordinator.proc.log.read_text()
+    coordinator.assert_clean_log()
+
+
+def test_a_second_coordinator_on_the_same_data_dir_is_one_line_and_exit_1(base: Path) -> None:
+    """Two coordinators on one database would each sweep and number the other's peers."""
+    coordinator = start_coordinator(base)
+    try:
+        coordinator.register("first", "127.0.0.1:7002")
+        (port,) = servers.free_ports(1)
+        result = subprocess.run(
+            [sys.executable, "-m", "tierfs.cli", "coordinator", "-listen", "127.0.0.1",
+             "-port", str(port), "-data-dir", str(coordinator.data_dir)],
+            capture_output=True, text=True, timeout=60, env=servers.clean_env(),
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines == [
+            f"tierfs coordinator: {coordinator.data_dir} is in use by another tierfs "
+            f"coordinator (pid {coordinator.proc.pid}): give each its own -data-dir"
+        ]
+        assert coordinator.live_ids() == ["first"]
+    finally:
+        coordinator.stop()
     coordinator.assert_clean_log()
 
 

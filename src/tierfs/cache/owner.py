@@ -5,12 +5,11 @@ time: a second would take the first's uploads under way for a crash's leftovers.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 from pathlib import Path
 
 from tierfs.cache.index import INDEX_FILE
+from tierfs.directory_lock import lock_directory
 from tierfs.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -20,21 +19,9 @@ LOCK_FILE = "client.pid"  # locked (flock) by the client using the directory; ho
 
 
 def lock(root: Path) -> int:
-    """Take `root` for this process alone until it exits or closes the descriptor returned.
-    A second client on it would upload the files the first is writing, half written, as
-    what a crash left, and remove their staging files: ConfigError if another holds it."""
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ConfigError(
-            f"{root} is in use by another tierfs client (pid {holder}): give each its own -nvme"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    """Take `root` for this client alone (a second would upload the files the first is
+    writing, half written, as what a crash left, and remove their staging files)."""
+    return lock_directory(root, LOCK_FILE, "tierfs client", "-nvme")
 
 
 def claim(root: Path, store_url: str, pending_uploads: int) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -24,6 +25,7 @@ from tierfs.coordinator.metrics import CoordinatorMetrics
 from tierfs.coordinator.middlewares import MAX_BODY, middlewares
 from tierfs.coordinator.openapi import build
 from tierfs.coordinator.routes import add_routes
+from tierfs.directory_lock import lock_directory
 from tierfs.errors import TierfsError
 from tierfs.settings import CoordinatorSettings
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_SWEEP_INTERVAL = 1.0  # seconds: a dead peer's epoch change shows within this
 SNAPSHOT_MAX_AGE = 0.25  # seconds a heartbeat answer's peer list may lag the epoch
+LOCK_FILE = "coordinator.pid"  # in -data-dir, locked by the coordinator using it
 
 
 def create_app(settings: CoordinatorSettings) -> web.Application:
@@ -51,14 +54,19 @@ def create_app(settings: CoordinatorSettings) -> web.Application:
             await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise TierfsError(f"cannot create -data-dir {settings.data_dir}: {exc}") from None
-        path = settings.data_dir / FILE_NAME
-        db = await Database.open(path)
-        graced = await db.run(membership.grant_restart_grace, time.time())
-        grace = settings.peer_expiry
-        log.info("state in %s (%d live peers given %gs of grace)", path, graced, grace)
-        app[DB] = db
-        yield
-        await db.close()
+        # Two coordinators on one database would each sweep and number the peers of both.
+        held = lock_directory(settings.data_dir, LOCK_FILE, "tierfs coordinator", "-data-dir")
+        try:
+            path = settings.data_dir / FILE_NAME
+            db = await Database.open(path)
+            graced = await db.run(membership.grant_restart_grace, time.time())
+            grace = settings.peer_expiry
+            log.info("state in %s (%d live peers given %gs of grace)", path, graced, grace)
+            app[DB] = db
+            yield
+            await db.close()
+        finally:
+            os.close(held)
 
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(_sweeper)
