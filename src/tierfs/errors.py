@@ -39,6 +39,10 @@ class InvalidKeyError(CloudError):
     """The key cannot be stored by this provider (empty, or not a valid object name)."""
 
 
+class UnnamableKeyError(CloudError):
+    """A listing met a key that no path can name (put by another tool: "a//b", say)."""
+
+
 class UnsupportedUploadError(CloudError):
     """The provider cannot do this kind of upload (a streamed one, on native GCS)."""
 

@@ -513,18 +513,25 @@ async def test_reads_racing_eviction_get_right_bytes_or_none(open_cache: OpenCac
     stats = NodeStats()
     cache = await open_cache(nvme_size=3 * MiB, stats=stats)
     chunks = make_chunks("race", 8 * MiB, 1536 * KiB) + make_chunks("small", 2 * MiB, 256 * KiB)
-    stop = time.monotonic() + 1.5
+    local = stats.tier(Tier.LOCAL)
+    # Race for 1.5 s, and on until there were hits and evictions enough to race (a slow
+    # fsync here has made 1.5 s hold fewer than 30 stores).
+    least, most = time.monotonic() + 1.5, time.monotonic() + 60
     wrong = 0
 
+    def racing() -> bool:
+        now = time.monotonic()
+        return now < least or (now < most and (local.hits <= 50 or stats.evictions <= 50))
+
     async def store_forever() -> None:
-        while time.monotonic() < stop:
+        while racing():
             ref, data = random.choice(chunks)
             await cache.store(ref, data, Origin.LOCAL)
             await asyncio.sleep(0)
 
     async def read_forever() -> None:
         nonlocal wrong
-        while time.monotonic() < stop:
+        while racing():
             ref, data = random.choice(chunks)
             offset = random.randrange(len(data))
             length = random.choice([100, 64 * KiB, MiB, len(data)])
@@ -533,7 +540,6 @@ async def test_reads_racing_eviction_get_right_bytes_or_none(open_cache: OpenCac
             await asyncio.sleep(0)
 
     await asyncio.gather(*(store_forever() for _ in range(3)), *(read_forever() for _ in range(4)))
-    local = stats.tier(Tier.LOCAL)
     assert wrong == 0
     assert local.hits > 50 and stats.evictions > 50
     assert stats.corrupt_chunks == 0 and local.errors == 0

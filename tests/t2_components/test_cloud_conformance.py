@@ -14,6 +14,7 @@ import servers
 from cloud_targets import AUTHENTICATING, NETWORKED, SERVER_FIXTURE, server_for, settings_for
 from tierfs.cloud.base import ABSENT, MULTIPART_THRESHOLD, PART_SIZE, CloudStore
 from tierfs.cloud.gcs import GcsStore
+from tierfs.cloud.objstore import ObjstoreCloud
 from tierfs.cloud.providers import (
     AzureBlobCloud,
     LocalDirectoryCloud,
@@ -432,5 +433,42 @@ async def test_parts_grow_so_that_a_large_file_fits_in_the_parts_a_store_takes(
             await store.put_stream("unknown-size.bin", pieces())
         with pytest.raises(ObjectNotFoundError):
             await store.head("unknown-size.bin")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "provider", ["s3-seaweedfs", "s3-moto", "gcp-interop", "azure", "azure-sas", "local"]
+)
+async def test_a_listing_made_without_obstore_is_obstores(
+    request: pytest.FixtureRequest, provider: str, tmp_path: Path
+) -> None:
+    """obstore fails a whole listing at one key its paths cannot name; the store then lists
+    the level itself (`_list_level`). On keys obstore can name, both must agree."""
+    store = open_store(settings_for(provider, server_for(request, provider), tmp_path))
+    assert isinstance(store, ObjstoreCloud)
+    try:
+        names = ["a", "sp ace", "plus+sign", "pct%41", "ünï €", "sub/b", "sub2/deeper/c"]
+        names += [f"page/{index:04d}" for index in range(1_100)]  # more than a page
+        limit = asyncio.Semaphore(32)
+
+        async def put(key: str) -> None:
+            async with limit:
+                await store.put(key, key.encode())
+
+        async with asyncio.TaskGroup() as group:
+            for name in names:
+                group.create_task(put("level/" + name))
+        await store.put_marker("level/empty")
+        for prefix in ("level/", "level/page/", ""):
+            by_obstore = await store.list_all(prefix, delimiter=True)
+            own = await store._list_level(prefix)
+            assert own is not None
+            assert sorted(own.objects, key=lambda meta: meta.key) == by_obstore.objects
+            assert sorted(own.prefixes) == by_obstore.prefixes
+        assert len(by_obstore.prefixes) == 1  # "level/"
+        paged = (await store._list_level("level/page/")).objects  # type: ignore[union-attr]
+        pages = sorted("level/" + name for name in names if name.startswith("page/"))
+        assert sorted(meta.key for meta in paged) == pages
     finally:
         await store.close()

@@ -19,19 +19,22 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
-from dataclasses import replace
-from email.utils import formatdate
+from dataclasses import dataclass, replace
+from email.utils import formatdate, parsedate_to_datetime
+from functools import partial
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
+from xml.etree import ElementTree
 
 import aiohttp
 from obstore.store import AzureStore
 from yarl import URL
 
-from tierfs.cloud.base import ObjectMeta
-from tierfs.cloud.objstore import ObjstoreCloud
+from tierfs.cloud.base import ListPage, ObjectMeta
+from tierfs.cloud.objstore import LIST_PAGE_SIZE, ObjstoreCloud
 from tierfs.cloud.signed import SignedRequests
 from tierfs.errors import (
+    BucketNotFoundError,
     CloudError,
     ConfigError,
     InvalidKeyError,
@@ -86,12 +89,10 @@ class AzureBlobCloud(ObjstoreCloud):
         self._http = SignedRequests(self.url, timeout)
 
     def _listed(self, meta: Any) -> ObjectMeta:
-        """Azure lists ETags bare (`0x8D...`) and gives them quoted to HEAD, GET and PUT: a
-        listed version is quoted here, or a file read after `ls` was "changed" (ESTALE)."""
+        """A listed version is quoted (`_quoted`), or a file read after `ls` was "changed"
+        (ESTALE)."""
         listed = super()._listed(meta)
-        if listed.version.startswith('"'):
-            return listed
-        return replace(listed, version=f'"{listed.version}"')
+        return replace(listed, version=_quoted(listed.version))
 
     def check_key(self, key: str) -> str:
         if "\\" in key:
@@ -199,16 +200,83 @@ class AzureBlobCloud(ObjstoreCloud):
 
         await self._call(method, marker, send)
 
+    async def _list_level(self, prefix: str) -> ListPage:
+        """List Blobs with the delimiter `/`, every page, sent and read here."""
+        objects: list[ObjectMeta] = []
+        prefixes: list[str] = []
+        query = {"restype": "container", "comp": "list", "delimiter": "/"}
+        query["maxresults"] = str(LIST_PAGE_SIZE)
+        if prefix:
+            query["prefix"] = prefix
+        while True:
+            page = await self._call("LIST", prefix, partial(self._list_page, dict(query)))
+            objects += (replace(meta, version=_quoted(meta.version)) for meta in page.objects)
+            prefixes += page.prefixes
+            if page.next is None:
+                return ListPage(objects, prefixes)
+            query["marker"] = page.next
+
+    async def _list_page(self, query: dict[str, str]) -> _Page:
+        encoded = "&".join(f"{name}={quote(value, safe='')}" for name, value in query.items())
+        url = URL(f"{self._container_url}?{encoded}{self._query.replace('?', '&')}", encoded=True)
+        headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
+        if self._secret is not None:
+            headers["Authorization"] = shared_key(self._account, self._secret, "GET", url, headers)
+        try:
+            async with self._http.send("GET", url, headers, query.get("prefix", "")) as answer:
+                return _parse_listing(await answer.read())
+        except ObjectNotFoundError:  # the listing of a container: it is the container
+            raise BucketNotFoundError(f"{self.url}: no such container") from None
+
     async def close(self) -> None:
         await self._http.close()
         await super().close()
 
 
+@dataclass(frozen=True)
+class _Page:
+    """One answer of List Blobs: `next` is its marker, None on the last."""
+
+    objects: list[ObjectMeta]
+    prefixes: list[str]
+    next: str | None
+
+
+def _parse_listing(body: bytes) -> _Page:
+    """The blobs, blob prefixes and next marker of a List Blobs answer."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise CloudError(f"a listing answer that is not XML: {exc}") from None
+
+    def name(item: ElementTree.Element) -> str:
+        element = item.find("Name")
+        value = "" if element is None else element.text or ""
+        return unquote(value) if element is not None and element.get("Encoded") == "true" else value
+
+    objects = [
+        ObjectMeta(
+            name(blob),
+            int(blob.findtext("Properties/Content-Length") or 0),
+            blob.findtext("Properties/Etag") or "",
+            parsedate_to_datetime(blob.findtext("Properties/Last-Modified") or ""),
+        )
+        for blob in root.iterfind("Blobs/Blob")
+    ]
+    prefixes = [name(item) for item in root.iterfind("Blobs/BlobPrefix")]
+    return _Page(objects, prefixes, root.findtext("NextMarker") or None)
+
+
+def _quoted(etag: str) -> str:
+    """Azure lists ETags bare (`0x8D...`) and gives them quoted to HEAD, GET and PUT."""
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
 def shared_key(
     account: str, secret: bytes, method: str, url: URL, headers: Mapping[str, str]
 ) -> str:
-    """The `Authorization` of a request with no body and no query, signed with the account
-    key (Azure Storage's Shared Key scheme, versions 2015-02-21 on)."""
+    """The `Authorization` of a request with no body, signed with the account key (Azure
+    Storage's Shared Key scheme, versions 2015-02-21 on)."""
     length = headers.get("Content-Length", "")
     content_type = headers.get("Content-Type", "")
     standard = [method, "", "", "" if length == "0" else length, "", content_type] + [""] * 6
@@ -216,6 +284,9 @@ def shared_key(
     canonical = "".join(
         f"{name}:{value}\n" for name, value in ms_headers if name.startswith("x-ms-")
     )
-    text = "\n".join(standard) + "\n" + canonical + f"/{account}{url.raw_path}"
+    resource = f"/{account}{url.raw_path}" + "".join(
+        f"\n{name.lower()}:{value}" for name, value in sorted(url.query.items())
+    )
+    text = "\n".join(standard) + "\n" + canonical + resource
     digest = hmac.new(secret, text.encode(), hashlib.sha256).digest()
     return f"SharedKey {account}:{base64.b64encode(digest).decode()}"

@@ -243,10 +243,13 @@ class GcsStore(CloudStore):
                     self._bucket, params=params, timeout=self._gtimeout
                 ),
             )
-            yield ListPage(
+            page = ListPage(
                 [_meta(item) for item in data.get("items", [])],
-                [p.rstrip("/") + "/" for p in data.get("prefixes", [])],
+                [p if p.endswith("/") else p + "/" for p in data.get("prefixes", [])],
             )
+            # A folder's level is what a filesystem shows; the whole tree below one (a
+            # rename's, rmdir's) keeps every key, as obstore's stores fail on them there.
+            yield self.named_only(page) if delimiter else page
             if not data.get("nextPageToken"):
                 return
             params["pageToken"] = data["nextPageToken"]

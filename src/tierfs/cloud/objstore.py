@@ -33,6 +33,7 @@ from tierfs.errors import (
     InvalidKeyError,
     ObjectNotFoundError,
     TransientCloudError,
+    UnnamableKeyError,
     VersionChangedError,
 )
 from tierfs.retry import with_retry
@@ -60,8 +61,9 @@ _RANGE_PAST_END_TEXT = ("range", "not satisfiable", "416", "out of bounds")
 # obstore's error for a range request answered with the whole object (200, not 206):
 # SeaweedFS does that to a few small ranges while other requests are being cancelled.
 _NOT_PARTIAL_TEXT = "non-partial response"
-# obstore's error for a listing that met a name no key can be (LocalStore: not UTF-8):
-# it fails the whole listing, so the folder cannot be listed until the file is renamed.
+# obstore's error for a listing that met a key its paths cannot name ("a//b", "/a", a
+# tab; a local file's name not UTF-8): it fails the whole listing. A folder's level is
+# then listed without obstore (`_list_level`); a tree below one (rename, rmdir) fails.
 _LISTED_NO_KEY_TEXT = "Encountered object with invalid path"
 LIST_PAGE_SIZE = 1000
 
@@ -119,7 +121,7 @@ class ObjstoreCloud(CloudStore):
             return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
         if isinstance(exc, obx.InvalidPathError):
             if _LISTED_NO_KEY_TEXT in str(exc):
-                return CloudError(
+                return UnnamableKeyError(
                     f"{self.url}/{key}: a name in it cannot be an object key (rename it): "
                     f"{_first_line(exc)}"
                 )
@@ -258,6 +260,12 @@ class ObjstoreCloud(CloudStore):
             )
         return ObjectMeta(key, sent, version, datetime.now(UTC))
 
+    async def _list_level(self, prefix: str) -> ListPage | None:
+        """Every key and sub-prefix right below `prefix`, listed without obstore, whose
+        listing fails whole at a key its paths cannot name; None where this store has no
+        such listing (the failure stands: the folder cannot be listed)."""
+        return None
+
     def _listed(self, meta: Any) -> ObjectMeta:
         """An object of a listing, its version as HEAD and GET give it."""
         return _meta(meta)
@@ -267,12 +275,21 @@ class ObjstoreCloud(CloudStore):
             self.check_key(prefix.removesuffix("/"))
         path = prefix.removesuffix("/") or None
         if delimiter:
-            listing = await self._call(
-                "LIST", prefix, lambda: obstore.list_with_delimiter_async(self._store, path)
-            )
+            try:
+                listing = await self._call(
+                    "LIST", prefix, lambda: obstore.list_with_delimiter_async(self._store, path)
+                )
+            except UnnamableKeyError:
+                level = await self._list_level(prefix)
+                if level is None:
+                    raise
+                yield self.named_only(level)
+                return
+            # obstore's paths name every object; a prefix may still be none ("/" of "/a").
+            prefixes = (p if p.endswith("/") else p + "/" for p in listing["common_prefixes"])
             yield ListPage(
                 [self._listed(m) for m in listing["objects"]],
-                [p.rstrip("/") + "/" for p in listing["common_prefixes"]],
+                [prefix for prefix in prefixes if self.shows(prefix)],
             )
             return
         # A broken listing stream cannot be resumed safely (SeaweedFS does not list in byte

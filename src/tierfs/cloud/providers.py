@@ -222,6 +222,36 @@ class LocalDirectoryCloud(ObjstoreCloud):
         self.check_key(prefix)
         await asyncio.to_thread(self._remove_unmarked_from, self._root / prefix, True)
 
+    async def _list_level(self, prefix: str) -> ListPage:
+        return await asyncio.to_thread(self._scan, prefix)
+
+    def _scan(self, prefix: str) -> ListPage:
+        """The files and folders in the folder `prefix`, as LocalStore lists them: its temp
+        files left out, a file's version its `inode-mtime-size` ETag."""
+        objects: builtins.list[ObjectMeta] = []
+        prefixes: builtins.list[str] = []
+        try:
+            entries = builtins.list(os.scandir(self._root / prefix))
+        except FileNotFoundError:
+            return ListPage()
+        for entry in entries:
+            if _LOCAL_TEMP_SUFFIX.search(entry.name):
+                continue
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:  # removed meanwhile, or a dangling link
+                continue
+            key = prefix + entry.name
+            if entry.is_dir():
+                prefixes.append(key + "/")
+            else:
+                mtime_us = stat.st_mtime_ns // 1000
+                version = f'"{stat.st_ino:x}-{mtime_us:x}-{stat.st_size:x}"'
+                seconds, micros = divmod(mtime_us, 10**6)
+                mtime = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+                objects.append(ObjectMeta(key, stat.st_size, version, mtime))
+        return ListPage(objects, prefixes)
+
     async def delete(self, key: str) -> None:
         await super().delete(key)
         await asyncio.to_thread(self._remove_unmarked_from, (self._root / key).parent, False)

@@ -10,13 +10,17 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote
+from functools import partial
+from urllib.parse import quote, unquote_plus
+from xml.etree import ElementTree
 
 from obstore.store import S3Store
 from yarl import URL
 
-from tierfs.cloud.objstore import ObjstoreCloud
+from tierfs.cloud.base import ListPage, ObjectMeta
+from tierfs.cloud.objstore import LIST_PAGE_SIZE, ObjstoreCloud
 from tierfs.cloud.signed import SignedRequests
+from tierfs.errors import BucketNotFoundError, CloudError, ObjectNotFoundError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -77,14 +81,85 @@ class S3Cloud(ObjstoreCloud):
 
         await self._call(method, marker, send)
 
+    async def _list_level(self, prefix: str) -> ListPage:
+        """ListObjectsV2 with the delimiter `/`, every page, sent and read here (keys URL-
+        encoded in the answer, as XML cannot carry every character a key may hold)."""
+        objects: list[ObjectMeta] = []
+        prefixes: list[str] = []
+        query = {"list-type": "2", "delimiter": "/", "encoding-type": "url", "prefix": prefix}
+        query["max-keys"] = str(LIST_PAGE_SIZE)
+        while True:
+            page = await self._call("LIST", prefix, partial(self._list_page, dict(query)))
+            objects += page.objects
+            prefixes += page.prefixes
+            if page.next is None:
+                return ListPage(objects, prefixes)
+            query["continuation-token"] = page.next
+
+    async def _list_page(self, query: dict[str, str]) -> _Page:
+        canonical = "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
+        )
+        url = URL(f"{self._bucket_url}?{canonical}", encoded=True)
+        headers = {}
+        if self._keys is not None:
+            keys = await asyncio.to_thread(self._keys)
+            headers = sigv4("GET", url, keys, datetime.now(UTC))
+        try:
+            async with self._http.send("GET", url, headers, query["prefix"]) as response:
+                body = await response.read()
+        except ObjectNotFoundError:  # the listing of a bucket: it is the bucket that is not
+            raise BucketNotFoundError(f"{self.url}: no such bucket") from None
+        return _parse_listing(body)
+
     async def close(self) -> None:
         await self._http.close()
         await super().close()
 
 
+@dataclass(frozen=True)
+class _Page:
+    """One answer of ListObjectsV2: `next` is its continuation token, None on the last."""
+
+    objects: list[ObjectMeta]
+    prefixes: list[str]
+    next: str | None
+
+
+def _parse_listing(body: bytes) -> _Page:
+    """The objects, common prefixes and continuation token of a ListObjectsV2 answer."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise CloudError(f"a listing answer that is not XML: {exc}") from None
+    namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+
+    def text(element: ElementTree.Element, name: str) -> str:
+        return element.findtext(namespace + name) or ""
+
+    encoded = text(root, "EncodingType") == "url"
+
+    def name(value: str) -> str:
+        return unquote_plus(value) if encoded else value
+
+    objects = [
+        ObjectMeta(
+            name(text(item, "Key")),
+            int(text(item, "Size") or 0),
+            text(item, "ETag"),
+            datetime.fromisoformat(text(item, "LastModified")),
+        )
+        for item in root.iterfind(namespace + "Contents")
+    ]
+    prefixes = [name(text(item, "Prefix")) for item in root.iterfind(namespace + "CommonPrefixes")]
+    truncated = text(root, "IsTruncated") == "true"
+    return _Page(objects, prefixes, text(root, "NextContinuationToken") if truncated else None)
+
+
 def sigv4(method: str, url: URL, keys: S3Keys, now: datetime) -> dict[str, str]:
-    """The headers of a request with no body and no query, signed with AWS Signature
-    Version 4 for service `s3` (`Authorization` among them)."""
+    """The headers of a request with no body, signed with AWS Signature Version 4 for
+    service `s3` (`Authorization` among them). `url`'s query must be in canonical form:
+    its names sorted, names and values encoded but for `-_.~`."""
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     day = stamp[:8]
     host = url.host if url.is_default_port() else f"{url.host}:{url.port}"
@@ -94,7 +169,8 @@ def sigv4(method: str, url: URL, keys: S3Keys, now: datetime) -> dict[str, str]:
     names = sorted(headers)
     signed = ";".join(names)
     canonical_headers = "".join(f"{name}:{headers[name]}\n" for name in names)
-    request = f"{method}\n{url.raw_path}\n\n{canonical_headers}\n{signed}\n{EMPTY_SHA256}"
+    query = url.raw_query_string
+    request = f"{method}\n{url.raw_path}\n{query}\n{canonical_headers}\n{signed}\n{EMPTY_SHA256}"
     scope = f"{day}/{keys.region}/s3/aws4_request"
     digest = hashlib.sha256(request.encode()).hexdigest()
     text = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{digest}"

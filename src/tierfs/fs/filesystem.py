@@ -30,6 +30,7 @@ from tierfs.errors import (
     NotDirectoryError,
     ObjectNotFoundError,
     StaleHandleError,
+    UnnamableKeyError,
     UnsupportedError,
     VersionChangedError,
 )
@@ -382,6 +383,12 @@ class Filesystem:
 
     async def _rename_tree(self, old: str, new: str) -> None:
         listed = (await self.cloud.list_all(old + "/", delimiter=False)).objects
+        unnamable = [meta.key for meta in listed if not self.cloud.can_name(meta.key)]
+        if unnamable:  # it could not be copied: the move would be half made
+            raise UnnamableKeyError(
+                f"{old}: holds the key {unnamable[0]!r}, which no path can name: rename it "
+                "with the tool that put it there"
+            )
         below, markers_below = await self.cloud.markers_in(old, listed)
         # The folder's own marker too, listed or not (Azure lists `old/` as `old`, outside
         # the listing of `old/`): the moved folder has one, the old name none.
