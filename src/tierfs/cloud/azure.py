@@ -19,9 +19,8 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from email.utils import formatdate, parsedate_to_datetime
-from functools import partial
 from typing import Any
 from urllib.parse import quote, unquote
 from xml.etree import ElementTree
@@ -31,7 +30,7 @@ from obstore.store import AzureStore
 from yarl import URL
 
 from tierfs.cloud.base import ListPage, ObjectMeta
-from tierfs.cloud.objstore import LIST_PAGE_SIZE, ObjstoreCloud
+from tierfs.cloud.objstore import LIST_PAGE_SIZE, ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
 from tierfs.errors import (
     BucketNotFoundError,
@@ -202,21 +201,13 @@ class AzureBlobCloud(ObjstoreCloud):
 
     async def _list_level(self, prefix: str) -> ListPage:
         """List Blobs with the delimiter `/`, every page, sent and read here."""
-        objects: list[ObjectMeta] = []
-        prefixes: list[str] = []
         query = {"restype": "container", "comp": "list", "delimiter": "/"}
         query["maxresults"] = str(LIST_PAGE_SIZE)
         if prefix:
             query["prefix"] = prefix
-        while True:
-            page = await self._call("LIST", prefix, partial(self._list_page, dict(query)))
-            objects += (replace(meta, version=_quoted(meta.version)) for meta in page.objects)
-            prefixes += page.prefixes
-            if page.next is None:
-                return ListPage(objects, prefixes)
-            query["marker"] = page.next
+        return await self._every_page(prefix, query, "marker", self._list_page)
 
-    async def _list_page(self, query: dict[str, str]) -> _Page:
+    async def _list_page(self, query: dict[str, str]) -> ListAnswer:
         encoded = "&".join(f"{name}={quote(value, safe='')}" for name, value in query.items())
         url = URL(f"{self._container_url}?{encoded}{self._query.replace('?', '&')}", encoded=True)
         headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
@@ -233,21 +224,9 @@ class AzureBlobCloud(ObjstoreCloud):
         await super().close()
 
 
-@dataclass(frozen=True)
-class _Page:
-    """One answer of List Blobs: `next` is its marker, None on the last."""
-
-    objects: list[ObjectMeta]
-    prefixes: list[str]
-    next: str | None
-
-
-def _parse_listing(body: bytes) -> _Page:
+def _parse_listing(body: bytes) -> ListAnswer:
     """The blobs, blob prefixes and next marker of a List Blobs answer."""
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError as exc:
-        raise CloudError(f"a listing answer that is not XML: {exc}") from None
+    root = listing_xml(body)
 
     def name(item: ElementTree.Element) -> str:
         element = item.find("Name")
@@ -258,13 +237,13 @@ def _parse_listing(body: bytes) -> _Page:
         ObjectMeta(
             name(blob),
             int(blob.findtext("Properties/Content-Length") or 0),
-            blob.findtext("Properties/Etag") or "",
+            _quoted(blob.findtext("Properties/Etag") or ""),
             parsedate_to_datetime(blob.findtext("Properties/Last-Modified") or ""),
         )
         for blob in root.iterfind("Blobs/Blob")
     ]
     prefixes = [name(item) for item in root.iterfind("Blobs/BlobPrefix")]
-    return _Page(objects, prefixes, root.findtext("NextMarker") or None)
+    return ListAnswer(ListPage(objects, prefixes), root.findtext("NextMarker") or None)
 
 
 def _quoted(etag: str) -> str:

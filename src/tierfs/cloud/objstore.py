@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from xml.etree import ElementTree
 
 import obstore
 import obstore.exceptions as obx
@@ -266,6 +269,25 @@ class ObjstoreCloud(CloudStore):
         such listing (the failure stands: the folder cannot be listed)."""
         return None
 
+    async def _every_page(
+        self,
+        prefix: str,
+        query: dict[str, str],
+        cursor: str,
+        fetch: Callable[[dict[str, str]], Awaitable[ListAnswer]],
+    ) -> ListPage:
+        """The pages of a listing request sent here, in one: `fetch` gets one (retried
+        alone), and the query parameter `cursor` asks for the next."""
+        objects: list[ObjectMeta] = []
+        prefixes: list[str] = []
+        while True:
+            answer = await self._call("LIST", prefix, partial(fetch, dict(query)))
+            objects += answer.page.objects
+            prefixes += answer.page.prefixes
+            if answer.next is None:
+                return ListPage(objects, prefixes)
+            query[cursor] = answer.next
+
     def _listed(self, meta: Any) -> ObjectMeta:
         """An object of a listing, its version as HEAD and GET give it."""
         return _meta(meta)
@@ -335,6 +357,23 @@ class ObjstoreCloud(CloudStore):
         await self._call(
             "COPY", source, lambda: obstore.copy_async(self._store, source, destination)
         )
+
+
+@dataclass(frozen=True)
+class ListAnswer:
+    """One answer of a listing request sent without obstore: `next` resumes the listing,
+    None on its last page."""
+
+    page: ListPage
+    next: str | None
+
+
+def listing_xml(body: bytes) -> ElementTree.Element:
+    """The root element of a listing's XML answer (CloudError if it is none)."""
+    try:
+        return ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise CloudError(f"a listing answer that is not XML: {exc}") from None
 
 
 def _meta(meta: Any) -> ObjectMeta:

@@ -10,7 +10,6 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from urllib.parse import quote, unquote_plus
 from xml.etree import ElementTree
 
@@ -18,9 +17,9 @@ from obstore.store import S3Store
 from yarl import URL
 
 from tierfs.cloud.base import ListPage, ObjectMeta
-from tierfs.cloud.objstore import LIST_PAGE_SIZE, ObjstoreCloud
+from tierfs.cloud.objstore import LIST_PAGE_SIZE, ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
-from tierfs.errors import BucketNotFoundError, CloudError, ObjectNotFoundError
+from tierfs.errors import BucketNotFoundError, ObjectNotFoundError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -84,19 +83,11 @@ class S3Cloud(ObjstoreCloud):
     async def _list_level(self, prefix: str) -> ListPage:
         """ListObjectsV2 with the delimiter `/`, every page, sent and read here (keys URL-
         encoded in the answer, as XML cannot carry every character a key may hold)."""
-        objects: list[ObjectMeta] = []
-        prefixes: list[str] = []
         query = {"list-type": "2", "delimiter": "/", "encoding-type": "url", "prefix": prefix}
         query["max-keys"] = str(LIST_PAGE_SIZE)
-        while True:
-            page = await self._call("LIST", prefix, partial(self._list_page, dict(query)))
-            objects += page.objects
-            prefixes += page.prefixes
-            if page.next is None:
-                return ListPage(objects, prefixes)
-            query["continuation-token"] = page.next
+        return await self._every_page(prefix, query, "continuation-token", self._list_page)
 
-    async def _list_page(self, query: dict[str, str]) -> _Page:
+    async def _list_page(self, query: dict[str, str]) -> ListAnswer:
         canonical = "&".join(
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
         )
@@ -117,21 +108,9 @@ class S3Cloud(ObjstoreCloud):
         await super().close()
 
 
-@dataclass(frozen=True)
-class _Page:
-    """One answer of ListObjectsV2: `next` is its continuation token, None on the last."""
-
-    objects: list[ObjectMeta]
-    prefixes: list[str]
-    next: str | None
-
-
-def _parse_listing(body: bytes) -> _Page:
+def _parse_listing(body: bytes) -> ListAnswer:
     """The objects, common prefixes and continuation token of a ListObjectsV2 answer."""
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError as exc:
-        raise CloudError(f"a listing answer that is not XML: {exc}") from None
+    root = listing_xml(body)
     namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
 
     def text(element: ElementTree.Element, name: str) -> str:
@@ -153,7 +132,9 @@ def _parse_listing(body: bytes) -> _Page:
     ]
     prefixes = [name(text(item, "Prefix")) for item in root.iterfind(namespace + "CommonPrefixes")]
     truncated = text(root, "IsTruncated") == "true"
-    return _Page(objects, prefixes, text(root, "NextContinuationToken") if truncated else None)
+    return ListAnswer(
+        ListPage(objects, prefixes), text(root, "NextContinuationToken") if truncated else None
+    )
 
 
 def sigv4(method: str, url: URL, keys: S3Keys, now: datetime) -> dict[str, str]:
