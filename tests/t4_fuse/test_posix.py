@@ -254,6 +254,7 @@ def put_as_another_tool(
     server: Any = server_for(request, provider)
     if provider == "local":
         path = Path(mount.flags["local_root"]) / key
+        path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"odd")
     elif provider.startswith("s3"):
         server.boto3_client().put_object(Bucket=mount.flags["s3_bucket"], Key=key, Body=b"odd")
@@ -279,12 +280,23 @@ def test_keys_no_file_name_can_stand_for_are_left_out_and_said_once(
     (mount.path / "sub").mkdir()
     (mount.path / "sub/good").write_bytes(b"x")
     (mount.path / "other").write_bytes(b"y")
-    for key in UNNAMABLE[provider]:
+    # "bare" has no marker: a folder by its keys alone, one of them a tab's.
+    unnamable = [*UNNAMABLE[provider], "bare/tab\tname"]
+    for key in [*unnamable, "bare/ok"]:
         put_as_another_tool(request, provider, mount, key)
     time.sleep(1.2)  # past the metadata TTL: the next listings ask the bucket
+    assert (mount.path / "bare").is_dir()  # looked up before any listing names it
     for _ in range(2):
-        assert sorted(os.listdir(mount.path)) == ["other", "sub"]
+        assert sorted(os.listdir(mount.path)) == ["bare", "other", "sub"]
         assert sorted(os.listdir(mount.path / "sub")) == ["good"]
+        assert os.listdir(mount.path / "bare") == ["ok"]
+    assert (mount.path / "bare/ok").read_bytes() == b"odd"
+    # What is left of "bare" is a key it cannot show: not empty, and still there.
+    (mount.path / "bare/ok").unlink()
+    with pytest.raises(OSError) as failed:
+        os.rmdir(mount.path / "bare")
+    assert failed.value.errno == errno.ENOTEMPTY
+    assert os.listdir(mount.path / "bare") == []
     (mount.path / "sub/new").write_bytes(b"z")
     assert sorted(os.listdir(mount.path / "sub")) == ["good", "new"]
     assert (mount.path / "sub/good").read_bytes() == b"x"
@@ -293,13 +305,13 @@ def test_keys_no_file_name_can_stand_for_are_left_out_and_said_once(
         os.rename(mount.path / "sub", mount.path / "moved")
     assert failed.value.errno == errno.EIO
     time.sleep(1.2)
-    assert sorted(os.listdir(mount.path)) == ["other", "sub"]
+    assert sorted(os.listdir(mount.path)) == ["bare", "other", "sub"]
     assert sorted(os.listdir(mount.path / "sub")) == ["good", "new"]
     said = [line for line in mount.log.read_text().splitlines() if "is not shown" in line]
-    for key in UNNAMABLE[provider]:
+    for key in unnamable:
         # Each is named as its folder's listing met it: the key, or the first prefix of it
         # that names no folder ("sub//" of "sub//x", "/" of "/lead").
-        folder = "sub/" if key.startswith("sub/") else ""
+        folder = key[: key.index("/") + 1] if key.startswith(("sub/", "bare/")) else ""
         rest = key[len(folder) :]
         listed = folder + rest[: rest.index("/") + 1] if "/" in rest else key
         assert sum(f"{listed!r} is not shown" in line for line in said) == 1, (listed, said)

@@ -16,7 +16,7 @@ import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -62,6 +62,8 @@ class ListPage:
 
     objects: list[ObjectMeta] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
+    # Keys and prefixes left out, as no path can name them (`CloudStore.named_only`).
+    hidden: int = 0
 
 
 # No key holds an ASCII control character: obstore refuses them in a path.
@@ -102,9 +104,8 @@ class CloudStore(abc.ABC):
         in the bucket, untouched."""
         objects = [meta for meta in page.objects if self.shows(meta.key)]
         prefixes = [prefix for prefix in page.prefixes if self.shows(prefix)]
-        if len(objects) == len(page.objects) and len(prefixes) == len(page.prefixes):
-            return page
-        return ListPage(objects, prefixes)
+        hidden = len(page.objects) - len(objects) + len(page.prefixes) - len(prefixes)
+        return replace(page, objects=objects, prefixes=prefixes, hidden=page.hidden + hidden)
 
     def can_name(self, key: str) -> bool:
         """Whether a path can name `key` (a folder's `name/` as its `name`)."""
@@ -284,8 +285,10 @@ class CloudStore(abc.ABC):
         """All pages of `list` in one page, sorted by key."""
         objects: list[ObjectMeta] = []
         prefixes: list[str] = []
+        hidden = 0
         async for page in self.list(prefix, delimiter):
             objects.extend(page.objects)
             prefixes.extend(page.prefixes)
+            hidden += page.hidden
         objects.sort(key=lambda meta: meta.key)
-        return ListPage(objects, sorted(set(prefixes)))
+        return ListPage(objects, sorted(set(prefixes)), hidden)

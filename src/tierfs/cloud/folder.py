@@ -76,7 +76,7 @@ class FolderStore(CloudStore):
         async for page in self._inner.list(self._keys.outer(prefix), delimiter):
             objects = [self._meta(meta) for meta in page.objects if self._keys.inner(meta.key)]
             prefixes = [inner for p in page.prefixes if (inner := self._keys.inner(p))]
-            yield ListPage(objects, prefixes)
+            yield ListPage(objects, prefixes, page.hidden)
 
     async def delete(self, key: str) -> None:
         await self._inner.delete(self._keys.outer(key))

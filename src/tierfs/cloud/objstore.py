@@ -308,11 +308,10 @@ class ObjstoreCloud(CloudStore):
                 yield self.named_only(level)
                 return
             # obstore's paths name every object; a prefix may still be none ("/" of "/a").
-            prefixes = (p if p.endswith("/") else p + "/" for p in listing["common_prefixes"])
-            yield ListPage(
-                [self._listed(m) for m in listing["objects"]],
-                [prefix for prefix in prefixes if self.shows(prefix)],
-            )
+            prefixes = [p if p.endswith("/") else p + "/" for p in listing["common_prefixes"]]
+            shown = [prefix for prefix in prefixes if self.shows(prefix)]
+            objects = [self._listed(m) for m in listing["objects"]]
+            yield ListPage(objects, shown, len(prefixes) - len(shown))
             return
         # A broken listing stream cannot be resumed safely (SeaweedFS does not list in byte
         # order, so start-after could skip keys): only the first page is retried.

@@ -232,12 +232,15 @@ class Filesystem:
 
     async def _is_empty(self, path: str) -> bool:
         """No entry in directory `path`, or only bucket prefixes with no key below them any
-        more (SeaweedFS lists an emptied prefix for minutes: `rm -rf` said ENOTEMPTY)."""
+        more (SeaweedFS lists an emptied prefix for minutes: `rm -rf` said ENOTEMPTY), and
+        no key left out of its listing (`CloudStore.named_only`)."""
         prefixes = False
         for entry in await self._entries(path):
             if not entry.is_dir:
                 return False
             prefixes = True
+        if self.names.hides_keys(path):
+            return False
         return not prefixes or not await self.names.has_keys_below(path)
 
     def _with_nodes(self, parent: str, entries: Iterable[Entry]) -> Iterator[tuple[Node, Entry]]:

@@ -21,7 +21,13 @@ from functools import partial
 from typing import Any, TypeVar
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
-from tierfs.errors import AccessDeniedError, CloudError, InvalidKeyError, ObjectNotFoundError
+from tierfs.errors import (
+    AccessDeniedError,
+    CloudError,
+    InvalidKeyError,
+    ObjectNotFoundError,
+    UnnamableKeyError,
+)
 from tierfs.fs.nodes import join, split
 
 T = TypeVar("T")
@@ -64,6 +70,7 @@ def object_key(path: str, entry: Entry) -> str:
 class _Listing:
     entries: dict[str, Entry]
     fetched: float
+    hides_keys: bool = False  # the bucket holds keys here that no path can name
     _in_order: list[Entry] | None = field(default=None, init=False, repr=False)
 
     def in_order(self) -> list[Entry]:
@@ -259,9 +266,12 @@ class Namespace:
     async def _lists_keys_below(self, path: str) -> bool:
         """Whether a listing of `path/` holds a key: its own folder marker too, but on
         Azure (`CloudStore.has_own_marker`)."""
-        async for page in self.cloud.list(path + "/", delimiter=False):
-            if page.objects:  # a page may hold none and still be followed by others
-                return True
+        try:
+            async for page in self.cloud.list(path + "/", delimiter=False):
+                if page.objects:  # a page may hold none and still be followed by others
+                    return True
+        except UnnamableKeyError:  # a key is there, one that no path can name
+            return True
         return False
 
     async def listdir(
@@ -286,6 +296,11 @@ class Namespace:
             listing = await self._or_stale(partial(self._list, path), listing, path)
         local = {entry.name: entry for entry in unsaved if entry.name not in listing.entries}
         return _merged_from(listing.in_order(), [local[name] for name in sorted(local)], start)
+
+    def hides_keys(self, path: str) -> bool:
+        """Whether the cached listing of `path` left out keys that no path can name."""
+        listing = self._listings.get(path)
+        return listing is not None and listing.hides_keys
 
     def listed_at(self, path: str) -> float | None:
         """When the cached listing of `path` was fetched (`time.monotonic()`), if any."""
@@ -315,7 +330,7 @@ class Namespace:
         for name in names:
             if name not in ghosts:
                 entries[name] = Entry(name, True)
-        listing = _Listing(entries, started)
+        listing = _Listing(entries, started, page.hidden > 0)
         self._listings[path] = listing
         self._index(path)
         self._prune_if_grown()
