@@ -33,7 +33,6 @@ from tierfs.cloud.base import ListPage, ObjectMeta
 from tierfs.cloud.objstore import LIST_PAGE_SIZE, ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
 from tierfs.errors import (
-    BucketNotFoundError,
     CloudError,
     ConfigError,
     InvalidKeyError,
@@ -156,9 +155,15 @@ class AzureBlobCloud(ObjstoreCloud):
     def _request(
         self, method: str, key: str, extra: Mapping[str, str] | None = None
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        """A request for blob `key`, signed with the account key or carrying the shared
-        access signature (see SignedRequests)."""
+        """A request for blob `key` (see `_send`)."""
         url = URL(self._blob_url(key) + self._query, encoded=True)
+        return self._send(method, url, key, extra)
+
+    def _send(
+        self, method: str, url: URL, key: str, extra: Mapping[str, str] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """A request to `url` (about `key`), signed with the account key or carrying the
+        shared access signature (see SignedRequests)."""
         headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
         headers |= extra or {}
         if method == "PUT":
@@ -210,14 +215,8 @@ class AzureBlobCloud(ObjstoreCloud):
     async def _list_page(self, query: dict[str, str]) -> ListAnswer:
         encoded = "&".join(f"{name}={quote(value, safe='')}" for name, value in query.items())
         url = URL(f"{self._container_url}?{encoded}{self._query.replace('?', '&')}", encoded=True)
-        headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
-        if self._secret is not None:
-            headers["Authorization"] = shared_key(self._account, self._secret, "GET", url, headers)
-        try:
-            async with self._http.send("GET", url, headers, query.get("prefix", "")) as answer:
-                return _parse_listing(await answer.read())
-        except ObjectNotFoundError:  # the listing of a container: it is the container
-            raise BucketNotFoundError(f"{self.url}: no such container") from None
+        async with self._send("GET", url, query.get("prefix", "")) as answer:
+            return _parse_listing(await answer.read())
 
     async def close(self) -> None:
         await self._http.close()

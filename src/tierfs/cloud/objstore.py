@@ -281,7 +281,10 @@ class ObjstoreCloud(CloudStore):
         objects: list[ObjectMeta] = []
         prefixes: list[str] = []
         while True:
-            answer = await self._call("LIST", prefix, partial(fetch, dict(query)))
+            try:
+                answer = await self._call("LIST", prefix, partial(fetch, dict(query)))
+            except ObjectNotFoundError:  # a listing's 404: it is the bucket that is not
+                raise BucketNotFoundError(f"{self.url}: no such bucket") from None
             objects += answer.page.objects
             prefixes += answer.page.prefixes
             if answer.next is None:
@@ -307,7 +310,8 @@ class ObjstoreCloud(CloudStore):
                     raise
                 yield self.named_only(level)
                 return
-            # obstore's paths name every object; a prefix may still be none ("/" of "/a").
+            # Not named_only: obstore's paths name every object (a check of each would cost
+            # `ls` ~2 us an entry); only a prefix may be none ("/" of "/a").
             prefixes = [p if p.endswith("/") else p + "/" for p in listing["common_prefixes"]]
             shown = [prefix for prefix in prefixes if self.shows(prefix)]
             objects = [self._listed(m) for m in listing["objects"]]

@@ -19,7 +19,6 @@ from yarl import URL
 from tierfs.cloud.base import ListPage, ObjectMeta
 from tierfs.cloud.objstore import LIST_PAGE_SIZE, ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
-from tierfs.errors import BucketNotFoundError, ObjectNotFoundError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -71,11 +70,7 @@ class S3Cloud(ObjstoreCloud):
         url = URL(f"{self._bucket_url}/{quote(marker, safe='/~')}", encoded=True)
 
         async def send() -> None:
-            headers = {}
-            if self._keys is not None:
-                keys = await asyncio.to_thread(self._keys)
-                headers = sigv4(method, url, keys, datetime.now(UTC))
-            async with self._http.send(method, url, headers, marker):
+            async with self._http.send(method, url, await self._signed(method, url), marker):
                 pass
 
         await self._call(method, marker, send)
@@ -92,16 +87,16 @@ class S3Cloud(ObjstoreCloud):
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
         )
         url = URL(f"{self._bucket_url}?{canonical}", encoded=True)
-        headers = {}
-        if self._keys is not None:
-            keys = await asyncio.to_thread(self._keys)
-            headers = sigv4("GET", url, keys, datetime.now(UTC))
-        try:
-            async with self._http.send("GET", url, headers, query["prefix"]) as response:
-                body = await response.read()
-        except ObjectNotFoundError:  # the listing of a bucket: it is the bucket that is not
-            raise BucketNotFoundError(f"{self.url}: no such bucket") from None
-        return _parse_listing(body)
+        headers = await self._signed("GET", url)
+        async with self._http.send("GET", url, headers, query["prefix"]) as response:
+            return _parse_listing(await response.read())
+
+    async def _signed(self, method: str, url: URL) -> dict[str, str]:
+        """The SigV4 headers of a request without a body; none for an unsigned store."""
+        if self._keys is None:
+            return {}
+        keys = await asyncio.to_thread(self._keys)
+        return sigv4(method, url, keys, datetime.now(UTC))
 
     async def close(self) -> None:
         await self._http.close()
