@@ -154,6 +154,17 @@ class Mount:
         unmount_if_mounted(self.path)
 
 
+def warm(*args: str) -> subprocess.CompletedProcess[str]:
+    """`tierfs warm ARGS` as a user runs it."""
+    command = [sys.executable, "-m", "tierfs.cli", "warm", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def node_address(mount: Mount) -> str:
+    """The address `tierfs warm -node` takes for `mount`'s client."""
+    return f"127.0.0.1:{mount.flags['port']}"
+
+
 def cloud_of(mount: Mount) -> CloudStore:
     """A CloudStore on the bucket behind `mount`, to check what really reached the cloud."""
     return open_store(load_settings(ClientSettings, mount.flags, mount.env))

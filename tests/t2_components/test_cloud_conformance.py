@@ -12,7 +12,14 @@ import pytest
 
 import servers
 from cloud_targets import AUTHENTICATING, NETWORKED, SERVER_FIXTURE, server_for, settings_for
-from tierfs.cloud.base import ABSENT, MULTIPART_THRESHOLD, PART_SIZE, CloudStore
+from tierfs.cloud.base import (
+    ABSENT,
+    MULTIPART_THRESHOLD,
+    PART_SIZE,
+    CloudStore,
+    ListPage,
+    split_markers,
+)
 from tierfs.cloud.gcs import GcsStore
 from tierfs.cloud.objstore import ObjstoreCloud
 from tierfs.cloud.providers import (
@@ -155,8 +162,9 @@ async def test_multipart_put_of_100_mib_from_a_file(store: CloudStore, tmp_path:
     assert digest.hexdigest() == expected
 
 
-async def test_listing_10000_keys_pages_through(store: CloudStore) -> None:
-    keys = [f"many/key-{index:05d}" for index in range(10_000)]
+async def test_listing_2500_keys_pages_through(store: CloudStore) -> None:
+    """Past two of the servers' 1,000-key pages (a FUSE test lists 10,000 entries)."""
+    keys = [f"many/key-{index:05d}" for index in range(2_500)]
     nested = ["many/sub/a", "many/sub/b"]
     limit = asyncio.Semaphore(32)
 
@@ -236,6 +244,19 @@ async def test_copy_and_delete(store: CloudStore) -> None:
     assert [m.key for m in (await store.list_all("dst/")).objects] == ["dst/file"]
 
 
+async def test_a_listing_asks_for_no_more_keys_than_its_page_size(store: CloudStore) -> None:
+    """A lookup asks whether any key is below a name with a page of one key, not of a
+    thousand: no page holds more than `page_size` keys (a local folder is one page, as a
+    scan of it costs no request), and the pages hold every key."""
+    keys = ["p/a", "p/b", "p/c/d", "p/e"]
+    for key in keys:
+        await store.put(key, b"x")
+    pages = [page async for page in store.list("p/", delimiter=False, page_size=1)]
+    assert sorted(meta.key for page in pages for meta in page.objects) == keys
+    if not store.url.startswith("local://"):
+        assert max(len(page.objects) for page in pages) == 1
+
+
 async def test_a_folder_marker_keeps_an_empty_folder(store: CloudStore) -> None:
     """`put_marker` makes a folder the bucket lists while it is empty (the `name/` object of
     the S3 console and s3fs; a directory on the local provider); a listing without
@@ -249,11 +270,14 @@ async def test_a_folder_marker_keeps_an_empty_folder(store: CloudStore) -> None:
     assert top.prefixes == sorted(["m/sub/", "m/ü ñ+%/", "m/deep/"])
     assert sorted(meta.key for meta in top.objects) == ["m/empty", "m/file"]
     listed = (await store.list_all("m/", delimiter=False)).objects
-    files, markers = await store.markers_in("m", listed)
+    files, markers = split_markers(listed)
     assert sorted(meta.key for meta in files) == ["m/empty", "m/file"]
     # every store names the empty folders; the local one cannot tell a marker from the
     # directory of what is below it ("m/deep")
     assert {"m/sub", "m/ü ñ+%", "m/deep/er"} <= set(markers) <= set(folders)
+    # a folder's own marker is in its tree: it is how a lookup finds an empty folder
+    own = (await store.list_all("m/sub/", delimiter=False)).objects
+    assert [meta.key for meta in own] == ["m/sub/"]
     for folder in sorted([*folders, "m/sub", "m/never"], reverse=True):  # deepest first
         await store.delete_marker(folder)
     after = await store.list_all("m/")
@@ -294,7 +318,7 @@ async def test_a_bucket_that_does_not_exist_is_said_so(
             await cloud.list_all("")
         if isinstance(cloud, ObjstoreCloud):
             with pytest.raises(BucketNotFoundError, match="no such bucket"):
-                await cloud._list_level("")  # the listing sent without obstore
+                await anext(cloud._own_listing("", delimiter=True))  # sent without obstore
         if SERVER_FIXTURE[provider] != "seaweedfs":
             with pytest.raises(BucketNotFoundError, match="no such bucket"):
                 await cloud.put("data/new.bin", b"x")
@@ -447,9 +471,17 @@ async def test_a_listing_made_without_obstore_is_obstores(
     request: pytest.FixtureRequest, provider: str, tmp_path: Path
 ) -> None:
     """obstore fails a whole listing at one key its paths cannot name; the store then lists
-    the level itself (`_list_level`). On keys obstore can name, both must agree."""
+    a folder's level itself (`_own_listing`), as it lists a whole tree always. On keys
+    obstore can name, a level listed so must be obstore's, and a tree every key put."""
     store = open_store(settings_for(provider, server_for(request, provider), tmp_path))
     assert isinstance(store, ObjstoreCloud)
+
+    async def own(prefix: str, delimiter: bool) -> ListPage:
+        pages = [page async for page in store._own_listing(prefix, delimiter)]
+        objects = [meta for page in pages for meta in page.objects]
+        objects.sort(key=lambda meta: meta.key)
+        return ListPage(objects, sorted(prefix for page in pages for prefix in page.prefixes))
+
     try:
         names = ["a", "sp ace", "plus+sign", "pct%41", "ünï €", "sub/b", "sub2/deeper/c"]
         names += [f"page/{index:04d}" for index in range(1_100)]  # more than a page
@@ -466,13 +498,23 @@ async def test_a_listing_made_without_obstore_is_obstores(
         own_keys: dict[str, list[str]] = {}
         for prefix in ("level/", "level/page/", ""):
             by_obstore = await store.list_all(prefix, delimiter=True)
-            own = await store._list_level(prefix)
-            assert own is not None
-            assert sorted(own.objects, key=lambda meta: meta.key) == by_obstore.objects
-            assert sorted(own.prefixes) == by_obstore.prefixes
-            own_keys[prefix] = sorted(meta.key for meta in own.objects)
+            level = await own(prefix, delimiter=True)
+            assert level.objects == by_obstore.objects
+            assert level.prefixes == by_obstore.prefixes
+            own_keys[prefix] = [meta.key for meta in level.objects]
         assert by_obstore.prefixes == ["level/"]
         pages = sorted("level/" + name for name in names if name.startswith("page/"))
         assert own_keys["level/page/"] == pages
+
+        tree = (await own("level/", delimiter=False)).objects
+        assert [meta.key for meta in tree] == sorted(
+            ["level/empty/", *("level/" + name for name in names)]
+        )
+        for meta in tree:
+            assert meta.size == (0 if meta.key.endswith("/") else len(meta.key.encode()))
+        for name in ("a", "sp ace", "ünï €", "sub2/deeper/c"):  # a version as HEAD gives it
+            listed = next(meta for meta in tree if meta.key == "level/" + name)
+            assert listed.version == (await store.head(listed.key)).version
+        assert (await store.list_all("level/", delimiter=False)).objects == tree
     finally:
         await store.close()

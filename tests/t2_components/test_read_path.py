@@ -23,7 +23,7 @@ from pagecache import cached_pages, evict
 from tierfs.cache import files
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
-from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
+from tierfs.cloud.base import LIST_PAGE_SIZE, CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.providers import open_store
 from tierfs.errors import VersionChangedError
 from tierfs.prefetch import MAX_WINDOW_BYTES, SEQUENTIAL_AFTER, SequentialReader
@@ -423,8 +423,10 @@ class SlowCloud(CloudStore):
     async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
         return await self._store.put(key, body, expect)
 
-    def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
-        return self._store.list(prefix, delimiter)
+    def list(
+        self, prefix: str = "", delimiter: bool = True, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[ListPage]:
+        return self._store.list(prefix, delimiter, page_size)
 
     async def delete(self, key: str) -> None:
         await self._store.delete(key)

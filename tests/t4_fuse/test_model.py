@@ -39,6 +39,7 @@ from hypothesis.stateful import (
 from cloud_targets import server_for
 from mounts import Mount, cloud_of, node_stats
 from relay import Relay, relay_in_front_of
+from tierfs.cloud.base import split_markers
 from tierfs.errors import ObjectNotFoundError, VersionChangedError
 from tierfs.fs.metadata import LINK_SUFFIX
 
@@ -136,7 +137,7 @@ def bucket_tree(mount: Mount, folder: str) -> dict[str, str]:
         cloud = cloud_of(mount)
         try:
             listed = (await cloud.list_all(folder + "/", delimiter=False)).objects
-            files, markers = await cloud.markers_in(folder, listed)
+            files, markers = split_markers(listed)
             found = {}
             for meta in files:
                 data = await cloud.get_range(meta.key, 0, meta.size, meta.version)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from cloud_targets import server_for
-from mounts import Mount, cloud_bytes, cloud_of, cloud_put
+from mounts import Mount, cloud_bytes, cloud_of, cloud_put, node_address, warm
 from pagecache import evict
 from tierfs.cloud.base import ObjectMeta
 
@@ -275,7 +275,8 @@ def test_keys_no_file_name_can_stand_for_are_left_out_and_said_once(
 ) -> None:
     """A key such as "a//b", "/a", "a/./b" or one holding a tab (put by another tool) made
     obstore fail the whole listing of its folder: `ls` said EIO (on S3 moto, the root's).
-    The folder now lists without it, the log names it once, and it stays in the bucket."""
+    The folder now lists without it, the log names it once, and it stays in the bucket; a
+    move of the folder is refused, `tierfs warm` of it warms the rest."""
     mount = mount_factory(provider)
     (mount.path / "sub").mkdir()
     (mount.path / "sub/good").write_bytes(b"x")
@@ -307,6 +308,9 @@ def test_keys_no_file_name_can_stand_for_are_left_out_and_said_once(
     time.sleep(1.2)
     assert sorted(os.listdir(mount.path)) == ["bare", "other", "sub"]
     assert sorted(os.listdir(mount.path / "sub")) == ["good", "new"]
+    warmed = warm(str(mount.path / "sub"), "-node", node_address(mount))  # the rest of it
+    assert warmed.returncode == 0, warmed.stderr
+    assert f"{mount.path / 'sub'}: 2 files, " in warmed.stdout
     said = [line for line in mount.log.read_text().splitlines() if "is not shown" in line]
     for key in unnamable:
         # Each is named as its folder's listing met it: the key, or the first prefix of it

@@ -13,19 +13,9 @@ from pathlib import Path
 import pytest
 
 import servers
-from mounts import Mount, cloud_put
+from mounts import Mount, cloud_put, node_address, warm
 
 MiB = 2**20
-
-
-def warm(*args: str) -> subprocess.CompletedProcess[str]:
-    """`tierfs warm ARGS` as a user runs it."""
-    command = [sys.executable, "-m", "tierfs.cli", "warm", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-
-
-def node(mount: Mount) -> str:
-    return f"127.0.0.1:{mount.flags['port']}"
 
 
 def settled_egress(server: servers.S3Server, bucket: str) -> int:
@@ -51,7 +41,7 @@ def test_a_warmed_folder_is_read_without_the_cloud(
     mount.start()
     bucket = mount.flags["s3_bucket"]
     before = settled_egress(seaweedfs, bucket)
-    warmed = warm(str(mount.path / "data"), "-node", node(mount))
+    warmed = warm(str(mount.path / "data"), "-node", node_address(mount))
     assert warmed.returncode == 0, warmed.stderr
     assert warmed.stdout.splitlines() == [
         f"{mount.path / 'data'}: 2 files, 10.0 MiB: 10.0 MiB fetched, 0.0 MiB cached already"
@@ -61,7 +51,7 @@ def test_a_warmed_folder_is_read_without_the_cloud(
     for key, data in files.items():  # never read through the mount: from tier 1
         assert (mount.path / key).read_bytes() == data
     assert settled_egress(seaweedfs, bucket) - before == fetched
-    again = warm(str(mount.path / "data/sub/b.bin"), "-node", node(mount))
+    again = warm(str(mount.path / "data/sub/b.bin"), "-node", node_address(mount))
     assert again.returncode == 0, again.stderr
     assert again.stdout.endswith(": 1 file, 1.0 MiB: 0.0 MiB fetched, 1.0 MiB cached already\n")
 
@@ -72,7 +62,7 @@ def test_what_does_not_fit_in_tier_1_is_said_and_exit_1(
     mount = mount_factory("local", start=False, nvme_size="8MiB")
     cloud_put(mount, "big.bin", os.urandom(16 * MiB))
     mount.start()
-    warmed = warm(str(mount.path), "-node", node(mount))
+    warmed = warm(str(mount.path), "-node", node_address(mount))
     assert warmed.returncode == 1
     report, error = warmed.stdout.strip(), warmed.stderr.strip()
     assert "1 file, 16.0 MiB" in report and "did not fit in tier 1 (-nvme-size)" in report
@@ -100,7 +90,7 @@ def test_a_warm_that_cannot_be_done_is_one_line_and_exit_1(
         "missing": mount.path / "nope",
         "empty folder": mount.path / "empty",
     }.get(where, mount.path)
-    address = f"127.0.0.1:{servers.free_ports(1)[0]}" if where == "no node" else node(other)
+    address = f"127.0.0.1:{servers.free_ports(1)[0]}" if where == "no node" else node_address(other)
     failed = warm(str(path), "-node", address)
     assert failed.returncode == 1
     lines = failed.stderr.strip().splitlines()
@@ -120,7 +110,7 @@ def test_on_a_terminal_a_warm_shows_how_far_it_is(mount_factory: Callable[..., M
             "warm",
             str(mount.path),
             "-node",
-            node(mount),
+            node_address(mount),
         ]
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=terminal, timeout=120)
         shown = os.read(controller, 65536).decode()

@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
@@ -29,8 +29,8 @@ import aiohttp
 from obstore.store import AzureStore
 from yarl import URL
 
-from tierfs.cloud.base import ListPage, ObjectMeta
-from tierfs.cloud.objstore import LIST_PAGE_SIZE, ListAnswer, ObjstoreCloud, listing_xml
+from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
+from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
 from tierfs.errors import (
     CloudError,
@@ -179,19 +179,6 @@ class AzureBlobCloud(ObjstoreCloud):
     async def delete_marker(self, prefix: str) -> None:
         await self._marker("DELETE", prefix)
 
-    async def has_own_marker(self, prefix: str) -> bool:
-        self.check_key(prefix)
-        marker = prefix + "/"
-
-        async def head() -> bool:
-            try:
-                async with self._request("HEAD", marker):
-                    return True
-            except ObjectNotFoundError:
-                return False
-
-        return await self._call("HEAD", marker, head)
-
     async def _marker(self, method: str, prefix: str) -> None:
         self.check_key(prefix)
         marker = prefix + "/"
@@ -204,13 +191,16 @@ class AzureBlobCloud(ObjstoreCloud):
 
         await self._call(method, marker, send)
 
-    async def _list_level(self, prefix: str) -> ListPage:
-        """List Blobs with the delimiter `/`, every page, sent and read here."""
-        query = {"restype": "container", "comp": "list", "delimiter": "/"}
-        query["maxresults"] = str(LIST_PAGE_SIZE)
+    def _own_listing(
+        self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[ListPage]:
+        """List Blobs (a folder's marker `a/` by its name, where obstore lists `a`)."""
+        query = {"restype": "container", "comp": "list", "maxresults": str(page_size)}
+        if delimiter:
+            query["delimiter"] = "/"
         if prefix:
             query["prefix"] = prefix
-        return await self._every_page(prefix, query, "marker", self._list_page)
+        return self._pages(prefix, query, "marker", self._list_page)
 
     async def _list_page(self, query: dict[str, str]) -> ListAnswer:
         encoded = "&".join(f"{name}={quote(value, safe='')}" for name, value in query.items())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import builtins
 import functools
 import logging
 import re
@@ -30,9 +29,8 @@ from tierfs.errors import (
 
 log = logging.getLogger(__name__)
 
-# HEADs at once that tell an empty object from a folder marker a client listed without
-# its slash (`CloudStore.markers_in`).
-MARKER_CHECKS = 16
+# Keys one listing request asks for: S3's, Azure's and GCS's most.
+LIST_PAGE_SIZE = 1000
 # Multipart uploads start above this size; parts are this big and go up in parallel.
 # 8 parts of 8 MiB in flight: 64 MiB of buffers (16 MiB x 8 put the client over 200 MB).
 MULTIPART_THRESHOLD = 16 * 2**20
@@ -194,11 +192,15 @@ class CloudStore(abc.ABC):
         raise UnsupportedUploadError(f"{self.url}: this provider cannot stream an upload")
 
     @abc.abstractmethod
-    def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
+    def list(
+        self, prefix: str = "", delimiter: bool = True, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[ListPage]:
         """Yield the pages of a listing of keys under `prefix`, in key order per page.
 
         `prefix` is "" (the whole bucket) or ends with "/". With `delimiter`, keys in
-        sub-"directories" are folded into `prefixes` (each ending in "/").
+        sub-"directories" are folded into `prefixes` (each ending in "/"). `page_size`:
+        the most keys one request asks for, where the store's listing takes it (a caller
+        that needs one key asks for one, not a thousand).
         """
 
     @abc.abstractmethod
@@ -214,38 +216,6 @@ class CloudStore(abc.ABC):
     @abc.abstractmethod
     async def delete_marker(self, prefix: str) -> None:
         """Remove the folder marker of `prefix`; none there is not an error."""
-
-    async def has_own_marker(self, prefix: str) -> bool:
-        """Whether the folder marker of `prefix` is there, asked when a listing of
-        `prefix/` held nothing. Such a listing shows the marker on most stores, so no;
-        Azure's (obstore's) leaves it out, and asks."""
-        return False
-
-    async def markers_in(
-        self, prefix: str, objects: Sequence[ObjectMeta]
-    ) -> tuple[builtins.list[ObjectMeta], builtins.list[str]]:
-        """`objects`, a listing of `prefix` + "/" without delimiter, as its files and the
-        folders at or below `prefix` whose markers it holds (named without the slash). A
-        marker is listed under its own name (`a/b/`), or, by a client that drops the
-        slash, as an empty object of the folder's name that a HEAD does not find."""
-        slots = asyncio.Semaphore(MARKER_CHECKS)
-
-        async def is_marker(meta: ObjectMeta) -> bool:
-            if meta.key.endswith("/") or meta.key == prefix:
-                return True
-            if meta.size:
-                return False
-            async with slots:
-                try:
-                    await self.head(meta.key)
-                except ObjectNotFoundError:
-                    return True
-                return False
-
-        found = await asyncio.gather(*(is_marker(meta) for meta in objects))
-        files = [meta for meta, marker in zip(objects, found, strict=True) if not marker]
-        named = (meta.key for meta, marker in zip(objects, found, strict=True) if marker)
-        return files, [key.removesuffix("/") for key in named]
 
     @abc.abstractmethod
     async def copy(self, source: str, destination: str, size: int | None = None) -> None:
@@ -292,3 +262,11 @@ class CloudStore(abc.ABC):
             hidden += page.hidden
         objects.sort(key=lambda meta: meta.key)
         return ListPage(objects, sorted(set(prefixes)), hidden)
+
+
+def split_markers(objects: Sequence[ObjectMeta]) -> tuple[list[ObjectMeta], list[str]]:
+    """`objects`, a listing without delimiter, as its files and the folders whose markers
+    (`name/`) it holds, named without the slash."""
+    files = [meta for meta in objects if not meta.key.endswith("/")]
+    markers = [meta.key.removesuffix("/") for meta in objects if meta.key.endswith("/")]
+    return files, markers

@@ -8,13 +8,12 @@ one into the other where keys leave the node (the peer API, the coordinator), an
 
 from __future__ import annotations
 
-import builtins
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tierfs.chunks import ChunkRef, Data, ObjectRef, chunk_ref
-from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
+from tierfs.cloud.base import LIST_PAGE_SIZE, CloudStore, ListPage, ObjectMeta
 from tierfs.errors import ObjectNotFoundError
 
 
@@ -72,8 +71,10 @@ class FolderStore(CloudStore):
     ) -> ObjectMeta:
         return self._meta(await self._inner.put_stream(self._keys.outer(key), parts, size))
 
-    async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
-        async for page in self._inner.list(self._keys.outer(prefix), delimiter):
+    async def list(
+        self, prefix: str = "", delimiter: bool = True, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[ListPage]:
+        async for page in self._inner.list(self._keys.outer(prefix), delimiter, page_size):
             objects = [self._meta(meta) for meta in page.objects if self._keys.inner(meta.key)]
             prefixes = [inner for p in page.prefixes if (inner := self._keys.inner(p))]
             yield ListPage(objects, prefixes, page.hidden)
@@ -86,15 +87,6 @@ class FolderStore(CloudStore):
 
     async def delete_marker(self, prefix: str) -> None:
         await self._inner.delete_marker(self._keys.outer(prefix))
-
-    async def markers_in(
-        self, prefix: str, objects: Sequence[ObjectMeta]
-    ) -> tuple[builtins.list[ObjectMeta], builtins.list[str]]:
-        outer = [replace(meta, key=self._keys.outer(meta.key)) for meta in objects]
-        files, markers = await self._inner.markers_in(self._keys.outer(prefix), outer)
-        return [self._meta(meta) for meta in files], [
-            inner for marker in markers if (inner := self._keys.inner(marker))
-        ]
 
     async def copy(self, source: str, destination: str, size: int | None = None) -> None:
         await self._inner.copy(self._keys.outer(source), self._keys.outer(destination), size)

@@ -17,6 +17,7 @@ import aiohttp
 from gcloud.aio.storage import Storage
 
 from tierfs.cloud.base import (
+    LIST_PAGE_SIZE,
     MULTIPART_THRESHOLD,
     PART_SIZE,
     CloudStore,
@@ -37,7 +38,6 @@ from tierfs.retry import with_retry
 T = TypeVar("T")
 
 GCS_API_ROOT = "https://storage.googleapis.com"
-LIST_PAGE_SIZE = 1000
 OCTET_STREAM = "application/octet-stream"
 # Resets, disconnects, truncated bodies and timeouts; HTTP statuses are sorted by code.
 TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
@@ -229,8 +229,10 @@ class GcsStore(CloudStore):
                 offset = end
         raise CloudError(f"{self.url}/{key}: upload of {size} bytes ended at {offset}")
 
-    async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
-        params = {"maxResults": str(LIST_PAGE_SIZE)}
+    async def list(
+        self, prefix: str = "", delimiter: bool = True, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[ListPage]:
+        params = {"maxResults": str(page_size)}
         if prefix:
             params["prefix"] = self.check_key(prefix.removesuffix("/")) + "/"
         if delimiter:
@@ -247,9 +249,7 @@ class GcsStore(CloudStore):
                 [_meta(item) for item in data.get("items", [])],
                 [p if p.endswith("/") else p + "/" for p in data.get("prefixes", [])],
             )
-            # A folder's level is what a filesystem shows; the whole tree below one (a
-            # rename's, rmdir's) keeps every key, as obstore's stores fail on them there.
-            yield self.named_only(page) if delimiter else page
+            yield self.named_only(page)
             if not data.get("nextPageToken"):
                 return
             params["pageToken"] = data["nextPageToken"]

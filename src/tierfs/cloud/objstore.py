@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 from tierfs.chunks import Data
 from tierfs.cloud.base import (
     ABSENT,
+    LIST_PAGE_SIZE,
     MULTIPART_THRESHOLD,
     PART_BUFFERS,
     PART_SIZE,
@@ -66,9 +68,8 @@ _RANGE_PAST_END_TEXT = ("range", "not satisfiable", "416", "out of bounds")
 _NOT_PARTIAL_TEXT = "non-partial response"
 # obstore's error for a listing that met a key its paths cannot name ("a//b", "/a", a
 # tab; a local file's name not UTF-8): it fails the whole listing. A folder's level is
-# then listed without obstore (`_list_level`); a tree below one (rename, rmdir) fails.
+# then listed without obstore (`_own_listing`), as a whole tree always is.
 _LISTED_NO_KEY_TEXT = "Encountered object with invalid path"
-LIST_PAGE_SIZE = 1000
 
 
 def client_options(timeout: float, allow_http: bool) -> dict[str, Any]:
@@ -263,83 +264,62 @@ class ObjstoreCloud(CloudStore):
             )
         return ObjectMeta(key, sent, version, datetime.now(UTC))
 
-    async def _list_level(self, prefix: str) -> ListPage | None:
-        """Every key and sub-prefix right below `prefix`, listed without obstore, whose
-        listing fails whole at a key its paths cannot name; None where this store has no
-        such listing (the failure stands: the folder cannot be listed)."""
-        return None
+    @abc.abstractmethod
+    def _own_listing(
+        self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[ListPage]:
+        """The pages of a listing of `prefix` sent and read here, not by obstore, whose
+        listing fails whole at a key its paths cannot name: every key, unfiltered."""
 
-    async def _every_page(
+    async def _pages(
         self,
         prefix: str,
         query: dict[str, str],
         cursor: str,
         fetch: Callable[[dict[str, str]], Awaitable[ListAnswer]],
-    ) -> ListPage:
-        """The pages of a listing request sent here, in one: `fetch` gets one (retried
-        alone), and the query parameter `cursor` asks for the next."""
-        objects: list[ObjectMeta] = []
-        prefixes: list[str] = []
+    ) -> AsyncIterator[ListPage]:
+        """The pages of a listing request sent here: `fetch` gets one (retried alone, so a
+        broken listing resumes at its page), and the query parameter `cursor` asks for the
+        next."""
         while True:
             try:
                 answer = await self._call("LIST", prefix, partial(fetch, dict(query)))
             except ObjectNotFoundError:  # a listing's 404: it is the bucket that is not
                 raise BucketNotFoundError(f"{self.url}: no such bucket") from None
-            objects += answer.page.objects
-            prefixes += answer.page.prefixes
+            yield answer.page
             if answer.next is None:
-                return ListPage(objects, prefixes)
+                return
             query[cursor] = answer.next
 
     def _listed(self, meta: Any) -> ObjectMeta:
         """An object of a listing, its version as HEAD and GET give it."""
         return _meta(meta)
 
-    async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
+    async def list(
+        self, prefix: str = "", delimiter: bool = True, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[ListPage]:
+        """A folder's level through obstore; a whole tree, or a level obstore cannot list,
+        through `_own_listing`, less the keys no path can name (`named_only`)."""
         if prefix:
             self.check_key(prefix.removesuffix("/"))
-        path = prefix.removesuffix("/") or None
         if delimiter:
+            path = prefix.removesuffix("/") or None
             try:
                 listing = await self._call(
                     "LIST", prefix, lambda: obstore.list_with_delimiter_async(self._store, path)
                 )
             except UnnamableKeyError:
-                level = await self._list_level(prefix)
-                if level is None:
-                    raise
-                yield self.named_only(level)
+                pass
+            else:
+                # Not named_only: obstore's paths name every object (a check of each would
+                # cost `ls` ~2 us an entry); only a prefix may be none ("/" of "/a").
+                prefixes = [p if p.endswith("/") else p + "/" for p in listing["common_prefixes"]]
+                shown = [prefix for prefix in prefixes if self.shows(prefix)]
+                objects = [self._listed(m) for m in listing["objects"]]
+                yield ListPage(objects, shown, len(prefixes) - len(shown))
                 return
-            # Not named_only: obstore's paths name every object (a check of each would cost
-            # `ls` ~2 us an entry); only a prefix may be none ("/" of "/a").
-            prefixes = [p if p.endswith("/") else p + "/" for p in listing["common_prefixes"]]
-            shown = [prefix for prefix in prefixes if self.shows(prefix)]
-            objects = [self._listed(m) for m in listing["objects"]]
-            yield ListPage(objects, shown, len(prefixes) - len(shown))
-            return
-        # A broken listing stream cannot be resumed safely (SeaweedFS does not list in byte
-        # order, so start-after could skip keys): only the first page is retried.
-        stream = obstore.list(self._store, path, chunk_size=LIST_PAGE_SIZE)
-
-        async def next_batch() -> Sequence[Any] | None:
-            try:
-                return await stream.__anext__()
-            except StopAsyncIteration:
-                return None
-
-        async def first_batch() -> Sequence[Any] | None:
-            nonlocal stream
-            stream = obstore.list(self._store, path, chunk_size=LIST_PAGE_SIZE)
-            return await next_batch()
-
-        batch = await self._call("LIST", prefix, first_batch)
-        while batch is not None:
-            yield ListPage([self._listed(m) for m in batch])
-            try:
-                batch = await next_batch()
-            except (obx.BaseError, OSError) as exc:
-                error = self._translate(exc, prefix)
-                raise CloudError(f"LIST {self.url}/{prefix} broke off: {error}") from exc
+        async for page in self._own_listing(prefix, delimiter, page_size):
+            yield self.named_only(page)
 
     async def delete(self, key: str) -> None:
         self.check_key(key)

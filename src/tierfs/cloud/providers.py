@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from stat import S_ISDIR
 from urllib.parse import quote
 
 from obstore.store import AzureStore, LocalStore, S3Store
 
 from tierfs.cloud.azure import AzureBlobCloud
-from tierfs.cloud.base import CloudStore, ListPage, ObjectMeta
+from tierfs.cloud.base import LIST_PAGE_SIZE, CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.objstore import NO_RETRIES, ObjstoreCloud, client_options
 from tierfs.cloud.s3 import S3Cloud, S3Keys
 from tierfs.cloud.s3_region import DEFAULT_REGION, check_given_region, find_region
@@ -222,8 +223,26 @@ class LocalDirectoryCloud(ObjstoreCloud):
         self.check_key(prefix)
         await asyncio.to_thread(self._remove_unmarked_from, self._root / prefix, True)
 
-    async def _list_level(self, prefix: str) -> ListPage:
-        return await asyncio.to_thread(self._scan, prefix)
+    async def _own_listing(
+        self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[ListPage]:
+        """A scan of the folder, or without `delimiter` of each folder below it, one page
+        a folder: its files, and its folders' markers as `name/` (obstore lists files
+        alone). A link to a folder is not followed: what it holds is not in the tree."""
+        if delimiter:
+            yield await asyncio.to_thread(self._scan, prefix)
+            return
+        # The folder's own marker is in its tree, as `a/` is in S3's listing of `a/`.
+        folders: builtins.list[str] = [""]
+        markers: builtins.list[ObjectMeta] = []
+        if prefix:
+            folders, markers = await asyncio.to_thread(self._folders_among, [prefix])
+        while folders:
+            page = await asyncio.to_thread(self._scan, folders.pop())
+            below, markers_below = await asyncio.to_thread(self._folders_among, page.prefixes)
+            folders += below
+            yield ListPage(markers + page.objects + markers_below)
+            markers = []
 
     def _scan(self, prefix: str) -> ListPage:
         """The files and folders in the folder `prefix`, as LocalStore lists them: its temp
@@ -232,7 +251,7 @@ class LocalDirectoryCloud(ObjstoreCloud):
         prefixes: builtins.list[str] = []
         try:
             entries = builtins.list(os.scandir(self._root / prefix))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such folder: nothing in it
             return ListPage()
         for entry in entries:
             if _LOCAL_TEMP_SUFFIX.search(entry.name):
@@ -266,24 +285,27 @@ class LocalDirectoryCloud(ObjstoreCloud):
                 return
             folder, marked_too = folder.parent, False
 
-    async def list(self, prefix: str = "", delimiter: bool = True) -> AsyncIterator[ListPage]:
-        """As the other stores: without `delimiter`, the folders' markers are listed too,
-        as `name/` (obstore lists files alone)."""
-        async for page in super().list(prefix, delimiter):
-            yield page
-        if not delimiter:
-            folders = await asyncio.to_thread(self._markers, prefix.removesuffix("/"))
-            if folders:
-                yield ListPage(folders, [])
-
-    def _markers(self, prefix: str) -> builtins.list[ObjectMeta]:
-        found = []
-        for folder, subfolders, names in os.walk(self._root / prefix):
-            path = Path(folder)
-            if path != self._root and (not (subfolders or names) or _is_marked(path)):
-                mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-                found.append(ObjectMeta(f"{path.relative_to(self._root)}/", 0, "", mtime))
-        return found
+    def _folders_among(
+        self, prefixes: builtins.list[str]
+    ) -> tuple[builtins.list[str], builtins.list[ObjectMeta]]:
+        """The `prefixes` that are folders, not links to one, and the markers of those
+        that are marked or empty."""
+        folders: builtins.list[str] = []
+        markers: builtins.list[ObjectMeta] = []
+        for prefix in prefixes:
+            path = self._root / prefix
+            try:
+                stat = path.lstat()
+                if not S_ISDIR(stat.st_mode):
+                    continue
+                marked = not any(path.iterdir()) or _is_marked(path)
+            except (FileNotFoundError, NotADirectoryError):  # removed meanwhile, or no folder
+                continue
+            folders.append(prefix)
+            if marked:
+                mtime = datetime.fromtimestamp(stat.st_mtime, UTC)
+                markers.append(ObjectMeta(prefix, 0, "", mtime))
+        return folders, markers
 
     def check_key(self, key: str) -> str:
         super().check_key(key)

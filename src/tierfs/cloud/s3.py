@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote_plus
@@ -16,8 +16,8 @@ from xml.etree import ElementTree
 from obstore.store import S3Store
 from yarl import URL
 
-from tierfs.cloud.base import ListPage, ObjectMeta
-from tierfs.cloud.objstore import LIST_PAGE_SIZE, ListAnswer, ObjstoreCloud, listing_xml
+from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
+from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -75,12 +75,16 @@ class S3Cloud(ObjstoreCloud):
 
         await self._call(method, marker, send)
 
-    async def _list_level(self, prefix: str) -> ListPage:
-        """ListObjectsV2 with the delimiter `/`, every page, sent and read here (keys URL-
-        encoded in the answer, as XML cannot carry every character a key may hold)."""
-        query = {"list-type": "2", "delimiter": "/", "encoding-type": "url", "prefix": prefix}
-        query["max-keys"] = str(LIST_PAGE_SIZE)
-        return await self._every_page(prefix, query, "continuation-token", self._list_page)
+    def _own_listing(
+        self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
+    ) -> AsyncIterator[ListPage]:
+        """ListObjectsV2 (keys URL-encoded in the answer, as XML cannot carry every
+        character a key may hold)."""
+        query = {"list-type": "2", "encoding-type": "url", "prefix": prefix}
+        query["max-keys"] = str(page_size)
+        if delimiter:
+            query["delimiter"] = "/"
+        return self._pages(prefix, query, "continuation-token", self._list_page)
 
     async def _list_page(self, query: dict[str, str]) -> ListAnswer:
         canonical = "&".join(

@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 
 from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
 from tierfs.chunks import ChunkRef, Data, ObjectRef, chunks_covering
-from tierfs.cloud.base import CloudStore, ObjectMeta
+from tierfs.cloud.base import CloudStore, ObjectMeta, split_markers
 from tierfs.errors import (
     CloudError,
     DirectoryNotEmptyError,
@@ -385,16 +385,15 @@ class Filesystem:
             _copied_as(node, entry.version, copied.version)
 
     async def _rename_tree(self, old: str, new: str) -> None:
-        listed = (await self.cloud.list_all(old + "/", delimiter=False)).objects
-        unnamable = [meta.key for meta in listed if not self.cloud.can_name(meta.key)]
-        if unnamable:  # it could not be copied: the move would be half made
+        listing = await self.cloud.list_all(old + "/", delimiter=False)
+        if listing.hidden:  # keys it could not copy: the move would be half made
             raise UnnamableKeyError(
-                f"{old}: holds the key {unnamable[0]!r}, which no path can name: rename it "
-                "with the tool that put it there"
+                f"{old}: holds keys that no path can name (logged as not shown): rename "
+                "them with the tool that put them there"
             )
-        below, markers_below = await self.cloud.markers_in(old, listed)
-        # The folder's own marker too, listed or not (Azure lists `old/` as `old`, outside
-        # the listing of `old/`): the moved folder has one, the old name none.
+        below, markers_below = split_markers(listing.objects)
+        # The folder's own marker too, listed or not: the moved folder has one, the old
+        # name none.
         markers = sorted({*markers_below, old})
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.errors import (
@@ -26,7 +26,6 @@ from tierfs.errors import (
     CloudError,
     InvalidKeyError,
     ObjectNotFoundError,
-    UnnamableKeyError,
 )
 from tierfs.fs.nodes import join, split
 
@@ -189,20 +188,15 @@ class Namespace:
 
     async def _stat_remote(self, path: str) -> Entry | None:
         started = time.monotonic()
-        # Every request at once: the object, the link, the folder's own marker where the
-        # listing leaves it out (Azure: a second round trip for every file otherwise).
+        # Every request at once: the object, the link, and the listing below.
         heads = [asyncio.ensure_future(self._head(key)) for key in (path, path + LINK_SUFFIX)]
-        marker = asyncio.ensure_future(self.cloud.has_own_marker(path))
-        checks: list[asyncio.Future[Any]] = [*heads, marker]
         try:
-            listed = await self._lists_keys_below(path)
+            is_dir = await self.has_keys_below(path)
             file, link = [await head for head in heads]
-            own_marker = await marker
         except BaseException:
-            for check in checks:
-                check.cancel()
+            for head in heads:
+                head.cancel()
             raise
-        is_dir = listed or own_marker
         # A prefix with objects wins over an object of the same name (S3 allows both), and
         # a file over a link.
         if is_dir:
@@ -260,18 +254,11 @@ class Namespace:
 
     async def has_keys_below(self, path: str) -> bool:
         """Whether the bucket has a key below `path`: asked, not taken from a listing (a
-        listing may name a prefix whose keys are gone, see GHOST_WINDOW)."""
-        return await self._lists_keys_below(path) or await self.cloud.has_own_marker(path)
-
-    async def _lists_keys_below(self, path: str) -> bool:
-        """Whether a listing of `path/` holds a key: its own folder marker too, but on
-        Azure (`CloudStore.has_own_marker`)."""
-        try:
-            async for page in self.cloud.list(path + "/", delimiter=False):
-                if page.objects:  # a page may hold none and still be followed by others
-                    return True
-        except UnnamableKeyError:  # a key is there, one that no path can name
-            return True
+        listing may name a prefix whose keys are gone, see GHOST_WINDOW): its own folder
+        marker too, or a key no path can name."""
+        async for page in self.cloud.list(path + "/", delimiter=False, page_size=1):
+            if page.objects or page.hidden:  # a page may hold none and still be followed
+                return True
         return False
 
     async def listdir(
