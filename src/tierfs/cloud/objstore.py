@@ -314,7 +314,7 @@ class ObjstoreCloud(CloudStore):
                 # Not named_only: obstore's paths name every object (a check of each would
                 # cost `ls` ~2 us an entry); only a prefix may be none ("/" of "/a").
                 prefixes = [p if p.endswith("/") else p + "/" for p in listing["common_prefixes"]]
-                shown = [prefix for prefix in prefixes if self.shows(prefix)]
+                shown = [p for p in prefixes if self.shows(p)]
                 objects = [self._listed(m) for m in listing["objects"]]
                 yield ListPage(objects, shown, len(prefixes) - len(shown))
                 return

@@ -9,7 +9,6 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from stat import S_ISDIR
 from urllib.parse import quote
@@ -126,14 +125,14 @@ def s3_store(
         config["endpoint"] = endpoint
         config["virtual_hosted_style_request"] = False
     provider = None
-    keys: Callable[[], S3Keys] | None = None
+    keys: S3Keys | Callable[[], S3Keys] | None = None
     if not signed:
         config["skip_signature"] = True
     elif access_key and secret_key:
         config |= {"access_key_id": access_key, "secret_access_key": secret_key}
         if session_token:
             config["session_token"] = session_token
-        keys = partial(S3Keys, access_key, secret_key, region, session_token)
+        keys = S3Keys(access_key, secret_key, region, session_token)
     else:
         from tierfs.cloud.aws_credentials import AwsCredentials  # botocore: only here
 

@@ -37,9 +37,10 @@ class S3Cloud(ObjstoreCloud):
     """An S3 bucket. AWS refuses a CopyObject of a source over 5 GiB (it wants a multipart
     copy, which obstore does not make): larger objects are copied through this client.
 
-    `keys` gives the keys that sign the folder markers, as obstore's own requests are
-    signed (static ones, or `AwsCredentials.keys`, which may block while it renews them);
-    None: requests are not signed (a public bucket, `-no-sign-request`).
+    `keys` sign the requests tierfs sends itself (markers, listings), as obstore's own
+    are signed: static ones, or `AwsCredentials.keys`, which may block while it renews
+    them (asked off the event loop); None: requests are not signed (a public bucket,
+    `-no-sign-request`).
     """
 
     copy_limit = 5 * 2**30
@@ -51,7 +52,7 @@ class S3Cloud(ObjstoreCloud):
         timeout: float,
         *,
         bucket_url: str,
-        keys: Callable[[], S3Keys] | None,
+        keys: S3Keys | Callable[[], S3Keys] | None,
     ) -> None:
         super().__init__(store, url, timeout)
         self._bucket_url = bucket_url.rstrip("/")  # path-style: ENDPOINT/BUCKET
@@ -99,7 +100,9 @@ class S3Cloud(ObjstoreCloud):
         """The SigV4 headers of a request without a body; none for an unsigned store."""
         if self._keys is None:
             return {}
-        keys = await asyncio.to_thread(self._keys)
+        keys = self._keys
+        if not isinstance(keys, S3Keys):  # a lookup lists: no thread hop for static keys
+            keys = await asyncio.to_thread(keys)
         return sigv4(method, url, keys, datetime.now(UTC))
 
     async def close(self) -> None:

@@ -21,12 +21,7 @@ from functools import partial
 from typing import TypeVar
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
-from tierfs.errors import (
-    AccessDeniedError,
-    CloudError,
-    InvalidKeyError,
-    ObjectNotFoundError,
-)
+from tierfs.errors import AccessDeniedError, CloudError, InvalidKeyError, ObjectNotFoundError
 from tierfs.fs.nodes import join, split
 
 T = TypeVar("T")
