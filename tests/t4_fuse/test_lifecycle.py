@@ -21,6 +21,7 @@ from cloud_targets import server_for, target_flags
 from mounts import Mount, cloud_bytes, cloud_of, cloud_put, is_mounted, unmount_if_mounted
 from relay import Relay, relay_in_front_of
 from tierfs.errors import CloudError
+from tierfs.fs.filesystem import RETRY_INTERVAL
 
 
 def test_sigterm_uploads_dirty_files_unmounts_and_exits_0(mount_factory: object) -> None:
@@ -407,6 +408,33 @@ def test_a_failed_close_in_a_renamed_folder_goes_up_under_the_new_name(
     assert (mount.path / "e/notes.txt").read_bytes() == b"first\nours\n"
     assert mount.stop() == 0
     assert cloud_bytes(mount, "d/notes.txt") is None
+
+
+@pytest.mark.warnings_expected
+def test_an_unlink_that_fails_keeps_a_failed_close_for_its_retry(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A file whose close failed (this node lost the bucket), then unlinked while the
+    bucket is still out of reach: the unlink fails (EIO) and changes nothing, so the
+    retry still puts the close's bytes up once the bucket is back. (The unlink gave up
+    the retry before its DELETE failed: the mount showed the file, the bucket never got
+    its bytes.) An unlink that succeeds before the retry leaves nothing for it to put."""
+    relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")
+    close_while_cut(relay, mount, "notes.txt", b"first\nours\n")
+    with pytest.raises(OSError) as failed:
+        os.unlink(mount.path / "notes.txt")
+    assert failed.value.errno == errno.EIO
+    assert (mount.path / "notes.txt").read_bytes() == b"first\nours\n"
+    relay.restore()
+    wait_for_object(mount, "notes.txt", b"first\nours\n")
+    assert cloud_bytes(mount, "notes.txt") == b"first\nours\n"
+    close_while_cut(relay, mount, "gone.txt", b"first\nours\n")
+    relay.restore()
+    os.unlink(mount.path / "gone.txt")
+    time.sleep(RETRY_INTERVAL + 1)  # the retry's turn came
+    assert mount.stop() == 0
+    assert cloud_bytes(mount, "gone.txt") is None
+    assert cloud_bytes(mount, "notes.txt") == b"first\nours\n"
 
 
 def write_twice_losing_the_first_answer(relay: Relay, mount: Mount, s3: Any) -> int:

@@ -298,18 +298,24 @@ class Filesystem:
         if entry.is_dir:
             raise IsDirectoryError(path)
         await self._keep_for_open_handles(path)
-        self._unlink_open(path)
-        if entry.version:  # "" is a file created here and never uploaded
-            await self.cloud.delete(object_key(path, entry))
+        opened = self._open_file_at(path)
+        # Its upload (a failed close's retry) waits: it would put the object back.
+        async with opened.lock if opened is not None else contextlib.nullcontext():
+            if entry.version:  # "" is a file created here and never uploaded
+                await self.cloud.delete(object_key(path, entry))
+            self._unlink_open(path)  # only once the delete is done: a failed one keeps it
         self.names.note(path, None)
         self.inodes.remove(path)
+
+    def _open_file_at(self, path: str) -> OpenFile | None:
+        node = self.inodes.find(path)
+        return self._open.get(node.inode) if node else None
 
     async def _keep_for_open_handles(self, path: str) -> None:
         """Before the file at `path` leaves the namespace, while its object is still there:
         a handle open on it gets its bytes staged, to read and write on (to nowhere) as
         POSIX has it. Tier 1 may not hold them all (a moved file's copy is a new version)."""
-        node = self.inodes.find(path)
-        opened = self._open.get(node.inode) if node else None
+        opened = self._open_file_at(path)
         if opened is not None and opened.fd is None and opened.stream is None:
             async with opened.lock:
                 await self._stage(opened, keep=opened.node.size)
@@ -318,8 +324,7 @@ class Filesystem:
         """The file at `path` leaves the namespace (unlinked, or replaced by a rename): a
         handle still open on it reads on from what `_keep_for_open_handles` staged, and
         writes nowhere."""
-        node = self.inodes.find(path)
-        opened = self._open.get(node.inode) if node else None
+        opened = self._open_file_at(path)
         if opened is not None:
             opened.unlinked_from, opened.dirty = path, False
             self._abandon_early(opened)
