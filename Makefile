@@ -29,9 +29,10 @@ typecheck: setup
 run: setup
 	scripts/run-demo.sh
 
-# Lowest level first: units, components on real servers, real FUSE mounts, then a cluster.
+# Units, components on real servers, real FUSE mounts, then a cluster; two processes take
+# tests in turn (each its own servers): most of a test's time is spent waiting on them.
 test: lint typecheck
-	$(VENV)/bin/pytest tests/t1_unit tests/t2_components tests/t4_fuse tests/t5_cluster
+	$(VENV)/bin/pytest --numprocesses 2 --dist worksteal tests/t1_unit tests/t2_components tests/t4_fuse tests/t5_cluster
 
 # The rivals of bench/fuse.py: Debian 12's rclone 1.60 and s3fs 1.90.
 bench: setup
