@@ -480,7 +480,7 @@ async def test_a_listing_made_without_obstore_is_obstores(
         pages = [page async for page in store._own_listing(prefix, delimiter)]
         objects = [meta for page in pages for meta in page.objects]
         objects.sort(key=lambda meta: meta.key)
-        return ListPage(objects, sorted(prefix for page in pages for prefix in page.prefixes))
+        return ListPage(objects, sorted(name for page in pages for name in page.prefixes))
 
     try:
         names = ["a", "sp ace", "plus+sign", "pct%41", "ünï €", "sub/b", "sub2/deeper/c"]

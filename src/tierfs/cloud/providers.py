@@ -237,11 +237,17 @@ class LocalDirectoryCloud(ObjstoreCloud):
         if prefix:
             folders, markers = await asyncio.to_thread(self._folders_among, [prefix])
         while folders:
-            page = await asyncio.to_thread(self._scan, folders.pop())
-            below, markers_below = await asyncio.to_thread(self._folders_among, page.prefixes)
+            page, below = await asyncio.to_thread(self._tree_page, folders.pop())
             folders += below
-            yield ListPage(markers + page.objects + markers_below)
+            yield ListPage(markers + page.objects)
             markers = []
+
+    def _tree_page(self, folder: str) -> tuple[ListPage, builtins.list[str]]:
+        """A page of a tree's listing: the folder's files and its folders' markers; and
+        the folders below it, to scan next."""
+        page = self._scan(folder)
+        below, markers = self._folders_among(page.prefixes)
+        return ListPage(page.objects + markers), below
 
     def _scan(self, prefix: str) -> ListPage:
         """The files and folders in the folder `prefix`, as LocalStore lists them: its temp
