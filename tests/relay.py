@@ -15,7 +15,8 @@ import servers
 class Relay:
     """Relays 127.0.0.1:`port` to 127.0.0.1:`target`; `cut` refuses and drops every
     connection until `restore`, `mute` drops the server's answers until then, `rewrite`
-    changes the next request that holds a given string."""
+    changes the next request that holds a given string, `hold` keeps it back until
+    `release`."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -25,6 +26,9 @@ class Relay:
         self._listener: socket.socket | None = None
         self._muted = threading.Event()
         self._rewrites: list[tuple[bytes, bytes]] = []  # (old, new), each for one request
+        self._hold: bytes | None = None
+        self._held = threading.Event()
+        self._released = threading.Event()
 
     def start(self) -> Relay:
         listener = socket.create_server(("127.0.0.1", self.port))
@@ -67,12 +71,35 @@ class Relay:
         with self._lock:
             return len(self._rewrites)
 
-    def _rewritten(self, data: bytes) -> bytes:
+    def hold(self, text: bytes) -> None:
+        """Keep the next request that holds `text` from the server until `release` (a
+        call caught half way, while others go on)."""
         with self._lock:
+            self._hold = text
+        self._held.clear()
+        self._released.clear()
+
+    def wait_until_held(self, timeout: float = 30.0) -> None:
+        """Until a request is held (fails past `timeout`)."""
+        assert self._held.wait(timeout), "no request came to be held"
+
+    def release(self) -> None:
+        """Let the held request go on."""
+        self._released.set()
+
+    def _from_client(self, data: bytes) -> bytes:
+        with self._lock:
+            held = self._hold is not None and self._hold in data
+            if held:
+                self._hold = None
             for n, (old, new) in enumerate(self._rewrites):
                 if old in data:
                     del self._rewrites[n]
-                    return data.replace(old, new, 1)
+                    data = data.replace(old, new, 1)
+                    break
+        if held:
+            self._held.set()
+            self._released.wait(120)
         return data
 
     def restore(self) -> None:
@@ -101,7 +128,7 @@ class Relay:
                     return
                 self._open |= {client, upstream}
             for source, sink, change in (
-                (client, upstream, self._rewritten),
+                (client, upstream, self._from_client),
                 (upstream, client, self._unless_muted),
             ):
                 threading.Thread(target=_pump, args=(source, sink, change), daemon=True).start()

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 import servers
-from cloud_targets import settings_for
+from cloud_targets import settings_for, target_flags
+from relay import relay_in_front_of
 from tierfs.cloud.providers import open_store
 from tierfs.fs.metadata import Entry, Namespace
+from tierfs.settings import ClientSettings, load_settings
 
 TTL = 0.2
 pytestmark = pytest.mark.asyncio
@@ -147,3 +149,44 @@ async def test_forgetting_a_directory_forgets_all_below_it_and_nothing_beside_it
         assert await names.stat("t/ab/new") is not None
     finally:
         await cloud.close()
+
+
+async def test_an_answer_asked_for_before_a_change_here_does_not_undo_it(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """The bucket's answer (a listing, a stat) asked for before this mount changed a name
+    and received after it keeps the change: the answer is older. (A lookup served an
+    expired answer after STALE_AFTER and left its fetch going; that answer, once in, put
+    a renamed file back under its old name and hid the new one for the TTL.) A relay
+    holds each answer until the change is made."""
+    given, environ = target_flags("s3-seaweedfs", seaweedfs, tmp_path)
+    relay, given["s3_endpoint"] = relay_in_front_of(given["s3_endpoint"])
+    cloud = open_store(load_settings(ClientSettings, given, environ))
+    bucket = given["s3_bucket"]
+    try:
+        for key in ("dir/a", "other/c"):
+            await cloud.put(key, b"bytes")
+        names = Namespace(cloud, ttl=60)
+        renamed = Entry("b", False, 5, 0, "new-version")
+
+        relay.hold(b"delimiter=%2F")
+        listing = asyncio.ensure_future(names.listdir("dir"))
+        await asyncio.to_thread(relay.wait_until_held)
+        names.note("dir/a", None)  # renamed to dir/b here meanwhile
+        names.note("dir/b", renamed)
+        relay.release()
+        assert list(await listing) == [renamed]
+        assert list(await names.listdir("dir")) == [renamed]
+        assert await names.stat("dir/a") is None
+
+        relay.hold(f"HEAD /{bucket}/other/c ".encode())
+        stat = asyncio.ensure_future(names.stat("other/c"))
+        await asyncio.to_thread(relay.wait_until_held)
+        names.note("other/c", None)  # unlinked here meanwhile
+        relay.release()
+        assert await stat is None
+        assert await names.stat("other/c") is None
+    finally:
+        relay.release()
+        await cloud.close()
+        relay.stop()

@@ -34,9 +34,10 @@ from tierfs.errors import (
     UnsupportedError,
     VersionChangedError,
 )
-from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging
+from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging, remove
 from tierfs.fs.metadata import LINK_SUFFIX, Entry, Namespace, file_entry, object_key
 from tierfs.fs.nodes import InodeTable, Node, join, split
+from tierfs.fs.path_locks import PathLocks
 from tierfs.fs.streaming import StreamingUpload
 from tierfs.read_path import ReadPath
 from tierfs.upload import Uploader
@@ -103,6 +104,7 @@ class Filesystem:
         self._page_fills: set[asyncio.Task[None]] = set()  # chunks put there from tier 1
         self.inodes = InodeTable()
         self.names = Namespace(cloud, metadata_ttl)
+        self.path_locks = PathLocks()
         self._open: dict[int, OpenFile] = {}  # by inode
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -251,27 +253,29 @@ class Filesystem:
     async def mkdir(self, parent_inode: int, name: str, mode: int | None = None) -> Node:
         """A new directory; `mode` (None: the mount's default) holds on this mount, as a
         chmod does."""
-        path = self._new_child_path(self.inodes.get(parent_inode), name)
-        if await self._stat(path) is not None:
-            raise EntryExistsError(path)
-        await self.cloud.put_marker(path)
-        self.names.made_dir(path)
-        node = self.inodes.ensure(path, is_dir=True)
-        node.mtime_ns, node.mode = time.time_ns(), mode
-        return node
+        async with self._changing(parent_inode, name):
+            path = self._new_child_path(self.inodes.get(parent_inode), name)
+            if await self._stat(path) is not None:
+                raise EntryExistsError(path)
+            await self.cloud.put_marker(path)
+            self.names.made_dir(path)
+            node = self.inodes.ensure(path, is_dir=True)
+            node.mtime_ns, node.mode = time.time_ns(), mode
+            return node
 
     async def symlink(self, parent_inode: int, name: str, target: bytes) -> Node:
         """A new symbolic link to `target`, in the bucket when this returns."""
-        path = self._new_child_path(self.inodes.get(parent_inode), name)
-        if len((name + LINK_SUFFIX).encode()) > self.cloud.name_max:
-            raise NameTooLongError(f"a link's name of {len(name.encode())} bytes")
-        if await self._stat(path) is not None:
-            raise EntryExistsError(path)
-        entry = file_entry(await self.cloud.put(path + LINK_SUFFIX, target))
-        self.names.note(path, entry)
-        node = self._apply(self.inodes.ensure(path, is_dir=False, is_link=True), entry)
-        node.target = target
-        return node
+        async with self._changing(parent_inode, name):
+            path = self._new_child_path(self.inodes.get(parent_inode), name)
+            if len((name + LINK_SUFFIX).encode()) > self.cloud.name_max:
+                raise NameTooLongError(f"a link's name of {len(name.encode())} bytes")
+            if await self._stat(path) is not None:
+                raise EntryExistsError(path)
+            entry = file_entry(await self.cloud.put(path + LINK_SUFFIX, target))
+            self.names.note(path, entry)
+            node = self._apply(self.inodes.ensure(path, is_dir=False, is_link=True), entry)
+            node.target = target
+            return node
 
     async def readlink(self, inode: int) -> bytes:
         node = self.inodes.get(inode)
@@ -283,29 +287,44 @@ class Filesystem:
         return node.target
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
-        path, entry = await self._existing(parent_inode, name)
-        if not entry.is_dir:
-            raise NotDirectoryError(path)
-        if not await self._is_empty(path):
-            raise DirectoryNotEmptyError(path)
-        await self.cloud.delete_marker(path)
-        self.names.removed_dir(path)
-        self.names.note(path, None)
-        self.inodes.remove(path)
+        async with self._changing(parent_inode, name):
+            path, entry = await self._existing(parent_inode, name)
+            if not entry.is_dir:
+                raise NotDirectoryError(path)
+            if not await self._is_empty(path):
+                raise DirectoryNotEmptyError(path)
+            await self.cloud.delete_marker(path)
+            self.names.removed_dir(path)
+            self.names.note(path, None)
+            self.inodes.remove(path)
 
     async def unlink(self, parent_inode: int, name: str) -> None:
-        path, entry = await self._existing(parent_inode, name)
-        if entry.is_dir:
-            raise IsDirectoryError(path)
-        await self._keep_for_open_handles(path)
-        opened = self._open_file_at(path)
-        # Its upload (a failed close's retry) waits: it would put the object back.
-        async with opened.lock if opened is not None else contextlib.nullcontext():
-            if entry.version:  # "" is a file created here and never uploaded
-                await self.cloud.delete(object_key(path, entry))
-            self._unlink_open(path)  # only once the delete is done: a failed one keeps it
-        self.names.note(path, None)
-        self.inodes.remove(path)
+        async with self._changing(parent_inode, name):
+            path, entry = await self._existing(parent_inode, name)
+            if entry.is_dir:
+                raise IsDirectoryError(path)
+            await self._keep_for_open_handles(path)
+            opened = self._open_file_at(path)
+            # Its upload (a failed close's retry) waits: it would put the object back.
+            async with opened.lock if opened is not None else contextlib.nullcontext():
+                if entry.version:  # "" is a file created here and never uploaded
+                    await self.cloud.delete(object_key(path, entry))
+                self._unlink_open(path)  # only once the delete is done: a failed one keeps it
+            self.names.note(path, None)
+            self.inodes.remove(path)
+
+    def _changing(
+        self, parent_inode: int, name: str
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Change `name` in the directory, alone at and below its path (`PathLocks`)."""
+        parent = self.inodes.get(parent_inode)
+        return self.path_locks.changing(lambda: (join(parent.path, name),))
+
+    async def _save(self, file: OpenFile, late: bool = False) -> None:
+        """`_upload` to the file's path once no change is under way at it or above it (a
+        move of its folder changes it)."""
+        async with self.path_locks.working(lambda: file.node.path):
+            await self._upload(file, late)
 
     def _open_file_at(self, path: str) -> OpenFile | None:
         node = self.inodes.find(path)
@@ -317,8 +336,12 @@ class Filesystem:
         POSIX has it. Tier 1 may not hold them all (a moved file's copy is a new version)."""
         opened = self._open_file_at(path)
         if opened is not None and opened.fd is None and opened.stream is None:
-            async with opened.lock:
-                await self._stage(opened, keep=opened.node.size)
+            self._acquire(opened.node)  # its last handle's close must not forget it meanwhile
+            try:
+                async with opened.lock:
+                    await self._stage(opened, keep=opened.node.size)
+            finally:
+                self._drop(opened)
 
     def _unlink_open(self, path: str) -> None:
         """The file at `path` leaves the namespace (unlinked, or replaced by a rename): a
@@ -332,7 +355,15 @@ class Filesystem:
                 self.uploader.journal.done(opened.staging)
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
-        """Move a file or a directory tree (copy + delete in the cloud), replacing a file."""
+        """Move a file or a directory tree (copy + delete in the cloud), replacing a file;
+        alone at and below both names (`PathLocks`)."""
+        old_dir, new_dir = self.inodes.get(old_parent), self.inodes.get(new_parent)
+        async with self.path_locks.changing(
+            lambda: (join(old_dir.path, old_name), join(new_dir.path, new_name))
+        ):
+            await self._rename(old_parent, old_name, new_parent, new_name)
+
+    async def _rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
         old, source = await self._existing(old_parent, old_name)
         new = self._new_child_path(self.inodes.get(new_parent), new_name)
         if old == new:
@@ -448,7 +479,7 @@ class Filesystem:
                 file = self._acquire(node)
                 try:
                     await self._truncate(file, size)
-                    await self._upload(file)
+                    await self._save(file)
                 finally:
                     self._drop(file)
             await self._settle(inode)  # the kernel drops the pages past the new size next
@@ -509,7 +540,7 @@ class Filesystem:
             for file in waiting:
                 if file.handles == 0:
                     with contextlib.suppress(CloudError):
-                        await self._upload(file, late=True)
+                        await self._save(file, late=True)
                 self._forget_if_uploaded(file)
 
     def _forget_if_uploaded(self, file: OpenFile) -> None:
@@ -532,7 +563,13 @@ class Filesystem:
         return handle
 
     async def open(self, inode: int, writable: bool, truncate: bool) -> tuple[Handle, bool]:
-        """Open a file (revalidating it: close-to-open); returns (handle, keep_cache)."""
+        """Open a file (revalidating it: close-to-open); returns (handle, keep_cache). A
+        rename over it waits, else the handle could get the version it replaced."""
+        opening = self.inodes.get(inode)
+        async with self.path_locks.working(lambda: opening.path):
+            return await self._open_file(inode, writable, truncate)
+
+    async def _open_file(self, inode: int, writable: bool, truncate: bool) -> tuple[Handle, bool]:
         node = await self.getattr(inode)
         if node.is_dir:
             raise IsDirectoryError(node.path)
@@ -550,21 +587,22 @@ class Filesystem:
     async def create(self, parent_inode: int, name: str, mode: int | None = None) -> Handle:
         """A new empty file, in the cloud once its handle is flushed; `mode` as in
         `mkdir` (an executable built here runs)."""
-        path = self._new_child_path(self.inodes.get(parent_inode), name)
-        if await self._stat(path) is not None:
-            raise EntryExistsError(path)
-        node = self.inodes.ensure(path, is_dir=False)
-        node.size, node.version, node.mtime_ns, node.mode = 0, "", time.time_ns(), mode
-        file = self._acquire(node)
-        try:
-            self.staging.open_new(file)
-            self._dirty(file, 0)
-        except BaseException:
-            self._drop(file)  # a full disk (ENOSPC): nothing is left of the file
-            raise
-        file.appends_only = True
-        self.names.note(path, Entry(name, False, 0, node.mtime_ns, ""))
-        return self._new_handle(file, writable=True)
+        async with self._changing(parent_inode, name):
+            path = self._new_child_path(self.inodes.get(parent_inode), name)
+            if await self._stat(path) is not None:
+                raise EntryExistsError(path)
+            node = self.inodes.ensure(path, is_dir=False)
+            node.size, node.version, node.mtime_ns, node.mode = 0, "", time.time_ns(), mode
+            file = self._acquire(node)
+            try:
+                self.staging.open_new(file)
+                self._dirty(file, 0)
+            except BaseException:
+                self._drop(file)  # a full disk (ENOSPC): nothing is left of the file
+                raise
+            file.appends_only = True
+            self.names.note(path, Entry(name, False, 0, node.mtime_ns, ""))
+            return self._new_handle(file, writable=True)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self.handle(fh)
@@ -589,6 +627,11 @@ class Filesystem:
         try:
             data = await self.read_path.read(ref, offset, size, handle.reader, on_fetched)
         except (VersionChangedError, ObjectNotFoundError) as exc:
+            # Renamed or unlinked here under the read? Once that is done, read it anew.
+            async with self.path_locks.working(lambda: file.node.path):
+                moved = file.fd is not None or file.ref() != ref
+            if moved:
+                return await self.read(fh, offset, size)
             self.names.forget(file.node.path)
             raise StaleHandleError(
                 f"{file.node.path} changed in the bucket since it was opened: reopen it"
@@ -694,11 +737,11 @@ class Filesystem:
         cloud has them. A reader's close does not answer for another's writes."""
         handle = self.handle(fh)
         if handle.writable:
-            await self._upload(handle.file)
+            await self._save(handle.file)
 
     async def fsync(self, fh: int) -> None:
         """Upload the file's unsaved bytes, whoever wrote them."""
-        await self._upload(self.handle(fh).file)
+        await self._save(self.handle(fh).file)
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
@@ -710,24 +753,26 @@ class Filesystem:
             await handle.reader.close()
         try:
             if handle.writable:
-                await self._upload(handle.file)
+                await self._save(handle.file)
         finally:
             self._drop(handle.file)
 
     async def _stage(self, file: OpenFile, keep: int) -> None:
-        """Give `file` a staging file holding its first `keep` bytes from the tiers."""
+        """Give `file` a staging file holding its first `keep` bytes from the tiers. Its
+        reads go on from the tiers until the copy is whole: a read of a file being
+        replaced by a rename got the part copied so far."""
         if file.fd is not None:
             return
-        self.staging.open_new(file)
-        assert file.fd is not None
+        staging, fd = self.staging.new()
         ref = file.ref()
         try:
             for start in range(0, keep, COPY_PIECE):
                 data = await self.read_path.read(ref, start, min(COPY_PIECE, keep - start))
-                await asyncio.to_thread(pwrite_all, file.fd, data, start)
+                await asyncio.to_thread(pwrite_all, fd, data, start)
         except BaseException:
-            self.staging.discard(file)
+            remove(staging, fd)
             raise
+        file.staging, file.fd = staging, fd
 
     async def _stream_instead(self, file: OpenFile, full: OSError) -> None:
         """The staging disk is full: send what is staged up a streamed upload, which the
@@ -824,7 +869,7 @@ class Filesystem:
             self._retries.cancel()
         for file in list(self._open.values()):
             with contextlib.suppress(CloudError):
-                await self._upload(file, late=file.handles == 0)
+                await self._save(file, late=file.handles == 0)
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()

@@ -81,16 +81,23 @@ class Staging:
 
     def open_new(self, file: OpenFile) -> None:
         """Give `file` an empty staging file."""
+        file.staging, file.fd = self.new()
+
+    def new(self) -> tuple[Path, int]:
+        """An empty staging file: its path, and a descriptor to read and write it."""
         path = self.root / uuid.uuid4().hex
-        file.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        file.staging = path
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
     def discard(self, file: OpenFile) -> None:
         """Close and delete `file`'s staging file."""
-        if file.fd is not None:
-            os.close(file.fd)
-            file.fd = None
-        if file.staging is not None:
-            with contextlib.suppress(FileNotFoundError):
-                file.staging.unlink()
-            file.staging = None
+        staging, fd, file.staging, file.fd = file.staging, file.fd, None, None
+        if staging is not None:
+            remove(staging, fd)
+
+
+def remove(staging: Path, fd: int | None = None) -> None:
+    """Close `fd` and delete the staging file it was open on."""
+    if fd is not None:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        staging.unlink()

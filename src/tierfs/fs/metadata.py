@@ -199,6 +199,9 @@ class Namespace:
         else:
             meta = file or link
             entry = file_entry(meta) if meta is not None else None
+        known = self._stats.get(path)
+        if known is not None and known[1] > started:  # changed here meanwhile: that stays
+            return known[0]
         self._remember(path, entry, started)
         return entry
 
@@ -313,6 +316,12 @@ class Namespace:
             if name not in ghosts:
                 entries[name] = Entry(name, True)
         listing = _Listing(entries, started, page.hidden > 0)
+        # What this mount changed here while the bucket was listed stays: the listing may
+        # be older (a file renamed over meanwhile listed at its old version, or not at all).
+        for child in self._children.get(path, ()):
+            known = self._stats.get(child)
+            if known is not None and known[1] > started:
+                listing.put(split(child)[1], known[0])
         self._listings[path] = listing
         self._index(path)
         self._prune_if_grown()
