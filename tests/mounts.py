@@ -184,7 +184,7 @@ def cloud_bytes(mount: Mount, key: str) -> bytes | None:
         cloud = cloud_of(mount)
         try:
             meta = await cloud.head(key)
-            return await cloud.get_range(key, 0, meta.size, meta.version)
+            return bytes(await cloud.get_range(key, 0, meta.size, meta.version))
         except ObjectNotFoundError:
             return None
         finally:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from random import Random
@@ -16,14 +18,18 @@ from random import Random
 import pytest
 from test_model import bucket_tree, tree
 
-from mounts import Mount
+from mounts import Mount, cloud_bytes
 
 FOLDERS = ["d", "e", "d/f"]
 FILES = ["a", "b", "d/a", "d/b", "d/f/a", "e/a"]
+PROVIDERS = ["local", "s3-seaweedfs", "azure", "gcp-native"]
 THREADS = 4
 CALLS = int(os.environ.get("CONCURRENCY_CALLS", "150"))  # each thread's; more for a longer hunt
 # what a local folder may answer when other threads change names under a call
-EXPECTED = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR, errno.EINVAL}
+EXPECTED = {
+    *(errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR, errno.EINVAL),
+    errno.ELOOP,  # a link to itself
+}
 
 
 def sealed(rng: Random) -> bytes:
@@ -46,6 +52,7 @@ class Worker:
         self.failure: str | None = None
         self.temps = 0
         self.doing = ""
+        self.held: list[int] = []  # descriptors open across calls
 
     def run(self) -> None:
         try:
@@ -53,6 +60,9 @@ class Worker:
                 self.one_call()
         except Exception as exc:  # noqa: BLE001 (reported by the test)
             self.failure = f"{self.doing}: {type(exc).__name__}: {exc}"
+        finally:
+            for fd in self.held:
+                os.close(fd)
 
     def one_call(self) -> None:
         rng = self.rng
@@ -68,6 +78,9 @@ class Worker:
             "rename file": (os.rename, (file, other_file)),
             "rename folder": (os.rename, (folder, other_folder)),
             "list": (os.listdir, (folder,)),
+            "hold open": (self.hold_open, (file,)),
+            "read a held file": (self.read_held, ()),
+            "symlink": (self.symlink, (file,)),
         }
         name = rng.choice([*calls, "replace"])
         call, paths = calls[name]
@@ -96,6 +109,22 @@ class Worker:
         data = path.read_bytes()
         assert is_whole(data), f"{path}: {len(data)} bytes, not a whole file"
 
+    def hold_open(self, path: Path) -> None:
+        """Open across the next calls: what it reads stays whole, renamed over or not."""
+        if len(self.held) == 3:
+            os.close(self.held.pop(0))
+        self.held.append(os.open(path, os.O_RDONLY))
+
+    def read_held(self) -> None:
+        if self.held:
+            fd = self.rng.choice(self.held)
+            data = os.pread(fd, os.fstat(fd).st_size + 1, 0)
+            assert is_whole(data), f"a held file: {len(data)} bytes, not a whole file"
+
+    def symlink(self, path: Path) -> None:
+        """A link to a file or folder of the tree (reads through it find a whole file)."""
+        os.symlink(self.rng.choice(["a", "b", "d", "../a", "f/a"]), path)
+
     def append_to_log(self) -> None:
         """Only this thread writes its log: it must hold exactly these bytes."""
         data = self.rng.randbytes(self.rng.choice([1, 100, 5000, 70_000]))
@@ -104,7 +133,7 @@ class Worker:
         self.logged += data
 
 
-@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs", "azure", "gcp-native"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("seed", range(int(os.environ.get("CONCURRENCY_SEEDS", "1"))))
 def test_threads_changing_names_at_once_lose_nothing(
     mount_factory: Callable[..., Mount], provider: str, seed: int
@@ -131,10 +160,129 @@ def test_threads_changing_names_at_once_lose_nothing(
             assert worker.log.read_bytes() == worker.logged
     seen = tree(root)
     for path, entry in seen.items():
-        if entry.endswith("folder") or path.startswith("log-"):
+        if entry == "folder" or entry.startswith("link to") or path.startswith("log-"):
             continue
         assert is_whole((root / path).read_bytes()), path
     assert bucket_tree(mount, "work") == seen
     mount.stop()
     fresh = mount_factory(provider, chunk_size="64KiB", **mount.bucket_flags())
     assert tree(fresh.path / "work") == seen
+
+
+class Writer:
+    """One thread writing files of its own until the client is killed: what each close
+    or fsync returned from is what the bucket must hold."""
+
+    def __init__(self, root: Path, number: int, seed: int, killed: threading.Event) -> None:
+        self.root, self.number, self.rng, self.killed = root, number, Random(seed), killed
+        self.written: dict[str, bytes] = {}  # by key: all bytes written to it
+        self.durable: dict[str, bytes] = {}  # by key: what a close or fsync returned from
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        try:
+            for count in itertools.count():
+                self.write_one(f"work/{self.number}-{count}")
+        except OSError as exc:
+            if not self.killed.is_set():
+                self.failure = f"{type(exc).__name__}: {exc}"
+
+    def write_one(self, key: str) -> None:
+        """A whole file, or one fsync'd and then appended to."""
+        pieces = [self.rng.randbytes(self.rng.choice(SIZES)) for _ in range(self.rng.randint(1, 3))]
+        with (self.root.parent / key).open("wb") as file:
+            for n, piece in enumerate(pieces):
+                file.write(piece)
+                self.written[key] = self.written.get(key, b"") + piece
+                if n < len(pieces) - 1:
+                    file.flush()
+                    os.fsync(file.fileno())
+                    self.durable[key] = self.written[key]
+        self.durable[key] = self.written[key]
+
+
+SIZES = [0, 1000, 100_000, 3 * 2**20, 20 * 2**20]  # 20 MiB: a multipart upload, begun early
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_every_close_that_returned_is_in_the_bucket_when_the_client_is_killed(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """4 threads write files (up to 20 MiB, some fsync'd part way) until the client is
+    killed (SIGKILL) at a random moment: what every close and fsync returned from is in
+    the bucket then; after a restart on the same cache dir the mount shows the bucket."""
+    mount = mount_factory(provider)
+    root = mount.path / "work"
+    root.mkdir()
+    killed = threading.Event()
+    writers = [Writer(root, n, n, killed) for n in range(THREADS)]
+    threads = [threading.Thread(target=writer.run, daemon=True) for writer in writers]
+    for thread in threads:
+        thread.start()
+    time.sleep(Random().uniform(1.0, 4.0))
+    killed.set()
+    mount.kill()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "a call hangs after the kill"
+    assert [writer.failure for writer in writers] == [None] * THREADS
+    durable = {key: data for writer in writers for key, data in writer.durable.items()}
+    written = {key: data for writer in writers for key, data in writer.written.items()}
+    assert durable, "nothing was written before the kill"
+    for key, data in durable.items():
+        held = cloud_bytes(mount, key)
+        assert held is not None and held.startswith(data), f"{key}: not in the bucket"
+        assert written[key].startswith(held), f"{key}: bytes never written"
+    mount.start()
+    seen = tree(root)
+    assert bucket_tree(mount, "work") == seen
+    for name, entry in seen.items():
+        size = int(entry.split(" ")[0])
+        assert size >= len(durable.get(f"work/{name}", b""))
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_threads_writing_parts_of_one_file_through_handles_of_their_own(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """4 threads write one file, each its own part of it through a handle of its own, in
+    pieces, each fsync'ing and closing at moments of its own (the uploads of one meet the
+    writes of the others): at the end the mount, the bucket and a fresh mount hold every
+    part."""
+    mount = mount_factory(provider, chunk_size="64KiB")
+    path = mount.path / "shared.bin"
+    path.write_bytes(b"")
+    part = 300_000  # a part crosses chunk edges
+    parts = [Random(n).randbytes(part) for n in range(THREADS)]
+    failures: list[str] = []
+
+    def write_part(n: int) -> None:
+        rng = Random(100 + n)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                for start in range(0, part, 50_000):
+                    os.pwrite(fd, parts[n][start : start + 50_000], n * part + start)
+                    if rng.random() < 0.3:
+                        os.fsync(fd)
+                    if rng.random() < 0.2:  # closed, and opened again
+                        os.close(fd)
+                        fd = os.open(path, os.O_WRONLY)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            failures.append(f"part {n}: {exc}")
+
+    threads = [threading.Thread(target=write_part, args=(n,), daemon=True) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+        assert not thread.is_alive(), f"a call hangs:\n{mount.log_tail()}"
+    assert failures == []
+    whole = b"".join(parts)
+    assert path.read_bytes() == whole
+    assert cloud_bytes(mount, "shared.bin") == whole
+    mount.stop()
+    fresh = mount_factory(provider, chunk_size="64KiB", **mount.bucket_flags())
+    assert (fresh.path / "shared.bin").read_bytes() == whole

@@ -1,11 +1,12 @@
 """Calls that meet half way: one call is caught at a request to the bucket (a relay holds
 it) while another comes, as threads and processes do to a shared mount. Each ends as on a
-local disk, and the mount, the bucket and a fresh mount agree after."""
+local disk, and the bucket holds what the mount shows."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 
@@ -27,10 +28,10 @@ def relayed(
     """A mount of SeaweedFS through a relay that holds requests, 1 MiB chunks, answers
     kept for a minute (what the mount knows is what it did)."""
     server = server_for(request, "s3-seaweedfs")
-    relay, relayed = relay_in_front_of(server.endpoint)  # type: ignore[attr-defined]
+    relay, endpoint = relay_in_front_of(server.endpoint)  # type: ignore[attr-defined]
     request.addfinalizer(relay.stop)
     mount = mount_factory(
-        "s3-seaweedfs", s3_endpoint=relayed, chunk_size="1MiB", metadata_ttl="60s"
+        "s3-seaweedfs", s3_endpoint=endpoint, chunk_size="1MiB", metadata_ttl="60s"
     )
     return relay, mount
 
@@ -112,7 +113,7 @@ def test_an_unlink_whose_file_is_closed_meanwhile_succeeds(relayed: tuple[Relay,
         relay, request(mount, "GET", "data.bin"), lambda: os.unlink(mount.path / "data.bin")
     )
     os.close(fd)
-    meanwhile(lambda: None).result()  # the close's release reaches the mount
+    time.sleep(SETTLE)  # the close's release reaches the mount
     relay.release()
     assert unlinking.result(60) is None
     assert not (mount.path / "data.bin").exists()

@@ -132,6 +132,13 @@ class Filesystem:
             raise InvalidArgumentError(f"names ending in {LINK_SUFFIX!r} are tierfs's links")
         return self.cloud.check_key(self._child_path(parent, name))
 
+    def _changing(
+        self, parent_inode: int, name: str
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Change `name` in the directory, alone at and below its path (`PathLocks`)."""
+        parent = self.inodes.get(parent_inode)
+        return self.path_locks.changing(lambda: (join(parent.path, name),))
+
     def _apply(self, node: Node, entry: Entry) -> Node:
         if not entry.is_dir and self._open.get(node.inode) is None:
             if node.version != entry.version:
@@ -312,19 +319,6 @@ class Filesystem:
                 self._unlink_open(path)  # only once the delete is done: a failed one keeps it
             self.names.note(path, None)
             self.inodes.remove(path)
-
-    def _changing(
-        self, parent_inode: int, name: str
-    ) -> contextlib.AbstractAsyncContextManager[None]:
-        """Change `name` in the directory, alone at and below its path (`PathLocks`)."""
-        parent = self.inodes.get(parent_inode)
-        return self.path_locks.changing(lambda: (join(parent.path, name),))
-
-    async def _save(self, file: OpenFile, late: bool = False) -> None:
-        """`_upload` to the file's path once no change is under way at it or above it (a
-        move of its folder changes it)."""
-        async with self.path_locks.working(lambda: file.node.path):
-            await self._upload(file, late)
 
     def _open_file_at(self, path: str) -> OpenFile | None:
         node = self.inodes.find(path)
@@ -567,9 +561,11 @@ class Filesystem:
         rename over it waits, else the handle could get the version it replaced."""
         opening = self.inodes.get(inode)
         async with self.path_locks.working(lambda: opening.path):
-            return await self._open_file(inode, writable, truncate)
+            return await self._revalidate_and_open(inode, writable, truncate)
 
-    async def _open_file(self, inode: int, writable: bool, truncate: bool) -> tuple[Handle, bool]:
+    async def _revalidate_and_open(
+        self, inode: int, writable: bool, truncate: bool
+    ) -> tuple[Handle, bool]:
         node = await self.getattr(inode)
         if node.is_dir:
             raise IsDirectoryError(node.path)
@@ -818,6 +814,12 @@ class Filesystem:
         file.dirty = not file.unlinked
         file.node.size = size
         file.node.mtime_ns, file.node.mtime_set_for = time.time_ns(), None
+
+    async def _save(self, file: OpenFile, late: bool = False) -> None:
+        """`_upload` to the file's path once no change is under way at it or above it (a
+        move of its folder changes it)."""
+        async with self.path_locks.working(lambda: file.node.path):
+            await self._upload(file, late)
 
     async def _upload(self, file: OpenFile, late: bool = False) -> None:
         """Put the file's unsaved bytes in the cloud. `late` (the retry of a failed close,

@@ -95,7 +95,7 @@ class Staging:
             remove(staging, fd)
 
 
-def remove(staging: Path, fd: int | None = None) -> None:
+def remove(staging: Path, fd: int | None) -> None:
     """Close `fd` and delete the staging file it was open on."""
     if fd is not None:
         os.close(fd)
