@@ -37,7 +37,8 @@ class Relay:
         return self
 
     def cut(self) -> None:
-        """Refuse new connections and break the ones open."""
+        """Refuse new connections and break the ones open (a held request too)."""
+        self._released.set()
         with self._lock:
             listener, self._listener = self._listener, None
             sockets, self._open = self._open, set()

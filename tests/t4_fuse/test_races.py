@@ -4,6 +4,7 @@ local disk, and the bucket holds what the mount shows."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -206,3 +207,33 @@ def test_a_rename_in_a_folder_being_moved_waits_for_the_move(
     assert bucket_tree(mount, "top") == seen
     mount.stop()
     assert tree(mount_factory("s3-seaweedfs", **mount.bucket_flags()).path / "top") == seen
+
+
+@pytest.mark.warnings_expected
+def test_a_folder_move_cut_short_shows_what_the_bucket_holds(
+    request: pytest.FixtureRequest, mount_factory: Callable[..., Mount]
+) -> None:
+    """The bucket goes out of reach as a folder move starts its deletes: the move fails
+    (EIO), every file copied and the old folder still there, and the mount shows both
+    folders, as the bucket holds them (it showed the old folder alone, as it knew it
+    before, for the TTL)."""
+    server = server_for(request, "s3-seaweedfs")
+    relay, endpoint = relay_in_front_of(server.endpoint)  # type: ignore[attr-defined]
+    request.addfinalizer(relay.stop)
+    mount = mount_factory(
+        "s3-seaweedfs", s3_endpoint=endpoint, metadata_ttl="60s", cloud_timeout="3"
+    )
+    top = mount.path / "top"
+    (top / "src").mkdir(parents=True)
+    for name in ("one", "two"):
+        (top / "src" / name).write_bytes(name.encode())
+    assert os.listdir(top) == ["src"]  # known to the mount
+    moving = caught(relay, b"?delete HTTP", lambda: os.rename(top / "src", top / "dst"))
+    relay.cut()  # the held delete never reaches the bucket, nor do the others
+    with pytest.raises(OSError) as failed:
+        moving.result(60)
+    assert failed.value.errno == errno.EIO
+    relay.restore()
+    seen = tree(top)
+    assert {"dst", "dst/one", "dst/two", "src"} <= set(seen)  # a delete may have gone first
+    assert bucket_tree(mount, "top") == seen

@@ -372,15 +372,23 @@ class Filesystem:
                 raise DirectoryNotEmptyError(new)
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise InvalidArgumentError(f"cannot move {old!r} into itself")
-        if source.is_dir:
-            await self._rename_tree(old, new)
-        else:
-            if target is not None:
-                await self._keep_for_open_handles(new)
-            await self._rename_file(old, new)
-            self._unlink_open(new)  # the file it replaced, if any
-            if target is not None and target.version and target.is_link != source.is_link:
-                await self.cloud.delete(object_key(new, target))  # not replaced by the copy
+        try:
+            if source.is_dir:
+                await self._rename_tree(old, new)
+            else:
+                if target is not None:
+                    await self._keep_for_open_handles(new)
+                await self._rename_file(old, new)
+                self._unlink_open(new)  # the file it replaced, if any
+                if target is not None and target.version and target.is_link != source.is_link:
+                    await self.cloud.delete(object_key(new, target))  # not replaced by the copy
+        except BaseException:
+            # Cut short, it may have left both names in the bucket: what the bucket holds
+            # is what the mount shows, not what it knew before.
+            for path in (old, new):
+                self.names.forget(path)
+                self.names.forget_subtree(path)
+            raise
         self.inodes.move(old, new)
         self._journal_moved(new)
 
