@@ -86,9 +86,11 @@ def test_chunks_a_node_evicts_leave_the_location_index(
         entries = coordinator.locations("big.bin")
         return entries[0]["chunks"] if entries else []
 
+    def held() -> list[int]:  # asked again each time: eviction runs in the background
+        return sorted(c["index"] for c in mount_api(mount, "/api/cache?limit=100")["chunks"])
+
     until(lambda: 0 < len(listed()) <= 2)
-    held = [c["index"] for c in mount_api(mount, "/api/cache?limit=100")["chunks"]]
-    until(lambda: listed() == sorted(held))
+    until(lambda: listed() == held())
     coordinator.assert_clean_log()
 
 

@@ -5,6 +5,7 @@ the mount, the bucket and a fresh mount of it hold the same tree."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -19,6 +20,7 @@ import pytest
 from test_model import bucket_tree, tree
 
 from mounts import Mount, cloud_bytes
+from tierfs.errors import VersionChangedError
 
 FOLDERS = ["d", "e", "d/f"]
 FILES = ["a", "b", "d/a", "d/b", "d/f/a", "e/a"]
@@ -201,6 +203,16 @@ class Writer:
         self.durable[key] = self.written[key]
 
 
+def settled_bytes(mount: Mount, key: str) -> bytes | None:
+    """`cloud_bytes`, read again while the object changes under the read: an upload the
+    killed client had sent may still be landing (fake-gcs-server took one 1.4 s on)."""
+    for _ in range(20):
+        with contextlib.suppress(VersionChangedError):
+            return cloud_bytes(mount, key)
+        time.sleep(0.5)
+    raise AssertionError(f"{key} kept changing after the kill")
+
+
 SIZES = [0, 1000, 100_000, 3 * 2**20, 20 * 2**20]  # 20 MiB: a multipart upload, begun early
 
 
@@ -230,7 +242,7 @@ def test_every_close_that_returned_is_in_the_bucket_when_the_client_is_killed(
     written = {key: data for writer in writers for key, data in writer.written.items()}
     assert durable, "nothing was written before the kill"
     for key, data in durable.items():
-        held = cloud_bytes(mount, key)
+        held = settled_bytes(mount, key)
         assert held is not None and held.startswith(data), f"{key}: not in the bucket"
         assert written[key].startswith(held), f"{key}: bytes never written"
     mount.start()
