@@ -517,3 +517,44 @@ async def test_a_listing_made_without_obstore_is_obstores(
         assert (await store.list_all("level/", delimiter=False)).objects == tree
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("size", [5000, MULTIPART_THRESHOLD + 1])
+async def test_a_copy_tells_its_version_or_keeps_its_sources(store: CloudStore, size: int) -> None:
+    """A rename reads its file on at the version of the copy it made. Where the store's
+    answer to the copy tells no version, the copy has its source's (S3: the ETag of its
+    bytes; local: a hard link): a look after the copy cannot mistake a write another
+    client made since for it."""
+    source = await store.put("src/file", pattern(size, seed=7))
+    version = await store.copy("src/file", "dst/file", size)
+    copied = await store.head("dst/file")
+    assert copied.version == (version or source.version)
+
+
+# moto ignores x-amz-copy-source-if-match (AWS and SeaweedFS honour it).
+@pytest.mark.parametrize(
+    "provider", ["s3-seaweedfs", "gcp-interop", "gcp-native", "azure", "azure-sas", "local"]
+)
+async def test_a_copy_of_a_version_refuses_a_newer_one(
+    request: pytest.FixtureRequest, provider: str, tmp_path: Path
+) -> None:
+    """A rename copies the version of its file it knows: one another client wrote since is
+    VersionChangedError (the rename then moves the bucket's file)."""
+    store = open_store(settings_for(provider, server_for(request, provider), tmp_path))
+    try:
+        await copy_a_version(store)
+    finally:
+        await store.close()
+
+
+async def copy_a_version(store: CloudStore) -> None:
+    old = await store.put("src/file", b"old bytes")
+    await store.put("src/file", b"new bytes, written by another")
+    with pytest.raises(VersionChangedError):
+        await store.copy("src/file", "dst/file", 9, old.version)
+    new = await store.head("src/file")
+    copied = await store.copy("src/file", "dst/file", new.size, new.version)
+    assert copied == (await store.head("dst/file")).version
+    assert (
+        await store.get_range("dst/file", 0, new.size, copied) == b"new bytes, written by another"
+    )

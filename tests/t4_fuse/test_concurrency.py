@@ -17,10 +17,10 @@ from pathlib import Path
 from random import Random
 
 import pytest
-from test_model import bucket_tree, tree
 
 from mounts import Mount, cloud_bytes
 from tierfs.errors import VersionChangedError
+from trees import bucket_tree, tree
 
 FOLDERS = ["d", "e", "d/f"]
 FILES = ["a", "b", "d/a", "d/b", "d/f/a", "e/a"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import mmap
 import os
+import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,3 +105,62 @@ def test_a_disk_filled_by_another_program_refuses_changes_with_enospc(
     append(mount.path / "there.txt", b" and more")
     assert cloud_bytes(mount, "new.txt") == b"new"
     assert cloud_bytes(mount, "there.txt") == b"there and more"
+
+
+class ReadWhileWritten:
+    """Threads reading random 4 KiB blocks of a file, straight from the mount (O_DIRECT),
+    while it is written; what each read got that was not the file's bytes, by errno."""
+
+    def __init__(self, path: Path, data: bytes, threads: int = 3) -> None:
+        self.path, self.data = path, data
+        self.written = 0  # the writer's progress
+        self.outcomes: list[str] = []
+        self.threads = [
+            threading.Thread(target=self.read, args=(random.Random(seed),))
+            for seed in range(threads)
+        ]
+
+    def read(self, rng: random.Random) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+        buffer = mmap.mmap(-1, 4096)  # aligned, as O_DIRECT asks
+        try:
+            while self.written < len(self.data):
+                offset = rng.randrange(0, max(1, self.written - 4096)) // 4096 * 4096
+                try:
+                    got = buffer[: os.preadv(fd, [buffer], offset)]
+                except OSError as exc:
+                    self.outcomes.append(errno.errorcode[exc.errno])
+                    continue
+                if got != self.data[offset : offset + len(got)]:
+                    self.outcomes.append(f"wrong bytes at {offset}")
+        finally:
+            os.close(fd)
+
+    def write(self) -> None:
+        """Write the file in 256 KiB appends while the threads read it."""
+        with self.path.open("wb", buffering=0) as writer:
+            for thread in self.threads:
+                thread.start()
+            try:
+                for start in range(0, len(self.data), 256 * 1024):
+                    writer.write(self.data[start : start + 256 * 1024])
+                    self.written = start + 256 * 1024
+            finally:
+                self.written = len(self.data)
+                for thread in self.threads:
+                    thread.join()
+
+
+def test_reads_of_a_file_while_it_fills_the_disk_get_its_bytes(
+    tmpfs: TmpfsMount, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """Threads reading a file while it is written until the disk is full (its staging file
+    closed, its bytes streamed from then on) get its bytes, or ENOTSUP once it streams:
+    never EBADF (EIO), nor bytes of another file."""
+    mount = on_small_disk(tmpfs, mount_factory, tmp_path, "8m")
+    for number in range(8):  # a race: each file fills the disk once
+        filling = ReadWhileWritten(mount.path / f"filling-{number}.bin", os.urandom(12 * MiB))
+        filling.write()
+        assert set(filling.outcomes) <= {"ENOTSUP"}, filling.outcomes
+        assert cloud_bytes(mount, filling.path.name) == filling.data
+    assert "failed unexpectedly" not in mount.log.read_text()

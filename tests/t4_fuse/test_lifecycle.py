@@ -20,7 +20,7 @@ import servers
 from cloud_targets import server_for, target_flags
 from mounts import Mount, cloud_bytes, cloud_of, cloud_put, is_mounted, unmount_if_mounted
 from relay import Relay, relay_in_front_of
-from tierfs.errors import CloudError
+from tierfs.errors import CloudError, VersionChangedError
 from tierfs.fs.filesystem import RETRY_INTERVAL
 
 
@@ -244,9 +244,10 @@ def wait_for_object(
     its own. The caller checks what is there."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = cloud_bytes(mount, key)
-        if found is not None and (body is None or found == body):
-            return
+        with contextlib.suppress(VersionChangedError):  # the upload landed as it was read
+            found = cloud_bytes(mount, key)
+            if found is not None and (body is None or found == body):
+                return
         time.sleep(0.5)
 
 

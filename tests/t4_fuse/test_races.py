@@ -12,11 +12,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, wait
 
 import pytest
-from test_model import bucket_tree, tree
 
 from cloud_targets import server_for
 from mounts import Mount, cloud_bytes, cloud_put
 from relay import Relay, relay_in_front_of
+from trees import bucket_tree, tree
 
 MiB = 2**20
 SETTLE = 0.5  # seconds for a call to reach the mount and wait there
@@ -237,3 +237,34 @@ def test_a_folder_move_cut_short_shows_what_the_bucket_holds(
     seen = tree(top)
     assert {"dst", "dst/one", "dst/two", "src"} <= set(seen)  # a delete may have gone first
     assert bucket_tree(mount, "top") == seen
+
+
+@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs", "azure", "gcp-native"])
+def test_a_rename_of_a_file_another_node_rewrote_moves_the_buckets_file(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """A file held open here and written by another node since (this node still knows its
+    first version): renamed here, the bucket's file moves (as a rename on that node
+    would), and the handle reads the bytes it opened that this node holds, the rest
+    ESTALE: never the other node's bytes cut to the first one's size, nor EIO (as the
+    rename took the copy of the other's bytes for its own: "shorter than its metadata
+    says")."""
+    mount = mount_factory(provider, chunk_size="64KiB")
+    first, second = os.urandom(200_000), os.urandom(100_000)
+    cloud_put(mount, "b", first)  # written elsewhere: tier 1 holds nothing of it
+    fd = os.open(mount.path / "b", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 10, 0) == first[:10]  # its first chunk only
+        cloud_put(mount, "b", second)  # another node writes it
+        os.rename(mount.path / "b", mount.path / "c")
+        got = os.pread(fd, len(first), 0)  # the chunk it has, then a part that fails...
+        assert first.startswith(got)
+        if len(got) < len(first):  # ...which the kernel answers as a short read
+            with pytest.raises(OSError) as stale:
+                os.pread(fd, len(first) - len(got), len(got))
+            assert stale.value.errno == errno.ESTALE
+    finally:
+        os.close(fd)
+    assert cloud_bytes(mount, "c") == second
+    assert cloud_bytes(mount, "b") is None
+    assert (mount.path / "c").read_bytes() == second

@@ -97,50 +97,65 @@ class AzureBlobCloud(ObjstoreCloud):
             raise InvalidKeyError(f"invalid object key {key!r}: Azure reads a backslash as '/'")
         return super().check_key(key)
 
-    async def _server_copy(self, source: str, destination: str) -> None:
-        pending = await self._call("COPY", source, lambda: self._start_copy(source, destination))
-        if pending is not None:
-            await self._wait_for_copy(destination, pending)
+    async def _server_copy(self, source: str, destination: str, version: str | None) -> str:
+        """Copy Blob, of `version` only if given; the copy's version (its ETag), once
+        Azure has finished copying."""
+        copy_id, copied = await self._call(
+            "COPY", source, lambda: self._start_copy(source, destination, version)
+        )
+        if copy_id is not None:
+            copied = await self._wait_for_copy(destination, copy_id)
+        return copied
 
     async def copy_state(self, key: str) -> tuple[str | None, str | None]:
         """The status (`pending`, `success`, `failed`, `aborted`) and id of the last copy
         into `key`; (None, None) for a blob that was never a copy's destination."""
+        status, copy_id, _ = await self._look_at_copy(key)
+        return status, copy_id
+
+    async def _look_at_copy(self, key: str) -> tuple[str | None, str | None, str]:
+        """`copy_state`, and the blob's version (ETag)."""
         self.check_key(key)
 
-        async def look() -> tuple[str | None, str | None]:
+        async def look() -> tuple[str | None, str | None, str]:
             async with self._request("HEAD", key) as response:
-                return response.headers.get("x-ms-copy-status"), response.headers.get(
-                    "x-ms-copy-id"
-                )
+                headers = response.headers
+                return headers.get("x-ms-copy-status"), headers.get("x-ms-copy-id"), headers["ETag"]
 
         return await self._call("HEAD", key, look)
 
-    async def _start_copy(self, source: str, destination: str) -> str | None:
-        """Send Copy Blob; the copy's id while Azure is still copying, else None."""
+    async def _start_copy(
+        self, source: str, destination: str, version: str | None
+    ) -> tuple[str | None, str]:
+        """Send Copy Blob: the copy's id while Azure is still copying (else None), and the
+        destination's version (ETag) in the answer."""
         headers = {"x-ms-copy-source": self._blob_url(source) + self._query}
+        if version is not None:
+            headers["x-ms-source-if-match"] = version
         try:
             async with self._request("PUT", destination, headers) as response:
                 status = response.headers.get("x-ms-copy-status")
                 if status == "pending":
-                    return response.headers["x-ms-copy-id"]
+                    return response.headers["x-ms-copy-id"], response.headers["ETag"]
                 if status != "success":
                     raise CloudError(f"{self.url}/{destination}: the copy ended {status}")
-                return None
+                return None, response.headers["ETag"]
         except ObjectNotFoundError:
             raise ObjectNotFoundError(f"{self.url}/{source}: no such object") from None
 
-    async def _wait_for_copy(self, key: str, copy_id: str) -> None:
-        """Return once the pending copy `copy_id` into `key` has succeeded; CloudError if it
-        fails, is replaced by another, or is still pending at the cloud deadline."""
+    async def _wait_for_copy(self, key: str, copy_id: str) -> str:
+        """The copy's version, once the pending copy `copy_id` into `key` has succeeded;
+        CloudError if it fails, is replaced by another, or is still pending at the cloud
+        deadline."""
         deadline = time.monotonic() + self._timeout
         pause = FIRST_LOOK
         while True:
             await asyncio.sleep(pause)
-            status, current = await self.copy_state(key)
+            status, current, version = await self._look_at_copy(key)
             if current != copy_id:
                 raise CloudError(f"{self.url}/{key}: another copy replaced this one")
             if status == "success":
-                return
+                return version
             if status != "pending":
                 raise CloudError(f"{self.url}/{key}: the copy ended {status}")
             if time.monotonic() >= deadline:

@@ -218,25 +218,31 @@ class CloudStore(abc.ABC):
         """Remove the folder marker of `prefix`; none there is not an error."""
 
     @abc.abstractmethod
-    async def copy(self, source: str, destination: str, size: int | None = None) -> None:
-        """Copy `source` to `destination` server-side, replacing it. `size`, where the
-        caller knows it, lets a store copy an object too large for its server-side copy
-        through this client instead (`copy_through`)."""
+    async def copy(
+        self, source: str, destination: str, size: int | None = None, version: str | None = None
+    ) -> str:
+        """Copy `source` to `destination` server-side, replacing it; the copy's version.
+        With `version`, only that version of `source` is copied: VersionChangedError if
+        it has changed (another client wrote it). `size`, where the caller knows it, lets
+        a store copy an object too large for its server-side copy through this client
+        instead (`copy_through`)."""
 
-    async def copy_through(self, source: str, destination: str) -> None:
+    async def copy_through(self, source: str, destination: str, version: str | None = None) -> str:
         """Copy `source` to `destination` by reading it and writing it through this client,
-        a part at a time, pinned to the version it had at the start (VersionChangedError
-        if it changes meanwhile). For what the store will not copy server-side; at most
-        COPIES_THROUGH at once."""
+        a part at a time, pinned to `version` or the one it has at the start
+        (VersionChangedError if it changes meanwhile). For what the store will not copy
+        server-side; at most COPIES_THROUGH at once; the copy's version."""
         async with self._copy_through_slots:
-            await self._copy_through(source, destination)
+            return await self._copy_through(source, destination, version)
 
     @functools.cached_property
     def _copy_through_slots(self) -> asyncio.Semaphore:
         return asyncio.Semaphore(COPIES_THROUGH)
 
-    async def _copy_through(self, source: str, destination: str) -> None:
+    async def _copy_through(self, source: str, destination: str, version: str | None) -> str:
         meta = await self.head(source)
+        if version is not None and meta.version != version:
+            raise VersionChangedError(f"{self.url}/{source}: version {meta.version}, not {version}")
 
         async def parts() -> AsyncIterator[bytes]:
             for start in range(0, meta.size, PART_SIZE):
@@ -244,9 +250,10 @@ class CloudStore(abc.ABC):
                 yield bytes(await self.get_range(source, start, length, meta.version))
 
         if meta.size <= MULTIPART_THRESHOLD:
-            await self.put(destination, b"".join([part async for part in parts()]))
+            copied = await self.put(destination, b"".join([part async for part in parts()]))
         else:
-            await self.put_stream(destination, parts(), meta.size)
+            copied = await self.put_stream(destination, parts(), meta.size)
+        return copied.version
 
     async def close(self) -> None:  # noqa: B027 - most providers hold nothing to close
         """Release connections; the store is unusable afterwards."""

@@ -88,11 +88,17 @@ class FolderStore(CloudStore):
     async def delete_marker(self, prefix: str) -> None:
         await self._inner.delete_marker(self._keys.outer(prefix))
 
-    async def copy(self, source: str, destination: str, size: int | None = None) -> None:
-        await self._inner.copy(self._keys.outer(source), self._keys.outer(destination), size)
+    async def copy(
+        self, source: str, destination: str, size: int | None = None, version: str | None = None
+    ) -> str:
+        return await self._inner.copy(
+            self._keys.outer(source), self._keys.outer(destination), size, version
+        )
 
-    async def copy_through(self, source: str, destination: str) -> None:
-        await self._inner.copy_through(self._keys.outer(source), self._keys.outer(destination))
+    async def copy_through(self, source: str, destination: str, version: str | None = None) -> str:
+        return await self._inner.copy_through(
+            self._keys.outer(source), self._keys.outer(destination), version
+        )
 
     async def close(self) -> None:
         await self._inner.close()

@@ -281,17 +281,38 @@ class GcsStore(CloudStore):
         with contextlib.suppress(ObjectNotFoundError):
             await self._call("DELETE", marker, delete)
 
-    async def copy(self, source: str, destination: str, size: int | None = None) -> None:
+    async def copy(
+        self, source: str, destination: str, size: int | None = None, version: str | None = None
+    ) -> str:
         self.check_key(source)
         self.check_key(destination)
+        condition = {} if version is None else {"ifSourceGenerationMatch": version}
         # objects.rewrite, which gcloud-aio repeats with the rewriteToken until done.
-        await self._call(
+        answer = await self._call(
             "COPY",
             source,
             lambda: self._client().copy(
-                self._bucket, source, self._bucket, new_name=destination, timeout=self._gtimeout
+                self._bucket,
+                source,
+                self._bucket,
+                new_name=destination,
+                params=dict(condition),  # gcloud-aio adds the rewriteToken to it
+                timeout=self._gtimeout,
             ),
         )
+        if version is not None:
+            await self._was_copied_at(source, version)
+        return str(answer["resource"]["generation"])
+
+    async def _was_copied_at(self, source: str, version: str) -> None:
+        """fake-gcs-server ignores ifSourceGenerationMatch: `source` still at `version` after
+        the copy was at it during the copy (generations only grow), else VersionChangedError."""
+        try:
+            now = (await self.head(source)).version
+        except ObjectNotFoundError:
+            now = "none"
+        if now != version:
+            raise VersionChangedError(f"{self.url}/{source}: generation {now}, not {version}")
 
     async def close(self) -> None:
         if self._session is not None:

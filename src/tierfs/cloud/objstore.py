@@ -327,19 +327,29 @@ class ObjstoreCloud(CloudStore):
         with contextlib.suppress(ObjectNotFoundError):
             await self._call("DELETE", key, lambda: obstore.delete_async(self._store, key))
 
-    async def copy(self, source: str, destination: str, size: int | None = None) -> None:
+    async def copy(
+        self, source: str, destination: str, size: int | None = None, version: str | None = None
+    ) -> str:
         self.check_key(source)
         self.check_key(destination)
         if size is not None and self.copy_limit is not None and size > self.copy_limit:
-            await self.copy_through(source, destination)
-            return
-        await self._server_copy(source, destination)
+            return await self.copy_through(source, destination, version)
+        return await self._server_copy(source, destination, version)
 
-    async def _server_copy(self, source: str, destination: str) -> None:
-        """Have the store copy `source` to `destination`, complete when this returns."""
+    async def _server_copy(self, source: str, destination: str, version: str | None) -> str:
+        """Have the store copy `source` (at `version`, if given) to `destination`, complete
+        when this returns; the copy's version. obstore's copy tells none and takes no
+        condition: a local copy is a hard link, of its source's version, so a look at the
+        copy tells both (a write of another's since, to either name, reads as a change)."""
         await self._call(
             "COPY", source, lambda: obstore.copy_async(self._store, source, destination)
         )
+        copied = await self.head(destination)
+        if version is not None and copied.version != version:
+            raise VersionChangedError(
+                f"{self.url}/{source}: copied {copied.version}, not {version}"
+            )
+        return copied.version
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """S3 and the stores that speak it (SeaweedFS, MinIO, R2, GCS's XML API) over obstore, and
 the requests obstore cannot make: the folder markers `prefix/`, whose trailing slash its
-paths drop. Those are signed here (AWS Signature Version 4)."""
+paths drop, and a copy that tells the copy's ETag. Those are signed here (AWS Signature
+Version 4)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from yarl import URL
 from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
 from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
+from tierfs.errors import TransientCloudError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -96,18 +98,53 @@ class S3Cloud(ObjstoreCloud):
         async with self._http.send("GET", url, headers, query["prefix"]) as response:
             return _parse_listing(await response.read())
 
-    async def _signed(self, method: str, url: URL) -> dict[str, str]:
-        """The SigV4 headers of a request without a body; none for an unsigned store."""
+    async def _server_copy(self, source: str, destination: str, version: str | None) -> str:
+        """CopyObject, of `version` only if given; the copy's ETag from its answer
+        (obstore's copy drops it, and AWS gives the copy of a multipart object an ETag of
+        its own)."""
+        url = URL(f"{self._bucket_url}/{quote(destination, safe='/~')}", encoded=True)
+        bucket = self._bucket_url.rsplit("/", 1)[1]
+        copy_source = {"x-amz-copy-source": f"/{bucket}/{quote(source, safe='/~')}"}
+        if version is not None:
+            copy_source["x-amz-copy-source-if-match"] = version
+
+        async def send() -> str:
+            headers = await self._signed("PUT", url, copy_source)
+            async with self._http.send("PUT", url, headers, source) as response:
+                return _copy_etag(await response.read(), f"{self.url}/{destination}")
+
+        return await self._call("COPY", source, send)
+
+    async def _signed(
+        self, method: str, url: URL, extra: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """The SigV4 headers of a request without a body, `extra` among them; only
+        `extra` for an unsigned store."""
         if self._keys is None:
-            return {}
+            return dict(extra or {})
         keys = self._keys
         if not isinstance(keys, S3Keys):  # a lookup lists: no thread hop for static keys
             keys = await asyncio.to_thread(keys)
-        return sigv4(method, url, keys, datetime.now(UTC))
+        return sigv4(method, url, keys, datetime.now(UTC), extra)
 
     async def close(self) -> None:
         await self._http.close()
         await super().close()
+
+
+def _copy_etag(body: bytes, what: str) -> str:
+    """The ETag of a CopyObject answer; an error S3 sent with status 200 (as it may, once
+    the copy has begun) is a TransientCloudError: the copy is asked for again."""
+    try:  # AWS may send spaces before the answer while it copies
+        root = ElementTree.fromstring(body.strip())
+    except ElementTree.ParseError as exc:
+        raise TransientCloudError(f"{what}: a copy answer that is not XML: {exc}") from None
+    namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    etag = root.findtext(namespace + "ETag")
+    if root.tag != namespace + "CopyObjectResult" or not etag:
+        code = root.findtext(namespace + "Code") or root.tag
+        raise TransientCloudError(f"{what}: the copy failed: {code}")
+    return etag if etag.startswith('"') else f'"{etag}"'  # quoted, as in a HEAD's header
 
 
 def _parse_listing(body: bytes) -> ListAnswer:
@@ -139,14 +176,18 @@ def _parse_listing(body: bytes) -> ListAnswer:
     )
 
 
-def sigv4(method: str, url: URL, keys: S3Keys, now: datetime) -> dict[str, str]:
+def sigv4(
+    method: str, url: URL, keys: S3Keys, now: datetime, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The headers of a request with no body, signed with AWS Signature Version 4 for
-    service `s3` (`Authorization` among them). `url`'s query must be in canonical form:
-    its names sorted, names and values encoded but for `-_.~`."""
+    service `s3` (`Authorization` among them), `extra` (lower-case `x-amz-` names) signed
+    too. `url`'s query must be in canonical form: its names sorted, names and values
+    encoded but for `-_.~`."""
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     day = stamp[:8]
     host = url.host if url.is_default_port() else f"{url.host}:{url.port}"
     headers = {"host": str(host), "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": stamp}
+    headers |= extra or {}
     if keys.session_token:
         headers["x-amz-security-token"] = keys.session_token
     names = sorted(headers)

@@ -14,6 +14,7 @@ from tierfs.errors import (
     CloudError,
     ObjectNotFoundError,
     TransientCloudError,
+    VersionChangedError,
 )
 
 
@@ -53,6 +54,8 @@ class SignedRequests:
         detail = response.headers.get("x-ms-error-code") or response.reason or ""
         if status == 404:
             return ObjectNotFoundError(f"{what}: no such object")
+        if status == 412:  # a condition on the object's version
+            return VersionChangedError(f"{what}: changed since ({detail})")
         if status in (401, 403):
             return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
         if status in (408, 429) or (status >= 500 and status not in (501, 505)):

@@ -34,7 +34,7 @@ from tierfs.errors import (
     UnsupportedError,
     VersionChangedError,
 )
-from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging, remove
+from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging, pread_and_close, remove
 from tierfs.fs.metadata import LINK_SUFFIX, Entry, Namespace, file_entry, object_key
 from tierfs.fs.nodes import InodeTable, Node, join, split
 from tierfs.fs.path_locks import PathLocks
@@ -414,13 +414,23 @@ class Filesystem:
         if not entry.version:  # nothing in the cloud yet (an unlinked-while-open leftover)
             raise EntryNotFoundError(old)
         source, destination = object_key(old, entry), object_key(new, entry)
-        await self.cloud.copy(source, destination, entry.size)
+        version = await self._copy(source, destination, entry.size, entry.version)
         await self.cloud.delete(source)
         self.names.note(old, None)
-        copied = await self.cloud.head(destination)
+        copied = await self.cloud.head(destination)  # another node may have written since
         self.names.note(new, file_entry(copied))
-        if node is not None:
-            _copied_as(node, entry.version, copied.version)
+        if node is not None and version is not None:
+            _copied_as(node, entry.version, version)
+
+    async def _copy(self, source: str, destination: str, size: int, version: str) -> str | None:
+        """Copy `source` at `version` to `destination`: the copy's version. If another node
+        wrote `source` since, the bucket's file is copied (a rename moves it) and None:
+        the handles open on the bytes this node knew do not read the copy (ESTALE)."""
+        try:
+            return await self.cloud.copy(source, destination, size, version)
+        except VersionChangedError:
+            await self.cloud.copy(source, destination, size)
+            return None
 
     async def _rename_tree(self, old: str, new: str) -> None:
         listing = await self.cloud.list_all(old + "/", delimiter=False)
@@ -435,11 +445,16 @@ class Filesystem:
         markers = sorted({*markers_below, old})
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
-        await _bounded(
-            below, lambda meta: self.cloud.copy(meta.key, new + meta.key[len(old) :], meta.size)
-        )
+        copies: dict[str, str | None] = {}  # by source: the copy's version
+
+        async def copy(meta: ObjectMeta) -> None:
+            destination = new + meta.key[len(old) :]
+            with contextlib.suppress(ObjectNotFoundError):  # removed by another node since
+                copies[meta.key] = await self._copy(meta.key, destination, meta.size, meta.version)
+
+        await _bounded(below, copy)
         await _bounded(markers, lambda folder: self.cloud.put_marker(new + folder[len(old) :]))
-        await self._follow_copies(old, new, below)
+        self._follow_copies(old, below, copies)
         await _bounded(below, lambda meta: self.cloud.delete(meta.key))
         for folder in sorted(markers, reverse=True):  # deepest first: a local folder must be empty
             await self.cloud.delete_marker(folder)
@@ -448,15 +463,17 @@ class Filesystem:
         self.names.note(old, None)
         self.names.note(new, Entry(split(new)[1], True))
 
-    async def _follow_copies(self, old: str, new: str, below: list[ObjectMeta]) -> None:
-        """The open files under folder `old`, copied under `new`, take their copies'
-        versions: their handles read on, and a dirty one's late upload goes over its copy."""
+    def _follow_copies(
+        self, old: str, below: list[ObjectMeta], copies: dict[str, str | None]
+    ) -> None:
+        """The open files under folder `old` take their copies' versions: their handles
+        read on, and a dirty one's late upload goes over its copy."""
         listed = {meta.key: meta.version for meta in below}
-        for file in list(self._open.values()):
+        for file in self._open.values():
             node = file.node
-            if node.path.startswith(old + "/") and listed.get(node.path) == node.version:
-                copied = await self.cloud.head(new + node.path[len(old) :])
-                _copied_as(node, listed[node.path], copied.version)
+            copy = copies.get(node.path)
+            if copy is not None and listed[node.path] == node.version:
+                _copied_as(node, node.version, copy)
 
     # -- attributes ---------------------------------------------------------------------
 
@@ -611,13 +628,31 @@ class Filesystem:
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self.handle(fh)
         file = handle.file
-        if file.stream is not None:
-            raise UnsupportedError(
-                f"{file.node.path} is being streamed to the cloud: read it once closed"
-            )
-        if file.fd is not None:
-            return await asyncio.to_thread(os.pread, file.fd, size, offset)
-        ref = file.ref()
+        while True:  # again when the file was renamed or unlinked here under the read
+            if file.stream is not None:
+                raise UnsupportedError(
+                    f"{file.node.path} is being streamed to the cloud: read it once closed"
+                )
+            if file.fd is not None:
+                # on a descriptor of its own: a disk filling closes the file's meanwhile
+                return await asyncio.to_thread(pread_and_close, os.dup(file.fd), size, offset)
+            ref = file.ref()
+            try:
+                return await self._read_tiers(handle, ref, offset, size)
+            except (VersionChangedError, ObjectNotFoundError) as exc:
+                # Renamed or unlinked here under the read? Once that is done, read it anew.
+                async with self.path_locks.working(lambda: file.node.path):
+                    moved = file.fd is not None or file.ref() != ref
+                if not moved:
+                    self.names.forget(file.node.path)
+                    raise StaleHandleError(
+                        f"{file.node.path} changed in the bucket since it was opened: reopen it"
+                    ) from exc
+
+    async def _read_tiers(
+        self, handle: Handle, ref: ObjectRef, offset: int, size: int
+    ) -> bytes | memoryview:
+        """Bytes of the handle's file at `ref`, from the tiers, through its read-ahead."""
         if handle.reader is not None and handle.reader.ref != ref:
             # renamed since (its bytes under another key): the read-ahead starts again
             stale, handle.reader = handle.reader, self.read_path.open_reader(ref)
@@ -628,18 +663,7 @@ class Filesystem:
                 handle.on_fetched = partial(self._offer_fetched, self.page_cache, handle)
         random = handle.reader is not None and not handle.reader.window
         on_fetched = handle.on_fetched if random else None
-        try:
-            data = await self.read_path.read(ref, offset, size, handle.reader, on_fetched)
-        except (VersionChangedError, ObjectNotFoundError) as exc:
-            # Renamed or unlinked here under the read? Once that is done, read it anew.
-            async with self.path_locks.working(lambda: file.node.path):
-                moved = file.fd is not None or file.ref() != ref
-            if moved:
-                return await self.read(fh, offset, size)
-            self.names.forget(file.node.path)
-            raise StaleHandleError(
-                f"{file.node.path} changed in the bucket since it was opened: reopen it"
-            ) from exc
+        data = await self.read_path.read(ref, offset, size, handle.reader, on_fetched)
         if random and self.page_cache is not None:
             self._fill_page_cache(self.page_cache, handle, ref, offset, len(data))
         return data
@@ -900,7 +924,7 @@ def _copied_as(node: Node, version: str, copy: str) -> None:
         node.mtime_set_for = copy
 
 
-async def _bounded(items: list[T], operation: Callable[[T], Awaitable[None]]) -> None:
+async def _bounded(items: list[T], operation: Callable[[T], Awaitable[object]]) -> None:
     """Run `operation` on every item (an object of a tree being renamed),
     RENAME_PARALLELISM at a time."""
     limit = asyncio.Semaphore(RENAME_PARALLELISM)
@@ -909,6 +933,9 @@ async def _bounded(items: list[T], operation: Callable[[T], Awaitable[None]]) ->
         async with limit:
             await operation(item)
 
-    async with asyncio.TaskGroup() as group:
-        for item in items:
-            group.create_task(one(item))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for item in items:
+                group.create_task(one(item))
+    except ExceptionGroup as failed:  # the errno boundary answers for one: the first
+        raise failed.exceptions[0] from failed

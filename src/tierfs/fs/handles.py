@@ -101,3 +101,12 @@ def remove(staging: Path, fd: int | None) -> None:
         os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         staging.unlink()
+
+
+def pread_and_close(fd: int, size: int, offset: int) -> bytes:
+    """Up to `size` bytes of `fd` at `offset`; closes `fd` (a duplicate the caller made for
+    this read) whatever happens."""
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
