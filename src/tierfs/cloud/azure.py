@@ -107,14 +107,10 @@ class AzureBlobCloud(ObjstoreCloud):
             copied = await self._wait_for_copy(destination, copy_id)
         return copied
 
-    async def copy_state(self, key: str) -> tuple[str | None, str | None]:
+    async def copy_state(self, key: str) -> tuple[str | None, str | None, str]:
         """The status (`pending`, `success`, `failed`, `aborted`) and id of the last copy
-        into `key`; (None, None) for a blob that was never a copy's destination."""
-        status, copy_id, _ = await self._look_at_copy(key)
-        return status, copy_id
-
-    async def _look_at_copy(self, key: str) -> tuple[str | None, str | None, str]:
-        """`copy_state`, and the blob's version (ETag)."""
+        into `key` ((None, None) for a blob that was never a copy's destination), and the
+        blob's version (ETag)."""
         self.check_key(key)
 
         async def look() -> tuple[str | None, str | None, str]:
@@ -151,7 +147,7 @@ class AzureBlobCloud(ObjstoreCloud):
         pause = FIRST_LOOK
         while True:
             await asyncio.sleep(pause)
-            status, current, version = await self._look_at_copy(key)
+            status, current, version = await self.copy_state(key)
             if current != copy_id:
                 raise CloudError(f"{self.url}/{key}: another copy replaced this one")
             if status == "success":

@@ -309,8 +309,8 @@ class GcsStore(CloudStore):
         the copy was at it during the copy (generations only grow), else VersionChangedError."""
         try:
             now = (await self.head(source)).version
-        except ObjectNotFoundError:
-            now = "none"
+        except ObjectNotFoundError as exc:
+            raise VersionChangedError(f"{self.url}/{source}: gone since the copy") from exc
         if now != version:
             raise VersionChangedError(f"{self.url}/{source}: generation {now}, not {version}")
 

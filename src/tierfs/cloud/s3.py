@@ -132,6 +132,11 @@ class S3Cloud(ObjstoreCloud):
         await super().close()
 
 
+def _namespace(root: ElementTree.Element) -> str:
+    """The `{uri}` an S3 answer's element names start with ("" where it has none)."""
+    return root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+
+
 def _copy_etag(body: bytes, what: str) -> str:
     """The ETag of a CopyObject answer; an error S3 sent with status 200 (as it may, once
     the copy has begun) is a TransientCloudError: the copy is asked for again."""
@@ -139,7 +144,7 @@ def _copy_etag(body: bytes, what: str) -> str:
         root = ElementTree.fromstring(body.strip())
     except ElementTree.ParseError as exc:
         raise TransientCloudError(f"{what}: a copy answer that is not XML: {exc}") from None
-    namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    namespace = _namespace(root)
     etag = root.findtext(namespace + "ETag")
     if root.tag != namespace + "CopyObjectResult" or not etag:
         code = root.findtext(namespace + "Code") or root.tag
@@ -150,7 +155,7 @@ def _copy_etag(body: bytes, what: str) -> str:
 def _parse_listing(body: bytes) -> ListAnswer:
     """The objects, common prefixes and continuation token of a ListObjectsV2 answer."""
     root = listing_xml(body)
-    namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    namespace = _namespace(root)
 
     def text(element: ElementTree.Element, name: str) -> str:
         return element.findtext(namespace + name) or ""

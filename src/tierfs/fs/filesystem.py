@@ -445,16 +445,18 @@ class Filesystem:
         markers = sorted({*markers_below, old})
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
-        copies: dict[str, str | None] = {}  # by source: the copy's version
+        copies: dict[str, tuple[str, str]] = {}  # by source: its version listed, its copy's
 
         async def copy(meta: ObjectMeta) -> None:
             destination = new + meta.key[len(old) :]
             with contextlib.suppress(ObjectNotFoundError):  # removed by another node since
-                copies[meta.key] = await self._copy(meta.key, destination, meta.size, meta.version)
+                version = await self._copy(meta.key, destination, meta.size, meta.version)
+                if version is not None:
+                    copies[meta.key] = (meta.version, version)
 
         await _bounded(below, copy)
         await _bounded(markers, lambda folder: self.cloud.put_marker(new + folder[len(old) :]))
-        self._follow_copies(old, below, copies)
+        self._follow_copies(copies)
         await _bounded(below, lambda meta: self.cloud.delete(meta.key))
         for folder in sorted(markers, reverse=True):  # deepest first: a local folder must be empty
             await self.cloud.delete_marker(folder)
@@ -463,17 +465,14 @@ class Filesystem:
         self.names.note(old, None)
         self.names.note(new, Entry(split(new)[1], True))
 
-    def _follow_copies(
-        self, old: str, below: list[ObjectMeta], copies: dict[str, str | None]
-    ) -> None:
-        """The open files under folder `old` take their copies' versions: their handles
-        read on, and a dirty one's late upload goes over its copy."""
-        listed = {meta.key: meta.version for meta in below}
+    def _follow_copies(self, copies: dict[str, tuple[str, str]]) -> None:
+        """The open files a folder move copied (`copies`: by path, the version copied and
+        its copy's) take their copies' versions: their handles read on, and a dirty one's
+        late upload goes over its copy."""
         for file in self._open.values():
-            node = file.node
-            copy = copies.get(node.path)
-            if copy is not None and listed[node.path] == node.version:
-                _copied_as(node, node.version, copy)
+            copied = copies.get(file.node.path)
+            if copied is not None and copied[0] == file.node.version:
+                _copied_as(file.node, *copied)
 
     # -- attributes ---------------------------------------------------------------------
 
@@ -637,36 +636,35 @@ class Filesystem:
                 # on a descriptor of its own: a disk filling closes the file's meanwhile
                 return await asyncio.to_thread(pread_and_close, os.dup(file.fd), size, offset)
             ref = file.ref()
+            reader = handle.reader
+            if (reader is None and ref.size > 0) or (reader is not None and reader.ref != ref):
+                await self._start_reader(handle, ref)  # the first read, or renamed since
+            random = handle.reader is not None and not handle.reader.window
+            on_fetched = handle.on_fetched if random else None
             try:
-                return await self._read_tiers(handle, ref, offset, size)
+                data = await self.read_path.read(ref, offset, size, handle.reader, on_fetched)
             except (VersionChangedError, ObjectNotFoundError) as exc:
                 # Renamed or unlinked here under the read? Once that is done, read it anew.
                 async with self.path_locks.working(lambda: file.node.path):
                     moved = file.fd is not None or file.ref() != ref
-                if not moved:
-                    self.names.forget(file.node.path)
-                    raise StaleHandleError(
-                        f"{file.node.path} changed in the bucket since it was opened: reopen it"
-                    ) from exc
+                if moved:
+                    continue
+                self.names.forget(file.node.path)
+                raise StaleHandleError(
+                    f"{file.node.path} changed in the bucket since it was opened: reopen it"
+                ) from exc
+            if random and self.page_cache is not None:
+                self._fill_page_cache(self.page_cache, handle, ref, offset, len(data))
+            return data
 
-    async def _read_tiers(
-        self, handle: Handle, ref: ObjectRef, offset: int, size: int
-    ) -> bytes | memoryview:
-        """Bytes of the handle's file at `ref`, from the tiers, through its read-ahead."""
-        if handle.reader is not None and handle.reader.ref != ref:
-            # renamed since (its bytes under another key): the read-ahead starts again
-            stale, handle.reader = handle.reader, self.read_path.open_reader(ref)
+    async def _start_reader(self, handle: Handle, ref: ObjectRef) -> None:
+        """Give the handle its read-ahead over `ref`: at its first read, or anew once its
+        file has been renamed (its bytes under another key)."""
+        stale, handle.reader = handle.reader, self.read_path.open_reader(ref)
+        if stale is not None:
             await stale.close()
-        if handle.reader is None and ref.size > 0:
-            handle.reader = self.read_path.open_reader(ref)
-            if self.page_cache is not None:
-                handle.on_fetched = partial(self._offer_fetched, self.page_cache, handle)
-        random = handle.reader is not None and not handle.reader.window
-        on_fetched = handle.on_fetched if random else None
-        data = await self.read_path.read(ref, offset, size, handle.reader, on_fetched)
-        if random and self.page_cache is not None:
-            self._fill_page_cache(self.page_cache, handle, ref, offset, len(data))
-        return data
+        elif self.page_cache is not None:
+            handle.on_fetched = partial(self._offer_fetched, self.page_cache, handle)
 
     def _offer_fetched(
         self, page_cache: PageCache, handle: Handle, chunk: ChunkRef, data: Data, lo: int, hi: int
