@@ -8,6 +8,7 @@ vanishes and the request hangs (pyfuse3 issue #93). So every handler goes throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
@@ -230,6 +231,11 @@ class Operations(pyfuse3.Operations):
         handle, keep_cache = await self.fs.open(
             inode, writable=writable, truncate=bool(flags & os.O_TRUNC)
         )
+        if not keep_cache:
+            # Another version than the last open's: the kernel may still hold the old one's
+            # size from an earlier answer, and would cut the new bytes to it.
+            with contextlib.suppress(FileNotFoundError):  # the kernel forgot the file
+                pyfuse3.invalidate_inode(inode, attr_only=True)
         return pyfuse3.FileInfo(
             fh=pyfuse3.FileHandleT(handle.fh), keep_cache=keep_cache, direct_io=self.direct_io
         )
