@@ -20,7 +20,7 @@ from yarl import URL
 from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
 from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
-from tierfs.errors import TransientCloudError
+from tierfs.errors import CloudError, TransientCloudError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -96,7 +96,7 @@ class S3Cloud(ObjstoreCloud):
         url = URL(f"{self._bucket_url}?{canonical}", encoded=True)
         headers = await self._signed("GET", url)
         async with self._http.send("GET", url, headers, query["prefix"]) as response:
-            return _parse_listing(await response.read())
+            return _parse_listing(await response.read(), f"{self.url}/{query['prefix']}")
 
     async def _server_copy(self, source: str, destination: str, version: str | None) -> str:
         """CopyObject, of `version` only if given; the copy's ETag from its answer
@@ -152,7 +152,7 @@ def _copy_etag(body: bytes, what: str) -> str:
     return etag if etag.startswith('"') else f'"{etag}"'  # quoted, as in a HEAD's header
 
 
-def _parse_listing(body: bytes) -> ListAnswer:
+def _parse_listing(body: bytes, what: str) -> ListAnswer:
     """The objects, common prefixes and continuation token of a ListObjectsV2 answer."""
     root = listing_xml(body)
     namespace = _namespace(root)
@@ -175,10 +175,12 @@ def _parse_listing(body: bytes) -> ListAnswer:
         for item in root.iterfind(namespace + "Contents")
     ]
     prefixes = [name(text(item, "Prefix")) for item in root.iterfind(namespace + "CommonPrefixes")]
-    truncated = text(root, "IsTruncated") == "true"
-    return ListAnswer(
-        ListPage(objects, prefixes), text(root, "NextContinuationToken") if truncated else None
-    )
+    if text(root, "IsTruncated") != "true":
+        return ListAnswer(ListPage(objects, prefixes), None)
+    token = text(root, "NextContinuationToken")
+    if not token:  # asking on without one would list from the start again, forever
+        raise CloudError(f"{what}: the listing has more pages and gave no token for the next")
+    return ListAnswer(ListPage(objects, prefixes), token)
 
 
 def sigv4(
