@@ -138,6 +138,26 @@ class Worker:
         self.logged += data
 
 
+def run_to_the_end(workers: list[Worker], mounts: list[Mount]) -> None:
+    """Run each worker on a thread of its own: no call hangs, none fails, and each log
+    holds what its worker appended."""
+
+    def logs() -> str:
+        return "\n".join(mount.log_tail() for mount in mounts)
+
+    threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+        assert not thread.is_alive(), f"a call hangs:\n{logs()}"
+    failures = [worker.failure for worker in workers if worker.failure]
+    assert not failures, f"{failures}\n{logs()}"
+    for worker in workers:
+        if worker.logged:
+            assert worker.log.read_bytes() == worker.logged
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("seed", range(int(os.environ.get("CONCURRENCY_SEEDS", "1"))))
 def test_threads_changing_names_at_once_lose_nothing(
@@ -151,18 +171,9 @@ def test_threads_changing_names_at_once_lose_nothing(
     mount = mount_factory(provider, chunk_size="64KiB")
     root = mount.path / "work"
     root.mkdir()
-    workers = [Worker(root, number, seed * 100 + number) for number in range(THREADS)]
-    threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=240)
-        assert not thread.is_alive(), f"a call hangs:\n{mount.log_tail()}"
-    failures = [worker.failure for worker in workers if worker.failure]
-    assert not failures, f"{failures}\n{mount.log_tail()}"
-    for worker in workers:
-        if worker.logged:
-            assert worker.log.read_bytes() == worker.logged
+    run_to_the_end(
+        [Worker(root, number, seed * 100 + number) for number in range(THREADS)], [mount]
+    )
     seen = tree(root)
     for path, entry in seen.items():
         if entry == "folder" or entry.startswith("link to") or path.startswith("log-"):
@@ -198,17 +209,7 @@ def test_two_nodes_changing_one_folder_at_once_end_as_the_bucket(
         Worker(mount.path / "work", number, seed * 100 + number, ACROSS_NODES)
         for number, mount in enumerate([first, second, first, second])
     ]
-    threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=240)
-        assert not thread.is_alive(), f"a call hangs:\n{first.log_tail()}\n{second.log_tail()}"
-    failures = [worker.failure for worker in workers if worker.failure]
-    assert not failures, f"{failures}\n{first.log_tail()}\n{second.log_tail()}"
-    for worker in workers:
-        if worker.logged:
-            assert worker.log.read_bytes() == worker.logged
+    run_to_the_end(workers, [first, second])
     time.sleep(2.5)  # the 1 s TTL of both nodes' answers, and the kernel's
     held = bucket_tree(first, "work")
     for mount in (first, second):
