@@ -11,8 +11,9 @@ import contextlib
 import errno
 import itertools
 import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -101,8 +102,14 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     flags: dict[str, str] = {}  # of both nodes' clients
     holds_handles = True
     keeps_modes = True  # the mount shows the modes set through it (see docs/SEMANTICS.md)
+    # Set when the test's timeout fires (`alarm_ends_programs`): hypothesis takes its
+    # exception for a failing program and shrinks it, running programs on with no timeout
+    # left; once set, each fails at once, so that the test ends within seconds.
+    timed_out = False
 
     def __init__(self) -> None:
+        if self.timed_out:
+            raise AssertionError("the test's time is up (pytest-timeout): no more programs")
         super().__init__()
         name = f"program-{next(self.programs)}"
         self.roots = (self.local_root / name, self.mount.path / name)
@@ -113,6 +120,8 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     def teardown(self) -> None:
         """Every handle closed: the bucket holds what the local folder does."""
         self.close_every_handle()
+        if self.timed_out:
+            return  # the program failed for it: the mount may not answer
         local = tree(self.roots[0])
         assert bucket_tree(self.mount, self.roots[1].name) == local
         observed = tree(self.observer.path / self.roots[1].name)
@@ -365,6 +374,26 @@ class PartitionedMount(MountAgainstLocalFolder):
         super().teardown()
 
 
+@contextlib.contextmanager
+def alarm_ends_programs(machine: type[MountAgainstLocalFolder]) -> Iterator[None]:
+    """While the programs run, pytest-timeout's alarm (its signal method) also tells the
+    machine its time is up."""
+    alarm = signal.getsignal(signal.SIGALRM)
+    if not callable(alarm):  # no timeout, or another method
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        machine.timed_out = True
+        alarm(signum, frame)
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGALRM, alarm)
+
+
 @pytest.mark.parametrize(
     ("provider", "machine"),
     [
@@ -420,15 +449,22 @@ def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
     machine.mount, machine.observer = mount, another_mount()
     machine.local_root = tmp_path / "local"
     machine.local_root.mkdir()
-    run_state_machine_as_test(
-        machine,
-        settings=settings(
-            max_examples=int(os.environ.get("MODEL_EXAMPLES", "40")) // machine.slowness,
-            stateful_step_count=40,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        ),
-    )
+    machine.timed_out = False
+    try:
+        with alarm_ends_programs(machine):
+            run_state_machine_as_test(
+                machine,
+                settings=settings(
+                    max_examples=int(os.environ.get("MODEL_EXAMPLES", "40")) // machine.slowness,
+                    stateful_step_count=40,
+                    deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                ),
+            )
+    except BaseException as exc:
+        if machine.timed_out:  # what hypothesis reports is its aftermath
+            raise AssertionError("the programs took longer than the test's timeout") from exc
+        raise
     if machine is SmallTier1:
         assert node_stats(mount)["evictions"] > 0
     mount.stop()
