@@ -143,7 +143,6 @@ class Filesystem:
         if not entry.is_dir and self._open.get(node.inode) is None:
             if node.version != entry.version:
                 node.target = None
-                node.superseded |= bool(node.version)
             node.size, node.version = entry.size, entry.version
             if node.mtime_set_for != entry.version:  # a time set here outlives the TTL
                 node.mtime_ns, node.mtime_set_for = entry.mtime_ns, None

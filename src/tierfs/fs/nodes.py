@@ -44,9 +44,6 @@ class Node:
     lookups: int = 0
     open_count: int = 0
     target: bytes | None = None  # a link's target at `version`
-    # Its version was replaced by another the bucket has: the kernel may hold the old one's
-    # size until an open tells it to forget (`Operations.open`).
-    superseded: bool = False
 
 
 class InodeTable:

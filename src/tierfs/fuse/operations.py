@@ -231,11 +231,10 @@ class Operations(pyfuse3.Operations):
         handle, keep_cache = await self.fs.open(
             inode, writable=writable, truncate=bool(flags & os.O_TRUNC)
         )
-        node = handle.file.node
-        if not keep_cache and node.superseded:
-            # The kernel may still hold the old version's size from an answer given before
-            # (or applied after) the one that told the new: it would cut the new bytes to it.
-            node.superseded = False
+        if not keep_cache:
+            # Another version than the last open's: the kernel may still hold the old one's
+            # size from an answer given before (or applied after) the one that told the new,
+            # and would cut the new bytes to it.
             with contextlib.suppress(FileNotFoundError):  # the kernel forgot the file
                 pyfuse3.invalidate_inode(inode, attr_only=True)
         return pyfuse3.FileInfo(
