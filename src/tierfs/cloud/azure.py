@@ -109,7 +109,7 @@ class AzureBlobCloud(ObjstoreCloud):
 
     async def copy_state(self, key: str) -> tuple[str | None, str | None, str]:
         """The status (`pending`, `success`, `failed`, `aborted`) and id of the last copy
-        into `key` ((None, None) for a blob that was never a copy's destination), and the
+        into `key` (both None for a blob that was never a copy's destination), and the
         blob's version (ETag)."""
         self.check_key(key)
 
