@@ -1,11 +1,14 @@
 """Objects cut into fixed-size chunks: ids, spans, and the chunks a byte range covers.
 
-A chunk id hashes (layout version, chunk size, key, version, index): a changed object or
-another chunk size gives new ids, so stale bytes are never served and never hunted down.
+A chunk id hashes (layout version, chunk size, key, version, index, length): a changed
+object or another chunk size gives new ids, so stale bytes are never served and never
+hunted down; and a size given wrong for a version (a peer's request says both) names
+other chunks than the true size's, so their bytes never mix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NewType
@@ -13,7 +16,7 @@ from typing import NewType
 import xxhash
 
 # Bump when the on-disk meaning of a chunk id changes; old chunks then simply miss.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 ChunkId = NewType("ChunkId", str)  # 32 hex digits of xxh3-128
 # Bytes of an object as they travel: `bytes`, or a view of a buffer the cloud client filled
@@ -54,7 +57,7 @@ def _chunk_ref(obj: ObjectRef, index: int, chunk_size: int) -> ChunkRef:
     if index < 0 or (start >= obj.size and not (index == 0 and obj.size == 0)):
         raise ValueError(f"chunk {index} is outside {obj.key} ({obj.size} bytes)")
     length = min(chunk_size, obj.size - start)
-    name = f"{LAYOUT_VERSION}\0{chunk_size}\0{obj.key}\0{obj.version}\0{index}"
+    name = f"{LAYOUT_VERSION}\0{chunk_size}\0{obj.key}\0{obj.version}\0{index}\0{length}"
     return ChunkRef(obj, index, start, length, ChunkId(xxhash.xxh3_128_hexdigest(name.encode())))
 
 
@@ -66,7 +69,15 @@ def chunks_covering(obj: ObjectRef, offset: int, size: int, chunk_size: int) -> 
     first, last = offset // chunk_size, (end - 1) // chunk_size
     if first == last:  # most reads: one chunk
         return [_chunk_ref(obj, first, chunk_size)]
-    return [_chunk_ref(obj, index, chunk_size) for index in range(first, last + 1)]
+    return list(iter_chunks(obj, offset, size, chunk_size))
+
+
+def iter_chunks(obj: ObjectRef, offset: int, size: int, chunk_size: int) -> Iterator[ChunkRef]:
+    """The chunks of `chunks_covering`, made one at a time: for a range of any length."""
+    end = min(offset + size, obj.size)
+    if offset < end:
+        for index in range(offset // chunk_size, (end - 1) // chunk_size + 1):
+            yield _chunk_ref(obj, index, chunk_size)
 
 
 def checksum(data: bytes | memoryview) -> str:

@@ -62,6 +62,7 @@ class Node:
     cache: DiskChunkCache
     stats: NodeStats
     cloud: CloudStore
+    read_path: ReadPath
     server: servers.S3Server
     bucket: str
     heartbeats: list[str] = field(default_factory=list)
@@ -161,7 +162,9 @@ async def open_node(seaweedfs: servers.S3Server, tmp_path: Path) -> AsyncIterato
         url = f"{'https' if tls else 'http'}://{host}:{port}"
         http = aiohttp.ClientSession(url, headers=AUTH, connector=connector)
         cleanups.append(http.close)
-        node = Node(url, http, cache, stats, cloud, seaweedfs, config.s3_bucket, heartbeats)
+        node = Node(
+            url, http, cache, stats, cloud, read_path, seaweedfs, config.s3_bucket, heartbeats
+        )
         return node
 
     yield open_
@@ -303,6 +306,46 @@ async def test_versions_and_missing_objects(open_node: OpenNode) -> None:
     for query in ("size=-1", "size=x", "cached_only=maybe", "colour=red", "version="):
         async with node.http.get(f"/api/files/data/e.bin?{query}") as answer:
             assert answer.status == 422, query
+
+
+async def test_a_wrong_size_given_with_the_version_never_changes_the_true_bytes(
+    open_node: OpenNode,
+) -> None:
+    """The size a request gives is taken as told (no HEAD): a wrong one reads, keeps and
+    answers chunks of its own, and the object's true chunks read right after it."""
+    node = await open_node()
+    body = random_bytes(SIZE, 12)
+    ref = await node.put_object("data/l.bin", body)
+    wrong = ObjectRef(ref.key, ref.version, CHUNK + 1000)  # its chunk 1: 1000 bytes
+    async with node.get_chunk(wrong, 1) as answer:
+        assert answer.status == 206 and await answer.read() == body[CHUNK : CHUNK + 1000]
+    await node.kept(wrong, 1)
+    async with node.get_chunk(ref, 1) as answer:
+        assert answer.status == 206 and await answer.read() == body[CHUNK : 2 * CHUNK]
+    params = {"version": ref.version, "size": str(ref.size)}
+    async with node.http.get(f"/api/files/{ref.key}", params=params) as answer:
+        assert answer.status == 200 and await answer.read() == body
+    assert await node.read_path.read(ref, 0, SIZE) == body  # the node's own reads
+
+
+async def test_any_size_given_is_answered_at_once(open_node: OpenNode) -> None:
+    """A size of 2**63 - 1 (8 EiB: 2**47 chunks) is answered as far as the object goes,
+    never by listing its chunks first."""
+    node = await open_node()
+    ref = await node.put_object("data/m.bin", random_bytes(1000, 13))
+    huge = {"version": ref.version, "size": str(2**63 - 1)}
+    answers = [
+        ("data/absent.bin", "0", 404, "object_not_found"),
+        (ref.key, "0", 502, "cloud_error"),  # its chunk 0 is shorter than a chunk
+        ("data/absent.bin", "1", 404, "not_cached"),
+        (ref.key, "1", 404, "not_cached"),
+    ]
+    async with asyncio.timeout(10):
+        for key, cached_only, status, error in answers:
+            params = {**huge, "cached_only": cached_only}
+            async with node.http.get(f"/api/files/{key}", params=params) as answer:
+                assert answer.status == status, (key, cached_only)
+                assert (await answer.json())["error"] == error, (key, cached_only)
 
 
 # -- PUT, DELETE, HEAD, size -------------------------------------------------------------------

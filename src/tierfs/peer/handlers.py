@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
-from tierfs.chunks import ChunkId, ChunkRef, Data, ObjectRef, checksum, chunk_ref, chunks_covering
+from tierfs.chunks import ChunkId, ChunkRef, Data, ObjectRef, checksum, chunk_ref, iter_chunks
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.folder import KeyPrefix
 from tierfs.coordinator.models import Membership
@@ -231,9 +231,12 @@ async def _stream(
     comes before the headers go, so its errors still get their status; a later failure
     can only cut the connection (the asker sees a short body)."""
     start, end = span
-    chunks = chunks_covering(obj, start, end - start, node.chunk_size)
-    if cached_only and not all(node.cache.holds(c.id) for c in chunks):
+    if cached_only and not all(
+        node.cache.holds(c.id) for c in iter_chunks(obj, start, end - start, node.chunk_size)
+    ):
         raise ApiError(404, "not_cached", f"{obj.key} is not all held here")
+    # made as they are sent: a request may give any size, and no list of them is kept
+    chunks = iter_chunks(obj, start, end - start, node.chunk_size)
 
     async def piece(chunk: ChunkRef) -> memoryview:
         data = await node.read_path.read_for_peer(chunk, cached_only=cached_only)
@@ -243,14 +246,15 @@ async def _stream(
         hi = min(end, chunk.start + chunk.length) - chunk.start
         return memoryview(data)[lo:hi]
 
-    first = await piece(chunks[0]) if chunks else memoryview(b"")
+    first_chunk = next(chunks, None)
+    first = await piece(first_chunk) if first_chunk is not None else memoryview(b"")
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     response.content_type = OCTETS
     await response.prepare(request)
     try:
         await response.write(first)
-        for chunk in chunks[1:]:
+        for chunk in chunks:
             await response.write(await piece(chunk))
     except (CloudError, ApiError) as exc:
         log.info("GET %s cut short after the headers: %s", obj.key[:200], exc)
