@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from tierfs.coordinator.client import Backoff
 from tierfs.coordinator.dashboard import render
 from tierfs.coordinator.models import (
+    ClusterBytes,
     ClusterStats,
     LocationReport,
     NodeStatsReport,
@@ -67,8 +68,8 @@ def _stats() -> ClusterStats:
     return ClusterStats(
         epoch=7,
         peers=PeerCounts(total=2, active=1, draining=0, dead=1),
-        capacity=TierBytes(local=2**30, peer=0),
-        usage=TierBytes(local=2**29, peer=0),
+        capacity=ClusterBytes(local=2**30, peer=0),
+        usage=ClusterBytes(local=2**29, peer=0),
         tiers=tiers,  # type: ignore[arg-type]
         cloud_bytes_fetched=2**20,
         peer_bytes_served=2**20,

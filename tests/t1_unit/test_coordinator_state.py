@@ -11,12 +11,12 @@ from tierfs.coordinator import locations, membership, stats
 from tierfs.coordinator.db import connect
 from tierfs.coordinator.membership import Timing
 from tierfs.coordinator.models import (
+    ClusterBytes,
     HeartbeatRequest,
     LocationQuery,
     LocationReport,
     NodeStatsReport,
     RegisterRequest,
-    TierBytes,
 )
 
 TIMING = Timing(heartbeat_interval=5.0, peer_expiry=15.0)
@@ -207,12 +207,12 @@ def test_cluster_totals_survive_restarts_and_departures(conn: sqlite3.Connection
     assert totals.tiers["local"].hits == 18
     assert totals.cloud_bytes_fetched == 1500
     assert totals.cloud_egress_saved == 18
-    assert totals.capacity == TierBytes(local=300, peer=30)
+    assert totals.capacity == ClusterBytes(local=300, peer=30)
     assert totals.peers.active == 2
     membership.leave(conn, "b")
     totals = stats.cluster_stats(conn, membership.current_epoch(conn))
     assert totals.tiers["local"].hits == 18 and totals.cloud_bytes_fetched == 1500
-    assert totals.capacity == TierBytes(local=100, peer=10)
+    assert totals.capacity == ClusterBytes(local=100, peer=10)
     totals = stats.cluster_stats(conn, membership.sweep(conn, T0 + 100, 15.0))
-    assert totals.peers.dead == 1 and totals.capacity == TierBytes()
+    assert totals.peers.dead == 1 and totals.capacity == ClusterBytes(local=0, peer=0)
     assert totals.tiers["local"].hit_ratio == 1.0 and totals.tiers["peer"].hit_ratio is None

@@ -238,6 +238,24 @@ def test_stats_sum_the_cluster_and_only_grow(coord: Coordinator) -> None:
     assert ratio is not None and 0 < ratio <= 1
 
 
+def test_totals_past_any_one_peers_bound(coord: Coordinator) -> None:
+    """Each peer's bytes fit SQLite's integers; their sum need not, and is still answered."""
+    top = 2**63 - 1
+    peers = [uid("big"), uid("big")]
+    before = _totals(coord)
+    for peer in peers:
+        coord.register(peer, capacity={"local": top, "peer": top}, usage={"local": top})
+    try:
+        after = _totals(coord)
+        assert after["capacity"]["local"] - before["capacity"]["local"] == 2 * top
+        assert after["usage"]["local"] - before["usage"]["local"] == 2 * top
+        for page in ("/metrics", "/"):
+            assert coord.get(page).status == 200, page
+    finally:
+        for peer in peers:
+            coord.request("DELETE", f"/api/peers/{peer}")
+
+
 def test_openapi_document_is_valid_and_complete(coord: Coordinator) -> None:
     answer = coord.get("/api/openapi.json")
     assert answer.status == 200

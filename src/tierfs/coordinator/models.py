@@ -254,14 +254,21 @@ class PeerCounts(BaseModel):
     dead: int
 
 
+class ClusterBytes(BaseModel):
+    """`TierBytes` summed over the live peers: past any one peer's bound."""
+
+    local: int = Field(description="tier-1 bytes for the peers' own reads")
+    peer: int = Field(description="tier-1 bytes kept for other peers")
+
+
 class ClusterStats(BaseModel):
     """Cluster totals. Capacity and usage are over live peers; counters over every peer ever
     seen, kept growing across peer restarts and departures."""
 
     epoch: int
     peers: PeerCounts
-    capacity: TierBytes
-    usage: TierBytes
+    capacity: ClusterBytes
+    usage: ClusterBytes
     tiers: dict[TierName, TierTotals]
     cloud_bytes_fetched: int = Field(description="bytes read from the cloud (tier 3)")
     peer_bytes_served: int = Field(description="bytes read from other peers (tier 2)")

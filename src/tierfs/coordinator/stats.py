@@ -18,10 +18,10 @@ from typing import Any
 from tierfs.coordinator.db import get_meta, set_meta
 from tierfs.coordinator.models import (
     TIER_NAMES,
+    ClusterBytes,
     ClusterStats,
     NodeStatsReport,
     PeerCounts,
-    TierBytes,
     TierTotals,
 )
 
@@ -98,8 +98,8 @@ def _ratio(hits: int, misses: int) -> float | None:
 def summarize(
     counters: Mapping[str, int],
     peers: PeerCounts,
-    capacity: TierBytes,
-    usage: TierBytes,
+    capacity: ClusterBytes,
+    usage: ClusterBytes,
     *,
     epoch: int,
     files: int,
@@ -165,8 +165,8 @@ def cluster_stats(conn: sqlite3.Connection, epoch: int) -> ClusterStats:
     return summarize(
         counters,
         PeerCounts(total=sum(status_count.values()), **status_count),
-        TierBytes(**cap),
-        TierBytes(**use),
+        ClusterBytes(**cap),
+        ClusterBytes(**use),
         epoch=epoch,
         files=files,
         locations=locations,
