@@ -130,6 +130,9 @@ class SingleFlight(Generic[K, V]):
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
+            # a task cancelled before its first step never runs `_run`'s handlers
+            for key, flight in list(self._flights.items()):
+                flight.fail(FlightCancelledError(f"{self._name} {key}: closed"))
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, key: K, flight: _Flight[V], work: Work[V]) -> None:

@@ -126,3 +126,17 @@ async def test_close_cancels_flights_and_later_calls_fail() -> None:
         await call
     with pytest.raises(FlightCancelledError):
         await group.do("other", Work())
+
+
+async def test_close_before_a_flight_has_started_fails_its_caller() -> None:
+    """Closed in the same step as the flight began, its task never runs: the caller
+    still gets an answer."""
+    group: SingleFlight[str, str] = SingleFlight()
+    work = Work()
+    call = asyncio.create_task(group.do("k", work))
+    await asyncio.sleep(0)  # the call has made the flight; its task has not run a step
+    await group.close()
+    async with asyncio.timeout(5):
+        with pytest.raises(FlightCancelledError):
+            await call
+    assert work.runs == 0
