@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 RETRY_DOWN_AFTER = 10.0  # seconds a failed peer is skipped if membership says nothing
 CONNECTIONS_PER_PEER = 16  # keep-alive connections to one peer (reads run 16 fetches at once)
 READ_BUFFER = 2**20  # bytes aiohttp reads at a time: a 4 MiB chunk in a few reads
+MAX_REPLY = 2**16  # bytes of a peer's answer to a push read (a short JSON body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,8 @@ class PeerFetcher:
                 data=data,
                 ssl=self._ssl,
             ) as response:
-                await response.read()
+                if (response.content_length or MAX_REPLY + 1) <= MAX_REPLY:
+                    await response.read()  # else unread: the connection is closed, not reused
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._failed(owner, _describe(exc))
