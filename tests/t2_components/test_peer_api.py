@@ -703,6 +703,29 @@ async def test_a_failure_after_the_headers_cuts_the_answer_short(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_an_asker_that_leaves_mid_answer_is_no_error(
+    open_node: OpenNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tierfs.peer.handlers")
+    node = await open_node(peer_size=512 * CHUNK)
+    ref = await node.put_object("data/n.bin", random_bytes(256 * CHUNK, 14))  # 16 MiB
+    params = {"version": ref.version, "size": str(ref.size)}
+    async with node.http.get(f"/api/files/{ref.key}", params=params) as answer:
+        assert answer.status == 200 and len(await answer.content.readexactly(CHUNK)) == CHUNK
+        answer.close()  # gone, with most of the object still to send
+
+    def told() -> list[logging.LogRecord]:
+        """What the node logged of it: once its socket is full, it cannot send on."""
+        return [r for r in caplog.records if "left" in r.getMessage() or r.levelno >= logging.ERROR]
+
+    async with asyncio.timeout(20):
+        while not told():
+            await asyncio.sleep(0.05)
+    assert [r.levelname for r in told()] == ["INFO"], [r.getMessage() for r in told()]
+    async with node.http.get("/api/health") as answer:  # and serves on
+        assert answer.status == 200
+
+
 async def test_tls_from_the_client_settings(open_node: OpenNode) -> None:
     node = await open_node(tls=True)
     assert node.url.startswith("https://127.0.0.1:")

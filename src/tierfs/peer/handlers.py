@@ -260,6 +260,8 @@ async def _stream(
         log.info("GET %s cut short after the headers: %s", obj.key[:200], exc)
         if request.transport is not None:
             request.transport.close()
+    except ConnectionResetError:  # nobody to tell
+        log.info("GET %s: the asker left before the end", obj.key[:200])
     return response
 
 
