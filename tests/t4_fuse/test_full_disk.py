@@ -27,12 +27,27 @@ def write_in_pieces(path: Path, data: bytes, piece: int = MiB) -> None:
 
 
 def on_small_disk(
-    tmpfs: TmpfsMount, mount_factory: MountFactory, tmp_path: Path, size: str
+    tmpfs: TmpfsMount,
+    mount_factory: MountFactory,
+    tmp_path: Path,
+    size: str,
+    provider: str = "s3-seaweedfs",
 ) -> Mount:
-    """A mount of a fresh S3 bucket whose -nvme dir is a tmpfs of `size`."""
-    mount = mount_factory("s3-seaweedfs", start=False)
+    """A mount of a fresh bucket (S3 unless told) whose -nvme dir is a tmpfs of `size`."""
+    mount = mount_factory(provider, start=False)
     mount.nvme = tmpfs(tmp_path / "small-nvme", size)
     return mount.start()
+
+
+def streaming(mount: Mount, path: Path) -> tuple[int, bytes]:
+    """A descriptor of `path` (made, or truncated) through which 12 MiB were appended, more
+    than `mount`'s 8 MiB disk holds: the file streams to the cloud. And those bytes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    data = os.urandom(12 * MiB)
+    for start in range(0, len(data), MiB):
+        os.write(fd, data[start : start + MiB])
+    mount.wait_for_log(f"{path.relative_to(mount.path)}: no room to stage it")
+    return fd, data
 
 
 def test_a_file_larger_than_the_disk_streams_to_the_cloud(
@@ -164,3 +179,37 @@ def test_reads_of_a_file_while_it_fills_the_disk_get_its_bytes(
         assert set(filling.outcomes) <= {"ENOTSUP"}, filling.outcomes
         assert cloud_bytes(mount, filling.path.name) == filling.data
     assert "failed unexpectedly" not in mount.log.read_text()
+
+
+def test_a_streaming_file_removed_never_reaches_the_bucket(
+    tmpfs: TmpfsMount, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """A file unlinked while it streams is given up: its writer's appends go on, to
+    nowhere, and its close leaves nothing in the bucket (it finished the stream: the
+    removed file came back)."""
+    mount = on_small_disk(tmpfs, mount_factory, tmp_path, "8m", "local")
+    fd, _ = streaming(mount, mount.path / "big.bin")
+    os.unlink(mount.path / "big.bin")
+    os.write(fd, os.urandom(MiB))
+    os.close(fd)
+    assert cloud_bytes(mount, "big.bin") is None
+    assert os.listdir(mount.path) == []
+    assert os.listdir(mount.flags["local_root"]) == []  # no part left behind
+
+
+def test_a_rename_over_a_streaming_file_keeps_the_renamed_bytes(
+    tmpfs: TmpfsMount, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """`mv src dst` while dst streams: dst holds src's bytes, also once dst's writer has
+    closed (its close finished the stream over them, and src was gone)."""
+    mount = on_small_disk(tmpfs, mount_factory, tmp_path, "8m", "local")
+    (mount.path / "dst").write_bytes(b"dst before")
+    (mount.path / "src").write_bytes(b"renamed")
+    fd, _ = streaming(mount, mount.path / "dst")
+    os.rename(mount.path / "src", mount.path / "dst")
+    os.write(fd, os.urandom(MiB))
+    os.close(fd)
+    assert cloud_bytes(mount, "dst") == b"renamed"
+    assert cloud_bytes(mount, "src") is None
+    assert (mount.path / "dst").read_bytes() == b"renamed"
+    assert os.listdir(mount.flags["local_root"]) == ["dst"]

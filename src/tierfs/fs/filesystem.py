@@ -311,12 +311,11 @@ class Filesystem:
             if entry.is_dir:
                 raise IsDirectoryError(path)
             await self._keep_for_open_handles(path)
-            opened = self._open_file_at(path)
             # Its upload (a failed close's retry) waits: it would put the object back.
-            async with opened.lock if opened is not None else contextlib.nullcontext():
+            async with _locked(self._open_file_at(path)):
                 if entry.version:  # "" is a file created here and never uploaded
                     await self.cloud.delete(object_key(path, entry))
-                self._unlink_open(path)  # only once the delete is done: a failed one keeps it
+                await self._unlink_open(path)  # once the delete is done: a failed one keeps it
             self.names.note(path, None)
             self.inodes.remove(path)
 
@@ -337,16 +336,18 @@ class Filesystem:
             finally:
                 self._drop(opened)
 
-    def _unlink_open(self, path: str) -> None:
+    async def _unlink_open(self, path: str) -> None:
         """The file at `path` leaves the namespace (unlinked, or replaced by a rename): a
         handle still open on it reads on from what `_keep_for_open_handles` staged, and
-        writes nowhere."""
+        writes nowhere; its stream, if it streams, is given up. Under the file's lock."""
         opened = self._open_file_at(path)
         if opened is not None:
             opened.unlinked_from, opened.dirty = path, False
             self._abandon_early(opened)
             if opened.staging is not None:
                 self.uploader.journal.done(opened.staging)
+            if opened.stream is not None:  # finished at close, it would put the file back
+                await opened.stream.abort()
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
         """Move a file or a directory tree (copy + delete in the cloud), replacing a file;
@@ -379,7 +380,8 @@ class Filesystem:
                 if target is not None:
                     await self._keep_for_open_handles(new)
                 await self._rename_file(old, new)
-                self._unlink_open(new)  # the file it replaced, if any
+                async with _locked(self._open_file_at(new)):
+                    await self._unlink_open(new)  # the file it replaced, if any
                 if target is not None and target.version and target.is_link != source.is_link:
                     await self.cloud.delete(object_key(new, target))  # not replaced by the copy
         except BaseException:
@@ -859,6 +861,8 @@ class Filesystem:
         async with file.lock:
             path = file.node.path
             if file.stream is not None:
+                if not file.dirty:
+                    return  # given up: the file was removed or replaced meanwhile
                 stream, file.stream, file.dirty = file.stream, None, False
                 try:
                     meta = await stream.finish()
@@ -910,6 +914,11 @@ class Filesystem:
         await asyncio.gather(*self._page_fills, return_exceptions=True)
         if self.page_cache is not None:
             await self.page_cache.close()
+
+
+def _locked(file: OpenFile | None) -> contextlib.AbstractAsyncContextManager[None]:
+    """Hold `file`'s lock (writes, uploads), if there is a file."""
+    return file.lock if file is not None else contextlib.nullcontext()
 
 
 def _copied_as(node: Node, version: str, copy: str) -> None:

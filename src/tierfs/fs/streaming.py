@@ -32,6 +32,7 @@ class StreamingUpload:
     def __init__(self, cloud: CloudStore, key: str, queued: int = QUEUED_WRITES) -> None:
         self.key = key
         self.end = 0  # bytes handed over so far
+        self._aborted = False
         self._queue: asyncio.Queue[bytes | None | _Aborted] = asyncio.Queue(maxsize=queued)
         self._upload = asyncio.create_task(
             cloud.put_stream(key, self._parts()), name=f"stream {key}"
@@ -39,8 +40,10 @@ class StreamingUpload:
 
     async def send(self, data: bytes) -> None:
         """Append `data`; waits while the upload is behind. Raises CloudError once the
-        upload has failed."""
-        await self._hand_over(data)
+        upload has failed. Once aborted, `data` is dropped (a removed file's writes go
+        nowhere)."""
+        if not self._aborted:
+            await self._hand_over(data)
         self.end += len(data)
 
     async def finish(self) -> ObjectMeta:
@@ -50,7 +53,8 @@ class StreamingUpload:
 
     async def abort(self) -> None:
         """Give the upload up: nothing appears in the cloud, and the store drops the parts
-        sent (unless it takes longer than ABORT_WAIT to answer)."""
+        sent (unless it takes longer than ABORT_WAIT to answer). Never `finish` it then."""
+        self._aborted = True
         if not self._upload.done():
             while not self._queue.empty():
                 self._queue.get_nowait()
