@@ -96,5 +96,10 @@ class StaleHandleError(FsError):
     """The object changed under an open handle, or the inode is gone (ESTALE)."""
 
 
+class BusyError(FsError):
+    """In use in a way the operation cannot follow: a rename of a file being streamed to
+    the cloud, or of a folder above one (EBUSY)."""
+
+
 class UnsupportedError(FsError):
     """An operation object storage cannot represent: links, devices (ENOTSUP)."""

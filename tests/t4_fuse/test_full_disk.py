@@ -213,3 +213,29 @@ def test_a_rename_over_a_streaming_file_keeps_the_renamed_bytes(
     assert cloud_bytes(mount, "src") is None
     assert (mount.path / "dst").read_bytes() == b"renamed"
     assert os.listdir(mount.flags["local_root"]) == ["dst"]
+
+
+def test_a_streaming_file_and_its_folders_are_renamed_once_it_is_closed(
+    tmpfs: TmpfsMount, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """A streaming file's key is fixed: a rename of it, or of a folder above it, is refused
+    (EBUSY) with nothing moved, until it is closed (a folder move let the stream land at
+    the old name, making the folder again beside the moved one; a rename of the file
+    finished its stream half written, and the next append failed)."""
+    mount = on_small_disk(tmpfs, mount_factory, tmp_path, "8m", "local")
+    (mount.path / "d").mkdir()
+    fd, data = streaming(mount, mount.path / "d" / "big.bin")
+    for old, new in (("d", "e"), ("d/big.bin", "d/other.bin")):
+        with pytest.raises(OSError) as refused:
+            os.rename(mount.path / old, mount.path / new)
+        assert refused.value.errno == errno.EBUSY
+    more = os.urandom(MiB)
+    os.write(fd, more)
+    os.close(fd)
+    assert cloud_bytes(mount, "d/big.bin") == data + more
+    assert os.listdir(mount.path) == ["d"]
+    assert os.listdir(mount.path / "d") == ["big.bin"]
+    os.rename(mount.path / "d", mount.path / "e")
+    assert cloud_bytes(mount, "e/big.bin") == data + more
+    assert cloud_bytes(mount, "d/big.bin") is None
+    assert os.listdir(mount.path) == ["e"]

@@ -19,6 +19,7 @@ from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
 from tierfs.chunks import ChunkRef, Data, ObjectRef, chunks_covering
 from tierfs.cloud.base import CloudStore, ObjectMeta, split_markers
 from tierfs.errors import (
+    BusyError,
     CloudError,
     DirectoryNotEmptyError,
     EntryExistsError,
@@ -37,7 +38,7 @@ from tierfs.errors import (
 from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging, pread_and_close, remove
 from tierfs.fs.metadata import LINK_SUFFIX, Entry, Namespace, file_entry, object_key
 from tierfs.fs.nodes import InodeTable, Node, join, split
-from tierfs.fs.path_locks import PathLocks
+from tierfs.fs.path_locks import PathLocks, is_under
 from tierfs.fs.streaming import StreamingUpload
 from tierfs.read_path import ReadPath
 from tierfs.upload import Uploader
@@ -373,6 +374,13 @@ class Filesystem:
                 raise DirectoryNotEmptyError(new)
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise InvalidArgumentError(f"cannot move {old!r} into itself")
+        # A stream's key is fixed when it starts: it would land at the old name.
+        streaming = self._streaming_at_or_under(old)
+        if streaming is not None:
+            raise BusyError(
+                f"{old}: {streaming.node.path} is being streamed to the cloud (its disk is "
+                "full): rename it once that file is closed"
+            )
         try:
             if source.is_dir:
                 await self._rename_tree(old, new)
@@ -393,6 +401,13 @@ class Filesystem:
             raise
         self.inodes.move(old, new)
         self._journal_moved(new)
+
+    def _streaming_at_or_under(self, path: str) -> OpenFile | None:
+        """A file at or below `path` being streamed to the cloud, if any."""
+        for file in self._open.values():
+            if file.stream is not None and not file.unlinked and is_under(file.node.path, path):
+                return file
+        return None
 
     def _journal_moved(self, new: str) -> None:
         """Journal the dirty files now at or under `new` by their new keys: were the

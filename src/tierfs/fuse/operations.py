@@ -42,6 +42,7 @@ ERRNO: list[tuple[type[Exception], int]] = [
     (errors.StaleHandleError, errno.ESTALE),
     (errors.VersionChangedError, errno.ESTALE),
     (errors.UnsupportedError, errno.ENOTSUP),
+    (errors.BusyError, errno.EBUSY),
     (errors.InvalidKeyError, errno.EINVAL),
     (errors.AccessDeniedError, errno.EACCES),
     (errors.CloudError, errno.EIO),
