@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mounts import Mount, TmpfsMount, cloud_bytes, cloud_put
+from relay import relay_in_front_of
 
 MiB = 2**20
 MountFactory = Callable[..., Mount]
@@ -239,3 +240,32 @@ def test_a_streaming_file_and_its_folders_are_renamed_once_it_is_closed(
     assert cloud_bytes(mount, "e/big.bin") == data + more
     assert cloud_bytes(mount, "d/big.bin") is None
     assert os.listdir(mount.path) == ["e"]
+
+
+def test_a_failed_stream_fails_every_later_close(
+    request: pytest.FixtureRequest,
+    tmpfs: TmpfsMount,
+    mount_factory: MountFactory,
+    tmp_path: Path,
+) -> None:
+    """The bucket out of reach while a file streams: its fsync fails (EIO), and so do every
+    later write, fsync and close of it, the bucket back or not (the close after a failed
+    fsync returned 0, its bytes lost). Then the mount shows what the bucket holds."""
+    mount = mount_factory("s3-seaweedfs", start=False)
+    relay, relayed = relay_in_front_of(mount.flags["s3_endpoint"])
+    request.addfinalizer(relay.stop)
+    mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": "3.0"}
+    mount.nvme = tmpfs(tmp_path / "small-nvme", "8m")
+    mount.start()
+    fd, _ = streaming(mount, mount.path / "big.bin")
+    relay.cut()
+    with pytest.raises(OSError) as failed:
+        os.fsync(fd)
+    assert failed.value.errno == errno.EIO
+    relay.restore()
+    for later in (lambda: os.write(fd, b"more"), lambda: os.fsync(fd), lambda: os.close(fd)):
+        with pytest.raises(OSError) as failed:
+            later()
+        assert failed.value.errno == errno.EIO
+    assert cloud_bytes(mount, "big.bin") is None
+    assert os.listdir(mount.path) == []

@@ -547,11 +547,13 @@ class Filesystem:
 
     def _drop(self, file: OpenFile) -> None:
         """A handle closed. A file whose upload failed stays open here, dirty, so that a
-        later open sees its bytes and the retry loop uploads it (`retry_failed_uploads`)."""
+        later open sees its bytes and the retry loop uploads it (`retry_failed_uploads`);
+        not one whose stream failed: its bytes are gone (each close of it said EIO), and
+        the next open finds the bucket's file."""
         file.handles -= 1
         if file.handles > 0:
             return
-        if file.dirty:
+        if file.dirty and not (file.stream is not None and file.stream.failed):
             self._start_retries()
         else:
             self._forget_file(file)
@@ -878,13 +880,13 @@ class Filesystem:
             if file.stream is not None:
                 if not file.dirty:
                     return  # given up: the file was removed or replaced meanwhile
-                stream, file.stream, file.dirty = file.stream, None, False
                 try:
-                    meta = await stream.finish()
+                    meta = await file.stream.finish()
                 except CloudError:
                     log.error("%s: the streamed upload failed; its bytes are lost", path)
                     self.names.forget(path)  # what the cloud has is the truth
-                    raise
+                    raise  # at every later flush, fsync and close too: none may say 0
+                file.stream, file.dirty = None, False
             elif not file.dirty or file.staging is None:
                 return
             else:

@@ -4,7 +4,7 @@ The write fallback of the original spec is one: a file that the staging disk can
 is streamed straight to the cloud as it is written. Only appending writes can follow (the
 parts already sent cannot change), and the object appears in the cloud once the stream is
 finished, at the file's close or fsync. A stream that fails loses what was sent through
-it: its close answers EIO, and nothing acknowledged is lost. The other is
+it: its closes answer EIO, and nothing acknowledged is lost. The other is
 `tierfs.fs.early_upload`, which keeps the staging file.
 """
 
@@ -38,6 +38,12 @@ class StreamingUpload:
             cloud.put_stream(key, self._parts()), name=f"stream {key}"
         )
 
+    @property
+    def failed(self) -> bool:
+        """Whether the upload ended without the object (failed, or aborted): for good."""
+        upload = self._upload
+        return upload.done() and (upload.cancelled() or upload.exception() is not None)
+
     async def send(self, data: bytes) -> None:
         """Append `data`; waits while the upload is behind. Raises CloudError once the
         upload has failed. Once aborted, `data` is dropped (a removed file's writes go
@@ -47,7 +53,8 @@ class StreamingUpload:
         self.end += len(data)
 
     async def finish(self) -> ObjectMeta:
-        """End the stream; returns once the cloud has the whole object."""
+        """End the stream; returns once the cloud has the whole object. Once the upload
+        has failed, every call raises its CloudError."""
         await self._hand_over(None)
         return await self._upload
 
