@@ -308,6 +308,27 @@ async def test_versions_and_missing_objects(open_node: OpenNode) -> None:
             assert answer.status == 422, query
 
 
+async def test_an_asker_of_another_chunk_size_is_409_without_touching_the_cloud(
+    open_node: OpenNode,
+) -> None:
+    node = await open_node()
+    ref = await node.put_object("data/o.bin", random_bytes(SIZE, 15))
+    before = await node.cloud_gets()
+    chunk = chunk_ref(ref, 1, CHUNK)
+    params = {"version": ref.version, "size": str(ref.size)}
+    for chunk_size, status in ((2 * CHUNK, 409), (CHUNK, 206)):
+        async with node.http.get(
+            f"/api/files/{ref.key}",
+            params={**params, "chunk_size": str(chunk_size)},
+            headers={"Range": byte_range(chunk.start, chunk.length)},
+        ) as answer:
+            assert answer.status == status, chunk_size
+            if status == 409:
+                assert (await answer.json())["error"] == "chunk_size_differs"
+                assert await node.cloud_gets() == before
+    assert await node.cloud_gets() == before + 1
+
+
 async def test_a_wrong_size_given_with_the_version_never_changes_the_true_bytes(
     open_node: OpenNode,
 ) -> None:

@@ -255,3 +255,22 @@ def test_nodes_mounting_folders_of_the_bucket_share_its_chunks(
         # and so does each node's peer API, whatever folder it mounts
         assert {chunk["key"] for chunk in c.api("/api/cache")["chunks"]} == {"data/sub/train.bin"}
         assert c.api("/api/files/data/sub/train.bin/size")["cached_bytes"] > 0
+
+
+def test_a_node_of_another_chunk_size_is_skipped_not_paid_for_twice(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """node-b cuts files into 8 MiB chunks: it cannot hold node-a's, and reading them
+    through the cloud for node-a would cost the cluster each of them twice."""
+    mixed = {"node-b": {"chunk_size": "8MiB"}}
+    with running_cluster(seaweedfs, tmp_path, node_flags=mixed) as cluster:
+        size = 64 * MiB
+        _, expected = put_dataset(cluster, "mixed.bin", size)
+        a, b, _ = cluster.nodes
+        assert owners(cluster, "mixed.bin")["node-b"], "node-b owns none of node-a's chunks"
+        before = cluster.settled_egress()
+        assert sha256_of(a.path / "mixed.bin") == expected
+        egress = cluster.settled_egress() - before
+        assert egress <= 1.1 * size, f"the cloud sent {egress / size:.2f}x the file"
+        a.mount.wait_for_log("-chunk-size is not this node's")
+        assert b.tier("cloud")["bytes"] == 0

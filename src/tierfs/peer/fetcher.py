@@ -138,7 +138,7 @@ class PeerFetcher:
     async def _get(self, peer: _Peer, chunk: ChunkRef, *, cached_only: bool) -> bytes | None:
         """The chunk from `peer` if it has it (or, not `cached_only`, reads it through);
         None otherwise. A failure marks the peer down; bad bytes are only refused."""
-        params = _params(chunk)
+        params = {**_params(chunk), protocol.CHUNK_SIZE_PARAM: str(self._chunk_size)}
         if cached_only:
             params[protocol.CACHED_ONLY_PARAM] = "1"
         headers = {**self._headers, "Range": protocol.byte_range(chunk.start, chunk.length)}
@@ -148,6 +148,8 @@ class PeerFetcher:
             ) as response:
                 if response.status in (404, 412):  # not held / the object changed
                     return None
+                if response.status == 409:
+                    raise _PeerFailedError("its -chunk-size is not this node's")
                 if response.status not in (200, 206):
                     raise _PeerFailedError(f"HTTP {response.status}")
                 if response.content_length != chunk.length:  # never read an unbounded body

@@ -172,6 +172,14 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     key = _key(request)
     query = parse_query(request, models.FileQuery)
+    if query.chunk_size not in (None, node.chunk_size):
+        # Its chunks are not ours: answered through the cloud, each would be paid twice.
+        raise ApiError(
+            409,
+            "chunk_size_differs",
+            f"this node cuts files into chunks of {node.chunk_size} bytes, not "
+            f"{query.chunk_size}: give every node of a cluster the same -chunk-size",
+        )
     obj = await _object(node, key, query)
     try:
         span = parse_range(request.headers.get(hdrs.RANGE), obj.size)

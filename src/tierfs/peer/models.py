@@ -33,6 +33,7 @@ class FileQuery(VersionQuery):
 
     size: Count | None = Field(None)
     cached_only: bool = Field(False)
+    chunk_size: Count | None = Field(None)
 
 
 class PutQuery(_Query):

@@ -18,6 +18,7 @@ VERSION_HEADER = "X-Tierfs-Version"  # the object version the body belongs to
 VERSION_PARAM = "version"
 SIZE_PARAM = "size"  # the object's size at that version (saves the server a HEAD)
 CACHED_ONLY_PARAM = "cached_only"  # "1": answer from tier 1 or 404, never the cloud
+CHUNK_SIZE_PARAM = "chunk_size"  # the asker's: a node of another chunk size answers 409
 FILES_PREFIX = "/api/files/"
 
 
