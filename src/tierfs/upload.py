@@ -174,6 +174,9 @@ class Uploader:
         self._promotions: set[asyncio.Task[None]] = set()
         self._abandoned: set[asyncio.Task[None]] = set()
         self._early: set[EarlyUpload] = set()  # started, neither finished nor abandoned
+        # The rows a previous run left, not sent yet: taken at the first `recover`, which
+        # comes before anything is written. This run's rows are never recovery's.
+        self._left_behind: list[PendingUpload] | None = None
 
     async def upload(
         self,
@@ -269,9 +272,17 @@ class Uploader:
         await asyncio.gather(*self._promotions, *self._abandoned, return_exceptions=True)
 
     async def recover(self) -> int:
-        """Upload what a previous run left in the journal; returns how many remain."""
-        remaining = 0
-        for row in self.journal.pending():
+        """Upload what a previous run left in the journal; returns how many remain. The
+        first call takes the journal's rows, and must come before this run writes (so they
+        are all the previous run's); later calls retry those that remain, and only those:
+        a row of this run's names a file being written, whose upload is its close's
+        (retrying every row sent such a file half written and removed its staging file
+        under its writer). A file of the previous run's reopened here is staged anew, in
+        a file and a row of this run's: its late row still goes up as a late upload."""
+        if self._left_behind is None:
+            self._left_behind = self.journal.pending()
+        remaining: list[PendingUpload] = []
+        for row in self._left_behind:
             key, staging = row.key, row.staging
             if not staging.exists():
                 log.error("%s: journal names %s, which is gone", key, staging)
@@ -284,12 +295,13 @@ class Uploader:
                     key = (await self.upload_late(key, staging, row.base)).key
             except CloudError as exc:
                 log.error("%s: recovery upload failed, kept for another try: %s", key, exc)
-                remaining += 1
+                remaining.append(row)
                 continue
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
             log.info("%s: uploaded what a previous run had written", key)
-        return remaining
+        self._left_behind = remaining
+        return len(remaining)
 
     async def upload_late(self, key: str, staging: Path, base: str) -> ObjectMeta:
         """`upload` of a file written over version `base` of `key` whose upload comes late
@@ -350,6 +362,7 @@ class Uploader:
         return Content(meta.size, digest.hexdigest()) in ours
 
     async def recover_until_done(self, interval: float = RECOVERY_INTERVAL) -> None:
-        """Retry `recover` until the journal of the previous run is empty."""
+        """Retry `recover` until every row of the previous run is sent (while the mount
+        serves: its own rows stay its own)."""
         while await self.recover():
             await asyncio.sleep(interval)

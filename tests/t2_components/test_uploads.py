@@ -1,0 +1,129 @@
+"""The filesystem's uploads beside the files it is writing, on the local provider: the
+background recovery of what a previous run left unsent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tierfs.cache.chunk_cache import DiskChunkCache
+from tierfs.cloud.base import CloudStore, ObjectMeta
+from tierfs.cloud.providers import local_store
+from tierfs.errors import ObjectNotFoundError, TransientCloudError
+from tierfs.fs.filesystem import Filesystem, Ownership
+from tierfs.fs.handles import Staging
+from tierfs.read_path import ReadPath
+from tierfs.stats import NodeStats
+from tierfs.upload import Uploader, UploadJournal
+
+CHUNK = 64 * 1024
+ROOT = 1  # the root directory's inode
+pytestmark = pytest.mark.asyncio
+
+
+class Outage:
+    """`store`, but its puts fail while `down` (the cloud out of reach)."""
+
+    def __init__(self, store: CloudStore) -> None:
+        self._store = store
+        self.down = False
+
+    async def put(self, *args: Any, **kwargs: Any) -> ObjectMeta:
+        if self.down:
+            raise TransientCloudError("the cloud is down")
+        return await self._store.put(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@dataclass
+class Node:
+    """One client's parts, over a local bucket: the filesystem is made by `mount`, once
+    the test has set up what a previous run left."""
+
+    cloud: Outage
+    cache: DiskChunkCache
+    journal: UploadJournal
+    uploader: Uploader
+    staging: Staging
+    stack: AsyncExitStack
+
+    async def mount(self) -> Filesystem:
+        read_path = ReadPath(
+            self.cache,
+            self.cloud,  # type: ignore[arg-type]
+            chunk_size=CHUNK,
+            stats=NodeStats(),
+        )
+        self.stack.push_async_callback(read_path.close)
+        fs = Filesystem(
+            self.cloud,  # type: ignore[arg-type]
+            read_path,
+            self.uploader,
+            self.staging,
+            metadata_ttl=1.0,
+            ownership=Ownership(os.getuid(), os.getgid()),
+        )
+        self.stack.push_async_callback(fs.close)
+        return fs
+
+
+@pytest_asyncio.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    nvme = tmp_path / "nvme"
+    async with AsyncExitStack() as stack:
+        cloud = Outage(local_store(str(tmp_path / "bucket"), 30.0))
+        stack.push_async_callback(cloud.close)
+        cache = await DiskChunkCache.create(
+            nvme, nvme_size=2**26, peer_size=2**26, stats=NodeStats(), admit_after=1
+        )
+        stack.push_async_callback(cache.close)
+        journal = UploadJournal(nvme / "journal.sqlite3")
+        stack.callback(journal.close)
+        uploader = Uploader(cloud, cache, journal, CHUNK)  # type: ignore[arg-type]
+        stack.push_async_callback(uploader.close)
+        yield Node(cloud, cache, journal, uploader, Staging(nvme / "staging"), stack)
+
+
+async def read(store: CloudStore | Outage, key: str) -> bytes:
+    meta = await store.head(key)
+    return bytes(await store.get_range(key, 0, meta.size, meta.version))
+
+
+@pytest.mark.warnings_expected  # the recovery's failed tries are logged
+async def test_recovery_in_the_background_leaves_the_files_being_written_alone(
+    node: Node,
+) -> None:
+    """Started while the cloud refuses puts, the node tries again in the background to
+    send what a previous run left, while the mount serves. Once the cloud is back, that
+    goes up, and a file being written meanwhile stays its writer's: not sent half written,
+    its staging file kept, its close sending it whole."""
+    left = node.staging.root / "left-by-the-last-run"
+    left.write_bytes(b"written before the crash")
+    node.journal.begin("left.txt", left, "")
+    node.cloud.down = True
+    assert await node.uploader.recover() == 1
+    recovery = asyncio.create_task(node.uploader.recover_until_done(interval=0.01))
+    node.stack.callback(recovery.cancel)
+    fs = await node.mount()
+    handle = await fs.create(ROOT, "live.txt")
+    await fs.write(handle.fh, 0, b"first half, ")
+    node.cloud.down = False
+    await asyncio.wait_for(recovery, 10)
+    assert await read(node.cloud, "left.txt") == b"written before the crash"
+    with pytest.raises(ObjectNotFoundError):  # not half written: not at all until its close
+        await node.cloud.head("live.txt")
+    await fs.write(handle.fh, 12, b"second half")
+    await fs.flush(handle.fh)
+    await fs.release(handle.fh)
+    assert await read(node.cloud, "live.txt") == b"first half, second half"
+    assert node.journal.pending() == []
