@@ -12,7 +12,8 @@ its upload then only finishes that one.
 
 Once the cloud has a file, its bytes become chunks of the new version: in tier 1 if it
 has room, else handed to each chunk's owner peer (`PUT`, within its peer budget), else
-they are in the cloud only (DESIGN.md, Write path).
+they are in the cloud only (DESIGN.md, Write path). They are read from the staging file
+in the background, until the file is written again: its bytes are the version's no more.
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ class Content(NamedTuple):
 
     size: int
     digest: str
+
+
+class Staged(Protocol):
+    """The open file whose bytes a staging file holds (`tierfs.fs.handles.OpenFile`): every
+    change of them holds `lock`, and counts itself in `writes` before it is made."""
+
+    lock: asyncio.Lock
+    writes: int
 
 
 class ChunkPusher(Protocol):
@@ -184,6 +193,7 @@ class Uploader:
         staging: Path,
         early: EarlyUpload | None = None,
         expect: str | None = None,
+        staged: Staged | None = None,
     ) -> ObjectMeta:
         """Put `staging` under `key` (finishing `early`, its upload under way, if it can);
         returns only once the cloud has every byte. `expect`: put it only over that
@@ -191,7 +201,9 @@ class Uploader:
         condition (`upload_late`'s callers give it up first).
 
         Raises CloudError (the journal row stays, so a later flush or restart retries).
-        The tier-1 copy of the new version is made in the background.
+        The tier-1 copy of the new version is made in the background, from the staging
+        file: if it is the open file `staged`'s (whose lock the caller holds), only until
+        that is written again, since its bytes are then no longer the version's.
         """
         meta = None
         if early is not None:
@@ -212,7 +224,10 @@ class Uploader:
         except OSError as exc:
             log.info("%s: not cached after upload: %s", key, exc)
             return meta
-        task = asyncio.create_task(self._promote(meta, source), name=f"promote {key}")
+        writes = staged.writes if staged is not None else 0
+        task = asyncio.create_task(
+            self._promote(meta, source, staged, writes), name=f"promote {key}"
+        )
         self._promotions.add(task)
         task.add_done_callback(self._promotions.discard)
         return meta
@@ -244,16 +259,19 @@ class Uploader:
         self._abandoned.add(task)
         task.add_done_callback(self._abandoned.discard)
 
-    async def _promote(self, meta: ObjectMeta, source: int) -> None:
+    async def _promote(
+        self, meta: ObjectMeta, source: int, staged: Staged | None, writes: int
+    ) -> None:
         """The written bytes become cached chunks of the new version (best effort): tier 1
-        while it keeps them, then the owner peers while they take them."""
+        while it keeps them, then the owner peers while they take them; no further than
+        `staged`'s first write after its `writes` (`_uploaded_bytes`)."""
         ref = ObjectRef(meta.key, meta.version, meta.size)
         tier1 = True
         try:
             for index in range((meta.size + self.chunk_size - 1) // self.chunk_size):
                 chunk = chunk_ref(ref, index, self.chunk_size)
-                data = await asyncio.to_thread(os.pread, source, chunk.length, chunk.start)
-                if len(data) != chunk.length:
+                data = await self._uploaded_bytes(source, chunk, staged, writes)
+                if data is None or len(data) != chunk.length:
                     return
                 tier1 = tier1 and await self.cache.store(chunk, data, Origin.LOCAL)
                 if not tier1:
@@ -264,6 +282,24 @@ class Uploader:
             log.info("%s: not cached after upload: %s", meta.key, exc)
         finally:
             os.close(source)
+
+    @staticmethod
+    async def _uploaded_bytes(
+        source: int, chunk: ChunkRef, staged: Staged | None, writes: int
+    ) -> bytes | None:
+        """`chunk`'s bytes in the staging file `source` as they were uploaded: None once
+        the open file `staged` has been written since (its `writes` moved on). Read at any
+        time, they took in a write made right after an fsync (or a flush that left other
+        handles open), which this node and its peers then served as the version's."""
+        async with staged.lock if staged is not None else contextlib.nullcontext():
+            if staged is not None and staged.writes != writes:
+                log.debug("%s: written since its upload, the rest is not cached", chunk.obj.key)
+                return None
+            return await asyncio.to_thread(os.pread, source, chunk.length, chunk.start)
+
+    async def settle(self) -> None:
+        """Return once the tier-1 copies under way are made, or given up."""
+        await asyncio.gather(*self._promotions, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop the tier-1 copies still under way; wait for the abandoned uploads to go."""
@@ -303,18 +339,20 @@ class Uploader:
         self._left_behind = remaining
         return len(remaining)
 
-    async def upload_late(self, key: str, staging: Path, base: str) -> ObjectMeta:
+    async def upload_late(
+        self, key: str, staging: Path, base: str, staged: Staged | None = None
+    ) -> ObjectMeta:
         """`upload` of a file written over version `base` of `key` whose upload comes late
         (at a restart, at unmount, or a retry of a failed close): to `key`, unless
         another node changed the object meanwhile; then under CONFLICTS, so that neither
         node's bytes are lost. The put checks that the object is still as it was seen,
         so a change between the look and the put is seen too. The returned object's key
-        says where the file went."""
+        says where the file went. `staged` as in `upload`."""
         looks = 1
         while True:
             target, expect = await self._late_target(key, staging, base)
             try:
-                return await self.upload(target, staging, expect=expect)
+                return await self.upload(target, staging, expect=expect, staged=staged)
             except VersionChangedError:
                 if looks == LATE_LOOKS:
                     raise

@@ -1,5 +1,6 @@
 """The filesystem's uploads beside the files it is writing, on the local provider: the
-background recovery of what a previous run left unsent."""
+background recovery of what a previous run left unsent, and the tier-1 copy of a version
+uploaded while its file stays open."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from tierfs.cache.chunk_cache import DiskChunkCache
+from tierfs.chunks import ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.cloud.providers import local_store
 from tierfs.errors import ObjectNotFoundError, TransientCloudError
@@ -127,3 +129,35 @@ async def test_recovery_in_the_background_leaves_the_files_being_written_alone(
     await fs.release(handle.fh)
     assert await read(node.cloud, "live.txt") == b"first half, second half"
     assert node.journal.pending() == []
+
+
+@pytest.mark.parametrize("written_after", [False, True], ids=["fsync", "fsync-then-write"])
+async def test_the_tier_1_copy_of_an_fsynced_version_holds_only_its_bytes(
+    node: Node, written_after: bool
+) -> None:
+    """An fsync puts version V in the bucket, and its bytes go into tier 1 in the
+    background, from the staging file. A write in place right after the fsync changes the
+    staging file, not V: tier 1 holds no bytes as V's but V's (it held the new ones, served
+    here and to the other nodes as V's). With no such write, tier 1 holds all of V."""
+    fs = await node.mount()
+    handle = await fs.create(ROOT, "db.bin")
+    await fs.write(handle.fh, 0, b"A" * 3 * CHUNK)
+    await fs.fsync(handle.fh)
+    synced = await fs.getattr(handle.file.node.inode)  # no await of I/O: the write is next
+    if written_after:
+        await fs.write(handle.fh, 2 * CHUNK, b"B" * CHUNK)
+    await node.uploader.settle()
+    assert await read(node.cloud, "db.bin") == b"A" * 3 * CHUNK  # V
+    version = ObjectRef("db.bin", synced.version, synced.size)
+    cached = {}
+    for index in range(3):
+        chunk = chunk_ref(version, index, CHUNK)
+        data = await node.cache.read(chunk, 0, chunk.length)
+        if data is not None:
+            cached[index] = bytes(data)
+    assert [index for index, data in cached.items() if data != b"A" * CHUNK] == []
+    if not written_after:
+        assert sorted(cached) == [0, 1, 2]
+    await fs.release(handle.fh)
+    last = b"B" if written_after else b"A"
+    assert await read(node.cloud, "db.bin") == b"A" * 2 * CHUNK + last * CHUNK

@@ -531,6 +531,7 @@ class Filesystem:
             await self._stage(file, keep=min(size, file.node.size))
             assert file.fd is not None
             self._abandon_early(file)
+            file.writes += 1
             await asyncio.to_thread(os.ftruncate, file.fd, size)
             self._dirty(file, size)
             file.appends_only = size == 0
@@ -749,6 +750,7 @@ class Filesystem:
             assert file.fd is not None
             if offset != file.node.size:
                 self._abandon_early(file)
+            file.writes += 1
             try:
                 written = await asyncio.to_thread(pwrite_all, file.fd, data, offset)
             except OSError as exc:
@@ -896,9 +898,11 @@ class Filesystem:
                         if early is not None:
                             self.uploader.abandon(early)
                         base = file.node.version
-                        meta = await self.uploader.upload_late(path, file.staging, base)
+                        meta = await self.uploader.upload_late(
+                            path, file.staging, base, staged=file
+                        )
                     else:
-                        meta = await self.uploader.upload(path, file.staging, early)
+                        meta = await self.uploader.upload(path, file.staging, early, staged=file)
                 except CloudError:
                     log.error("%s: upload failed; the data stays staged for a retry", path)
                     raise

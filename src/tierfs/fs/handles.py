@@ -40,6 +40,9 @@ class OpenFile:
     unlinked_from: str | None = None
     stream: StreamingUpload | None = None  # instead of staging, when the disk was full
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # writes vs. upload
+    # Changes of the staged bytes (writes, truncates), each counted before it is made: the
+    # tier-1 copy of its last upload stops at the next (`Uploader.upload`'s `staged`).
+    writes: int = 0
 
     @property
     def unlinked(self) -> bool:
