@@ -90,6 +90,10 @@ async def run_client(settings: ClientSettings) -> None:
         journal = UploadJournal(settings.nvme / "journal.sqlite3")
         stack.callback(journal.close)
         claim(settings.nvme, cloud.url, len(journal.pending()))
+        staging = Staging(settings.nvme / "staging")
+        left = staging.sweep(keep={row.staging for row in journal.pending()})
+        if left:
+            log.info("removed %d staging files of a previous run's uploaded files", left)
         cache = await DiskChunkCache.create(
             settings.nvme,
             nvme_size=settings.nvme_size,
@@ -148,7 +152,7 @@ async def run_client(settings: ClientSettings) -> None:
             cloud,
             read_path,
             uploader,
-            Staging(settings.nvme / "staging"),
+            staging,
             metadata_ttl=settings.metadata_ttl,
             ownership=Ownership(settings.uid, settings.gid, settings.file_mode, settings.dir_mode),
             page_cache=None if settings.direct_io else KernelPageCache(stats),

@@ -67,6 +67,27 @@ def test_kill_9_before_upload_loses_nothing(mount_factory: object) -> None:
     assert "stale mount" in mount.log_tail(200)
 
 
+def test_a_restart_removes_the_staging_files_a_crash_left_of_uploaded_files(
+    mount_factory: object,
+) -> None:
+    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    staging = mount.nvme / "staging"
+    synced, dirty = os.urandom(2**20), os.urandom(2**20)
+    fds = [os.open(mount.path / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in "ab"]
+    for fd, payload in zip(fds, (synced, dirty), strict=True):
+        assert os.write(fd, payload) == len(payload)
+    os.fsync(fds[0])  # "a" is in the cloud; its staging file stays while it is open
+    assert len(list(staging.iterdir())) == 2
+    mount.kill()
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.close(fd)
+    mount.start()
+    assert cloud_bytes(mount, "a") == synced and cloud_bytes(mount, "b") == dirty
+    assert list(staging.iterdir()) == []
+    assert "removed 1 staging files" in mount.log_tail(200)
+
+
 def conflict_copies(mount: Mount) -> dict[str, bytes]:
     """What the bucket behind `mount` holds under `.tierfs-conflicts/`, by key."""
 

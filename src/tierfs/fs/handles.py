@@ -91,6 +91,18 @@ class Staging:
         path = self.root / uuid.uuid4().hex
         return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
+    def sweep(self, keep: set[Path]) -> int:
+        """Remove every staging file but those in `keep` (the journal's): at start, what a
+        crash left of files already uploaded, or staged for handles open past an unlink.
+        The number removed."""
+        removed = 0
+        for path in self.root.iterdir():
+            if path not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                removed += 1
+        return removed
+
     def discard(self, file: OpenFile) -> None:
         """Close and delete `file`'s staging file."""
         staging, fd, file.staging, file.fd = file.staging, file.fd, None, None
