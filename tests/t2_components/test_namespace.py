@@ -117,6 +117,34 @@ async def test_every_page_of_a_listing_with_local_entries_continues_where_the_la
         await cloud.close()
 
 
+async def test_a_snapshot_keeps_its_positions_while_the_directory_changes(
+    tmp_path: Path,
+) -> None:
+    """A read of a directory pages through the entries as its first page took them: this
+    mount's changes leave every position where it was (a page gave the entry at its
+    position in the listing as it was then: each removal skipped a name); the removed are
+    left out as they come, the others as the cached listing has them now."""
+    cloud = open_store(settings_for("local", None, tmp_path))
+    try:
+        for name in ("a", "b", "c", "d"):
+            await cloud.put(f"dir/{name}", b"x")
+        names = Namespace(cloud, 60.0)
+        taken = await names.snapshot("dir", [Entry("bb", False, 5, 0, "")])
+        assert [e.name for e in taken.entries_from(0)] == ["a", "b", "bb", "c", "d"]
+        names.note("dir/a", None)
+        names.note("dir/b", None)
+        names.note("dir/aa", Entry("aa", False, 1, 0, "v1"))
+        names.note("dir/d", Entry("d", False, 7, 0, "v2"))
+        assert [e.name for e in taken.entries_from(2)] == ["bb", "c", "d"]  # as taken
+        now = list(
+            names.as_now("dir", enumerate(taken.entries_from(1), 1), [Entry("bb", False, 6, 0, "")])
+        )
+        assert [(i, e.name, e.size) for i, e in now] == [(2, "bb", 6), (3, "c", 1), (4, "d", 7)]
+        assert [e.name for e in await names.listdir("dir")] == ["aa", "c", "d"]  # a new read
+    finally:
+        await cloud.close()
+
+
 async def test_forgetting_a_directory_forgets_all_below_it_and_nothing_beside_it(
     tmp_path: Path,
 ) -> None:

@@ -702,6 +702,44 @@ def test_a_directory_read_in_pages_keeps_to_one_listing_past_the_metadata_ttl(
     assert sorted(later) == sorted(names + [f"added-{index:02d}" for index in range(50)])
 
 
+def test_a_directory_emptied_while_it_is_read_loses_every_entry(mount_factory: object) -> None:
+    """`rm -rf` and `find -delete` read a directory and remove what each page gave before
+    asking for the next: every file goes, each seen once. (The pages were positions in
+    the listing the removals shrank: 1558 of 3000 went, the rest were never seen.)"""
+    mount, names = mount_with_big_folder(mount_factory, 3000)
+    seen = []
+    with os.scandir(mount.path / "big") as entries:
+        for entry in entries:
+            seen.append(entry.name)
+            os.unlink(entry.path)
+    assert seen == names
+    assert os.listdir(mount.path / "big") == []
+
+
+def test_a_directory_listed_anew_under_a_read_of_it_skips_and_repeats_nothing(
+    mount_factory: object,
+) -> None:
+    """A read of a directory part-way through when another writer removes names before
+    where it is and adds others, and a lookup there past the metadata TTL lists it anew:
+    the rest of the read gives every name neither removed nor added exactly once. (Its
+    next page went on from its position in the new listing: 150 names were skipped.)"""
+    mount, names = mount_with_big_folder(mount_factory, 3000, metadata_ttl="0.1s")
+    bucket = Path(mount.flags["local_root"]) / "big"
+    removed, added = set(names[:200]), {f"added-{index:02d}" for index in range(50)}
+    with os.scandir(mount.path / "big") as entries:
+        seen = [next(entries).name for _ in range(500)]
+        for name in removed:
+            (bucket / name).unlink()
+        for name in added:
+            (bucket / name).write_bytes(b"")
+        time.sleep(0.3)
+        assert os.stat(mount.path / "big" / names[-1]).st_size == 0  # lists it anew
+        assert not os.path.exists(mount.path / "big" / names[0])
+        seen += [entry.name for entry in entries]
+    kept = [name for name in seen if name not in removed | added]
+    assert kept == names[200:]
+
+
 def test_concurrent_readers_and_writers(mounted: Mount) -> None:
     payload = {f"w{index}": os.urandom(2**20 + index) for index in range(8)}
 

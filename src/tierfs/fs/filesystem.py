@@ -211,34 +211,44 @@ class Filesystem:
         parent = self.inodes.find(split(directory.path)[0]) if directory.path else directory
         return directory, parent or directory
 
-    async def listdir(self, handle: int, start: int = 0) -> Iterator[tuple[Node, Entry]]:
+    async def listdir(self, handle: int, start: int = 0) -> Iterator[tuple[int, Node, Entry]]:
         """The directory's entries sorted by name, from the `start`-th on, each with its
-        node (made if new) as it is taken: a readdir that stops when its buffer is full
-        makes no nodes past it (a page of a 10,000-entry directory made them all).
+        position and its node (made if new) as it is taken: a readdir that stops when its
+        buffer is full makes no nodes past it (a page of a 10,000-entry directory made them
+        all).
 
-        The pages after the first (`start` 0, or a rewind) take the listing the first one
-        did, or a later one, even past the metadata TTL: a directory too large to page
-        through within the TTL was listed again from the bucket for every page (50,000
-        entries took minutes)."""
+        The positions are those of the entries as the handle's first page (`start` 0, or a
+        rewind) took them (`Snapshot`), kept by its later pages whatever the directory does
+        meanwhile and even past the metadata TTL: a page after the first never skips or
+        repeats a name that was there all along. An entry removed since is left out, the
+        others come as they are now; a name added since shows in the next read. (A
+        directory too large to page through within the TTL was listed again from the
+        bucket for every page: 50,000 entries took minutes.)"""
         opened = self._dir_handle(handle)
         path = opened.node.path
-        since = None if start == 0 else opened.listed_at
-        entries = await self._entries(path, start, listed_since=since)
-        opened.listed_at = self.names.listed_at(path)
-        return self._with_nodes(path, entries)
+        unsaved = self._unsaved(path)
+        if start == 0 or opened.taken is None:
+            opened.taken = await self.names.snapshot(path, unsaved)
+            taken: Iterable[tuple[int, Entry]] = enumerate(opened.taken.entries_from(start), start)
+        else:
+            taken = self.names.as_now(
+                path, enumerate(opened.taken.entries_from(start), start), unsaved
+            )
+        return self._with_nodes(path, taken)
 
-    async def _entries(
-        self, path: str, start: int = 0, listed_since: float | None = None
-    ) -> Iterator[Entry]:
-        """The entries of directory `path` from the `start`-th on (`Namespace.listdir`),
-        with the files created here that are open and not in the bucket yet (being
-        written)."""
-        unsaved = [
+    def _unsaved(self, path: str) -> list[Entry]:
+        """The files created here in directory `path` that are open and not in the bucket
+        yet (being written)."""
+        return [
             Entry(split(file.node.path)[1], False, file.node.size, file.node.mtime_ns, "")
             for file in self._open.values()
             if not file.node.version and not file.unlinked and split(file.node.path)[0] == path
         ]
-        return await self.names.listdir(path, unsaved, start, listed_since)
+
+    async def _entries(self, path: str) -> Iterator[Entry]:
+        """The entries of directory `path` (`Namespace.listdir`), with the files created
+        here that are open and not in the bucket yet (being written)."""
+        return await self.names.listdir(path, self._unsaved(path))
 
     async def _is_empty(self, path: str) -> bool:
         """No entry in directory `path`, or only bucket prefixes with no key below them any
@@ -253,10 +263,12 @@ class Filesystem:
             return False
         return not prefixes or not await self.names.has_keys_below(path)
 
-    def _with_nodes(self, parent: str, entries: Iterable[Entry]) -> Iterator[tuple[Node, Entry]]:
-        for entry in entries:
+    def _with_nodes(
+        self, parent: str, entries: Iterable[tuple[int, Entry]]
+    ) -> Iterator[tuple[int, Node, Entry]]:
+        for index, entry in entries:
             child = self.inodes.ensure(join(parent, entry.name), entry.is_dir, entry.is_link)
-            yield self._apply(child, entry), entry
+            yield index, self._apply(child, entry), entry
 
     async def mkdir(self, parent_inode: int, name: str, mode: int | None = None) -> Node:
         """A new directory; `mode` (None: the mount's default) holds on this mount, as a

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tierfs.chunks import ObjectRef
 from tierfs.fs.early_upload import EarlyUpload
+from tierfs.fs.metadata import Snapshot
 from tierfs.fs.nodes import Node
 from tierfs.fs.streaming import StreamingUpload
 from tierfs.prefetch import SequentialReader
@@ -68,11 +69,11 @@ class Handle:
 
 @dataclass(eq=False)
 class DirHandle:
-    """One opendir(): the directory, and when the listing its readdir pages come from was
-    fetched (None until its first page)."""
+    """One opendir(): the directory, and the entries its readdir pages come from, as its
+    first page (or the last rewind) took them (None until then)."""
 
     node: Node
-    listed_at: float | None = None
+    taken: Snapshot | None = None
 
 
 class Staging:

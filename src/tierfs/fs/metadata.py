@@ -68,8 +68,9 @@ class _Listing:
     _in_order: list[Entry] | None = field(default=None, init=False, repr=False)
 
     def in_order(self) -> list[Entry]:
-        """The entries sorted by name, sorted once until they change (each readdir page of
-        a directory asks for them)."""
+        """The entries sorted by name, sorted once until they change (each read of the
+        directory asks for them). The list is never changed after: a change makes a new
+        one, so a read keeps the one it took (`Snapshot`)."""
         if self._in_order is None:
             self._in_order = [self.entries[name] for name in sorted(self.entries)]
         return self._in_order
@@ -260,37 +261,47 @@ class Namespace:
         return False
 
     async def listdir(
-        self,
-        path: str,
-        unsaved: Iterable[Entry] = (),
-        start: int = 0,
-        listed_since: float | None = None,
+        self, path: str, unsaved: Iterable[Entry] = (), start: int = 0
     ) -> Iterator[Entry]:
-        """The entries of directory `path` sorted by name, from the `start`-th on; cached
-        for the TTL (or, given `listed_since`, while the cached listing was fetched at or
-        after it): the bucket's, the directories made here, and `unsaved` (files of this
-        mount the bucket does not have yet), each unless the bucket lists it. A readdir
-        page of a large directory costs the page, not the directory."""
+        """The entries of directory `path` sorted by name, from the `start`-th on
+        (`snapshot`)."""
+        return (await self.snapshot(path, unsaved)).entries_from(start)
+
+    async def snapshot(self, path: str, unsaved: Iterable[Entry] = ()) -> Snapshot:
+        """The entries of directory `path` as they are now, cached for the TTL: the
+        bucket's, the directories made here, and `unsaved` (files of this mount the bucket
+        does not have yet), each unless the bucket lists it. Costs no copy of a cached
+        listing."""
         listing = self._listings.get(path)
         if listing is None:
             listing = await self._list(path)
-        elif not (
-            self._fresh(listing.fetched)
-            or (listed_since is not None and listing.fetched >= listed_since)
-        ):
+        elif not self._fresh(listing.fetched):
             listing = await self._or_stale(partial(self._list, path), listing, path)
         local = {entry.name: entry for entry in unsaved if entry.name not in listing.entries}
-        return _merged_from(listing.in_order(), [local[name] for name in sorted(local)], start)
+        return Snapshot(listing.in_order(), [local[name] for name in sorted(local)])
+
+    def as_now(
+        self, path: str, taken: Iterable[tuple[int, Entry]], unsaved: Iterable[Entry] = ()
+    ) -> Iterator[tuple[int, Entry]]:
+        """`taken`, entries of directory `path` from a `Snapshot` (with their positions),
+        as the cached listing (or `unsaved`) has them now: each at its latest size and
+        version, and left out once removed. No fetch: an entry costs a dict lookup. Without
+        a cached listing, as taken."""
+        listing = self._listings.get(path)
+        if listing is None:
+            yield from taken
+            return
+        now = listing.entries
+        local = {entry.name: entry for entry in unsaved}
+        for index, entry in taken:
+            current = now.get(entry.name) or local.get(entry.name)
+            if current is not None:
+                yield index, current
 
     def hides_keys(self, path: str) -> bool:
         """Whether the cached listing of `path` left out keys that no path can name."""
         listing = self._listings.get(path)
         return listing is not None and listing.hides_keys
-
-    def listed_at(self, path: str) -> float | None:
-        """When the cached listing of `path` was fetched (`time.monotonic()`), if any."""
-        listing = self._listings.get(path)
-        return None if listing is None else listing.fetched
 
     async def _list(self, path: str) -> _Listing:
         """A fresh listing of `path`, shared by everyone who asks while it is fetched."""
@@ -392,6 +403,22 @@ class Namespace:
 
 def _name(entry: Entry) -> str:
     return entry.name
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A directory's entries as one read of it took them, never changed after: the
+    positions its readdir pages give the kernel stay where they were whatever the
+    directory does meanwhile (they were positions in the cached listing, which this
+    mount's changes edit: `rm -rf` of 3000 files, removing what each page gave, never saw
+    1442 of them)."""
+
+    listed: list[Entry]  # the cached listing's `in_order()`: shared, never copied
+    local: list[Entry]  # sorted; none named in `listed`
+
+    def entries_from(self, start: int) -> Iterator[Entry]:
+        """The `start`-th entry on, without walking the ones before it."""
+        return _merged_from(self.listed, self.local, start)
 
 
 def _merged_from(listed: list[Entry], local: list[Entry], start: int) -> Iterator[Entry]:

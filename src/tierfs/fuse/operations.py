@@ -173,19 +173,18 @@ class Operations(pyfuse3.Operations):
 
     @_errno
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: Token) -> None:
-        # start_id is the index of the next entry: `.` and `..` (which take no lookup),
-        # then the listing. Listings are sorted, and the handle's pages keep to the listing
-        # its first page took (changes this mount makes show in it); a name added or
-        # removed between pages may repeat or skip another, as on NFS.
+        # start_id is the position of the next entry: `.` and `..` (which take no lookup),
+        # then the entries as the handle's first page took them (`Filesystem.listdir`): a
+        # name added or removed between pages never makes another skip or come twice.
         dots = self.fs.dot_entries(fh)
         for index in range(start_id, len(dots)):
             if not pyfuse3.readdir_reply(token, DOTS[index], self._attr(dots[index]), index + 1):
                 return
         start = max(start_id, len(dots))
         listed = await self.fs.listdir(fh, start - len(dots))
-        for index, (node, _) in enumerate(listed, start):
+        for index, node, _ in listed:
             name = os.fsencode(node.path.rpartition("/")[2])
-            if not pyfuse3.readdir_reply(token, name, self._attr(node), index + 1):
+            if not pyfuse3.readdir_reply(token, name, self._attr(node), len(dots) + index + 1):
                 self.fs.inodes.forget(node.inode, 0)
                 return
             node.lookups += 1
