@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from cloud_targets import settings_for
+from cloud_targets import server_for, settings_for
 from relay import relay_in_front_of
 from tierfs.cloud.providers import open_store, s3_store
 from tierfs.errors import CloudError
@@ -90,6 +90,34 @@ async def test_a_range_answered_with_the_whole_object_is_asked_again(
         piece = await store.get_range("whole/answer.bin", 1000, 4096, meta.version)
         assert relay.rewrites_pending == 0  # the server did see a request without its range
         assert piece == body[1000:5096]
+    finally:
+        await store.close()
+        relay.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "azure"])
+async def test_a_read_broken_once_is_retried_whatever_its_key_says(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A range past the end is told from the store's answer (416, or obstore's own check),
+    not from words of the error's text: a key that holds "range" or "416" (in its URL)
+    broken once was a "range refused" (EIO), not a retry."""
+    server = server_for(request, provider)
+    settings = settings_for(provider, server, tmp_path, timeout=DEADLINE)
+    field = "s3_endpoint" if provider.startswith("s3") else "azure_endpoint"
+    relay, relayed = relay_in_front_of(getattr(settings, field))
+    store = open_store(settings.model_copy(update={field: relayed}))
+    try:
+        for key in ("orange.txt", "n01440764_10416.JPEG"):
+            version = (await store.put(key, b"0123456789" * 10)).version
+            relay.hold(f"/{key} HTTP/1.1".encode())  # its GET: the connection broken
+            read = asyncio.create_task(store.get_range(key, 10, 20, version))
+            await asyncio.to_thread(relay.wait_until_held)
+            relay.cut()
+            relay.restore()
+            assert await read == b"0123456789" * 2
+            assert await store.get_range(key, 100, 10, version) == b""  # past the end
     finally:
         await store.close()
         relay.stop()
