@@ -326,6 +326,22 @@ async def test_a_bucket_that_does_not_exist_is_said_so(
         await cloud.close()
 
 
+async def test_an_azure_folder_marker_in_no_container_is_said_so(
+    azurite: servers.AzureServer, tmp_path: Path
+) -> None:
+    """A marker is sent without obstore: a container that is not there is
+    BucketNotFoundError, not the success of a DELETE of no marker (mkdir wrote nothing)."""
+    settings = settings_for("azure", azurite, tmp_path)
+    cloud = open_store(settings.model_copy(update={"azure_container": "no-such"}))
+    try:
+        with pytest.raises(BucketNotFoundError, match="no such bucket"):
+            await cloud.put_marker("folder")
+        with pytest.raises(BucketNotFoundError, match="no such bucket"):
+            await cloud.delete_marker("folder")
+    finally:
+        await cloud.close()
+
+
 async def test_a_streamed_put_stores_its_parts_in_order(store: CloudStore) -> None:
     pieces = [os.urandom(size) for size in (1, 3 * 2**20, 2**20 - 7, 9 * 2**20, 4096, 5 * 2**20)]
     consumed = 0

@@ -196,9 +196,12 @@ class AzureBlobCloud(ObjstoreCloud):
         headers = {"x-ms-blob-type": "BlockBlob"} if method == "PUT" else {}
 
         async def send() -> None:
-            with contextlib.suppress(ObjectNotFoundError):  # a DELETE of no marker: done
+            try:
                 async with self._request(method, marker, headers):
                     pass
+            except ObjectNotFoundError:  # a DELETE of no marker: done
+                if method != "DELETE":
+                    raise
 
         await self._call(method, marker, send)
 

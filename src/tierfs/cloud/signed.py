@@ -11,6 +11,7 @@ from yarl import URL
 
 from tierfs.errors import (
     AccessDeniedError,
+    BucketNotFoundError,
     CloudError,
     ObjectNotFoundError,
     TransientCloudError,
@@ -52,6 +53,8 @@ class SignedRequests:
     def _failure(self, response: aiohttp.ClientResponse, key: str) -> CloudError:
         status, what = response.status, f"{self.url}/{key}"
         detail = response.headers.get("x-ms-error-code") or response.reason or ""
+        if status == 404 and detail == "ContainerNotFound":  # Azure's; not the blob
+            return BucketNotFoundError(f"{self.url}: no such bucket")
         if status == 404:
             return ObjectNotFoundError(f"{what}: no such object")
         if status == 412:  # a condition on the object's version
