@@ -32,7 +32,9 @@ from tierfs.errors import (
     AccessDeniedError,
     BucketNotFoundError,
     CloudError,
+    EntryExistsError,
     InvalidKeyError,
+    NotDirectoryError,
     ObjectNotFoundError,
     UnsupportedUploadError,
     VersionChangedError,
@@ -283,6 +285,21 @@ async def test_a_folder_marker_keeps_an_empty_folder(store: CloudStore) -> None:
     after = await store.list_all("m/")
     assert after.prefixes == []
     assert sorted(meta.key for meta in after.objects) == ["m/empty", "m/file"]
+
+
+async def test_a_local_folder_marker_where_a_file_is_says_which(tmp_path: Path) -> None:
+    """A file at the folder's name, or at a folder's above it, is EEXIST or ENOTDIR (as
+    mkdir's), not an OSError the mount answers with EIO and logs as unexpected."""
+    store = open_store(settings_for("local", None, tmp_path))
+    try:
+        await store.put("file", b"x")
+        with pytest.raises(EntryExistsError):
+            await store.put_marker("file")
+        with pytest.raises(NotDirectoryError):
+            await store.put_marker("file/sub")
+        assert (await store.list_all("")).objects[0].key == "file"
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("provider", AUTHENTICATING)

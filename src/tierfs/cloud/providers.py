@@ -20,7 +20,14 @@ from tierfs.cloud.base import LIST_PAGE_SIZE, CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.objstore import NO_RETRIES, ObjstoreCloud, client_options
 from tierfs.cloud.s3 import S3Cloud, S3Keys
 from tierfs.cloud.s3_region import DEFAULT_REGION, check_given_region, find_region
-from tierfs.errors import BucketNotFoundError, CloudError, ConfigError, InvalidKeyError
+from tierfs.errors import (
+    BucketNotFoundError,
+    CloudError,
+    ConfigError,
+    EntryExistsError,
+    InvalidKeyError,
+    NotDirectoryError,
+)
 from tierfs.settings import ClientSettings
 
 GCS_INTEROP_ENDPOINT = "https://storage.googleapis.com"
@@ -214,8 +221,15 @@ class LocalDirectoryCloud(ObjstoreCloud):
         self._root = Path(root)
 
     async def put_marker(self, prefix: str) -> None:
+        """A file at the folder's name is EntryExistsError, at a folder's above it
+        NotDirectoryError: mkdir's EEXIST and ENOTDIR, where a bucket takes both keys."""
         self.check_key(prefix)
-        await asyncio.to_thread(_make_marked_folder, self._root / prefix)
+        try:
+            await asyncio.to_thread(_make_marked_folder, self._root / prefix)
+        except FileExistsError:
+            raise EntryExistsError(f"{self.url}/{prefix}: a file of that name") from None
+        except NotADirectoryError:
+            raise NotDirectoryError(f"{self.url}/{prefix}: a file above it") from None
 
     async def delete_marker(self, prefix: str) -> None:
         """The directory goes if it is empty, and the unmarked ones it leaves empty."""
