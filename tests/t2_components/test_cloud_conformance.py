@@ -552,6 +552,37 @@ async def test_a_listing_made_without_obstore_is_obstores(
         await store.close()
 
 
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("provider", ["azure", "local"])
+async def test_a_key_the_store_refuses_is_left_out_of_every_listing(
+    request: pytest.FixtureRequest, provider: str, tmp_path: Path
+) -> None:
+    """A key obstore can name but `check_key` refuses, put there by another tool (Azure: over
+    1024 bytes in UTF-8, within its 1024 characters; local: a name of 251 to 255 bytes),
+    is not listed: it could not be read (EINVAL). A level listed by obstore was showing it."""
+    server = server_for(request, provider)
+    settings = settings_for(provider, server, tmp_path)
+    store = open_store(settings)
+    unreadable = "refused/" + ("é" * 520 if provider == "azure" else "n" * 252)
+    try:
+        await store.put("refused/ok", b"ok")
+        if isinstance(server, servers.AzureServer):
+            with server.service_client() as client:
+                blob = client.get_blob_client(settings.azure_container, unreadable)
+                await asyncio.to_thread(blob.upload_blob, b"by another tool")
+        else:
+            assert settings.local_root is not None
+            (settings.local_root / unreadable).write_bytes(b"by another tool")
+        with pytest.raises(InvalidKeyError):
+            store.check_key(unreadable)
+        for delimiter in (True, False):
+            listed = await store.list_all("refused/", delimiter)
+            assert [meta.key for meta in listed.objects] == ["refused/ok"], delimiter
+            assert listed.hidden == 1
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("size", [5000, MULTIPART_THRESHOLD + 1])
 async def test_a_copy_tells_its_version(store: CloudStore, size: int) -> None:
     """A rename reads its file on at the version of the copy it made, which `copy` tells

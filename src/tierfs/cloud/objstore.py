@@ -302,7 +302,7 @@ class ObjstoreCloud(CloudStore):
         self, prefix: str = "", delimiter: bool = True, page_size: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[ListPage]:
         """A folder's level through obstore; a whole tree, or a level obstore cannot list,
-        through `_own_listing`, less the keys no path can name (`named_only`)."""
+        through `_own_listing`; either less the keys no path can name (`named_only`)."""
         if prefix:
             self.check_key(prefix.removesuffix("/"))
         if delimiter:
@@ -314,12 +314,12 @@ class ObjstoreCloud(CloudStore):
             except UnnamableKeyError:
                 pass
             else:
-                # Not named_only: obstore's paths name every object (a check of each would
-                # cost `ls` ~2 us an entry); only a prefix may be none ("/" of "/a").
+                # named_only too: obstore names keys this store refuses (Azure: over 1024
+                # bytes within 1024 characters; local: a name over `name_max`), which no
+                # read could take (EINVAL); and a prefix may be none ("/" of "/a").
                 prefixes = [p if p.endswith("/") else p + "/" for p in listing["common_prefixes"]]
-                shown = [p for p in prefixes if self.shows(p)]
                 objects = [self._listed(m) for m in listing["objects"]]
-                yield ListPage(objects, shown, len(prefixes) - len(shown))
+                yield self.named_only(ListPage(objects, prefixes))
                 return
         async for page in self._own_listing(prefix, delimiter, page_size):
             yield self.named_only(page)
