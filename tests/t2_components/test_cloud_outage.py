@@ -14,8 +14,9 @@ import pytest
 import servers
 from cloud_targets import server_for, settings_for
 from relay import relay_in_front_of
+from tierfs.cloud.base import ABSENT, CloudStore
 from tierfs.cloud.providers import open_store, s3_store
-from tierfs.errors import CloudError
+from tierfs.errors import CloudError, ObjectNotFoundError, VersionChangedError
 
 DEADLINE = 3.0
 STARTERS: dict[str, tuple[str, Callable[[Path], object]]] = {
@@ -121,3 +122,46 @@ async def test_a_read_broken_once_is_retried_whatever_its_key_says(
     finally:
         await store.close()
         relay.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "azure"])
+async def test_a_conditional_put_whose_answer_was_lost_is_its_own(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A put with `expect` (create only, or over a version) that landed, its answer lost on
+    a broken connection, is asked again and refused (412): the object holds its body (size
+    and MD5), so it succeeded, not "changed since" (a late upload's false conflict)."""
+    server = server_for(request, provider)
+    settings = settings_for(provider, server, tmp_path, timeout=10.0)
+    field = "s3_endpoint" if provider.startswith("s3") else "azure_endpoint"
+    relay, relayed = relay_in_front_of(getattr(settings, field))
+    store = open_store(settings.model_copy(update={field: relayed}))
+    direct = open_store(settings)
+    try:
+        expect = ABSENT
+        for body in (b"first", b"second, over the first"):
+            relay.mute()
+            put = asyncio.create_task(store.put("lost.txt", body, expect=expect))
+            while (seen := await _size_of(direct, "lost.txt")) != len(body):
+                await asyncio.sleep(0.02)  # until the server has done it
+            relay.cut()  # the answer never came: the connection breaks
+            relay.restore()
+            meta = await put
+            head = await direct.head("lost.txt")
+            assert (meta.version, seen) == (head.version, head.size)
+            assert await direct.get_range("lost.txt", 0, 100, head.version) == body
+            expect = head.version
+        with pytest.raises(VersionChangedError):  # a conflict that is there still is one
+            await store.put("lost.txt", b"stale", expect=ABSENT)
+    finally:
+        await store.close()
+        await direct.close()
+        relay.stop()
+
+
+async def _size_of(store: CloudStore, key: str) -> int | None:
+    try:
+        return (await store.head(key)).size
+    except ObjectNotFoundError:
+        return None

@@ -92,6 +92,14 @@ class AzureBlobCloud(ObjstoreCloud):
         listed = super()._listed(meta)
         return replace(listed, version=_quoted(listed.version))
 
+    async def _stored_md5(self, key: str, meta: ObjectMeta) -> bytes | None:
+        """Azure's Content-MD5, which Put Blob stores (its ETag is no digest)."""
+        async with self._request("HEAD", key) as response:
+            if _quoted(response.headers.get("ETag", "")) != meta.version:
+                return None  # written again meanwhile
+            digest = response.headers.get("Content-MD5")
+        return base64.b64decode(digest) if digest else None
+
     def check_key(self, key: str) -> str:
         if "\\" in key:
             raise InvalidKeyError(f"invalid object key {key!r}: Azure reads a backslash as '/'")

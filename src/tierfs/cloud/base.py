@@ -155,7 +155,9 @@ class CloudStore(abc.ABC):
         none), else raise VersionChangedError and change nothing. Where `checks_puts`,
         a put up to MULTIPART_THRESHOLD checks it in the same request; otherwise a HEAD
         just before the put does (`_check_expected`), and a put by another client in
-        between is overwritten.
+        between is overwritten. A checked request sent again (its answer lost) and
+        refused is no conflict if the object holds `body` (size and MD5): it was this
+        put's first request, or the same bytes.
         """
 
     #: Whether `put` checks `expect` in its own request (for bodies that go up whole).

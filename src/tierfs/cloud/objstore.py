@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
+import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -73,6 +75,7 @@ _NOT_PARTIAL_TEXT = "non-partial response"
 # tab; a local file's name not UTF-8): it fails the whole listing. A folder's level is
 # then listed without obstore (`_own_listing`), as a whole tree always is.
 _LISTED_NO_KEY_TEXT = "Encountered object with invalid path"
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
 
 
 def client_options(timeout: float, allow_http: bool) -> dict[str, Any]:
@@ -213,22 +216,53 @@ class ObjstoreCloud(CloudStore):
         elif expect is not None:  # LocalStore, or a multipart upload: neither takes one
             await self._check_expected(key, expect)
 
+        tries = 0
+
         async def upload() -> ObjectMeta:
-            result = await obstore.put_async(
-                self._store,
-                key,
-                body,
-                mode=mode,
-                use_multipart=size > MULTIPART_THRESHOLD,
-                chunk_size=part,
-                max_concurrency=max(1, PART_BUFFERS // part),
-            )
+            nonlocal tries
+            tries += 1
+            try:
+                result = await obstore.put_async(
+                    self._store,
+                    key,
+                    body,
+                    mode=mode,
+                    use_multipart=size > MULTIPART_THRESHOLD,
+                    chunk_size=part,
+                    max_concurrency=max(1, PART_BUFFERS // part),
+                )
+            except (obx.PreconditionError, obx.AlreadyExistsError):
+                # A retry refused: the try before it may have landed, its answer lost. If
+                # the object holds this body, it is this put's (or the same bytes).
+                landed = await self._holding(key, body, size) if tries > 1 else None
+                if landed is None:
+                    raise
+                return landed
             version = result["e_tag"] or result["version"]
             if version is None:  # no store used here omits both; be safe rather than wrong
                 return _meta(await obstore.head_async(self._store, key))
             return ObjectMeta(key, size, version, datetime.now(UTC))
 
         return await self._call("PUT", key, upload, bounded=size <= MULTIPART_THRESHOLD)
+
+    async def _holding(self, key: str, body: bytes | Path, size: int) -> ObjectMeta | None:
+        """The object at `key` if it holds `body` (its size and MD5 say so), else None."""
+        try:
+            meta = _meta(await obstore.head_async(self._store, key))
+        except obx.NotFoundError:
+            return None
+        if meta.size != size:
+            return None
+        stored = await self._stored_md5(key, meta)
+        if stored is None or stored != await asyncio.to_thread(_md5, body):
+            return None
+        return meta
+
+    async def _stored_md5(self, key: str, meta: ObjectMeta) -> bytes | None:
+        """The MD5 of the object `meta` tells, None if it tells none: S3's ETag is one for
+        an object put whole (with KMS encryption it is another, which matches no body)."""
+        etag = meta.version.strip('"')
+        return bytes.fromhex(etag) if _MD5_HEX.fullmatch(etag) else None
 
     async def put_stream(
         self, key: str, parts: AsyncIterator[bytes], size: int | None = None
@@ -375,6 +409,11 @@ def listing_xml(body: bytes) -> ElementTree.Element:
 def _meta(meta: Any) -> ObjectMeta:
     version = meta["e_tag"] or meta["version"] or ""
     return ObjectMeta(meta["path"], meta["size"], version, meta["last_modified"])
+
+
+def _md5(body: bytes | Path) -> bytes:
+    data = body if isinstance(body, bytes) else body.read_bytes()  # 16 MiB at most
+    return hashlib.md5(data, usedforsecurity=False).digest()
 
 
 def _first_line(exc: Exception) -> str:
