@@ -1,6 +1,6 @@
 """The filesystem's uploads beside the files it is writing, on the local provider: the
-background recovery of what a previous run left unsent, and the tier-1 copy of a version
-uploaded while its file stays open."""
+background recovery of what a previous run left unsent, the tier-1 copy of a version
+uploaded while its file stays open, and what is kept of the files opened."""
 
 from __future__ import annotations
 
@@ -161,3 +161,30 @@ async def test_the_tier_1_copy_of_an_fsynced_version_holds_only_its_bytes(
     await fs.release(handle.fh)
     last = b"B" if written_after else b"A"
     assert await read(node.cloud, "db.bin") == b"A" * 2 * CHUNK + last * CHUNK
+
+
+async def test_what_is_kept_of_each_opened_file_goes_when_the_kernel_forgets_it(
+    node: Node,
+) -> None:
+    """The version of each file at its last open (keep_cache's) is kept while the kernel
+    keeps the inode, not after: before 2026-12-06 a mount that opened millions of files
+    kept one for each, for good."""
+    fs = await node.mount()
+    for number in range(50):
+        await node.cloud.put(f"f{number}", b"bytes")
+    inodes = []
+    for number in range(50):
+        opened = await fs.lookup(ROOT, f"f{number}")
+        opened.lookups += 1  # as the adapter answers the kernel
+        handle, _ = await fs.open(opened.inode, writable=False, truncate=False)
+        await fs.release(handle.fh)
+        inodes.append(opened.inode)
+    assert len(fs._last_versions) == 50
+    kept = await fs.lookup(ROOT, "f0")
+    handle, keep_cache = await fs.open(kept.inode, writable=False, truncate=False)
+    assert keep_cache
+    for inode in inodes:
+        fs.inodes.forget(inode, 1)  # as the kernel does under memory pressure
+    assert len(fs._last_versions) == 1  # f0's: a handle still holds it
+    await fs.release(handle.fh)
+    assert fs._last_versions == {}

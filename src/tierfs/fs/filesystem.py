@@ -103,14 +103,16 @@ class Filesystem:
         self.ownership = ownership
         self.page_cache = page_cache
         self._page_fills: set[asyncio.Task[None]] = set()  # chunks put there from tier 1
-        self.inodes = InodeTable()
+        # The version each inode had at its last open, while the kernel keeps the inode:
+        # keep_cache only for that one (a forgotten inode's pages are gone with it).
+        self._last_versions: dict[int, str] = {}
+        self.inodes = InodeTable(on_drop=lambda inode: self._last_versions.pop(inode, None))
         self.names = Namespace(cloud, metadata_ttl)
         self.path_locks = PathLocks()
         self._open: dict[int, OpenFile] = {}  # by inode
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
-        self._last_versions: dict[int, str] = {}  # inode -> version at its last open
         self._retries: asyncio.Task[None] | None = None
 
     # -- names ------------------------------------------------------------------------

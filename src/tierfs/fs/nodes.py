@@ -8,6 +8,7 @@ The kernel holds lookup counts; an entry leaves the table when its count falls t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tierfs.errors import StaleHandleError
@@ -47,9 +48,11 @@ class Node:
 
 
 class InodeTable:
-    """Inodes by number and by path; the root is always there."""
+    """Inodes by number and by path; the root is always there. `on_drop(inode)` is called
+    when an inode leaves the table, for what is kept beside it."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_drop: Callable[[int], object] = lambda inode: None) -> None:
+        self._on_drop = on_drop
         root = Node(ROOT_INODE, "", is_dir=True, lookups=1)
         self._by_inode: dict[int, Node] = {ROOT_INODE: root}
         self._by_path: dict[str, Node] = {"": root}
@@ -115,6 +118,7 @@ class InodeTable:
 
     def _drop_if_unused(self, node: Node) -> None:
         if node.lookups == 0 and node.open_count == 0:
-            self._by_inode.pop(node.inode, None)
+            if self._by_inode.pop(node.inode, None) is not None:
+                self._on_drop(node.inode)
             if self._by_path.get(node.path) is node:
                 del self._by_path[node.path]
