@@ -25,6 +25,7 @@ from cloud_targets import server_for
 from mounts import Mount, cloud_bytes, cloud_of, cloud_put, node_address, warm
 from pagecache import evict
 from tierfs.cloud.base import ObjectMeta
+from trees import bucket_tree, tree
 
 
 def test_objects_are_files_and_prefixes_directories(mounted: Mount) -> None:
@@ -234,6 +235,27 @@ def test_errors_users_expect(mount_factory: object, action: object, expected: in
     assert sorted(os.listdir(mount.path)) == ["dir", "file"]  # nothing half made
     assert sorted(os.listdir(mount.path / "dir")) == ["inside"]
     assert cloud_bytes(mount, "file") == b"x"
+
+
+def test_a_folder_rename_that_would_take_a_key_past_the_limit_moves_nothing(
+    mount_factory: object,
+) -> None:
+    """A folder whose deepest key would be over 1024 bytes under its new name: the
+    rename fails with ENAMETOOLONG before anything is copied. Before 2026-12-06 it failed
+    with EINVAL at that key, half the tree copied."""
+    mount = mount_factory("local")  # type: ignore[operator]
+    deep = Path("d", *["s" * 200] * 4)  # "d/" and 4 folders of 200: 806 bytes of key
+    os.makedirs(mount.path / deep)
+    (mount.path / "d/top").write_bytes(b"top")
+    (mount.path / deep / ("f" * 218)).write_bytes(b"deep")  # a key of 1024 bytes
+    before = bucket_tree(mount, "d")
+    with pytest.raises(OSError) as failed:
+        os.rename(mount.path / "d", mount.path / "longer")
+    assert failed.value.errno == errno.ENAMETOOLONG
+    assert bucket_tree(mount, "longer") == {}
+    assert bucket_tree(mount, "d") == before
+    assert tree(mount.path / "d") == before
+    assert not (mount.path / "longer").exists()
 
 
 # Keys another tool put that no path can name, each as far as that server keeps it

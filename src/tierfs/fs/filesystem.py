@@ -474,6 +474,8 @@ class Filesystem:
         # The folder's own marker too, listed or not: the moved folder has one, the old
         # name none.
         markers = sorted({*markers_below, old})
+        for path in [*(meta.key for meta in below), *markers]:
+            self._check_moved(path, new + path[len(old) :])
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
         copies: dict[str, tuple[str, str]] = {}  # by source: its version listed, its copy's
@@ -495,6 +497,14 @@ class Filesystem:
         self.names.forget_subtree(new)
         self.names.note(old, None)
         self.names.note(new, Entry(split(new)[1], True))
+
+    def _check_moved(self, path: str, moved: str) -> None:
+        """`path`'s key in a folder being moved can go to `moved`, checked before the first
+        copy: a deep key past the store's limit failed the move half way (EINVAL, half the
+        tree copied)."""
+        if len(moved.encode()) > KEY_MAX:
+            raise NameTooLongError(f"{path}: moved, a key of {len(moved.encode())} bytes")
+        self.cloud.check_key(moved)
 
     def _follow_copies(self, copies: dict[str, tuple[str, str]]) -> None:
         """The open files a folder move copied (`copies`: by path, the version copied and
