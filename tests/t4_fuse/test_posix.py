@@ -343,6 +343,33 @@ def test_keys_no_file_name_can_stand_for_are_left_out_and_said_once(
         assert sum(f"{listed!r} is not shown" in line for line in said) == 1, (listed, said)
 
 
+@pytest.mark.warnings_expected
+def test_link_keys_no_link_can_be_named_by_are_left_out_and_said_once(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """The keys of links that would be named ".", ".." or "" (put by another tool) are
+    left out of their folder's listing, as keys no name can stand for are. Before
+    2026-12-06 `ls -a` showed `.` and `..` twice (their nodes never forgotten) and a file
+    `.tierfs-symlink` that no lookup found (ENOENT)."""
+    mount = mount_factory("local")
+    nameless = [f"h/{dots}.tierfs-symlink" for dots in ("", ".", "..")]
+    for key in [*nameless, "h/file"]:
+        cloud_put(mount, key, b"target")
+    for _ in range(2):
+        listed = subprocess.run(
+            ["ls", "-a", str(mount.path / "h")], capture_output=True, text=True, check=True
+        )
+        assert listed.stdout.split() == [".", "..", "file"]
+    assert (mount.path / "h/file").read_bytes() == b"target"
+    (mount.path / "h/file").unlink()
+    with pytest.raises(OSError) as failed:  # what is left it cannot show: not empty
+        os.rmdir(mount.path / "h")
+    assert failed.value.errno == errno.ENOTEMPTY
+    said = [line for line in mount.log.read_text().splitlines() if "is not shown" in line]
+    for key in nameless:
+        assert sum(f"{key!r} is not shown" in line for line in said) == 1, (key, said)
+
+
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
 def test_symbolic_links_are_kept_in_the_bucket(
     mount_factory: Callable[..., Mount], provider: str

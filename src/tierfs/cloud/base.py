@@ -117,6 +117,12 @@ class CloudStore(abc.ABC):
         """`can_name`, and the first time a listed key cannot be named, a WARNING."""
         if self.can_name(key):
             return True
+        self.not_shown(key)
+        return False
+
+    def not_shown(self, key: str) -> None:
+        """Log that a listed `key` is left out, as no file name can stand for it: a
+        WARNING, the first time."""
         if key not in _UNNAMABLE_LOGGED:
             if len(_UNNAMABLE_LOGGED) >= _UNNAMABLE_LOGGED_MOST:
                 _UNNAMABLE_LOGGED.clear()
@@ -127,7 +133,6 @@ class CloudStore(abc.ABC):
                 self.url,
                 key,
             )
-        return False
 
     @abc.abstractmethod
     async def head(self, key: str) -> ObjectMeta:

@@ -43,6 +43,8 @@ class Entry:
 # A symbolic link is the object of its name with this suffix, its target the body: a
 # listing shows it as such without asking for each object's metadata.
 LINK_SUFFIX = ".tierfs-symlink"
+# Links' objects whose link would be named "", "." or "..": no link can be.
+NAMELESS_LINKS = frozenset(dots + LINK_SUFFIX for dots in ("", ".", ".."))
 
 
 def file_entry(meta: ObjectMeta) -> Entry:
@@ -53,6 +55,13 @@ def file_entry(meta: ObjectMeta) -> Entry:
         name = name.removesuffix(LINK_SUFFIX)
     mtime_ns = int(meta.mtime.timestamp() * 1e9)
     return Entry(name, False, meta.size, mtime_ns, meta.version, is_link=is_link)
+
+
+def names_no_link(key: str) -> bool:
+    """Whether `key` is a link's object that no link can be named by: it would be "",
+    "." or ".." (another tool put it there). Listed as such, `..tierfs-symlink` came out
+    as a second `.`, and `.tierfs-symlink` as a file no lookup finds."""
+    return split(key)[1] in NAMELESS_LINKS
 
 
 def object_key(path: str, entry: Entry) -> str:
@@ -311,7 +320,12 @@ class Namespace:
         started = time.monotonic()
         page = await self.cloud.list_all(path + "/" if path else "", delimiter=True)
         entries: dict[str, Entry] = {}
+        hidden = page.hidden
         for meta in page.objects:
+            if names_no_link(meta.key):
+                self.cloud.not_shown(meta.key)
+                hidden += 1
+                continue
             entry = file_entry(meta)
             # A "dir/" marker (the S3 console's folders; SeaweedFS lists an emptied folder
             # so) comes back as the directory's own key: not an entry of it.
@@ -326,7 +340,7 @@ class Namespace:
         for name in names:
             if name not in ghosts:
                 entries[name] = Entry(name, True)
-        listing = _Listing(entries, started, page.hidden > 0)
+        listing = _Listing(entries, started, hidden > 0)
         # What this mount changed here while the bucket was listed stays: the listing may
         # be older (a file renamed over meanwhile listed at its old version, or not at all).
         for child in self._children.get(path, ()):
