@@ -258,6 +258,22 @@ def test_a_folder_rename_that_would_take_a_key_past_the_limit_moves_nothing(
     assert not (mount.path / "longer").exists()
 
 
+def test_a_link_whose_key_would_pass_the_limit_is_refused_as_too_long(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A link's object is its key and `.tierfs-symlink`: one that would pass 1024 bytes
+    is ENAMETOOLONG, as a file's key would be (before 2026-12-06: EINVAL)."""
+    mount = mount_factory("local")
+    deep = Path(*["s" * 200] * 4)  # 804 bytes of key with the "/" after it
+    os.makedirs(mount.path / deep)
+    with pytest.raises(OSError) as failed:
+        os.symlink("target", mount.path / deep / ("l" * 210))  # 1029 bytes with the suffix
+    assert failed.value.errno == errno.ENAMETOOLONG
+    assert os.listdir(mount.path / deep) == []
+    os.symlink("target", mount.path / deep / ("l" * 205))  # 1024: fits
+    assert os.readlink(mount.path / deep / ("l" * 205)) == "target"
+
+
 # Keys another tool put that no path can name, each as far as that server keeps it
 # (SeaweedFS folds "//" and refuses "." and ".." segments; Azurite refuses those too).
 UNNAMABLE = {

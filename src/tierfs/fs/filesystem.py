@@ -291,6 +291,8 @@ class Filesystem:
             path = self._new_child_path(self.inodes.get(parent_inode), name)
             if len((name + LINK_SUFFIX).encode()) > self.cloud.name_max:
                 raise NameTooLongError(f"a link's name of {len(name.encode())} bytes")
+            if len((path + LINK_SUFFIX).encode()) > KEY_MAX:  # not EINVAL from the put
+                raise NameTooLongError(f"a link's key of {len(path.encode())} bytes")
             if await self._stat(path) is not None:
                 raise EntryExistsError(path)
             entry = file_entry(await self.cloud.put(path + LINK_SUFFIX, target))
