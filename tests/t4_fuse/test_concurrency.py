@@ -346,3 +346,47 @@ def test_threads_writing_parts_of_one_file_through_handles_of_their_own(
     mount.stop()
     fresh = mount_factory(provider, chunk_size="64KiB", **mount.bucket_flags())
     assert (fresh.path / "shared.bin").read_bytes() == whole
+
+
+def test_readers_opening_a_file_replaced_by_renames_over_it_see_each_version_whole(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """One thread writes a file aside and renames it over `target`, again and again;
+    readers open and read `target` meanwhile. Each open finds a version, whole: before
+    2026-12-06 an open that met a rename over its name failed with ENOENT (a third of
+    them)."""
+    mount = mount_factory("local")
+    target, aside = mount.path / "target", mount.path / "aside"
+    target.write_bytes(b"version 0;")
+    stop = time.monotonic() + 4.0
+    failures: list[str] = []
+    reads = [0]
+
+    def write() -> None:
+        for number in itertools.count(1):
+            if time.monotonic() > stop:
+                return
+            aside.write_bytes(f"version {number};".encode() * number)
+            os.rename(aside, target)
+
+    def read() -> None:
+        while time.monotonic() < stop:
+            try:
+                data = target.read_bytes()
+            except OSError as exc:
+                failures.append(f"{errno.errorcode[exc.errno or 0]}: {exc}")
+                continue
+            number = int(data[len(b"version ") : data.index(b";")])
+            if data != f"version {number};".encode() * max(number, 1):
+                failures.append(f"not one version whole: {data[:40]!r}...")
+            reads[0] += 1
+
+    threads = [threading.Thread(target=write, daemon=True)]
+    threads += [threading.Thread(target=read, daemon=True) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), f"a call hangs:\n{mount.log_tail()}"
+    assert failures == []
+    assert reads[0] > 100

@@ -152,9 +152,14 @@ class Filesystem:
         return node
 
     async def lookup(self, parent_inode: int, name: str) -> Node:
-        """The node of `name` in the directory; EntryNotFoundError if none."""
-        path, entry = await self._existing(parent_inode, name)
-        return self._apply(self.inodes.ensure(path, entry.is_dir, entry.is_link), entry)
+        """The node of `name` in the directory; EntryNotFoundError if none. A lookup of a
+        name being changed (a rename over it) waits for the change: the kernel's second
+        try of an open for writing that met one (ESTALE) must find the file the rename
+        put there, not the one it replaced."""
+        parent = self.inodes.get(parent_inode)
+        async with self.path_locks.working(lambda: join(parent.path, name)):
+            path, entry = await self._existing(parent_inode, name)
+            return self._apply(self.inodes.ensure(path, entry.is_dir, entry.is_link), entry)
 
     async def _existing(self, parent_inode: int, name: str) -> tuple[str, Entry]:
         """The path and entry of `name` in the directory; EntryNotFoundError if none."""
@@ -179,9 +184,16 @@ class Filesystem:
             return None  # a name no store can hold ("a//b") exists nowhere
 
     async def getattr(self, inode: int) -> Node:
-        node = self.inodes.get(inode)
+        """The node's attributes, revalidated; of a file replaced by a rename, those of
+        the file now at its name, which its opens read (`open`)."""
+        return await self._attributes(self.inodes.get(inode))
+
+    async def _attributes(self, node: Node) -> Node:
         if node.inode in self._open or node.path == "":
             return node
+        successor = node.opened_as or self.inodes.standing_for(node)
+        if successor is not None:
+            return await self._attributes(successor)
         entry = await self._stat(node.path)
         if entry is None or (entry.is_dir, entry.is_link) != (node.is_dir, node.is_link):
             raise EntryNotFoundError(node.path)  # gone, or another kind of thing now
@@ -628,13 +640,41 @@ class Filesystem:
 
     async def open(self, inode: int, writable: bool, truncate: bool) -> tuple[Handle, bool]:
         """Open a file (revalidating it: close-to-open); returns (handle, keep_cache). A
-        rename over it waits, else the handle could get the version it replaced."""
+        rename over it waits, else the handle could get the version it replaced.
+
+        A file replaced by a rename since the kernel looked its name up opens, for
+        reading, the file now at that name (what a local disk's open gives when the
+        rename comes first; the replaced bytes may be gone from the bucket): each open
+        racing "write aside, rename over" failed with ENOENT, and ESTALE, which has the
+        kernel look the name up and try once more, still failed those that met two
+        renames. Opened for writing, it is ESTALE."""
         opening = self.inodes.get(inode)
-        async with self.path_locks.working(lambda: opening.path):
-            return await self._revalidate_and_open(inode, writable, truncate)
+        while True:
+            node = self._open_as(opening, writable)
+            async with self.path_locks.working(partial(getattr, node, "path")):
+                if self._open_as(opening, writable) is not node:
+                    continue  # replaced meanwhile: open what is at the name now
+                handle, keep_cache = await self._revalidate_and_open(
+                    node.inode, writable, truncate, kernel_inode=inode
+                )
+                if node is opening:
+                    return handle, keep_cache
+                opening.opened_as = node  # what the kernel's attributes of it are now
+                return handle, False
+
+    def _open_as(self, opening: Node, writable: bool) -> Node:
+        """The node an open of `opening` opens: itself, or the file now at the name a
+        rename over it took (`open`)."""
+        if opening.inode in self._open or self.inodes.find(opening.path) is opening:
+            return opening
+        successor = None if writable else self.inodes.standing_for(opening)
+        if successor is None:
+            # Removed, or replaced: ESTALE has the kernel look the name up again.
+            raise StaleHandleError(f"inode {opening.inode} left its name: look it up again")
+        return successor
 
     async def _revalidate_and_open(
-        self, inode: int, writable: bool, truncate: bool
+        self, inode: int, writable: bool, truncate: bool, kernel_inode: int
     ) -> tuple[Handle, bool]:
         node = await self.getattr(inode)
         if node.is_dir:
@@ -642,7 +682,8 @@ class Filesystem:
         keep_cache = self._last_versions.get(inode) == node.version and bool(node.version)
         file = self._acquire(node)
         handle = self._new_handle(file, writable)
-        self._last_versions[inode] = node.version
+        if kernel_inode == inode:  # the version in the kernel's page cache of that inode
+            self._last_versions[inode] = node.version
         if truncate:
             await self._truncate(file, 0)
             keep_cache = False

@@ -44,6 +44,8 @@ class Node:
     mtime_set_for: str | None = None
     lookups: int = 0
     open_count: int = 0
+    replaced_at: str | None = None  # the path a rename over it took from it
+    opened_as: Node | None = None  # replaced: the file its last open opened (`open`)
     target: bytes | None = None  # a link's target at `version`
 
 
@@ -101,7 +103,10 @@ class InodeTable:
 
     def move(self, old: str, new: str) -> None:
         """Rename `old` (and everything below it) to `new`."""
+        replaced = self._by_path.get(new)
         self.remove(new)
+        if replaced is not None:
+            replaced.replaced_at = new
         prefix = old + "/"
         moved = [n for p, n in self._by_path.items() if p == old or p.startswith(prefix)]
         for node in moved:
@@ -109,6 +114,15 @@ class InodeTable:
         for node in moved:
             node.path = new + node.path[len(old) :]
             self._by_path[node.path] = node
+
+    def standing_for(self, node: Node) -> Node | None:
+        """The file now at the path a rename over file `node` took from it, if any."""
+        if node.replaced_at is None or node.is_dir or node.is_link:
+            return None
+        if self._by_path.get(node.path) is node:
+            return None
+        now = self._by_path.get(node.replaced_at)
+        return now if now is not None and not now.is_dir and not now.is_link else None
 
     def _detach(self, node: Node) -> None:
         if self._by_path.get(node.path) is node:
