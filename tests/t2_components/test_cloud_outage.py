@@ -13,10 +13,11 @@ import pytest
 
 import servers
 from cloud_targets import server_for, settings_for
-from relay import relay_in_front_of
+from relay import Relay, relay_in_front_of
 from tierfs.cloud.base import ABSENT, CloudStore
 from tierfs.cloud.providers import open_store, s3_store
 from tierfs.errors import CloudError, ObjectNotFoundError, VersionChangedError
+from tierfs.settings import ClientSettings
 
 DEADLINE = 3.0
 STARTERS: dict[str, tuple[str, Callable[[Path], object]]] = {
@@ -104,11 +105,7 @@ async def test_a_read_broken_once_is_retried_whatever_its_key_says(
     """A range past the end is told from the store's answer (416, or obstore's own check),
     not from words of the error's text: a key that holds "range" or "416" (in its URL)
     broken once was a "range refused" (EIO), not a retry."""
-    server = server_for(request, provider)
-    settings = settings_for(provider, server, tmp_path, timeout=DEADLINE)
-    field = "s3_endpoint" if provider.startswith("s3") else "azure_endpoint"
-    relay, relayed = relay_in_front_of(getattr(settings, field))
-    store = open_store(settings.model_copy(update={field: relayed}))
+    settings, relay, store = through_a_relay(provider, request, tmp_path, DEADLINE)
     try:
         for key in ("orange.txt", "n01440764_10416.JPEG"):
             version = (await store.put(key, b"0123456789" * 10)).version
@@ -132,11 +129,7 @@ async def test_a_conditional_put_whose_answer_was_lost_is_its_own(
     """A put with `expect` (create only, or over a version) that landed, its answer lost on
     a broken connection, is asked again and refused (412): the object holds its body (size
     and MD5), so it succeeded, not "changed since" (a late upload's false conflict)."""
-    server = server_for(request, provider)
-    settings = settings_for(provider, server, tmp_path, timeout=10.0)
-    field = "s3_endpoint" if provider.startswith("s3") else "azure_endpoint"
-    relay, relayed = relay_in_front_of(getattr(settings, field))
-    store = open_store(settings.model_copy(update={field: relayed}))
+    settings, relay, store = through_a_relay(provider, request, tmp_path, 10.0)
     direct = open_store(settings)
     try:
         expect = ABSENT
@@ -158,6 +151,17 @@ async def test_a_conditional_put_whose_answer_was_lost_is_its_own(
         await store.close()
         await direct.close()
         relay.stop()
+
+
+def through_a_relay(
+    provider: str, request: pytest.FixtureRequest, root: Path, timeout: float
+) -> tuple[ClientSettings, Relay, CloudStore]:
+    """The settings of `provider`'s server, a relay in front of it, and a store of those
+    settings that goes through the relay."""
+    settings = settings_for(provider, server_for(request, provider), root, timeout=timeout)
+    field = "s3_endpoint" if provider.startswith("s3") else "azure_endpoint"
+    relay, relayed = relay_in_front_of(getattr(settings, field))
+    return settings, relay, open_store(settings.model_copy(update={field: relayed}))
 
 
 async def _size_of(store: CloudStore, key: str) -> int | None:
