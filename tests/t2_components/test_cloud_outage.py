@@ -4,9 +4,10 @@ hang; one that misanswers a request once is asked again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -105,8 +106,7 @@ async def test_a_read_broken_once_is_retried_whatever_its_key_says(
     """A range past the end is told from the store's answer (416, or obstore's own check),
     not from words of the error's text: a key that holds "range" or "416" (in its URL)
     broken once was a "range refused" (EIO), not a retry."""
-    settings, relay, store = through_a_relay(provider, request, tmp_path, DEADLINE)
-    try:
+    async with through_a_relay(provider, request, tmp_path, DEADLINE) as (_, relay, store):
         for key in ("orange.txt", "n01440764_10416.JPEG"):
             version = (await store.put(key, b"0123456789" * 10)).version
             relay.hold(f"/{key} HTTP/1.1".encode())  # its GET: the connection broken
@@ -116,9 +116,6 @@ async def test_a_read_broken_once_is_retried_whatever_its_key_says(
             relay.restore()
             assert await read == b"0123456789" * 2
             assert await store.get_range(key, 100, 10, version) == b""  # past the end
-    finally:
-        await store.close()
-        relay.stop()
 
 
 @pytest.mark.asyncio
@@ -129,39 +126,43 @@ async def test_a_conditional_put_whose_answer_was_lost_is_its_own(
     """A put with `expect` (create only, or over a version) that landed, its answer lost on
     a broken connection, is asked again and refused (412): the object holds its body (size
     and MD5), so it succeeded, not "changed since" (a late upload's false conflict)."""
-    settings, relay, store = through_a_relay(provider, request, tmp_path, 10.0)
-    direct = open_store(settings)
-    try:
-        expect = ABSENT
-        for body in (b"first", b"second, over the first"):
-            relay.mute()
-            put = asyncio.create_task(store.put("lost.txt", body, expect=expect))
-            while (seen := await _size_of(direct, "lost.txt")) != len(body):
-                await asyncio.sleep(0.02)  # until the server has done it
-            relay.cut()  # the answer never came: the connection breaks
-            relay.restore()
-            meta = await put
-            head = await direct.head("lost.txt")
-            assert (meta.version, seen) == (head.version, head.size)
-            assert await direct.get_range("lost.txt", 0, 100, head.version) == body
-            expect = head.version
-        with pytest.raises(VersionChangedError):  # a conflict that is there still is one
-            await store.put("lost.txt", b"stale", expect=ABSENT)
-    finally:
-        await store.close()
-        await direct.close()
-        relay.stop()
+    async with through_a_relay(provider, request, tmp_path, 10.0) as (settings, relay, store):
+        direct = open_store(settings)
+        try:
+            expect = ABSENT
+            for body in (b"first", b"second, over the first"):
+                relay.mute()
+                put = asyncio.create_task(store.put("lost.txt", body, expect=expect))
+                while (seen := await _size_of(direct, "lost.txt")) != len(body):
+                    await asyncio.sleep(0.02)  # until the server has done it
+                relay.cut()  # the answer never came: the connection breaks
+                relay.restore()
+                meta = await put
+                head = await direct.head("lost.txt")
+                assert (meta.version, seen) == (head.version, head.size)
+                assert await direct.get_range("lost.txt", 0, 100, head.version) == body
+                expect = head.version
+            with pytest.raises(VersionChangedError):  # a conflict that is there still is one
+                await store.put("lost.txt", b"stale", expect=ABSENT)
+        finally:
+            await direct.close()
 
 
-def through_a_relay(
+@contextlib.asynccontextmanager
+async def through_a_relay(
     provider: str, request: pytest.FixtureRequest, root: Path, timeout: float
-) -> tuple[ClientSettings, Relay, CloudStore]:
+) -> AsyncIterator[tuple[ClientSettings, Relay, CloudStore]]:
     """The settings of `provider`'s server, a relay in front of it, and a store of those
-    settings that goes through the relay."""
+    settings that goes through the relay; both stopped on the way out."""
     settings = settings_for(provider, server_for(request, provider), root, timeout=timeout)
     field = "s3_endpoint" if provider.startswith("s3") else "azure_endpoint"
     relay, relayed = relay_in_front_of(getattr(settings, field))
-    return settings, relay, open_store(settings.model_copy(update={field: relayed}))
+    store = open_store(settings.model_copy(update={field: relayed}))
+    try:
+        yield settings, relay, store
+    finally:
+        await store.close()
+        relay.stop()
 
 
 async def _size_of(store: CloudStore, key: str) -> int | None:

@@ -103,16 +103,15 @@ async def test_every_page_of_a_listing_with_local_entries_continues_where_the_la
         unsaved.append(Entry("f003.bin", False, 9, 0, ""))  # the bucket's entry wins
         whole = sorted([*listed, *made, *(e.name for e in unsaved[:-1])])
         for start in range(len(whole) + 2):
-            rest = await names.listdir("dir", unsaved, start)
+            rest = (await names.snapshot("dir", unsaved)).entries_from(start)
             assert [e.name for e in rest] == whole[start:], start
         bucket_file = next(e for e in await names.listdir("dir", unsaved) if e.name == "f003.bin")
         assert bucket_file.size == 1 and bucket_file.version
         for name in ("c", "a", "b"):
             await cloud.put(f"plain/{name}", b"x")
         for start in range(5):  # no local entries: the bucket's alone
-            assert [e.name for e in await names.listdir("plain", (), start)] == ["a", "b", "c"][
-                start:
-            ]
+            taken = await names.snapshot("plain")
+            assert [e.name for e in taken.entries_from(start)] == ["a", "b", "c"][start:]
     finally:
         await cloud.close()
 

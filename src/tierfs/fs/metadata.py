@@ -269,12 +269,9 @@ class Namespace:
                 return True
         return False
 
-    async def listdir(
-        self, path: str, unsaved: Iterable[Entry] = (), start: int = 0
-    ) -> Iterator[Entry]:
-        """The entries of directory `path` sorted by name, from the `start`-th on
-        (`snapshot`)."""
-        return (await self.snapshot(path, unsaved)).entries_from(start)
+    async def listdir(self, path: str, unsaved: Iterable[Entry] = ()) -> Iterator[Entry]:
+        """The entries of directory `path` sorted by name (`snapshot`)."""
+        return (await self.snapshot(path, unsaved)).entries_from(0)
 
     async def snapshot(self, path: str, unsaved: Iterable[Entry] = ()) -> Snapshot:
         """The entries of directory `path` as they are now, cached for the TTL: the
