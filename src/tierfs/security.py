@@ -1,8 +1,10 @@
-"""Checks on what arrives from the network: peer ids, object paths, the cluster token.
+"""Checks on what arrives from the network: peer ids, object paths, the cluster token,
+and the size of another node's answer.
 
 Each check returns its input unchanged when it is acceptable and raises ValueError with a
 message that names the problem otherwise (pydantic turns that into a 422 naming the field).
-The HTTP servers of tierfs (coordinator, peer API) use these, never their own variants.
+The HTTP servers of tierfs (coordinator, peer API) use these, never their own variants;
+its HTTP clients read an answer they keep with `read_bounded`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import base64
 import binascii
 import hmac
 import re
+
+import aiohttp
+
+from tierfs.units import human_size
 
 MAX_PEER_ID = 128  # characters
 MAX_PATH_BYTES = 4096  # PATH_MAX on Linux; object keys are at most 1024 bytes on every store
@@ -88,3 +94,23 @@ def basic_matches(authorization: str | None, token: str) -> bool:
         return False
     _, _, password = decoded.partition(":")
     return _same(password, token)
+
+
+class AnswerTooLargeError(ValueError):
+    """An HTTP answer longer than its reader's bound."""
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of `response` (decoded, if the session decodes), or AnswerTooLargeError
+    once it says or proves to be over `limit` bytes: a broken or hostile server cannot
+    fill our memory. What is left unread closes the connection when the response is
+    released (aiohttp reuses only a connection whose answer was read to its end)."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise AnswerTooLargeError(f"an answer of {human_size(declared)}, over {human_size(limit)}")
+    body = bytearray()
+    async for block in response.content.iter_any():
+        body += block
+        if len(body) > limit:
+            raise AnswerTooLargeError(f"an answer over {human_size(limit)}")
+    return bytes(body)

@@ -17,12 +17,15 @@ import ssl
 import subprocess
 import sys
 import time
+import tracemalloc
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
+from aiohttp import web
 from openapi_spec_validator import validate as validate_openapi
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
@@ -36,10 +39,11 @@ from schemathesis.specs.openapi.checks import (
 import servers
 from certs import self_signed
 from coordinators import Coordinator, start_coordinator
-from tierfs.coordinator.client import CoordinatorClient, NodeReport
-from tierfs.coordinator.models import TierBytes
+from tierfs.coordinator.client import MAX_ANSWER, CoordinatorClient, NodeReport
+from tierfs.coordinator.models import Membership, PeerInfo, TierBytes
 from tierfs.coordinator.openapi import build as build_openapi
 from tierfs.coordinator.routes import ROUTES
+from tierfs.httpapi import start_site
 from tierfs.stats import NodeStats, Tier
 
 TOKEN = "t0ken-" + secrets.token_hex(8)
@@ -667,6 +671,111 @@ async def test_client_with_a_wrong_token_keeps_running(
 def test_client_refuses_a_bad_identity() -> None:
     with pytest.raises(ValueError, match="cannot register"):
         CoordinatorClient("http://127.0.0.1:1", "bad id", "h:1", NodeReport)
+
+
+class Babbler:
+    """A real HTTP server on loopback where the coordinator should be. The requests named
+    in `honest` ("POST /api/peers/register") get the answer a coordinator would give;
+    every other one a JSON body without end, plain or gzip (which inflates 1000 to 1)."""
+
+    BLOCK = b" " * 2**20  # whitespace: the start of a JSON document, never its end
+
+    def __init__(self, gzip: bool, peer: PeerInfo) -> None:
+        self.gzip = gzip
+        self.honest: set[str] = set()
+        self.sent: list[int] = []  # body bytes (inflated) of each endless answer, so far
+        self._membership = Membership(
+            epoch=1, heartbeat_interval=0.2, peer_expiry=1.0, peers=[peer]
+        ).model_dump_json()
+        squeeze = zlib.compressobj(wbits=31)  # gzip framing
+        self._first = squeeze.compress(self.BLOCK) + squeeze.flush(zlib.Z_SYNC_FLUSH)
+        self._next = squeeze.compress(self.BLOCK) + squeeze.flush(zlib.Z_SYNC_FLUSH)
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        if f"{request.method} {request.path}" in self.honest:
+            return web.Response(text=self._membership, content_type="application/json")
+        headers = {"Content-Type": "application/json"}
+        if self.gzip:
+            headers["Content-Encoding"] = "gzip"
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        self.sent.append(0)
+        block = self._first if self.gzip else self.BLOCK
+        try:
+            while True:
+                await response.write(block)  # a block: one more MiB of body
+                self.sent[-1] += len(self.BLOCK)
+                block = self._next if self.gzip else block
+        except ConnectionError:  # the client hung up
+            return response
+
+
+@pytest.mark.warnings_expected
+@pytest.mark.asyncio
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+async def test_client_reads_no_answer_past_its_bound(
+    gzip: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A -coordinator URL of some other server, or a broken coordinator, that answers
+    without end: each request fails once its answer is past MAX_ANSWER, its memory within
+    that bound, and the client goes on as through an outage (membership kept, retries)."""
+    caplog.set_level(logging.INFO, logger="tierfs.coordinator.client")
+    peer = PeerInfo(
+        peer_id="node-b",
+        address="127.0.0.1:9300",
+        status="active",
+        capacity=TierBytes(),
+        usage=TierBytes(),
+        registered_at=time.time(),
+        last_heartbeat=time.time(),
+    )
+    babbler = Babbler(gzip, peer)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", babbler.answer)
+    runner = await start_site(app, "127.0.0.1", 0, ssl_context=None)
+    host, port = runner.addresses[0][:2]
+    client = CoordinatorClient(
+        f"http://{host}:{port}", "node-b", peer.address, NodeReport, request_timeout=3.0
+    )
+    tracemalloc.start()
+    task = asyncio.create_task(client.run())
+
+    def warnings() -> list[str]:
+        return _client_records(caplog, logging.WARNING)
+
+    def bounded_memory() -> None:
+        """At most the bound in memory, and the growth room of the bytes read into it."""
+        peak = tracemalloc.get_traced_memory()[1]
+        assert peak < MAX_ANSWER + 16 * 2**20, f"{peak / 2**20:.0f} MiB in memory"
+
+    try:
+        started = time.monotonic()
+        await until(lambda: bool(warnings()))
+        assert "an answer over 64.0 MiB: not a coordinator's answer" in warnings()[0]
+        bounded_memory()
+        assert time.monotonic() - started < 2.5  # well within the request timeout
+        assert not client.registered and client.members == []
+        if not gzip:  # the client hung up at the bound (gzip: the socket holds GiBs of it)
+            assert MAX_ANSWER < babbler.sent[0] < MAX_ANSWER + 16 * 2**20, babbler.sent
+
+        babbler.honest = {"POST /api/peers/register", "PUT /api/peers/status"}
+        await until(lambda: client.registered and bool(client.members))
+        assert sum("back after" in m for m in _client_records(caplog, logging.INFO)) == 1
+        started = time.monotonic()
+        assert await client.locate("data/x.bin", "v1") == []  # the location answer is endless
+        assert time.monotonic() - started < 2.5
+
+        babbler.honest = {"POST /api/peers/register"}  # heartbeats answered without end
+        await until(lambda: len(warnings()) == 2)
+        assert "an answer over 64.0 MiB" in warnings()[1]
+        assert [p.peer_id for p in client.members] == ["node-b"]  # kept meanwhile
+        assert not task.done()
+        bounded_memory()
+    finally:
+        tracemalloc.stop()
+        task.cancel()
+        await client.close()
+        await runner.cleanup()
 
 
 # --- fuzzing every endpoint from the OpenAPI document --------------------------------------

@@ -7,7 +7,9 @@ caller: while the coordinator is down or refuses us it retries with jittered exp
 backoff, logging one WARNING when trouble starts and one INFO when it is over, and the
 node keeps its last membership (reads fall back to tier 1 and the cloud meanwhile).
 When the coordinator answers that it does not know us (404: it was restarted on a wiped
-data dir) the client registers again and re-announces every location it reported.
+data dir) the client registers again and re-announces every location it reported. An
+answer is read up to MAX_ANSWER bytes: a longer one (a broken coordinator, or a
+`-coordinator` URL of some other server) is a failed request, as an outage is.
 
 Locations are reported best effort: `report_location` records what this node holds in a
 ledger and returns at once; a background loop sends each changed path (coalesced, as a
@@ -43,7 +45,7 @@ from tierfs.coordinator.models import (
     RegisterRequest,
     TierBytes,
 )
-from tierfs.security import check_path
+from tierfs.security import AnswerTooLargeError, check_path, read_bounded
 from tierfs.stats import NodeStats
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,10 @@ REQUEST_TIMEOUT = 5.0  # seconds for one request to the coordinator
 BACKOFF_BASE = 0.5  # seconds: the first retry after a failure
 BACKOFF_MAX = 30.0  # seconds: never wait longer than this between tries
 FLUSH_DELAY = 0.2  # seconds: location reports arriving together go out together
+# bytes of one answer: the largest are the locations of a file, up to MAX_CHUNKS_PER_ENTRY
+# (2**20) chunk indices per holder, ~8 MiB of JSON; 64 MiB holds a 4 TiB file fully
+# cached on 8 nodes (smaller files on many more) or the membership of 100,000 peers
+MAX_ANSWER = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -420,10 +426,12 @@ class CoordinatorClient:
                 ssl=self._ssl,
                 timeout=self._timeout,
             ) as response:
-                payload = await response.read()
+                payload = await read_bounded(response, MAX_ANSWER)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _Unreachable(_describe(exc)) from None
+        except AnswerTooLargeError as exc:
+            raise _Trouble(f"{exc}: not a coordinator's answer") from None
         if 200 <= status < 300:
             return payload
         if status == 404 and b'"unknown_peer"' in payload:
