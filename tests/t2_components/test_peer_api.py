@@ -1,6 +1,7 @@
 """The peer API served for real on loopback, over a real tier 1 and a real SeaweedFS bucket:
 chunk answers (cloud once, then tier 1, then sendfile), ranges, versions, PUT within the
-peer budget, DELETE/HEAD, the listings, metrics, the token, and hostile paths."""
+peer budget, DELETE/HEAD, the listings, metrics, the token, and hostile paths; and the
+asking side (`PeerFetcher`) between such a node and an owner that lies."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import logging
 import random
 import socket
 import ssl
+import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,22 +20,26 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 import servers
 from certs import self_signed
 from cloud_targets import target_flags
+from coordinators import start_coordinator
 from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.chunks import ObjectRef, checksum, chunk_ref
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.folder import KeyPrefix
 from tierfs.cloud.providers import open_store
+from tierfs.coordinator.client import CoordinatorClient, NodeReport
 from tierfs.coordinator.models import Membership, PeerInfo, TierBytes
 from tierfs.httpapi import start_site
 from tierfs.peer import app as peer_app
 from tierfs.peer.app import create_app
+from tierfs.peer.fetcher import MAX_REPLY, PeerFetcher
 from tierfs.peer.protocol import (
     CHECKSUM_HEADER,
     VERSION_HEADER,
@@ -40,6 +47,7 @@ from tierfs.peer.protocol import (
     content_range,
     file_url,
 )
+from tierfs.peer.ring import rank
 from tierfs.read_path import ReadPath
 from tierfs.settings import ClientSettings, load_settings
 from tierfs.stats import NodeStats, Tier
@@ -757,3 +765,126 @@ async def test_tls_from_the_client_settings(open_node: OpenNode) -> None:
             assert answer.status == 206 and await answer.read() == body[2 * CHUNK : 3 * CHUNK]
         await node.kept(ref, 2)
     assert await node.served() == {"buffer": 2, "sendfile": 1}
+
+
+# -- the asking side ---------------------------------------------------------------------------
+
+
+class LyingOwner:
+    """A real HTTP server on loopback in an owner's place: it takes every chunk handed to
+    it (201) and asked of it (200), and answers each with a body without end."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        await request.read()  # the chunk handed over
+        response = web.StreamResponse(status=201 if request.method == "PUT" else 200)
+        response.content_type = "application/json"
+        await response.prepare(request)
+        block = b" " * 2**20  # whitespace: the start of a JSON document, never its end
+        try:
+            while True:
+                await response.write(block)
+        except ConnectionError:  # the asker hung up
+            return response
+
+
+@pytest.mark.warnings_expected
+async def test_an_owner_that_answers_without_end_is_read_no_further_than_its_bound(
+    open_node: OpenNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lying owner's endless answer to a chunk handed over (or asked for) costs the
+    asker no more than the bound of that answer, in memory and in time: the push fails,
+    the owner is skipped, and chunks owned by an honest node go there and come back."""
+    honest = await open_node()
+    liar = LyingOwner()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", liar.answer)
+    runner = await start_site(app, "127.0.0.1", 0, ssl_context=None)
+    coordinator = await asyncio.to_thread(start_coordinator, tmp_path)
+    client = CoordinatorClient(coordinator.url, "asker", "127.0.0.1:9400", NodeReport)
+    membership: asyncio.Task[None] | None = None
+    fetchers: list[PeerFetcher] = []
+
+    def fetcher(stats: NodeStats) -> PeerFetcher:
+        fetchers.append(
+            PeerFetcher(
+                "asker",
+                client,
+                stats=stats,
+                timeout=5.0,
+                token=TOKEN,
+                keys=KeyPrefix(),
+                chunk_size=CHUNK,
+            )
+        )
+        return fetchers[-1]
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    async def bounded(call: Awaitable[object], limit: int) -> object:
+        """What `call` returns, checked to take well under the peer timeout and to hold
+        no more than `limit` bytes (and aiohttp's read buffers) in memory."""
+        tracemalloc.start()
+        started = time.monotonic()
+        try:
+            result = await call
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < limit + 8 * 2**20, f"{peak / 2**20:.0f} MiB in memory"
+        assert time.monotonic() - started < 2.0
+        return result
+
+    try:
+        host, port = runner.addresses[0][:2]
+        await asyncio.to_thread(coordinator.register, "node-a", honest.url.removeprefix("http://"))
+        await asyncio.to_thread(coordinator.register, "liar", f"{host}:{port}")
+        membership = asyncio.create_task(client.run())
+        async with asyncio.timeout(10):
+            while len(client.members) != 3:
+                await asyncio.sleep(0.05)
+        # chunks of a written file that the liar owns, and one the honest node owns
+        for n in range(100):
+            ref = ObjectRef(f"written/{n}.bin", "v-1", 4 * CHUNK)
+            owners = [rank(chunk_ref(ref, i, CHUNK).id, client.members, lambda p: p.peer_id)[0]
+                      for i in range(4)]  # fmt: skip
+            ids = [o.peer_id for o in owners]
+            if "liar" in ids and "node-a" in ids:
+                break
+        lied, kept = ids.index("liar"), ids.index("node-a")
+        body = random_bytes(4 * CHUNK, 15)
+
+        stats = NodeStats()
+        pusher = fetcher(stats)
+        chunk = chunk_ref(ref, lied, CHUNK)
+        pushed = await bounded(
+            pusher.push(chunk, body[chunk.start : chunk.start + CHUNK]), MAX_REPLY
+        )
+        assert pushed is False and stats.pushed_to_peers == 0
+        assert warned() == [
+            f"peer liar ({host}:{port}) failed: an answer over 64.0 KiB; skipping it for now"
+        ]
+        asked = liar.requests
+        assert await pusher.fetch(chunk) is None  # skipped: the read goes to the cloud
+        assert liar.requests == asked
+        chunk = chunk_ref(ref, kept, CHUNK)
+        assert await pusher.push(chunk, body[chunk.start : chunk.start + CHUNK]) is True
+        assert honest.cache.holds(chunk.id) and stats.pushed_to_peers == 1
+        assert await pusher.fetch(chunk) == body[chunk.start : chunk.start + CHUNK]
+
+        reader = fetcher(NodeStats())  # a node that never pushed asks the liar for a chunk
+        assert await bounded(reader.fetch(chunk_ref(ref, lied, CHUNK)), CHUNK) is None
+        assert len(warned()) == 2 and "a body of None bytes" in warned()[1]
+    finally:
+        for one in fetchers:
+            await one.close()
+        if membership is not None:
+            membership.cancel()
+        await client.close()
+        await runner.cleanup()
+        await asyncio.to_thread(coordinator.stop)
+    coordinator.assert_clean_log()

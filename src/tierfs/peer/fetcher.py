@@ -24,6 +24,7 @@ from tierfs.cloud.folder import KeyPrefix
 from tierfs.coordinator.client import CoordinatorClient
 from tierfs.peer import protocol
 from tierfs.peer.ring import rank
+from tierfs.security import AnswerTooLargeError, read_bounded
 from tierfs.stats import NodeStats, Tier
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ class PeerFetcher:
 
     async def push(self, chunk: ChunkRef, data: bytes) -> bool:
         """Hand a chunk of a newly written file to its owner to keep for the cluster (when
-        this node's tier 1 has no room for it). False when no other node took it."""
+        this node's tier 1 has no room for it). False when no other node took it; an
+        owner whose answer is over MAX_REPLY is failed, as one that gives none."""
         chunk = self._keys.outer_chunk(chunk, self._chunk_size)
         order = self._ranked(chunk)
         if not order or order[0].peer_id == self._node_id or not self._usable(order[0].peer_id):
@@ -112,10 +114,9 @@ class PeerFetcher:
                 data=data,
                 ssl=self._ssl,
             ) as response:
-                if (response.content_length or MAX_REPLY + 1) <= MAX_REPLY:
-                    await response.read()  # else unread: the connection is closed, not reused
+                await read_bounded(response, MAX_REPLY)
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, AnswerTooLargeError) as exc:
             self._failed(owner, _describe(exc))
             return False
         if status == 201:
@@ -234,6 +235,8 @@ def _params(chunk: ChunkRef) -> dict[str, str]:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer within the peer timeout"
+    if isinstance(exc, AnswerTooLargeError):
+        return str(exc)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
