@@ -18,14 +18,12 @@ import subprocess
 import sys
 import time
 import tracemalloc
-import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
-from aiohttp import web
 from openapi_spec_validator import validate as validate_openapi
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
@@ -37,6 +35,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import servers
+from babbler import Babbler
+from babbler import app as babbler_app
 from certs import self_signed
 from coordinators import Coordinator, start_coordinator
 from tierfs.coordinator.client import MAX_ANSWER, CoordinatorClient, NodeReport
@@ -673,43 +673,6 @@ def test_client_refuses_a_bad_identity() -> None:
         CoordinatorClient("http://127.0.0.1:1", "bad id", "h:1", NodeReport)
 
 
-class Babbler:
-    """A real HTTP server on loopback where the coordinator should be. The requests named
-    in `honest` ("POST /api/peers/register") get the answer a coordinator would give;
-    every other one a JSON body without end, plain or gzip (which inflates 1000 to 1)."""
-
-    BLOCK = b" " * 2**20  # whitespace: the start of a JSON document, never its end
-
-    def __init__(self, gzip: bool, peer: PeerInfo) -> None:
-        self.gzip = gzip
-        self.honest: set[str] = set()
-        self.sent: list[int] = []  # body bytes (inflated) of each endless answer, so far
-        self._membership = Membership(
-            epoch=1, heartbeat_interval=0.2, peer_expiry=1.0, peers=[peer]
-        ).model_dump_json()
-        squeeze = zlib.compressobj(wbits=31)  # gzip framing
-        self._first = squeeze.compress(self.BLOCK) + squeeze.flush(zlib.Z_SYNC_FLUSH)
-        self._next = squeeze.compress(self.BLOCK) + squeeze.flush(zlib.Z_SYNC_FLUSH)
-
-    async def answer(self, request: web.Request) -> web.StreamResponse:
-        if f"{request.method} {request.path}" in self.honest:
-            return web.Response(text=self._membership, content_type="application/json")
-        headers = {"Content-Type": "application/json"}
-        if self.gzip:
-            headers["Content-Encoding"] = "gzip"
-        response = web.StreamResponse(headers=headers)
-        await response.prepare(request)
-        self.sent.append(0)
-        block = self._first if self.gzip else self.BLOCK
-        try:
-            while True:
-                await response.write(block)  # a block: one more MiB of body
-                self.sent[-1] += len(self.BLOCK)
-                block = self._next if self.gzip else block
-        except ConnectionError:  # the client hung up
-            return response
-
-
 @pytest.mark.warnings_expected
 @pytest.mark.asyncio
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
@@ -729,10 +692,9 @@ async def test_client_reads_no_answer_past_its_bound(
         registered_at=time.time(),
         last_heartbeat=time.time(),
     )
-    babbler = Babbler(gzip, peer)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", babbler.answer)
-    runner = await start_site(app, "127.0.0.1", 0, ssl_context=None)
+    membership = Membership(epoch=1, heartbeat_interval=0.2, peer_expiry=1.0, peers=[peer])
+    babbler = Babbler(gzip)
+    runner = await start_site(babbler_app(babbler), "127.0.0.1", 0, ssl_context=None)
     host, port = runner.addresses[0][:2]
     client = CoordinatorClient(
         f"http://{host}:{port}", "node-b", peer.address, NodeReport, request_timeout=3.0
@@ -758,14 +720,15 @@ async def test_client_reads_no_answer_past_its_bound(
         if not gzip:  # the client hung up at the bound (gzip: the socket holds GiBs of it)
             assert MAX_ANSWER < babbler.sent[0] < MAX_ANSWER + 16 * 2**20, babbler.sent
 
-        babbler.honest = {"POST /api/peers/register", "PUT /api/peers/status"}
+        joined = membership.model_dump_json()
+        babbler.honest = {"POST /api/peers/register": joined, "PUT /api/peers/status": joined}
         await until(lambda: client.registered and bool(client.members))
         assert sum("back after" in m for m in _client_records(caplog, logging.INFO)) == 1
         started = time.monotonic()
         assert await client.locate("data/x.bin", "v1") == []  # the location answer is endless
         assert time.monotonic() - started < 2.5
 
-        babbler.honest = {"POST /api/peers/register"}  # heartbeats answered without end
+        del babbler.honest["PUT /api/peers/status"]  # heartbeats answered without end
         await until(lambda: len(warnings()) == 2)
         assert "an answer over 64.0 MiB" in warnings()[1]
         assert [p.peer_id for p in client.members] == ["node-b"]  # kept meanwhile

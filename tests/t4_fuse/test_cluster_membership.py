@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import servers
 from coordinators import Coordinator, start_coordinator
 from mounts import Mount, cloud_put
 
@@ -70,6 +71,32 @@ def test_a_node_mounts_and_works_while_the_coordinator_is_down(
     until(lambda: coordinator.live_ids() == ["node-b"])
     log = mount.log_tail(400)
     assert log.count("WARNING") <= 2, log  # one warning for the outage, not one per try
+
+
+def test_a_coordinator_url_of_a_server_that_answers_without_end(
+    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """-coordinator names some other server, one that answers every request with a body
+    without end: the node reads no answer past 64 MiB, says so once, and serves on."""
+    (port,) = servers.free_ports(1)
+    babbler = Path(__file__).parents[1] / "babbler.py"
+    server = servers.Proc("babbler", [sys.executable, str(babbler), str(port)], tmp_path / "b.log")
+    server.start()
+    request.addfinalizer(server.stop)
+    server.wait_http(f"http://127.0.0.1:{port}/", ok=lambda status: status == 200)
+    mount: Mount = mount_factory(  # type: ignore[operator]
+        "local", coordinator=f"127.0.0.1:{port}", peer_id="node-e"
+    )
+    mount.wait_for_log("an answer over 64.0 MiB: not a coordinator's answer")
+    (mount.path / "g.bin").write_bytes(b"works")
+    assert (mount.path / "g.bin").read_bytes() == b"works"
+    until(lambda: server.log.read_text().count("POST /api/peers/register") >= 3)  # it goes on
+    log = mount.log_tail(400)
+    assert log.count("WARNING") == 1, log  # one warning, not one per try
+    assert mount.proc is not None
+    status = Path(f"/proc/{mount.proc.pid}/status").read_text()
+    peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+    assert peak < 400 * 2**10, f"the node's memory peaked at {peak >> 10} MiB"
 
 
 def test_chunks_a_node_evicts_leave_the_location_index(
