@@ -4,7 +4,7 @@ and the size of another node's answer.
 Each check returns its input unchanged when it is acceptable and raises ValueError with a
 message that names the problem otherwise (pydantic turns that into a 422 naming the field).
 The HTTP servers of tierfs (coordinator, peer API) use these, never their own variants;
-its HTTP clients read an answer they keep with `read_bounded`.
+its HTTP clients read another node's answer only up to a bound (`read_bounded`).
 """
 
 from __future__ import annotations
