@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -16,7 +17,7 @@ class Relay:
     """Relays 127.0.0.1:`port` to 127.0.0.1:`target`; `cut` refuses and drops every
     connection until `restore`, `mute` drops the server's answers until then, `rewrite`
     changes the next request that holds a given string, `hold` keeps it back until
-    `release`."""
+    `release`, `slow` delays every request that holds a given string."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -29,6 +30,7 @@ class Relay:
         self._hold: bytes | None = None
         self._held = threading.Event()
         self._released = threading.Event()
+        self._slow: tuple[bytes, float] | None = None
 
     def start(self) -> Relay:
         listener = socket.create_server(("127.0.0.1", self.port))
@@ -80,6 +82,12 @@ class Relay:
         self._held.clear()
         self._released.clear()
 
+    def slow(self, text: bytes, seconds: float) -> None:
+        """Keep every request that holds `text` from the server for `seconds` (a slow
+        server, or a slow way to it)."""
+        with self._lock:
+            self._slow = (text, seconds)
+
     def wait_until_held(self, timeout: float = 30.0) -> None:
         """Until a request is held (fails past `timeout`)."""
         assert self._held.wait(timeout), "no request came to be held"
@@ -93,6 +101,7 @@ class Relay:
             held = self._hold is not None and self._hold in data
             if held:
                 self._hold = None
+            delay = self._slow[1] if self._slow is not None and self._slow[0] in data else 0.0
             for n, (old, new) in enumerate(self._rewrites):
                 if old in data:
                     del self._rewrites[n]
@@ -101,6 +110,7 @@ class Relay:
         if held:
             self._held.set()
             self._released.wait(120)
+        time.sleep(delay)
         return data
 
     def restore(self) -> None:

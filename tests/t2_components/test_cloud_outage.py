@@ -148,6 +148,36 @@ async def test_a_conditional_put_whose_answer_was_lost_is_its_own(
             await direct.close()
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+async def test_a_directory_of_many_pages_lists_however_long_they_take(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The cloud deadline bounds each page of a listing, not the whole of it: a directory
+    of many 1,000-key pages (AWS's most) lists as long as each page comes in time, where it
+    failed every time once all its pages took longer than the deadline."""
+    async with through_a_relay(provider, request, tmp_path, DEADLINE) as (settings, relay, store):
+        keys = [f"big/key-{index:05d}" for index in range(2_500)]
+        direct = open_store(settings)
+        try:
+            limit = asyncio.Semaphore(32)
+
+            async def put(key: str) -> None:
+                async with limit:
+                    await direct.put(key, b"")
+
+            async with asyncio.TaskGroup() as group:
+                for key in keys:
+                    group.create_task(put(key))
+        finally:
+            await direct.close()
+        relay.slow(b"list-type=2", DEADLINE * 0.4)  # each page well in time, three are not
+        started = time.monotonic()
+        listing = await store.list_all("big/", delimiter=True)
+        assert [meta.key for meta in listing.objects] == keys
+        assert time.monotonic() - started > DEADLINE
+
+
 @contextlib.asynccontextmanager
 async def through_a_relay(
     provider: str, request: pytest.FixtureRequest, root: Path, timeout: float

@@ -19,9 +19,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Any
 from urllib.parse import quote, unquote
 from xml.etree import ElementTree
 
@@ -85,12 +83,6 @@ class AzureBlobCloud(ObjstoreCloud):
         base = endpoint.rstrip("/") if endpoint else PUBLIC_ENDPOINT.format(account=account)
         self._container_url = f"{base}/{quote(container, safe='')}"
         self._http = SignedRequests(self.url, timeout)
-
-    def _listed(self, meta: Any) -> ObjectMeta:
-        """A listed version is quoted (`_quoted`), or a file read after `ls` was "changed"
-        (ESTALE)."""
-        listed = super()._listed(meta)
-        return replace(listed, version=_quoted(listed.version))
 
     async def _stored_md5(self, key: str, meta: ObjectMeta) -> bytes | None:
         """Azure's Content-MD5, which Put Blob stores (its ETag is no digest)."""

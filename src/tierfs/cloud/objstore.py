@@ -40,7 +40,6 @@ from tierfs.errors import (
     InvalidKeyError,
     ObjectNotFoundError,
     TransientCloudError,
-    UnnamableKeyError,
     VersionChangedError,
 )
 from tierfs.retry import with_retry
@@ -71,10 +70,6 @@ _START_TOO_LARGE = "StartTooLarge {"
 # obstore's error for a range request answered with the whole object (200, not 206):
 # SeaweedFS does that to a few small ranges while other requests are being cancelled.
 _NOT_PARTIAL_TEXT = "non-partial response"
-# obstore's error for a listing that met a key its paths cannot name ("a//b", "/a", a
-# tab; a local file's name not UTF-8): it fails the whole listing. A folder's level is
-# then listed without obstore (`_own_listing`), as a whole tree always is.
-_LISTED_NO_KEY_TEXT = "Encountered object with invalid path"
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
 
 
@@ -130,11 +125,6 @@ class ObjstoreCloud(CloudStore):
         if isinstance(exc, denied) or http_status(exc) in (401, 403):
             return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
         if isinstance(exc, obx.InvalidPathError):
-            if _LISTED_NO_KEY_TEXT in str(exc):
-                return UnnamableKeyError(
-                    f"{self.url}/{key}: a name in it cannot be an object key (rename it): "
-                    f"{_first_line(exc)}"
-                )
             return InvalidKeyError(f"invalid object key {key!r}: {exc}")
         if is_transient(exc):
             return TransientCloudError(f"{self.url}/{key}: {_first_line(exc)}")
@@ -306,7 +296,8 @@ class ObjstoreCloud(CloudStore):
         self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[ListPage]:
         """The pages of a listing of `prefix` sent and read here, not by obstore, whose
-        listing fails whole at a key its paths cannot name: every key, unfiltered."""
+        listing fails whole at a key its paths cannot name and takes a folder's every page
+        in one call: every key, unfiltered."""
 
     async def _pages(
         self,
@@ -328,33 +319,14 @@ class ObjstoreCloud(CloudStore):
                 return
             query[cursor] = answer.next
 
-    def _listed(self, meta: Any) -> ObjectMeta:
-        """An object of a listing, its version as HEAD and GET give it."""
-        return _meta(meta)
-
     async def list(
         self, prefix: str = "", delimiter: bool = True, page_size: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[ListPage]:
-        """A folder's level through obstore; a whole tree, or a level obstore cannot list,
-        through `_own_listing`; either less the keys no path can name (`named_only`)."""
+        """The pages of `_own_listing`, each its own request within the deadline (a
+        folder of many pages lists however long they take all together), less the keys
+        no path can name (`named_only`)."""
         if prefix:
             self.check_key(prefix.removesuffix("/"))
-        if delimiter:
-            path = prefix.removesuffix("/") or None
-            try:
-                listing = await self._call(
-                    "LIST", prefix, lambda: obstore.list_with_delimiter_async(self._store, path)
-                )
-            except UnnamableKeyError:
-                pass
-            else:
-                # named_only too: obstore names keys this store refuses (Azure: over 1024
-                # bytes within 1024 characters; local: a name over `name_max`), which no
-                # read could take (EINVAL); and a prefix may be none ("/" of "/a").
-                prefixes = [p if p.endswith("/") else p + "/" for p in listing["common_prefixes"]]
-                objects = [self._listed(m) for m in listing["objects"]]
-                yield self.named_only(ListPage(objects, prefixes))
-                return
         async for page in self._own_listing(prefix, delimiter, page_size):
             yield self.named_only(page)
 
