@@ -19,9 +19,9 @@ class Relay:
     changes the next request that holds a given string, `hold` keeps it back until
     `release`, `slow` delays every request that holds a given string."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, port: int | None = None) -> None:
         self.target = target
-        (self.port,) = servers.free_ports(1)
+        self.port = port or servers.free_ports(1)[0]
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None

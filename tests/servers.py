@@ -707,14 +707,15 @@ def _fake_gcs_bin() -> str:
     return str(binary)
 
 
-def _start_fake_gcs_once(base: Path, fake_gcs: str) -> GcsServer:
+def _start_fake_gcs_once(base: Path, fake_gcs: str, external_port: int | None) -> GcsServer:
     d = _workdir(base, "fake-gcs")
     (port,) = free_ports(1)
     endpoint = f"http://127.0.0.1:{port}"
+    external = f"http://127.0.0.1:{external_port or port}"
     cmd = [
         fake_gcs, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
         # without -public-host the XML API (obstore reads) answers 404
-        "-public-host", f"127.0.0.1:{port}", "-external-url", endpoint,
+        "-public-host", f"127.0.0.1:{port}", "-external-url", external,
         # in memory: the filesystem backend drops an object whose name ends in "/" (a
         # folder marker), which GCS keeps
         "-backend", "memory",
@@ -726,7 +727,9 @@ def _start_fake_gcs_once(base: Path, fake_gcs: str) -> GcsServer:
     return server
 
 
-def start_fake_gcs(base: Path) -> GcsServer:
-    """fake-gcs-server (GCS JSON API, path-style XML reads), its log under ``base``."""
+def start_fake_gcs(base: Path, external_port: int | None = None) -> GcsServer:
+    """fake-gcs-server (GCS JSON API, path-style XML reads), its log under ``base``;
+    ``external_port``: the port its upload sessions' URLs name (a relay in front of it),
+    else its own."""
     fake_gcs = _fake_gcs_bin()
-    return _start_with_retries(lambda: _start_fake_gcs_once(base, fake_gcs))
+    return _start_with_retries(lambda: _start_fake_gcs_once(base, fake_gcs, external_port))

@@ -15,7 +15,7 @@ import pytest
 import servers
 from cloud_targets import server_for, settings_for
 from relay import Relay, relay_in_front_of
-from tierfs.cloud.base import ABSENT, CloudStore
+from tierfs.cloud.base import ABSENT, MULTIPART_THRESHOLD, PART_SIZE, CloudStore
 from tierfs.cloud.providers import open_store, s3_store
 from tierfs.errors import CloudError, ObjectNotFoundError, VersionChangedError
 from tierfs.settings import ClientSettings
@@ -176,6 +176,64 @@ async def test_a_directory_of_many_pages_lists_however_long_they_take(
         listing = await store.list_all("big/", delimiter=True)
         assert [meta.key for meta in listing.objects] == keys
         assert time.monotonic() - started > DEADLINE
+
+
+@pytest.mark.asyncio
+async def test_a_gcs_upload_session_the_server_does_not_know_starts_over(
+    tmp_path: Path,
+) -> None:
+    """A chunk of a resumable upload answered 404 (GCS knows no such session: it expired,
+    or was dropped) is no missing bucket: the upload starts over in a new session."""
+    async with a_relayed_gcs_store(tmp_path) as (relay, store, _):
+        body = os.urandom(MULTIPART_THRESHOLD + PART_SIZE + 5)
+        relay.rewrite(b"upload_id=", b"upload_ix=")  # its first chunk names no session
+        meta = await store.put("big.bin", body)
+        assert relay.rewrites_pending == 0
+        assert meta.size == len(body)
+        assert await store.get_range("big.bin", 0, len(body), meta.version) == body
+
+
+@pytest.mark.asyncio
+async def test_a_gcs_upload_whose_last_answer_was_lost_holds_its_body(tmp_path: Path) -> None:
+    """The last chunk of a resumable upload lands and its answer is lost (the connection
+    breaks): the put still ends with the object holding its body, whole."""
+    async with a_relayed_gcs_store(tmp_path) as (relay, store, direct):
+        old = await store.put("big.bin", b"the old content")
+        body = os.urandom(MULTIPART_THRESHOLD + PART_SIZE + 5)
+        relay.hold(f"-{len(body) - 1}/{len(body)}".encode())  # the last chunk's range
+        put = asyncio.create_task(store.put("big.bin", body, expect=old.version))
+        await asyncio.to_thread(relay.wait_until_held)
+        relay.mute()
+        relay.release()
+        while (landed := await direct.head("big.bin")).size != len(body):
+            await asyncio.sleep(0.02)  # until the server has the object
+        relay.cut()  # the answer never came: the connection breaks
+        relay.restore()
+        meta = await put  # aiohttp sent the chunk again: GCS knew the session no more
+        assert (meta.version, meta.size) == (landed.version, len(body))  # not sent twice
+        assert (await direct.head("big.bin")).version == landed.version
+        assert await direct.get_range("big.bin", 0, len(body), landed.version) == body
+
+
+@contextlib.asynccontextmanager
+async def a_relayed_gcs_store(root: Path) -> AsyncIterator[tuple[Relay, CloudStore, CloudStore]]:
+    """A fake-gcs-server of its own behind a relay, which its upload sessions' URLs name
+    too; a store that goes through the relay and one that does not."""
+    (relay_port,) = servers.free_ports(1)
+    server = servers.start_fake_gcs(root, external_port=relay_port)
+    relay = Relay(int(server.endpoint.rsplit(":", 1)[1]), port=relay_port).start()
+    settings = settings_for("gcp-native", server, root, timeout=10.0)
+    store = open_store(
+        settings.model_copy(update={"gcp_endpoint": f"http://127.0.0.1:{relay_port}"})
+    )
+    direct = open_store(settings)
+    try:
+        yield relay, store, direct
+    finally:
+        await store.close()
+        await direct.close()
+        relay.stop()
+        server.stop()
 
 
 @contextlib.asynccontextmanager

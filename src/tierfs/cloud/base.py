@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -276,6 +277,19 @@ class CloudStore(abc.ABC):
             hidden += page.hidden
         objects.sort(key=lambda meta: meta.key)
         return ListPage(objects, sorted(set(prefixes)), hidden)
+
+
+def md5_of(body: bytes | Path) -> bytes:
+    """The MD5 digest of `body` (bytes, or a local file read a part at a time); it blocks,
+    so it is called off the event loop."""
+    digest = hashlib.md5(usedforsecurity=False)
+    if isinstance(body, bytes):
+        digest.update(body)
+        return digest.digest()
+    with body.open("rb") as file:
+        while part := file.read(PART_SIZE):
+            digest.update(part)
+    return digest.digest()
 
 
 def split_markers(objects: Sequence[ObjectMeta]) -> tuple[list[ObjectMeta], list[str]]:

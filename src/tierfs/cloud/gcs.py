@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -23,6 +24,7 @@ from tierfs.cloud.base import (
     CloudStore,
     ListPage,
     ObjectMeta,
+    md5_of,
 )
 from tierfs.errors import (
     AccessDeniedError,
@@ -97,7 +99,8 @@ class GcsStore(CloudStore):
         what = f"{self.url}/{key}"
         if isinstance(exc, aiohttp.ClientResponseError):
             status, detail = exc.status, _detail(exc)
-            if status == 404 and request in ("LIST", "PUT"):  # nothing else was looked for
+            # Nothing else was looked for (a chunk's 404, of the session, is `_session_gone`).
+            if status == 404 and request in ("LIST", "PUT"):
                 return BucketNotFoundError(f"{self.url}: no such bucket")
             if status == 404:
                 return ObjectNotFoundError(f"{what}: no such object")
@@ -213,13 +216,18 @@ class GcsStore(CloudStore):
             offset = 0
             while chunk := await asyncio.to_thread(reader.read, PART_SIZE):
                 end = offset + len(chunk)
-                resp = await self._request(
-                    "PUT",
-                    location,
-                    headers={"Content-Range": f"bytes {offset}-{end - 1}/{size}"},
-                    data=io.BytesIO(chunk),  # raw bytes over 1 MiB make aiohttp warn
-                    allow_redirects=False,  # 308: chunk stored, send the next
-                )
+                try:
+                    resp = await self._request(
+                        "PUT",
+                        location,
+                        headers={"Content-Range": f"bytes {offset}-{end - 1}/{size}"},
+                        data=io.BytesIO(chunk),  # raw bytes over 1 MiB make aiohttp warn
+                        allow_redirects=False,  # 308: chunk stored, send the next
+                    )
+                except aiohttp.ClientResponseError as exc:
+                    if exc.status not in (404, 410):
+                        raise
+                    return await self._session_gone(key, body, size, end == size, exc.status)
                 if resp.status != 308:
                     meta = _meta(await resp.json(content_type=None))
                     if meta.size == size:
@@ -228,6 +236,34 @@ class GcsStore(CloudStore):
                 resp.release()
                 offset = end
         raise CloudError(f"{self.url}/{key}: upload of {size} bytes ended at {offset}")
+
+    async def _session_gone(
+        self, key: str, body: bytes | Path, size: int, last: bool, status: int
+    ) -> ObjectMeta:
+        """A chunk answered 404 or 410: GCS knows no such upload session. It expired, or,
+        for the `last` chunk, it is finished: aiohttp sends a PUT again by itself when the
+        connection broke before its answer, and the chunk's first sending may have
+        completed the object. That object if it holds `body`; else TransientCloudError,
+        and the upload starts over in a new session."""
+        if last and (landed := await self._holding(key, body, size)) is not None:
+            return landed
+        raise TransientCloudError(
+            f"{self.url}/{key}: the upload session is gone (HTTP {status}); starting over"
+        )
+
+    async def _holding(self, key: str, body: bytes | Path, size: int) -> ObjectMeta | None:
+        """The object at `key` if it holds `body` (its size and MD5 say so), else None."""
+        try:
+            item = await self._client().download_metadata(self._bucket, key, timeout=self._gtimeout)
+        except aiohttp.ClientResponseError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if int(item["size"]) != size or not item.get("md5Hash"):
+            return None  # a composite object has no MD5
+        if base64.b64decode(item["md5Hash"]) != await asyncio.to_thread(md5_of, body):
+            return None
+        return _meta(item)
 
     async def list(
         self, prefix: str = "", delimiter: bool = True, page_size: int = LIST_PAGE_SIZE

@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tierfs.cloud.base import (
     CloudStore,
     ListPage,
     ObjectMeta,
+    md5_of,
 )
 from tierfs.errors import (
     AccessDeniedError,
@@ -244,7 +244,7 @@ class ObjstoreCloud(CloudStore):
         if meta.size != size:
             return None
         stored = await self._stored_md5(key, meta)
-        if stored is None or stored != await asyncio.to_thread(_md5, body):
+        if stored is None or stored != await asyncio.to_thread(md5_of, body):
             return None
         return meta
 
@@ -381,11 +381,6 @@ def listing_xml(body: bytes) -> ElementTree.Element:
 def _meta(meta: Any) -> ObjectMeta:
     version = meta["e_tag"] or meta["version"] or ""
     return ObjectMeta(meta["path"], meta["size"], version, meta["last_modified"])
-
-
-def _md5(body: bytes | Path) -> bytes:
-    data = body if isinstance(body, bytes) else body.read_bytes()  # 16 MiB at most
-    return hashlib.md5(data, usedforsecurity=False).digest()
 
 
 def _first_line(exc: Exception) -> str:
