@@ -179,6 +179,40 @@ async def test_a_directory_of_many_pages_lists_however_long_they_take(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+@pytest.mark.parametrize("how", ["put", "put_stream"])
+async def test_a_cancelled_multipart_upload_leaves_no_parts(
+    provider: str, how: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A large put cancelled half way (an unmount, its retry given up) is cancelled, and
+    its multipart upload aborted: no parts stay in the bucket, billed and unseen."""
+    async with through_a_relay(provider, request, tmp_path, DEADLINE) as (settings, relay, store):
+        s3 = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+        bucket = settings.s3_bucket
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(10 * PART_SIZE))
+
+        async def parts() -> AsyncIterator[bytes]:
+            for start in range(0, 10 * PART_SIZE, PART_SIZE):
+                yield big.read_bytes()[start : start + PART_SIZE]
+
+        def in_progress() -> list[str]:
+            return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+        relay.slow(b"partNumber=", 0.5)  # parts go up slowly: the put is caught half way
+        put = asyncio.create_task(
+            store.put("big.bin", big) if how == "put" else store.put_stream("big.bin", parts())
+        )
+        while not await asyncio.to_thread(in_progress):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # some parts sent
+        put.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await put
+        assert await asyncio.to_thread(in_progress) == []
+
+
+@pytest.mark.asyncio
 async def test_a_gcs_upload_session_the_server_does_not_know_starts_over(
     tmp_path: Path,
 ) -> None:

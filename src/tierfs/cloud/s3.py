@@ -6,21 +6,27 @@ Version 4)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
 from urllib.parse import quote, unquote_plus
 from xml.etree import ElementTree
 
 from obstore.store import S3Store
 from yarl import URL
 
-from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
+from tierfs.cloud.base import LIST_PAGE_SIZE, MULTIPART_THRESHOLD, ListPage, ObjectMeta
 from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
-from tierfs.errors import CloudError, TransientCloudError
+from tierfs.errors import CloudError, ObjectNotFoundError, TransientCloudError
+
+log = logging.getLogger(__name__)
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -60,6 +66,64 @@ class S3Cloud(ObjstoreCloud):
         self._bucket_url = bucket_url.rstrip("/")  # path-style: ENDPOINT/BUCKET
         self._keys = keys
         self._http = SignedRequests(url, timeout)
+
+    async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
+        size = len(body) if isinstance(body, bytes) else body.stat().st_size
+        if size <= MULTIPART_THRESHOLD:
+            return await super().put(key, body, expect)
+        return await self._parts_dropped_on_failure(key, partial(super().put, key, body, expect))
+
+    async def put_stream(
+        self, key: str, parts: AsyncIterator[bytes], size: int | None = None
+    ) -> ObjectMeta:
+        return await self._parts_dropped_on_failure(
+            key, partial(super().put_stream, key, parts, size)
+        )
+
+    async def _parts_dropped_on_failure(
+        self, key: str, upload: Callable[[], Awaitable[ObjectMeta]]
+    ) -> ObjectMeta:
+        """`upload`, multipart uploads of `key`; if it fails or is cancelled, the uploads
+        of `key` begun meanwhile are aborted (AbortMultipartUpload), within the deadline:
+        obstore leaves their parts in the bucket, billed until a lifecycle rule drops
+        them. One begun meanwhile by another client of the same key would go too."""
+        try:
+            before = await self._call("LIST", key, lambda: self._uploads_of(key))
+        except CloudError as exc:  # no ListBucketMultipartUploads right: nothing to compare
+            log.info("%s/%s: in-progress uploads not listed: %s", self.url, key, exc)
+            before = None
+        try:
+            return await upload()
+        except BaseException:
+            if before is not None:
+                try:
+                    await asyncio.wait_for(self._abort_begun(key, before), self._timeout)
+                except (CloudError, TimeoutError) as exc:
+                    log.info("%s/%s: parts of a failed upload left: %s", self.url, key, exc)
+            raise
+
+    async def _abort_begun(self, key: str, before: set[str]) -> None:
+        """Abort the multipart uploads of `key` that are not among `before`."""
+        for upload_id in await self._uploads_of(key) - before:
+            url = URL(
+                f"{self._bucket_url}/{quote(key, safe='/~')}?uploadId={_quoted(upload_id)}",
+                encoded=True,
+            )
+            with contextlib.suppress(ObjectNotFoundError):  # NoSuchUpload: done meanwhile
+                async with self._http.send("DELETE", url, await self._signed("DELETE", url), key):
+                    pass
+
+    async def _uploads_of(self, key: str) -> set[str]:
+        """The ids of the multipart uploads of `key` in progress (ListMultipartUploads)."""
+        url = URL(f"{self._bucket_url}?prefix={_quoted(key)}&uploads=", encoded=True)
+        async with self._http.send("GET", url, await self._signed("GET", url), key) as response:
+            root = listing_xml(await response.read())
+        namespace = _namespace(root)
+        return {
+            upload.findtext(namespace + "UploadId") or ""
+            for upload in root.iterfind(namespace + "Upload")
+            if upload.findtext(namespace + "Key") == key  # not a longer key of the prefix
+        }
 
     async def put_marker(self, prefix: str) -> None:
         await self._marker("PUT", prefix)
@@ -130,6 +194,11 @@ class S3Cloud(ObjstoreCloud):
     async def close(self) -> None:
         await self._http.close()
         await super().close()
+
+
+def _quoted(value: str) -> str:
+    """`value` encoded for a canonical query (all but `-_.~`)."""
+    return quote(value, safe="-_.~")
 
 
 def _namespace(root: ElementTree.Element) -> str:
