@@ -187,29 +187,72 @@ async def test_a_cancelled_multipart_upload_leaves_no_parts(
     """A large put cancelled half way (an unmount, its retry given up) is cancelled, and
     its multipart upload aborted: no parts stay in the bucket, billed and unseen."""
     async with through_a_relay(provider, request, tmp_path, DEADLINE) as (settings, relay, store):
-        s3 = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
-        bucket = settings.s3_bucket
+        in_progress = uploads_in_progress(request, provider, settings)
         big = tmp_path / "big.bin"
         big.write_bytes(os.urandom(10 * PART_SIZE))
-
-        async def parts() -> AsyncIterator[bytes]:
-            for start in range(0, 10 * PART_SIZE, PART_SIZE):
-                yield big.read_bytes()[start : start + PART_SIZE]
-
-        def in_progress() -> list[str]:
-            return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-
         relay.slow(b"partNumber=", 0.5)  # parts go up slowly: the put is caught half way
         put = asyncio.create_task(
-            store.put("big.bin", big) if how == "put" else store.put_stream("big.bin", parts())
+            store.put("big.bin", big) if how == "put" else store.put_stream("big.bin", parts(big))
         )
-        while not await asyncio.to_thread(in_progress):
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # some parts sent
+        await until_in_progress(in_progress, 1)
         put.cancel()
         with pytest.raises(asyncio.CancelledError):
             await put
         assert await asyncio.to_thread(in_progress) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+async def test_a_put_cancelled_beside_another_of_its_key_spares_that_one(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """An early upload of a file abandoned for the stream that takes its place (the
+    staging disk full) is a put of the key that one makes at once: its cancelling aborts
+    none of the other's parts (the stream failed with NoSuchUpload, its bytes lost), and
+    its own parts go once the other is done."""
+    async with through_a_relay(provider, request, tmp_path, DEADLINE) as (settings, relay, store):
+        in_progress = uploads_in_progress(request, provider, settings)
+        early, stream = tmp_path / "early.bin", tmp_path / "stream.bin"
+        early.write_bytes(os.urandom(10 * PART_SIZE))
+        stream.write_bytes(os.urandom(3 * PART_SIZE))
+        relay.slow(b"partNumber=", 0.5)
+        abandoned = asyncio.create_task(store.put_stream("big.bin", parts(early)))
+        await until_in_progress(in_progress, 1)
+        taking_over = asyncio.create_task(store.put_stream("big.bin", parts(stream)))
+        await until_in_progress(in_progress, 2)
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        meta = await taking_over
+        assert await store.get_range("big.bin", 0, meta.size, meta.version) == stream.read_bytes()
+        assert await asyncio.to_thread(in_progress) == []
+
+
+async def parts(source: Path) -> AsyncIterator[bytes]:
+    """The bytes of `source`, a part at a time."""
+    body = source.read_bytes()
+    for start in range(0, len(body), PART_SIZE):
+        yield body[start : start + PART_SIZE]
+
+
+def uploads_in_progress(
+    request: pytest.FixtureRequest, provider: str, settings: ClientSettings
+) -> Callable[[], list[str]]:
+    """A function listing the keys of the multipart uploads in progress in the bucket."""
+    s3 = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+
+    def listed() -> list[str]:
+        answer = s3.list_multipart_uploads(Bucket=settings.s3_bucket)
+        return [upload["Key"] for upload in answer.get("Uploads", [])]
+
+    return listed
+
+
+async def until_in_progress(in_progress: Callable[[], list[str]], count: int) -> None:
+    """Until `count` multipart uploads are in progress, and some of their parts sent."""
+    while len(await asyncio.to_thread(in_progress)) < count:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
 
 
 @pytest.mark.asyncio

@@ -246,7 +246,11 @@ def bucket_files(mount: Mount, folder: str) -> dict[str, bytes]:
     async def fetch() -> dict[str, bytes]:
         cloud = cloud_of(mount)
         try:
-            listed = (await cloud.list_all(folder + "/")).objects
+            listed = [
+                meta
+                for meta in (await cloud.list_all(folder + "/")).objects
+                if not meta.key.endswith("/")  # the folder's marker
+            ]
             bodies = [cloud.get_range(meta.key, 0, meta.size, meta.version) for meta in listed]
             return {
                 meta.key.rpartition("/")[2]: bytes(body)

@@ -66,6 +66,7 @@ class S3Cloud(ObjstoreCloud):
         self._bucket_url = bucket_url.rstrip("/")  # path-style: ENDPOINT/BUCKET
         self._keys = keys
         self._http = SignedRequests(url, timeout)
+        self._puts: dict[str, _PutsOfKey] = {}  # multipart puts under way, by key
 
     async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
@@ -83,24 +84,50 @@ class S3Cloud(ObjstoreCloud):
     async def _parts_dropped_on_failure(
         self, key: str, upload: Callable[[], Awaitable[ObjectMeta]]
     ) -> ObjectMeta:
-        """`upload`, multipart uploads of `key`; if it fails or is cancelled, the uploads
-        of `key` begun meanwhile are aborted (AbortMultipartUpload), within the deadline:
+        """`upload`, multipart uploads of `key`. Once no put of `key` is under way here
+        and one of them failed or was cancelled, the uploads of `key` begun since the
+        first of them began are aborted (AbortMultipartUpload), within the deadline:
         obstore leaves their parts in the bucket, billed until a lifecycle rule drops
-        them. One begun meanwhile by another client of the same key would go too."""
+        them. Not before: an abandoned early upload of a file and the stream that takes
+        its place are puts of one key at once, and the first aborted the second. One
+        begun meanwhile by another client of the same key would go too."""
+        puts = self._puts.get(key)
+        if puts is None:
+            puts = self._puts[key] = _PutsOfKey(asyncio.ensure_future(self._uploads_now(key)))
+        puts.running += 1
         try:
-            before = await self._call("LIST", key, lambda: self._uploads_of(key))
-        except CloudError as exc:  # no ListBucketMultipartUploads right: nothing to compare
-            log.info("%s/%s: in-progress uploads not listed: %s", self.url, key, exc)
-            before = None
-        try:
+            await asyncio.shield(puts.before)  # none of ours may be begun before it is
             return await upload()
         except BaseException:
-            if before is not None:
-                try:
-                    await asyncio.wait_for(self._abort_begun(key, before), self._timeout)
-                except (CloudError, TimeoutError) as exc:
-                    log.info("%s/%s: parts of a failed upload left: %s", self.url, key, exc)
+            puts.failed = True
             raise
+        finally:
+            puts.running -= 1
+            if not puts.running:
+                del self._puts[key]
+                if puts.failed:
+                    await self._drop_parts(key, puts.before)
+
+    async def _uploads_now(self, key: str) -> set[str] | None:
+        """`_uploads_of`, or None where they cannot be listed."""
+        try:
+            return await self._call("LIST", key, lambda: self._uploads_of(key))
+        except CloudError as exc:  # no ListBucketMultipartUploads right: nothing to compare
+            log.info("%s/%s: in-progress uploads not listed: %s", self.url, key, exc)
+            return None
+
+    async def _drop_parts(self, key: str, listed: asyncio.Future[set[str] | None]) -> None:
+        """Abort the uploads of `key` begun since `listed`, within the deadline."""
+        if not listed.done():
+            listed.cancel()  # each put gave up before the listing came: none began
+            return
+        before = None if listed.cancelled() or listed.exception() else listed.result()
+        if before is None:
+            return
+        try:
+            await asyncio.wait_for(self._abort_begun(key, before), self._timeout)
+        except (CloudError, TimeoutError) as exc:
+            log.info("%s/%s: parts of a failed upload left: %s", self.url, key, exc)
 
     async def _abort_begun(self, key: str, before: set[str]) -> None:
         """Abort the multipart uploads of `key` that are not among `before`."""
@@ -194,6 +221,15 @@ class S3Cloud(ObjstoreCloud):
     async def close(self) -> None:
         await self._http.close()
         await super().close()
+
+
+@dataclass
+class _PutsOfKey:
+    """The multipart puts of one key under way (`S3Cloud._parts_dropped_on_failure`)."""
+
+    before: asyncio.Future[set[str] | None]  # its uploads in progress before the first
+    running: int = 0
+    failed: bool = False
 
 
 def _quoted(value: str) -> str:
