@@ -217,3 +217,29 @@ def cloud_mkdir(mount: Mount, prefix: str) -> None:
             await cloud.close()
 
     asyncio.run(put_marker())
+
+
+def cloud_delete(mount: Mount, key: str) -> None:
+    """Remove an object behind the mount's back, as another tool would."""
+
+    async def delete() -> None:
+        cloud = cloud_of(mount)
+        try:
+            await cloud.delete(key)
+        finally:
+            await cloud.close()
+
+    asyncio.run(delete())
+
+
+def bucket_keys(mount: Mount) -> list[str]:
+    """Every key in the bucket behind `mount`, folder markers included."""
+
+    async def keys() -> list[str]:
+        cloud = cloud_of(mount)
+        try:
+            return [meta.key for meta in (await cloud.list_all(delimiter=False)).objects]
+        finally:
+            await cloud.close()
+
+    return asyncio.run(keys())

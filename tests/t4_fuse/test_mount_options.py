@@ -4,7 +4,6 @@ without any."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from mounts import Mount, cloud_bytes, cloud_mkdir, cloud_of, cloud_put
+from mounts import Mount, bucket_keys, cloud_bytes, cloud_mkdir, cloud_put
 
 NOBODY = 65534
 
@@ -99,19 +98,6 @@ def test_other_users_come_in_with_allow_other_and_the_mode_bits_hold(
     # The root folder is the mounting user's, 0755: nobody may read, not write.
     assert write.returncode != 0 and "Permission denied" in write.stderr
     assert sorted(os.listdir(mount.path)) == ["a.txt"]
-
-
-def bucket_keys(mount: Mount) -> list[str]:
-    """Every key in the bucket behind `mount`, folder markers included."""
-
-    async def keys() -> list[str]:
-        cloud = cloud_of(mount)
-        try:
-            return [meta.key for meta in (await cloud.list_all(delimiter=False)).objects]
-        finally:
-            await cloud.close()
-
-    return asyncio.run(keys())
 
 
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])

@@ -22,7 +22,16 @@ from typing import Any
 import pytest
 
 from cloud_targets import server_for
-from mounts import Mount, cloud_bytes, cloud_of, cloud_put, node_address, warm
+from mounts import (
+    Mount,
+    bucket_keys,
+    cloud_bytes,
+    cloud_delete,
+    cloud_of,
+    cloud_put,
+    node_address,
+    warm,
+)
 from pagecache import evict
 from tierfs.cloud.base import ObjectMeta
 from trees import bucket_tree, tree
@@ -601,6 +610,28 @@ def test_a_removed_directory_stays_gone_past_the_metadata_ttl(
     subprocess.run(["rm", "-rf", str(root / "new")], check=True, timeout=60)
     time.sleep(0.3)
     assert os.listdir(root) == []
+
+
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+def test_a_folder_whose_listing_names_a_folder_emptied_elsewhere_is_removed(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """`mkdir d`, and another node makes and empties `d/x`: `rmdir d` succeeds, while the
+    listing this mount holds for the TTL still names `x`, and on SeaweedFS, which lists an
+    emptied prefix for minutes, after it too. It said ENOTEMPTY: the folder's own marker
+    was taken for a key below it."""
+    mount = mount_factory(provider)
+    root = mount.path
+    for lists in (os.listdir, lambda _: time.sleep(1.2)):  # in the TTL, then past it
+        (root / "d").mkdir()
+        cloud_put(mount, "d/x/y", b"y")  # another node
+        time.sleep(1.2)  # past the TTL of what this mount knows of d
+        assert os.listdir(root / "d") == ["x"]
+        cloud_delete(mount, "d/x/y")
+        lists(root / "d")
+        (root / "d").rmdir()
+        assert not (root / "d").exists()
+        assert bucket_keys(mount) == []
 
 
 @pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])

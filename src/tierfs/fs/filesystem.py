@@ -275,7 +275,7 @@ class Filesystem:
             prefixes = True
         if self.names.hides_keys(path):
             return False
-        return not prefixes or not await self.names.has_keys_below(path)
+        return not prefixes or not await self.names.has_keys_below(path, marker_too=False)
 
     def _with_nodes(
         self, parent: str, entries: Iterable[tuple[int, Entry]]

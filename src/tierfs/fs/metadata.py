@@ -260,13 +260,18 @@ class Namespace:
             self._index(path)
         self.prune_at = max(self.prune_at, 2 * len(self))
 
-    async def has_keys_below(self, path: str) -> bool:
+    async def has_keys_below(self, path: str, marker_too: bool = True) -> bool:
         """Whether the bucket has a key below `path`: asked, not taken from a listing (a
-        listing may name a prefix whose keys are gone, see GHOST_WINDOW): its own folder
-        marker too, or a key no path can name."""
-        async for page in self.cloud.list(path + "/", delimiter=False, page_size=1):
-            if page.objects or page.hidden:  # a page may hold none and still be followed
-                return True
+        listing may name a prefix whose keys are gone, see GHOST_WINDOW): a key no path
+        can name too, and its own folder marker unless not `marker_too` (what a folder
+        holds: counted, rmdir of a folder whose listing named an emptied prefix said
+        ENOTEMPTY)."""
+        marker = path + "/"
+        # The marker comes first in key order: two keys tell whether there is another.
+        async for page in self.cloud.list(marker, delimiter=False, page_size=2):
+            keys = (meta.key for meta in page.objects)
+            if page.hidden or any(marker_too or key != marker for key in keys):
+                return True  # a page may hold none and still be followed
         return False
 
     async def listdir(self, path: str, unsaved: Iterable[Entry] = ()) -> Iterator[Entry]:
