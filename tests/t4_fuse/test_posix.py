@@ -369,6 +369,56 @@ def test_keys_no_file_name_can_stand_for_are_left_out_and_said_once(
 
 
 @pytest.mark.warnings_expected
+@pytest.mark.parametrize("provider", ["s3-moto", "s3-seaweedfs"])
+def test_keys_whose_names_no_path_can_take_are_left_out_and_said_once(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """S3 takes a key with a name over 255 bytes (SeaweedFS a folder's), which no Linux
+    path can name: listed, `ls -l` and `find` failed on it (ENAMETOOLONG) and `rm -rf` of
+    its folder stopped there. It is left out of its folder's listing and the log names it
+    once, as other keys no file name can stand for; `rm -rf` removes the rest and says,
+    as `rmdir` does, that the folder is not empty; a move of the folder takes it along."""
+    mount = mount_factory(provider)
+    long_folder, long_file = "d/" + "b" * 256 + "/x", "d/" + "a" * 300
+    too_long = [long_folder, long_file] if provider == "s3-moto" else [long_folder]
+    for key in [*too_long, "d/ok", "d/sub/ok"]:
+        cloud_put(mount, key, b"odd")
+
+    def run(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, cwd=mount.path, capture_output=True, text=True, check=False)
+
+    for _ in range(2):
+        listed = run("ls", "-la", "d")
+        assert (listed.returncode, listed.stderr) == (0, "")
+        assert [line.split()[-1] for line in listed.stdout.splitlines()[1:]] == [
+            ".",
+            "..",
+            "ok",
+            "sub",
+        ]
+        found = run("find", "d")
+        assert (found.returncode, found.stderr) == (0, "")
+        assert sorted(found.stdout.split()) == ["d", "d/ok", "d/sub", "d/sub/ok"]
+    os.rename(mount.path / "d", mount.path / "e")
+    assert sorted(os.listdir(mount.path / "e")) == ["ok", "sub"]
+    moved = ["e" + key[1:] for key in too_long]
+    assert sorted(bucket_keys(mount)) == sorted([*moved, "e/", "e/ok", "e/sub/ok"])
+    removed = run("rm", "-rf", "e")
+    assert removed.returncode == 1
+    assert removed.stderr == "rm: cannot remove 'e': Directory not empty\n"
+    assert os.listdir(mount.path / "e") == []
+    with pytest.raises(OSError) as failed:
+        os.rmdir(mount.path / "e")
+    assert failed.value.errno == errno.ENOTEMPTY
+    assert sorted(bucket_keys(mount)) == sorted([*moved, "e/"])  # untouched
+    said = [line for line in mount.log.read_text().splitlines() if "is not shown" in line]
+    for key in [long_folder.removesuffix("/x") + "/", *too_long[1:]]:
+        for folder in ("d", "e"):
+            listed_key = folder + key[1:]
+            assert sum(f"{listed_key!r} is not shown" in line for line in said) == 1, said
+
+
+@pytest.mark.warnings_expected
 def test_link_keys_no_link_can_be_named_by_are_left_out_and_said_once(
     mount_factory: Callable[..., Mount],
 ) -> None:

@@ -333,9 +333,20 @@ class Namespace:
             # so) comes back as the directory's own key: not an entry of it.
             if meta.key == path or not entry.name:
                 continue
+            if not self._nameable(entry.name):
+                self.cloud.not_shown(meta.key)
+                hidden += 1
+                continue
             if not entry.is_link or entry.name not in entries:  # a file of the name wins
                 entries[entry.name] = entry
-        names = [split(prefix.rstrip("/"))[1] for prefix in page.prefixes]
+        names = []
+        for prefix in page.prefixes:
+            name = split(prefix.rstrip("/"))[1]
+            if self._nameable(name):
+                names.append(name)
+            else:
+                self.cloud.not_shown(prefix)
+                hidden += 1
         removed = [name for name in names if join(path, name) in self._removed]
         answers = await asyncio.gather(*(self._is_ghost(join(path, name)) for name in removed))
         ghosts = {name for name, ghost in zip(removed, answers, strict=True) if ghost}
@@ -353,6 +364,12 @@ class Namespace:
         self._index(path)
         self._prune_if_grown()
         return listing
+
+    def _nameable(self, name: str) -> bool:
+        """Whether a lookup can take `name`: within the store's `name_max` (255 bytes:
+        what Linux and FUSE take). S3 holds longer ones, which were listed and then
+        failed every lookup (ENAMETOOLONG: `rm -rf` of their folder stopped at them)."""
+        return len(name.encode()) <= self.cloud.name_max
 
     def note(self, path: str, entry: Entry | None) -> None:
         """This mount changed `path`: remember the new state (None: removed)."""
