@@ -39,6 +39,11 @@ class InvalidKeyError(CloudError):
     """The key cannot be stored by this provider (empty, or not a valid object name)."""
 
 
+class FolderAtKeyError(CloudError):
+    """A put to a key that names a folder, in a store that holds no file beside a folder
+    of its name (the local directory; S3, Azure and GCS hold both)."""
+
+
 class UnnamableKeyError(CloudError):
     """A listing met a key that no path can name (put by another tool: "a//b", say)."""
 

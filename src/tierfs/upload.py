@@ -4,8 +4,9 @@ A file becomes dirty at its first write; from then until the cloud has its bytes
 in `NVME/journal.sqlite3` names its staging file. A crash in between leaves the row, and
 `recover` uploads what it names on the next start: nothing written is lost. Nor is what
 another node wrote meanwhile: a late upload goes aside if the object changed, unless it
-changed to what a failed put of ours had sent (its answer lost on the way), and its put
-checks that the object did not change since it looked (`CloudStore.put`'s `expect`).
+changed to what a failed put of ours had sent (its answer lost on the way), or if its name
+became a folder; and its put checks that the object did not change since it looked
+(`CloudStore.put`'s `expect`).
 
 A file written by appends may have gone up while it was written (`tierfs.fs.early_upload`):
 its upload then only finishes that one.
@@ -362,7 +363,11 @@ class Uploader:
     async def _late_target(self, key: str, staging: Path, base: str) -> tuple[str, str | None]:
         """Where a late upload goes, and the version it expects to put over there: `key`
         while the object there is still `base`, or holds bytes of ours (a put that went
-        through before the crash or the failure); else a new key under CONFLICTS."""
+        through before the crash or the failure); else, or if `key` is a folder now (the
+        mount shows the folder; the local directory holds no file beside it), a new key
+        under CONFLICTS."""
+        if await self.cloud.has_keys_below(key):
+            return _aside(key, "became a folder", "its folder"), None
         try:
             current: ObjectMeta | None = await self.cloud.head(key)
         except ObjectNotFoundError:
@@ -373,16 +378,7 @@ class Uploader:
         if current is not None and await self._is_ours(current, staging):
             log.info("%s: the bucket holds a put of ours already; putting it again", key)
             return key, version
-        stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
-        conflict = f"{CONFLICTS}/{stamp}/{key}"
-        log.error(
-            "%s changed in the bucket before this node could upload what it had written "
-            "there: that goes to %s, the bucket's %s stays",
-            key,
-            conflict,
-            key,
-        )
-        return conflict, None
+        return _aside(key, "changed", f"the bucket's {key}"), None
 
     async def _is_ours(self, meta: ObjectMeta, staging: Path) -> bool:
         """Whether the object `meta` is a put of ours: the bytes of `staging` (a put that
@@ -404,3 +400,18 @@ class Uploader:
         serves: its own rows stay its own)."""
         while await self.recover():
             await asyncio.sleep(interval)
+
+
+def _aside(key: str, change: str, kept: str) -> str:
+    """The key under CONFLICTS where a late upload to `key` goes, as `key` `change`d in
+    the bucket; logged (an ERROR), saying that `kept` stays."""
+    conflict = f"{CONFLICTS}/{time.strftime('%Y-%m-%dT%H-%M-%SZ', time.gmtime())}/{key}"
+    log.error(
+        "%s %s in the bucket before this node could upload what it had written there: "
+        "that goes to %s, %s stays",
+        key,
+        change,
+        conflict,
+        kept,
+    )
+    return conflict

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,60 @@ def test_a_file_changed_elsewhere_while_its_writer_was_down_keeps_both_versions(
     assert (mount.path / key).read_bytes() == ours
     assert (mount.path / "labels.csv").read_bytes() == theirs
     assert f"that goes to {key}" in mount.log.read_text()
+
+
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize(
+    ("provider", "when"),
+    [
+        ("local", "listed"),
+        ("local", "at close"),
+        ("local", "at restart"),
+        ("s3-seaweedfs", "listed"),
+        ("s3-moto", "listed"),
+        ("s3-moto", "at restart"),
+    ],
+)
+def test_a_file_whose_name_became_a_folder_before_its_upload_goes_aside(
+    mount_factory: Callable[..., Mount], provider: str, when: str
+) -> None:
+    """`d/f` is being written here when another node makes `d/f` a folder (it puts
+    `d/f/x`). The file's bytes go under `.tierfs-conflicts/`, as a late upload's do when
+    another node changed its object: once this mount lists the folder, once the store
+    refuses the put for it (the local directory holds no file beside a folder), or at the
+    restart after a crash; the close succeeds, the log says where they went, once. The
+    close said EINVAL (listed) or EIO, and the upload failed again every 5 s for good."""
+    mount = mount_factory(provider)
+    (mount.path / "d").mkdir()
+    ours = b"written here\n"
+    fd = os.open(mount.path / "d/f", os.O_CREAT | os.O_WRONLY)
+    assert os.write(fd, ours) == len(ours)
+    if when == "at restart":
+        mount.kill()
+        with pytest.raises(OSError):
+            os.close(fd)
+    cloud_put(mount, "d/f/x", b"theirs")  # another node
+    if when == "listed":
+        time.sleep(1.2)  # past the TTL of what this mount knows of d
+        assert os.listdir(mount.path / "d") == ["f"]
+        assert (mount.path / "d/f").is_dir()
+    if when == "at restart":
+        mount.start()
+    else:
+        os.close(fd)
+    copies = conflict_copies(mount)
+    assert list(copies.values()) == [ours]
+    (key,) = copies
+    assert key.startswith(".tierfs-conflicts/") and key.endswith("/d/f")
+    assert (mount.path / key).read_bytes() == ours
+    time.sleep(RETRY_INTERVAL + 1)  # no retry: nothing is left to upload
+    assert os.listdir(mount.path / "d/f") == ["x"]  # (the kernel forgot its file: 1 s)
+    assert (mount.path / "d/f/x").read_bytes() == b"theirs"
+    said = mount.log.read_text()
+    assert said.count(f"that goes to {key}") == 1
+    assert "upload failed" not in said and "recovery upload failed" not in said
+    assert mount.stop() == 0
+    assert list(conflict_copies(mount).values()) == [ours]
 
 
 def test_a_file_whose_upload_landed_before_the_crash_is_no_conflict(

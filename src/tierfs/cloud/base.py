@@ -266,6 +266,19 @@ class CloudStore(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - most providers hold nothing to close
         """Release connections; the store is unusable afterwards."""
 
+    async def has_keys_below(self, path: str, marker_too: bool = True) -> bool:
+        """Whether the store has a key below `path` (a folder, "" the root): a key no path
+        can name too, and the folder's own marker unless not `marker_too` (what the folder
+        holds: counted, rmdir of a folder whose listing named an emptied prefix said
+        ENOTEMPTY)."""
+        marker = path + "/" if path else ""
+        # The marker comes first in key order: two keys tell whether there is another.
+        async for page in self.list(marker, delimiter=False, page_size=2):
+            keys = (meta.key for meta in page.objects)
+            if page.hidden or any(marker_too or key != marker for key in keys):
+                return True  # a page may hold none and still be followed
+        return False
+
     async def list_all(self, prefix: str = "", delimiter: bool = True) -> ListPage:
         """All pages of `list` in one page, sorted by key."""
         objects: list[ObjectMeta] = []

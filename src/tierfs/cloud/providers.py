@@ -25,6 +25,7 @@ from tierfs.errors import (
     CloudError,
     ConfigError,
     EntryExistsError,
+    FolderAtKeyError,
     InvalidKeyError,
     NotDirectoryError,
 )
@@ -219,6 +220,16 @@ class LocalDirectoryCloud(ObjstoreCloud):
     def __init__(self, store: LocalStore, root: str, timeout: float) -> None:
         super().__init__(store, f"local://{root}", timeout)
         self._root = Path(root)
+
+    async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
+        """FolderAtKeyError where a folder holds `key`'s name (obstore says "Is a
+        directory" in a generic error)."""
+        try:
+            return await super().put(key, body, expect)
+        except CloudError:
+            if await asyncio.to_thread((self._root / key).is_dir):
+                raise FolderAtKeyError(f"{self.url}/{key}: a folder of that name") from None
+            raise
 
     async def put_marker(self, prefix: str) -> None:
         """A file at the folder's name is EntryExistsError, at a folder's above it

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
@@ -24,6 +25,7 @@ from tierfs.errors import (
     DirectoryNotEmptyError,
     EntryExistsError,
     EntryNotFoundError,
+    FolderAtKeyError,
     InvalidArgumentError,
     InvalidKeyError,
     IsDirectoryError,
@@ -35,6 +37,7 @@ from tierfs.errors import (
     UnsupportedError,
     VersionChangedError,
 )
+from tierfs.fs.early_upload import EarlyUpload
 from tierfs.fs.handles import DirHandle, Handle, OpenFile, Staging, pread_and_close, remove
 from tierfs.fs.metadata import LINK_SUFFIX, Entry, Namespace, file_entry, object_key
 from tierfs.fs.nodes import InodeTable, Node, join, split
@@ -275,7 +278,7 @@ class Filesystem:
             prefixes = True
         if self.names.hides_keys(path):
             return False
-        return not prefixes or not await self.names.has_keys_below(path, marker_too=False)
+        return not prefixes or not await self.cloud.has_keys_below(path, marker_too=False)
 
     def _with_nodes(
         self, parent: str, entries: Iterable[tuple[int, Entry]]
@@ -928,7 +931,7 @@ class Filesystem:
 
     def _dirty(self, file: OpenFile, size: int) -> None:
         if not file.dirty and not file.unlinked and file.staging is not None:
-            self.uploader.journal.begin(file.node.path, file.staging, file.node.version)
+            self.uploader.journal.begin(file.key, file.staging, file.node.version)
         file.dirty = not file.unlinked
         file.node.size = size
         file.node.mtime_ns, file.node.mtime_set_for = time.time_ns(), None
@@ -943,9 +946,10 @@ class Filesystem:
         """Put the file's unsaved bytes in the cloud. `late` (the retry of a failed close,
         at once or at unmount): if another node changed the file in the bucket meanwhile,
         they go under CONFLICTS (`Uploader.upload_late`) and this mount shows the
-        bucket's file from then on."""
+        bucket's file from then on. So do a file's whose name became a folder meanwhile
+        (another node put keys below it), at any upload (`_put`)."""
         async with file.lock:
-            path = file.node.path
+            path = file.key
             if file.stream is not None:
                 if not file.dirty:
                     return  # given up: the file was removed or replaced meanwhile
@@ -961,15 +965,7 @@ class Filesystem:
             else:
                 early, file.early = file.early, None  # finished, or abandoned
                 try:
-                    if late:
-                        if early is not None:
-                            self.uploader.abandon(early)
-                        base = file.node.version
-                        meta = await self.uploader.upload_late(
-                            path, file.staging, base, staged=file
-                        )
-                    else:
-                        meta = await self.uploader.upload(path, file.staging, early, staged=file)
+                    meta = await self._put(file, file.staging, early, late)
                 except CloudError:
                     log.error("%s: upload failed; the data stays staged for a retry", path)
                     raise
@@ -985,6 +981,23 @@ class Filesystem:
             self.names.note(
                 path, Entry(split(path)[1], False, meta.size, node.mtime_ns, meta.version)
             )
+
+    async def _put(
+        self, file: OpenFile, staging: Path, early: EarlyUpload | None, late: bool
+    ) -> ObjectMeta:
+        """Upload `file`'s bytes from `staging` (finishing `early`) to its key; late (see
+        `_upload`) if `late`, or once its name is a folder: this mount listed one there
+        (the file's node was displaced), or the store refused the put for one (the local
+        directory). Their bytes had no end: the close said EINVAL or EIO, and the retry
+        failed every 5 s for good."""
+        if not late and file.node.displaced_from is None:
+            try:
+                return await self.uploader.upload(file.key, staging, early, staged=file)
+            except FolderAtKeyError:
+                early = None  # finished or abandoned by the upload
+        if early is not None:
+            self.uploader.abandon(early)
+        return await self.uploader.upload_late(file.key, staging, file.node.version, staged=file)
 
     async def close(self) -> None:
         """Upload every dirty file (at unmount); the ones that fail stay journaled. A file

@@ -49,6 +49,12 @@ class OpenFile:
     def unlinked(self) -> bool:
         return self.unlinked_from is not None
 
+    @property
+    def key(self) -> str:
+        """Where its written bytes go: its path, or the one a folder (or link) made
+        elsewhere took from it (`Node.displaced_from`)."""
+        return self.node.displaced_from or self.node.path
+
     def ref(self) -> ObjectRef:
         key = self.node.path if self.unlinked_from is None else self.unlinked_from
         return ObjectRef(key, self.node.version, self.node.size)

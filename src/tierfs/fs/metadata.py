@@ -196,7 +196,7 @@ class Namespace:
         # Every request at once: the object, the link, and the listing below.
         heads = [asyncio.ensure_future(self._head(key)) for key in (path, path + LINK_SUFFIX)]
         try:
-            is_dir = await self.has_keys_below(path)
+            is_dir = await self.cloud.has_keys_below(path)
             file, link = [await head for head in heads]
         except BaseException:
             for head in heads:
@@ -259,20 +259,6 @@ class Namespace:
         for path in itertools.chain(self._stats, self._listings):
             self._index(path)
         self.prune_at = max(self.prune_at, 2 * len(self))
-
-    async def has_keys_below(self, path: str, marker_too: bool = True) -> bool:
-        """Whether the bucket has a key below `path`: asked, not taken from a listing (a
-        listing may name a prefix whose keys are gone, see GHOST_WINDOW): a key no path
-        can name too, and its own folder marker unless not `marker_too` (what a folder
-        holds: counted, rmdir of a folder whose listing named an emptied prefix said
-        ENOTEMPTY)."""
-        marker = path + "/"
-        # The marker comes first in key order: two keys tell whether there is another.
-        async for page in self.cloud.list(marker, delimiter=False, page_size=2):
-            keys = (meta.key for meta in page.objects)
-            if page.hidden or any(marker_too or key != marker for key in keys):
-                return True  # a page may hold none and still be followed
-        return False
 
     async def listdir(self, path: str, unsaved: Iterable[Entry] = ()) -> Iterator[Entry]:
         """The entries of directory `path` sorted by name (`snapshot`)."""
@@ -397,7 +383,7 @@ class Namespace:
         mkdir d` said EEXIST)."""
         removed = self._removed.get(path)
         recent = removed is not None and time.monotonic() - removed < GHOST_WINDOW
-        if recent and not await self.has_keys_below(path):
+        if recent and not await self.cloud.has_keys_below(path):
             return True
         self._removed.pop(path, None)
         return False

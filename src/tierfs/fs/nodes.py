@@ -45,6 +45,9 @@ class Node:
     lookups: int = 0
     open_count: int = 0
     replaced_at: str | None = None  # the path a rename over it took from it
+    # The path an entry of another kind took from it (a folder another node made at a
+    # file's name): where the bytes written to it while it was open were bound.
+    displaced_from: str | None = None
     opened_as: Node | None = None  # replaced: the file its last open opened (`open`)
     target: bytes | None = None  # a link's target at `version`
 
@@ -77,6 +80,7 @@ class InodeTable:
             return node
         if node is not None:
             self._detach(node)
+            node.displaced_from = path
         node = Node(self._next_inode, path, is_dir, is_link)
         self._next_inode += 1
         self._by_inode[node.inode] = node
