@@ -32,6 +32,7 @@ from tierfs.errors import (
     BucketNotFoundError,
     CloudError,
     EntryExistsError,
+    FolderAtKeyError,
     InvalidKeyError,
     NotDirectoryError,
     ObjectNotFoundError,
@@ -284,6 +285,31 @@ async def test_a_folder_marker_keeps_an_empty_folder(store: CloudStore) -> None:
     after = await store.list_all("m/")
     assert after.prefixes == []
     assert sorted(meta.key for meta in after.objects) == ["m/empty", "m/file"]
+
+
+async def test_keys_below_a_folder_count_its_marker_if_asked(store: CloudStore) -> None:
+    """`has_keys_below`: a folder made by its marker alone has keys below it, but holds
+    none (what `rmdir` asks); a file below it is both; no folder has neither."""
+    await store.put_marker("k")
+    assert await store.has_keys_below("k")
+    assert not await store.has_keys_below("k", marker_too=False)
+    await store.put("k/file", b"x")
+    assert await store.has_keys_below("k", marker_too=False)
+    assert not await store.has_keys_below("k/file")
+    assert not await store.has_keys_below("none")
+
+
+async def test_a_local_put_where_a_folder_is_says_so(tmp_path: Path) -> None:
+    """A put at a folder's name is FolderAtKeyError (the local directory holds no file
+    beside it), which the mount puts aside, not a CloudError it retries for good."""
+    store = open_store(settings_for("local", None, tmp_path))
+    try:
+        await store.put("folder/file", b"x")
+        with pytest.raises(FolderAtKeyError):
+            await store.put("folder", b"y")
+        assert [meta.key for meta in (await store.list_all("folder/")).objects] == ["folder/file"]
+    finally:
+        await store.close()
 
 
 async def test_a_local_folder_marker_where_a_file_is_says_which(tmp_path: Path) -> None:

@@ -988,8 +988,8 @@ class Filesystem:
         """Upload `file`'s bytes from `staging` (finishing `early`) to its key; late (see
         `_upload`) if `late`, or once its name is a folder: this mount listed one there
         (the file's node was displaced), or the store refused the put for one (the local
-        directory). Their bytes had no end: the close said EINVAL or EIO, and the retry
-        failed every 5 s for good."""
+        directory): the bytes go aside. Put at the name, they never went up: the close
+        said EINVAL or EIO, and the retry failed every 5 s for good."""
         if not late and file.node.displaced_from is None:
             try:
                 return await self.uploader.upload(file.key, staging, early, staged=file)
