@@ -3,8 +3,9 @@ gzip that inflates 1000 to 1), but those it is told to answer as a coordinator w
 what a client meets at the URL of a broken coordinator or of some other server.
 
 In the test's loop, `Babbler.answer` is the handler of an app; as a process (a node
-mounted with it as `-coordinator`), `python babbler.py PORT` babbles to every request
-and logs each one on stderr once it is over.
+mounted with it as `-coordinator`), `python babbler.py PORT [STATUS]` babbles to every
+request (with that HTTP status, 200 unless told) and logs each one on stderr once it is
+over.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class Babbler:
     """`honest` maps "METHOD /path" to the JSON text answered there; `sent` counts the
     (inflated) body bytes of each endless answer so far."""
 
-    def __init__(self, gzip: bool = False) -> None:
-        self.gzip = gzip
+    def __init__(self, gzip: bool = False, status: int = 200) -> None:
+        self.gzip, self.status = gzip, status
         self.honest: dict[str, str] = {}
         self.sent: list[int] = []
         squeeze = zlib.compressobj(wbits=31)  # gzip framing
@@ -37,7 +38,7 @@ class Babbler:
         headers = {"Content-Type": "application/json"}
         if self.gzip:
             headers["Content-Encoding"] = "gzip"
-        response = web.StreamResponse(headers=headers)
+        response = web.StreamResponse(status=self.status, headers=headers)
         await response.prepare(request)
         self.sent.append(0)
         block = self._first if self.gzip else BLOCK
@@ -58,4 +59,5 @@ def app(babbler: Babbler) -> web.Application:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)  # the access log: one line per request
-    web.run_app(app(Babbler()), host="127.0.0.1", port=int(sys.argv[1]), print=None)
+    status = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+    web.run_app(app(Babbler(status=status)), host="127.0.0.1", port=int(sys.argv[1]), print=None)

@@ -733,3 +733,19 @@ def start_fake_gcs(base: Path, external_port: int | None = None) -> GcsServer:
     else its own."""
     fake_gcs = _fake_gcs_bin()
     return _start_with_retries(lambda: _start_fake_gcs_once(base, fake_gcs, external_port))
+
+
+def start_babbler(base: Path, status: int = 200) -> tuple[int, Proc]:
+    """`babbler.py` on loopback (every request answered without end, with `status`): its
+    port, and its process (its log names each request); the caller stops it."""
+    (port,) = free_ports(1)
+    script = Path(__file__).with_name("babbler.py")
+    command = [sys.executable, str(script), str(port), str(status)]
+    server = Proc("babbler", command, base / f"babbler-{port}.log")
+    server.start()
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/", ok=lambda answered: answered == status)
+    except BaseException:
+        server.stop()
+        raise
+    return port, server

@@ -3,13 +3,16 @@ their tier-1 use and last heartbeat, then hits and bytes per tier and the egress
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import aiohttp
 
+from tierfs.coordinator.client import MAX_ANSWER
 from tierfs.coordinator.models import ClusterStats, Membership, TierName
 from tierfs.errors import TierfsError
+from tierfs.security import AnswerTooLargeError, read_bounded
 from tierfs.settings import StatusSettings
 from tierfs.units import human_size
 
@@ -24,10 +27,12 @@ TIERS: dict[TierName, str] = {
 async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
     try:
         async with session.get(url, headers=headers) as response:
-            body = await response.json(content_type=None)
+            body = json.loads(await read_bounded(response, MAX_ANSWER))
             if response.status != 200:
                 raise TierfsError(f"{url} answered {response.status}: {body.get('message')}")
             return body
+    except AnswerTooLargeError as exc:
+        raise TierfsError(f"{url} gave {exc}: not a coordinator's answer") from None
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise TierfsError(
             f"no answer from the coordinator at {url}: {exc or 'timed out'}"

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tierfs.errors import TierfsError
+from tierfs.security import AnswerTooLargeError, read_bounded
 from tierfs.settings import WarmSettings
 from tierfs.warm import WarmProgress
 
 MOUNT_TYPE = "fuse.tierfs"
+MAX_ERROR = 64 * 2**10  # bytes of an error answer read, at most
 MiB = 2**20
 
 
@@ -54,6 +57,19 @@ def _files(count: int) -> str:
     return f"{count} file{'s' * (count != 1)}"
 
 
+async def _message(response: aiohttp.ClientResponse) -> str:
+    """What a node's error answer says: its JSON's message, else its first 200
+    characters; no more of it is read than MAX_ERROR bytes."""
+    try:
+        body = (await read_bounded(response, MAX_ERROR)).decode(errors="replace")
+    except AnswerTooLargeError as exc:
+        return str(exc)
+    try:
+        return str(json.loads(body)["message"])
+    except (ValueError, KeyError, TypeError):
+        return body[:200]
+
+
 def summary(path: Path, progress: WarmProgress) -> str:
     """One line on what a warm of `path` found and did."""
     parts = [f"{_size(progress.fetched)} fetched", f"{_size(progress.held)} cached already"]
@@ -76,17 +92,18 @@ async def warm_one(session: aiohttp.ClientSession, settings: WarmSettings, path:
             url, params={"path": relative, "mount": mount}, headers=headers
         ) as response:
             if response.status != 200:
-                body = await response.text()
-                try:
-                    message = json.loads(body)["message"]
-                except (ValueError, KeyError, TypeError):
-                    message = body[:200]
+                message = await _message(response)
                 raise TierfsError(f"{path}: the node at {settings.node} answered: {message}")
-            async for raw in response.content:
+            async for raw in response.content:  # lines of at most 512 KiB (aiohttp)
                 line = json.loads(raw)
                 _show(path, line, time.monotonic() - started)
     except aiohttp.ClientError as exc:
         raise TierfsError(f"{path}: no answer from the node at {settings.node}: {exc}") from None
+    except (HttpProcessingError, ValueError) as exc:  # a line too long, or not JSON
+        said = " ".join(str(exc).split())  # aiohttp's text spans lines
+        raise TierfsError(
+            f"{path}: the node at {settings.node} gave no answer of a tierfs node: {said}"
+        ) from None
     if sys.stderr.isatty():
         print(file=sys.stderr)
     if "error" in line:

@@ -78,12 +78,8 @@ def test_a_coordinator_url_of_a_server_that_answers_without_end(
 ) -> None:
     """-coordinator names some other server, one that answers every request with a body
     without end: the node reads no answer past 64 MiB, says so once, and serves on."""
-    (port,) = servers.free_ports(1)
-    babbler = Path(__file__).parents[1] / "babbler.py"
-    server = servers.Proc("babbler", [sys.executable, str(babbler), str(port)], tmp_path / "b.log")
-    server.start()
+    port, server = servers.start_babbler(tmp_path)
     request.addfinalizer(server.stop)
-    server.wait_http(f"http://127.0.0.1:{port}/", ok=lambda status: status == 200)
     mount: Mount = mount_factory(  # type: ignore[operator]
         "local", coordinator=f"127.0.0.1:{port}", peer_id="node-e"
     )
@@ -97,6 +93,41 @@ def test_a_coordinator_url_of_a_server_that_answers_without_end(
     status = Path(f"/proc/{mount.proc.pid}/status").read_text()
     peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
     assert peak < 400 * 2**10, f"the node's memory peaked at {peak >> 10} MiB"
+
+
+def test_tierfs_status_of_a_server_that_answers_without_end(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`tierfs status -coordinator` naming a server whose answers never end: one line
+    saying so, at once, in bounded memory (it read 7 GB until its 10 s timeout, then
+    printed an empty reason)."""
+    port, server = servers.start_babbler(tmp_path)
+    request.addfinalizer(server.stop)
+    measured = [sys.executable, "-c", MAX_RSS_OF_CHILD, sys.executable, "-m", "tierfs.cli"]
+    started = time.monotonic()
+    shown = subprocess.run(
+        [*measured, "status", "-coordinator", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert time.monotonic() - started < 8
+    assert shown.returncode == 1
+    said, peak = shown.stderr.strip().splitlines()
+    assert said == (
+        f"tierfs status: http://127.0.0.1:{port}/api/peers gave an answer over 64.0 MiB: "
+        "not a coordinator's answer"
+    )
+    assert int(peak) < 400 * 2**10, f"tierfs status peaked at {int(peak) >> 10} MiB"
+
+
+# Runs the command in its arguments, then prints its peak RSS (KiB) on stderr.
+MAX_RSS_OF_CHILD = (
+    "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "sys.exit(done.returncode)"
+)
 
 
 def test_chunks_a_node_evicts_leave_the_location_index(

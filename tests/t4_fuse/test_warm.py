@@ -77,10 +77,16 @@ def test_what_does_not_fit_in_tier_1_is_said_and_exit_1(
         ("no node", "no answer from the node at"),
         ("other node", "answered: this node mounts"),
         ("empty folder", "nothing to warm at empty"),
+        ("a server answering 200 without end", "gave no answer of a tierfs node"),
+        ("a server answering 500 without end", "answered: an answer over 64.0 KiB"),
     ],
 )
 def test_a_warm_that_cannot_be_done_is_one_line_and_exit_1(
-    mount_factory: Callable[..., Mount], tmp_path: Path, where: str, expected: str
+    mount_factory: Callable[..., Mount],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    where: str,
+    expected: str,
 ) -> None:
     mount = mount_factory("local")
     os.mkdir(mount.path / "empty")
@@ -91,6 +97,10 @@ def test_a_warm_that_cannot_be_done_is_one_line_and_exit_1(
         "empty folder": mount.path / "empty",
     }.get(where, mount.path)
     address = f"127.0.0.1:{servers.free_ports(1)[0]}" if where == "no node" else node_address(other)
+    if where.endswith("without end"):
+        port, server = servers.start_babbler(tmp_path, status=int(where.split()[3]))
+        request.addfinalizer(server.stop)
+        address = f"127.0.0.1:{port}"
     failed = warm(str(path), "-node", address)
     assert failed.returncode == 1
     lines = failed.stderr.strip().splitlines()
