@@ -10,10 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import servers
 from tierfs.cloud.base import CloudStore
@@ -22,6 +22,7 @@ from tierfs.errors import ObjectNotFoundError
 from tierfs.settings import ClientSettings, load_settings
 
 # The `tmpfs` fixture: mounts a tmpfs of a size ("64m") on a folder and returns it.
+T = TypeVar("T")
 TmpfsMount = Callable[[Path, str], Path]
 
 MOUNT_TIMEOUT = 30.0
@@ -177,69 +178,51 @@ def node_stats(mount: Mount) -> Any:
         return json.loads(answer.read())
 
 
-def cloud_bytes(mount: Mount, key: str) -> bytes | None:
-    """The object's bytes as the cloud has them, or None if it has no such object."""
+def on_cloud(mount: Mount, call: Callable[[CloudStore], Awaitable[T]]) -> T:
+    """`call` on a CloudStore of the bucket behind `mount`, closed after."""
 
-    async def fetch() -> bytes | None:
+    async def run() -> T:
         cloud = cloud_of(mount)
         try:
-            meta = await cloud.head(key)
-            return bytes(await cloud.get_range(key, 0, meta.size, meta.version))
-        except ObjectNotFoundError:
-            return None
+            return await call(cloud)
         finally:
             await cloud.close()
 
-    return asyncio.run(fetch())
+    return asyncio.run(run())
+
+
+def cloud_bytes(mount: Mount, key: str) -> bytes | None:
+    """The object's bytes as the cloud has them, or None if it has no such object."""
+
+    async def fetch(cloud: CloudStore) -> bytes | None:
+        try:
+            meta = await cloud.head(key)
+        except ObjectNotFoundError:
+            return None
+        return bytes(await cloud.get_range(key, 0, meta.size, meta.version))
+
+    return on_cloud(mount, fetch)
 
 
 def cloud_put(mount: Mount, key: str, data: bytes) -> None:
     """Write an object behind the mount's back, as another tool would."""
-
-    async def put() -> None:
-        cloud = cloud_of(mount)
-        try:
-            await cloud.put(key, data)
-        finally:
-            await cloud.close()
-
-    asyncio.run(put())
+    on_cloud(mount, lambda cloud: cloud.put(key, data))
 
 
 def cloud_mkdir(mount: Mount, prefix: str) -> None:
     """Make the folder `prefix` in the bucket (its marker) behind the mount's back."""
-
-    async def put_marker() -> None:
-        cloud = cloud_of(mount)
-        try:
-            await cloud.put_marker(prefix)
-        finally:
-            await cloud.close()
-
-    asyncio.run(put_marker())
+    on_cloud(mount, lambda cloud: cloud.put_marker(prefix))
 
 
 def cloud_delete(mount: Mount, key: str) -> None:
     """Remove an object behind the mount's back, as another tool would."""
-
-    async def delete() -> None:
-        cloud = cloud_of(mount)
-        try:
-            await cloud.delete(key)
-        finally:
-            await cloud.close()
-
-    asyncio.run(delete())
+    on_cloud(mount, lambda cloud: cloud.delete(key))
 
 
 def bucket_keys(mount: Mount) -> list[str]:
     """Every key in the bucket behind `mount`, folder markers included."""
 
-    async def keys() -> list[str]:
-        cloud = cloud_of(mount)
-        try:
-            return [meta.key for meta in (await cloud.list_all(delimiter=False)).objects]
-        finally:
-            await cloud.close()
+    async def keys(cloud: CloudStore) -> list[str]:
+        return [meta.key for meta in (await cloud.list_all(delimiter=False)).objects]
 
-    return asyncio.run(keys())
+    return on_cloud(mount, keys)

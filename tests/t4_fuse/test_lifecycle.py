@@ -19,8 +19,9 @@ import pytest
 
 import servers
 from cloud_targets import server_for, target_flags
-from mounts import Mount, cloud_bytes, cloud_of, cloud_put, is_mounted, unmount_if_mounted
+from mounts import Mount, cloud_bytes, cloud_put, is_mounted, on_cloud, unmount_if_mounted
 from relay import Relay, relay_in_front_of
+from tierfs.cloud.base import CloudStore
 from tierfs.errors import CloudError, VersionChangedError
 from tierfs.fs.filesystem import RETRY_INTERVAL
 
@@ -92,18 +93,14 @@ def test_a_restart_removes_the_staging_files_a_crash_left_of_uploaded_files(
 def conflict_copies(mount: Mount) -> dict[str, bytes]:
     """What the bucket behind `mount` holds under `.tierfs-conflicts/`, by key."""
 
-    async def fetch() -> dict[str, bytes]:
-        cloud = cloud_of(mount)
-        try:
-            listed = (await cloud.list_all(".tierfs-conflicts/", delimiter=False)).objects
-            return {
-                meta.key: bytes(await cloud.get_range(meta.key, 0, meta.size, meta.version))
-                for meta in listed
-            }
-        finally:
-            await cloud.close()
+    async def fetch(cloud: CloudStore) -> dict[str, bytes]:
+        listed = (await cloud.list_all(".tierfs-conflicts/", delimiter=False)).objects
+        return {
+            meta.key: bytes(await cloud.get_range(meta.key, 0, meta.size, meta.version))
+            for meta in listed
+        }
 
-    return asyncio.run(fetch())
+    return on_cloud(mount, fetch)
 
 
 def write_and_crash(mount: Mount, name: str, payload: bytes) -> None:
@@ -298,23 +295,19 @@ def test_kill_9_during_a_directory_rename_leaves_every_file_under_a_name(
 def bucket_files(mount: Mount, folder: str) -> dict[str, bytes]:
     """The objects the bucket behind `mount` holds in `folder`, by name."""
 
-    async def fetch() -> dict[str, bytes]:
-        cloud = cloud_of(mount)
-        try:
-            listed = [
-                meta
-                for meta in (await cloud.list_all(folder + "/")).objects
-                if not meta.key.endswith("/")  # the folder's marker
-            ]
-            bodies = [cloud.get_range(meta.key, 0, meta.size, meta.version) for meta in listed]
-            return {
-                meta.key.rpartition("/")[2]: bytes(body)
-                for meta, body in zip(listed, await asyncio.gather(*bodies), strict=True)
-            }
-        finally:
-            await cloud.close()
+    async def fetch(cloud: CloudStore) -> dict[str, bytes]:
+        listed = [
+            meta
+            for meta in (await cloud.list_all(folder + "/")).objects
+            if not meta.key.endswith("/")  # the folder's marker
+        ]
+        bodies = [cloud.get_range(meta.key, 0, meta.size, meta.version) for meta in listed]
+        return {
+            meta.key.rpartition("/")[2]: bytes(body)
+            for meta, body in zip(listed, await asyncio.gather(*bodies), strict=True)
+        }
 
-    return asyncio.run(fetch())
+    return on_cloud(mount, fetch)
 
 
 def wait_for_object(

@@ -310,29 +310,19 @@ class Namespace:
         entries: dict[str, Entry] = {}
         hidden = page.hidden
         for meta in page.objects:
-            if names_no_link(meta.key):
-                self.cloud.not_shown(meta.key)
+            entry = file_entry(meta)
+            if not self._shows(entry.name, meta.key):
                 hidden += 1
                 continue
-            entry = file_entry(meta)
             # A "dir/" marker (the S3 console's folders; SeaweedFS lists an emptied folder
             # so) comes back as the directory's own key: not an entry of it.
             if meta.key == path or not entry.name:
                 continue
-            if not self._nameable(entry.name):
-                self.cloud.not_shown(meta.key)
-                hidden += 1
-                continue
             if not entry.is_link or entry.name not in entries:  # a file of the name wins
                 entries[entry.name] = entry
-        names = []
-        for prefix in page.prefixes:
-            name = split(prefix.rstrip("/"))[1]
-            if self._nameable(name):
-                names.append(name)
-            else:
-                self.cloud.not_shown(prefix)
-                hidden += 1
+        listed = [(split(prefix.rstrip("/"))[1], prefix) for prefix in page.prefixes]
+        names = [name for name, prefix in listed if self._shows(name, prefix)]
+        hidden += len(listed) - len(names)
         removed = [name for name in names if join(path, name) in self._removed]
         answers = await asyncio.gather(*(self._is_ghost(join(path, name)) for name in removed))
         ghosts = {name for name, ghost in zip(removed, answers, strict=True) if ghost}
@@ -351,11 +341,16 @@ class Namespace:
         self._prune_if_grown()
         return listing
 
-    def _nameable(self, name: str) -> bool:
-        """Whether a lookup can take `name`: within the store's `name_max` (255 bytes:
-        what Linux and FUSE take). S3 holds longer ones, which were listed and then
-        failed every lookup (ENAMETOOLONG: `rm -rf` of their folder stopped at them)."""
-        return len(name.encode()) <= self.cloud.name_max
+    def _shows(self, name: str, key: str) -> bool:
+        """Whether a lookup can take `name`, which a listing gave for `key`: within the
+        store's `name_max` (255 bytes: what Linux and FUSE take), and not a link's object
+        that no link can be named by (`names_no_link`). Else the key is logged, once
+        (`CloudStore.not_shown`). S3 holds longer names, which were listed and then failed
+        every lookup (ENAMETOOLONG: `rm -rf` of their folder stopped at them)."""
+        if len(name.encode()) <= self.cloud.name_max and not names_no_link(key):
+            return True
+        self.cloud.not_shown(key)
+        return False
 
     def note(self, path: str, entry: Entry | None) -> None:
         """This mount changed `path`: remember the new state (None: removed)."""
