@@ -228,6 +228,30 @@ async def test_a_put_cancelled_beside_another_of_its_key_spares_that_one(
         assert await asyncio.to_thread(in_progress) == []
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+async def test_a_put_retried_to_success_leaves_no_parts_of_its_failed_try(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A large put whose first try breaks half way (the connection lost for a second under
+    a part) and whose next try succeeds leaves no upload in progress: obstore's abort of
+    the failed try failed too (no connection), and its parts stayed in the bucket, billed
+    and unseen, when only a put that failed for good had them aborted."""
+    async with through_a_relay(provider, request, tmp_path, 10.0) as (settings, relay, store):
+        in_progress = uploads_in_progress(request, provider, settings)
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(3 * PART_SIZE))
+        relay.hold(b"partNumber=")  # the first try's first part: its connection is cut
+        put = asyncio.create_task(store.put("big.bin", big))
+        await asyncio.to_thread(relay.wait_until_held)
+        relay.cut()
+        await asyncio.sleep(1.0)  # the try's abort fails, and so do the next tries
+        relay.restore()
+        meta = await put
+        assert await store.get_range("big.bin", 0, meta.size, meta.version) == big.read_bytes()
+        assert await asyncio.to_thread(in_progress) == []
+
+
 async def parts(source: Path) -> AsyncIterator[bytes]:
     """The bytes of `source`, a part at a time."""
     body = source.read_bytes()

@@ -201,7 +201,8 @@ class ObjstoreCloud(CloudStore):
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
         part = self._part_size(size)
         mode: PutMode | None = None
-        if expect is not None and self.checks_puts and size <= MULTIPART_THRESHOLD:
+        multipart = size > MULTIPART_THRESHOLD
+        if expect is not None and self.checks_puts and not multipart:
             mode = "create" if expect == ABSENT else {"e_tag": expect}
         elif expect is not None:  # LocalStore, or a multipart upload: neither takes one
             await self._check_expected(key, expect)
@@ -217,7 +218,7 @@ class ObjstoreCloud(CloudStore):
                     key,
                     body,
                     mode=mode,
-                    use_multipart=size > MULTIPART_THRESHOLD,
+                    use_multipart=multipart,
                     chunk_size=part,
                     max_concurrency=max(1, PART_BUFFERS // part),
                 )
@@ -233,7 +234,14 @@ class ObjstoreCloud(CloudStore):
                 return _meta(await obstore.head_async(self._store, key))
             return ObjectMeta(key, size, version, datetime.now(UTC))
 
-        return await self._call("PUT", key, upload, bounded=size <= MULTIPART_THRESHOLD)
+        return await self._put_tries(key, upload, multipart)
+
+    async def _put_tries(
+        self, key: str, attempt: Callable[[], Awaitable[ObjectMeta]], multipart: bool
+    ) -> ObjectMeta:
+        """`attempt`, one try of a put of `key`, until one succeeds (`_call`); the tries
+        of a `multipart` put are not bounded by the deadline, each of its requests is."""
+        return await self._call("PUT", key, attempt, bounded=not multipart)
 
     async def _holding(self, key: str, body: bytes | Path, size: int) -> ObjectMeta | None:
         """The object at `key` if it holds `body` (its size and MD5 say so), else None."""

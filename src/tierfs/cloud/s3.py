@@ -14,14 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from urllib.parse import quote, unquote_plus
 from xml.etree import ElementTree
 
 from obstore.store import S3Store
 from yarl import URL
 
-from tierfs.cloud.base import LIST_PAGE_SIZE, MULTIPART_THRESHOLD, ListPage, ObjectMeta
+from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
 from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
 from tierfs.errors import CloudError, ObjectNotFoundError, TransientCloudError
@@ -68,11 +67,22 @@ class S3Cloud(ObjstoreCloud):
         self._http = SignedRequests(url, timeout)
         self._puts: dict[str, _PutsOfKey] = {}  # multipart puts under way, by key
 
-    async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
-        size = len(body) if isinstance(body, bytes) else body.stat().st_size
-        if size <= MULTIPART_THRESHOLD:
-            return await super().put(key, body, expect)
-        return await self._parts_dropped_on_failure(key, partial(super().put, key, body, expect))
+    async def _put_tries(
+        self, key: str, attempt: Callable[[], Awaitable[ObjectMeta]], multipart: bool
+    ) -> ObjectMeta:
+        if not multipart:
+            return await super()._put_tries(key, attempt, multipart)
+
+        async def noted() -> ObjectMeta:
+            try:
+                return await attempt()
+            except BaseException:
+                self._puts[key].failed = True  # its upload may be left, even if a retry lands
+                raise
+
+        return await self._parts_dropped_on_failure(
+            key, partial(super()._put_tries, key, noted, multipart)
+        )
 
     async def put_stream(
         self, key: str, parts: AsyncIterator[bytes], size: int | None = None
@@ -85,12 +95,15 @@ class S3Cloud(ObjstoreCloud):
         self, key: str, upload: Callable[[], Awaitable[ObjectMeta]]
     ) -> ObjectMeta:
         """`upload`, multipart uploads of `key`. Once no put of `key` is under way here
-        and one of them failed or was cancelled, the uploads of `key` begun since the
-        first of them began are aborted (AbortMultipartUpload), within the deadline:
-        obstore leaves their parts in the bucket, billed until a lifecycle rule drops
-        them. Not before: an abandoned early upload of a file and the stream that takes
-        its place are puts of one key at once, and the first aborted the second. One
-        begun meanwhile by another client of the same key would go too."""
+        and one of them failed or was cancelled, or one of their tries did (a retry may
+        have succeeded since), the uploads of `key` begun since the first of them began
+        are aborted (AbortMultipartUpload), within the deadline: obstore aborts none that
+        is cancelled, and sends the abort of a failed one the way that just failed, so
+        their parts stayed in the bucket, billed until a lifecycle rule drops them. A
+        completed upload is in progress no more, so a put that succeeded keeps its
+        object. Not before: an abandoned early upload of a file and the stream that
+        takes its place are puts of one key at once, and the first aborted the second.
+        One begun meanwhile by another client of the same key would go too."""
         puts = self._puts.get(key)
         if puts is None:
             puts = self._puts[key] = _PutsOfKey(asyncio.ensure_future(self._uploads_now(key)))
@@ -229,7 +242,7 @@ class _PutsOfKey:
 
     before: asyncio.Future[set[str] | None]  # its uploads in progress before the first
     running: int = 0
-    failed: bool = False
+    failed: bool = False  # one of them, or a try of one, failed or was cancelled
 
 
 def _quoted(value: str) -> str:
