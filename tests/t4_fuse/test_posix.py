@@ -445,6 +445,34 @@ def test_link_keys_no_link_can_be_named_by_are_left_out_and_said_once(
         assert sum(f"{key!r} is not shown" in line for line in said) == 1, (key, said)
 
 
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("provider", ["s3-moto", "s3-seaweedfs", "azure"])
+def test_a_file_a_folder_of_its_name_hides_is_said_once(
+    request: pytest.FixtureRequest, mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """A bucket may hold an object `d/f` and keys under `d/f/` (put by another tool): the
+    mount shows the folder, and the file was hidden without a word. Its lookup and its
+    folder's listing show the folder still, and the log names the file's key once (a
+    WARNING), saying that the object stays in the bucket, untouched."""
+    mount = mount_factory(provider)
+    for key in ("d/f", "d/f/x"):
+        put_as_another_tool(request, provider, mount, key)
+    assert (mount.path / "d/f").is_dir()  # looked up before any listing names it
+    assert os.listdir(mount.path / "d/f") == ["x"]
+    time.sleep(1.2)  # past the metadata TTL: the listings ask the bucket
+    for _ in range(2):
+        assert os.listdir(mount.path / "d") == ["f"]
+        assert (mount.path / "d/f").is_dir()
+    assert (mount.path / "d/f/x").read_bytes() == b"odd"
+    assert sorted(bucket_keys(mount)) == ["d/f", "d/f/x"]  # untouched
+    said = [line for line in mount.log.read_text().splitlines() if "'d/f' is not shown" in line]
+    assert len(said) == 1, said
+    assert " WARNING " in said[0] and "a folder of its name hides it" in said[0], said
+    assert "untouched" in said[0], said
+    os.rename(mount.path / "d", mount.path / "e")  # takes both along
+    assert sorted(bucket_keys(mount)) == ["e/", "e/f", "e/f/x"]
+
+
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
 def test_symbolic_links_are_kept_in_the_bucket(
     mount_factory: Callable[..., Mount], provider: str

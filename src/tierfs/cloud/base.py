@@ -68,8 +68,13 @@ class ListPage:
 # No key holds an ASCII control character: obstore refuses them in a path.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Keys left out of listings that were logged (once each; forgotten past the bound).
-_UNNAMABLE_LOGGED: set[str] = set()
-_UNNAMABLE_LOGGED_MOST = 10_000
+_NOT_SHOWN_LOGGED: set[str] = set()
+_NOT_SHOWN_LOGGED_MOST = 10_000
+# Why a key is left out, as `CloudStore.not_shown` says by default.
+UNNAMABLE = (
+    "no file name can stand for that key (another tool put it there; rename it with one "
+    "to see it here)"
+)
 
 
 def check_key(key: str) -> str:
@@ -121,19 +126,14 @@ class CloudStore(abc.ABC):
         self.not_shown(key)
         return False
 
-    def not_shown(self, key: str) -> None:
-        """Log that a listed `key` is left out, as no file name can stand for it: a
-        WARNING, the first time."""
-        if key not in _UNNAMABLE_LOGGED:
-            if len(_UNNAMABLE_LOGGED) >= _UNNAMABLE_LOGGED_MOST:
-                _UNNAMABLE_LOGGED.clear()
-            _UNNAMABLE_LOGGED.add(key)
-            log.warning(
-                "%s: %r is not shown: no file name can stand for that key (another tool "
-                "put it there; rename it with one to see it here)",
-                self.url,
-                key,
-            )
+    def not_shown(self, key: str, why: str = UNNAMABLE) -> None:
+        """Log that a listed `key` is left out, for the reason `why`: a WARNING, the
+        first time."""
+        if key not in _NOT_SHOWN_LOGGED:
+            if len(_NOT_SHOWN_LOGGED) >= _NOT_SHOWN_LOGGED_MOST:
+                _NOT_SHOWN_LOGGED.clear()
+            _NOT_SHOWN_LOGGED.add(key)
+            log.warning("%s: %r is not shown: %s", self.url, key, why)
 
     @abc.abstractmethod
     async def head(self, key: str) -> ObjectMeta:

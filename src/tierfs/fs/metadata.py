@@ -45,6 +45,12 @@ class Entry:
 LINK_SUFFIX = ".tierfs-symlink"
 # Links' objects whose link would be named "", "." or "..": no link can be.
 NAMELESS_LINKS = frozenset(dots + LINK_SUFFIX for dots in ("", ".", ".."))
+# Why an object is not shown where keys below its name make a folder (S3, Azure and GCS
+# hold both; a filesystem shows one of them, the folder).
+HIDDEN_BY_FOLDER = (
+    "a folder of its name hides it (keys below it); the object stays in the bucket, "
+    "untouched: rename one of them with another tool to see both"
+)
 
 
 def file_entry(meta: ObjectMeta) -> Entry:
@@ -206,6 +212,9 @@ class Namespace:
         # a file over a link.
         if is_dir:
             entry: Entry | None = Entry(split(path)[1], True)
+            for shadowed in (file, link):
+                if shadowed is not None:
+                    self.cloud.not_shown(shadowed.key, HIDDEN_BY_FOLDER)
         else:
             meta = file or link
             entry = file_entry(meta) if meta is not None else None
@@ -328,6 +337,10 @@ class Namespace:
         ghosts = {name for name, ghost in zip(removed, answers, strict=True) if ghost}
         for name in names:
             if name not in ghosts:
+                shadowed = entries.get(name)
+                if shadowed is not None:
+                    key = object_key(join(path, name), shadowed)
+                    self.cloud.not_shown(key, HIDDEN_BY_FOLDER)
                 entries[name] = Entry(name, True)
         listing = _Listing(entries, started, hidden > 0)
         # What this mount changed here while the bucket was listed stays: the listing may
