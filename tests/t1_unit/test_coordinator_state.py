@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +217,22 @@ def test_cluster_totals_survive_restarts_and_departures(conn: sqlite3.Connection
     totals = stats.cluster_stats(conn, membership.sweep(conn, T0 + 100, 15.0))
     assert totals.peers.dead == 1 and totals.capacity == ClusterBytes(local=0, peer=0)
     assert totals.tiers["local"].hit_ratio == 1.0 and totals.tiers["peer"].hit_ratio is None
+
+
+@pytest.mark.warnings_expected  # the twin's registration is refused
+def test_a_database_of_schema_1_keeps_its_peers_and_learns_instances(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.sqlite3"
+    old = connect(path)
+    register(old, "kept")
+    old.execute("ALTER TABLE peers DROP COLUMN instance")  # as schema 1 made it
+    old.execute("PRAGMA user_version = 1")
+    old.close()
+    conn = connect(path)
+    try:
+        assert live(conn, T0) == ["kept"]
+        register(conn, "kept", instance="a1")
+        twin = RegisterRequest(peer_id="kept", address="elsewhere:8081", instance="b2")
+        with pytest.raises(membership.PeerIdTakenError, match="kept:8081"):
+            membership.register(conn, twin, T0, TIMING)
+    finally:
+        conn.close()

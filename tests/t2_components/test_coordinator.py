@@ -803,3 +803,23 @@ def test_fuzz_every_endpoint_never_5xx(case: Any, fuzz_target: Coordinator) -> N
             response_schema_conformance,
         ],
     )
+
+
+def test_a_live_peers_id_is_refused_to_another_node(expiring: Coordinator) -> None:
+    """Two nodes started with one -peer-id: the second used to take the id over silently,
+    and the first, still heartbeating, vanished from every node's membership."""
+    peer = uid("twin")
+    first = {"peer_id": peer, "address": "127.0.0.1:9001", "instance": "first"}
+    second = {"peer_id": peer, "address": "127.0.0.1:9002", "instance": "second"}
+    expiring.register(**first)
+    taken = expiring.request("POST", REG, second)
+    assert taken.status == 409, taken.body
+    assert taken.json["error"] == "peer_id_taken"
+    assert "127.0.0.1:9001" in taken.json["message"]
+    listed = {p["peer_id"]: p["address"] for p in expiring.get("/api/peers").json["peers"]}
+    assert listed[peer] == "127.0.0.1:9001"
+    assert expiring.heartbeat(peer).status == 200  # the first one is undisturbed
+    expiring.register(**(first | {"instance": "restarted"}))  # same address: a restart
+    wait_for(lambda: peer not in expiring.live_ids(), what="expiry")
+    assert expiring.request("POST", REG, second).status == 200  # a dead one's id is free
+    expiring.assert_clean_log()

@@ -17,7 +17,7 @@ import pytest
 
 import servers
 from clusters import Cluster, Node, running_cluster, until
-from mounts import cloud_of, cloud_put
+from mounts import Mount, cloud_of, cloud_put
 from tierfs.chunks import ObjectRef, chunk_ref
 from tierfs.peer.ring import owner
 
@@ -274,3 +274,30 @@ def test_a_node_of_another_chunk_size_is_skipped_not_paid_for_twice(
         assert egress <= 1.1 * size, f"the cloud sent {egress / size:.2f}x the file"
         a.mount.wait_for_log("-chunk-size is not this node's")
         assert b.tier("cloud")["bytes"] == 0
+
+
+@pytest.mark.warnings_expected
+def test_a_second_node_with_a_taken_peer_id_stays_out_until_the_first_leaves(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """It used to take the id over silently: the first node, still running, vanished from
+    the cluster, and the two reported their chunks under one name."""
+    with running_cluster(seaweedfs, tmp_path, ("node-a", "node-b")) as cluster:
+        a, b = cluster.nodes
+        key, data = put_owned(cluster, "node-a", 16 * MiB)
+        root = tmp_path / "twin"
+        root.mkdir()
+        flags = b.mount.flags | {"port": str(servers.free_ports(1)[0])}
+        twin = Mount(root / "mnt", root / "nvme", flags, b.mount.env, root / "client.log")
+        twin.start()
+        try:
+            twin.wait_for_log(f"'node-b' is in use by a live peer at 127.0.0.1:{b.port}")
+            assert cluster.coordinator.live_ids() == ["node-a", "node-b"]
+            assert a.sees_members(2) and b.sees_members(2)
+            peers = {p["peer_id"]: p["address"] for p in a.api("/api/peers")["peers"]}
+            assert peers["node-b"] == f"127.0.0.1:{b.port}"  # still the first one
+            assert sha256_of(twin.path / key) == hashlib.sha256(data).hexdigest()
+            b.mount.stop()  # the first one leaves: the id is free
+            until(lambda: twin.log.read_text().count("registered node-b") == 1, what="twin in")
+        finally:
+            twin.stop()

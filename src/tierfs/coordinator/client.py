@@ -7,7 +7,10 @@ caller: while the coordinator is down or refuses us it retries with jittered exp
 backoff, logging one WARNING when trouble starts and one INFO when it is over, and the
 node keeps its last membership (reads fall back to tier 1 and the cloud meanwhile).
 When the coordinator answers that it does not know us (404: it was restarted on a wiped
-data dir) the client registers again and re-announces every location it reported. An
+data dir) the client registers again and re-announces every location it reported. When
+it refuses us because a live node elsewhere has our peer id (409 peer_id_taken: two nodes
+given one id), the WARNING says where, and registering is retried as after an outage: the
+node stays out of tier 2 until that one leaves or expires. An
 answer is read up to MAX_ANSWER bytes: a longer one (a broken coordinator, or a
 `-coordinator` URL of some other server) is a failed request, as an outage is.
 
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
+import secrets
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -137,6 +142,7 @@ class CoordinatorClient:
         self.url = (url if "://" in url else f"http://{url}").rstrip("/")
         self.peer_id, self.address = peer_id, address
         self.status: PeerState = "active"  # set "draining" before a planned shutdown
+        self.instance = secrets.token_hex(8)  # this process, told apart from another of our id
         self._report = report
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session, self._own_session = session, session is None
@@ -372,6 +378,7 @@ class CoordinatorClient:
             capacity=capacity,
             usage=usage,
             stats=stats,
+            instance=self.instance,
         )
         self._adopt(await self._request("POST", "/api/peers/register", request))
         self._registered = True
@@ -436,6 +443,8 @@ class CoordinatorClient:
             return payload
         if status == 404 and b'"unknown_peer"' in payload:
             raise _Unregistered()
+        if status == 409 and b'"peer_id_taken"' in payload:
+            raise _Rejected(_message(payload))
         if status in (401, 403):
             raise _Refused(f"HTTP {status}: the coordinator refused our token")
         if status >= 500 or status in (408, 429):
@@ -477,3 +486,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _message(payload: bytes) -> str:
+    """The message of an error answer of the coordinator."""
+    try:
+        return str(json.loads(payload)["message"])
+    except (ValueError, KeyError, TypeError):
+        return payload[:300].decode(errors="replace")

@@ -32,7 +32,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 FILE_NAME = "coordinator.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: peers.instance
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS peers (
     stats TEXT NOT NULL DEFAULT '{}',   -- last counters reported, flattened (stats.flatten)
     stats_base TEXT NOT NULL DEFAULT '{}',  -- counters of the peer's earlier runs
     registered_at REAL NOT NULL,        -- unix time
-    last_heartbeat REAL NOT NULL        -- unix time
+    last_heartbeat REAL NOT NULL,       -- unix time
+    instance TEXT                       -- drawn by the process that registered last
 );
 CREATE TABLE IF NOT EXISTS locations (
     path TEXT NOT NULL,
@@ -109,6 +110,8 @@ def connect(path: Path | str) -> sqlite3.Connection:
         )
     with transaction(conn):
         _create(conn)
+        if version == 1:
+            conn.execute("ALTER TABLE peers ADD COLUMN instance TEXT")
         if get_meta(conn, "epoch", "") == "":
             set_meta(conn, "epoch", str(time.time_ns() // 1000))
             set_meta(conn, "departed", json.dumps({}))

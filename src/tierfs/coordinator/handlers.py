@@ -71,7 +71,12 @@ async def health(request: web.Request) -> web.Response:
 async def register(request: web.Request) -> web.Response:
     body = await _body(request, RegisterRequest)
     app = request.app
-    answer = await app[DB].run(membership.register, body, time.time(), app[TIMING], app[SNAPSHOT])
+    try:
+        answer = await app[DB].run(
+            membership.register, body, time.time(), app[TIMING], app[SNAPSHOT]
+        )
+    except membership.PeerIdTakenError as exc:
+        raise ApiError(409, "peer_id_taken", str(exc)) from None
     return _json(answer)
 
 

@@ -12,6 +12,9 @@ Rules:
   counters change with every heartbeat and do not move the epoch.
 - Expiry is applied before every answer that shows membership, and by a periodic sweep,
   so the epoch moves as soon as anyone could see the change.
+- A peer id belongs to one process at a time: a registration from another process
+  (`instance`) at another address than the live peer of that id is refused (two nodes
+  given one id); the same address is that node restarted, and is let in.
 - After a coordinator restart every peer that was live gets a fresh `peer_expiry` of
   grace: the peers were heartbeating into a closed port and are not to blame.
 """
@@ -212,6 +215,11 @@ def membership(conn: sqlite3.Connection, now: float, timing: Timing) -> Answer:
         return _answer(conn, timing, None)
 
 
+class PeerIdTakenError(Exception):
+    """A live peer of this id registered from another process at another address: two
+    nodes were given one id. The message says where the other one is."""
+
+
 def register(
     conn: sqlite3.Connection,
     request: RegisterRequest,
@@ -219,12 +227,27 @@ def register(
     timing: Timing,
     snapshot: Snapshot | None = None,
 ) -> Answer:
-    """Add or refresh a peer (live at once, whatever it was) and return the membership."""
+    """Add or refresh a peer (live at once, whatever it was) and return the membership.
+    Raises PeerIdTakenError when the id is live at another address from another process
+    (`instance`): the peer that has it keeps it until it leaves or expires."""
     with transaction(conn):
         expire(conn, now, timing.peer_expiry)
         row = conn.execute(
-            "SELECT address, status FROM peers WHERE peer_id = ?", (request.peer_id,)
+            "SELECT address, status, instance FROM peers WHERE peer_id = ?", (request.peer_id,)
         ).fetchone()
+        if row is not None and _taken(row, request):
+            log.warning(
+                "peer %s at %s refused: a live peer of that id is at %s (two nodes given "
+                "one -peer-id?)",
+                request.peer_id,
+                request.address,
+                row[0],
+            )
+            raise PeerIdTakenError(
+                f"peer id {request.peer_id!r} is in use by a live peer at {row[0]}: give each "
+                f"node its own -peer-id (a restarted node gets it back within "
+                f"{timing.peer_expiry:g}s, once the old one expires)"
+            )
         values = (
             request.address,
             request.status,
@@ -234,25 +257,26 @@ def register(
             request.usage.peer,
             now,
             now,
+            request.instance,
             request.peer_id,
         )
         if row is None:
             conn.execute(
                 "INSERT INTO peers (address, status, capacity_local, capacity_peer, "
-                "usage_local, usage_peer, registered_at, last_heartbeat, peer_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "usage_local, usage_peer, registered_at, last_heartbeat, instance, peer_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
         else:
             conn.execute(
                 "UPDATE peers SET address = ?, status = ?, capacity_local = ?, "
                 "capacity_peer = ?, usage_local = ?, usage_peer = ?, registered_at = ?, "
-                "last_heartbeat = ? WHERE peer_id = ?",
+                "last_heartbeat = ?, instance = ? WHERE peer_id = ?",
                 values,
             )
         if request.stats is not None:
             stats.record(conn, request.peer_id, request.stats)
-        if row is None or tuple(row) != (request.address, request.status):
+        if row is None or tuple(row[:2]) != (request.address, request.status):
             epoch = _bump(conn)
             what = "joined" if row is None else f"re-registered (was {row[1]} at {row[0]})"
             log.info(
@@ -267,6 +291,18 @@ def register(
     if snapshot is not None and answer.peers_json is not None:
         snapshot.store(answer.epoch, now, answer.peers_json)
     return answer
+
+
+def _taken(row: Any, request: RegisterRequest) -> bool:
+    """The peer `row` (address, status, instance) is live at another address and was
+    registered by another process than the one asking."""
+    address, status, instance = row
+    return (
+        status != "dead"
+        and address != request.address
+        and None not in (instance, request.instance)
+        and instance != request.instance
+    )
 
 
 def heartbeat(

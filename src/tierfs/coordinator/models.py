@@ -74,6 +74,17 @@ Version = Annotated[
         examples=['"9b2cf535f27731c974343645a3985328"'],
     ),
 ]
+Instance = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="drawn by the peer's process when it starts: another process "
+        "registering as a live peer at another address is refused",
+        examples=["3f9c2a61d0b84e7a"],
+    ),
+]
 PeerState = Literal["active", "draining"]
 PeerStatus = Literal["active", "draining", "dead"]
 TierName = Literal["local", "peer", "cloud"]
@@ -143,6 +154,7 @@ class RegisterRequest(Strict):
     capacity: TierBytes = TierBytes()
     usage: TierBytes = TierBytes()
     stats: NodeStatsReport | None = None
+    instance: Instance | None = None
 
 
 class HeartbeatRequest(Strict):

@@ -23,6 +23,7 @@ _ERRORS = {
     400: "Malformed JSON, or a body that is not a JSON object",
     401: "Missing or wrong token (`Authorization: Bearer <token>`)",
     404: "Unknown peer: it has to register",
+    409: "The peer id is live at another address, registered by another process",
     413: f"Body larger than {MAX_BODY // 2**20} MiB",
     422: "A field missing, of the wrong type, unknown, or out of bounds; `details` names it",
 }

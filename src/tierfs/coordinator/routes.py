@@ -59,7 +59,7 @@ ROUTES: tuple[Route, ...] = (
         "Join or rejoin the cluster; answers the membership",
         body=RegisterRequest,
         response=Membership,
-        errors=BODY_ERRORS,
+        errors=(*BODY_ERRORS, 409),
     ),
     Route(
         "GET",
