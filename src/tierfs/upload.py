@@ -298,10 +298,6 @@ class Uploader:
                 return None
             return await asyncio.to_thread(os.pread, source, chunk.length, chunk.start)
 
-    async def settle(self) -> None:
-        """Return once the tier-1 copies under way are made, or given up."""
-        await asyncio.gather(*self._promotions, return_exceptions=True)
-
     async def close(self) -> None:
         """Stop the tier-1 copies still under way; wait for the abandoned uploads to go."""
         for task in list(self._promotions):

@@ -141,26 +141,48 @@ async def test_the_tier_1_copy_of_an_fsynced_version_holds_only_its_bytes(
     here and to the other nodes as V's). With no such write, tier 1 holds all of V."""
     fs = await node.mount()
     handle = await fs.create(ROOT, "db.bin")
+    inode = handle.file.node.inode
     await fs.write(handle.fh, 0, b"A" * 3 * CHUNK)
     await fs.fsync(handle.fh)
-    synced = await fs.getattr(handle.file.node.inode)  # no await of I/O: the write is next
-    if written_after:
-        await fs.write(handle.fh, 2 * CHUNK, b"B" * CHUNK)
-    await node.uploader.settle()
-    assert await read(node.cloud, "db.bin") == b"A" * 3 * CHUNK  # V
+    synced = await fs.getattr(inode)  # no await of I/O: the write is next
     version = ObjectRef("db.bin", synced.version, synced.size)
-    cached = {}
-    for index in range(3):
-        chunk = chunk_ref(version, index, CHUNK)
-        data = await node.cache.read(chunk, 0, chunk.length)
-        if data is not None:
-            cached[index] = bytes(data)
-    assert [index for index, data in cached.items() if data != b"A" * CHUNK] == []
     if not written_after:
-        assert sorted(cached) == [0, 1, 2]
+        assert await all_in_tier_1(node, version) == [b"A" * CHUNK] * 3
+    else:
+        await fs.write(handle.fh, 2 * CHUNK, b"B" * CHUNK)
+        # V's copy takes the file's lock before this fsync's own copy can: once that one
+        # is whole, V's is over.
+        await fs.fsync(handle.fh)
+        again = await fs.getattr(inode)
+        written = ObjectRef("db.bin", again.version, again.size)
+        assert await all_in_tier_1(node, written) == [b"A" * CHUNK] * 2 + [b"B" * CHUNK]
+        held = await in_tier_1(node, version)
+        assert [index for index, data in held.items() if data != b"A" * CHUNK] == []
     await fs.release(handle.fh)
     last = b"B" if written_after else b"A"
     assert await read(node.cloud, "db.bin") == b"A" * 2 * CHUNK + last * CHUNK
+
+
+async def in_tier_1(node: Node, ref: ObjectRef) -> dict[int, bytes]:
+    """The chunks of `ref` that tier 1 holds, by index."""
+    held = {}
+    for index in range(-(-ref.size // CHUNK)):
+        chunk = chunk_ref(ref, index, CHUNK)
+        data = await node.cache.read(chunk, 0, chunk.length)
+        if data is not None:
+            held[index] = bytes(data)
+    return held
+
+
+async def all_in_tier_1(node: Node, ref: ObjectRef) -> list[bytes]:
+    """The chunks of `ref`, once tier 1 holds every one (they are copied there in the
+    background after its upload); fails past 10 s."""
+    count = -(-ref.size // CHUNK)
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while len(held := await in_tier_1(node, ref)) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"tier 1 holds {sorted(held)}"
+        await asyncio.sleep(0.01)
+    return [held[index] for index in range(count)]
 
 
 async def test_what_is_kept_of_each_opened_file_goes_when_the_kernel_forgets_it(
