@@ -360,7 +360,7 @@ async def test_a_bucket_that_does_not_exist_is_said_so(
             await cloud.list_all("")
         if isinstance(cloud, ObjstoreCloud):
             with pytest.raises(BucketNotFoundError, match="no such bucket"):
-                await anext(cloud._own_listing("", delimiter=True))  # sent without obstore
+                await anext(cloud._list_unfiltered("", delimiter=True))  # sent without obstore
         if SERVER_FIXTURE[provider] != "seaweedfs":
             with pytest.raises(BucketNotFoundError, match="no such bucket"):
                 await cloud.put("data/new.bin", b"x")
@@ -528,7 +528,7 @@ async def test_parts_grow_so_that_a_large_file_fits_in_the_parts_a_store_takes(
 async def test_a_listing_made_without_obstore_names_every_key_as_put(
     request: pytest.FixtureRequest, provider: str, tmp_path: Path
 ) -> None:
-    """The store lists a folder's level and a whole tree itself (`_own_listing`), page by
+    """The store lists a folder's level and a whole tree itself (`_list_unfiltered`), page by
     page: obstore fails a whole listing at one key its paths cannot name, and takes a
     level's every page within one deadline. Every key put is listed by its name (spaces,
     `+`, `%`, non-ASCII), a level's folders as its prefixes, on more than one page."""

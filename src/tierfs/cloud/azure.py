@@ -205,10 +205,10 @@ class AzureBlobCloud(ObjstoreCloud):
 
         await self._call(method, marker, send)
 
-    def _own_listing(
+    def _list_unfiltered(
         self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[ListPage]:
-        """List Blobs (a folder's marker `a/` by its name, where obstore lists `a`)."""
+        """List Blobs (a folder's marker `a/` named with its slash)."""
         query = {"restype": "container", "comp": "list", "maxresults": str(page_size)}
         if delimiter:
             query["delimiter"] = "/"

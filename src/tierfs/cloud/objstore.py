@@ -300,12 +300,15 @@ class ObjstoreCloud(CloudStore):
         return ObjectMeta(key, sent, version, datetime.now(UTC))
 
     @abc.abstractmethod
-    def _own_listing(
+    def _list_unfiltered(
         self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[ListPage]:
-        """The pages of a listing of `prefix` sent and read here, not by obstore, whose
-        listing fails whole at a key its paths cannot name and takes a folder's every page
-        in one call: every key, unfiltered."""
+        """The pages of the listing of `prefix` (its level with `delimiter`, else its
+        whole tree): every key the store holds, as its answer names it, markers `name/`
+        among them (`list` leaves out those no path can name). A page is one request of
+        up to `page_size` keys (`_pages`), or one folder's scan of a local directory.
+        obstore's listing is not used: it fails whole at a key its paths cannot name,
+        and takes a folder's every page in one call."""
 
     async def _pages(
         self,
@@ -314,9 +317,9 @@ class ObjstoreCloud(CloudStore):
         cursor: str,
         fetch: Callable[[dict[str, str]], Awaitable[ListAnswer]],
     ) -> AsyncIterator[ListPage]:
-        """The pages of a listing request sent here: `fetch` gets one (retried alone, so a
-        broken listing resumes at its page), and the query parameter `cursor` asks for the
-        next."""
+        """The pages of a listing of `prefix` asked for with `query`: `fetch` gets one
+        (retried alone, so a broken listing resumes at its page), and the query parameter
+        `cursor` asks for the next."""
         while True:
             try:
                 answer = await self._call("LIST", prefix, partial(fetch, dict(query)))
@@ -330,12 +333,12 @@ class ObjstoreCloud(CloudStore):
     async def list(
         self, prefix: str = "", delimiter: bool = True, page_size: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[ListPage]:
-        """The pages of `_own_listing`, each its own request within the deadline (a
+        """The pages of `_list_unfiltered`, each its own request within the deadline (a
         folder of many pages lists however long they take all together), less the keys
         no path can name (`named_only`)."""
         if prefix:
             self.check_key(prefix.removesuffix("/"))
-        async for page in self._own_listing(prefix, delimiter, page_size):
+        async for page in self._list_unfiltered(prefix, delimiter, page_size):
             yield self.named_only(page)
 
     async def delete(self, key: str) -> None:
@@ -371,8 +374,8 @@ class ObjstoreCloud(CloudStore):
 
 @dataclass(frozen=True)
 class ListAnswer:
-    """One answer of a listing request sent without obstore: `next` resumes the listing,
-    None on its last page."""
+    """One answer of a listing request (`ObjstoreCloud._pages`): `next` resumes the
+    listing, None on its last page."""
 
     page: ListPage
     next: str | None

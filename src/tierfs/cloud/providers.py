@@ -247,7 +247,7 @@ class LocalDirectoryCloud(ObjstoreCloud):
         self.check_key(prefix)
         await asyncio.to_thread(self._remove_unmarked_from, self._root / prefix, True)
 
-    async def _own_listing(
+    async def _list_unfiltered(
         self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[ListPage]:
         """A scan of the folder, or without `delimiter` of each folder below it, one page

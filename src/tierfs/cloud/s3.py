@@ -182,7 +182,7 @@ class S3Cloud(ObjstoreCloud):
 
         await self._call(method, marker, send)
 
-    def _own_listing(
+    def _list_unfiltered(
         self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[ListPage]:
         """ListObjectsV2 (keys URL-encoded in the answer, as XML cannot carry every
