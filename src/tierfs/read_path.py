@@ -69,6 +69,12 @@ class PeerTier(Protocol):
         """
         ...
 
+    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+        """The whole chunk from a peer that holds it already (never one that would read it
+        through), or None; asked before reading through for another node. Raises as
+        `fetch`."""
+        ...
+
 
 @runtime_checkable
 class _KnowsHeld(Protocol):
@@ -261,7 +267,9 @@ class ReadPath:
         """The whole chunk for another node (the owner's side of tier 2): from tier 1, else
         (unless `cached_only`) read through from the cloud and kept within the peer budget.
 
-        Never asks the peers: a request between nodes goes one hop. Joins a fetch of the
+        Asks only peers that hold the chunk already (the location index's, with
+        `cached_only`: they answer from tier 1 or not at all), never one that would read it
+        through, so requests between nodes cannot loop. Joins a fetch of the
         chunk already under way unless that one is waiting on a peer, which might be the
         asker (two nodes briefly disagreeing about the owner would wait on each other).
         None when `cached_only` and tier 1 does not have it. Raises as `read`.
@@ -382,7 +390,10 @@ class ReadPath:
         """
         if not ask_peers:
             async with self._serve_slots:
-                await self._hand_over(chunk, await self._from_cloud(chunk), publish, Origin.PEER)
+                data = await self._from_peers(chunk, held_only=True)
+                if data is None:
+                    data = await self._from_cloud(chunk)
+                await self._hand_over(chunk, data, publish, Origin.PEER)
             return
         async with self._flight_slots:  # held while storing: see the module docstring
             async with self._fetch_slots:
@@ -421,20 +432,27 @@ class ReadPath:
             return None
         return data
 
-    async def _from_peers(self, chunk: ChunkRef) -> Data | None:
-        """Tier 2: the whole chunk, or None to fall through to the cloud."""
+    async def _from_peers(self, chunk: ChunkRef, held_only: bool = False) -> Data | None:
+        """Tier 2: the whole chunk, or None to fall through to the cloud. `held_only`:
+        from a peer that holds it (reading through for another node: a peer asked for a
+        chunk it holds answers at once, and so never waits on this node)."""
         if self._peers is None:
             return None
         counters = self._stats.tier(Tier.PEER)
-        self._asking_peers.add(chunk.id)
+        if not held_only:
+            self._asking_peers.add(chunk.id)
         try:
-            data = await self._peers.fetch(chunk)
+            if held_only:
+                data = await self._peers.held_elsewhere(chunk)
+            else:
+                data = await self._peers.fetch(chunk)
         except Exception as exc:
             counters.errors += 1
             log.info("peers failed on chunk %s of %s: %s", chunk.index, chunk.obj.key, exc)
             return None
         finally:
-            self._asking_peers.discard(chunk.id)
+            if not held_only:
+                self._asking_peers.discard(chunk.id)
         if data is None:
             counters.misses += 1
             return None

@@ -537,6 +537,9 @@ class PeersHolding:
             return None
         return self.body[chunk.start : chunk.start + chunk.length]
 
+    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+        return await self.fetch(chunk)
+
 
 @pytest.mark.asyncio
 async def test_peers_come_between_tier_1_and_the_cloud(

@@ -301,3 +301,47 @@ def test_a_second_node_with_a_taken_peer_id_stays_out_until_the_first_leaves(
             until(lambda: twin.log.read_text().count("registered node-b") == 1, what="twin in")
         finally:
             twin.stop()
+
+
+@pytest.mark.warnings_expected
+def test_an_owner_back_from_a_crash_takes_what_it_missed_from_the_node_that_read_it(
+    cluster: Cluster,
+) -> None:
+    """Chunks read while their owner was down are held by the node that read them; the
+    owner, back, used to read them through from the cloud again when asked for them."""
+    a, b, c = cluster.nodes
+    key, data = put_owned(cluster, "node-b", 64 * MiB)
+    expected = hashlib.sha256(data).hexdigest()
+    b.mount.kill()
+    until(lambda: a.sees_members(2) and c.sees_members(2), what="B to be gone")
+    assert sha256_of(a.path / key) == expected  # B's chunks from the cloud, into A
+    chunks = (len(data) + CHUNK - 1) // CHUNK
+
+    def held_by_a() -> bool:
+        held = {e["peer_id"]: e["chunks"] for e in cluster.coordinator.locations(key)}
+        return len(held.get("node-a", [])) == chunks
+
+    until(held_by_a, what="A's chunks in the location index")
+    b.mount.start()
+    until(lambda: all(n.sees_members(3) for n in cluster.nodes), what="B to be back")
+    before = cluster.settled_egress()
+    for node in (c, b):
+        assert sha256_of(node.path / key) == expected
+    egress = cluster.settled_egress() - before
+    assert egress < CHUNK, f"the cloud sent {egress / MiB:.0f} MiB of a file A holds whole"
+    assert b.tier("cloud")["hits"] == 0
+
+
+@pytest.mark.warnings_expected
+def test_a_hung_coordinator_does_not_hold_up_cold_reads(cluster: Cluster) -> None:
+    """An owner that misses a chunk asks the location index before the cloud: a coordinator
+    that takes the connection and never answers must cost that little, not a wait per
+    chunk until the heartbeats notice."""
+    _, expected = put_dataset(cluster, "cold.bin", 64 * MiB)
+    os.killpg(cluster.coordinator.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert sha256_of(cluster.nodes[0].path / "cold.bin") == expected
+        assert time.monotonic() - started < 4  # ~1 s unhindered, 1-2 s more on a busy host
+    finally:
+        os.killpg(cluster.coordinator.proc.pid, signal.SIGCONT)

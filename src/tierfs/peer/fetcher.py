@@ -4,14 +4,17 @@
 peer in rendezvous order (ring.py) of the membership the coordinator last reported: no
 coordinator call per read. The owner serves the chunk from its tier 1 or reads it through
 from the cloud once for the whole cluster. When the owner fails (down, slower than
-`FUSE_PEER_TIMEOUT`, an error, bytes that fail their checksum), the holders the
-coordinator's location index lists are asked for what they have cached, in rendezvous
-order; then the read path goes to the cloud. A peer that failed is skipped until the
+`FUSE_PEER_TIMEOUT`, an error, bytes that fail their checksum), or when this node is
+the owner and misses it (for its own reads, or reading through for another node), the
+holders the coordinator's location index lists are asked for what they have cached, in
+rendezvous order; then the read path goes to the cloud. Those asks are `cached_only`:
+never read through, so they cannot loop. A peer that failed is skipped until the
 membership changes (it left, or came back) or `RETRY_DOWN_AFTER` has passed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -33,6 +36,8 @@ RETRY_DOWN_AFTER = 10.0  # seconds a failed peer is skipped if membership says n
 CONNECTIONS_PER_PEER = 16  # keep-alive connections to one peer (reads run 16 fetches at once)
 READ_BUFFER = 2**20  # bytes aiohttp reads at a time: a 4 MiB chunk in a few reads
 MAX_REPLY = 2**16  # bytes of a peer's answer to a push read (a short JSON body)
+HELD_ELSEWHERE_SHARE = 0.25  # of the peer timeout, for an owner's ask of a holder
+LOCATE_TIMEOUT = 0.5  # seconds an owner that misses a chunk waits for the location index
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,7 @@ class PeerFetcher:
         self._coordinator = coordinator
         self._stats = stats
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._quick = aiohttp.ClientTimeout(total=timeout * HELD_ELSEWHERE_SHARE)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._scheme = "https" if tls else "http"
         self._ssl = ssl_context
@@ -74,20 +80,44 @@ class PeerFetcher:
         self._down: dict[str, tuple[int | None, float]] = {}  # peer id -> (epoch, when)
         self._keys = keys
         self._chunk_size = chunk_size
+        self._skip_locate_until = 0.0  # monotonic: the location index was too slow
 
     async def fetch(self, chunk: ChunkRef) -> bytes | None:
         """The whole chunk, checked against its checksum, or None: ask the cloud."""
         chunk = self._keys.outer_chunk(chunk, self._chunk_size)
         order = self._ranked(chunk)
-        if not order or order[0].peer_id == self._node_id:
-            return None  # no cluster, or this node owns the chunk: it reads the cloud
+        if not self._others(order):
+            return None  # no cluster, or none but this node
         owner = order[0]
+        if owner.peer_id == self._node_id:
+            return await self._from_holders(chunk, quick=True)  # no read-through
         if self._usable(owner.peer_id):
             data = await self._get(owner, chunk, cached_only=False)
             if data is not None:
                 return data
-        for holder in await self._holders(chunk, skip=owner.peer_id):
-            data = await self._get(holder, chunk, cached_only=True)
+        return await self._from_holders(chunk, skip=owner.peer_id, quick=False)
+
+    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+        """The chunk from a node the location index lists with it, never read through;
+        None: ask the cloud. What an owner asks before reading through for another node:
+        a chunk read while it was away, or before it joined, is held by the node that read
+        it."""
+        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
+        if not self._others(self._ranked(chunk)):
+            return None
+        # the asker waits on this node for a peer timeout: a hung holder must not use it up
+        return await self._from_holders(chunk, quick=True, timeout=self._quick)
+
+    async def _from_holders(
+        self,
+        chunk: ChunkRef,
+        *,
+        quick: bool,
+        skip: str | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> bytes | None:
+        for holder in await self._holders(chunk, skip, quick):
+            data = await self._get(holder, chunk, cached_only=True, timeout=timeout)
             if data is not None:
                 return data
         return None
@@ -136,16 +166,28 @@ class PeerFetcher:
 
     # -- one request ------------------------------------------------------------------------
 
-    async def _get(self, peer: _Peer, chunk: ChunkRef, *, cached_only: bool) -> bytes | None:
+    async def _get(
+        self,
+        peer: _Peer,
+        chunk: ChunkRef,
+        *,
+        cached_only: bool,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> bytes | None:
         """The chunk from `peer` if it has it (or, not `cached_only`, reads it through);
-        None otherwise. A failure marks the peer down; bad bytes are only refused."""
+        None otherwise. A failure marks the peer down; bad bytes are only refused.
+        `timeout` in place of the peer timeout."""
         params = {**_params(chunk), protocol.CHUNK_SIZE_PARAM: str(self._chunk_size)}
         if cached_only:
             params[protocol.CACHED_ONLY_PARAM] = "1"
         headers = {**self._headers, "Range": protocol.byte_range(chunk.start, chunk.length)}
         try:
             async with self._open().get(
-                self._url(peer, chunk), params=params, headers=headers, ssl=self._ssl
+                self._url(peer, chunk),
+                params=params,
+                headers=headers,
+                ssl=self._ssl,
+                timeout=timeout or self._timeout,
             ) as response:
                 if response.status in (404, 412):  # not held / the object changed
                     return None
@@ -180,9 +222,24 @@ class PeerFetcher:
         live = [_Peer(p.peer_id, p.address) for p in peers if p.status == "active"]
         return rank(chunk.id, live, lambda p: p.peer_id)
 
-    async def _holders(self, chunk: ChunkRef, skip: str) -> list[_Peer]:
-        """The usable peers that the location index lists with `chunk`, in rendezvous order."""
-        locations = await self._coordinator.locate(chunk.obj.key, chunk.obj.version)
+    def _others(self, peers: list[_Peer]) -> bool:
+        """Some of `peers` is not this node."""
+        return any(p.peer_id != self._node_id for p in peers)
+
+    async def _holders(self, chunk: ChunkRef, skip: str | None, quick: bool) -> list[_Peer]:
+        """The usable peers that the location index lists with `chunk`, in rendezvous order.
+        `quick`: none if the coordinator takes over LOCATE_TIMEOUT to say, and then none
+        without asking for RETRY_DOWN_AFTER (an owner's miss, which the cloud answers
+        anyway, is not held up by a hung coordinator)."""
+        if quick and time.monotonic() < self._skip_locate_until:
+            return []
+        try:
+            async with asyncio.timeout(LOCATE_TIMEOUT if quick else None):
+                locations = await self._coordinator.locate(chunk.obj.key, chunk.obj.version)
+        except TimeoutError:
+            log.debug("no locations of %r from the coordinator in time", chunk.obj.key)
+            self._skip_locate_until = time.monotonic() + RETRY_DOWN_AFTER
+            return []
         holders = [
             _Peer(loc.peer_id, loc.address)
             for loc in locations
