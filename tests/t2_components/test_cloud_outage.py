@@ -252,6 +252,48 @@ async def test_a_put_retried_to_success_leaves_no_parts_of_its_failed_try(
         assert await asyncio.to_thread(in_progress) == []
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+@pytest.mark.parametrize("how", ["put", "put_stream"])
+async def test_a_multipart_upload_another_client_aborted_is_put_again_or_fails(
+    provider: str, how: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Another client aborts the upload of a large put under way (as an S3 store of
+    tierfs does to the uploads of a key begun during its failed put): the store answers
+    its completion NoSuchUpload. A put from a file is tried again, whole, and succeeds,
+    where it failed as "no such object" (a close's ENOENT); a streamed put cannot be sent
+    again: it fails, and not as a missing object either."""
+    async with through_a_relay(provider, request, tmp_path, 10.0) as (settings, relay, store):
+        in_progress = uploads_in_progress(request, provider, settings)
+        s3 = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(3 * PART_SIZE))
+        relay.hold(b"?uploadId=")  # the completion of the first try: its parts are all in
+        put = asyncio.create_task(
+            store.put("big.bin", big) if how == "put" else store.put_stream("big.bin", parts(big))
+        )
+        await asyncio.to_thread(relay.wait_until_held)
+        answer = await asyncio.to_thread(s3.list_multipart_uploads, Bucket=settings.s3_bucket)
+        (upload,) = answer["Uploads"]
+        await asyncio.to_thread(
+            s3.abort_multipart_upload,
+            Bucket=settings.s3_bucket,
+            Key=upload["Key"],
+            UploadId=upload["UploadId"],
+        )
+        relay.release()
+        if how == "put":
+            meta = await put
+            assert await store.get_range("big.bin", 0, meta.size, meta.version) == big.read_bytes()
+        else:
+            with pytest.raises(CloudError) as failed:
+                await put
+            assert not isinstance(failed.value, ObjectNotFoundError)
+            assert "NoSuchUpload" in str(failed.value)
+            assert await _size_of(store, "big.bin") is None
+        assert await asyncio.to_thread(in_progress) == []
+
+
 async def parts(source: Path) -> AsyncIterator[bytes]:
     """The bytes of `source`, a part at a time."""
     body = source.read_bytes()

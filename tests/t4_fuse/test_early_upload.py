@@ -4,14 +4,18 @@ putting it whole at close. Checked at the S3 server: its multipart uploads and o
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
 
 import servers
+from cloud_targets import server_for
 from mounts import Mount, cloud_bytes
+from relay import relay_in_front_of
 
 MiB = 2**20
 MountFactory = Callable[..., Mount]
@@ -160,3 +164,45 @@ def test_small_files_go_up_in_one_request(s3: tuple[Mount, Any, str]) -> None:
         time.sleep(0.5)
         assert uploads(client, bucket) == {}
     assert cloud_bytes(mount, "small.bin") == data
+
+
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+def test_an_early_upload_another_client_aborted_is_put_whole(
+    provider: str, request: pytest.FixtureRequest, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """Another client aborts the upload of a file that went up while it was written (as a
+    tierfs node does to the uploads of a key begun during its own failed put): the store
+    answers its completion NoSuchUpload, and the close puts the file whole from its
+    staging file, and returns 0."""
+    mount = mount_factory(provider, start=False)
+    relay, relayed = relay_in_front_of(mount.flags["s3_endpoint"])
+    request.addfinalizer(relay.stop)
+    mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": "10.0"}
+    mount.start()
+    client = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+    bucket = mount.flags["s3_bucket"]
+    data = os.urandom(40 * MiB)
+    f = (mount.path / "log.bin").open("wb", buffering=0)
+    append(f, data)
+    wait_for(parts_sent(client, bucket, "log.bin", 2), "parts of log.bin uploaded")
+    relay.hold(b"?uploadId=")  # its completion, at close
+    failures: list[OSError | None] = []
+
+    def close() -> None:
+        try:
+            f.close()
+        except OSError as exc:
+            failures.append(exc)
+        else:
+            failures.append(None)
+
+    closing = threading.Thread(target=close)
+    closing.start()
+    relay.wait_until_held()
+    (upload,) = client.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    relay.release()
+    closing.join(60)
+    assert failures == [None]
+    assert cloud_bytes(mount, "log.bin") == data
+    assert uploads(client, bucket) == {}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_targets import server_for
 from mounts import Mount, TmpfsMount, cloud_bytes, cloud_put
 from relay import relay_in_front_of
 
@@ -269,3 +270,48 @@ def test_a_failed_stream_fails_every_later_close(
         assert failed.value.errno == errno.EIO
     assert cloud_bytes(mount, "big.bin") is None
     assert os.listdir(mount.path) == []
+
+
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+def test_a_stream_another_client_aborted_fails_its_close_with_eio(
+    provider: str,
+    request: pytest.FixtureRequest,
+    tmpfs: TmpfsMount,
+    mount_factory: MountFactory,
+    tmp_path: Path,
+) -> None:
+    """Another client aborts the multipart upload of a file being streamed (as a tierfs
+    node does to the uploads of a key begun during its own failed put): the store answers
+    the completion NoSuchUpload, and the close fails with EIO, its bytes lost as a failed
+    stream's are; it said ENOENT ("no such file") of the file just written."""
+    mount = mount_factory(provider, start=False)
+    relay, relayed = relay_in_front_of(mount.flags["s3_endpoint"])
+    request.addfinalizer(relay.stop)
+    mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": "10.0"}
+    mount.nvme = tmpfs(tmp_path / "small-nvme", "8m")
+    mount.start()
+    s3 = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+    bucket = mount.flags["s3_bucket"]
+    fd, _ = streaming(mount, mount.path / "big.bin")
+    relay.hold(b"?uploadId=")  # the completion: every part is in
+    closing = threading.Thread(target=lambda: closed.append(close_errno(fd)))
+    closed: list[int] = []
+    closing.start()
+    relay.wait_until_held()
+    (upload,) = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    relay.release()
+    closing.join(60)
+    assert closed == [errno.EIO]
+    assert cloud_bytes(mount, "big.bin") is None
+    assert os.listdir(mount.path) == []
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def close_errno(fd: int) -> int:
+    """The errno of closing `fd`, 0 if it closed."""
+    try:
+        os.close(fd)
+    except OSError as exc:
+        return exc.errno or 0
+    return 0

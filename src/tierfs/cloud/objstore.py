@@ -51,6 +51,9 @@ MiB = 2**20
 NO_RETRIES: dict[str, Any] = {"max_retries": 0, "retry_timeout": timedelta(seconds=0)}
 _STATUS_RE = re.compile(r"status(?: code)?:? (\d{3})", re.IGNORECASE)
 _BUCKET_MISSING = re.compile(r"<Code>(NoSuchBucket|ContainerNotFound)</Code>")  # S3, Azure
+# S3's answer to a part or the completion of a multipart upload aborted meanwhile (by
+# another client: see S3Cloud._parts_dropped_on_failure), and to obstore's abort then.
+_UPLOAD_ABORTED = "<Code>NoSuchUpload</Code>"
 _TRANSIENT_TEXT = (
     "error sending request",
     "connection",
@@ -117,6 +120,10 @@ class ObjstoreCloud(CloudStore):
         """Map an obstore failure to a tierfs error; the caller raises it."""
         if _BUCKET_MISSING.search(str(exc)):  # a listing's or a put's 404 (the store's code)
             return BucketNotFoundError(f"{self.url}: no such bucket")
+        if _UPLOAD_ABORTED in str(exc):  # not a missing object: a put tries it all again
+            return TransientCloudError(
+                f"{self.url}/{key}: its multipart upload was aborted meanwhile (NoSuchUpload)"
+            )
         if isinstance(exc, obx.NotFoundError | FileNotFoundError):
             return ObjectNotFoundError(f"{self.url}/{key}: no such object")
         if isinstance(exc, obx.PreconditionError | obx.AlreadyExistsError):  # a put's `expect`
@@ -291,6 +298,11 @@ class ObjstoreCloud(CloudStore):
                 max_concurrency=max(1, PART_BUFFERS // part),
             )
         except (obx.BaseError, OSError) as exc:
+            if _UPLOAD_ABORTED in str(exc):  # the parts sent are gone, and so are their bytes
+                raise CloudError(
+                    f"{self.url}/{key}: its streamed upload was aborted meanwhile by another "
+                    f"client (NoSuchUpload), and cannot be sent again"
+                ) from exc
             raise self._translate(exc, key) from exc
         version = result["e_tag"] or result["version"]
         if version is None:
