@@ -33,10 +33,12 @@ async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
             return body
     except AnswerTooLargeError as exc:
         raise TierfsError(f"{url} gave {exc}: not a coordinator's answer") from None
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except TimeoutError:
         raise TierfsError(
-            f"no answer from the coordinator at {url}: {exc or 'timed out'}"
+            f"no answer from the coordinator at {url} in {TIMEOUT.total:g} s"
         ) from None
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise TierfsError(f"no answer from the coordinator at {url}: {exc}") from None
 
 
 def render(where: str, membership: Membership, stats: ClusterStats, now: float) -> str:

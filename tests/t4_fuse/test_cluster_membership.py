@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -190,3 +191,26 @@ def test_tierfs_status_shows_the_peers_and_the_tiers(
         f"tierfs status: no answer from the coordinator at http://{where}"
     )
     assert len(down.stderr.strip().splitlines()) == 1
+
+
+def test_tierfs_status_of_a_hung_coordinator_says_it_did_not_answer(tmp_path: Path) -> None:
+    """A coordinator that takes the connection and never answers (stopped, swapping): the
+    line used to end with an empty reason ('no answer from the coordinator at URL: ')."""
+    coordinator = start_coordinator(tmp_path)
+    assert coordinator.proc.pid is not None
+    os.killpg(coordinator.proc.pid, signal.SIGSTOP)
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "tierfs.cli", "status", "-coordinator", coordinator.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.killpg(coordinator.proc.pid, signal.SIGCONT)
+        coordinator.stop()
+    assert shown.returncode == 1
+    assert shown.stderr.strip() == (
+        f"tierfs status: no answer from the coordinator at {coordinator.url}/api/peers in 10 s"
+    )
