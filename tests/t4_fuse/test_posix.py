@@ -473,6 +473,37 @@ def test_a_file_a_folder_of_its_name_hides_is_said_once(
     assert sorted(bucket_keys(mount)) == ["e/", "e/f", "e/f/x"]
 
 
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("provider", ["s3-moto", "s3-seaweedfs", "azure"])
+def test_a_link_a_file_of_its_name_hides_is_said_once(
+    request: pytest.FixtureRequest, mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """A bucket may hold a file `d/f` and a link's object `d/f.tierfs-symlink` beside it
+    (put by another tool, or by two nodes at once): the mount shows the file, and the
+    link was hidden without a word. Its lookup and its folder's listing show the file
+    still, and the log names the link's key once (a WARNING), saying that the object
+    stays in the bucket, untouched; once the file is renamed, the link is there."""
+    mount = mount_factory(provider)
+    for key in ("d/f", "d/f.tierfs-symlink"):
+        put_as_another_tool(request, provider, mount, key)
+    assert (mount.path / "d/f").is_file()  # looked up before any listing names it
+    time.sleep(1.2)  # past the metadata TTL: the listings ask the bucket
+    for _ in range(2):
+        assert os.listdir(mount.path / "d") == ["f"]
+        assert not (mount.path / "d/f").is_symlink()
+    assert (mount.path / "d/f").read_bytes() == b"odd"
+    assert sorted(bucket_keys(mount)) == ["d/f", "d/f.tierfs-symlink"]  # untouched
+    key = "'d/f.tierfs-symlink' is not shown"
+    said = [line for line in mount.log.read_text().splitlines() if key in line]
+    assert len(said) == 1, said
+    assert " WARNING " in said[0] and "a file of its name hides the link" in said[0], said
+    assert "untouched" in said[0], said
+    os.rename(mount.path / "d/f", mount.path / "d/g")
+    time.sleep(1.2)
+    assert sorted(os.listdir(mount.path / "d")) == ["f", "g"]
+    assert os.readlink(mount.path / "d/f") == "odd"
+
+
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
 def test_symbolic_links_are_kept_in_the_bucket(
     mount_factory: Callable[..., Mount], provider: str

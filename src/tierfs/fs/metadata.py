@@ -51,6 +51,12 @@ HIDDEN_BY_FOLDER = (
     "a folder of its name hides it (keys below it); the object stays in the bucket, "
     "untouched: rename one of them with another tool to see both"
 )
+# Why a link's object is not shown beside a file of the link's name (`d/f` and
+# `d/f.tierfs-symlink`, put so by another tool or by two nodes at once).
+HIDDEN_BY_FILE = (
+    "a file of its name hides the link it holds; the object stays in the bucket, "
+    "untouched: rename the file to see the link"
+)
 
 
 def file_entry(meta: ObjectMeta) -> Entry:
@@ -216,6 +222,8 @@ class Namespace:
                 if shadowed is not None:
                     self.cloud.not_shown(shadowed.key, HIDDEN_BY_FOLDER)
         else:
+            if file is not None and link is not None:
+                self.cloud.not_shown(link.key, HIDDEN_BY_FILE)
             meta = file or link
             entry = file_entry(meta) if meta is not None else None
         known = self._stats.get(path)
@@ -327,8 +335,13 @@ class Namespace:
             # so) comes back as the directory's own key: not an entry of it.
             if meta.key == path or not entry.name:
                 continue
-            if not entry.is_link or entry.name not in entries:  # a file of the name wins
-                entries[entry.name] = entry
+            other = entries.get(entry.name)
+            if other is not None:  # a file and a link of one name: the file wins
+                link = entry if entry.is_link else other
+                self.cloud.not_shown(object_key(join(path, entry.name), link), HIDDEN_BY_FILE)
+                if entry.is_link:
+                    continue
+            entries[entry.name] = entry
         listed = [(split(prefix.rstrip("/"))[1], prefix) for prefix in page.prefixes]
         names = [name for name, prefix in listed if self._shows(name, prefix)]
         hidden += len(listed) - len(names)
