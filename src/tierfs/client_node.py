@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import defaultdict
 from contextlib import AsyncExitStack
 
 from tierfs.cache.base import Origin
@@ -41,7 +42,8 @@ def join_cluster(
 ) -> CoordinatorClient:
     """The membership of this node: registers and heartbeats in the background, and never
     holds up the mount (a coordinator that is down is one warning, and retried). Chunks
-    are reported by the bucket's keys (`keys`)."""
+    are reported by the bucket's keys (`keys`): those tier 1 kept from an earlier run
+    first, then each one stored or evicted."""
 
     def report() -> NodeReport:
         capacity = TierBytes(local=settings.nvme_size, peer=settings.peer_size)
@@ -62,6 +64,12 @@ def join_cluster(
     cache.on_evicted = lambda key, version, index: client.withdraw_location(
         keys.outer(key), version, [index]
     )
+    # the coordinator forgets what a node's earlier run held when this one registers
+    kept: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for chunk in cache.held():
+        kept[keys.outer(chunk.key), chunk.version].append(chunk.index)
+    for (path, version), indexes in kept.items():
+        client.report_location(path, version, indexes)
     return client
 
 

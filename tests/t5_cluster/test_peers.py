@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import time
 import urllib.error
@@ -345,3 +346,32 @@ def test_a_hung_coordinator_does_not_hold_up_cold_reads(cluster: Cluster) -> Non
         assert time.monotonic() - started < 4  # ~1 s unhindered, 1-2 s more on a busy host
     finally:
         os.killpg(cluster.coordinator.proc.pid, signal.SIGCONT)
+
+
+def test_a_node_restarted_on_a_wiped_tier_1_is_no_longer_listed_with_its_old_chunks(
+    cluster: Cluster,
+) -> None:
+    """The location index used to keep what a node's earlier run held: restarted on an
+    empty -nvme, it stayed listed as a holder of chunks it no longer had."""
+    a, b, c = cluster.nodes
+    _, expected = put_dataset(cluster, "kept.bin", 16 * MiB)
+    _, other = put_dataset(cluster, "wiped.bin", 16 * MiB)
+
+    def held_by_b(key: str) -> list[int]:
+        held = {e["peer_id"]: e["chunks"] for e in cluster.coordinator.locations(key)}
+        return list(held.get("node-b", []))
+
+    assert sha256_of(b.path / "kept.bin") == expected
+    until(lambda: held_by_b("kept.bin") == [0, 1, 2, 3], what="B's chunks listed")
+    b.mount.kill()
+    b.mount.start()  # its tier 1 kept: listed with the chunks again
+    until(lambda: b.sees_members(3), what="B back")
+    until(lambda: held_by_b("kept.bin") == [0, 1, 2, 3], what="B's chunks listed again")
+    assert sha256_of(b.path / "wiped.bin") == other
+    until(lambda: held_by_b("wiped.bin") == [0, 1, 2, 3], what="B's chunks listed")
+    b.mount.kill()
+    shutil.rmtree(b.mount.nvme)
+    b.mount.start()
+    until(lambda: b.sees_members(3), what="B back")
+    until(lambda: held_by_b("wiped.bin") == [], what="B's chunks unlisted")
+    assert held_by_b("kept.bin") == []

@@ -324,6 +324,10 @@ class DiskChunkCache:
         finally:
             self._unpin(entry)
 
+    def held(self) -> list[HeldChunk]:
+        """Every chunk held now (what a node announces to the coordinator when it starts)."""
+        return [_held(e) for e in self._entries.values()]
+
     async def chunks_of(self, key: str, version: str | None = None) -> list[HeldChunk]:
         """The chunks held of object `key`: at `version`, or at any version (None)."""
         self._check_open()

@@ -14,7 +14,9 @@ Rules:
   so the epoch moves as soon as anyone could see the change.
 - A peer id belongs to one process at a time: a registration from another process
   (`instance`) at another address than the live peer of that id is refused (two nodes
-  given one id); the same address is that node restarted, and is let in.
+  given one id); the same address is that node restarted, and is let in. A registration
+  from another process of a known peer drops the locations its last run reported (its
+  tier 1 may have been wiped or trimmed): the new process announces what it holds.
 - After a coordinator restart every peer that was live gets a fresh `peer_expiry` of
   grace: the peers were heartbeating into a closed port and are not to blame.
 """
@@ -274,6 +276,14 @@ def register(
                 "last_heartbeat = ?, instance = ? WHERE peer_id = ?",
                 values,
             )
+        if (
+            row is not None
+            and None not in (row[2], request.instance)
+            and row[2] != request.instance
+        ):
+            # another run of the peer: what the last one held (its tier 1 may be gone, or
+            # trimmed at start) is no guide; the new one announces what it holds
+            conn.execute("DELETE FROM locations WHERE peer_id = ?", (request.peer_id,))
         if request.stats is not None:
             stats.record(conn, request.peer_id, request.stats)
         if row is None or tuple(row[:2]) != (request.address, request.status):
