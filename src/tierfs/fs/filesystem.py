@@ -496,15 +496,18 @@ class Filesystem:
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
         copies: dict[str, tuple[str, str]] = {}  # by source: its version listed, its copy's
+        copied: list[ObjectMeta] = []
 
         async def copy(meta: ObjectMeta) -> None:
             destination = new + meta.key[len(old) :]
             with contextlib.suppress(ObjectNotFoundError):  # removed by another node since
                 version = await self._copy(meta.key, destination, meta.size, meta.version)
+                copied.append(meta)
                 if version is not None:
                     copies[meta.key] = (meta.version, version)
 
         await _bounded(below, copy)
+        await self._copy_lost_again(old, new, copied, copy)
         await _bounded(markers, lambda folder: self.cloud.put_marker(new + folder[len(old) :]))
         self._follow_copies(copies)
         await _bounded(below, lambda meta: self.cloud.delete(meta.key))
@@ -514,6 +517,34 @@ class Filesystem:
         self.names.forget_subtree(new)
         self.names.note(old, None)
         self.names.note(new, Entry(split(new)[1], True))
+
+    async def _copy_lost_again(
+        self,
+        old: str,
+        new: str,
+        copied: list[ObjectMeta],
+        copy: Callable[[ObjectMeta], Awaitable[None]],
+    ) -> None:
+        """Copy again, one at a time, what a folder move copied and the store lost, before
+        any source goes: SeaweedFS, copying a file and a folder of its name (`d/f`, `d/f/x`)
+        at once, kept one of them (1 in ~40 tries), and the move deleted the other's
+        source. CloudError if a copy is still missing: the sources stay."""
+        for attempt in range(2):
+            listed = await self.cloud.list_all(new + "/", delimiter=False)
+            present = {meta.key for meta in listed.objects}
+            lost = [meta for meta in copied if new + meta.key[len(old) :] not in present]
+            if not lost:
+                return
+            if attempt:
+                raise CloudError(
+                    f"{old}: moved to {new}, the store lost the copy of {lost[0].key}: "
+                    "nothing was deleted"
+                )
+            log.warning(
+                "%s: the store lost %d copies of this move; copying them again", old, len(lost)
+            )
+            for meta in lost:
+                await copy(meta)
 
     def _check_moved(self, path: str, moved: str) -> None:
         """`path`'s key in a folder being moved can go to `moved`, checked before the first
