@@ -679,6 +679,29 @@ def test_times_and_modes_set_here_outlive_the_metadata_ttl(
     assert abs(path.stat().st_mtime_ns - time.time_ns()) < 60 * 10**9  # the store's, now
 
 
+@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
+def test_a_written_files_time_holds_past_its_upload(mount_factory: object, provider: str) -> None:
+    """A file written here keeps the time of its last write once uploaded and past the
+    metadata TTL: `stat` twice of a file nobody touched gives one time. Before, the
+    store's last-modified came back after the TTL: the time went back (to the whole
+    second on S3), and git, rsync and make saw the file changed."""
+    mount = mount_factory(provider, metadata_ttl="0.1s")  # type: ignore[operator]
+    path = mount.path / "f"
+    path.write_bytes(b"one")
+    written = path.stat().st_mtime_ns
+    time.sleep(0.3)
+    assert (path.stat().st_mtime_ns, path.stat().st_ctime_ns) == (written, written)
+    with path.open("r+b") as file:
+        file.write(b"two")
+    rewritten = path.stat().st_mtime_ns
+    assert rewritten > written
+    time.sleep(0.3)
+    assert path.stat().st_mtime_ns == rewritten
+    cloud_put(mount, "f", b"changed elsewhere")
+    time.sleep(0.3)
+    assert path.stat().st_mtime_ns != rewritten  # the store's, now
+
+
 def test_modes_given_at_create_and_mkdir_hold(mounted: Mount) -> None:
     """A program made here runs (`git clone`, a compiler's output): create and mkdir keep
     the mode they are given, as chmod does, and a mode of 0 is 0, not the default."""

@@ -1005,8 +1005,9 @@ class Filesystem:
                     self.names.forget(path)
                     return
             node = file.node
-            if node.mtime_set_for is not None:  # set since the last write: it stays
-                node.mtime_set_for = meta.version
+            # Its time (of the last write, or set since) stays while the object is at this
+            # version: not the store's last-modified, later and in whole seconds on S3.
+            node.mtime_set_for = meta.version
             node.size, node.version = meta.size, meta.version
             self._last_versions[node.inode] = meta.version
             self.names.note(

@@ -39,8 +39,8 @@ class Node:
     mtime_ns: int = field(default_factory=time.time_ns)
     version: str = ""  # the object's version; "" for directories and unsaved files
     mode: int | None = None  # permission bits set by chmod; None: the mount's default
-    # The version whose mtime was set here (utimens): while the object is at it, `mtime_ns`
-    # is this mount's, not the store's. None: the store's.
+    # The version written or whose mtime was set (utimens) here: while the object is at
+    # it, `mtime_ns` is this mount's, not the store's. None: the store's.
     mtime_set_for: str | None = None
     lookups: int = 0
     open_count: int = 0
