@@ -702,6 +702,39 @@ def test_a_written_files_time_holds_past_its_upload(mount_factory: object, provi
     assert path.stat().st_mtime_ns != rewritten  # the store's, now
 
 
+def forget_unused_inodes() -> None:
+    """Make the kernel forget the inodes no one holds, as memory pressure does."""
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+
+
+def test_an_inode_the_kernel_forgot_keeps_its_number(mounted: Mount, tmp_path: Path) -> None:
+    """A file or folder the kernel forgot (memory pressure) and looks up again has the
+    inode number it had, so `tar x` of a big tree neither fails with "Directory renamed
+    before its status could be extracted" nor leaves its links whose target has `..` as
+    the empty files it puts in their place (it makes them last, if the file there is
+    still the one it made). Before, every lookup after a forget gave a new number."""
+    (mounted.path / "d").mkdir()
+    (mounted.path / "d/f").write_bytes(b"x")
+    before = [(mounted.path / name).stat().st_ino for name in ("d", "d/f")]
+    forget_unused_inodes()
+    assert [(mounted.path / name).stat().st_ino for name in ("d", "d/f")] == before
+
+    source = tmp_path / "tree"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub/l.h").symlink_to("../z.h")
+    (source / "z.h").write_bytes(os.urandom(100_000))  # records for tar's checkpoints
+    archive = tmp_path / "t.tar"
+    subprocess.run(["tar", "-cf", str(archive), "--sort=name", "-C", str(source), "."], check=True)
+    (mounted.path / "x").mkdir()
+    forget = "--checkpoint-action=exec=sh -c 'echo 2 > /proc/sys/vm/drop_caches'"
+    untar = ["tar", "-xf", str(archive), "-C", str(mounted.path / "x"), "--checkpoint=1", forget]
+    result = subprocess.run(untar, capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    link = mounted.path / "x/sub/l.h"
+    assert link.is_symlink() and os.readlink(link) == "../z.h"
+    assert link.read_bytes() == (source / "z.h").read_bytes()
+
+
 def test_modes_given_at_create_and_mkdir_hold(mounted: Mount) -> None:
     """A program made here runs (`git clone`, a compiler's output): create and mkdir keep
     the mode they are given, as chmod does, and a mode of 0 is 0, not the default."""

@@ -2,11 +2,14 @@
 
 Paths are object-key prefixes without a trailing slash: "" is the root, "a/b" a child.
 The kernel holds lookup counts; an entry leaves the table when its count falls to zero
-(`forget`) and no handle has it open.
+(`forget`) and no handle has it open. A path's inode number is a hash of it, so one the
+kernel forgot and looks up again gets the number it had (tar checks a folder's and a
+file's number between making it and setting its times or replacing it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from tierfs.errors import StaleHandleError
 
 ROOT_INODE = 1
+INODE_BITS = 63  # a signed 64-bit ino_t holds them too
 
 
 def join(parent: str, name: str) -> str:
@@ -61,7 +65,6 @@ class InodeTable:
         root = Node(ROOT_INODE, "", is_dir=True, lookups=1)
         self._by_inode: dict[int, Node] = {ROOT_INODE: root}
         self._by_path: dict[str, Node] = {"": root}
-        self._next_inode = ROOT_INODE + 1
 
     def get(self, inode: int) -> Node:
         """The node of `inode`; StaleHandleError if the kernel asks for a forgotten one."""
@@ -81,11 +84,19 @@ class InodeTable:
         if node is not None:
             self._detach(node)
             node.displaced_from = path
-        node = Node(self._next_inode, path, is_dir, is_link)
-        self._next_inode += 1
+        node = Node(self._free_number(path), path, is_dir, is_link)
         self._by_inode[node.inode] = node
         self._by_path[path] = node
         return node
+
+    def _free_number(self, path: str) -> int:
+        """The hash of `path`, or past it the first number no node has (one still held
+        under another path, or of another kind at this one)."""
+        digest = hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=8)
+        number = int.from_bytes(digest.digest(), "big") >> (64 - INODE_BITS)
+        while number <= ROOT_INODE or number in self._by_inode:
+            number = (number + 1) % 2**INODE_BITS
+        return number
 
     def forget(self, inode: int, count: int) -> None:
         node = self._by_inode.get(inode)
