@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ PREFETCH_SHARE = 0.5
 # first read of it, then slices it: 128 KiB reads of a warm object went from ~85% to over
 # 100% of pread's speed. 1 MiB reads are large copies already (no faster that way).
 WHOLE_CHUNK_BELOW = 2**20
+# A chunk whose fetch from the cloud just failed fails again at once for this long: the
+# kernel asks again for a read whose read-ahead failed, and that second request waited
+# out the cloud deadline as well (a cold read in an outage said EIO after twice it).
+FAILED_FETCH_MEMORY = 2.0  # seconds
 
 
 # Told of each chunk a read fetched (not one it found or joined): the chunk, its bytes, and
@@ -144,6 +149,7 @@ class ReadPath:
         self._warm = cache.warm if isinstance(cache, _Warms) else None
         self._read_now = cache.read_now if isinstance(cache, _ReadsNow) else None
         self._readers: weakref.WeakSet[SequentialReader] = weakref.WeakSet()
+        self._failed: dict[ChunkId, tuple[float, CloudError]] = {}  # the cloud's, by when
         self._closed = False
 
     @property
@@ -468,12 +474,17 @@ class ReadPath:
         """Tier 3: the whole chunk, pinned to the object's version."""
         counters = self._stats.tier(Tier.CLOUD)
         obj = chunk.obj
+        failed = self._failed.get(chunk.id)
+        if failed is not None and time.monotonic() - failed[0] < FAILED_FETCH_MEMORY:
+            counters.errors += 1
+            raise failed[1]
         try:
             data = await self._cloud.get_range(obj.key, chunk.start, chunk.length, obj.version)
         except (VersionChangedError, ObjectNotFoundError):
             raise  # the object changed: the caller refreshes its metadata
-        except CloudError:
+        except CloudError as exc:
             counters.errors += 1
+            self._remember_failure(chunk.id, exc)
             raise
         if len(data) != chunk.length:
             counters.errors += 1
@@ -484,6 +495,16 @@ class ReadPath:
         counters.hits += 1
         counters.bytes += len(data)
         return data
+
+    def _remember_failure(self, chunk_id: ChunkId, exc: CloudError) -> None:
+        """Fail the chunk's fetches from the cloud with `exc` for FAILED_FETCH_MEMORY."""
+        now = time.monotonic()
+        self._failed = {
+            known: failed
+            for known, failed in self._failed.items()
+            if now - failed[0] < FAILED_FETCH_MEMORY
+        }
+        self._failed[chunk_id] = (now, exc)
 
     async def _keep(
         self,

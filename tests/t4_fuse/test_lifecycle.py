@@ -374,6 +374,34 @@ def relayed_mount(
     return relay, mount.start()
 
 
+@pytest.mark.warnings_expected
+def test_a_cold_read_with_the_cloud_gone_is_eio_within_one_deadline(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A read of bytes no tier holds, with the bucket out of reach, fails with EIO once
+    the cloud deadline (3 s) has passed. The kernel asks again for a read whose
+    read-ahead failed, and that second request waited out the deadline too: EIO after
+    6 s (120 s at the default -cloud-timeout). The bytes are read once it is back."""
+    relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")
+    payload = os.urandom(3 * 2**20)
+    cloud_put(mount, "cold.bin", payload)  # behind the mount: in no tier
+    assert (mount.path / "cold.bin").stat().st_size == len(payload)
+    fd = os.open(mount.path / "cold.bin", os.O_RDONLY)
+    try:
+        relay.mute()
+        started = time.monotonic()
+        with pytest.raises(OSError) as failed:
+            os.pread(fd, 2**20, 0)
+        took = time.monotonic() - started
+        assert failed.value.errno == errno.EIO
+        assert took < 4.5, f"EIO after {took:.1f} s, the deadline 3 s"
+        relay.restore()
+        time.sleep(2.5)  # a chunk whose fetch just failed fails again at once, briefly
+        assert os.pread(fd, len(payload), 0) == payload
+    finally:
+        os.close(fd)
+
+
 def partitioned_mount(
     request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
 ) -> tuple[Relay, Mount, Any]:
