@@ -21,6 +21,7 @@ from tierfs.cloud.folder import FolderStore, KeyPrefix
 from tierfs.cloud.providers import check_bucket, open_store, settle_s3_region
 from tierfs.coordinator.client import CoordinatorClient, NodeReport
 from tierfs.coordinator.models import TierBytes
+from tierfs.errors import UnsentUploadsError
 from tierfs.fs.filesystem import Filesystem, Ownership
 from tierfs.fs.handles import Staging
 from tierfs.fuse.mount import prepare_mountpoint, serve
@@ -173,3 +174,8 @@ async def run_client(settings: ClientSettings) -> None:
             read_only=settings.read_only,
             allow_other=settings.allow_other,
         )
+        if unsent := len(journal.pending()):
+            raise UnsentUploadsError(
+                f"{unsent} file(s) not yet in {cloud.url}: they stay staged in {settings.nvme}"
+                " and go up at the next start on it"
+            )

@@ -15,6 +15,11 @@ class ConfigError(TierfsError):
     """A setting has a bad value; the message names the flag and what is wrong."""
 
 
+class UnsentUploadsError(TierfsError):
+    """The client stopped with uploads still journaled (the cloud was down): they go up at
+    the next start on the same `-nvme`."""
+
+
 class CloudError(TierfsError):
     """A cloud request failed for good (after any retries)."""
 

@@ -358,6 +358,29 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
     assert mount.stop() == 0
 
 
+@pytest.mark.warnings_expected
+def test_sigterm_with_the_cloud_down_says_what_stays_staged_and_exits_1(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A stop whose uploads fail keeps them journaled for the next start, and says so: an
+    exit 0 told a service manager (or a script waiting to reboot) all was in the cloud."""
+    relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")
+    fd = os.open(mount.path / "unsent", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"written while the cloud was there")
+    relay.cut()
+    assert mount.proc is not None
+    mount.proc.send_signal(signal.SIGTERM)
+    assert mount.proc.wait(60) == 1
+    assert not is_mounted(mount.path)
+    with pytest.raises(OSError):
+        os.close(fd)
+    assert "1 file(s) not yet in s3://" in mount.log_tail(5)
+    relay.restore()
+    mount.start()  # the next start sends it
+    assert cloud_bytes(mount, "unsent") == b"written while the cloud was there"
+    assert mount.stop() == 0
+
+
 def relayed_mount(
     request: pytest.FixtureRequest, tmp_path: Path, provider: str
 ) -> tuple[Relay, Mount]:
