@@ -381,6 +381,33 @@ def test_sigterm_with_the_cloud_down_says_what_stays_staged_and_exits_1(
     assert mount.stop() == 0
 
 
+@pytest.mark.warnings_expected
+def test_a_stop_with_the_cloud_down_tries_the_dirty_files_together(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Each upload at a stop may wait out the cloud deadline (60 s by default): one after
+    the other, 8 dirty files took 8 of them, past systemd's 90 s before its SIGKILL."""
+    relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")  # a 3 s deadline
+    names = [f"dirty-{i}" for i in range(12)]
+    fds = [os.open(mount.path / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in names]
+    for fd, name in zip(fds, names, strict=True):
+        os.write(fd, name.encode())
+    relay.cut()
+    assert mount.proc is not None
+    started = time.monotonic()
+    mount.proc.send_signal(signal.SIGTERM)
+    assert mount.proc.wait(120) == 1
+    assert time.monotonic() - started < 15  # 3 rounds of 4, not 12 one by one (~27 s)
+    assert "12 file(s) not yet in" in mount.log_tail(5)
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.close(fd)
+    relay.restore()
+    mount.start()
+    for name in names:
+        assert cloud_bytes(mount, name) == name.encode()
+
+
 def relayed_mount(
     request: pytest.FixtureRequest, tmp_path: Path, provider: str
 ) -> tuple[Relay, Mount]:

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 KEY_MAX = 1024  # bytes of a whole key, the limit of S3 and GCS
 COPY_PIECE = 8 * 2**20  # filling a staging file from the tiers, one piece at a time
 RENAME_PARALLELISM = 16  # cloud copies (or deletes) in flight for a directory rename
+UNMOUNT_PARALLELISM = 4  # uploads in flight at unmount (up to 64 MiB of parts each)
 RETRY_INTERVAL = 5.0  # seconds between tries of uploads that failed at close
 
 
@@ -1036,9 +1037,13 @@ class Filesystem:
         whose close failed earlier goes up late, as its retry would."""
         if self._retries is not None:
             self._retries.cancel()
-        for file in list(self._open.values()):
+
+        # Together, a few at a time: with the cloud down each waits out its deadline.
+        async def save(file: OpenFile) -> None:
             with contextlib.suppress(CloudError):
                 await self._save(file, late=file.handles == 0)
+
+        await _bounded(list(self._open.values()), save, UNMOUNT_PARALLELISM)
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
@@ -1064,10 +1069,14 @@ def _copied_as(node: Node, version: str, copy: str) -> None:
         node.mtime_set_for = copy
 
 
-async def _bounded(items: list[T], operation: Callable[[T], Awaitable[object]]) -> None:
-    """Run `operation` on every item (an object of a tree being renamed),
-    RENAME_PARALLELISM at a time."""
-    limit = asyncio.Semaphore(RENAME_PARALLELISM)
+async def _bounded(
+    items: list[T],
+    operation: Callable[[T], Awaitable[object]],
+    parallelism: int = RENAME_PARALLELISM,
+) -> None:
+    """Run `operation` on every item (an object of a tree being renamed, a file to upload
+    at unmount), `parallelism` at a time."""
+    limit = asyncio.Semaphore(parallelism)
 
     async def one(item: T) -> None:
         async with limit:
