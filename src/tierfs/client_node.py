@@ -84,11 +84,13 @@ def bytes_moved(stats: NodeStats) -> int:
 async def run_client(settings: ClientSettings) -> None:
     """Mount the bucket at `settings.mount` and serve it until told to stop."""
     limit_malloc_arenas()
-    prepare_mountpoint(settings.mount)
     settings.nvme.mkdir(parents=True, exist_ok=True)
     stats = NodeStats()
     async with AsyncExitStack() as stack:
-        stack.callback(os.close, lock(settings.nvme))  # before its journal is read
+        # before its journal is read, and before a stale mount is cleaned up: a second
+        # client started beside it must not unmount the first one's new mount
+        stack.callback(os.close, lock(settings.nvme))
+        prepare_mountpoint(settings.mount)
         keys = KeyPrefix(settings.prefix)
         settings = await settle_s3_region(settings)
         bucket = open_store(settings)
