@@ -86,6 +86,17 @@ def _prefix(value: Any) -> str:
     return folder + "/"
 
 
+def _owner_id(value: Any) -> int:
+    """A uid or gid: 0 to 2**32 - 2 (2**32 - 1 is the kernel's "no id")."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a user or group id (example: 1000)") from None
+    if not 0 <= number < 2**32 - 1:
+        raise ValueError(f"{number} is not a user or group id (0-4294967294)")
+    return number
+
+
 def _mode(value: Any) -> int:
     try:
         mode = value if isinstance(value, int) else int(str(value), 8)
@@ -98,6 +109,7 @@ def _mode(value: Any) -> int:
 
 Size = Annotated[int, BeforeValidator(_size)]
 Mode = Annotated[int, BeforeValidator(_mode)]
+OwnerId = Annotated[int, BeforeValidator(_owner_id)]
 Prefix = Annotated[str, BeforeValidator(_prefix)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 Ttl = Annotated[float, BeforeValidator(_ttl)]
@@ -239,8 +251,8 @@ class ClientSettings(CommonSettings):
     admit_after: int = flag(
         1, "cache a chunk in tier 1 once it has been read this many times (1: always)"
     )
-    uid: int = flag(os.getuid(), "owner of every file in the mount")
-    gid: int = flag(os.getgid(), "group of every file in the mount")
+    uid: OwnerId = flag(os.getuid(), "owner of every file in the mount")
+    gid: OwnerId = flag(os.getgid(), "group of every file in the mount")
     file_mode: Mode = flag(0o644, "permission bits of files (octal)")
     dir_mode: Mode = flag(0o755, "permission bits of directories (octal)")
     cloud_timeout: Duration = flag(

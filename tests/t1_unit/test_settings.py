@@ -107,6 +107,9 @@ def test_a_folder_of_the_bucket_is_a_key_prefix(given: dict[str, str], prefix: s
         ({"direct_io": "maybe"}, "invalid value for -direct-io"),
         ({"prefix": "a//b"}, "invalid value for -prefix: 'a//b' is no folder of a bucket"),
         ({"prefix": "../up"}, "invalid value for -prefix"),
+        ({"uid": "-5"}, "invalid value for -uid: -5 is not a user or group id"),
+        ({"gid": "99999999999"}, "invalid value for -gid: 99999999999 is not a user or group id"),
+        ({"uid": "4294967295"}, "invalid value for -uid"),
     ],
 )
 def test_bad_values_name_the_flag(given: dict[str, str], message: str) -> None:
