@@ -40,6 +40,11 @@ class AccessDeniedError(CloudError):
     """The credentials were refused for the bucket."""
 
 
+class CredentialsRefusedError(AccessDeniedError):
+    """The store does not know the credentials (a wrong key or signature), whatever the
+    request: not a permission the credentials lack."""
+
+
 class InvalidKeyError(CloudError):
     """The key cannot be stored by this provider (empty, or not a valid object name)."""
 

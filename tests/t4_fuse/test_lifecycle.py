@@ -749,6 +749,38 @@ def test_a_bucket_that_does_not_exist_is_one_line_and_exit_1(
     assert not is_mounted(tmp_path / "mnt")
 
 
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "gcp-interop"])  # moto checks none
+def test_credentials_the_store_refuses_are_one_line_and_exit_1(
+    request: pytest.FixtureRequest, provider: str, tmp_path: Path
+) -> None:
+    """A wrong secret key stops the client at start, as a missing bucket does, instead of
+    a mount whose every ls and write is EACCES with nothing in its log."""
+    server = server_for(request, provider)
+    given, env = target_flags(provider, server, tmp_path, bad_credentials=True)
+    given |= {"port": str(servers.free_ports(1)[0]), "log_level": "error"}
+    (tmp_path / "mnt").mkdir()
+    flags = [
+        arg for field, value in given.items() for arg in (f"-{field.replace('_', '-')}", value)
+    ]
+    args = ["-mount", str(tmp_path / "mnt"), "-nvme", str(tmp_path / "n"), *flags]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tierfs.cli", "client", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=servers.clean_env(**env),
+    )
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # mounted, refusing everything: stop it as a user would
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"the client mounted with credentials the store refuses:\n{stderr}")
+    assert proc.returncode == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "refused the credentials" in lines[0], stderr
+    assert not is_mounted(tmp_path / "mnt")
+
+
 def test_busy_mount_point_is_one_line_and_exit_1(mount_factory: object, tmp_path: Path) -> None:
     mount: Mount = mount_factory("local")  # type: ignore[operator]
     result = client("-mount", str(mount.path), "-nvme", str(tmp_path / "n2"),

@@ -24,6 +24,7 @@ from tierfs.errors import (
     BucketNotFoundError,
     CloudError,
     ConfigError,
+    CredentialsRefusedError,
     EntryExistsError,
     FolderAtKeyError,
     InvalidKeyError,
@@ -97,7 +98,8 @@ async def settle_s3_region(settings: ClientSettings) -> ClientSettings:
 
 
 async def check_bucket(cloud: CloudStore) -> None:
-    """ConfigError if the store says its bucket does not exist. Only that stops a client:
+    """ConfigError if the store says its bucket does not exist, or refuses the credentials
+    (a wrong key, not a permission they lack). Only that stops a client:
     a store that fails otherwise, or does not answer in BUCKET_CHECK_DEADLINE, is the
     mount's to meet (it starts with the cloud down, serving what tier 1 holds)."""
     try:
@@ -106,6 +108,8 @@ async def check_bucket(cloud: CloudStore) -> None:
                 break
     except BucketNotFoundError as exc:
         raise ConfigError(f"{exc}: create it, or check the name") from exc
+    except CredentialsRefusedError as exc:
+        raise ConfigError(f"{exc}: check them") from exc
     except (CloudError, TimeoutError):
         pass
 

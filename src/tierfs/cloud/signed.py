@@ -4,6 +4,7 @@ status, and folder markers (keys ending in `/`, which obstore's paths cannot nam
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -13,6 +14,7 @@ from tierfs.errors import (
     AccessDeniedError,
     BucketNotFoundError,
     CloudError,
+    CredentialsRefusedError,
     ObjectNotFoundError,
     TransientCloudError,
     VersionChangedError,
@@ -44,21 +46,28 @@ class SignedRequests:
             )
             async with request as response:
                 if response.status >= 400:
-                    raise self._failure(response, key)
+                    raise self._failure(
+                        response, key, _error_code(await response.content.read(65536))
+                    )
                 yield response
         except (aiohttp.ClientError, TimeoutError) as exc:
             what = f"{self.url}/{key}"
             raise TransientCloudError(f"{what}: {type(exc).__name__} {exc}".rstrip()) from exc
 
-    def _failure(self, response: aiohttp.ClientResponse, key: str) -> CloudError:
+    def _failure(self, response: aiohttp.ClientResponse, key: str, code: str) -> CloudError:
+        """The tierfs error of an answer of 400 or more; `code` is its body's error code."""
         status, what = response.status, f"{self.url}/{key}"
-        detail = response.headers.get("x-ms-error-code") or response.reason or ""
+        detail = response.headers.get("x-ms-error-code") or code or response.reason or ""
         if status == 404 and detail == "ContainerNotFound":  # Azure's; not the blob
             return BucketNotFoundError(f"{self.url}: no such bucket")
         if status == 404:
             return ObjectNotFoundError(f"{what}: no such object")
         if status == 412:  # a condition on the object's version
             return VersionChangedError(f"{what}: changed since ({detail})")
+        if status in (401, 403) and detail in _CREDENTIALS_REFUSED:
+            return CredentialsRefusedError(
+                f"{self.url}: the store refused the credentials ({detail})"
+            )
         if status in (401, 403):
             return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
         if status in (408, 429) or (status >= 500 and status not in (501, 505)):
@@ -69,3 +78,16 @@ class SignedRequests:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+# Error codes of a key or signature the store does not know (S3's, GCS's XML API's, Azure's).
+_CREDENTIALS_REFUSED = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthenticationFailed", "InvalidSecurity"}
+)
+_CODE_RE = re.compile(rb"<Code>\s*([A-Za-z]+)\s*</Code>")
+
+
+def _error_code(body: bytes) -> str:
+    """The `<Code>` of an XML error answer (S3's, Azure's), else ""."""
+    match = _CODE_RE.search(body)
+    return match.group(1).decode() if match else ""
