@@ -13,6 +13,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import (
@@ -86,6 +87,18 @@ def _prefix(value: Any) -> str:
     return folder + "/"
 
 
+def _endpoint(value: Any) -> str | None:
+    """An endpoint URL: http:// or https:// and a host (a path may follow: Azurite's account);
+    none given or empty: the provider's own."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    url = urlsplit(text)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL (example: http://minio:9000)")
+    return text
+
+
 def _owner_id(value: Any) -> int:
     """A uid or gid: 0 to 2**32 - 2 (2**32 - 1 is the kernel's "no id")."""
     try:
@@ -109,6 +122,7 @@ def _mode(value: Any) -> int:
 
 Size = Annotated[int, BeforeValidator(_size)]
 Mode = Annotated[int, BeforeValidator(_mode)]
+Endpoint = Annotated[str | None, BeforeValidator(_endpoint)]
 OwnerId = Annotated[int, BeforeValidator(_owner_id)]
 Prefix = Annotated[str, BeforeValidator(_prefix)]
 Duration = Annotated[float, BeforeValidator(_duration)]
@@ -201,7 +215,7 @@ class ClientSettings(CommonSettings):
         "AWS_DEFAULT_REGION's or the profile's, else us-east-1)",
         "AWS_REGION",
     )
-    s3_endpoint: str | None = flag(
+    s3_endpoint: Endpoint = flag(
         None, "S3-compatible endpoint URL (MinIO, SeaweedFS, R2, ...)", "AWS_ENDPOINT_URL"
     )
     aws_access_key_id: str | None = from_env("AWS_ACCESS_KEY_ID", "S3 access key")
@@ -218,11 +232,11 @@ class ClientSettings(CommonSettings):
         "AZURE_STORAGE_SAS_TOKEN", "Azure shared access signature, in place of the key", secret=True
     )
     azure_container: str = flag("fuse-cache", "Azure Blob container", "AZURE_CONTAINER_NAME")
-    azure_endpoint: str | None = flag(
+    azure_endpoint: Endpoint = flag(
         None, "Azure Blob endpoint URL (Azurite: http://127.0.0.1:10000/ACCOUNT)"
     )
     gcp_bucket: str = flag("fuse-client-cache", "GCS bucket", "GCP_BUCKET")
-    gcp_endpoint: str | None = flag(
+    gcp_endpoint: Endpoint = flag(
         None, "GCS endpoint URL (S3 interoperability with HMAC keys, else the JSON API)"
     )
     gcp_access_key_id: str | None = from_env("GCP_ACCESS_KEY_ID", "GCS HMAC access key")

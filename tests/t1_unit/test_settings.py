@@ -110,6 +110,10 @@ def test_a_folder_of_the_bucket_is_a_key_prefix(given: dict[str, str], prefix: s
         ({"uid": "-5"}, "invalid value for -uid: -5 is not a user or group id"),
         ({"gid": "99999999999"}, "invalid value for -gid: 99999999999 is not a user or group id"),
         ({"uid": "4294967295"}, "invalid value for -uid"),
+        ({"s3_endpoint": "not-a-url"}, "invalid value for -s3-endpoint: 'not-a-url' is not an"),
+        ({"s3_endpoint": "ftp://127.0.0.1:9000"}, "invalid value for -s3-endpoint"),
+        ({"azure_endpoint": "127.0.0.1:10000/acct"}, "invalid value for -azure-endpoint"),
+        ({"gcp_endpoint": "http://"}, "invalid value for -gcp-endpoint"),
     ],
 )
 def test_bad_values_name_the_flag(given: dict[str, str], message: str) -> None:
@@ -118,6 +122,8 @@ def test_bad_values_name_the_flag(given: dict[str, str], message: str) -> None:
 
 
 def test_bad_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="invalid value for AWS_ENDPOINT_URL: 'minio:9000'"):
+        client({}, {"AWS_ENDPOINT_URL": "minio:9000"})
     with pytest.raises(ConfigError, match="invalid value for FUSE_NVME_SIZE: 'lots' is not"):
         client({}, {"FUSE_NVME_SIZE": "lots"})
     with pytest.raises(ConfigError, match="GCP_ACCESS_KEY_ID and GCP_SECRET_ACCESS_KEY"):
