@@ -136,6 +136,23 @@ def test_a_folder_of_the_bucket_is_mounted_as_its_root(
     assert "rw" in mount_options(mount)
 
 
+@pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
+def test_a_folder_named_in_unicode_with_a_space_and_a_comma_is_mounted(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """Its name went into the mount's options as it was: a traceback at start
+    (UnicodeEncodeError) for `données`, and a comma split the options."""
+    mount = mount_factory(provider, start=False)
+    cloud_put(mount, "données été, 2026/a.txt", b"a\n")
+    cloud_put(mount, "données été, 2026X/outside.txt", b"x\n")
+    mount.flags["prefix"] = "données été, 2026/"
+    root = mount.start().path
+    assert os.listdir(root) == ["a.txt"]
+    (root / "b.txt").write_bytes(b"b\n")
+    assert cloud_bytes(mount, "données été, 2026/b.txt") == b"b\n"
+    assert "données été, 2026X/outside.txt" in bucket_keys(mount)
+
+
 def chunk_files(mount: Mount) -> int:
     return sum(1 for path in (mount.nvme / "chunks").rglob("*") if path.is_file())
 

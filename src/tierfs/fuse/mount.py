@@ -12,6 +12,7 @@ import signal
 import subprocess
 from functools import partial
 from pathlib import Path
+from urllib.parse import quote
 
 import pyfuse3
 import pyfuse3.asyncio
@@ -129,13 +130,17 @@ async def serve(
 ) -> None:
     """Mount, answer the kernel until SIGINT/SIGTERM or an outside unmount, then unmount.
 
-    Dirty files are uploaded (`ops.fs.close()`) before the mount goes away. `read_only`
-    mounts it so (the kernel answers every change EROFS); `allow_other` lets other users
-    in, and the kernel checks the mode bits for them (`default_permissions`).
+    `fsname` names the mount in `mount` and `df`, percent-encoded (`données` is
+    `donn%C3%A9es`). Dirty files are uploaded (`ops.fs.close()`) before the mount goes
+    away. `read_only` mounts it so (the kernel answers every change EROFS); `allow_other`
+    lets other users in, and the kernel checks the mode bits for them
+    (`default_permissions`).
     """
     pyfuse3.asyncio.enable()
     pyfuse3.asyncio.wait_readable = _wait_for_request
-    options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=tierfs"}
+    # percent-encoded: pyfuse3 passes the options as ASCII, and a comma would split them
+    options = set(pyfuse3.default_options) | {f"fsname={quote(fsname, safe='/:')}"}
+    options |= {"subtype=tierfs"}
     options |= {"ro"} if read_only else set()
     options |= {"allow_other"} if allow_other else set()
     pyfuse3.init(ops, str(mountpoint), options)
