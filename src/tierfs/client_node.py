@@ -13,6 +13,7 @@ import logging
 import os
 from collections import defaultdict
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
@@ -21,7 +22,7 @@ from tierfs.cloud.folder import FolderStore, KeyPrefix
 from tierfs.cloud.providers import check_bucket, open_store, settle_s3_region
 from tierfs.coordinator.client import CoordinatorClient, NodeReport
 from tierfs.coordinator.models import TierBytes
-from tierfs.errors import UnsentUploadsError
+from tierfs.errors import ConfigError, UnsentUploadsError
 from tierfs.fs.filesystem import Filesystem, Ownership
 from tierfs.fs.handles import Staging
 from tierfs.fuse.mount import prepare_mountpoint, serve
@@ -81,15 +82,24 @@ def bytes_moved(stats: NodeStats) -> int:
     return fetched + stats.served_to_peers_bytes + stats.page_cache_bytes
 
 
+def take_tier_1(nvme: Path) -> int:
+    """Make the tier-1 directory and `lock` it; ConfigError naming -nvme where the
+    filesystem refuses (under a file, read-only, no permission)."""
+    try:
+        nvme.mkdir(parents=True, exist_ok=True)
+        return lock(nvme)
+    except OSError as exc:
+        raise ConfigError(f"-nvme {nvme}: {exc.strerror or exc}") from exc
+
+
 async def run_client(settings: ClientSettings) -> None:
     """Mount the bucket at `settings.mount` and serve it until told to stop."""
     limit_malloc_arenas()
-    settings.nvme.mkdir(parents=True, exist_ok=True)
     stats = NodeStats()
     async with AsyncExitStack() as stack:
         # before its journal is read, and before a stale mount is cleaned up: a second
         # client started beside it must not unmount the first one's new mount
-        stack.callback(os.close, lock(settings.nvme))
+        stack.callback(os.close, take_tier_1(settings.nvme))
         prepare_mountpoint(settings.mount)
         keys = KeyPrefix(settings.prefix)
         settings = await settle_s3_region(settings)

@@ -726,6 +726,19 @@ def test_missing_mount_point_is_one_line_and_exit_1(tmp_path: Path) -> None:
     ]
 
 
+def test_a_tier_1_directory_that_cannot_be_made_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """-nvme under a file (or on a read-only filesystem) was a traceback."""
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "a-file").write_bytes(b"")
+    nvme = tmp_path / "a-file" / "nvme"
+    result = client("-mount", str(tmp_path / "mnt"), "-nvme", str(nvme),
+                    "-cloud-provider", "local", "-local-root", str(tmp_path / "b"))  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tierfs client: -nvme {nvme}: "), result.stderr
+    assert not is_mounted(tmp_path / "mnt")
+
+
 @pytest.mark.parametrize(
     "provider", ["s3-seaweedfs", "s3-moto", "gcp-interop", "azure", "gcp-native"]
 )
