@@ -39,8 +39,8 @@ class Relay:
         return self
 
     def cut(self) -> None:
-        """Refuse new connections and break the ones open (a held request too)."""
-        self._released.set()
+        """Refuse new connections and break the ones open (a held request too: it is let
+        go only once its connection is closed, or it could still reach the server)."""
         with self._lock:
             listener, self._listener = self._listener, None
             sockets, self._open = self._open, set()
@@ -54,6 +54,7 @@ class Relay:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+        self._released.set()
 
     def mute(self) -> None:
         """Relay requests on, but drop what the server answers: it does what it is asked
