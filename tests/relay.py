@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import servers
@@ -166,3 +167,12 @@ def relay_in_front_of(endpoint: str) -> tuple[Relay, str]:
     parts = urlsplit(endpoint)
     relay = Relay(parts.port or 80).start()
     return relay, parts._replace(netloc=f"127.0.0.1:{relay.port}").geturl()
+
+
+def abort_the_held_upload(relay: Relay, s3: Any, bucket: str) -> None:
+    """Once `relay` holds a request of the bucket's one multipart upload in progress,
+    abort that upload as another client would (boto3 client `s3`), then let it go on."""
+    relay.wait_until_held()
+    (upload,) = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    relay.release()

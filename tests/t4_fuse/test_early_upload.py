@@ -15,7 +15,7 @@ import pytest
 import servers
 from cloud_targets import server_for
 from mounts import Mount, cloud_bytes
-from relay import relay_in_front_of
+from relay import abort_the_held_upload, relay_in_front_of
 
 MiB = 2**20
 MountFactory = Callable[..., Mount]
@@ -198,10 +198,7 @@ def test_an_early_upload_another_client_aborted_is_put_whole(
 
     closing = threading.Thread(target=close)
     closing.start()
-    relay.wait_until_held()
-    (upload,) = client.list_multipart_uploads(Bucket=bucket)["Uploads"]
-    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    relay.release()
+    abort_the_held_upload(relay, client, bucket)
     closing.join(60)
     assert failures == [None]
     assert cloud_bytes(mount, "log.bin") == data

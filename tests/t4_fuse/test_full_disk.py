@@ -16,7 +16,7 @@ import pytest
 
 from cloud_targets import server_for
 from mounts import Mount, TmpfsMount, cloud_bytes, cloud_put
-from relay import relay_in_front_of
+from relay import abort_the_held_upload, relay_in_front_of
 
 MiB = 2**20
 MountFactory = Callable[..., Mount]
@@ -297,10 +297,7 @@ def test_a_stream_another_client_aborted_fails_its_close_with_eio(
     closing = threading.Thread(target=lambda: closed.append(close_errno(fd)))
     closed: list[int] = []
     closing.start()
-    relay.wait_until_held()
-    (upload,) = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
-    s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    relay.release()
+    abort_the_held_upload(relay, s3, bucket)
     closing.join(60)
     assert closed == [errno.EIO]
     assert cloud_bytes(mount, "big.bin") is None
