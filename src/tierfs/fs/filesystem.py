@@ -530,22 +530,26 @@ class Filesystem:
         any source goes: SeaweedFS, copying a file and a folder of its name (`d/f`, `d/f/x`)
         at once, kept one of them (1 in ~40 tries), and the move deleted the other's
         source. CloudError if a copy is still missing: the sources stay."""
-        for attempt in range(2):
-            listed = await self.cloud.list_all(new + "/", delimiter=False)
-            present = {meta.key for meta in listed.objects}
-            lost = [meta for meta in copied if new + meta.key[len(old) :] not in present]
-            if not lost:
-                return
-            if attempt:
-                raise CloudError(
-                    f"{old}: moved to {new}, the store lost the copy of {lost[0].key}: "
-                    "nothing was deleted"
-                )
-            log.warning(
-                "%s: the store lost %d copies of this move; copying them again", old, len(lost)
+        lost = await self._copies_missing(old, new, copied)
+        if not lost:
+            return
+        log.warning("%s: the store lost %d copies of this move; copying them again", old, len(lost))
+        for meta in lost:
+            await copy(meta)
+        lost = await self._copies_missing(old, new, lost)
+        if lost:
+            raise CloudError(
+                f"{old}: moved to {new}, the store lost the copy of {lost[0].key}: "
+                "nothing was deleted"
             )
-            for meta in lost:
-                await copy(meta)
+
+    async def _copies_missing(
+        self, old: str, new: str, copied: list[ObjectMeta]
+    ) -> list[ObjectMeta]:
+        """The objects of `copied` (under `old`) whose copy under `new` the store lacks."""
+        listed = await self.cloud.list_all(new + "/", delimiter=False)
+        present = {meta.key for meta in listed.objects}
+        return [meta for meta in copied if new + meta.key[len(old) :] not in present]
 
     def _check_moved(self, path: str, moved: str) -> None:
         """`path`'s key in a folder being moved can go to `moved`, checked before the first
