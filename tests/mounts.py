@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,13 +20,57 @@ import servers
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.providers import open_store
 from tierfs.errors import ObjectNotFoundError
-from tierfs.settings import ClientSettings, load_settings
+from tierfs.settings import ClientSettings, CoordinatorSettings, load_settings
 
 # The `tmpfs` fixture: mounts a tmpfs of a size ("64m") on a folder and returns it.
 T = TypeVar("T")
 TmpfsMount = Callable[[Path, str], Path]
 
 MOUNT_TIMEOUT = 30.0
+
+# Where a client looks for its coordinator unless told: `make run`'s demo (or any other
+# service) listens there, and a test's client joined whatever answered.
+DEFAULT_COORDINATOR_PORT: int = CoordinatorSettings.model_fields["port"].default
+_UNSERVED: list[socket.socket] = []  # held open while this process runs
+
+
+def no_coordinator() -> str:
+    """A coordinator address that nothing serves while this process runs: a port of
+    127.0.0.1 it holds bound and never listens on, so a client's every request to it is
+    refused (a port merely free a moment ago could be taken by another test's server)."""
+    if not _UNSERVED:
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.bind(("127.0.0.1", 0))
+        _UNSERVED.append(held)
+    return f"127.0.0.1:{_UNSERVED[0].getsockname()[1]}"
+
+
+def flag_value(args: tuple[str, ...], name: str) -> str | None:
+    """The value given to flag `name` in ARGS (`-name V`, `--name V`, `-name=V`), or None."""
+    for at, arg in enumerate(args):
+        if arg in (f"-{name}", f"--{name}"):
+            return args[at + 1] if at + 1 < len(args) else ""
+        if arg.startswith((f"-{name}=", f"--{name}=")):
+            return arg.partition("=")[2]
+    return None
+
+
+def client_command(*args: str) -> list[str]:
+    """`tierfs client ARGS` for a test: in no cluster and with a peer port of its own
+    unless ARGS say otherwise. Fails on a coordinator at port 8080, the default's, so that
+    no test depends on what runs there."""
+    coordinator = flag_value(args, "coordinator")
+    if coordinator is None:
+        args += ("-coordinator", no_coordinator())
+    elif coordinator.rpartition(":")[2] == str(DEFAULT_COORDINATOR_PORT):
+        raise RuntimeError(
+            f"a test client with -coordinator {coordinator}: that is where `make run`'s "
+            "coordinator listens; give it the test's own (coordinators.start_coordinator) "
+            "or mounts.no_coordinator()"
+        )
+    if flag_value(args, "port") is None:
+        args += ("-port", str(servers.free_ports(1)[0]))
+    return [sys.executable, "-m", "tierfs.cli", "client", *args]
 
 
 def is_mounted(path: Path) -> bool:
@@ -86,25 +131,26 @@ class Mount:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        # The peer API on loopback only, on a port of its own unless the caller chose one.
-        self.flags = {"listen": "127.0.0.1"} | self.flags
+        # The peer API on loopback only, on a port of its own, and in no cluster, unless
+        # the caller chose.
+        self.flags = {"listen": "127.0.0.1", "coordinator": no_coordinator()} | self.flags
         if "port" not in self.flags:
             self.flags["port"] = str(servers.free_ports(1)[0])
 
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "tierfs.cli", "client"]
-        args += ["-mount", str(self.path), "-nvme", str(self.nvme), "-log-level", "info"]
+        args = ["-mount", str(self.path), "-nvme", str(self.nvme), "-log-level", "info"]
         for name, value in self.flags.items():
             args += [f"-{name.replace('_', '-')}", value]
-        return args
+        return client_command(*args)
 
     def start(self) -> Mount:
         """Start the client and wait until the mount is there (or fail with its log)."""
+        command = self.command()
         if not is_mounted(self.path):  # else stale: the client cleans it up itself
             self.path.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.command(),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import servers
 from cloud_targets import server_for, target_flags
 from mounts import Mount
 
@@ -23,9 +22,7 @@ def mount_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mo
         root = tmp_path / f"node{len(made)}"
         root.mkdir()
         given, env = target_flags(provider, server_for(request, provider), tmp_path)
-        # No coordinator unless a test starts one: a free port nobody listens on.
-        peer_port, nobody = servers.free_ports(2)
-        given |= {"port": str(peer_port), "coordinator": f"127.0.0.1:{nobody}"}
+        # in no cluster (Mount's default) unless the test names its coordinator
         mount = Mount(root / "mnt", root / "nvme", given | flags, env, root / "client.log")
         made.append(mount)
         return mount.start() if start else mount

@@ -8,7 +8,6 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,15 @@ import pytest
 
 import servers
 from cloud_targets import server_for, target_flags
-from mounts import Mount, cloud_bytes, cloud_put, is_mounted, on_cloud, unmount_if_mounted
+from mounts import (
+    Mount,
+    client_command,
+    cloud_bytes,
+    cloud_put,
+    is_mounted,
+    on_cloud,
+    unmount_if_mounted,
+)
 from relay import Relay, relay_in_front_of
 from tierfs.cloud.base import CloudStore
 from tierfs.errors import CloudError, VersionChangedError
@@ -709,7 +716,7 @@ def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
 
 def client(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tierfs.cli", "client", *args],
+        client_command(*args),
         capture_output=True,
         text=True,
         timeout=60,
@@ -777,7 +784,7 @@ def test_credentials_the_store_refuses_are_one_line_and_exit_1(
     ]
     args = ["-mount", str(tmp_path / "mnt"), "-nvme", str(tmp_path / "n"), *flags]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tierfs.cli", "client", *args],
+        client_command(*args),
         stderr=subprocess.PIPE,
         text=True,
         env=servers.clean_env(**env),

@@ -1,0 +1,61 @@
+"""The clients the tests start join no cluster but their test's: the default coordinator
+(localhost:8080) is where `make run`'s demo listens, and a test whose client joined it
+depended on what ran there (a cold read waited 30 s on the demo's hung nodes)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from mounts import Mount, client_command, flag_value, no_coordinator
+
+ROOT = Path(__file__).resolve().parents[2]
+# the module and command of a client in an argument list, however it is wrapped
+RAW_CLIENT = re.compile(r"""["']tierfs\.cli["'],\s*["']client["']""")
+
+
+def test_a_client_given_no_coordinator_gets_one_that_refuses_every_connection() -> None:
+    command = client_command("-mount", "/mnt/x")
+    address = flag_value(tuple(command), "coordinator")
+    assert address == no_coordinator()
+    host, _, port = address.rpartition(":")
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), 5):
+        pass
+    assert flag_value(tuple(command), "port") not in (None, "8081")  # nor the demo's peer port
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ("-coordinator", "localhost:8080"),
+        ("--coordinator", "127.0.0.1:8080"),
+        ("--coordinator=localhost:8080",),
+    ],
+)
+def test_a_client_sent_to_the_default_coordinator_fails_at_once(given: tuple[str, ...]) -> None:
+    with pytest.raises(RuntimeError, match="where `make run`'s coordinator listens"):
+        client_command("-mount", "/mnt/x", *given)
+
+
+def test_a_mount_sent_to_the_default_coordinator_fails_before_it_starts(tmp_path: Path) -> None:
+    mount = Mount(tmp_path / "mnt", tmp_path / "nvme", {"coordinator": "localhost:8080"}, {},
+                  tmp_path / "client.log")  # fmt: skip
+    with pytest.raises(RuntimeError, match="-coordinator localhost:8080"):
+        mount.start()
+    assert mount.proc is None and not (tmp_path / "client.log").exists()
+
+
+def test_every_client_the_tests_and_benchmarks_start_goes_through_client_command() -> None:
+    """A client started by its own argument list skips the guard above."""
+    raw = [
+        f"{path.relative_to(ROOT)}:{text[: found.start()].count(chr(10)) + 1}"
+        for folder in ("tests", "bench")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path.name != "mounts.py"
+        for text in [path.read_text()]
+        for found in RAW_CLIENT.finditer(text)
+    ]
+    assert not raw, "start clients with mounts.Mount or mounts.client_command:\n" + "\n".join(raw)
