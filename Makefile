@@ -22,6 +22,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
+# src, tests and bench: the files of pyproject's [tool.mypy]
 typecheck: setup
 	$(VENV)/bin/mypy
 

@@ -32,6 +32,7 @@ from azure.storage.blob.aio import ContainerClient
 from botocore.config import Config
 from obstore.store import AzureStore, ObjectStore, S3Store
 
+from tierfs.chunks import Data
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.objstore import NO_RETRIES, client_options
 from tierfs.cloud.providers import azure_store, local_store, s3_store
@@ -60,7 +61,7 @@ RAW_OBSTORE: dict[str, Any] = {
     "retry_config": NO_RETRIES,
 }
 
-Piece = bytes | obstore.Bytes
+Piece = Data | obstore.Bytes
 Put = Callable[[str, bytes], Awaitable[str]]  # returns the version a GET names ("" if none)
 Get = Callable[[str, str], Awaitable[Piece]]  # (key, version) -> the whole small object
 
@@ -207,7 +208,7 @@ async def cloudstore_rows(load: Load, store: CloudStore) -> list[Row]:
     async def put(key: str, body: bytes) -> str:
         return (await store.put(key, body)).version
 
-    def get(key: str, version: str) -> Awaitable[bytes]:
+    def get(key: str, version: str) -> Awaitable[Data]:
         return store.get_range(key, 0, SMALL, version)
 
     try:

@@ -511,8 +511,8 @@ async def run(
         theirs = {system: best[system][figure][0] for system in rivals}
         rival_is = max(theirs, key=theirs.__getitem__, default="")
         about = "; ".join(filter(None, [limit_is, how]))
-        mine, rival = best[TIERFS][figure][0], theirs.get(rival_is)
-        rows.append(Row(figure, unit, mine, limit, target, about, rival, rival_is))
+        ours, rival = best[TIERFS][figure][0], theirs.get(rival_is)
+        rows.append(Row(figure, unit, ours, limit, target, about, rival, rival_is))
     return [*rows, rss_row(bench.rss, rivals)], best
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from cloud import GiB, MiB, bounded, parse_size, size_text, write_source
 from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
-from tierfs.chunks import ObjectRef, chunk_ref
+from tierfs.chunks import Data, ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.providers import local_store, s3_store
 from tierfs.prefetch import SequentialReader
@@ -158,7 +158,7 @@ def pread_pass(path: Path, piece: int) -> float:
 async def parallel_get(store: CloudStore, ref: ObjectRef, source: Path | None = None) -> float:
     """The raw tier-3 limit: MiB/s of every 4 MiB range of `ref` as a GET through the
     CloudStore, IN_FLIGHT at a time (the pieces are checked against `source` if given)."""
-    pieces: dict[int, bytes] = {}
+    pieces: dict[int, Data] = {}
 
     async def one(start: int) -> None:
         length = min(CHUNK, ref.size - start)

@@ -10,11 +10,12 @@ import stat
 from pathlib import Path
 
 from mounts import Mount, cloud_of
+from tierfs.chunks import Data
 from tierfs.cloud.base import split_markers
 from tierfs.fs.metadata import LINK_SUFFIX
 
 
-def file_entry(data: bytes) -> str:
+def file_entry(data: Data) -> str:
     """How `tree` names a file: its size and digest."""
     return f"{len(data)} bytes {hashlib.sha256(data).hexdigest()[:16]}"
 

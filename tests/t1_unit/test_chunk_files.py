@@ -111,10 +111,10 @@ def test_failed_write_removes_its_temp_file(chunks_dir: str) -> None:
 def test_verify_reads_in_pieces(chunks_dir: str, size: int) -> None:
     path = files.chunk_path(chunks_dir, ID)
     data = bytearray(os.urandom(size))
-    digest = files.write_chunk(path, data)
+    digest = files.write_chunk(path, bytes(data))
     assert files.verify(path, size, digest)
     data[-1] ^= 1  # a flip in the last piece
-    files.write_chunk(path, data)
+    files.write_chunk(path, bytes(data))
     assert not files.verify(path, size, digest)
 
 
@@ -127,7 +127,7 @@ def test_a_check_around_the_page_cache_is_as_strict_and_leaves_nothing_in_it(
     root = tmpfs(tmp_path / "t", "32m") if disk == "tmpfs" else tmp_path
     path = files.chunk_path(files.make_dirs(root), ID)
     data = bytearray(os.urandom(size))
-    digest = files.write_chunk(path, data, around_page_cache=True)
+    digest = files.write_chunk(path, bytes(data), around_page_cache=True)
     assert files.verify(path, size, digest, around_page_cache=True)
     if disk == "ext4":
         fd = files.open_chunk(path)
@@ -137,7 +137,7 @@ def test_a_check_around_the_page_cache_is_as_strict_and_leaves_nothing_in_it(
             os.close(fd)
     assert not files.verify(path, size + 1, digest, around_page_cache=True)
     data[-1] ^= 1  # a flip in the last piece
-    files.write_chunk(path, data, around_page_cache=True)
+    files.write_chunk(path, bytes(data), around_page_cache=True)
     assert not files.verify(path, size, digest, around_page_cache=True)
     os.truncate(path, size - 1)
     assert not files.verify(path, size, digest, around_page_cache=True)

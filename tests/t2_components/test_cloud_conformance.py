@@ -12,6 +12,7 @@ import pytest
 
 import servers
 from cloud_targets import AUTHENTICATING, NETWORKED, SERVER_FIXTURE, server_for, settings_for
+from tierfs.cloud.azure import AzureBlobCloud
 from tierfs.cloud.base import (
     ABSENT,
     MULTIPART_THRESHOLD,
@@ -21,12 +22,8 @@ from tierfs.cloud.base import (
 )
 from tierfs.cloud.gcs import GcsStore
 from tierfs.cloud.objstore import ObjstoreCloud
-from tierfs.cloud.providers import (
-    AzureBlobCloud,
-    LocalDirectoryCloud,
-    S3Cloud,
-    open_store,
-)
+from tierfs.cloud.providers import LocalDirectoryCloud, open_store
+from tierfs.cloud.s3 import S3Cloud
 from tierfs.errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -206,7 +203,12 @@ async def test_a_put_that_expects_a_version_replaces_that_version_only(
     second = await store.put("expect/file", b"second", expect=seen)
     large = tmp_path / "large"
     large.write_bytes(pattern(MULTIPART_THRESHOLD + 1))
-    for body, expect in [(b"stale", first.version), (b"new", ABSENT), (large, first.version)]:
+    refused: list[tuple[bytes | Path, str]] = [
+        (b"stale", first.version),
+        (b"new", ABSENT),
+        (large, first.version),
+    ]
+    for body, expect in refused:
         with pytest.raises(VersionChangedError):
             await store.put("expect/file", body, expect=expect)
     assert (await store.head("expect/file")).version == second.version

@@ -22,7 +22,7 @@ from cloud_targets import server_for, settings_for
 from pagecache import cached_pages, evict
 from tierfs.cache import files
 from tierfs.cache.chunk_cache import DiskChunkCache
-from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
+from tierfs.chunks import ChunkRef, Data, ObjectRef, chunk_ref
 from tierfs.cloud.base import LIST_PAGE_SIZE, CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.providers import open_store
 from tierfs.errors import VersionChangedError
@@ -413,7 +413,7 @@ class SlowCloud(CloudStore):
         self._delay = delay
         self.url = store.url
 
-    async def get_range(self, key: str, start: int, length: int, version: str) -> bytes:
+    async def get_range(self, key: str, start: int, length: int, version: str) -> Data:
         await asyncio.sleep(self._delay)
         return await self._store.get_range(key, start, length, version)
 
@@ -431,8 +431,10 @@ class SlowCloud(CloudStore):
     async def delete(self, key: str) -> None:
         await self._store.delete(key)
 
-    async def copy(self, source: str, destination: str) -> None:
-        await self._store.copy(source, destination)
+    async def copy(
+        self, source: str, destination: str, size: int | None = None, version: str | None = None
+    ) -> str:
+        return await self._store.copy(source, destination, size, version)
 
     async def put_marker(self, prefix: str) -> None:
         await self._store.put_marker(prefix)
@@ -577,14 +579,14 @@ def vm_kib(field: str) -> int:
     raise AssertionError(f"no {field} in /proc/self/status")
 
 
-def big_file(path: Path, size: int, block: bytes) -> Callable[[int, bytes], bool]:
+def big_file(path: Path, size: int, block: bytes) -> Callable[[int, Data], bool]:
     """Write `size` bytes of `block`s, each starting with its 8-byte index; return a check
     of one read (offset, data) that needs no copy of the file."""
     with path.open("wb") as out:
         for index in range(size // len(block)):
             out.write(index.to_bytes(8, "little") + block[8:])
 
-    def check(offset: int, data: bytes) -> bool:
+    def check(offset: int, data: Data) -> bool:
         index, at = divmod(offset, len(block))
         if at + len(data) > len(block):
             raise AssertionError("reads must not cross a block")

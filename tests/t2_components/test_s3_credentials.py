@@ -80,10 +80,10 @@ async def write_read_and_mark(store: CloudStore) -> None:
     version = (await store.put("data/part-0.bin", b"0123456789")).version
     assert await store.get_range("data/part-0.bin", 2, 5, version) == b"23456"
     await store.put_marker("empty")
-    listing = await store.list_all("", "/")
+    listing = await store.list_all("")
     assert listing.prefixes == ["data/", "empty/"]
     await store.delete_marker("empty")
-    assert (await store.list_all("", "/")).prefixes == ["data/"]
+    assert (await store.list_all("")).prefixes == ["data/"]
 
 
 async def test_a_profiles_keys_sign_every_request(

@@ -28,20 +28,21 @@ def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def joined(
-    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path, **flags: str
+    mount_factory: Callable[..., Mount],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    **flags: str,
 ) -> tuple[Coordinator, Mount]:
     """A coordinator, and a mount on the local provider that has registered with it."""
     coordinator = start_coordinator(tmp_path, "-heartbeat-interval", "1s", "-peer-expiry", "3s")
     request.addfinalizer(coordinator.stop)
-    mount: Mount = mount_factory(  # type: ignore[operator]
-        "local", coordinator=f"127.0.0.1:{coordinator.port}", **flags
-    )
+    mount = mount_factory("local", coordinator=f"127.0.0.1:{coordinator.port}", **flags)
     until(lambda: coordinator.live_ids() == [flags["peer_id"]])
     return coordinator, mount
 
 
 def test_a_node_registers_reports_and_leaves(
-    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+    mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     coordinator, mount = joined(mount_factory, request, tmp_path, peer_id="node-a")
     (mount.path / "f.bin").write_bytes(b"x" * 5_000_000)  # two 4 MiB chunks in tier 1
@@ -57,15 +58,13 @@ def test_a_node_registers_reports_and_leaves(
 
 
 def test_a_node_mounts_and_works_while_the_coordinator_is_down(
-    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+    mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     coordinator = start_coordinator(tmp_path, "-heartbeat-interval", "1s", "-peer-expiry", "3s")
     request.addfinalizer(coordinator.stop)
     port = coordinator.port
     coordinator.stop()
-    mount: Mount = mount_factory(  # type: ignore[operator]
-        "local", coordinator=f"127.0.0.1:{port}", peer_id="node-b"
-    )
+    mount = mount_factory("local", coordinator=f"127.0.0.1:{port}", peer_id="node-b")
     (mount.path / "g.bin").write_bytes(b"works")
     assert (mount.path / "g.bin").read_bytes() == b"works"
     coordinator.restart()  # the coordinator comes back: the node registers by itself
@@ -75,15 +74,13 @@ def test_a_node_mounts_and_works_while_the_coordinator_is_down(
 
 
 def test_a_coordinator_url_of_a_server_that_answers_without_end(
-    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+    mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """-coordinator names some other server, one that answers every request with a body
     without end: the node reads no answer past 64 MiB, says so once, and serves on."""
     port, server = servers.start_babbler(tmp_path)
     request.addfinalizer(server.stop)
-    mount: Mount = mount_factory(  # type: ignore[operator]
-        "local", coordinator=f"127.0.0.1:{port}", peer_id="node-e"
-    )
+    mount = mount_factory("local", coordinator=f"127.0.0.1:{port}", peer_id="node-e")
     mount.wait_for_log("an answer over 64.0 MiB: not a coordinator's answer")
     (mount.path / "g.bin").write_bytes(b"works")
     assert (mount.path / "g.bin").read_bytes() == b"works"
@@ -132,7 +129,7 @@ MAX_RSS_OF_CHILD = (
 
 
 def test_chunks_a_node_evicts_leave_the_location_index(
-    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+    mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     coordinator, mount = joined(
         mount_factory, request, tmp_path, peer_id="node-c", nvme_size="8MiB"
@@ -166,7 +163,7 @@ def status(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_tierfs_status_shows_the_peers_and_the_tiers(
-    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+    mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     coordinator, mount = joined(mount_factory, request, tmp_path, peer_id="node-s")
     cloud_put(mount, "f.bin", os.urandom(5 * 2**20))

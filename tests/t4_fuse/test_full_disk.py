@@ -146,6 +146,7 @@ class ReadWhileWritten:
                 try:
                     got = buffer[: os.preadv(fd, [buffer], offset)]
                 except OSError as exc:
+                    assert exc.errno is not None  # preadv's failures all have one
                     self.outcomes.append(errno.errorcode[exc.errno])
                     continue
                 if got != self.data[offset : offset + len(got)]:

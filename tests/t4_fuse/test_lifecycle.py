@@ -33,8 +33,10 @@ from tierfs.errors import CloudError, VersionChangedError
 from tierfs.fs.filesystem import RETRY_INTERVAL
 
 
-def test_sigterm_uploads_dirty_files_unmounts_and_exits_0(mount_factory: object) -> None:
-    mount: Mount = mount_factory("local")  # type: ignore[operator]
+def test_sigterm_uploads_dirty_files_unmounts_and_exits_0(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    mount = mount_factory("local")
     fd = os.open(mount.path / "open-at-stop", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, b"written, never closed")
     assert mount.proc is not None
@@ -47,9 +49,9 @@ def test_sigterm_uploads_dirty_files_unmounts_and_exits_0(mount_factory: object)
 
 
 def test_the_kernel_reads_ahead_a_chunk_and_sends_64_requests_at_once(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
-    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    mount = mount_factory("local")
     target = str(mount.path)
     with open("/proc/self/mountinfo") as mounts:
         device = next(line.split()[2] for line in mounts if line.split()[4] == target)
@@ -60,8 +62,8 @@ def test_the_kernel_reads_ahead_a_chunk_and_sends_64_requests_at_once(
     assert read_ahead.read_text() == "4096\n"
 
 
-def test_kill_9_before_upload_loses_nothing(mount_factory: object) -> None:
-    mount: Mount = mount_factory("local")  # type: ignore[operator]
+def test_kill_9_before_upload_loses_nothing(mount_factory: Callable[..., Mount]) -> None:
+    mount = mount_factory("local")
     fd = os.open(mount.path / "crash.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     payload = os.urandom(5 * 2**20)
     assert os.write(fd, payload) == len(payload)
@@ -77,9 +79,9 @@ def test_kill_9_before_upload_loses_nothing(mount_factory: object) -> None:
 
 
 def test_a_restart_removes_the_staging_files_a_crash_left_of_uploaded_files(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
-    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    mount = mount_factory("local")
     staging = mount.nvme / "staging"
     synced, dirty = os.urandom(2**20), os.urandom(2**20)
     fds = [os.open(mount.path / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in "ab"]
@@ -122,13 +124,13 @@ def write_and_crash(mount: Mount, name: str, payload: bytes) -> None:
 
 @pytest.mark.warnings_expected
 def test_a_file_changed_elsewhere_while_its_writer_was_down_keeps_both_versions(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
     """Killed before its upload, a node finds at its restart that another node wrote the
     file meanwhile (and closed it: the bucket has it). Its own bytes, never closed, must
     not replace the other's, which were: they go under `.tierfs-conflicts/`, and the log
     says where."""
-    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    mount = mount_factory("local")
     (mount.path / "labels.csv").write_bytes(b"id,label\n1,cat\n")
     ours = b"id,label\n1,dog\n2,cow\n"
     write_and_crash(mount, "labels.csv", ours)
@@ -200,12 +202,12 @@ def test_a_file_whose_name_became_a_folder_before_its_upload_goes_aside(
 
 
 def test_a_file_whose_upload_landed_before_the_crash_is_no_conflict(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
     """The bucket already holds what the journal names (the put went through and the
     client was killed before it noted so), or still the version it was written over:
     recovery puts it at its own key."""
-    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    mount = mount_factory("local")
     for name in ("landed.bin", "waiting.bin"):
         (mount.path / name).write_bytes(b"before")
     landed, waiting = os.urandom(3 * 2**20), os.urandom(2**20)
@@ -220,12 +222,12 @@ def test_a_file_whose_upload_landed_before_the_crash_is_no_conflict(
 
 
 def test_a_client_started_at_once_after_a_crash_cleans_up_the_stale_mount(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
     """Within a second of the crash the kernel still answers `stat` of the mount point
     from its cache, as if the mount were alive: the new client said "busy" and exited 1
     (a service manager restarting it at once would fail the same way)."""
-    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    mount = mount_factory("local")
     (mount.path / "kept.txt").write_bytes(b"kept")
     os.stat(mount.path)  # its attributes in the kernel's cache
     mount.kill()
@@ -235,9 +237,9 @@ def test_a_client_started_at_once_after_a_crash_cleans_up_the_stale_mount(
 
 
 def test_kill_9_after_renaming_the_folder_of_a_dirty_file_puts_it_where_it_was_moved(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
-    mount: Mount = mount_factory("s3-seaweedfs")  # type: ignore[operator]
+    mount = mount_factory("s3-seaweedfs")
     (mount.path / "before").mkdir()
     (mount.path / "before" / "kept.txt").write_bytes(b"in the cloud already")
     fd = os.open(mount.path / "before" / "open.bin", os.O_WRONLY | os.O_CREAT, 0o644)
@@ -257,14 +259,14 @@ def test_kill_9_after_renaming_the_folder_of_a_dirty_file_puts_it_where_it_was_m
 
 
 def test_kill_9_during_a_directory_rename_leaves_every_file_under_a_name(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
     """A directory rename copies every object, then deletes the old ones: a client killed
     part way leaves each file under its new name, its old one or both, never neither, and
     the restarted mount reads each where the bucket has it. (The kill comes at half the
     time a rename of the same tree took; tried again on a new tree until one lands in the
     middle.)"""
-    mount: Mount = mount_factory("s3-seaweedfs")  # type: ignore[operator]
+    mount = mount_factory("s3-seaweedfs")
     files = {f"f{n:03d}": os.urandom(1000) for n in range(300)}
     for attempt in range(5):
         first, old, new = (f"{name}{attempt}" for name in ("first", "old", "new"))
@@ -801,8 +803,10 @@ def test_credentials_the_store_refuses_are_one_line_and_exit_1(
     assert not is_mounted(tmp_path / "mnt")
 
 
-def test_busy_mount_point_is_one_line_and_exit_1(mount_factory: object, tmp_path: Path) -> None:
-    mount: Mount = mount_factory("local")  # type: ignore[operator]
+def test_busy_mount_point_is_one_line_and_exit_1(
+    mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    mount = mount_factory("local")
     result = client("-mount", str(mount.path), "-nvme", str(tmp_path / "n2"),
                     "-cloud-provider", "local", "-local-root", str(tmp_path / "b2"))  # fmt: skip
     assert result.returncode == 1
@@ -812,12 +816,13 @@ def test_busy_mount_point_is_one_line_and_exit_1(mount_factory: object, tmp_path
 
 
 def test_a_second_client_on_the_same_tier_1_directory_is_one_line_and_exit_1(
-    mount_factory: object, tmp_path: Path
+    mount_factory: Callable[..., Mount], tmp_path: Path
 ) -> None:
     """Two clients on one -nvme: the second took the first's upload under way for what a
     crash left, sent the file half written and removed its staging file (the writer's
     next write failed: EIO). It refuses at start, and the writer writes on."""
-    mount: Mount = mount_factory("local")  # type: ignore[operator]
+    mount = mount_factory("local")
+    assert mount.proc is not None
     (tmp_path / "mnt2").mkdir()
     with (mount.path / "being-written").open("wb") as file:
         file.write(b"a" * 1000)

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -136,9 +137,7 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
 
     def both(self, call: Callable[..., Any], *paths: str) -> None:
         """`call` on the local folder, then on the mount: the same outcome."""
-        local, mounted = (
-            outcome(lambda r=root: call(*(r / p for p in paths))) for root in self.roots
-        )
+        local, mounted = (outcome(partial(call, *(root / p for p in paths))) for root in self.roots)
         assert mounted == local, f"{call.__name__}{paths}: mount {mounted}, local {local}"
 
     @initialize()
@@ -199,7 +198,7 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     ) -> tuple[int, int] | MultipleResults[Any]:
         flags = open_modes[mode] | (os.O_CREAT if create else 0)
         local, mounted = (
-            outcome(lambda r=root: os.open(r / path, flags, 0o644)) for root in self.roots
+            outcome(partial(os.open, root / path, flags, 0o644)) for root in self.roots
         )
         assert mounted[0] == local[0], f"open {path}: mount {mounted}, local {local}"
         if local[0] == "error":
@@ -245,7 +244,7 @@ class MountAgainstLocalFolder(RuleBasedStateMachine):
     def on_handle(self, handle: tuple[int, int], call: Callable[[int], Any]) -> None:
         if handle not in self.open:  # closed in another branch of the program
             return
-        local, mounted = (outcome(lambda fd=fd: call(fd)) for fd in handle)
+        local, mounted = (outcome(partial(call, fd)) for fd in handle)
         assert mounted == local, f"on a handle: mount {mounted}, local {local}"
 
     @invariant()
@@ -318,7 +317,7 @@ class PartitionedMount(MountAgainstLocalFolder):
     ) -> None:
         flags = os.O_WRONLY | os.O_CREAT
         local, mounted = (
-            outcome(lambda r=root: os.open(r / path, flags, 0o644)) for root in self.roots
+            outcome(partial(os.open, root / path, flags, 0o644)) for root in self.roots
         )
         assert mounted[0] == local[0], f"open {path}: mount {mounted}, local {local}"
         if local[0] == "error":

@@ -156,7 +156,7 @@ def test_a_file_removed_while_open_still_reads(mounted: Mount) -> None:
     cloud_put(mounted, "fetched.bin", os.urandom(2**20))
     fetched = (mounted.path / "fetched.bin").read_bytes()
     (mounted.path / "other.bin").write_bytes(b"other")
-    removals = [
+    removals: list[tuple[str, bytes, Callable[[Path], object]]] = [
         ("written.bin", written, os.unlink),
         ("fetched.bin", fetched, lambda path: (mounted.path / "other.bin").rename(path)),
     ]
@@ -180,7 +180,7 @@ def test_a_file_moved_then_removed_while_open_reads_and_takes_writes(mounted: Mo
     body = os.urandom(100)
     (mounted.path / "b").write_bytes(body)
     (mounted.path / "other").write_bytes(b"other")
-    removals = [
+    removals: list[Callable[[], None]] = [
         lambda: os.unlink(mounted.path / "moved"),
         lambda: os.rename(mounted.path / "other", mounted.path / "moved"),
     ]
@@ -233,13 +233,15 @@ def not_utf8(root: Path) -> Path:
         (lambda r: os.stat(not_utf8(r)), errno.EINVAL),
     ],
 )
-def test_errors_users_expect(mount_factory: object, action: object, expected: int) -> None:
-    mount = mount_factory("local")  # type: ignore[operator]
+def test_errors_users_expect(
+    mount_factory: Callable[..., Mount], action: Callable[[Path], object], expected: int
+) -> None:
+    mount = mount_factory("local")
     os.mkdir(mount.path / "dir")
     (mount.path / "dir/inside").write_bytes(b"x")
     (mount.path / "file").write_bytes(b"x")
     with pytest.raises(OSError) as failed:
-        action(mount.path)  # type: ignore[operator]
+        action(mount.path)
     assert failed.value.errno == expected
     assert sorted(os.listdir(mount.path)) == ["dir", "file"]  # nothing half made
     assert sorted(os.listdir(mount.path / "dir")) == ["inside"]
@@ -247,12 +249,12 @@ def test_errors_users_expect(mount_factory: object, action: object, expected: in
 
 
 def test_a_folder_rename_that_would_take_a_key_past_the_limit_moves_nothing(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
     """A folder whose deepest key would be over 1024 bytes under its new name: the
     rename fails with ENAMETOOLONG before anything is copied. Before 2026-12-06 it failed
     with EINVAL at that key, half the tree copied."""
-    mount = mount_factory("local")  # type: ignore[operator]
+    mount = mount_factory("local")
     deep = Path("d", *["s" * 200] * 4)  # "d/" and 4 folders of 200: 806 bytes of key
     os.makedirs(mount.path / deep)
     (mount.path / "d/top").write_bytes(b"top")
@@ -634,13 +636,13 @@ def test_ordinary_tools(mounted: Mount, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
 def test_times_and_modes_set_here_outlive_the_metadata_ttl(
-    mount_factory: object, tmp_path: Path, provider: str
+    mount_factory: Callable[..., Mount], tmp_path: Path, provider: str
 ) -> None:
     """`chmod` and `touch -m` hold on this mount past the metadata TTL, through a rename
     and an upload (`cp -p`, `rsync -a`, whose next run then sends nothing), until the
     object changes in the bucket. (The store's time came back after the TTL.) `chown`
     is accepted and changes nothing."""
-    mount = mount_factory(provider, metadata_ttl="0.1s")  # type: ignore[operator]
+    mount = mount_factory(provider, metadata_ttl="0.1s")
     past = 1_500_000_000 * 10**9
     path = mount.path / "f"
     path.write_bytes(b"one")
@@ -680,12 +682,14 @@ def test_times_and_modes_set_here_outlive_the_metadata_ttl(
 
 
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
-def test_a_written_files_time_holds_past_its_upload(mount_factory: object, provider: str) -> None:
+def test_a_written_files_time_holds_past_its_upload(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
     """A file written here keeps the time of its last write once uploaded and past the
     metadata TTL: `stat` twice of a file nobody touched gives one time. Before, the
     store's last-modified came back after the TTL: the time went back (to the whole
     second on S3), and git, rsync and make saw the file changed."""
-    mount = mount_factory(provider, metadata_ttl="0.1s")  # type: ignore[operator]
+    mount = mount_factory(provider, metadata_ttl="0.1s")
     path = mount.path / "f"
     path.write_bytes(b"one")
     written = path.stat().st_mtime_ns
@@ -752,12 +756,12 @@ def test_modes_given_at_create_and_mkdir_hold(mounted: Mount) -> None:
 
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
 def test_a_removed_directory_stays_gone_past_the_metadata_ttl(
-    mount_factory: object, provider: str
+    mount_factory: Callable[..., Mount], provider: str
 ) -> None:
     """SeaweedFS lists a prefix for minutes after its last key is gone: once the TTL had
     passed, `rm -rf` of a tree said ENOTEMPTY, the removed (or moved) directory came back
     in `ls`, and `rm -rf d; mkdir d` said EEXIST."""
-    mount = mount_factory(provider, metadata_ttl="0.1s")  # type: ignore[operator]
+    mount = mount_factory(provider, metadata_ttl="0.1s")
     root = mount.path
     for _ in range(2):  # as `rm -rf d` does it, slowly
         (root / "d/sub").mkdir(parents=True)
@@ -774,8 +778,8 @@ def test_a_removed_directory_stays_gone_past_the_metadata_ttl(
         (root / "d").rmdir()
     # A prefix (no folder marker: keys put by another client) emptied by removing its
     # files is no entry that keeps its parent from going, as on AWS, where it is gone at once.
-    cloud_put(mount, "e/sub/f", b"f")  # type: ignore[arg-type]
-    cloud_put(mount, "e/g", b"g")  # type: ignore[arg-type]
+    cloud_put(mount, "e/sub/f", b"f")
+    cloud_put(mount, "e/g", b"g")
     time.sleep(0.3)  # past the TTL of the listing above
     (root / "e/sub/f").unlink()
     time.sleep(0.3)
@@ -819,11 +823,11 @@ def test_a_folder_whose_listing_names_a_folder_emptied_elsewhere_is_removed(
 
 @pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
 def test_a_folder_marker_is_no_entry_of_its_folder(
-    mount_factory: object, request: pytest.FixtureRequest, provider: str
+    mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, provider: str
 ) -> None:
     """The S3 console makes a folder as a `name/` object, and SeaweedFS lists an emptied
     folder so: listed, it came back as the folder's own key, a file inside itself."""
-    mount = mount_factory(provider, start=False)  # type: ignore[operator]
+    mount = mount_factory(provider, start=False)
     client = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
     bucket = mount.flags["s3_bucket"]
     for key, body in [("folder/", b""), ("full/", b""), ("full/a", b"a")]:
@@ -919,11 +923,11 @@ def test_a_git_repository_is_used_from_two_nodes(mount_factory: Callable[..., Mo
 
 
 def mount_with_big_folder(
-    mount_factory: object, count: int, **flags: str
+    mount_factory: Callable[..., Mount], count: int, **flags: str
 ) -> tuple[Mount, list[str]]:
     """A mount of the local provider whose bucket holds, from its start, the folder `big`
     of `count` empty files; the mount and their names, sorted."""
-    mount = mount_factory("local", start=False, **flags)  # type: ignore[operator]
+    mount = mount_factory("local", start=False, **flags)
     bucket = Path(mount.flags["local_root"]) / "big"
     bucket.mkdir(parents=True)
     names = [f"entry-{index:05d}" for index in range(count)]
@@ -933,12 +937,12 @@ def mount_with_big_folder(
     return mount, names
 
 
-def test_a_big_directory_lists_in_full(mount_factory: object) -> None:
+def test_a_big_directory_lists_in_full(mount_factory: Callable[..., Mount]) -> None:
     mount, names = mount_with_big_folder(mount_factory, 10_000)
     assert sorted(os.listdir(mount.path / "big")) == names
 
 
-def test_every_directory_lists_dot_and_dot_dot_first(mount_factory: object) -> None:
+def test_every_directory_lists_dot_and_dot_dot_first(mount_factory: Callable[..., Mount]) -> None:
     """`ls -a` shows `.` and `..` (as on a local disk, mountpoint-s3 and s3fs), with the
     inode numbers of the directory and its parent, once each in a listing of many pages,
     and at the mount's root too."""
@@ -962,7 +966,7 @@ def test_every_directory_lists_dot_and_dot_dot_first(mount_factory: object) -> N
 
 
 def test_a_directory_read_in_pages_keeps_to_one_listing_past_the_metadata_ttl(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
     """The readdir pages after the first keep to the listing the first one took, even once
     the metadata TTL has passed: names added to the bucket meanwhile (sorting before all
@@ -981,7 +985,9 @@ def test_a_directory_read_in_pages_keeps_to_one_listing_past_the_metadata_ttl(
     assert sorted(later) == sorted(names + [f"added-{index:02d}" for index in range(50)])
 
 
-def test_a_directory_emptied_while_it_is_read_loses_every_entry(mount_factory: object) -> None:
+def test_a_directory_emptied_while_it_is_read_loses_every_entry(
+    mount_factory: Callable[..., Mount],
+) -> None:
     """`rm -rf` and `find -delete` read a directory and remove what each page gave before
     asking for the next: every file goes, each seen once. (The pages were positions in
     the listing the removals shrank: 1558 of 3000 went, the rest were never seen.)"""
@@ -996,7 +1002,7 @@ def test_a_directory_emptied_while_it_is_read_loses_every_entry(mount_factory: o
 
 
 def test_a_directory_listed_anew_under_a_read_of_it_skips_and_repeats_nothing(
-    mount_factory: object,
+    mount_factory: Callable[..., Mount],
 ) -> None:
     """A read of a directory part-way through when another writer removes names before
     where it is and adds others, and a lookup there past the metadata TTL lists it anew:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from pagecache import evict
 
 
 @pytest.mark.parametrize("provider", ["azure", "azure-sas", "gcp-native", "gcp-interop", "s3-moto"])
-def test_read_write_smoke(mount_factory: object, provider: str) -> None:
-    mount: Mount = mount_factory(provider)  # type: ignore[operator]
+def test_read_write_smoke(mount_factory: Callable[..., Mount], provider: str) -> None:
+    mount = mount_factory(provider)
     cloud_put(mount, "in/seed.bin", b"seed" * 100_000)
     assert (mount.path / "in/seed.bin").read_bytes() == b"seed" * 100_000
     payload = os.urandom(6 * 2**20 + 7)
@@ -29,12 +30,14 @@ def test_read_write_smoke(mount_factory: object, provider: str) -> None:
 
 
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs", "azure", "gcp-native"])
-def test_a_file_held_open_reads_on_through_renames(mount_factory: object, provider: str) -> None:
+def test_a_file_held_open_reads_on_through_renames(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
     """POSIX: a rename does not touch those who hold the file open. A handle opened
     before the file, then its folder, was renamed reads on from the copy. Its reads that
     reached tierfs failed: EIO after the file's rename, and ESTALE after the folder's
     where a copy is a new version (Azure, GCS; on S3 and local it is the same one)."""
-    mount: Mount = mount_factory(provider)  # type: ignore[operator]
+    mount = mount_factory(provider)
     body = os.urandom(9 * 2**20 + 7)
     (mount.path / "in").mkdir()
     (mount.path / "in/f.bin").write_bytes(body)
@@ -50,9 +53,9 @@ def test_a_file_held_open_reads_on_through_renames(mount_factory: object, provid
 
 
 def test_a_1_gib_file_through_the_mount(
-    mount_factory: object, request: pytest.FixtureRequest, tmp_path: Path
+    mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    mount: Mount = mount_factory("s3-seaweedfs")  # type: ignore[operator]
+    mount = mount_factory("s3-seaweedfs")
     digest = hashlib.sha256()
     block = os.urandom(2**20)
     with (mount.path / "gib.bin").open("wb") as out:
@@ -77,11 +80,11 @@ def test_a_1_gib_file_through_the_mount(
 
 
 def test_a_read_only_signature_of_an_azure_container_reads_and_refuses_writes(
-    mount_factory: object, azurite: servers.AzureServer
+    mount_factory: Callable[..., Mount], azurite: servers.AzureServer
 ) -> None:
     """A container shared with a signature that lets its holder list and read: the mount
     reads; a write or a mkdir is refused (EACCES) and leaves nothing in the container."""
-    mount: Mount = mount_factory("azure-sas", start=False)  # type: ignore[operator]
+    mount = mount_factory("azure-sas", start=False)
     container = mount.flags["azure_container"]
     mount.env["AZURE_STORAGE_SAS_TOKEN"] = azurite.container_sas(container, write=False)
     table = os.urandom(3 * 2**20 + 5)

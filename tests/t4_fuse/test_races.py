@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +19,7 @@ from mounts import Mount, cloud_bytes, cloud_put
 from relay import Relay, relay_in_front_of
 from trees import bucket_tree, tree
 
+T = TypeVar("T")
 MiB = 2**20
 SETTLE = 0.5  # seconds for a call to reach the mount and wait there
 
@@ -42,10 +44,10 @@ def request(mount: Mount, method: str, key: str) -> bytes:
     return f"{method} /{mount.flags['s3_bucket']}/{key} ".encode()
 
 
-def in_thread(call: Callable[[], object]) -> Future[object]:
+def in_thread(call: Callable[[], T]) -> Future[T]:
     """`call` in a thread of its own (a daemon: a call that hangs fails its test, not the
     run)."""
-    ended: Future[object] = Future()
+    ended: Future[T] = Future()
 
     def run() -> None:
         try:
@@ -57,7 +59,7 @@ def in_thread(call: Callable[[], object]) -> Future[object]:
     return ended
 
 
-def caught(relay: Relay, request: bytes, call: Callable[[], object]) -> Future[object]:
+def caught(relay: Relay, request: bytes, call: Callable[[], T]) -> Future[T]:
     """`call` in a thread, held at its request to the bucket that holds `request`."""
     relay.hold(request)
     started = in_thread(call)
@@ -65,7 +67,7 @@ def caught(relay: Relay, request: bytes, call: Callable[[], object]) -> Future[o
     return started
 
 
-def meanwhile(call: Callable[[], object]) -> Future[object]:
+def meanwhile(call: Callable[[], T]) -> Future[T]:
     """`call` in a thread, given the time to reach the mount (and wait there)."""
     started = in_thread(call)
     wait([started], SETTLE)

@@ -339,13 +339,15 @@ def test_a_hung_coordinator_does_not_hold_up_cold_reads(cluster: Cluster) -> Non
     that takes the connection and never answers must cost that little, not a wait per
     chunk until the heartbeats notice."""
     _, expected = put_dataset(cluster, "cold.bin", 64 * MiB)
-    os.killpg(cluster.coordinator.proc.pid, signal.SIGSTOP)
+    coordinator = cluster.coordinator.proc.pid
+    assert coordinator is not None
+    os.killpg(coordinator, signal.SIGSTOP)
     try:
         started = time.monotonic()
         assert sha256_of(cluster.nodes[0].path / "cold.bin") == expected
         assert time.monotonic() - started < 4  # ~1 s unhindered, 1-2 s more on a busy host
     finally:
-        os.killpg(cluster.coordinator.proc.pid, signal.SIGCONT)
+        os.killpg(coordinator, signal.SIGCONT)
 
 
 def test_a_node_restarted_on_a_wiped_tier_1_is_no_longer_listed_with_its_old_chunks(
