@@ -82,7 +82,25 @@ SERVER_FIXTURE = {
 }
 
 
-def server_for(request: pytest.FixtureRequest, provider: str) -> object:
+Server = servers.S3Server | servers.AzureServer | servers.GcsServer
+
+
+def server_for(request: pytest.FixtureRequest, provider: str) -> Server | None:
     """The session server behind `provider` (None for local)."""
     fixture = SERVER_FIXTURE.get(provider)
-    return request.getfixturevalue(fixture) if fixture else None
+    server: Server | None = request.getfixturevalue(fixture) if fixture else None
+    return server
+
+
+def networked_server_for(request: pytest.FixtureRequest, provider: str) -> Server:
+    """The session server behind `provider`, one of NETWORKED."""
+    server = server_for(request, provider)
+    assert server is not None, f"{provider} has no server"
+    return server
+
+
+def s3_server_for(request: pytest.FixtureRequest, provider: str) -> servers.S3Server:
+    """The session S3 server behind `provider` (SeaweedFS or moto)."""
+    server = server_for(request, provider)
+    assert isinstance(server, servers.S3Server), f"{provider} is not served over S3"
+    return server

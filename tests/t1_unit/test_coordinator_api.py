@@ -16,6 +16,7 @@ from tierfs.coordinator.models import (
     PeerInfo,
     RegisterRequest,
     TierBytes,
+    TierName,
     TierTotals,
 )
 from tierfs.coordinator.openapi import build
@@ -61,16 +62,14 @@ def test_openapi_covers_every_route() -> None:
 
 
 def _stats() -> ClusterStats:
-    tiers = {
-        t: TierTotals(hits=3, misses=1, bytes=2**20, errors=0, hit_ratio=0.75)
-        for t in ("local", "peer", "cloud")
-    }
+    names: tuple[TierName, ...] = ("local", "peer", "cloud")
+    tiers = {t: TierTotals(hits=3, misses=1, bytes=2**20, errors=0, hit_ratio=0.75) for t in names}
     return ClusterStats(
         epoch=7,
         peers=PeerCounts(total=2, active=1, draining=0, dead=1),
         capacity=ClusterBytes(local=2**30, peer=0),
         usage=ClusterBytes(local=2**29, peer=0),
-        tiers=tiers,  # type: ignore[arg-type]
+        tiers=tiers,
         cloud_bytes_fetched=2**20,
         peer_bytes_served=2**20,
         cloud_egress_saved=2**21,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from cloud_targets import server_for, settings_for
+from cloud_targets import Server, s3_server_for, server_for, settings_for
 from relay import Relay, relay_in_front_of
 from tierfs.cloud.base import ABSENT, MULTIPART_THRESHOLD, PART_SIZE, CloudStore
 from tierfs.cloud.providers import open_store, s3_store
@@ -21,7 +21,7 @@ from tierfs.errors import CloudError, ObjectNotFoundError, VersionChangedError
 from tierfs.settings import ClientSettings
 
 DEADLINE = 3.0
-STARTERS: dict[str, tuple[str, Callable[[Path], object]]] = {
+STARTERS: dict[str, tuple[str, Callable[[Path], Server]]] = {
     "s3-seaweedfs": ("s3-seaweedfs", servers.start_seaweedfs),
     "s3-moto": ("s3-moto", servers.start_moto),
     "azure": ("azure", servers.start_azurite),
@@ -30,18 +30,18 @@ STARTERS: dict[str, tuple[str, Callable[[Path], object]]] = {
 
 
 @pytest.fixture(params=list(STARTERS))
-def own_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, object]]:
+def own_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Server]]:
     """A server of each kind that this test alone uses, so it may kill it."""
     provider, start = STARTERS[request.param]
     server = start(tmp_path)
     try:
         yield provider, server
     finally:
-        server.stop()  # type: ignore[attr-defined]
+        server.stop()
 
 
 @pytest.mark.asyncio
-async def test_server_stopped_mid_request(own_server: tuple[str, object], tmp_path: Path) -> None:
+async def test_server_stopped_mid_request(own_server: tuple[str, Server], tmp_path: Path) -> None:
     provider, server = own_server
     cloud = open_store(settings_for(provider, server, tmp_path, timeout=DEADLINE))
     body = b"x" * (32 * 2**20)
@@ -54,7 +54,7 @@ async def test_server_stopped_mid_request(own_server: tuple[str, object], tmp_pa
     reader = asyncio.create_task(read_forever())
     await asyncio.sleep(0.5)
     assert not reader.done(), "the reads failed before the server was stopped"
-    await asyncio.to_thread(server.proc.kill)  # type: ignore[attr-defined]
+    await asyncio.to_thread(server.proc.kill)
     killed = time.monotonic()
     with pytest.raises(CloudError):
         await asyncio.wait_for(reader, timeout=DEADLINE + 5)
@@ -265,7 +265,7 @@ async def test_a_multipart_upload_another_client_aborted_is_put_again_or_fails(
     again: it fails, and not as a missing object either."""
     async with through_a_relay(provider, request, tmp_path, 10.0) as (settings, relay, store):
         in_progress = uploads_in_progress(request, provider, settings)
-        s3 = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+        s3 = s3_server_for(request, provider).boto3_client()
         big = tmp_path / "big.bin"
         big.write_bytes(os.urandom(3 * PART_SIZE))
         relay.hold(b"?uploadId=")  # the completion of the first try: its parts are all in
@@ -305,7 +305,7 @@ def uploads_in_progress(
     request: pytest.FixtureRequest, provider: str, settings: ClientSettings
 ) -> Callable[[], list[str]]:
     """A function listing the keys of the multipart uploads in progress in the bucket."""
-    s3 = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+    s3 = s3_server_for(request, provider).boto3_client()
 
     def listed() -> list[str]:
         answer = s3.list_multipart_uploads(Bucket=settings.s3_bucket)

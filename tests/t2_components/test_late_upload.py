@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -41,6 +41,10 @@ class AnotherNodeWritesAfterTheLook:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
+    def as_store(self) -> CloudStore:
+        """This, where a CloudStore is taken: it is one by delegation (`__getattr__`)."""
+        return cast(CloudStore, self)
+
 
 @pytest_asyncio.fixture
 async def cache(tmp_path: Path) -> AsyncIterator[DiskChunkCache]:
@@ -74,7 +78,7 @@ async def test_a_write_between_a_late_uploads_look_and_its_put_is_not_overwritte
     journal = UploadJournal(tmp_path / "journal.sqlite3")
     journal.begin(KEY, staging, base)
     racing = AnotherNodeWritesAfterTheLook(store, KEY, b"theirs")
-    uploader = Uploader(racing, cache, journal, CHUNK)  # type: ignore[arg-type]
+    uploader = Uploader(racing.as_store(), cache, journal, CHUNK)
     try:
         meta = await uploader.upload_late(KEY, staging, base)
     finally:

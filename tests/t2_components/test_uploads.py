@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -46,6 +46,10 @@ class Outage:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
+    def as_store(self) -> CloudStore:
+        """This, where a CloudStore is taken: it is one by delegation (`__getattr__`)."""
+        return cast(CloudStore, self)
+
 
 @dataclass
 class Node:
@@ -62,13 +66,13 @@ class Node:
     async def mount(self) -> Filesystem:
         read_path = ReadPath(
             self.cache,
-            self.cloud,  # type: ignore[arg-type]
+            self.cloud.as_store(),
             chunk_size=CHUNK,
             stats=NodeStats(),
         )
         self.stack.push_async_callback(read_path.close)
         fs = Filesystem(
-            self.cloud,  # type: ignore[arg-type]
+            self.cloud.as_store(),
             read_path,
             self.uploader,
             self.staging,
@@ -91,7 +95,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         stack.push_async_callback(cache.close)
         journal = UploadJournal(nvme / "journal.sqlite3")
         stack.callback(journal.close)
-        uploader = Uploader(cloud, cache, journal, CHUNK)  # type: ignore[arg-type]
+        uploader = Uploader(cloud.as_store(), cache, journal, CHUNK)
         stack.push_async_callback(uploader.close)
         yield Node(cloud, cache, journal, uploader, Staging(nvme / "staging"), stack)
 

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 import pytest
 
 import servers
-from cloud_targets import server_for
+from cloud_targets import s3_server_for
 from mounts import Mount, cloud_bytes
 from relay import abort_the_held_upload, relay_in_front_of
 
@@ -178,7 +178,7 @@ def test_an_early_upload_another_client_aborted_is_put_whole(
     request.addfinalizer(relay.stop)
     mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": "10.0"}
     mount.start()
-    client = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+    client = s3_server_for(request, provider).boto3_client()
     bucket = mount.flags["s3_bucket"]
     data = os.urandom(40 * MiB)
     f = (mount.path / "log.bin").open("wb", buffering=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_targets import server_for
+from cloud_targets import s3_server_for
 from mounts import Mount, TmpfsMount, cloud_bytes, cloud_put
 from relay import abort_the_held_upload, relay_in_front_of
 
@@ -291,7 +291,7 @@ def test_a_stream_another_client_aborted_fails_its_close_with_eio(
     mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": "10.0"}
     mount.nvme = tmpfs(tmp_path / "small-nvme", "8m")
     mount.start()
-    s3 = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+    s3 = s3_server_for(request, provider).boto3_client()
     bucket = mount.flags["s3_bucket"]
     fd, _ = streaming(mount, mount.path / "big.bin")
     relay.hold(b"?uploadId=")  # the completion: every part is in

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import servers
-from cloud_targets import server_for, target_flags
+from cloud_targets import networked_server_for, server_for, target_flags
 from mounts import (
     Mount,
     client_command,
@@ -423,8 +423,8 @@ def relayed_mount(
     """A mount of a new bucket of `provider`'s server through a relay the test may cut
     (this node alone loses the bucket), with a 3 s cloud deadline; both stopped at the
     end."""
-    server = server_for(request, provider)
-    relay, relayed = relay_in_front_of(server.endpoint)  # type: ignore[attr-defined]
+    server = networked_server_for(request, provider)
+    relay, relayed = relay_in_front_of(server.endpoint)
     request.addfinalizer(relay.stop)
     flags, env = target_flags(provider, server, tmp_path, timeout=3.0)
     flags[f"{provider.split('-')[0]}_endpoint"] = relayed

@@ -35,7 +35,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from cloud_targets import server_for
+from cloud_targets import networked_server_for
 from mounts import Mount, node_stats
 from relay import Relay, relay_in_front_of
 from tierfs.errors import ObjectNotFoundError, VersionChangedError
@@ -440,7 +440,7 @@ def test_random_programs_end_the_same_on_the_mount_and_on_a_local_folder(
 
     flags = dict(machine.flags)
     if machine is PartitionedMount:
-        endpoint = server_for(request, provider).endpoint  # type: ignore[attr-defined]
+        endpoint = networked_server_for(request, provider).endpoint
         machine.relay, relayed = relay_in_front_of(endpoint)
         request.addfinalizer(machine.relay.stop)
         flags |= {f"{provider.split('-')[0]}_endpoint": relayed, "cloud_timeout": "3"}

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cloud_targets import server_for
+from cloud_targets import s3_server_for, server_for
 from mounts import (
     Mount,
     bucket_keys,
@@ -828,7 +828,7 @@ def test_a_folder_marker_is_no_entry_of_its_folder(
     """The S3 console makes a folder as a `name/` object, and SeaweedFS lists an emptied
     folder so: listed, it came back as the folder's own key, a file inside itself."""
     mount = mount_factory(provider, start=False)
-    client = server_for(request, provider).boto3_client()  # type: ignore[attr-defined]
+    client = s3_server_for(request, provider).boto3_client()
     bucket = mount.flags["s3_bucket"]
     for key, body in [("folder/", b""), ("full/", b""), ("full/a", b"a")]:
         client.put_object(Bucket=bucket, Key=key, Body=body)

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import pytest
 
-from cloud_targets import server_for
+from cloud_targets import s3_server_for
 from mounts import Mount, cloud_bytes, cloud_put
 from relay import Relay, relay_in_front_of
 from trees import bucket_tree, tree
@@ -30,8 +30,8 @@ def relayed(
 ) -> tuple[Relay, Mount]:
     """A mount of SeaweedFS through a relay that holds requests, 1 MiB chunks, answers
     kept for a minute (what the mount knows is what it did)."""
-    server = server_for(request, "s3-seaweedfs")
-    relay, endpoint = relay_in_front_of(server.endpoint)  # type: ignore[attr-defined]
+    server = s3_server_for(request, "s3-seaweedfs")
+    relay, endpoint = relay_in_front_of(server.endpoint)
     request.addfinalizer(relay.stop)
     mount = mount_factory(
         "s3-seaweedfs", s3_endpoint=endpoint, chunk_size="1MiB", metadata_ttl="60s"
@@ -219,8 +219,8 @@ def test_a_folder_move_cut_short_shows_what_the_bucket_holds(
     (EIO), every file copied and the old folder still there, and the mount shows both
     folders, as the bucket holds them (it showed the old folder alone, as it knew it
     before, for the TTL)."""
-    server = server_for(request, "s3-seaweedfs")
-    relay, endpoint = relay_in_front_of(server.endpoint)  # type: ignore[attr-defined]
+    server = s3_server_for(request, "s3-seaweedfs")
+    relay, endpoint = relay_in_front_of(server.endpoint)
     request.addfinalizer(relay.stop)
     mount = mount_factory(
         "s3-seaweedfs", s3_endpoint=endpoint, metadata_ttl="60s", cloud_timeout="3"
