@@ -154,9 +154,7 @@ def start_coordinator(
             cmd += ["-token", token]
         if tls is not None:
             cmd += ["-tls-cert", str(tls[0]), "-tls-key", str(tls[1])]
-        env = servers.clean_env()
-        env.pop("TIERFS_TOKEN", None)
-        proc = servers.Proc("coordinator", cmd, d / "coordinator.log", env=env)
+        proc = servers.Proc("coordinator", cmd, d / "coordinator.log", env=servers.clean_env())
         scheme = "https" if tls else "http"
         coordinator = Coordinator(f"{scheme}://127.0.0.1:{port}", port, state, proc, token)
         coordinator.ssl_context = ssl_context

@@ -47,7 +47,17 @@ POLL_INTERVAL = 0.05
 STOP_GRACE = 2.0  # SIGTERM grace before SIGKILL
 START_ATTEMPTS = 3  # the free-port race: another process can take a port before the server binds
 
-_SCRUBBED_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "STORAGE_EMULATOR")
+# What the developer's shell may hold that a server or a tierfs process reads: cloud
+# credentials, emulator settings, and tierfs's own variables (a cluster token, sizes)
+_SCRUBBED_ENV_PREFIXES = (
+    "AWS_",
+    "AZURE_",
+    "GCP_",
+    "GOOGLE_",
+    "STORAGE_EMULATOR",
+    "FUSE_",
+    "TIERFS_",
+)
 # what each server prints when it loses the race (weed checks its ports itself)
 _ADDR_IN_USE = ("address already in use", "eaddrinuse", "port allocation failed")
 

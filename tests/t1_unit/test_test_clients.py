@@ -9,8 +9,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
+import servers
 from mounts import Mount, client_command, flag_value, no_coordinator
+from tierfs.settings import ClientSettings, CoordinatorSettings, StatusSettings, WarmSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 # the module and command of a client in an argument list, however it is wrapped
@@ -59,3 +62,26 @@ def test_every_client_the_tests_and_benchmarks_start_goes_through_client_command
         for found in RAW_CLIENT.finditer(text)
     ]
     assert not raw, "start clients with mounts.Mount or mounts.client_command:\n" + "\n".join(raw)
+
+
+def test_no_variable_a_tierfs_command_reads_reaches_a_test_process_from_the_shell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A TIERFS_TOKEN exported for a real cluster put a token on every test client: its
+    peer API answered the tests 401."""
+    models: list[type[BaseModel]] = [
+        ClientSettings,
+        CoordinatorSettings,
+        StatusSettings,
+        WarmSettings,
+    ]
+    read = {
+        str(extra["env"])
+        for model in models
+        for field in model.model_fields.values()
+        if isinstance(extra := field.json_schema_extra, dict) and "env" in extra
+    }
+    assert {"TIERFS_TOKEN", "FUSE_NVME_SIZE", "GCP_BUCKET"} <= read
+    for name in read:
+        monkeypatch.setenv(name, "from-the-shell")
+    assert read & set(servers.clean_env()) == set()
