@@ -1,6 +1,7 @@
-"""The clients the tests start join no cluster but their test's: the default coordinator
-(localhost:8080) is where `make run`'s demo listens, and a test whose client joined it
-depended on what ran there (a cold read waited 30 s on the demo's hung nodes)."""
+"""The clients the tests start join no cluster but their test's, and take nothing from the
+developer's shell: the default coordinator (localhost:8080) is where `make run`'s demo
+listens, and a test whose client joined what ran there depended on it (a cold read waited
+30 s on the hung nodes of a cluster there)."""
 
 from __future__ import annotations
 
