@@ -739,6 +739,42 @@ def test_an_inode_the_kernel_forgot_keeps_its_number(mounted: Mount, tmp_path: P
     assert link.read_bytes() == (source / "z.h").read_bytes()
 
 
+def test_a_directory_changed_here_takes_a_new_time(mounted: Mount) -> None:
+    """A name made, removed or moved in a directory gives it a new time, as on a local
+    disk: Python's import system lists a folder again only when its time changes, so a
+    program that writes a module and then imports it found none. Before, a directory kept
+    the time this mount first saw it."""
+    folder = mounted.path / "pkg"
+    folder.mkdir()
+    (folder / "first.py").write_text("X = 1\n")
+    program = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import first\n"
+        "open(sys.argv[1] + '/second.py', 'w').write('Y = 2\\n')\n"
+        "import second; print(first.X + second.Y)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, str(folder)], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "3\n", "")
+
+    other = mounted.path / "other"
+    other.mkdir()
+    changes: list[tuple[str, Callable[[], object], list[Path]]] = [
+        ("create", lambda: (folder / "new").write_bytes(b"x"), [folder]),
+        ("mkdir", lambda: (folder / "sub").mkdir(), [folder]),
+        ("symlink", lambda: (folder / "link").symlink_to("new"), [folder]),
+        ("rename", lambda: (folder / "new").rename(other / "moved"), [folder, other]),
+        ("unlink", lambda: (other / "moved").unlink(), [other]),
+        ("rmdir", lambda: (folder / "sub").rmdir(), [folder]),
+    ]
+    for what, change, changed in changes:
+        before = [path.stat().st_mtime_ns for path in changed]
+        time.sleep(0.01)
+        change()
+        after = [path.stat().st_mtime_ns for path in changed]
+        assert all(new > old for old, new in zip(before, after, strict=True)), what
+
+
 def test_modes_given_at_create_and_mkdir_hold(mounted: Mount) -> None:
     """A program made here runs (`git clone`, a compiler's output): create and mkdir keep
     the mode they are given, as chmod does, and a mode of 0 is 0, not the default."""

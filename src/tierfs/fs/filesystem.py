@@ -146,6 +146,13 @@ class Filesystem:
         parent = self.inodes.get(parent_inode)
         return self.path_locks.changing(lambda: (join(parent.path, name),))
 
+    def _changed_in(self, path: str) -> None:
+        """The entry at `path` was made, removed or moved here: its directory's time is now,
+        as on a local disk (Python's imports list a folder again only when it changes)."""
+        parent = self.inodes.find(split(path)[0])
+        if parent is not None:
+            parent.mtime_ns = time.time_ns()
+
     def _apply(self, node: Node, entry: Entry) -> Node:
         if not entry.is_dir and self._open.get(node.inode) is None:
             if node.version != entry.version:
@@ -299,6 +306,7 @@ class Filesystem:
             self.names.made_dir(path)
             node = self.inodes.ensure(path, is_dir=True)
             node.mtime_ns, node.mode = time.time_ns(), mode
+            self._changed_in(path)
             return node
 
     async def symlink(self, parent_inode: int, name: str, target: bytes) -> Node:
@@ -315,6 +323,7 @@ class Filesystem:
             self.names.note(path, entry)
             node = self._apply(self.inodes.ensure(path, is_dir=False, is_link=True), entry)
             node.target = target
+            self._changed_in(path)
             return node
 
     async def readlink(self, inode: int) -> bytes:
@@ -337,6 +346,7 @@ class Filesystem:
             self.names.removed_dir(path)
             self.names.note(path, None)
             self.inodes.remove(path)
+            self._changed_in(path)
 
     async def unlink(self, parent_inode: int, name: str) -> None:
         async with self._changing(parent_inode, name):
@@ -351,6 +361,7 @@ class Filesystem:
                 await self._unlink_open(path)  # once the delete is done: a failed one keeps it
             self.names.note(path, None)
             self.inodes.remove(path)
+            self._changed_in(path)
 
     def _open_file_at(self, path: str) -> OpenFile | None:
         node = self.inodes.find(path)
@@ -433,6 +444,8 @@ class Filesystem:
             raise
         self.inodes.move(old, new)
         self._journal_moved(new)
+        self._changed_in(old)
+        self._changed_in(new)
 
     def _streaming_at_or_under(self, path: str) -> OpenFile | None:
         """A file at or below `path` being streamed to the cloud, if any."""
@@ -748,6 +761,7 @@ class Filesystem:
                 raise
             file.appends_only = True
             self.names.note(path, Entry(name, False, 0, node.mtime_ns, ""))
+            self._changed_in(path)
             return self._new_handle(file, writable=True)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
