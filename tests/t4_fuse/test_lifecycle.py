@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -60,6 +61,43 @@ def test_the_kernel_reads_ahead_a_chunk_and_sends_64_requests_at_once(
     # set before the mount answers its first request: a file opened then gets them too
     assert background.read_text() == "64\n"  # fusectl mounted by the client if need be
     assert read_ahead.read_text() == "4096\n"
+
+
+def test_a_client_started_under_a_soft_limit_of_1024_files_holds_more_open(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A shell's and a systemd service's soft limit of open files is 1024 (the hard one is
+    far higher): the client takes its hard limit at start. Before, a program holding a
+    thousand files open for writing on the mount got EIO at the next create, and every
+    close of the thousand failed with EIO (their uploads could open nothing either)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    files = 1100
+    assert hard >= files + 200, f"this machine's hard limit of open files is only {hard}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the client inherits it
+    try:
+        mount = mount_factory("local")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, files + 100), hard))
+    try:
+        fds = []
+        try:
+            for index in range(files):
+                fd = os.open(mount.path / f"f{index}", os.O_WRONLY | os.O_CREAT, 0o644)
+                fds.append(fd)
+                os.write(fd, b"%d" % index)
+        finally:
+            closed = []
+            for fd in fds:
+                try:
+                    os.close(fd)
+                    closed.append(0)
+                except OSError as exc:
+                    closed.append(exc.errno or -1)
+        assert (len(fds), closed) == (files, [0] * files)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert cloud_bytes(mount, f"f{files - 1}") == b"%d" % (files - 1)
 
 
 def test_kill_9_before_upload_loses_nothing(mount_factory: Callable[..., Mount]) -> None:
