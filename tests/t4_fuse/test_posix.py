@@ -681,6 +681,37 @@ def test_times_and_modes_set_here_outlive_the_metadata_ttl(
     assert abs(path.stat().st_mtime_ns - time.time_ns()) < 60 * 10**9  # the store's, now
 
 
+def test_the_access_time_is_set_apart_from_the_modification_time(
+    mounted: Mount, tmp_path: Path
+) -> None:
+    """`touch -a` sets the access time alone, and `cp -p` and `rsync -aU` keep both times.
+    Before, the access time was always the modification time: `touch -a` changed
+    nothing and said nothing."""
+    path = mounted.path / "f"
+    path.write_bytes(b"x")
+    os.utime(path, ns=(1_000_000_000_123_456_789, 1_500_000_000_000_000_001))
+    subprocess.run(["touch", "-a", "-d", "@1200000000.5", str(path)], check=True, timeout=30)
+    info = path.stat()
+    assert (info.st_atime_ns, info.st_mtime_ns) == (
+        1_200_000_000_500_000_000,
+        1_500_000_000_000_000_001,
+    )
+    source = tmp_path / "s"
+    source.write_bytes(b"y")
+    os.utime(source, ns=(1_100_000_000_000_000_007, 1_300_000_000_000_000_003))
+    subprocess.run(["cp", "-p", str(source), str(mounted.path / "c")], check=True, timeout=30)
+    info = (mounted.path / "c").stat()
+    assert (info.st_atime_ns, info.st_mtime_ns) == (
+        1_100_000_000_000_000_007,
+        1_300_000_000_000_000_003,
+    )
+    with path.open("ab") as file:
+        file.write(b"more")
+    info = path.stat()
+    assert info.st_atime_ns == 1_200_000_000_500_000_000  # a write leaves it, as on Linux
+    assert info.st_mtime_ns > 1_500_000_000_000_000_001
+
+
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
 def test_a_written_files_time_holds_past_its_upload(
     mount_factory: Callable[..., Mount], provider: str

@@ -159,7 +159,7 @@ class Filesystem:
                 node.target = None
             node.size, node.version = entry.size, entry.version
             if node.mtime_set_for != entry.version:  # a time set here outlives the TTL
-                node.mtime_ns, node.mtime_set_for = entry.mtime_ns, None
+                node.mtime_ns, node.mtime_set_for, node.atime_ns = entry.mtime_ns, None, None
         return node
 
     async def lookup(self, parent_inode: int, name: str) -> Node:
@@ -590,6 +590,7 @@ class Filesystem:
         size: int | None = None,
         mode: int | None = None,
         mtime_ns: int | None = None,
+        atime_ns: int | None = None,
         fh: int | None = None,
     ) -> Node:
         """chmod, utimes, truncate. Mode and times live on this mount only."""
@@ -611,7 +612,11 @@ class Filesystem:
         if mode is not None:
             node.mode = mode & 0o7777
         if mtime_ns is not None:
-            node.mtime_ns, node.mtime_set_for = mtime_ns, node.version
+            node.mtime_ns = mtime_ns
+        if atime_ns is not None:
+            node.atime_ns = atime_ns
+        if mtime_ns is not None or atime_ns is not None:
+            node.mtime_set_for = node.version
         return node
 
     async def _truncate(self, file: OpenFile, size: int) -> None:

@@ -46,6 +46,7 @@ class Node:
     # The version written or whose mtime was set (utimens) here: while the object is at
     # it, `mtime_ns` is this mount's, not the store's. None: the store's.
     mtime_set_for: str | None = None
+    atime_ns: int | None = None  # set here (utimens), kept as `mtime_ns` is; None: that one
     lookups: int = 0
     open_count: int = 0
     replaced_at: str | None = None  # the path a rename over it took from it

@@ -129,7 +129,8 @@ class Operations(pyfuse3.Operations):
         attr.st_uid, attr.st_gid = owner.uid, owner.gid
         attr.st_blksize = 128 * 1024
         attr.st_blocks = (attr.st_size + BLOCK - 1) // BLOCK
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
+        attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
+        attr.st_atime_ns = node.mtime_ns if node.atime_ns is None else node.atime_ns
         attr.entry_timeout = attr.attr_timeout = self.kernel_ttl
         return attr
 
@@ -163,6 +164,7 @@ class Operations(pyfuse3.Operations):
             size=attr.st_size if fields.update_size else None,
             mode=attr.st_mode if fields.update_mode else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
             fh=fh,
         )
         return self._attr(node)
