@@ -76,8 +76,13 @@ class PeerTier(Protocol):
 
     async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
         """The whole chunk from a peer that holds it already (never one that would read it
-        through), or None; asked before reading through for another node. Raises as
-        `fetch`."""
+        through), or None; asked before reading through for another node, and for this
+        node's own reads of a chunk it owns. Raises as `fetch`."""
+        ...
+
+    def owner_elsewhere(self, chunk: ChunkRef) -> bool:
+        """Whether the chunk's owner is another node, which `fetch` asks to read it through
+        (and so may wait on); else `held_elsewhere` is all the peers can do."""
         ...
 
 
@@ -276,8 +281,9 @@ class ReadPath:
         Asks only peers that hold the chunk already (the location index's, with
         `cached_only`: they answer from tier 1 or not at all), never one that would read it
         through, so requests between nodes cannot loop. Joins a fetch of the
-        chunk already under way unless that one is waiting on a peer, which might be the
-        asker (two nodes briefly disagreeing about the owner would wait on each other).
+        chunk already under way unless that one is waiting on its owner elsewhere, which
+        might be the asker (two nodes briefly disagreeing about the owner would wait on
+        each other).
         None when `cached_only` and tier 1 does not have it. Raises as `read`.
         """
         if self._closed:
@@ -441,9 +447,13 @@ class ReadPath:
     async def _from_peers(self, chunk: ChunkRef, held_only: bool = False) -> Data | None:
         """Tier 2: the whole chunk, or None to fall through to the cloud. `held_only`:
         from a peer that holds it (reading through for another node: a peer asked for a
-        chunk it holds answers at once, and so never waits on this node)."""
+        chunk it holds answers at once, and so never waits on this node). So is a chunk
+        this node owns: its flight waits on no node, and another node's request for the
+        chunk joins it (were it to start a flight of its own, the cloud would send the
+        chunk twice)."""
         if self._peers is None:
             return None
+        held_only = held_only or not self._peers.owner_elsewhere(chunk)
         counters = self._stats.tier(Tier.PEER)
         if not held_only:
             self._asking_peers.add(chunk.id)

@@ -542,6 +542,9 @@ class PeersHolding:
     async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
         return await self.fetch(chunk)
 
+    def owner_elsewhere(self, chunk: ChunkRef) -> bool:
+        return True
+
 
 @pytest.mark.asyncio
 async def test_peers_come_between_tier_1_and_the_cloud(

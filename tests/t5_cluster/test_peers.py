@@ -11,6 +11,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,25 @@ def test_the_cluster_reads_a_file_from_the_cloud_once(cluster: Cluster) -> None:
     # the coordinator's totals, from the nodes' heartbeats
     until(lambda: cluster_stats()["peer_bytes_served"] == peer_bytes, what="cluster stats")
     assert cluster_stats()["cloud_bytes_fetched"] <= 1.1 * size
+
+
+def test_nodes_reading_a_file_at_once_fetch_each_chunk_from_the_cloud_once(
+    cluster: Cluster,
+) -> None:
+    """Three nodes read one file at the same time: the cloud sends each chunk once, to its
+    owner. An owner asking the location index about its own chunk while another node asked
+    it for that chunk used to read it from the cloud twice (1.00-1.05x the file)."""
+    size = 256 * MiB
+    _, expected = put_dataset(cluster, "at-once.bin", size)
+    before = cluster.settled_egress()
+    with ThreadPoolExecutor(len(cluster.nodes)) as pool:
+        sums = list(pool.map(lambda node: sha256_of(node.path / "at-once.bin"), cluster.nodes))
+    assert sums == [expected] * len(cluster.nodes)
+    egress = cluster.settled_egress() - before
+    assert egress == size, f"the cloud sent {egress / CHUNK:.2f} chunks for {size // CHUNK}"
+    owned = owners(cluster, "at-once.bin")  # each chunk from the cloud by its owner, once
+    fetched = {node.peer_id: node.tier("cloud")["hits"] for node in cluster.nodes}
+    assert fetched == {peer_id: len(chunks) for peer_id, chunks in owned.items()}
 
 
 @pytest.mark.warnings_expected

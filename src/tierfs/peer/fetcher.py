@@ -108,6 +108,11 @@ class PeerFetcher:
         # the asker waits on this node for a peer timeout: a hung holder must not use it up
         return await self._from_holders(chunk, quick=True, timeout=self._quick)
 
+    def owner_elsewhere(self, chunk: ChunkRef) -> bool:
+        """Whether the chunk's owner is another node (`fetch` asks it to read it through)."""
+        order = self._ranked(self._keys.outer_chunk(chunk, self._chunk_size))
+        return bool(order) and order[0].peer_id != self._node_id
+
     async def _from_holders(
         self,
         chunk: ChunkRef,
