@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import signal
 import time
@@ -123,6 +124,33 @@ def test_nodes_reading_a_file_at_once_fetch_each_chunk_from_the_cloud_once(
     owned = owners(cluster, "at-once.bin")  # each chunk from the cloud by its owner, once
     fetched = {node.peer_id: node.tier("cloud")["hits"] for node in cluster.nodes}
     assert fetched == {peer_id: len(chunks) for peer_id, chunks in owned.items()}
+
+
+def location_asks(cluster: Cluster) -> int:
+    """The location index's answers so far (GET /api/files/location), by the coordinator's
+    own /metrics."""
+    text = cluster.coordinator.get("/metrics").body.decode()
+    found = re.findall(r"^tierfs_coordinator_requests_total\{([^}]*)\} (\S+)$", text, re.M)
+    return sum(
+        int(float(value))
+        for labels, value in found
+        if 'route="/api/files/location"' in labels and 'method="GET"' in labels
+    )
+
+
+def test_a_cold_read_asks_the_location_index_once_a_second_per_file(cluster: Cluster) -> None:
+    """An owner that misses a chunk asks the location index before the cloud; it used to
+    ask once for each chunk of a cold read, one more coordinator round trip per chunk."""
+    size = 128 * MiB
+    _, expected = put_dataset(cluster, "cold.bin", size)
+    before = location_asks(cluster)
+    started = time.monotonic()
+    assert sha256_of(cluster.nodes[0].path / "cold.bin") == expected
+    seconds = time.monotonic() - started
+    asks = location_asks(cluster) - before
+    # at most once a second per node (one answer lists every chunk of the file)
+    bound = len(cluster.nodes) * (int(seconds) + 1)
+    assert asks <= bound, f"{asks} asks for {size // CHUNK} chunks in {seconds:.1f} s"
 
 
 @pytest.mark.warnings_expected

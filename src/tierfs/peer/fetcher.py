@@ -7,9 +7,10 @@ from the cloud once for the whole cluster. When the owner fails (down, slower th
 `FUSE_PEER_TIMEOUT`, an error, bytes that fail their checksum), or when this node is
 the owner and misses it (for its own reads, or reading through for another node), the
 holders the coordinator's location index lists are asked for what they have cached, in
-rendezvous order; then the read path goes to the cloud. Those asks are `cached_only`:
-never read through, so they cannot loop. A peer that failed is skipped until the
-membership changes (it left, or came back) or `RETRY_DOWN_AFTER` has passed.
+rendezvous order; then the read path goes to the cloud. The index is asked once a second
+per file at most (`LOCATIONS_FOR`): its answer lists every chunk of the file. Those asks
+are `cached_only`: never read through, so they cannot loop. A peer that failed is skipped
+until the membership changes (it left, or came back) or `RETRY_DOWN_AFTER` has passed.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 
-from tierfs.chunks import ChunkRef, checksum
+from tierfs.chunks import ChunkRef, ObjectRef, checksum
 from tierfs.cloud.folder import KeyPrefix
 from tierfs.coordinator.client import CoordinatorClient
+from tierfs.coordinator.models import Location
 from tierfs.peer import protocol
 from tierfs.peer.ring import rank
 from tierfs.security import AnswerTooLargeError, read_bounded
+from tierfs.singleflight import Publish, SingleFlight
 from tierfs.stats import NodeStats, Tier
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,11 @@ READ_BUFFER = 2**20  # bytes aiohttp reads at a time: a 4 MiB chunk in a few rea
 MAX_REPLY = 2**16  # bytes of a peer's answer to a push read (a short JSON body)
 HELD_ELSEWHERE_SHARE = 0.25  # of the peer timeout, for an owner's ask of a holder
 LOCATE_TIMEOUT = 0.5  # seconds an owner that misses a chunk waits for the location index
+# Seconds one answer of the location index serves the misses of its file's other chunks: a
+# cold read of a file asks once a second, not once a chunk. Only a chunk read from the
+# cloud by a node other than its owner, in that second, is missed (and read again).
+LOCATIONS_FOR = 1.0
+LOCATED_FILES = 256  # answers kept at most; the oldest go first
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,8 @@ class PeerFetcher:
         self._keys = keys
         self._chunk_size = chunk_size
         self._skip_locate_until = 0.0  # monotonic: the location index was too slow
+        self._located: dict[tuple[str, str], tuple[float, list[Location]]] = {}  # by asked
+        self._locating: SingleFlight[tuple[str, str], list[Location]] = SingleFlight("locate")
 
     async def fetch(self, chunk: ChunkRef) -> bytes | None:
         """The whole chunk, checked against its checksum, or None: ask the cloud."""
@@ -165,6 +176,7 @@ class PeerFetcher:
         self._down.pop(peer_id, None)
 
     async def close(self) -> None:
+        await self._locating.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -240,7 +252,7 @@ class PeerFetcher:
             return []
         try:
             async with asyncio.timeout(LOCATE_TIMEOUT if quick else None):
-                locations = await self._coordinator.locate(chunk.obj.key, chunk.obj.version)
+                locations = await self._locations(chunk.obj)
         except TimeoutError:
             log.debug("no locations of %r from the coordinator in time", chunk.obj.key)
             self._skip_locate_until = time.monotonic() + RETRY_DOWN_AFTER
@@ -254,6 +266,30 @@ class PeerFetcher:
             and self._usable(loc.peer_id)
         ]
         return rank(chunk.id, holders, lambda p: p.peer_id)
+
+    async def _locations(self, obj: ObjectRef) -> list[Location]:
+        """The location index's entries for `obj`: an answer asked less than LOCATIONS_FOR
+        ago, else one asked now, which the misses of the file meanwhile share."""
+        key = (obj.key, obj.version)
+        known = self._located.get(key)
+        if known is not None and time.monotonic() - known[0] < LOCATIONS_FOR:
+            return known[1]
+        locations, _ = await self._locating.do(key, partial(self._locate, obj))
+        return locations
+
+    async def _locate(self, obj: ObjectRef, publish: Publish[list[Location]]) -> None:
+        """Ask the location index about `obj`, and keep the answer for LOCATIONS_FOR."""
+        asked = time.monotonic()
+        locations = await self._coordinator.locate(obj.key, obj.version)
+        self._located = {
+            key: known
+            for key, known in self._located.items()
+            if asked - known[0] < LOCATIONS_FOR and key != (obj.key, obj.version)
+        }
+        self._located[obj.key, obj.version] = (asked, locations)
+        if len(self._located) > LOCATED_FILES:
+            del self._located[next(iter(self._located))]
+        publish(locations)
 
     def _url(self, peer: _Peer, chunk: ChunkRef) -> str:
         return protocol.file_url(f"{self._scheme}://{peer.address}", chunk.obj.key)
