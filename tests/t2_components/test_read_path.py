@@ -444,6 +444,30 @@ class SlowCloud(CloudStore):
 
 
 @pytest.mark.asyncio
+async def test_read_ahead_starts_when_the_first_reads_come_out_of_order(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """The kernel sends a sequential reader's reads several at once, and a later one may
+    come first: read-ahead starts all the same (each such read used to count as a seek)."""
+    chunk = 64 * KiB
+    piece = 16 * KiB
+    body = random_bytes(4 * MiB, seed=8)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("swapped.bin", body)
+        async with node_on(tmp_path / "nvme", cloud.store, chunk_size=chunk) as node:
+            reader = node.path.open_reader(ref)
+            try:
+                # pieces 0, 2, 1, 4, 3, 6, 5...: each pair arrives swapped
+                order = [0] + [n + d for n in range(1, 15, 2) for d in (1, 0)]
+                for index in order:
+                    got = await node.path.read(ref, index * piece, piece, reader)
+                    assert got == body[index * piece : (index + 1) * piece], index
+                assert reader.window > 0
+            finally:
+                await reader.close()
+
+
+@pytest.mark.asyncio
 async def test_a_seek_cancels_read_ahead_and_close_leaves_no_task(
     seaweedfs: servers.S3Server, tmp_path: Path
 ) -> None:
