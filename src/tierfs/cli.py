@@ -35,10 +35,38 @@ _DURATION_SUFFIXES = ("timeout", "ttl", "interval", "expiry")
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line and exit 2."""
+    """An argparse parser whose errors are one line and exit 2, and whose flags that take
+    a value take one that starts with a dash (`-metadata-ttl -1s`: argparse would read
+    `-1s` as a flag, and say "expected one argument"), so that the value's check says
+    what is wrong with it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.flags: set[str] = set()  # every spelling of every flag
+        self.value_flags: set[str] = set()  # those of the flags that take one value
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.flags |= set(action.option_strings)
+        if action.option_strings and action.nargs is None:
+            self.value_flags |= set(action.option_strings)
+        return action
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} -help)\n")
+
+    def parse_known_args(  # type: ignore[override]  # argparse's overloads
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        given = list(sys.argv[1:] if args is None else args)
+        joined: list[str] = []
+        for arg in given:
+            previous = joined[-1] if joined else ""
+            if previous in self.value_flags and arg.startswith("-") and arg not in self.flags:
+                joined[-1] = f"{previous}={arg}"  # argparse's own spelling of such a value
+            else:
+                joined.append(arg)
+        return super().parse_known_args(joined, namespace)
 
 
 def _default_text(value: Any, name: str) -> str:

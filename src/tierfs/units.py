@@ -31,8 +31,15 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
+def _refuse_negative(text: str, what: str) -> None:
+    """ValueError saying so in words for a negative `text` ("-1s", "-5", "--2m")."""
+    if text.strip().startswith("-"):
+        raise ValueError(f"{text!r} is negative: a {what} cannot be")
+
+
 def parse_size(text: str) -> int:
     """Return the number of bytes `text` names; raise ValueError for anything else."""
+    _refuse_negative(text, "size")
     match = _SIZE_RE.match(text)
     if match is None or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"{text!r} is not a size (examples: 10737418240, 10G, 10GiB, 512MiB)")
@@ -41,6 +48,7 @@ def parse_size(text: str) -> int:
 
 def parse_duration(text: str) -> float:
     """Return the seconds `text` names (`30s`, `1m`, `500ms`, `1m30s`, or bare seconds)."""
+    _refuse_negative(text, "duration")
     stripped = text.strip().lower()
     try:
         seconds = float(stripped)
@@ -51,8 +59,8 @@ def parse_duration(text: str) -> float:
                 f"{text!r} is not a duration (examples: 30s, 1m, 500ms, 1m30s)"
             ) from None
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    if seconds < 0:
-        raise ValueError(f"{text!r} is negative")
+    if seconds < 0:  # "-inf" and the like, which float() reads
+        raise ValueError(f"{text!r} is negative: a duration cannot be")
     return seconds
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -56,6 +57,8 @@ ENVIRONMENT = [
 
 def tierfs(*args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200"}  # none of the user's cloud variables
+    if "PYTHONPATH" in os.environ:  # the tierfs under test (a worktree's), not the venv's
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
         [sys.executable, "-m", "tierfs.cli", *args],
         capture_output=True,
@@ -126,3 +129,40 @@ def test_a_yes_or_no_flag_alone_means_yes() -> None:
     assert parser.parse_args(["client", "--direct-io=false"]).direct_io == "false"
     assert parser.parse_args(["client", "-direct-io", "-port", "9"]).direct_io == "true"
     assert parser.parse_args(["client"]).direct_io is None  # not given: the default
+
+
+DURATION_AND_SIZE_FLAGS = [
+    ("client", "-chunk-size"),
+    ("client", "-nvme-size"),
+    ("client", "-peer-size"),
+    ("client", "-peer-timeout"),
+    ("client", "-cloud-timeout"),
+    ("client", "-metadata-ttl"),
+    ("coordinator", "-heartbeat-interval"),
+    ("coordinator", "-peer-expiry"),
+]
+
+
+def test_every_duration_and_size_flag_is_in_the_negative_test() -> None:
+    listed = {(command, flag) for command, flag in DURATION_AND_SIZE_FLAGS}
+    for command in ("client", "coordinator", "warm"):
+        shown = tierfs(command, "-help").stdout.split()
+        for before, after in zip(shown, shown[1:], strict=False):
+            if after in ("SIZE", "DURATION") and before.startswith("-") and "," in before:
+                assert (command, before.rstrip(",")) in listed, before
+
+
+@pytest.mark.parametrize(("command", "flag"), DURATION_AND_SIZE_FLAGS)
+@pytest.mark.parametrize("form", ["-1s", "-5", "-1MiB", "--2m"])
+def test_a_negative_duration_or_size_is_refused_in_words(
+    command: str, flag: str, form: str
+) -> None:
+    """`-metadata-ttl -1s` was argparse's "expected one argument" (a leading dash reads as
+    a flag); given as `-flag=-1s` alike."""
+    for args in ([flag, form], [f"{flag}={form}"]):
+        result = tierfs(command, *args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        said = f"tierfs {command}: invalid value for {flag}: {form!r} is negative"
+        assert lines[0].startswith(said), lines

@@ -126,6 +126,10 @@ def test_bad_environment_names_the_variable() -> None:
         client({}, {"AWS_ENDPOINT_URL": "minio:9000"})
     with pytest.raises(ConfigError, match="invalid value for FUSE_NVME_SIZE: 'lots' is not"):
         client({}, {"FUSE_NVME_SIZE": "lots"})
+    with pytest.raises(ConfigError, match="invalid value for FUSE_PEER_TIMEOUT: '-1s' is negative"):
+        client({}, {"FUSE_PEER_TIMEOUT": "-1s"})
+    with pytest.raises(ConfigError, match="invalid value for FUSE_PEER_SIZE: '-1G' is negative"):
+        client({}, {"FUSE_PEER_SIZE": "-1G"})
     with pytest.raises(ConfigError, match="GCP_ACCESS_KEY_ID and GCP_SECRET_ACCESS_KEY"):
         client({}, {"GCP_ACCESS_KEY_ID": "GOOG1"})
 
