@@ -102,7 +102,7 @@ async def run_client(settings: ClientSettings) -> None:
         # before its journal is read, and before a stale mount is cleaned up: a second
         # client started beside it must not unmount the first one's new mount
         stack.callback(os.close, take_tier_1(settings.nvme))
-        prepare_mountpoint(settings.mount)
+        prepare_mountpoint(settings.mount, settings.allow_non_empty)
         keys = KeyPrefix(settings.prefix)
         settings = await settle_s3_region(settings)
         bucket = open_store(settings)

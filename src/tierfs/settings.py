@@ -259,6 +259,9 @@ class ClientSettings(CommonSettings):
     allow_other: bool = flag(
         False, "let users other than the mounting one in (the permission bits still apply)"
     )
+    allow_non_empty: bool = flag(
+        False, "mount over a mount point that holds files (hidden while it is mounted)"
+    )
     nvme_size: Size = flag(10 * 2**30, "tier-1 budget for this node's reads", "FUSE_NVME_SIZE")
     peer_size: Size = flag(5 * 2**30, "tier-1 budget for chunks held for peers", "FUSE_PEER_SIZE")
     peer_timeout: Duration = flag(30.0, "deadline of one peer request", "FUSE_PEER_TIMEOUT")

@@ -1,21 +1,45 @@
 """Mount options users of other bucket mounts reach for: read-only, other users let in, one
 folder of the bucket, the AWS tools' credentials and the bucket's region, a public bucket
-without any."""
+without any, a mount point with files in it; and what stops a client at start."""
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import servers
-from mounts import Mount, bucket_keys, cloud_bytes, cloud_mkdir, cloud_put
+from mounts import Mount, bucket_keys, cloud_bytes, cloud_mkdir, cloud_put, is_mounted
 
 NOBODY = 65534
+
+
+def refused_at_start(mount: Mount) -> list[str]:
+    """The lines a client of `mount` that refuses to start says on stderr (it must exit 1
+    within 30 s: one that mounts instead fails the test, once stopped as a user would)."""
+    mount.path.mkdir(parents=True, exist_ok=True)
+    args = mount.command() + ["-log-level", "warning"]
+    proc = subprocess.Popen(
+        [sys.executable, *args[1:]],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=servers.clean_env(**mount.env),
+    )
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"the client mounted:\n{stderr}")
+    assert proc.returncode == 1, stderr
+    assert not is_mounted(mount.path)
+    return stderr.strip().splitlines()
 
 
 def mount_options(mount: Mount) -> set[str]:
@@ -262,3 +286,24 @@ def test_a_public_bucket_mounts_without_credentials(
     with pytest.raises(PermissionError):
         (mount.path / "tables/mine").mkdir()
     assert (mount.path / "tables/labels.csv").stat().st_size == len(table)
+
+
+def test_a_mount_point_with_files_in_it_is_refused_unless_allowed(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """It was mounted over, its files hidden while mounted, as mountpoint-s3 and rclone
+    (without --allow-non-empty) refuse to; -allow-non-empty mounts over them, and they are
+    there again once unmounted."""
+    mount = mount_factory("local", start=False)
+    cloud_put(mount, "theirs.txt", b"theirs\n")
+    mount.path.mkdir(parents=True)
+    (mount.path / "mine.txt").write_bytes(b"mine\n")
+    assert refused_at_start(mount) == [
+        f"tierfs client: mount point {mount.path} is not empty: its files would be hidden "
+        "while it is mounted (-allow-non-empty mounts over them)"
+    ]
+    mount.flags["allow_non_empty"] = "true"
+    mount.start()
+    assert os.listdir(mount.path) == ["theirs.txt"]
+    assert mount.stop() == 0
+    assert os.listdir(mount.path) == ["mine.txt"]

@@ -29,12 +29,14 @@ class MountError(TierfsError):
     """The filesystem cannot be mounted here; the message says why in one line."""
 
 
-def prepare_mountpoint(mountpoint: Path) -> None:
-    """Raise MountError unless `mountpoint` is an empty-handed directory we can mount on.
+def prepare_mountpoint(mountpoint: Path, allow_non_empty: bool = False) -> None:
+    """Raise MountError unless `mountpoint` is an empty directory we can mount on (or, with
+    `allow_non_empty`, one whose files the mount would hide, as `-o nonempty` did in FUSE 2).
 
     A stale mount left by a crashed tierfs ("Transport endpoint is not connected") is
-    unmounted first. It is found by `statfs`, which the kernel always asks the filesystem:
-    for a second after a crash, `stat` may still be answered from cached attributes.
+    unmounted first, and the directory under it is what is checked. It is found by
+    `statfs`, which the kernel always asks the filesystem: for a second after a crash,
+    `stat` may still be answered from cached attributes.
     """
     if not FUSE_DEVICE.exists():
         raise MountError(f"{FUSE_DEVICE} is missing: this machine cannot mount FUSE filesystems")
@@ -53,6 +55,18 @@ def prepare_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise MountError(f"mount point {mountpoint} is busy: something is mounted there")
+    if allow_non_empty:
+        return
+    try:
+        with os.scandir(mountpoint) as entries:
+            held = next(entries, None) is not None
+    except OSError as exc:
+        raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+    if held:
+        raise MountError(
+            f"mount point {mountpoint} is not empty: its files would be hidden while it is "
+            "mounted (-allow-non-empty mounts over them)"
+        )
 
 
 # The kernel asks a FUSE filesystem for read-ahead in requests of at most read_ahead_kb;
