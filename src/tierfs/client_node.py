@@ -184,7 +184,8 @@ async def run_client(settings: ClientSettings) -> None:
         await serve(
             Operations(fs, min(KERNEL_TTL, settings.metadata_ttl), settings.direct_io),
             settings.mount,
-            fsname=f"tierfs:{cloud.url}",
+            fsname=cloud.url,
+            node_url=settings.local_api_url,
             read_only=settings.read_only,
             allow_other=settings.allow_other,
         )

@@ -148,6 +148,7 @@ def from_env(env: str, help: str, secret: bool = False) -> Any:
 
 
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # of each wildcard
 
 
 class CommonSettings(BaseModel):
@@ -290,6 +291,17 @@ class ClientSettings(CommonSettings):
         host = socket.gethostname() if self.listen in WILDCARD_ADDRESSES else self.listen
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
+    @property
+    def local_api_url(self) -> str:
+        """The URL of this node's peer API for a command on this host (`tierfs warm`): the
+        `-listen` address (loopback for all of them); with TLS, the address peers reach
+        it at, which its certificate names."""
+        if self.tls_cert is not None:
+            return f"https://{self.peer_address}"
+        host = _LOOPBACK.get(self.listen, self.listen)
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"http://{host}:{self.port}"
+
     @model_validator(mode="after")
     def _provider_needs(self) -> ClientSettings:
         if self.peer_id is not None and not _PEER_ID_RE.match(self.peer_id):
@@ -336,14 +348,22 @@ class WarmSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     paths: list[Path] = Field(min_length=1, description="files or folders on a tierfs mount")
-    node: str = flag(
-        "localhost:8081", "peer API of the node that mounts PATH (host:port, or an http(s) URL)"
+    node: str | None = flag(
+        None,
+        "peer API of the node that mounts PATH (host:port, or an http(s) URL; none: the "
+        "one its mount names)",
+    )
+    timeout: Duration = flag(
+        30.0, "give up on a node silent this long (it reports progress twice a second)"
     )
     token: str | None = flag(None, "the cluster's token", "TIERFS_TOKEN", secret=True)
     log_level: LogLevel = flag("warning", "log verbosity: debug, info, warning or error")
 
     @property
-    def node_url(self) -> str:
+    def node_url(self) -> str | None:
+        """The URL of -node; None when not given."""
+        if self.node is None:
+            return None
         return self.node if "://" in self.node else f"http://{self.node}"
 
 

@@ -1,6 +1,8 @@
-"""`tierfs warm PATH...`: asks the node that mounts each PATH to bring it into its tier 1
-(`POST /api/warm`, `tierfs.warm`), showing how far it is on a terminal, and says in one
-line per PATH what it found and did. Exits 1 when a PATH could not be warmed whole."""
+"""`tierfs warm PATH...`: asks the node that mounts each PATH (`-node`, else the one its
+mount names: `tierfs.fuse.mount.node_of`) to bring it into its tier 1 (`POST /api/warm`,
+`tierfs.warm`), showing how far it is on a terminal, and says in one line per PATH what it
+found and did. Exits 1 when a PATH could not be warmed whole, or its node stays silent
+for `-timeout`."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
 from tierfs.errors import TierfsError
+from tierfs.fuse.mount import node_of
 from tierfs.security import AnswerTooLargeError, read_bounded
 from tierfs.settings import WarmSettings
 from tierfs.warm import WarmProgress
@@ -24,24 +27,25 @@ MAX_ERROR = 64 * 2**10  # bytes of an error answer read, at most
 MiB = 2**20
 
 
-def tierfs_mount_of(path: Path) -> tuple[str, str]:
-    """The tierfs mount point holding `path`, and `path` relative to it ("" for the root)."""
+def tierfs_mount_of(path: Path) -> tuple[str, str, str]:
+    """The tierfs mount point holding `path`, `path` relative to it ("" for the root), and
+    the mount's name."""
     try:
         os.stat(path)
     except OSError as exc:
         raise TierfsError(f"{path}: {exc.strerror}") from None
     real = os.path.realpath(path)
     with open("/proc/mounts") as mounts:
-        points = [
-            _unescape(fields[1])
+        names = {
+            _unescape(fields[1]): _unescape(fields[0])
             for fields in (line.split() for line in mounts)
             if fields[2] == MOUNT_TYPE
-        ]
-    inside = [p for p in points if real == p or real.startswith(p.rstrip("/") + "/")]
+        }
+    inside = [p for p in names if real == p or real.startswith(p.rstrip("/") + "/")]
     if not inside:
         raise TierfsError(f"{path} is not on a tierfs mount")
     mount = max(inside, key=len)
-    return mount, os.path.relpath(real, mount).removeprefix(".")
+    return mount, os.path.relpath(real, mount).removeprefix("."), names[mount]
 
 
 def _unescape(field: str) -> str:
@@ -82,9 +86,16 @@ def summary(path: Path, progress: WarmProgress) -> str:
 
 async def warm_one(session: aiohttp.ClientSession, settings: WarmSettings, path: Path) -> bool:
     """Warm `path` through its node; True when all of it is in tier 1 now."""
-    mount, relative = tierfs_mount_of(path)
+    mount, relative, name = tierfs_mount_of(path)
+    base = settings.node_url or node_of(name)
+    if base is None:
+        raise TierfsError(
+            f"{path}: the mount at {mount} does not name its node (a tierfs before "
+            "2026-12-06 mounted it): give -node"
+        )
+    node = settings.node or base.removeprefix("http://")  # as the user would write it
     headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
-    url = settings.node_url.rstrip("/") + "/api/warm"
+    url = base.rstrip("/") + "/api/warm"
     started = time.monotonic()
     line: dict[str, Any] = {}
     try:
@@ -93,23 +104,27 @@ async def warm_one(session: aiohttp.ClientSession, settings: WarmSettings, path:
         ) as response:
             if response.status != 200:
                 message = await _message(response)
-                raise TierfsError(f"{path}: the node at {settings.node} answered: {message}")
+                raise TierfsError(f"{path}: the node at {node} answered: {message}")
             async for raw in response.content:  # lines of at most 512 KiB (aiohttp)
                 line = json.loads(raw)
                 _show(path, line, time.monotonic() - started)
+    except TimeoutError:  # aiohttp's ServerTimeoutError among them (sock_connect, sock_read)
+        raise TierfsError(
+            f"{path}: the node at {node} sent nothing for {settings.timeout:g}s (-timeout)"
+        ) from None
     except aiohttp.ClientError as exc:
-        raise TierfsError(f"{path}: no answer from the node at {settings.node}: {exc}") from None
+        raise TierfsError(f"{path}: no answer from the node at {node}: {exc}") from None
     except (HttpProcessingError, ValueError) as exc:  # a line too long, or not JSON
         said = " ".join(str(exc).split())  # aiohttp's text spans lines
         raise TierfsError(
-            f"{path}: the node at {settings.node} gave no answer of a tierfs node: {said}"
+            f"{path}: the node at {node} gave no answer of a tierfs node: {said}"
         ) from None
     if sys.stderr.isatty():
         print(file=sys.stderr)
     if "error" in line:
         raise TierfsError(f"{path}: {line['error']}")
     if not line.get("done"):
-        raise TierfsError(f"{path}: the node at {settings.node} stopped before the end")
+        raise TierfsError(f"{path}: the node at {node} stopped before the end")
     progress = WarmProgress(**{k: v for k, v in line.items() if k not in ("done", "error")})
     print(summary(path, progress))
     return not progress.not_kept and not progress.changed
@@ -128,7 +143,12 @@ def _show(path: Path, line: dict[str, Any], seconds: float) -> None:
 async def run_warm(settings: WarmSettings) -> None:
     """Warm every PATH in turn; TierfsError (exit 1) if any was not warmed whole."""
     whole = True
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_connect=10)) as session:
+    # No deadline for the whole warm (a large folder takes as long as it takes), but one
+    # for each wait: the node sends a line of progress every WARM_PROGRESS_EVERY (0.5 s).
+    silence = aiohttp.ClientTimeout(
+        total=None, sock_connect=settings.timeout, sock_read=settings.timeout
+    )
+    async with aiohttp.ClientSession(timeout=silence) as session:
         for path in settings.paths:
             whole &= await warm_one(session, settings, path)
     if not whole:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tierfs.cli import build_parser
+from tierfs.fuse.mount import mount_name, node_of
 
 ORIGINAL_CLIENT_FLAGS = [
     "-mount",
@@ -140,16 +141,18 @@ DURATION_AND_SIZE_FLAGS = [
     ("client", "-metadata-ttl"),
     ("coordinator", "-heartbeat-interval"),
     ("coordinator", "-peer-expiry"),
+    ("warm", "-timeout"),
 ]
 
 
 def test_every_duration_and_size_flag_is_in_the_negative_test() -> None:
-    listed = {(command, flag) for command, flag in DURATION_AND_SIZE_FLAGS}
+    shown = set()
     for command in ("client", "coordinator", "warm"):
-        shown = tierfs(command, "-help").stdout.split()
-        for before, after in zip(shown, shown[1:], strict=False):
-            if after in ("SIZE", "DURATION") and before.startswith("-") and "," in before:
-                assert (command, before.rstrip(",")) in listed, before
+        words = tierfs(command, "-help").stdout.split()
+        for flag, metavar in zip(words, words[1:], strict=False):
+            if metavar.rstrip(",") in ("SIZE", "DURATION") and not flag.startswith("--"):
+                shown.add((command, flag))
+    assert shown == set(DURATION_AND_SIZE_FLAGS)
 
 
 @pytest.mark.parametrize(("command", "flag"), DURATION_AND_SIZE_FLAGS)
@@ -159,10 +162,21 @@ def test_a_negative_duration_or_size_is_refused_in_words(
 ) -> None:
     """`-metadata-ttl -1s` was argparse's "expected one argument" (a leading dash reads as
     a flag); given as `-flag=-1s` alike."""
-    for args in ([flag, form], [f"{flag}={form}"]):
+    path = ["/"] if command == "warm" else []  # what warm takes besides
+    for args in ([flag, form, *path], [f"{flag}={form}", *path]):
         result = tierfs(command, *args)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
         said = f"tierfs {command}: invalid value for {flag}: {form!r} is negative"
         assert lines[0].startswith(said), lines
+
+
+def test_a_mount_names_its_node_whatever_its_folder_is_called() -> None:
+    """`tierfs warm PATH` finds the node to ask in the name of PATH's mount."""
+    name = mount_name("s3://b/données été, 2026?node=x/", "http://[::1]:8081")
+    assert name.isascii() and "," not in name and " " not in name
+    assert name.startswith("tierfs:s3://b/donn%C3%A9es%20%C3%A9t%C3%A9%2C%202026%3Fnode%3Dx/")
+    assert node_of(name) == "http://[::1]:8081"
+    assert node_of("tierfs:s3://b") is None  # a mount by a tierfs before 2026-12-06
+    assert node_of("sshfs?node=http://x:1") is None

@@ -143,3 +143,15 @@ def test_the_address_peers_reach_a_node_at() -> None:
     assert address(port="9001").endswith(":9001")  # 0.0.0.0: this host's name
     assert not address(port="9001").startswith("0.0.0.0")
     assert address(listen="127.0.0.1", advertise="node-7.example:8081") == "node-7.example:8081"
+
+
+def test_the_address_a_warm_on_this_host_reaches_a_node_at() -> None:
+    def url(**given: str) -> str:
+        return load_settings(ClientSettings, given, {}).local_api_url
+
+    assert url() == "http://127.0.0.1:8081"  # all addresses: loopback is one of them
+    assert url(listen="::", port="9001") == "http://[::1]:9001"
+    assert url(listen="10.1.2.3", port="9001") == "http://10.1.2.3:9001"
+    assert url(listen="::1") == "http://[::1]:8081"
+    tls = {"tls_cert": "/c.pem", "tls_key": "/k.pem", "advertise": "node-7.example:8443"}
+    assert url(**tls) == "https://node-7.example:8443"  # the name its certificate holds

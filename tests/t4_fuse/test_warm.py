@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import socket
 import subprocess
 import sys
 import time
@@ -130,3 +131,48 @@ def test_on_a_terminal_a_warm_shows_how_far_it_is(mount_factory: Callable[..., M
     assert done.returncode == 0
     assert f"\r{mount.path}: 1 file, 6.0 MiB of 6.0 MiB, " in shown
     assert shown.rstrip().endswith("MiB/s")
+
+
+def test_a_warm_asks_the_node_of_the_mount_that_holds_each_path(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """Without -node, each PATH goes to the node serving its mount, as the mount names it
+    (`mount`, `df`): it went to localhost:8081, another node or none."""
+    first, second = mount_factory("local", start=False), mount_factory("local", start=False)
+    for mount in (first, second):
+        cloud_put(mount, "a.bin", os.urandom(MiB))
+        mount.start()
+    with open("/proc/mounts") as mounts:
+        names = {fields[1]: fields[0] for fields in (line.split() for line in mounts)}
+    for mount in (first, second):  # as `mount` and `df` show it
+        name = names[str(mount.path)]
+        assert name.startswith("tierfs:") and name.endswith(
+            f"?node=http://127.0.0.1:{mount.flags['port']}"
+        )
+    warmed = warm(str(first.path / "a.bin"), str(second.path))
+    assert warmed.returncode == 0, warmed.stderr
+    assert warmed.stdout.splitlines() == [
+        f"{first.path / 'a.bin'}: 1 file, 1.0 MiB: 1.0 MiB fetched, 0.0 MiB cached already",
+        f"{second.path}: 1 file, 1.0 MiB: 1.0 MiB fetched, 0.0 MiB cached already",
+    ]
+
+
+def test_a_node_that_never_answers_is_given_up_after_timeout(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A node that takes the connection and says nothing (stopped, its loop stuck) held
+    `tierfs warm` forever."""
+    mount = mount_factory("local")
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    try:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        failed = warm(str(mount.path), "-node", address, "-timeout", "1s")
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines() == [
+        f"tierfs warm: {mount.path}: the node at {address} sent nothing for 1s (-timeout)"
+    ]
+    assert took < 10

@@ -12,7 +12,7 @@ import signal
 import subprocess
 from functools import partial
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pyfuse3
 import pyfuse3.asyncio
@@ -27,6 +27,27 @@ FUSE_DEVICE = Path("/dev/fuse")
 
 class MountError(TierfsError):
     """The filesystem cannot be mounted here; the message says why in one line."""
+
+
+# The mount's name (`mount`, `df`, /proc/mounts) ends with the URL of its node's peer API,
+# which is how `tierfs warm PATH` finds the node to ask: "tierfs:s3://bucket?node=http://
+# 127.0.0.1:8081". The name is the kernel's, and lasts exactly as long as the mount.
+_NODE_MARK = "?node="
+
+
+def mount_name(store_url: str, node_url: str) -> str:
+    """The name of a mount of `store_url` served by the node at `node_url`, percent-encoded:
+    pyfuse3 passes the options as ASCII, and a comma would split them. `?` is encoded in
+    the store's part, so the first `?node=` is the mark."""
+    return quote(f"tierfs:{store_url}", safe="/:") + _NODE_MARK + quote(node_url, safe="/:[]")
+
+
+def node_of(name: str) -> str | None:
+    """The URL of the node's peer API a mount's `name` holds (see `mount_name`); None for
+    another filesystem's, or a mount by a tierfs before 2026-12-06."""
+    if not name.startswith("tierfs:") or _NODE_MARK not in name:
+        return None
+    return unquote(name.split(_NODE_MARK, 1)[1])
 
 
 def prepare_mountpoint(mountpoint: Path, allow_non_empty: bool = False) -> None:
@@ -138,22 +159,22 @@ async def serve(
     ops: Operations,
     mountpoint: Path,
     fsname: str,
+    node_url: str,
     *,
     read_only: bool = False,
     allow_other: bool = False,
 ) -> None:
     """Mount, answer the kernel until SIGINT/SIGTERM or an outside unmount, then unmount.
 
-    `fsname` names the mount in `mount` and `df`, percent-encoded (`données` is
-    `donn%C3%A9es`). Dirty files are uploaded (`ops.fs.close()`) before the mount goes
-    away. `read_only` mounts it so (the kernel answers every change EROFS); `allow_other`
-    lets other users in, and the kernel checks the mode bits for them
-    (`default_permissions`).
+    `fsname` (the store's URL) names the mount in `mount` and `df`, percent-encoded
+    (`données` is `donn%C3%A9es`), followed by `node_url` (`mount_name`). Dirty files are
+    uploaded (`ops.fs.close()`) before the mount goes away. `read_only` mounts it so (the
+    kernel answers every change EROFS); `allow_other` lets other users in, and the kernel
+    checks the mode bits for them (`default_permissions`).
     """
     pyfuse3.asyncio.enable()
     pyfuse3.asyncio.wait_readable = _wait_for_request
-    # percent-encoded: pyfuse3 passes the options as ASCII, and a comma would split them
-    options = set(pyfuse3.default_options) | {f"fsname={quote(fsname, safe='/:')}"}
+    options = set(pyfuse3.default_options) | {f"fsname={mount_name(fsname, node_url)}"}
     options |= {"subtype=tierfs"}
     options |= {"ro"} if read_only else set()
     options |= {"allow_other"} if allow_other else set()
