@@ -759,3 +759,18 @@ def start_babbler(base: Path, status: int = 200) -> tuple[int, Proc]:
         server.stop()
         raise
     return port, server
+
+
+def start_web_server(base: Path, root: Path) -> tuple[int, Proc]:
+    """Python's `http.server` on loopback, serving the files under `root` (a web page, or
+    its 404 page, for every request): its port, and its process; the caller stops it."""
+    (port,) = free_ports(1)
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    server = Proc("web", [*command, "--directory", str(root)], base / f"web-{port}.log")
+    server.start()
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/", ok=lambda answered: answered == 200)
+    except BaseException:
+        server.stop()
+        raise
+    return port, server

@@ -45,6 +45,11 @@ class CredentialsRefusedError(AccessDeniedError):
     request: not a permission the credentials lack."""
 
 
+class NotAnObjectStoreError(CloudError):
+    """The endpoint answered as no object store does: with a web page (a web server, a
+    captive portal), where a store answers XML or JSON."""
+
+
 class InvalidKeyError(CloudError):
     """The key cannot be stored by this provider (empty, or not a valid object name)."""
 

@@ -307,3 +307,41 @@ def test_a_mount_point_with_files_in_it_is_refused_unless_allowed(
     assert os.listdir(mount.path) == ["theirs.txt"]
     assert mount.stop() == 0
     assert os.listdir(mount.path) == ["mine.txt"]
+
+
+# Where each provider lists a bucket named `portal` (a folder there: its index.html answers)
+LISTING_PATH = {"s3": "portal", "azure": "acct/portal", "gcp": "storage/v1/b/portal/o"}
+
+
+@pytest.mark.parametrize("provider", ["s3", "azure", "gcp"])
+@pytest.mark.parametrize("status", [404, 200])
+def test_an_endpoint_that_answers_with_a_web_page_is_said_so(
+    mount_factory: Callable[..., Mount], tmp_path: Path, provider: str, status: int
+) -> None:
+    """A web server (its 404 page) was "no such bucket", and a captive portal (a page for
+    every request, 200) a mount whose every listing failed."""
+    site = tmp_path / "site"
+    (site / LISTING_PATH[provider]).mkdir(parents=True)
+    (site / LISTING_PATH[provider] / "index.html").write_text("<html>Log in</html>\n")
+    port, server = servers.start_web_server(tmp_path, site)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        bucket = "portal" if status == 200 else "data"
+        mount = mount_factory("local", start=False, cloud_provider=provider)
+        if provider == "s3":
+            mount.flags |= {"s3_endpoint": endpoint, "s3_bucket": bucket, "s3_region": "eu-1"}
+            mount.env |= {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"}
+            store = f"s3://{bucket}"
+        elif provider == "azure":
+            mount.flags |= {"azure_endpoint": f"{endpoint}/acct", "azure_account": "acct"}
+            mount.flags |= {"azure_key": "a2V5", "azure_container": bucket}
+            store = f"azure://acct/{bucket}"
+        else:
+            mount.flags |= {"gcp_endpoint": endpoint, "gcp_bucket": bucket}
+            store = f"gcs://{bucket}"
+        assert refused_at_start(mount) == [
+            f"tierfs client: {store}: {endpoint} is not an object store: it answered "
+            f"HTTP {status} with text/html: check the endpoint"
+        ]
+    finally:
+        server.stop()

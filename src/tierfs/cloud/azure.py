@@ -171,10 +171,15 @@ class AzureBlobCloud(ObjstoreCloud):
         return self._send(method, url, key, extra)
 
     def _send(
-        self, method: str, url: URL, key: str, extra: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: URL,
+        key: str,
+        extra: Mapping[str, str] | None = None,
+        listing: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        """A request to `url` (about `key`), signed with the account key or carrying the
-        shared access signature (see SignedRequests)."""
+        """A request to `url` (about `key`, or a `listing`), signed with the account key or
+        carrying the shared access signature (see SignedRequests)."""
         headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
         headers |= extra or {}
         if method == "PUT":
@@ -182,7 +187,7 @@ class AzureBlobCloud(ObjstoreCloud):
         if self._secret is not None:
             auth = shared_key(self._account, self._secret, method, url, headers)
             headers["Authorization"] = auth
-        return self._http.send(method, url, headers, key)
+        return self._http.send(method, url, headers, key, listing)
 
     async def put_marker(self, prefix: str) -> None:
         await self._marker("PUT", prefix)
@@ -219,7 +224,7 @@ class AzureBlobCloud(ObjstoreCloud):
     async def _list_page(self, query: dict[str, str]) -> ListAnswer:
         encoded = "&".join(f"{name}={quote(value, safe='')}" for name, value in query.items())
         url = URL(f"{self._container_url}?{encoded}{self._query.replace('?', '&')}", encoded=True)
-        async with self._send("GET", url, query.get("prefix", "")) as answer:
+        async with self._send("GET", url, query.get("prefix", ""), listing=True) as answer:
             return _parse_listing(await answer.read())
 
     async def close(self) -> None:

@@ -26,6 +26,7 @@ from tierfs.cloud.base import (
     ObjectMeta,
     md5_of,
 )
+from tierfs.cloud.signed import web_page_error
 from tierfs.errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -98,6 +99,11 @@ class GcsStore(CloudStore):
         error; the caller raises it."""
         what = f"{self.url}/{key}"
         if isinstance(exc, aiohttp.ClientResponseError):
+            url = exc.request_info.real_url
+            if request == "LIST" and (
+                page := web_page_error(self.url, url, exc.status, exc.headers)
+            ):
+                return page
             status, detail = exc.status, _detail(exc)
             # Nothing else was looked for (a chunk's 404, of the session, is `_session_gone`).
             if status == 404 and request in ("LIST", "PUT"):
@@ -274,13 +280,7 @@ class GcsStore(CloudStore):
         if delimiter:
             params["delimiter"] = "/"
         while True:  # each page is retried alone: its pageToken resumes exactly
-            data = await self._call(
-                "LIST",
-                prefix,
-                lambda: self._client().list_objects(
-                    self._bucket, params=params, timeout=self._gtimeout
-                ),
-            )
+            data = await self._call("LIST", prefix, partial(self._list_page, dict(params)))
             page = ListPage(
                 [_meta(item) for item in data.get("items", [])],
                 [p if p.endswith("/") else p + "/" for p in data.get("prefixes", [])],
@@ -289,6 +289,16 @@ class GcsStore(CloudStore):
             if not data.get("nextPageToken"):
                 return
             params["pageToken"] = data["nextPageToken"]
+
+    async def _list_page(self, params: dict[str, str]) -> dict[str, Any]:
+        """One answer of Objects: list (sent here, not by gcloud-aio, whose reading of it
+        as JSON would hide a web page's answer: `web_page_error`)."""
+        url = f"{self._root}/storage/v1/b/{quote(self._bucket, safe='')}/o"
+        async with await self._request("GET", url, params=params) as resp:
+            if error := web_page_error(self.url, url, resp.status, resp.headers):
+                raise error
+            data: dict[str, Any] = await resp.json(content_type=None)
+        return data
 
     async def delete(self, key: str) -> None:
         self.check_key(key)

@@ -199,7 +199,7 @@ class S3Cloud(ObjstoreCloud):
         )
         url = URL(f"{self._bucket_url}?{canonical}", encoded=True)
         headers = await self._signed("GET", url)
-        async with self._http.send("GET", url, headers, query["prefix"]) as response:
+        async with self._http.send("GET", url, headers, query["prefix"], True) as response:
             return _parse_listing(await response.read(), f"{self.url}/{query['prefix']}")
 
     async def _server_copy(self, source: str, destination: str, version: str | None) -> str:

@@ -15,6 +15,7 @@ from tierfs.errors import (
     BucketNotFoundError,
     CloudError,
     CredentialsRefusedError,
+    NotAnObjectStoreError,
     ObjectNotFoundError,
     TransientCloudError,
     VersionChangedError,
@@ -32,11 +33,11 @@ class SignedRequests:
 
     @contextlib.asynccontextmanager
     async def send(
-        self, method: str, url: URL, headers: Mapping[str, str], key: str
+        self, method: str, url: URL, headers: Mapping[str, str], key: str, listing: bool = False
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request without a body: an answer of 400 or more raises its tierfs error
         (ObjectNotFoundError, AccessDeniedError, ...), a connection that failed or timed out
-        TransientCloudError."""
+        TransientCloudError; that of a `listing`, a web page, NotAnObjectStoreError."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
@@ -45,6 +46,9 @@ class SignedRequests:
                 method, url, headers=headers, skip_auto_headers=["Content-Type"]
             )
             async with request as response:
+                page = web_page_error(self.url, url, response.status, response.headers)
+                if listing and page is not None:
+                    raise page
                 if response.status >= 400:
                     raise self._failure(
                         response, key, _error_code(await response.content.read(65536))
@@ -78,6 +82,30 @@ class SignedRequests:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+# What a web server or a captive portal answers, and no object store's API does
+WEB_PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+
+
+def web_page_error(
+    store_url: str, url: URL | str, status: int, headers: Mapping[str, str] | None
+) -> NotAnObjectStoreError | None:
+    """The error of an answer to a listing from `url` that is a web page (a 404 page, a
+    portal's 200), else None. Only a listing's: a store's answer to a HEAD or a GET of an
+    object carries the object's own type, and a PUT's may be anything (moto's is
+    text/html). Not one that may pass (a proxy's 502 page): that stays a transient
+    failure."""
+    headers = headers or {}
+    media = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if media not in WEB_PAGE_TYPES or "x-ms-error-code" in headers:
+        return None
+    if status in (408, 429) or (status >= 500 and status not in (501, 505)):
+        return None
+    origin = URL(str(url)).origin()
+    return NotAnObjectStoreError(
+        f"{store_url}: {origin} is not an object store: it answered HTTP {status} with {media}"
+    )
 
 
 # Error codes of a key or signature the store does not know (S3's, GCS's XML API's, Azure's).
