@@ -41,8 +41,9 @@ class AccessDeniedError(CloudError):
 
 
 class CredentialsRefusedError(AccessDeniedError):
-    """The store does not know the credentials (a wrong key or signature), whatever the
-    request: not a permission the credentials lack."""
+    """The store does not know the credentials (a wrong key or signature), or lets this
+    client in for nothing (Azure's firewall), whatever the request: not a permission the
+    credentials lack."""
 
 
 class NotAnObjectStoreError(CloudError):

@@ -345,3 +345,24 @@ def test_an_endpoint_that_answers_with_a_web_page_is_said_so(
         ]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("provider", ["azure", "azure-sas"])
+def test_an_azure_account_that_refuses_this_client_stops_it_at_start(
+    mount_factory: Callable[..., Mount], azurite: servers.AzureServer, provider: str
+) -> None:
+    """Azurite's answer to a wrong key (a signature made with it) is AuthorizationFailure,
+    which real Azure gives to a request its firewall keeps out, whatever it asks: the
+    client mounted, and every ls and write was EACCES."""
+    mount = mount_factory(provider, start=False)
+    wrong = azurite.key[:-8] + "AAAAAA=="
+    if provider == "azure":
+        mount.flags["azure_key"] = wrong
+    else:
+        container = mount.flags["azure_container"]
+        mount.env["AZURE_STORAGE_SAS_TOKEN"] = azurite.container_sas(container, key=wrong)
+    store = f"azure://{azurite.account}/{mount.flags['azure_container']}"
+    assert refused_at_start(mount) == [
+        f"tierfs client: {store}: the store refused this client (AuthorizationFailure): "
+        "check the key, and the account's firewall (its network rules)"
+    ]

@@ -100,10 +100,10 @@ async def settle_s3_region(settings: ClientSettings) -> ClientSettings:
 
 async def check_bucket(cloud: CloudStore) -> None:
     """ConfigError if the store says its bucket does not exist, or refuses the credentials
-    (a wrong key, not a permission they lack), or the endpoint is no object store (it
-    answers web pages). Only that stops a client: a store that fails otherwise, or does
-    not answer in BUCKET_CHECK_DEADLINE, is the mount's to meet (it starts with the cloud
-    down, serving what tier 1 holds)."""
+    (a wrong key, not a permission they lack) or this client (Azure's firewall), or the
+    endpoint is no object store (it answers web pages). Only that stops a client: a store
+    that fails otherwise, or does not answer in BUCKET_CHECK_DEADLINE, is the mount's to
+    meet (it starts with the cloud down, serving what tier 1 holds)."""
     try:
         async with asyncio.timeout(BUCKET_CHECK_DEADLINE):
             async for _ in cloud.list(""):
@@ -111,7 +111,7 @@ async def check_bucket(cloud: CloudStore) -> None:
     except BucketNotFoundError as exc:
         raise ConfigError(f"{exc}: create it, or check the name") from exc
     except CredentialsRefusedError as exc:
-        raise ConfigError(f"{exc}: check them") from exc
+        raise ConfigError(str(exc)) from exc
     except NotAnObjectStoreError as exc:
         raise ConfigError(f"{exc}: check the endpoint") from exc
     except (CloudError, TimeoutError):

@@ -70,7 +70,15 @@ class SignedRequests:
             return VersionChangedError(f"{what}: changed since ({detail})")
         if status in (401, 403) and detail in _CREDENTIALS_REFUSED:
             return CredentialsRefusedError(
-                f"{self.url}: the store refused the credentials ({detail})"
+                f"{self.url}: the store refused the credentials ({detail}): check them"
+            )
+        if status == 403 and detail == "AuthorizationFailure":
+            # Azure's answer to a request its firewall (the account's network rules) keeps
+            # out, whatever it asks; Azurite's to a wrong key. Not a permission a key lacks:
+            # that is AuthorizationPermissionMismatch.
+            return CredentialsRefusedError(
+                f"{self.url}: the store refused this client ({detail}): check the key, and "
+                "the account's firewall (its network rules)"
             )
         if status in (401, 403):
             return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
