@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 # The original spec writes its 10 GB default as 10737418240, so a bare "10G" is binary
@@ -52,6 +53,8 @@ def parse_duration(text: str) -> float:
     stripped = text.strip().lower()
     try:
         seconds = float(stripped)
+        if math.isnan(seconds):  # float() reads "nan": no number of seconds
+            raise ValueError
     except ValueError:
         parts = _DURATION_PART_RE.findall(stripped)
         if not parts or "".join(n + u for n, u in parts) != stripped:
