@@ -4,6 +4,8 @@ the server (a network partition) while others still reach it."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import socket
 import threading
 import time
@@ -17,8 +19,9 @@ import servers
 class Relay:
     """Relays 127.0.0.1:`port` to 127.0.0.1:`target`; `cut` refuses and drops every
     connection until `restore`, `mute` drops the server's answers until then, `rewrite`
-    changes the next request that holds a given string, `hold` keeps it back until
-    `release`, `slow` delays every request that holds a given string."""
+    changes the next request that holds a given string, `shorten` sends it with part of its
+    body, `hold` keeps it back until `release`, `slow` delays every request that holds a
+    given string."""
 
     def __init__(self, target: int, port: int | None = None) -> None:
         self.target = target
@@ -32,6 +35,7 @@ class Relay:
         self._held = threading.Event()
         self._released = threading.Event()
         self._slow: tuple[bytes, float] | None = None
+        self._shorten: tuple[bytes, int] | None = None
 
     def start(self) -> Relay:
         listener = socket.create_server(("127.0.0.1", self.port))
@@ -64,11 +68,25 @@ class Relay:
 
     def rewrite(self, old: bytes, new: bytes) -> None:
         """Replace `old` with `new` in the next request that holds it, once (a server that
-        misunderstands one request). Both the same length: the request's framing holds."""
+        misunderstands one request); a request held (`hold`) is changed by the rewrites
+        made until its `release`. Both the same length: the request's framing holds."""
         if len(old) != len(new):
             raise ValueError("a rewrite keeps the length")
         with self._lock:
             self._rewrites.append((old, new))
+
+    def shorten(self, text: bytes, length: int) -> None:
+        """Send the next request that holds `text` (in the part of it with its headers) with
+        the first `length` bytes of its body only, its Content-Length saying so, and drop
+        the rest (a server that read part of a body: its answer says what it kept)."""
+        with self._lock:
+            self._shorten = (text, length)
+
+    @property
+    def shortens_pending(self) -> bool:
+        """Whether no request has met `shorten` yet."""
+        with self._lock:
+            return self._shorten is not None
 
     @property
     def rewrites_pending(self) -> int:
@@ -98,22 +116,29 @@ class Relay:
         """Let the held request go on."""
         self._released.set()
 
-    def _from_client(self, data: bytes) -> bytes:
+    def _from_client(self, body: _Body, data: bytes) -> bytes:
+        """What of `data`, the next bytes from a client, goes to the server; `body` is the
+        state of its connection's shortened request."""
         with self._lock:
             held = self._hold is not None and self._hold in data
             if held:
                 self._hold = None
             delay = self._slow[1] if self._slow is not None and self._slow[0] in data else 0.0
-            for n, (old, new) in enumerate(self._rewrites):
-                if old in data:
-                    del self._rewrites[n]
-                    data = data.replace(old, new, 1)
-                    break
         if held:
             self._held.set()
             self._released.wait(120)
+        with self._lock:  # after the hold: rewrites made meanwhile change the held request
+            for old, new in list(self._rewrites):
+                if old in data:
+                    self._rewrites.remove((old, new))
+                    data = data.replace(old, new, 1)
+            shorten, self._shorten = self._shorten, None
+            if shorten is not None and shorten[0] not in data:
+                self._shorten, shorten = shorten, None
         time.sleep(delay)
-        return data
+        if shorten is not None:
+            return body.shorten(data, shorten[1])
+        return body.passed(data)
 
     def restore(self) -> None:
         """Relay both ways again (after `cut` or `mute`)."""
@@ -141,13 +166,39 @@ class Relay:
                     return
                 self._open |= {client, upstream}
             for source, sink, change in (
-                (client, upstream, self._from_client),
+                (client, upstream, functools.partial(self._from_client, _Body())),
                 (upstream, client, self._unless_muted),
             ):
                 threading.Thread(target=_pump, args=(source, sink, change), daemon=True).start()
 
     def _unless_muted(self, data: bytes) -> bytes:
         return b"" if self._muted.is_set() else data
+
+
+class _Body:
+    """The shortened request of one connection: how many bytes of its body still go to
+    the server, then how many are dropped."""
+
+    def __init__(self) -> None:
+        self.sent = self.dropped = 0
+
+    def shorten(self, data: bytes, length: int) -> bytes:
+        """`data`, the start of a request, with its Content-Length made `length` and what
+        of its body goes on; the bytes past `length` are dropped as they come."""
+        head, _, rest = data.partition(b"\r\n\r\n")
+        found = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert found is not None, "the request to shorten has no Content-Length"
+        self.sent, self.dropped = length, int(found[1]) - length
+        head = head[: found.start(1)] + str(length).encode() + head[found.end(1) :]
+        return head + b"\r\n\r\n" + self.passed(rest)
+
+    def passed(self, data: bytes) -> bytes:
+        """What of `data`, bytes of a body, goes on."""
+        kept = data[: self.sent]
+        self.sent -= len(kept)
+        dropped = min(self.dropped, len(data) - len(kept))
+        self.dropped -= dropped
+        return kept + data[len(kept) + dropped :]
 
 
 def _pump(source: socket.socket, sink: socket.socket, change: Callable[[bytes], bytes]) -> None:

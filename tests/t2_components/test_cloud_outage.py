@@ -358,14 +358,61 @@ async def test_a_gcs_upload_whose_last_answer_was_lost_holds_its_body(tmp_path: 
         assert await direct.get_range("big.bin", 0, len(body), landed.version) == body
 
 
+@pytest.mark.asyncio
+async def test_a_gcs_chunk_kept_in_part_is_sent_on_from_where_the_server_stopped(
+    tmp_path: Path,
+) -> None:
+    """GCS may keep part of a chunk, and says how much in the Range of its 308 answer: the
+    upload goes on from there, and the object holds the body. Before, the next chunk went
+    from where the client thought the server was: a hole in the object, and the put
+    failed."""
+    async with a_relayed_gcs_store(tmp_path) as (relay, store, direct):
+        body = os.urandom(MULTIPART_THRESHOLD + PART_SIZE + 5)
+        half = PART_SIZE // 2
+        # The server reads half the second chunk, keeps it, and says so.
+        kept = f"bytes {PART_SIZE}-{PART_SIZE + half - 1}/".encode()
+        relay.rewrite(f"bytes {PART_SIZE}-{2 * PART_SIZE - 1}/".encode(), kept)
+        relay.shorten(kept, half)
+        meta = await store.put("big.bin", body)
+        assert (relay.rewrites_pending, relay.shortens_pending) == (0, False)
+        assert meta.size == len(body)
+        assert await direct.get_range("big.bin", 0, len(body), meta.version) == body
+
+
+@pytest.mark.asyncio
+async def test_a_gcs_chunk_cut_mid_body_is_sent_again_in_its_session(tmp_path: Path) -> None:
+    """A chunk whose connection breaks mid-body, after the upload has gone on longer than
+    the cloud deadline, is sent again in its upload session, from what the server holds.
+    Before, the deadline counted from the put's start: the put failed at once."""
+    async with a_relayed_gcs_store(tmp_path, timeout=DEADLINE) as (relay, store, direct):
+        body = bytearray(os.urandom(MULTIPART_THRESHOLD + PART_SIZE + 5))
+        cut_here = b"-- the connection breaks here --"
+        for n in range(8):  # in the third chunk's body, a few times: one is read whole
+            at = 2 * PART_SIZE + 2**20 + n * 100_000
+            body[at : at + len(cut_here)] = cut_here
+        relay.slow(b"upload_id=", 1.2)  # each chunk: 3.6 s to the third, over the deadline
+        relay.hold(cut_here)
+        put = asyncio.create_task(store.put("big.bin", bytes(body)))
+        await asyncio.to_thread(relay.wait_until_held)
+        relay.slow(b"upload_id=", 0.0)
+        relay.cut()  # the server has had part of the chunk's body
+        await asyncio.sleep(0.5)  # aiohttp's own sending again fails too
+        relay.restore()
+        meta = await put
+        assert meta.size == len(body)
+        assert await direct.get_range("big.bin", 0, len(body), meta.version) == body
+
+
 @contextlib.asynccontextmanager
-async def a_relayed_gcs_store(root: Path) -> AsyncIterator[tuple[Relay, CloudStore, CloudStore]]:
+async def a_relayed_gcs_store(
+    root: Path, timeout: float = 10.0
+) -> AsyncIterator[tuple[Relay, CloudStore, CloudStore]]:
     """A fake-gcs-server of its own behind a relay, which its upload sessions' URLs name
-    too; a store that goes through the relay and one that does not."""
+    too; a store that goes through the relay and one that does not (deadline `timeout`)."""
     (relay_port,) = servers.free_ports(1)
     server = servers.start_fake_gcs(root, external_port=relay_port)
     relay = Relay(int(server.endpoint.rsplit(":", 1)[1]), port=relay_port).start()
-    settings = settings_for("gcp-native", server, root, timeout=10.0)
+    settings = settings_for("gcp-native", server, root, timeout=timeout)
     store = open_store(
         settings.model_copy(update={"gcp_endpoint": f"http://127.0.0.1:{relay_port}"})
     )

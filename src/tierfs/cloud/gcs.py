@@ -7,6 +7,7 @@ import base64
 import contextlib
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from functools import partial
@@ -39,6 +40,7 @@ from tierfs.errors import (
 from tierfs.retry import with_retry
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 GCS_API_ROOT = "https://storage.googleapis.com"
 OCTET_STREAM = "application/octet-stream"
@@ -46,6 +48,10 @@ OCTET_STREAM = "application/octet-stream"
 TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
 # Resumable uploads go up in PART_SIZE chunks; GCS wants multiples of 256 KiB.
 assert PART_SIZE % (256 * 2**10) == 0
+# Upload sessions one put starts, when GCS forgets them (404, 410), before it fails.
+SESSIONS = 3
+# Chunk answers in a row that acknowledge no new byte before an upload fails.
+STALLS = 3
 
 
 class GcsStore(CloudStore):
@@ -183,10 +189,7 @@ class GcsStore(CloudStore):
         if expect is not None:  # fake-gcs-server ignores ifGenerationMatch: not relied on
             await self._check_expected(key, expect)
         if size > MULTIPART_THRESHOLD:
-            # A broken resumable upload starts over in a new session: the object appears only
-            # when the last chunk lands, and fake-gcs-server appends a resent chunk blindly.
-            upload = partial(self._resumable, key, body, size)
-            return await self._call("PUT", key, upload, bounded=False)
+            return await self._resumable(key, body, size)
 
         async def simple() -> ObjectMeta:
             data = body if isinstance(body, bytes) else await asyncio.to_thread(body.read_bytes)
@@ -204,10 +207,20 @@ class GcsStore(CloudStore):
         return await self._call("PUT", key, simple)
 
     async def _resumable(self, key: str, body: bytes | Path, size: int) -> ObjectMeta:
-        """One resumable upload session: PART_SIZE chunks in order, one in memory at a time.
+        """A resumable upload: PART_SIZE chunks in order, one in memory at a time (a GCS
+        upload session takes its chunks in order, unlike S3 multipart). A session GCS knows
+        no more (404, 410: it expired, or was dropped) starts over in a new one, at most
+        SESSIONS times."""
+        reader: BinaryIO = io.BytesIO(body) if isinstance(body, bytes) else body.open("rb")
+        with reader:
+            for _ in range(SESSIONS):
+                location = await self._call("PUT", key, partial(self._start_session, key))
+                if (meta := await self._send_chunks(key, location, reader, body, size)) is not None:
+                    return meta
+        raise CloudError(f"{self.url}/{key}: GCS forgot {SESSIONS} upload sessions in a row")
 
-        Sequential, unlike S3 multipart: a GCS upload session takes its chunks in order.
-        """
+    async def _start_session(self, key: str) -> str:
+        """Start a resumable upload session of `key`: its URL."""
         resp = await self._request(
             "POST",
             f"{self._root}/upload/storage/v1/b/{quote(self._bucket, safe='')}/o",
@@ -216,46 +229,73 @@ class GcsStore(CloudStore):
             json={"name": key, "contentType": OCTET_STREAM},
         )
         resp.release()
-        location = resp.headers["Location"]
-        reader: BinaryIO = io.BytesIO(body) if isinstance(body, bytes) else body.open("rb")
-        with reader:
-            offset = 0
-            while chunk := await asyncio.to_thread(reader.read, PART_SIZE):
-                end = offset + len(chunk)
-                try:
-                    resp = await self._request(
-                        "PUT",
-                        location,
-                        headers={"Content-Range": f"bytes {offset}-{end - 1}/{size}"},
-                        data=io.BytesIO(chunk),  # raw bytes over 1 MiB make aiohttp warn
-                        allow_redirects=False,  # 308: chunk stored, send the next
-                    )
-                except aiohttp.ClientResponseError as exc:
-                    if exc.status not in (404, 410):
-                        raise
-                    return await self._session_gone(key, body, size, end == size, exc.status)
-                if resp.status != 308:
-                    meta = _meta(await resp.json(content_type=None))
-                    if meta.size == size:
-                        return meta
-                    break
-                resp.release()
-                offset = end
-        raise CloudError(f"{self.url}/{key}: upload of {size} bytes ended at {offset}")
+        return resp.headers["Location"]
+
+    async def _send_chunks(
+        self, key: str, location: str, reader: BinaryIO, body: bytes | Path, size: int
+    ) -> ObjectMeta | None:
+        """Send `reader`'s `size` bytes to the session at `location`, each chunk from the
+        offset GCS acknowledged last (the `Range` of its 308 answer), so bytes it did not
+        keep go again, and a chunk whose sending broke is sent again (`_call`) from there:
+        GCS takes bytes it already holds again (fake-gcs-server appends them, so a chunk
+        that reached it whole and lost its answer makes a wrong object, which fails the put).
+        The object; None if GCS knows the session no more (see `_session_gone`)."""
+        kept = stalls = 0
+        while True:
+            chunk = await asyncio.to_thread(_read_at, reader, kept, PART_SIZE)
+            send = partial(self._send_chunk, location, kept, chunk, size)
+            answer = await self._call("PUT", key, send)
+            end = kept + len(chunk)
+            if answer is None:
+                return await self._session_gone(key, body, size, end == size)
+            if isinstance(answer, ObjectMeta):
+                if answer.size != size:
+                    raise CloudError(f"{self.url}/{key}: GCS made {answer.size} bytes of {size}")
+                return answer
+            if not 0 <= answer <= end or answer == size:
+                raise CloudError(f"{self.url}/{key}: GCS holds {answer} bytes of the {end} sent")
+            stalls = stalls + 1 if answer <= kept else 0
+            if stalls >= STALLS:
+                raise CloudError(f"{self.url}/{key}: GCS kept nothing of {STALLS} chunks at {kept}")
+            kept = answer
+
+    async def _send_chunk(
+        self, location: str, start: int, chunk: bytes, size: int
+    ) -> ObjectMeta | int | None:
+        """PUT `chunk`, the bytes from `start` of `size`, to the session at `location`: the
+        object once GCS has made it, else how many bytes GCS holds; None for no such
+        session (404, 410)."""
+        try:
+            resp = await self._request(
+                "PUT",
+                location,
+                headers={"Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{size}"},
+                data=io.BytesIO(chunk),  # raw bytes over 1 MiB make aiohttp warn
+                allow_redirects=False,  # 308: GCS wants more
+            )
+        except aiohttp.ClientResponseError as exc:
+            if exc.status in (404, 410):
+                return None
+            raise
+        async with resp:
+            if resp.status == 308:
+                return _held(resp.headers.get("Range"))
+            return _meta(await resp.json(content_type=None))
 
     async def _session_gone(
-        self, key: str, body: bytes | Path, size: int, last: bool, status: int
-    ) -> ObjectMeta:
-        """A chunk answered 404 or 410: GCS knows no such upload session. It expired, or,
-        for the `last` chunk, it is finished: aiohttp sends a PUT again by itself when the
-        connection broke before its answer, and the chunk's first sending may have
-        completed the object. That object if it holds `body`; else TransientCloudError,
-        and the upload starts over in a new session."""
-        if last and (landed := await self._holding(key, body, size)) is not None:
-            return landed
-        raise TransientCloudError(
-            f"{self.url}/{key}: the upload session is gone (HTTP {status}); starting over"
-        )
+        self, key: str, body: bytes | Path, size: int, last: bool
+    ) -> ObjectMeta | None:
+        """A chunk was answered 404 or 410: GCS knows no such upload session. It expired,
+        or, for the `last` chunk, it is finished: aiohttp, or `_call`, sent the chunk again
+        after its answer was lost, and its first sending may have completed the object.
+        That object if it holds `body`; else None, and the upload starts over in a new
+        session."""
+        if last:
+            landed = await self._call("HEAD", key, partial(self._holding, key, body, size))
+            if landed is not None:
+                return landed
+        log.info("%s/%s: the upload session is gone; starting over", self.url, key)
+        return None
 
     async def _holding(self, key: str, body: bytes | Path, size: int) -> ObjectMeta | None:
         """The object at `key` if it holds `body` (its size and MD5 say so), else None."""
@@ -385,3 +425,20 @@ def _retry_after(value: str | None) -> float | None:
         return float(value) if value else None
     except ValueError:
         return None  # an HTTP date: the backoff decides
+
+
+def _read_at(reader: BinaryIO, offset: int, length: int) -> bytes:
+    """Up to `length` bytes of `reader` from `offset` (it blocks: called off the loop)."""
+    reader.seek(offset)
+    return reader.read(length)
+
+
+def _held(value: str | None) -> int:
+    """The bytes GCS holds of an upload, from the `Range` of its 308 answer ("bytes=0-N");
+    none when there is no `Range`."""
+    if value is None:
+        return 0
+    first, _, last = value.removeprefix("bytes=").partition("-")
+    if first != "0" or not last.isdigit():
+        raise ValueError(f"an upload session's Range of {value!r}")
+    return int(last) + 1
