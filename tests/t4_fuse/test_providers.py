@@ -1,7 +1,9 @@
-"""Every provider behind a mount: a read/write smoke test, and 1 GiB through S3."""
+"""Every provider behind a mount: a read/write smoke test, the stores' limits on keys,
+and 1 GiB through S3."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from mounts import Mount, cloud_bytes, cloud_put
+from mounts import Mount, bucket_keys, cloud_bytes, cloud_put
 from pagecache import evict
 
 
@@ -50,6 +52,66 @@ def test_a_file_held_open_reads_on_through_renames(
         evict(held.fileno(), len(body))
         assert held.read() == body
     assert cloud_bytes(mount, "out/g.bin") == body
+
+
+def refused(action: Callable[[], object]) -> int:
+    """The errno `action` fails with (it must fail)."""
+    with pytest.raises(OSError) as failed:
+        action()
+    return failed.value.errno
+
+
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto", "azure", "gcp-native"])
+def test_a_key_past_1024_bytes_is_refused_at_once(mount_factory: object, provider: str) -> None:
+    """S3's and GCS's keys hold at most 1024 bytes (Azure's 1024 characters): a file whose
+    key would be longer is ENAMETOOLONG where it is made, and so is a folder whose marker
+    (`path/`, a byte more than its path) would be, made or renamed. Before 2026-12-06
+    such a mkdir was EIO on SeaweedFS, which refused the marker, and made one that S3 and
+    GCS refuse on moto, Azurite and fake-gcs-server, which keep it."""
+    mount: Mount = mount_factory(provider)  # type: ignore[operator]
+    deep = Path(*["s" * 200] * 4)
+    os.makedirs(mount.path / deep)
+    room = 1024 - len(f"{deep}/")  # the longest name of a file in it
+    (mount.path / deep / ("f" * room)).write_bytes(b"fits")
+    os.mkdir(mount.path / deep / ("d" * (room - 1)))  # its marker: 1024 bytes
+    too_long = [
+        lambda: (mount.path / deep / ("g" * (room + 1))).write_bytes(b"x"),
+        lambda: os.mkdir(mount.path / deep / ("e" * room)),
+        lambda: os.rename(mount.path / deep / ("d" * (room - 1)), mount.path / deep / ("e" * room)),
+    ]
+    assert [refused(action) for action in too_long] == [errno.ENAMETOOLONG] * 3
+    assert sorted(os.listdir(mount.path / deep)) == ["d" * (room - 1), "f" * room]
+    below = [key for key in bucket_keys(mount) if key.startswith(f"{deep}/")]
+    assert below[1:] == [  # after its own marker
+        f"{deep}/{'d' * (room - 1)}/",
+        f"{deep}/{'f' * room}",
+    ]
+
+
+def test_an_azure_key_of_more_than_254_segments_is_refused_at_once(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """Azure's blob names hold at most 254 path segments: a file or a folder deeper is
+    EINVAL where it is made or renamed to. Before 2026-12-06 it was made (Azurite keeps
+    such a blob), and Azure refused its upload: EIO at close."""
+    mount = mount_factory("azure")
+    top = mount.path.joinpath(*["a"] * 253)
+    os.makedirs(top)
+    (top / "f").write_bytes(b"254 segments")
+    os.mkdir(top / "d")
+    os.mkdir(mount.path / "b")
+    (mount.path / "b/g").write_bytes(b"to move")
+    too_deep = [
+        lambda: (top / "d/f").write_bytes(b"x"),
+        lambda: os.mkdir(top / "d/e"),
+        lambda: os.rename(mount.path / "b", top / "d/b"),
+        lambda: os.rename(mount.path / "b/g", top / "d/g"),
+    ]
+    assert [refused(action) for action in too_deep] == [errno.EINVAL] * 4
+    assert os.listdir(top / "d") == []
+    assert (top / "f").read_bytes() == b"254 segments"
+    assert cloud_bytes(mount, "b/g") == b"to move"
+    assert max(key.rstrip("/").count("/") + 1 for key in bucket_keys(mount)) == 254
 
 
 def test_a_1_gib_file_through_the_mount(

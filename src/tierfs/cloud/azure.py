@@ -39,6 +39,8 @@ from tierfs.errors import (
 
 API_VERSION = "2021-08-06"  # x-ms-version of the requests made here
 PUBLIC_ENDPOINT = "https://{account}.blob.core.windows.net"
+# The most path segments ("a/b/c": 3) of a blob name; Azurite takes more.
+MAX_SEGMENTS = 254
 # Pauses between looks at a pending copy: from the first to the longest, doubling.
 FIRST_LOOK, LONGEST_PAUSE = 0.05, 2.0
 
@@ -95,6 +97,10 @@ class AzureBlobCloud(ObjstoreCloud):
     def check_key(self, key: str) -> str:
         if "\\" in key:
             raise InvalidKeyError(f"invalid object key {key!r}: Azure reads a backslash as '/'")
+        if key.rstrip("/").count("/") >= MAX_SEGMENTS:
+            raise InvalidKeyError(
+                f"invalid object key {key[:60]!r}...: over Azure's {MAX_SEGMENTS} path segments"
+            )
         return super().check_key(key)
 
     async def _server_copy(self, source: str, destination: str, version: str | None) -> str:

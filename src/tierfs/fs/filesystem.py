@@ -300,6 +300,7 @@ class Filesystem:
         chmod does."""
         async with self._changing(parent_inode, name):
             path = self._new_child_path(self.inodes.get(parent_inode), name)
+            _check_marker(path)
             if await self._stat(path) is not None:
                 raise EntryExistsError(path)
             await self.cloud.put_marker(path)
@@ -507,6 +508,8 @@ class Filesystem:
         markers = sorted({*markers_below, old})
         for path in [*(meta.key for meta in below), *markers]:
             self._check_moved(path, new + path[len(old) :])
+        for folder in markers:
+            _check_marker(new + folder[len(old) :])
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
         copies: dict[str, tuple[str, str]] = {}  # by source: its version listed, its copy's
@@ -1111,3 +1114,10 @@ async def _bounded(
                 group.create_task(one(item))
     except ExceptionGroup as failed:  # the errno boundary answers for one: the first
         raise failed.exceptions[0] from failed
+
+
+def _check_marker(path: str) -> None:
+    """NameTooLongError unless the marker of a folder at `path` (`path/`, a byte more) fits
+    in a key: SeaweedFS refused it (EIO), and S3 and GCS do."""
+    if len(path.encode()) + 1 > KEY_MAX:
+        raise NameTooLongError(f"{path}: a folder's marker of {len(path.encode()) + 1} bytes")
