@@ -124,6 +124,25 @@ def test_other_users_come_in_with_allow_other_and_the_mode_bits_hold(
     assert sorted(os.listdir(mount.path)) == ["a.txt"]
 
 
+def test_a_folder_whose_marker_would_pass_1024_bytes_under_the_prefix_is_refused(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """In a mount of a bucket's folder (`-prefix`), a key is the prefix's and the path's:
+    a folder whose marker (`pre/path/`) would pass 1024 bytes is refused at its mkdir
+    (EINVAL, as a file's key too long there is). Before 2026-12-06 the mkdir was EIO:
+    SeaweedFS refused the marker."""
+    mount = mount_factory("s3-seaweedfs", prefix="pre")
+    deep = Path(*["s" * 200] * 4)  # "pre/" and this, with its "/": 808 bytes of key
+    os.makedirs(mount.path / deep)
+    room = 1024 - len(f"pre/{deep}/")
+    (mount.path / deep / ("f" * room)).write_bytes(b"fits")  # a key of 1024 bytes
+    os.mkdir(mount.path / deep / ("d" * (room - 1)))  # a marker of 1024 bytes
+    with pytest.raises(OSError) as failed:
+        os.mkdir(mount.path / deep / ("e" * room))
+    assert failed.value.errno == errno.EINVAL
+    assert sorted(os.listdir(mount.path / deep)) == ["d" * (room - 1), "f" * room]
+
+
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
 def test_a_folder_of_the_bucket_is_mounted_as_its_root(
     mount_factory: Callable[..., Mount], provider: str

@@ -65,6 +65,8 @@ class ListPage:
     hidden: int = 0
 
 
+# The most bytes of a key: S3's and GCS's limit (Azure's: 1024 characters).
+KEY_BYTES = 1024
 # No key holds an ASCII control character: obstore refuses them in a path.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Keys left out of listings that were logged (once each; forgotten past the bound).
@@ -79,7 +81,7 @@ UNNAMABLE = (
 
 def check_key(key: str) -> str:
     """Return `key` if every provider can store it, else raise InvalidKeyError."""
-    if not key or key.startswith("/") or len(key.encode()) > 1024:
+    if not key or key.startswith("/") or len(key.encode()) > KEY_BYTES:
         raise InvalidKeyError(f"invalid object key {key!r}")
     if _CONTROL.search(key):
         raise InvalidKeyError(f"invalid object key {key!r}: a control character")
@@ -100,6 +102,14 @@ class CloudStore(abc.ABC):
     def check_key(self, key: str) -> str:
         """Return `key` if this store can hold it, else raise InvalidKeyError."""
         return check_key(key)
+
+    def check_folder(self, path: str) -> str:
+        """Return `path` if this store can hold a folder there, its marker `path/` (a byte
+        more) too, else raise InvalidKeyError."""
+        self.check_key(path)
+        if len(path.encode()) + 1 > KEY_BYTES:
+            raise InvalidKeyError(f"invalid folder {path!r}: a marker over {KEY_BYTES} bytes")
+        return path
 
     def named_only(self, page: ListPage) -> ListPage:
         """`page` less the keys that no path can name (`check_key`: "a//b", "/a", "a/../b",

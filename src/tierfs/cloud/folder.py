@@ -57,6 +57,10 @@ class FolderStore(CloudStore):
         self._inner.check_key(self._keys.outer(key))
         return key
 
+    def check_folder(self, path: str) -> str:
+        self._inner.check_folder(self._keys.outer(path))
+        return path
+
     async def head(self, key: str) -> ObjectMeta:
         return self._meta(await self._inner.head(self._keys.outer(key)))
 

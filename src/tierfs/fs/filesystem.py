@@ -300,7 +300,7 @@ class Filesystem:
         chmod does."""
         async with self._changing(parent_inode, name):
             path = self._new_child_path(self.inodes.get(parent_inode), name)
-            _check_marker(path)
+            self._check_folder(path)
             if await self._stat(path) is not None:
                 raise EntryExistsError(path)
             await self.cloud.put_marker(path)
@@ -509,7 +509,7 @@ class Filesystem:
         for path in [*(meta.key for meta in below), *markers]:
             self._check_moved(path, new + path[len(old) :])
         for folder in markers:
-            _check_marker(new + folder[len(old) :])
+            self._check_folder(new + folder[len(old) :])
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
         copies: dict[str, tuple[str, str]] = {}  # by source: its version listed, its copy's
@@ -566,6 +566,14 @@ class Filesystem:
         listed = await self.cloud.list_all(new + "/", delimiter=False)
         present = {meta.key for meta in listed.objects}
         return [meta for meta in copied if new + meta.key[len(old) :] not in present]
+
+    def _check_folder(self, path: str) -> None:
+        """Unless the store can hold a folder at `path`, its marker `path/` (a byte more)
+        too, NameTooLongError (past KEY_MAX) or InvalidKeyError: SeaweedFS refused the
+        marker (EIO), and S3 and GCS do."""
+        if len(path.encode()) + 1 > KEY_MAX:
+            raise NameTooLongError(f"{path}: a folder's marker of {len(path.encode()) + 1} bytes")
+        self.cloud.check_folder(path)
 
     def _check_moved(self, path: str, moved: str) -> None:
         """`path`'s key in a folder being moved can go to `moved`, checked before the first
@@ -1114,10 +1122,3 @@ async def _bounded(
                 group.create_task(one(item))
     except ExceptionGroup as failed:  # the errno boundary answers for one: the first
         raise failed.exceptions[0] from failed
-
-
-def _check_marker(path: str) -> None:
-    """NameTooLongError unless the marker of a folder at `path` (`path/`, a byte more) fits
-    in a key: SeaweedFS refused it (EIO), and S3 and GCS do."""
-    if len(path.encode()) + 1 > KEY_MAX:
-        raise NameTooLongError(f"{path}: a folder's marker of {len(path.encode()) + 1} bytes")
