@@ -58,17 +58,20 @@ def refused(action: Callable[[], object]) -> int:
     """The errno `action` fails with (it must fail)."""
     with pytest.raises(OSError) as failed:
         action()
+    assert failed.value.errno is not None
     return failed.value.errno
 
 
 @pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto", "azure", "gcp-native"])
-def test_a_key_past_1024_bytes_is_refused_at_once(mount_factory: object, provider: str) -> None:
+def test_a_key_past_1024_bytes_is_refused_at_once(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
     """S3's and GCS's keys hold at most 1024 bytes (Azure's 1024 characters): a file whose
     key would be longer is ENAMETOOLONG where it is made, and so is a folder whose marker
     (`path/`, a byte more than its path) would be, made or renamed. Before 2026-12-06
     such a mkdir was EIO on SeaweedFS, which refused the marker, and made one that S3 and
     GCS refuse on moto, Azurite and fake-gcs-server, which keep it."""
-    mount: Mount = mount_factory(provider)  # type: ignore[operator]
+    mount = mount_factory(provider)
     deep = Path(*["s" * 200] * 4)
     os.makedirs(mount.path / deep)
     room = 1024 - len(f"{deep}/")  # the longest name of a file in it
