@@ -17,7 +17,8 @@ class ConfigError(TierfsError):
 
 class UnsentUploadsError(TierfsError):
     """The client stopped with uploads still journaled (the cloud was down): they go up at
-    the next start on the same `-nvme`."""
+    the next start on the same `-nvme`; or with files being streamed whose streams could
+    not be finished: those are lost."""
 
 
 class CloudError(TierfsError):

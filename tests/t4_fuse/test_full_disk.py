@@ -313,3 +313,34 @@ def close_errno(fd: int) -> int:
     except OSError as exc:
         return exc.errno or 0
     return 0
+
+
+@pytest.mark.warnings_expected
+def test_a_stop_with_the_cloud_down_says_a_streaming_file_is_lost_and_exits_1(
+    request: pytest.FixtureRequest,
+    tmpfs: TmpfsMount,
+    mount_factory: MountFactory,
+    tmp_path: Path,
+) -> None:
+    """A file still streaming when the client is stopped with the bucket out of reach
+    cannot go up, nor stay staged (its bytes were never on disk): the client names it in
+    one ERROR and exits 1 (it exited 0, as if the bucket had it). With the bucket back,
+    the next start shows what the bucket holds."""
+    mount = mount_factory("s3-seaweedfs", start=False)
+    relay, relayed = relay_in_front_of(mount.flags["s3_endpoint"])
+    request.addfinalizer(relay.stop)
+    mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": "3.0"}
+    mount.nvme = tmpfs(tmp_path / "small-nvme", "8m")
+    mount.start()
+    fd, _ = streaming(mount, mount.path / "big.bin")
+    relay.cut()
+    assert mount.stop() == 1
+    with contextlib.suppress(OSError):
+        os.close(fd)  # of the dead mount
+    log = mount.log.read_text()
+    assert len([line for line in log.splitlines() if " ERROR " in line and "big.bin" in line]) == 1
+    assert "1 file(s) being streamed to the cloud are lost: big.bin" in mount.log_tail(3)
+    relay.restore()
+    mount.start()
+    assert cloud_bytes(mount, "big.bin") is None
+    assert os.listdir(mount.path) == []

@@ -119,6 +119,8 @@ class Filesystem:
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._retries: asyncio.Task[None] | None = None
+        # The files being streamed that `close` could not finish: their bytes are lost.
+        self.lost_streams: list[str] = []
 
     # -- names ------------------------------------------------------------------------
 
@@ -1080,7 +1082,9 @@ class Filesystem:
 
     async def close(self) -> None:
         """Upload every dirty file (at unmount); the ones that fail stay journaled. A file
-        whose close failed earlier goes up late, as its retry would."""
+        whose close failed earlier goes up late, as its retry would. A file being streamed
+        whose stream cannot be finished has nothing to stay (its bytes were never on disk):
+        it is named in `lost_streams`."""
         if self._retries is not None:
             self._retries.cancel()
 
@@ -1090,6 +1094,9 @@ class Filesystem:
                 await self._save(file, late=file.handles == 0)
 
         await _bounded(list(self._open.values()), save, UNMOUNT_PARALLELISM)
+        self.lost_streams = sorted(
+            file.key for file in self._open.values() if file.stream is not None and file.dirty
+        )
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.close()
