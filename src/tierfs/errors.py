@@ -25,6 +25,11 @@ class CloudError(TierfsError):
     """A cloud request failed for good (after any retries)."""
 
 
+class CloudUnavailableError(CloudError):
+    """The store did not answer, or answered only with failures that may pass, for the whole
+    `-cloud-timeout` (down, or out of reach)."""
+
+
 class ObjectNotFoundError(CloudError):
     """The object does not exist in the bucket."""
 

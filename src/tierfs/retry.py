@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tierfs.errors import CloudError, TransientCloudError
+from tierfs.errors import CloudUnavailableError, TransientCloudError
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,10 @@ async def with_retry(
 ) -> T:
     """Run `operation` until it succeeds, fails for good, or `deadline` seconds pass.
 
-    Only TransientCloudError is retried. With `bound_attempts`, an attempt still running
-    when the deadline falls is cancelled; long transfers (multipart uploads) pass False and
-    rely on the per-request timeout of their client instead.
+    Only TransientCloudError is retried; past the deadline, CloudUnavailableError. With
+    `bound_attempts`, an attempt still running when the deadline falls is cancelled; long
+    transfers (multipart uploads) pass False and rely on the per-request timeout of their
+    client instead.
     """
     started = time.monotonic()
     attempt = 0
@@ -42,7 +43,7 @@ async def with_retry(
                 return await asyncio.wait_for(operation(), timeout=max(remaining, 0.001))
             return await operation()
         except TimeoutError:
-            raise CloudError(f"{what}: no answer within {deadline:g}s") from None
+            raise CloudUnavailableError(f"{what}: no answer within {deadline:g}s") from None
         except TransientCloudError as exc:
             attempt += 1
             delay = random.uniform(0, min(MAX_DELAY, BASE_DELAY * 2**attempt))
@@ -50,7 +51,7 @@ async def with_retry(
                 delay = max(delay, exc.retry_after)
             elapsed = time.monotonic() - started
             if elapsed + delay >= deadline:
-                raise CloudError(
+                raise CloudUnavailableError(
                     f"{what}: failed after {attempt} attempts in {elapsed:.1f}s: {exc}"
                 ) from exc
             log.debug("%s: attempt %d failed (%s), retrying in %.2fs", what, attempt, exc, delay)

@@ -22,6 +22,7 @@ from tierfs.cloud.base import CloudStore, ObjectMeta, split_markers
 from tierfs.errors import (
     BusyError,
     CloudError,
+    CloudUnavailableError,
     DirectoryNotEmptyError,
     EntryExistsError,
     EntryNotFoundError,
@@ -1081,19 +1082,40 @@ class Filesystem:
         return await self.uploader.upload_late(file.key, staging, file.node.version, staged=file)
 
     async def close(self) -> None:
-        """Upload every dirty file (at unmount); the ones that fail stay journaled. A file
-        whose close failed earlier goes up late, as its retry would. A file being streamed
+        """Upload every dirty file (at unmount); the ones that fail stay journaled, and so
+        do all the others once one found the cloud out of reach (`CloudUnavailableError`):
+        the stop then ends within about one deadline. A file whose close failed earlier
+        goes up late, as its retry would. A file being streamed
         whose stream cannot be finished has nothing to stay (its bytes were never on disk):
         it is named in `lost_streams`."""
         if self._retries is not None:
             self._retries.cancel()
 
-        # Together, a few at a time: with the cloud down each waits out its deadline.
+        # Together, a few at a time; and once one found the cloud out of reach, no more:
+        # with the cloud down each would wait out its deadline (20 files, 5 deadlines).
+        out_of_reach: list[CloudUnavailableError] = []
+        untried: list[OpenFile] = []
+
         async def save(file: OpenFile) -> None:
-            with contextlib.suppress(CloudError):
+            if out_of_reach:
+                untried.append(file)  # staged, it stays journaled for the next start
+                if file.stream is not None and file.dirty:
+                    log.error("%s: its stream cannot be finished; its bytes are lost", file.key)
+                return
+            try:
                 await self._save(file, late=file.handles == 0)
+            except CloudUnavailableError as exc:
+                out_of_reach.append(exc)
+            except CloudError:
+                pass
 
         await _bounded(list(self._open.values()), save, UNMOUNT_PARALLELISM)
+        if untried:
+            log.warning(
+                "%d other file(s) not tried, the cloud out of reach: %s",
+                sum(file.dirty for file in untried),
+                out_of_reach[0],
+            )
         self.lost_streams = sorted(
             file.key for file in self._open.values() if file.stream is not None and file.dirty
         )
