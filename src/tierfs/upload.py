@@ -56,11 +56,13 @@ TRIED_KEPT = 8
 
 class PendingUpload(NamedTuple):
     """A journal row: the staging file bound for `key`, written over the object's version
-    `base` ("" for none; None for a row of a journal from before bases were noted)."""
+    `base` ("" for none; None for a row of a journal from before bases were noted);
+    `removing` while its file is being removed (`UploadJournal.removing`)."""
 
     key: str
     staging: Path
     base: str | None
+    removing: bool = False
 
 
 class Content(NamedTuple):
@@ -107,6 +109,8 @@ class UploadJournal:
             self._db.execute("ALTER TABLE pending ADD COLUMN base TEXT")
         if "tried" not in columns:
             self._db.execute("ALTER TABLE pending ADD COLUMN tried TEXT")
+        if "removing" not in columns:
+            self._db.execute("ALTER TABLE pending ADD COLUMN removing INTEGER")
 
     def begin(self, key: str, staging: Path, base: str) -> None:
         """Note `staging` as bound for `key`, written over the object's version `base` (""
@@ -132,6 +136,17 @@ class UploadJournal:
         except sqlite3.OperationalError as exc:
             log.warning("upload journal: cannot note a failed put of %s: %s", staging, exc)
 
+    def removing(self, staging: Path, removing: bool) -> None:
+        """Note that the file `staging` holds is being removed (unlinked, or replaced by a
+        rename), or is no longer (the removal failed): a crash in between must not put its
+        bytes back (`Uploader.recover`). Logged, not raised, if the disk is full."""
+        try:
+            self._db.execute(
+                "UPDATE pending SET removing = ? WHERE staging = ?", (int(removing), str(staging))
+            )
+        except sqlite3.OperationalError as exc:
+            log.warning("upload journal: cannot note the removal of %s: %s", staging, exc)
+
     def tried(self, staging: Path) -> list[Content]:
         """The contents of `staging` whose puts failed since it was begun, oldest first."""
         row = self._db.execute("SELECT tried FROM pending WHERE staging = ?", (str(staging),))
@@ -148,8 +163,11 @@ class UploadJournal:
             log.warning("upload journal: cannot forget %s: %s", staging, exc)
 
     def pending(self) -> list[PendingUpload]:
-        rows = self._db.execute("SELECT key, staging, base FROM pending ORDER BY rowid")
-        return [PendingUpload(key, Path(staging), base) for key, staging, base in rows]
+        rows = self._db.execute("SELECT key, staging, base, removing FROM pending ORDER BY rowid")
+        return [
+            PendingUpload(key, Path(staging), base, bool(removing))
+            for key, staging, base, removing in rows
+        ]
 
     def close(self) -> None:
         self._db.close()
@@ -322,6 +340,12 @@ class Uploader:
                 self.journal.done(staging)
                 continue
             try:
+                if row.removing and await self._removed_meanwhile(row):
+                    self.journal.done(staging)
+                    with contextlib.suppress(FileNotFoundError):
+                        staging.unlink()
+                    log.info("%s: removed before the previous run stopped; not uploaded", key)
+                    continue
                 if row.base is None:
                     await self.upload(key, staging)
                 else:
@@ -335,6 +359,15 @@ class Uploader:
             log.info("%s: uploaded what a previous run had written", key)
         self._left_behind = remaining
         return len(remaining)
+
+    async def _removed_meanwhile(self, row: PendingUpload) -> bool:
+        """Whether the removal under way when the previous run stopped (`row.removing`)
+        reached the bucket: its object is no longer the version it was written over. Put
+        back, its bytes went under CONFLICTS (taken for another node's change)."""
+        try:
+            return (await self.cloud.head(row.key)).version != row.base
+        except ObjectNotFoundError:
+            return True
 
     async def upload_late(
         self, key: str, staging: Path, base: str, staged: Staged | None = None

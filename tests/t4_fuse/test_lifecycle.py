@@ -707,6 +707,66 @@ def test_a_put_whose_answer_was_lost_is_no_conflict_for_the_recovery_after_a_cra
     assert (mount.path / "notes.txt").read_bytes() == b"third!\n"
 
 
+def until_in_bucket(
+    s3: Any, bucket: str, key: str, body: bytes | None, timeout: float = 30.0
+) -> None:
+    """Until the bucket (asked by boto3 client `s3`, not through the mount) holds `body` at
+    `key` (None: no `key`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3.exceptions.ClientError:
+            found = None
+        if found == body:
+            return
+        assert time.monotonic() < deadline, f"{key} holds {found!r}, not {body!r}"
+        time.sleep(0.02)
+
+
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("removal", ["unlink", "rename over"])
+def test_kill_9_once_a_removal_reached_the_bucket_keeps_the_file_removed(
+    removal: str, request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """`rm` of a file being written (its bytes staged and journaled), or `mv other` over
+    it: the bucket deletes (or replaces) the object, and the client is killed (SIGKILL)
+    before the answer comes back, so before it forgets the journal's row. The restart
+    found the object changed, took that for another node's change and put the bytes under
+    `.tierfs-conflicts/`: the removed file came back there. It must stay removed."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    (mount.path / "notes.txt").write_bytes(b"first\n")
+    (mount.path / "other").write_bytes(b"other\n")
+    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"ours\n")
+    relay.mute()  # the bucket does what it is asked; the client never hears it
+
+    def remove() -> None:
+        with contextlib.suppress(OSError):  # the mount dies under it
+            if removal == "unlink":
+                os.unlink(mount.path / "notes.txt")
+            else:
+                os.rename(mount.path / "other", mount.path / "notes.txt")
+
+    removing = threading.Thread(target=remove)
+    removing.start()
+    after = None if removal == "unlink" else b"other\n"
+    until_in_bucket(s3, mount.flags["s3_bucket"], "notes.txt", after)
+    mount.kill()
+    removing.join(30)
+    with contextlib.suppress(OSError):
+        os.close(fd)  # of the dead mount
+    relay.restore()
+    mount.start()
+    assert conflict_copies(mount) == {}
+    assert cloud_bytes(mount, "notes.txt") == after
+    if after is None:
+        assert os.listdir(mount.path) == ["other"]
+    else:  # cut short before its delete: the file under both names
+        assert (mount.path / "notes.txt").read_bytes() == after
+    assert mount.stop() == 0
+
+
 @pytest.mark.warnings_expected
 def test_a_journaled_upload_waits_for_the_cloud_at_start(
     request: pytest.FixtureRequest, tmp_path: Path

@@ -360,13 +360,32 @@ class Filesystem:
                 raise IsDirectoryError(path)
             await self._keep_for_open_handles(path)
             # Its upload (a failed close's retry) waits: it would put the object back.
-            async with _locked(self._open_file_at(path)):
+            opened = self._open_file_at(path)
+            async with _locked(opened):
                 if entry.version:  # "" is a file created here and never uploaded
-                    await self.cloud.delete(object_key(path, entry))
+                    with self._removing(opened):
+                        await self.cloud.delete(object_key(path, entry))
                 await self._unlink_open(path)  # once the delete is done: a failed one keeps it
             self.names.note(path, None)
             self.inodes.remove(path)
             self._changed_in(path)
+
+    @contextlib.contextmanager
+    def _removing(self, file: OpenFile | None) -> Iterator[None]:
+        """Mark the journal's row of `file`, if it is dirty, as being removed while its
+        object is deleted or replaced, until `_unlink_open` forgets the row; a removal that
+        fails unmarks it. A crash once the removal reached the bucket left the row, and
+        the restart put its bytes under CONFLICTS: the removed file came back there."""
+        staging = file.staging if file is not None and file.dirty else None
+        if staging is None:
+            yield
+            return
+        self.uploader.journal.removing(staging, True)
+        try:
+            yield
+        except BaseException:
+            self.uploader.journal.removing(staging, False)
+            raise
 
     def _open_file_at(self, path: str) -> OpenFile | None:
         node = self.inodes.find(path)
@@ -435,7 +454,8 @@ class Filesystem:
             else:
                 if target is not None:
                     await self._keep_for_open_handles(new)
-                await self._rename_file(old, new)
+                with self._removing(self._open_file_at(new)):  # the file it replaces, if any
+                    await self._rename_file(old, new)
                 async with _locked(self._open_file_at(new)):
                     await self._unlink_open(new)  # the file it replaced, if any
                 if target is not None and target.version and target.is_link != source.is_link:
