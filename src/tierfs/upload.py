@@ -33,7 +33,7 @@ import xxhash
 
 from tierfs.cache.base import ChunkCache, Origin
 from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
-from tierfs.cloud.base import ABSENT, CloudStore, ObjectMeta
+from tierfs.cloud.base import ABSENT, MULTIPART_THRESHOLD, CloudStore, ObjectMeta
 from tierfs.errors import CloudError, ObjectNotFoundError, VersionChangedError
 from tierfs.fs.early_upload import START_AT, EarlyUpload
 
@@ -111,6 +111,8 @@ class UploadJournal:
             self._db.execute("ALTER TABLE pending ADD COLUMN tried TEXT")
         if "removing" not in columns:
             self._db.execute("ALTER TABLE pending ADD COLUMN removing INTEGER")
+        if "began" not in columns:
+            self._db.execute("ALTER TABLE pending ADD COLUMN began TEXT")
 
     def begin(self, key: str, staging: Path, base: str) -> None:
         """Note `staging` as bound for `key`, written over the object's version `base` (""
@@ -146,6 +148,23 @@ class UploadJournal:
             )
         except sqlite3.OperationalError as exc:
             log.warning("upload journal: cannot note the removal of %s: %s", staging, exc)
+
+    def note_began(self, staging: Path, when: float) -> None:
+        """Note that a multipart upload of `staging` began at `when` (this node's clock, in
+        seconds since the epoch): a crash before it ends leaves it in the bucket. Only the
+        last TRIED_KEPT are kept."""
+        began = [*self.began(staging), when][-TRIED_KEPT:]
+        text = ";".join(f"{moment:.3f}" for moment in began)
+        try:
+            self._db.execute("UPDATE pending SET began = ? WHERE staging = ?", (text, str(staging)))
+        except sqlite3.OperationalError as exc:
+            log.warning("upload journal: cannot note an upload of %s: %s", staging, exc)
+
+    def began(self, staging: Path) -> list[float]:
+        """When the multipart uploads of `staging` noted since it was begun began."""
+        row = self._db.execute("SELECT began FROM pending WHERE staging = ?", (str(staging),))
+        text = (row.fetchone() or ("",))[0] or ""
+        return [float(moment) for moment in text.split(";") if moment]
 
     def tried(self, staging: Path) -> list[Content]:
         """The contents of `staging` whose puts failed since it was begun, oldest first."""
@@ -231,6 +250,9 @@ class Uploader:
             finally:
                 self._early.discard(early)
         if meta is None:
+            with contextlib.suppress(OSError):  # no staging file: the put says so
+                if staging.stat().st_size > MULTIPART_THRESHOLD:
+                    self.journal.note_began(staging, time.time())
             try:
                 meta = await self.cloud.put(key, staging, expect)
             except CloudError:  # the store may have taken it all the same
@@ -261,12 +283,13 @@ class Uploader:
         self.abandon(early)
         return None
 
-    def start_early(self, key: str, fd: int, size: int) -> EarlyUpload | None:
-        """An upload of `key` to be fed from the staging file `fd` (`size` bytes so far)
-        while it is written; None (the file goes up at its close) while it is under
-        START_AT, if the store cannot stream, or if EARLY_UPLOADS are under way."""
+    def start_early(self, key: str, staging: Path, fd: int, size: int) -> EarlyUpload | None:
+        """An upload of `key` to be fed from the staging file `staging` (open as `fd`, `size`
+        bytes so far) while it is written; None (the file goes up at its close) while it is
+        under START_AT, if the store cannot stream, or if EARLY_UPLOADS are under way."""
         if size < START_AT or not self.cloud.streams_uploads or len(self._early) >= EARLY_UPLOADS:
             return None
+        self.journal.note_began(staging, time.time())
         early = EarlyUpload(self.cloud, key, fd)
         self._early.add(early)
         return early
@@ -329,7 +352,11 @@ class Uploader:
         a row of this run's names a file being written, whose upload is its close's
         (retrying every row sent such a file half written and removed its staging file
         under its writer). A file of the previous run's reopened here is staged anew, in
-        a file and a row of this run's: its late row still goes up as a late upload."""
+        a file and a row of this run's: its late row still goes up as a late upload.
+
+        Then the multipart uploads of its key that the previous run began (the journal
+        says when) and that are still in progress are aborted: a crash left them, their
+        parts billed and unseen (`CloudStore.drop_uploads_begun`)."""
         if self._left_behind is None:
             self._left_behind = self.journal.pending()
         remaining: list[PendingUpload] = []
@@ -339,26 +366,32 @@ class Uploader:
                 log.error("%s: journal names %s, which is gone", key, staging)
                 self.journal.done(staging)
                 continue
+            began = self.journal.began(staging)
             try:
-                if row.removing and await self._removed_meanwhile(row):
-                    self.journal.done(staging)
-                    with contextlib.suppress(FileNotFoundError):
-                        staging.unlink()
-                    log.info("%s: removed before the previous run stopped; not uploaded", key)
-                    continue
-                if row.base is None:
-                    await self.upload(key, staging)
-                else:
-                    key = (await self.upload_late(key, staging, row.base)).key
+                done = await self._recover_row(row)
             except CloudError as exc:
                 log.error("%s: recovery upload failed, kept for another try: %s", key, exc)
                 remaining.append(row)
                 continue
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
-            log.info("%s: uploaded what a previous run had written", key)
+            log.info("%s: %s", key, done)
+            if began:
+                await self.cloud.drop_uploads_begun(key, began)
         self._left_behind = remaining
         return len(remaining)
+
+    async def _recover_row(self, row: PendingUpload) -> str:
+        """Send what `row` names (unless the file was removed meanwhile); what was done."""
+        if row.removing and await self._removed_meanwhile(row):
+            self.journal.done(row.staging)
+            return "removed before the previous run stopped; not uploaded"
+        if row.base is None:
+            await self.upload(row.key, row.staging)
+            return "uploaded what a previous run had written"
+        meta = await self.upload_late(row.key, row.staging, row.base)
+        aside = f" (to {meta.key})" if meta.key != row.key else ""
+        return f"uploaded what a previous run had written{aside}"
 
     async def _removed_meanwhile(self, row: PendingUpload) -> bool:
         """Whether the removal under way when the previous run stopped (`row.removing`)

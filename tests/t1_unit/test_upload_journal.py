@@ -54,3 +54,24 @@ def test_a_journal_of_an_earlier_tierfs_opens_with_its_rows(tmp_path: Path) -> N
     journal.begin("new.bin", tmp_path / "t", "")
     assert journal.pending()[1] == PendingUpload("new.bin", tmp_path / "t", "")
     journal.close()
+
+
+def test_a_removal_and_the_uploads_begun_outlive_the_journal(tmp_path: Path) -> None:
+    """What a restart after a crash needs: whether the file was being removed, and when its
+    multipart uploads began (the last TRIED_KEPT); a file begun again has neither."""
+    path, staging = tmp_path / "journal.sqlite3", tmp_path / "s"
+    journal = UploadJournal(path)
+    journal.begin("a.bin", staging, '"etag-1"')
+    journal.removing(staging, True)
+    moments = [1_800_000_000.0 + n for n in range(TRIED_KEPT + 1)]
+    for moment in moments:
+        journal.note_began(staging, moment)
+    journal.close()
+    journal = UploadJournal(path)
+    assert journal.pending() == [PendingUpload("a.bin", staging, '"etag-1"', removing=True)]
+    assert journal.began(staging) == moments[1:]
+    journal.removing(staging, False)  # the removal failed
+    assert not journal.pending()[0].removing
+    journal.begin("a.bin", staging, '"etag-2"')
+    assert journal.began(staging) == []
+    journal.close()

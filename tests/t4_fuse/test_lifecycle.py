@@ -950,3 +950,55 @@ def test_a_second_client_on_the_same_tier_1_directory_is_one_line_and_exit_1(
         assert not mounted
         file.write(b"b" * 1000)
     assert cloud_bytes(mount, "being-written") == b"a" * 1000 + b"b" * 1000
+
+
+def uploads_in_progress(s3: Any, bucket: str) -> list[tuple[str, str]]:
+    """(key, upload id) of every multipart upload in progress in the bucket."""
+    answer = s3.list_multipart_uploads(Bucket=bucket)
+    return sorted((upload["Key"], upload["UploadId"]) for upload in answer.get("Uploads", []))
+
+
+@pytest.mark.warnings_expected
+def test_a_restart_aborts_the_uploads_a_kill_left_and_no_other_clients(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """A client killed (SIGKILL) while files went up in multipart uploads (one put whole
+    at its close, one sent while it was written) left those uploads in the bucket, their
+    parts billed for good. The restart puts the files again from the journal, and must
+    abort those uploads, but not the one of the same key that another client began while
+    this node was down and has not completed."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)  # a 3 s deadline
+    bucket = mount.flags["s3_bucket"]
+    relay.slow(b"partNumber=", 2.0)  # each part takes 2 s: the kill comes before the end
+    whole, early = os.urandom(40 * 2**20), os.urandom(40 * 2**20)
+    (mount.path / "whole.bin").write_bytes(b"x")
+    rewritten = os.open(mount.path / "whole.bin", os.O_WRONLY)
+    os.write(rewritten, whole)  # not appends from empty: put whole at its close
+    closing = threading.Thread(target=close_errno, args=(rewritten,))
+    closing.start()
+    appended = os.open(mount.path / "early.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(appended, early)  # appends from empty: its parts go up while it is written
+    deadline = time.monotonic() + 30
+    while {key for key, _ in uploads_in_progress(s3, bucket)} != {"whole.bin", "early.bin"}:
+        assert time.monotonic() < deadline, uploads_in_progress(s3, bucket)
+        time.sleep(0.05)
+    mount.kill()
+    closing.join(30)
+    close_errno(appended)  # of the dead mount
+    time.sleep(12)  # past the moments this node's uploads began (2 deadlines and 5 s)
+    other = s3.create_multipart_upload(Bucket=bucket, Key="whole.bin")["UploadId"]
+    relay.slow(b"partNumber=", 0.0)
+    mount.start()  # the journal's uploads are done before the mount appears
+    assert cloud_bytes(mount, "whole.bin") == whole
+    assert cloud_bytes(mount, "early.bin") == early
+    assert uploads_in_progress(s3, bucket) == [("whole.bin", other)]
+    s3.abort_multipart_upload(Bucket=bucket, Key="whole.bin", UploadId=other)
+
+
+def close_errno(fd: int) -> int:
+    """The errno of closing `fd`, 0 if it closed."""
+    try:
+        os.close(fd)
+    except OSError as exc:
+        return exc.errno or 0
+    return 0

@@ -8,7 +8,7 @@ one into the other where keys leave the node (the peer API, the coordinator), an
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -103,6 +103,9 @@ class FolderStore(CloudStore):
         return await self._inner.copy_through(
             self._keys.outer(source), self._keys.outer(destination), version
         )
+
+    async def drop_uploads_begun(self, key: str, began: Sequence[float]) -> None:
+        await self._inner.drop_uploads_begun(self._keys.outer(key), began)
 
     async def close(self) -> None:
         await self._inner.close()

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -28,6 +28,9 @@ from tierfs.errors import CloudError, ObjectNotFoundError, TransientCloudError
 log = logging.getLogger(__name__)
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# Seconds between this node's clock and the store's, at most, when the uploads a crash
+# left are told from others by when they began (`S3Cloud.drop_uploads_begun`).
+CLOCK_SLACK = 5.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -145,22 +148,55 @@ class S3Cloud(ObjstoreCloud):
     async def _abort_begun(self, key: str, before: set[str]) -> None:
         """Abort the multipart uploads of `key` that are not among `before`."""
         for upload_id in await self._uploads_of(key) - before:
-            url = URL(
-                f"{self._bucket_url}/{quote(key, safe='/~')}?uploadId={_quoted(upload_id)}",
-                encoded=True,
+            await self._abort(key, upload_id)
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload of `key`'s upload `upload_id` (gone already: nothing)."""
+        url = URL(
+            f"{self._bucket_url}/{quote(key, safe='/~')}?uploadId={_quoted(upload_id)}",
+            encoded=True,
+        )
+        with contextlib.suppress(ObjectNotFoundError):  # NoSuchUpload: done meanwhile
+            async with self._http.send("DELETE", url, await self._signed("DELETE", url), key):
+                pass
+
+    async def drop_uploads_begun(self, key: str, began: Sequence[float]) -> None:
+        """Abort the uploads of `key` in progress that the store says began within
+        CLOCK_SLACK before one of the moments `began`, or within two deadlines and
+        CLOCK_SLACK after it (the put's listing of the uploads before it, then its tries,
+        each begun within the deadline). obstore does not say which upload is its own: an
+        upload of `key` by another client is left, unless it began in that same window."""
+        reach = 2 * self._timeout + CLOCK_SLACK
+
+        def ours(initiated: datetime | None) -> bool:
+            moment = initiated.timestamp() if initiated is not None else None
+            return moment is not None and any(
+                when - CLOCK_SLACK <= moment <= when + reach for when in began
             )
-            with contextlib.suppress(ObjectNotFoundError):  # NoSuchUpload: done meanwhile
-                async with self._http.send("DELETE", url, await self._signed("DELETE", url), key):
-                    pass
+
+        try:
+            uploads = await self._call("LIST", key, lambda: self._uploads_begun(key))
+            for upload_id in (upload_id for upload_id, at in uploads.items() if ours(at)):
+                await self._call("DELETE", key, partial(self._abort, key, upload_id))
+                log.info("%s/%s: aborted the upload %s a crash left", self.url, key, upload_id)
+        except CloudError as exc:
+            log.info("%s/%s: uploads a crash left not aborted: %s", self.url, key, exc)
 
     async def _uploads_of(self, key: str) -> set[str]:
         """The ids of the multipart uploads of `key` in progress (ListMultipartUploads)."""
+        return set(await self._uploads_begun(key))
+
+    async def _uploads_begun(self, key: str) -> dict[str, datetime | None]:
+        """The multipart uploads of `key` in progress (ListMultipartUploads): when each
+        began (None if the store does not say), by id."""
         url = URL(f"{self._bucket_url}?prefix={_quoted(key)}&uploads=", encoded=True)
         async with self._http.send("GET", url, await self._signed("GET", url), key) as response:
             root = listing_xml(await response.read())
         namespace = _namespace(root)
         return {
-            upload.findtext(namespace + "UploadId") or ""
+            upload.findtext(namespace + "UploadId") or "": _moment(
+                upload.findtext(namespace + "Initiated")
+            )
             for upload in root.iterfind(namespace + "Upload")
             if upload.findtext(namespace + "Key") == key  # not a longer key of the prefix
         }
@@ -243,6 +279,15 @@ class _PutsOfKey:
     before: asyncio.Future[set[str] | None]  # its uploads in progress before the first
     running: int = 0
     failed: bool = False  # one of them, or a try of one, failed or was cancelled
+
+
+def _moment(text: str | None) -> datetime | None:
+    """An S3 answer's time ("2026-12-06T18:03:46.000Z"); None if it gives none."""
+    try:
+        moment = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
 
 
 def _quoted(value: str) -> str:

@@ -939,7 +939,10 @@ class Filesystem:
         enough, and where the store can stream): its close then waits only for the last."""
         if file.early is None:
             assert file.fd is not None
-            file.early = self.uploader.start_early(file.node.path, file.fd, file.node.size)
+            assert file.staging is not None
+            file.early = self.uploader.start_early(
+                file.node.path, file.staging, file.fd, file.node.size
+            )
         if file.early is not None:
             file.early.appended(file.node.size)
 
