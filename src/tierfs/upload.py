@@ -34,7 +34,12 @@ import xxhash
 from tierfs.cache.base import ChunkCache, Origin
 from tierfs.chunks import ChunkRef, ObjectRef, chunk_ref
 from tierfs.cloud.base import ABSENT, MULTIPART_THRESHOLD, CloudStore, ObjectMeta
-from tierfs.errors import CloudError, ObjectNotFoundError, VersionChangedError
+from tierfs.errors import (
+    CloudError,
+    CloudUnavailableError,
+    ObjectNotFoundError,
+    VersionChangedError,
+)
 from tierfs.fs.early_upload import START_AT, EarlyUpload
 
 log = logging.getLogger(__name__)
@@ -356,11 +361,14 @@ class Uploader:
 
         Then the multipart uploads of its key that the previous run began (the journal
         says when) and that are still in progress are aborted: a crash left them, their
-        parts billed and unseen (`CloudStore.drop_uploads_begun`)."""
+        parts billed and unseen (`CloudStore.drop_uploads_begun`).
+
+        Once one found the cloud out of reach, the others are not tried this time: each
+        would wait out the deadline (before the mount appears, at the first call)."""
         if self._left_behind is None:
             self._left_behind = self.journal.pending()
         remaining: list[PendingUpload] = []
-        for row in self._left_behind:
+        for index, row in enumerate(self._left_behind):
             key, staging = row.key, row.staging
             if not staging.exists():
                 log.error("%s: journal names %s, which is gone", key, staging)
@@ -369,6 +377,12 @@ class Uploader:
             began = self.journal.began(staging)
             try:
                 done = await self._recover_row(row)
+            except CloudUnavailableError as exc:
+                log.error("%s: recovery upload failed, kept for another try: %s", key, exc)
+                remaining += self._left_behind[index:]
+                if untried := len(self._left_behind) - index - 1:
+                    log.info("%d other upload(s) not tried: the cloud is out of reach", untried)
+                break
             except CloudError as exc:
                 log.error("%s: recovery upload failed, kept for another try: %s", key, exc)
                 remaining.append(row)

@@ -1002,3 +1002,34 @@ def close_errno(fd: int) -> int:
     except OSError as exc:
         return exc.errno or 0
     return 0
+
+
+@pytest.mark.warnings_expected
+def test_a_start_with_the_cloud_down_mounts_within_one_deadline(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A crash left 12 files staged, and the cloud is out of reach at the restart: the
+    journal's uploads, tried before the mount appears, each waited out the deadline, so
+    the mount came after 12 of them (12 minutes at the default 60 s). Once the first
+    found the cloud out of reach, the others wait for the background retries, which send
+    them all once it is back."""
+    relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")  # a 3 s deadline
+    names = [f"staged-{i:02}" for i in range(12)]
+    fds = [os.open(mount.path / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in names]
+    for fd, name in zip(fds, names, strict=True):
+        os.write(fd, name.encode())
+    mount.kill()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # of the dead mount
+    relay.cut()
+    started = time.monotonic()
+    mount.start()
+    took = time.monotonic() - started
+    assert took < 10, f"mounted in {took:.1f} s, the deadline 3 s"  # 12 deadlines: 36 s
+    relay.restore()
+    for name in names:
+        wait_for_object(mount, name, name.encode())
+        assert cloud_bytes(mount, name) == name.encode()
+    assert mount.stop() == 0
+    assert journaled(mount.nvme) == []

@@ -1108,9 +1108,9 @@ class Filesystem:
         """Upload every dirty file (at unmount); the ones that fail stay journaled, and so
         do all the others once one found the cloud out of reach (`CloudUnavailableError`):
         the stop then ends within about one deadline. A file whose close failed earlier
-        goes up late, as its retry would. A file being streamed
-        whose stream cannot be finished has nothing to stay (its bytes were never on disk):
-        it is named in `lost_streams`."""
+        goes up late, as its retry would. A file being streamed whose stream cannot be
+        finished has nothing to stay (its bytes were never on disk): it is named in
+        `lost_streams`."""
         if self._retries is not None:
             self._retries.cancel()
 
