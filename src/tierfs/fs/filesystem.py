@@ -574,10 +574,9 @@ class Filesystem:
         copy: Callable[[ObjectMeta], Awaitable[None]],
     ) -> None:
         """Copy again, one at a time, what a folder move copied and the store lost, before
-        any source goes: SeaweedFS, copying a file and a folder of its name (`d/f`, `d/f/x`)
-        at once, kept one of them (1 in ~40 tries), and the move deleted the other's
-        source. Up to COPY_ROUNDS rounds (a loaded machine's suite saw a copy lost twice);
-        CloudError if a copy is still missing: the sources stay."""
+        any source goes (a lost copy's source was deleted with the others: SeaweedFS lost
+        one when a file and a folder of its name were copied at once). Up to COPY_ROUNDS
+        rounds; CloudError if a copy is still missing: the sources stay."""
         lost = await self._copies_missing(old, new, copied)
         for _ in range(COPY_ROUNDS):
             if not lost:
