@@ -136,10 +136,11 @@ class SequentialReader:
         if previous is None:
             self._end = end
             self._first = first
-        elif previous <= offset <= previous + self._chunk_size:
-            # on from the previous read, or a little past it: the kernel sends a sequential
-            # reader's reads several at once, and a later one may come first (counted as a
-            # seek, such reads kept read-ahead off for the first 72 MiB of a cold read)
+        elif previous <= offset <= previous + size:
+            # on from the previous read, or one read of its size past it: the kernel sends
+            # a sequential reader's reads several at once, and a later one may come first
+            # (counted as a seek, such reads kept read-ahead off for the first 72 MiB of a
+            # cold read). Not further: a random reader's next read would count.
             self._streak += 1
             self._end = end
         elif previous - self._chunk_size <= offset < previous or (
