@@ -272,3 +272,12 @@ def bucket_keys(mount: Mount) -> list[str]:
         return [meta.key for meta in (await cloud.list_all(delimiter=False)).objects]
 
     return on_cloud(mount, keys)
+
+
+def close_errno(fd: int) -> int:
+    """The errno of closing `fd`, 0 if it closed."""
+    try:
+        os.close(fd)
+    except OSError as exc:
+        return exc.errno or 0
+    return 0

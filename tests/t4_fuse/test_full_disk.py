@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from cloud_targets import s3_server_for
-from mounts import Mount, TmpfsMount, cloud_bytes, cloud_put
-from relay import abort_the_held_upload, relay_in_front_of
+from mounts import Mount, TmpfsMount, close_errno, cloud_bytes, cloud_put
+from relay import Relay, abort_the_held_upload, relay_in_front_of
 
 MiB = 2**20
 MountFactory = Callable[..., Mount]
@@ -253,12 +253,9 @@ def test_a_failed_stream_fails_every_later_close(
     """The bucket out of reach while a file streams: its fsync fails (EIO), and so do every
     later write, fsync and close of it, the bucket back or not (the close after a failed
     fsync returned 0, its bytes lost). Then the mount shows what the bucket holds."""
-    mount = mount_factory("s3-seaweedfs", start=False)
-    relay, relayed = relay_in_front_of(mount.flags["s3_endpoint"])
-    request.addfinalizer(relay.stop)
-    mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": "3.0"}
-    mount.nvme = tmpfs(tmp_path / "small-nvme", "8m")
-    mount.start()
+    mount, relay = small_mount_behind_relay(
+        request, tmpfs, mount_factory, tmp_path, "s3-seaweedfs", 3.0
+    )
     fd, _ = streaming(mount, mount.path / "big.bin")
     relay.cut()
     with pytest.raises(OSError) as failed:
@@ -285,12 +282,7 @@ def test_a_stream_another_client_aborted_fails_its_close_with_eio(
     node does to the uploads of a key begun during its own failed put): the store answers
     the completion NoSuchUpload, and the close fails with EIO, its bytes lost as a failed
     stream's are; it said ENOENT ("no such file") of the file just written."""
-    mount = mount_factory(provider, start=False)
-    relay, relayed = relay_in_front_of(mount.flags["s3_endpoint"])
-    request.addfinalizer(relay.stop)
-    mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": "10.0"}
-    mount.nvme = tmpfs(tmp_path / "small-nvme", "8m")
-    mount.start()
+    mount, relay = small_mount_behind_relay(request, tmpfs, mount_factory, tmp_path, provider, 10.0)
     s3 = s3_server_for(request, provider).boto3_client()
     bucket = mount.flags["s3_bucket"]
     fd, _ = streaming(mount, mount.path / "big.bin")
@@ -306,13 +298,23 @@ def test_a_stream_another_client_aborted_fails_its_close_with_eio(
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
-def close_errno(fd: int) -> int:
-    """The errno of closing `fd`, 0 if it closed."""
-    try:
-        os.close(fd)
-    except OSError as exc:
-        return exc.errno or 0
-    return 0
+def small_mount_behind_relay(
+    request: pytest.FixtureRequest,
+    tmpfs: TmpfsMount,
+    mount_factory: MountFactory,
+    tmp_path: Path,
+    provider: str,
+    cloud_timeout: float,
+) -> tuple[Mount, Relay]:
+    """A mount of `provider` whose S3 requests pass a relay, with a tier 1 of 8 MiB (so a
+    large file streams) and a `cloud_timeout` deadline."""
+    mount = mount_factory(provider, start=False)
+    relay, relayed = relay_in_front_of(mount.flags["s3_endpoint"])
+    request.addfinalizer(relay.stop)
+    mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": str(cloud_timeout)}
+    mount.nvme = tmpfs(tmp_path / "small-nvme", "8m")
+    mount.start()
+    return mount, relay
 
 
 @pytest.mark.warnings_expected
@@ -326,12 +328,9 @@ def test_a_stop_with_the_cloud_down_says_a_streaming_file_is_lost_and_exits_1(
     cannot go up, nor stay staged (its bytes were never on disk): the client names it in
     one ERROR and exits 1 (it exited 0, as if the bucket had it). With the bucket back,
     the next start shows what the bucket holds."""
-    mount = mount_factory("s3-seaweedfs", start=False)
-    relay, relayed = relay_in_front_of(mount.flags["s3_endpoint"])
-    request.addfinalizer(relay.stop)
-    mount.flags |= {"s3_endpoint": relayed, "cloud_timeout": "3.0"}
-    mount.nvme = tmpfs(tmp_path / "small-nvme", "8m")
-    mount.start()
+    mount, relay = small_mount_behind_relay(
+        request, tmpfs, mount_factory, tmp_path, "s3-seaweedfs", 3.0
+    )
     fd, _ = streaming(mount, mount.path / "big.bin")
     relay.cut()
     assert mount.stop() == 1

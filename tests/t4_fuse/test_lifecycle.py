@@ -23,6 +23,7 @@ from cloud_targets import networked_server_for, server_for, target_flags
 from mounts import (
     Mount,
     client_command,
+    close_errno,
     cloud_bytes,
     cloud_put,
     is_mounted,
@@ -445,9 +446,7 @@ def test_a_stop_with_the_cloud_down_ends_within_one_deadline(
     try, and go up at the next start."""
     relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")  # a 3 s deadline
     names = [f"dirty-{i:02}" for i in range(20)]
-    fds = [os.open(mount.path / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in names]
-    for fd, name in zip(fds, names, strict=True):
-        os.write(fd, name.encode())
+    fds = open_dirty(mount, names)
     relay.cut()
     assert mount.proc is not None
     started = time.monotonic()
@@ -995,15 +994,6 @@ def test_a_restart_aborts_the_uploads_a_kill_left_and_no_other_clients(
     s3.abort_multipart_upload(Bucket=bucket, Key="whole.bin", UploadId=other)
 
 
-def close_errno(fd: int) -> int:
-    """The errno of closing `fd`, 0 if it closed."""
-    try:
-        os.close(fd)
-    except OSError as exc:
-        return exc.errno or 0
-    return 0
-
-
 @pytest.mark.warnings_expected
 def test_a_start_with_the_cloud_down_mounts_within_one_deadline(
     request: pytest.FixtureRequest, tmp_path: Path
@@ -1015,9 +1005,7 @@ def test_a_start_with_the_cloud_down_mounts_within_one_deadline(
     them all once it is back."""
     relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")  # a 3 s deadline
     names = [f"staged-{i:02}" for i in range(12)]
-    fds = [os.open(mount.path / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in names]
-    for fd, name in zip(fds, names, strict=True):
-        os.write(fd, name.encode())
+    fds = open_dirty(mount, names)
     mount.kill()
     for fd in fds:
         with contextlib.suppress(OSError):
@@ -1033,3 +1021,11 @@ def test_a_start_with_the_cloud_down_mounts_within_one_deadline(
         assert cloud_bytes(mount, name) == name.encode()
     assert mount.stop() == 0
     assert journaled(mount.nvme) == []
+
+
+def open_dirty(mount: Mount, names: list[str]) -> list[int]:
+    """Files of `names` made on the mount, each holding its name, left open (dirty)."""
+    fds = [os.open(mount.path / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in names]
+    for fd, name in zip(fds, names, strict=True):
+        os.write(fd, name.encode())
+    return fds
