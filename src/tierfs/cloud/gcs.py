@@ -440,5 +440,5 @@ def _held(value: str | None) -> int:
         return 0
     first, _, last = value.removeprefix("bytes=").partition("-")
     if first != "0" or not last.isdigit():
-        raise ValueError(f"an upload session's Range of {value!r}")
+        raise CloudError(f"GCS answered an upload chunk with a Range of {value!r}")
     return int(last) + 1
