@@ -79,6 +79,12 @@ UNNAMABLE = (
 )
 
 
+def may_pass(status: int) -> bool:
+    """Whether an HTTP answer of `status` is a failure worth another try: 408, 429, and
+    5xx but 501 and 505 (TransientCloudError)."""
+    return status in (408, 429) or (status >= 500 and status not in (501, 505))
+
+
 def check_key(key: str) -> str:
     """Return `key` if every provider can store it, else raise InvalidKeyError."""
     if not key or key.startswith("/") or len(key.encode()) > KEY_BYTES:

@@ -25,6 +25,7 @@ from tierfs.cloud.base import (
     CloudStore,
     ListPage,
     ObjectMeta,
+    may_pass,
     md5_of,
 )
 from tierfs.cloud.signed import web_page_error
@@ -120,7 +121,7 @@ class GcsStore(CloudStore):
                 return VersionChangedError(f"{what}: the object changed")
             if status in (401, 403):
                 return AccessDeniedError(f"access denied to bucket {self.url}: {detail}")
-            if status in (408, 429) or (status >= 500 and status not in (501, 505)):
+            if may_pass(status):
                 retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
                 return TransientCloudError(f"{what}: HTTP {status}: {detail}", retry_after)
             return CloudError(f"{what}: HTTP {status}: {detail}")

@@ -31,6 +31,7 @@ from tierfs.cloud.base import (
     CloudStore,
     ListPage,
     ObjectMeta,
+    may_pass,
     md5_of,
 )
 from tierfs.errors import (
@@ -96,7 +97,7 @@ def is_transient(exc: Exception) -> bool:
     """5xx except 501/505, 408, 429, resets and timeouts are worth another try."""
     status = http_status(exc)
     if status is not None:
-        return status in (408, 429) or (status >= 500 and status not in (501, 505))
+        return may_pass(status)
     return any(word in str(exc).lower() for word in _TRANSIENT_TEXT)
 
 

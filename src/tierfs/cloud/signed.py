@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 from yarl import URL
 
+from tierfs.cloud.base import may_pass
 from tierfs.errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -82,7 +83,7 @@ class SignedRequests:
             )
         if status in (401, 403):
             return AccessDeniedError(f"access denied to bucket {self.url}: check the credentials")
-        if status in (408, 429) or (status >= 500 and status not in (501, 505)):
+        if may_pass(status):
             return TransientCloudError(f"{what}: HTTP {status} {detail}")
         return CloudError(f"{what}: HTTP {status} {detail}")
 
@@ -108,7 +109,7 @@ def web_page_error(
     media = headers.get("Content-Type", "").split(";")[0].strip().lower()
     if media not in WEB_PAGE_TYPES or "x-ms-error-code" in headers:
         return None
-    if status in (408, 429) or (status >= 500 and status not in (501, 505)):
+    if may_pass(status):
         return None
     origin = URL(str(url)).origin()
     return NotAnObjectStoreError(

@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 
 from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
 from tierfs.chunks import ChunkRef, Data, ObjectRef, chunks_covering
-from tierfs.cloud.base import CloudStore, ObjectMeta, split_markers
+from tierfs.cloud.base import KEY_BYTES, CloudStore, ObjectMeta, split_markers
 from tierfs.errors import (
     BusyError,
     CloudError,
@@ -50,7 +50,6 @@ from tierfs.upload import Uploader
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-KEY_MAX = 1024  # bytes of a whole key, the limit of S3 and GCS
 COPY_PIECE = 8 * 2**20  # filling a staging file from the tiers, one piece at a time
 RENAME_PARALLELISM = 16  # cloud copies (or deletes) in flight for a directory rename
 COPY_ROUNDS = 3  # of copying again what a directory rename's store lost (`_copy_lost_again`)
@@ -131,7 +130,7 @@ class Filesystem:
         if len(name.encode()) > self.cloud.name_max:
             raise NameTooLongError(f"name of {len(name.encode())} bytes")
         path = join(parent.path, name)
-        if len(path.encode()) > KEY_MAX:
+        if len(path.encode()) > KEY_BYTES:
             raise NameTooLongError(f"key of {len(path.encode())} bytes")
         return path
 
@@ -320,7 +319,7 @@ class Filesystem:
             path = self._new_child_path(self.inodes.get(parent_inode), name)
             if len((name + LINK_SUFFIX).encode()) > self.cloud.name_max:
                 raise NameTooLongError(f"a link's name of {len(name.encode())} bytes")
-            if len((path + LINK_SUFFIX).encode()) > KEY_MAX:  # not EINVAL from the put
+            if len((path + LINK_SUFFIX).encode()) > KEY_BYTES:  # not EINVAL from the put
                 raise NameTooLongError(f"a link's key of {len(path.encode())} bytes")
             if await self._stat(path) is not None:
                 raise EntryExistsError(path)
@@ -603,9 +602,9 @@ class Filesystem:
 
     def _check_folder(self, path: str) -> None:
         """Unless the store can hold a folder at `path`, its marker `path/` (a byte more)
-        too, NameTooLongError (past KEY_MAX) or InvalidKeyError: SeaweedFS refused the
+        too, NameTooLongError (past KEY_BYTES) or InvalidKeyError: SeaweedFS refused the
         marker (EIO), and S3 and GCS do."""
-        if len(path.encode()) + 1 > KEY_MAX:
+        if len(path.encode()) + 1 > KEY_BYTES:
             raise NameTooLongError(f"{path}: a folder's marker of {len(path.encode()) + 1} bytes")
         self.cloud.check_folder(path)
 
@@ -613,7 +612,7 @@ class Filesystem:
         """`path`'s key in a folder being moved can go to `moved`, checked before the first
         copy: a deep key past the store's limit failed the move half way (EINVAL, half the
         tree copied)."""
-        if len(moved.encode()) > KEY_MAX:
+        if len(moved.encode()) > KEY_BYTES:
             raise NameTooLongError(f"{path}: moved, a key of {len(moved.encode())} bytes")
         self.cloud.check_key(moved)
 
