@@ -24,7 +24,8 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, runtime_checkable
@@ -143,9 +144,10 @@ class ReadPath:
         self._max_parallel = max_parallel_fetches
         self._max_window_bytes = max_window_bytes
         self._flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch")
-        # fetches for other nodes of chunks whose own flight waits on a peer
+        # fetches for other nodes of chunks whose own flight waits on a peer or for a slot
         self._peer_flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch for peers")
         self._asking_peers: set[ChunkId] = set()  # chunks whose flight waits on a peer
+        self._queued: set[ChunkId] = set()  # chunks whose flight waits for its fetch slot
         self._fetch_slots = asyncio.Semaphore(max_parallel_fetches)
         self._flight_slots = asyncio.Semaphore(int(FLIGHTS_PER_FETCH * max_parallel_fetches))
         self._prefetch_slots = asyncio.Semaphore(max(1, int(PREFETCH_SHARE * max_parallel_fetches)))
@@ -283,7 +285,10 @@ class ReadPath:
         through, so requests between nodes cannot loop. Joins a fetch of the
         chunk already under way unless that one is waiting on its owner elsewhere, which
         might be the asker (two nodes briefly disagreeing about the owner would wait on
-        each other).
+        each other), or still waiting for its fetch slot: the slots may all be held by
+        fetches waiting on the asker, whose own slots wait on this node (two nodes reading
+        at once waited on each other until the peer timeout). That fetch then takes the
+        chunk this one brings.
         None when `cached_only` and tier 1 does not have it. Raises as `read`.
         """
         if self._closed:
@@ -294,7 +299,8 @@ class ReadPath:
                 return data
         elif cached_only:
             return None
-        flights = self._peer_flights if chunk.id in self._asking_peers else self._flights
+        waits = chunk.id in self._asking_peers or chunk.id in self._queued
+        flights = self._peer_flights if waits else self._flights
         fetched, _ = await flights.do(chunk.id, partial(self._fetch, chunk, False))
         return fetched.data
 
@@ -399,6 +405,8 @@ class ReadPath:
 
         Fetches for other nodes have slots of their own: were they to wait for slots held
         by flights that wait on peers, two nodes reading at once could wait on each other.
+        A flight that a fetch for other nodes overtook while it waited for its slot takes
+        that one's chunk (the cloud sends it once).
         """
         if not ask_peers:
             async with self._serve_slots:
@@ -407,12 +415,47 @@ class ReadPath:
                     data = await self._from_cloud(chunk)
                 await self._hand_over(chunk, data, publish, Origin.PEER)
             return
-        async with self._flight_slots:  # held while storing: see the module docstring
-            async with self._fetch_slots:
+        ticket = self._peer_flights.ticket()
+        # the flight slot is held while storing: see the module docstring
+        async with self._slot(self._flight_slots, chunk.id):
+            async with self._slot(self._fetch_slots, chunk.id):
+                served = await self._served(chunk, ticket)
+                if served is not None:
+                    publish(served)  # kept in tier 1 by the fetch for other nodes
+                    return
                 data = await self._from_peers(chunk)
                 if data is None:
                     data = await self._from_cloud(chunk)
             await self._hand_over(chunk, data, publish, Origin.LOCAL, around_page_cache, admit)
+
+    @asynccontextmanager
+    async def _slot(self, slots: asyncio.Semaphore, chunk_id: ChunkId) -> AsyncIterator[None]:
+        """One of `slots` for this node's flight of a chunk, which is `_queued` meanwhile."""
+        self._queued.add(chunk_id)
+        try:
+            await slots.acquire()
+        finally:
+            self._queued.discard(chunk_id)
+        try:
+            yield
+        finally:
+            slots.release()
+
+    async def _served(self, chunk: ChunkRef, ticket: int) -> _Fetched | None:
+        """The chunk as a fetch of it for other nodes brings it (one under way, which may
+        have started while this node's flight waited for its slot) or brought it (one
+        that ended since `ticket`, from tier 1); else None."""
+        if chunk.id in self._peer_flights:
+            fetched, _ = await self._peer_flights.do(chunk.id, partial(self._fetch, chunk, False))
+            return fetched
+        if not self._peer_flights.finished_since(chunk.id, ticket):
+            return None
+        data = await self._from_local(chunk, 0, chunk.length)
+        if data is None:
+            return None  # not kept, or evicted since
+        kept = asyncio.get_running_loop().create_future()
+        kept.set_result(True)
+        return _Fetched(data, kept)
 
     async def _hand_over(
         self,

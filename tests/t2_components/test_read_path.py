@@ -77,13 +77,15 @@ async def node_on(
     *,
     chunk_size: int,
     nvme_size: int = GiB,
+    peer_size: int = 0,
     admit_after: int = 1,
     peers: PeerTier | None = None,
     max_window_bytes: int = MAX_WINDOW_BYTES,
+    max_parallel_fetches: int = 16,
 ) -> AsyncIterator[Node]:
     stats = NodeStats()
     cache = await DiskChunkCache.create(
-        root, nvme_size=nvme_size, peer_size=0, stats=stats, admit_after=admit_after
+        root, nvme_size=nvme_size, peer_size=peer_size, stats=stats, admit_after=admit_after
     )
     path = ReadPath(
         cache,
@@ -92,6 +94,7 @@ async def node_on(
         stats=stats,
         peers=peers,
         max_window_bytes=max_window_bytes,
+        max_parallel_fetches=max_parallel_fetches,
     )
     try:
         yield Node(cache, path, stats)
@@ -593,6 +596,89 @@ async def test_peers_come_between_tier_1_and_the_cloud(
             assert await node.path.read(ref, 0, ref.size) == body
             assert node.stats.tier(Tier.PEER).errors == 4
             assert node.stats.tier(Tier.CLOUD).hits == 4
+
+
+class Linked:
+    """Tier 2 between two read paths of this process, as the peer API joins nodes: a
+    chunk's owner (by its index) reads it through for the other; requests go once `open`."""
+
+    def __init__(self, name: str, owners: dict[int, str], open_: asyncio.Event) -> None:
+        self.name = name
+        self.owners = owners
+        self.open = open_
+        self.other: ReadPath | None = None
+        self.asked = 0
+
+    async def fetch(self, chunk: ChunkRef) -> bytes | None:
+        return await self._ask(chunk, cached_only=False)
+
+    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+        return await self._ask(chunk, cached_only=True)
+
+    def owner_elsewhere(self, chunk: ChunkRef) -> bool:
+        return self.owners[chunk.index] != self.name
+
+    async def _ask(self, chunk: ChunkRef, cached_only: bool) -> bytes | None:
+        self.asked += 1
+        await self.open.wait()
+        assert self.other is not None
+        data = await self.other.read_for_peer(chunk, cached_only=cached_only)
+        return None if data is None else bytes(data)
+
+
+@pytest.mark.asyncio
+async def test_two_nodes_whose_fetch_slots_wait_on_each_other_still_read(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """X's one fetch slot asks Y for Y's chunk 1, Y's asks X for X's chunk 0, and each
+    node's own fetch of its chunk waits for its slot. A request from the other node joined
+    that queued fetch, and the two waited on each other for ever (until the peer timeout,
+    between processes)."""
+    chunk = 256 * KiB
+    body = random_bytes(2 * chunk, seed=11)
+    owners = {0: "x", 1: "y"}
+    opened = asyncio.Event()
+    x_peers, y_peers = Linked("x", owners, opened), Linked("y", owners, opened)
+    async with (
+        cloud_on(seaweedfs, tmp_path) as cloud,
+        node_on(
+            tmp_path / "x",
+            cloud.store,
+            chunk_size=chunk,
+            peer_size=GiB,
+            peers=x_peers,
+            max_parallel_fetches=1,
+        ) as x,
+        node_on(
+            tmp_path / "y",
+            cloud.store,
+            chunk_size=chunk,
+            peer_size=GiB,
+            peers=y_peers,
+            max_parallel_fetches=1,
+        ) as y,
+    ):
+        x_peers.other, y_peers.other = y.path, x.path
+        ref = await cloud.put("crossed", body)
+        before = await cloud.gets()
+        asking = [
+            asyncio.create_task(x.path.read(ref, chunk, chunk)),  # takes X's slot, asks Y
+            asyncio.create_task(y.path.read(ref, 0, chunk)),  # takes Y's slot, asks X
+        ]
+        while x_peers.asked + y_peers.asked < 2:
+            await asyncio.sleep(0.01)
+        queued = [
+            asyncio.create_task(x.path.read(ref, 0, chunk)),  # X's own: waits for its slot
+            asyncio.create_task(y.path.read(ref, chunk, chunk)),  # Y's own, likewise
+        ]
+        while x.path.fetches + y.path.fetches < 4:
+            await asyncio.sleep(0.01)
+        opened.set()
+        async with asyncio.timeout(10):
+            got = await asyncio.gather(*asking, *queued)
+        assert got == [body[chunk:], body[:chunk], body[:chunk], body[chunk:]]
+        assert await cloud.gets() - before == 2  # each chunk once, by its owner
+        assert (x.stats.tier(Tier.CLOUD).hits, y.stats.tier(Tier.CLOUD).hits) == (1, 1)
 
 
 # -- memory -------------------------------------------------------------------------------

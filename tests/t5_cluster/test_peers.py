@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,8 +21,10 @@ import pytest
 
 import servers
 from clusters import Cluster, Node, running_cluster, until
-from mounts import Mount, cloud_of, cloud_put
+from mounts import Mount, cloud_of, cloud_put, on_cloud
+from relay import Relay
 from tierfs.chunks import ObjectRef, chunk_ref
+from tierfs.cloud.base import CloudStore
 from tierfs.peer.ring import owner
 
 MiB = 2**20
@@ -425,3 +428,72 @@ def test_a_node_restarted_on_a_wiped_tier_1_is_no_longer_listed_with_its_old_chu
     until(lambda: b.sees_members(3), what="B back")
     until(lambda: held_by_b("wiped.bin") == [], what="B's chunks unlisted")
     assert held_by_b("kept.bin") == []
+
+
+def test_two_nodes_reading_many_files_at_once_never_wait_on_each_other(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """Each of two nodes reads more files owned by the other than it has fetch slots, then
+    as many of its own, over a slow network between them. A node asked for a chunk whose
+    own fetch was still queued for its slots joined that fetch: the slots of both nodes
+    were all held by fetches asking the other, and they waited on each other until the
+    peer timeout (then read the rest from the cloud, some of it twice)."""
+    size, each, peer_delay = MiB, 24, 1.0  # more than the 16 fetch slots of a node
+    ids = ("node-a", "node-b")
+    ports = servers.free_ports(len(ids))
+    relays = [Relay(port).start() for port in ports]  # the way to each node's peer API
+    node_flags = {
+        peer_id: {"port": str(port), "advertise": f"127.0.0.1:{relay.port}"}
+        for peer_id, port, relay in zip(ids, ports, relays, strict=True)
+    }
+    try:
+        with running_cluster(
+            seaweedfs,
+            tmp_path,
+            ids,
+            node_flags=node_flags,
+            chunk_size="1MiB",
+            peer_timeout="20s",
+        ) as cluster:
+            a, b = cluster.nodes
+            bodies = {f"many/{i:03}.bin": os.urandom(size) for i in range(4 * each)}
+
+            async def put_all(cloud: CloudStore) -> list[ObjectRef]:
+                metas = await asyncio.gather(*(cloud.put(k, body) for k, body in bodies.items()))
+                return [ObjectRef(k, m.version, m.size) for k, m in zip(bodies, metas, strict=True)]
+
+            owned: dict[str, list[str]] = {peer_id: [] for peer_id in ids}
+            for ref in on_cloud(a.mount, put_all):
+                owned[str(owner(chunk_ref(ref, 0, size).id, list(ids)))].append(ref.key)
+            assert all(len(keys) >= each for keys in owned.values()), owned
+            before = cluster.settled_egress()
+            for relay in relays:
+                relay.slow(b"GET /api/files/many/", peer_delay)
+            # each node: the other's files first (they take all its slots), then its own
+            jobs = [
+                (node, key, first)
+                for node, other in ((a, b), (b, a))
+                for first, keys in ((True, owned[other.peer_id]), (False, owned[node.peer_id]))
+                for key in keys[:each]
+            ]
+            opened = threading.Barrier(len(jobs))
+
+            def read(job: tuple[Node, str, bool]) -> bool:
+                node, key, first = job
+                with (node.path / key).open("rb", buffering=0) as f:
+                    opened.wait(30)  # lookups take turns; the reads go at once
+                    if not first:
+                        time.sleep(peer_delay / 4)  # queued behind the others, in time
+                    return f.read(size + 1) == bodies[key]
+
+            started = time.monotonic()
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                assert all(pool.map(read, jobs))
+            seconds = time.monotonic() - started
+            assert seconds < 10, f"{seconds:.1f} s to read {2 * each} MiB on each node"
+            assert [node.tier("peer")["errors"] for node in (a, b)] == [0, 0]
+            egress = cluster.settled_egress() - before
+            assert egress == 2 * each * size, f"the cloud sent {egress / size:.2f} MiB"
+    finally:
+        for relay in relays:
+            relay.stop()
