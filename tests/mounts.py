@@ -281,3 +281,13 @@ def close_errno(fd: int) -> int:
     except OSError as exc:
         return exc.errno or 0
     return 0
+
+
+def refused(action: Callable[[], object]) -> int:
+    """The errno `action` fails with (it must fail)."""
+    try:
+        action()
+    except OSError as exc:
+        assert exc.errno is not None
+        return exc.errno
+    raise AssertionError(f"{action} did not fail")

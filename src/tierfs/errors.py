@@ -61,6 +61,11 @@ class InvalidKeyError(CloudError):
     """The key cannot be stored by this provider (empty, or not a valid object name)."""
 
 
+class KeyTooLongError(InvalidKeyError):
+    """The key, or a folder's marker (its key and "/"), is over the stores' 1024 bytes
+    (ENAMETOOLONG, with or without a `-prefix` before it)."""
+
+
 class FolderAtKeyError(CloudError):
     """A put to a key that names a folder, in a store that holds no file beside a folder
     of its name (the local directory; S3, Azure and GCS hold both)."""
@@ -111,7 +116,7 @@ class DirectoryNotEmptyError(FsError):
 
 
 class NameTooLongError(FsError):
-    """A name over 255 bytes or a key over the stores' 1024 bytes (ENAMETOOLONG)."""
+    """A name over 255 bytes, or a path over the stores' 1024 bytes (ENAMETOOLONG)."""
 
 
 class InvalidArgumentError(FsError):

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 import servers
-from mounts import Mount, bucket_keys, cloud_bytes, cloud_mkdir, cloud_put, is_mounted
+from mounts import (
+    Mount,
+    bucket_keys,
+    cloud_bytes,
+    cloud_mkdir,
+    cloud_put,
+    is_mounted,
+    refused,
+)
 
 NOBODY = 65534
 
@@ -124,22 +132,27 @@ def test_other_users_come_in_with_allow_other_and_the_mode_bits_hold(
     assert sorted(os.listdir(mount.path)) == ["a.txt"]
 
 
-def test_a_folder_whose_marker_would_pass_1024_bytes_under_the_prefix_is_refused(
+def test_a_key_that_would_pass_1024_bytes_under_the_prefix_is_refused_as_too_long(
     mount_factory: Callable[..., Mount],
 ) -> None:
     """In a mount of a bucket's folder (`-prefix`), a key is the prefix's and the path's:
-    a folder whose marker (`pre/path/`) would pass 1024 bytes is refused at its mkdir
-    (EINVAL, as a file's key too long there is). Before 2026-12-06 the mkdir was EIO:
-    SeaweedFS refused the marker."""
+    a file whose key (`pre/path`), or a folder whose marker (`pre/path/`), would pass 1024
+    bytes is ENAMETOOLONG where it is made or renamed to, as without a prefix. Before
+    2026-12-06 the mkdir was EIO (SeaweedFS refused the marker), then EINVAL, as the
+    file's create was, where a mount without a prefix said ENAMETOOLONG."""
     mount = mount_factory("s3-seaweedfs", prefix="pre")
     deep = Path(*["s" * 200] * 4)  # "pre/" and this, with its "/": 808 bytes of key
     os.makedirs(mount.path / deep)
     room = 1024 - len(f"pre/{deep}/")
     (mount.path / deep / ("f" * room)).write_bytes(b"fits")  # a key of 1024 bytes
     os.mkdir(mount.path / deep / ("d" * (room - 1)))  # a marker of 1024 bytes
-    with pytest.raises(OSError) as failed:
-        os.mkdir(mount.path / deep / ("e" * room))
-    assert failed.value.errno == errno.EINVAL
+    too_long = [
+        lambda: (mount.path / deep / ("g" * (room + 1))).write_bytes(b"x"),
+        lambda: os.mkdir(mount.path / deep / ("e" * room)),
+        lambda: os.rename(mount.path / deep / ("d" * (room - 1)), mount.path / deep / ("e" * room)),
+        lambda: os.rename(mount.path / deep / ("f" * room), mount.path / deep / ("g" * (room + 1))),
+    ]
+    assert [refused(action) for action in too_long] == [errno.ENAMETOOLONG] * 4
     assert sorted(os.listdir(mount.path / deep)) == ["d" * (room - 1), "f" * room]
 
 

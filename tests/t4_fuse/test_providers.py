@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from mounts import Mount, bucket_keys, cloud_bytes, cloud_put
+from mounts import Mount, bucket_keys, cloud_bytes, cloud_put, refused
 from pagecache import evict
 
 
@@ -52,14 +52,6 @@ def test_a_file_held_open_reads_on_through_renames(
         evict(held.fileno(), len(body))
         assert held.read() == body
     assert cloud_bytes(mount, "out/g.bin") == body
-
-
-def refused(action: Callable[[], object]) -> int:
-    """The errno `action` fails with (it must fail)."""
-    with pytest.raises(OSError) as failed:
-        action()
-    assert failed.value.errno is not None
-    return failed.value.errno
 
 
 @pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto", "azure", "gcp-native"])

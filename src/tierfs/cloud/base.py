@@ -23,6 +23,7 @@ from pathlib import Path
 from tierfs.chunks import Data
 from tierfs.errors import (
     InvalidKeyError,
+    KeyTooLongError,
     ObjectNotFoundError,
     UnsupportedUploadError,
     VersionChangedError,
@@ -86,9 +87,12 @@ def may_pass(status: int) -> bool:
 
 
 def check_key(key: str) -> str:
-    """Return `key` if every provider can store it, else raise InvalidKeyError."""
-    if not key or key.startswith("/") or len(key.encode()) > KEY_BYTES:
+    """Return `key` if every provider can store it, else raise InvalidKeyError
+    (KeyTooLongError past KEY_BYTES)."""
+    if not key or key.startswith("/"):
         raise InvalidKeyError(f"invalid object key {key!r}")
+    if len(key.encode()) > KEY_BYTES:
+        raise KeyTooLongError(f"object key {key[:60]!r}...: over {KEY_BYTES} bytes")
     if _CONTROL.search(key):
         raise InvalidKeyError(f"invalid object key {key!r}: a control character")
     if any(part in ("", ".", "..") for part in key.split("/")):
@@ -111,10 +115,11 @@ class CloudStore(abc.ABC):
 
     def check_folder(self, path: str) -> str:
         """Return `path` if this store can hold a folder there, its marker `path/` (a byte
-        more) too, else raise InvalidKeyError."""
+        more) too, else raise InvalidKeyError (KeyTooLongError for a marker past
+        KEY_BYTES: SeaweedFS refused one, and S3 and GCS do)."""
         self.check_key(path)
         if len(path.encode()) + 1 > KEY_BYTES:
-            raise InvalidKeyError(f"invalid folder {path!r}: a marker over {KEY_BYTES} bytes")
+            raise KeyTooLongError(f"folder {path[:60]!r}...: a marker over {KEY_BYTES} bytes")
         return path
 
     def named_only(self, page: ListPage) -> ListPage:

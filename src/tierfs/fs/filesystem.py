@@ -136,8 +136,8 @@ class Filesystem:
 
     def _new_child_path(self, parent: Node, name: str) -> str:
         """The path of a name to be made: one the store can hold (InvalidKeyError, EINVAL,
-        before anything is written, not EIO at close), and not a link's key
-        (InvalidArgumentError)."""
+        or KeyTooLongError, ENAMETOOLONG, before anything is written, not EIO at close),
+        and not a link's key (InvalidArgumentError)."""
         if name.endswith(LINK_SUFFIX):
             raise InvalidArgumentError(f"names ending in {LINK_SUFFIX!r} are tierfs's links")
         return self.cloud.check_key(self._child_path(parent, name))
@@ -303,7 +303,7 @@ class Filesystem:
         chmod does."""
         async with self._changing(parent_inode, name):
             path = self._new_child_path(self.inodes.get(parent_inode), name)
-            self._check_folder(path)
+            self.cloud.check_folder(path)
             if await self._stat(path) is not None:
                 raise EntryExistsError(path)
             await self.cloud.put_marker(path)
@@ -319,8 +319,7 @@ class Filesystem:
             path = self._new_child_path(self.inodes.get(parent_inode), name)
             if len((name + LINK_SUFFIX).encode()) > self.cloud.name_max:
                 raise NameTooLongError(f"a link's name of {len(name.encode())} bytes")
-            if len((path + LINK_SUFFIX).encode()) > KEY_BYTES:  # not EINVAL from the put
-                raise NameTooLongError(f"a link's key of {len(path.encode())} bytes")
+            self.cloud.check_key(path + LINK_SUFFIX)  # its object's key, before any request
             if await self._stat(path) is not None:
                 raise EntryExistsError(path)
             entry = file_entry(await self.cloud.put(path + LINK_SUFFIX, target))
@@ -529,10 +528,12 @@ class Filesystem:
         # The folder's own marker too, listed or not: the moved folder has one, the old
         # name none.
         markers = sorted({*markers_below, old})
+        # Every new key checked before the first copy: a deep key past the store's limit
+        # failed the move half way (half the tree copied).
         for path in [*(meta.key for meta in below), *markers]:
-            self._check_moved(path, new + path[len(old) :])
+            self.cloud.check_key(new + path[len(old) :])
         for folder in markers:
-            self._check_folder(new + folder[len(old) :])
+            self.cloud.check_folder(new + folder[len(old) :])
         # Every copy first, then the deletes: a failure part way leaves both names, never
         # neither.
         copies: dict[str, tuple[str, str]] = {}  # by source: its version listed, its copy's
@@ -599,22 +600,6 @@ class Filesystem:
         listed = await self.cloud.list_all(new + "/", delimiter=False)
         present = {meta.key for meta in listed.objects}
         return [meta for meta in copied if new + meta.key[len(old) :] not in present]
-
-    def _check_folder(self, path: str) -> None:
-        """Unless the store can hold a folder at `path`, its marker `path/` (a byte more)
-        too, NameTooLongError (past KEY_BYTES) or InvalidKeyError: SeaweedFS refused the
-        marker (EIO), and S3 and GCS do."""
-        if len(path.encode()) + 1 > KEY_BYTES:
-            raise NameTooLongError(f"{path}: a folder's marker of {len(path.encode()) + 1} bytes")
-        self.cloud.check_folder(path)
-
-    def _check_moved(self, path: str, moved: str) -> None:
-        """`path`'s key in a folder being moved can go to `moved`, checked before the first
-        copy: a deep key past the store's limit failed the move half way (EINVAL, half the
-        tree copied)."""
-        if len(moved.encode()) > KEY_BYTES:
-            raise NameTooLongError(f"{path}: moved, a key of {len(moved.encode())} bytes")
-        self.cloud.check_key(moved)
 
     def _follow_copies(self, copies: dict[str, tuple[str, str]]) -> None:
         """The open files a folder move copied (`copies`: by path, the version copied and

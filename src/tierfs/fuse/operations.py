@@ -43,6 +43,7 @@ ERRNO: list[tuple[type[Exception], int]] = [
     (errors.VersionChangedError, errno.ESTALE),
     (errors.UnsupportedError, errno.ENOTSUP),
     (errors.BusyError, errno.EBUSY),
+    (errors.KeyTooLongError, errno.ENAMETOOLONG),
     (errors.InvalidKeyError, errno.EINVAL),
     (errors.AccessDeniedError, errno.EACCES),
     (errors.CloudError, errno.EIO),
