@@ -189,16 +189,5 @@ async def run_client(settings: ClientSettings) -> None:
             read_only=settings.read_only,
             allow_other=settings.allow_other,
         )
-        stopped_short = []
-        if fs.lost_streams:
-            stopped_short.append(
-                f"{len(fs.lost_streams)} file(s) being streamed to the cloud are lost: "
-                + ", ".join(fs.lost_streams)
-            )
-        if unsent := len(journal.pending()):
-            stopped_short.append(
-                f"{unsent} file(s) not yet in {cloud.url}: they stay staged in {settings.nvme}"
-                " and go up at the next start on it"
-            )
-        if stopped_short:
-            raise UnsentUploadsError("; ".join(stopped_short))
+        if undone := fs.stopped_short():
+            raise UnsentUploadsError(undone)

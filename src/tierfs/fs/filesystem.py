@@ -1134,6 +1134,23 @@ class Filesystem:
         if self.page_cache is not None:
             await self.page_cache.close()
 
+    def stopped_short(self) -> str | None:
+        """What `close` left undone, in a line for the user: the files being streamed that
+        are lost, and how many files stay staged (journaled) to go up at the next start on
+        this `-nvme`; None if every file is in the cloud."""
+        undone = []
+        if self.lost_streams:
+            undone.append(
+                f"{len(self.lost_streams)} file(s) being streamed to the cloud are lost: "
+                + ", ".join(self.lost_streams)
+            )
+        if unsent := len(self.uploader.journal.pending()):
+            undone.append(
+                f"{unsent} file(s) not yet in {self.cloud.url}: they stay staged in "
+                f"{self.uploader.journal.path.parent} and go up at the next start on it"
+            )
+        return "; ".join(undone) or None
+
 
 def _locked(file: OpenFile | None) -> contextlib.AbstractAsyncContextManager[None]:
     """Hold `file`'s lock (writes, uploads), if there is a file."""
