@@ -48,12 +48,15 @@ def parse_size(text: str) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """Return the seconds `text` names (`30s`, `1m`, `500ms`, `1m30s`, or bare seconds)."""
+    """Return the seconds `text` names (`30s`, `1m`, `500ms`, `1m30s`, or bare seconds),
+    a finite number: ValueError for anything else."""
     _refuse_negative(text, "duration")
     stripped = text.strip().lower()
     try:
         seconds = float(stripped)
-        if math.isnan(seconds):  # float() reads "nan": no number of seconds
+        # float() reads "nan", "inf", "infinity" and "1e999" (inf): no number of seconds
+        # (`-cloud-timeout inf` was no deadline at all)
+        if not math.isfinite(seconds):
             raise ValueError
     except ValueError:
         parts = _DURATION_PART_RE.findall(stripped)

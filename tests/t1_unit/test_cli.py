@@ -172,6 +172,28 @@ def test_a_negative_duration_or_size_is_refused_in_words(
         assert lines[0].startswith(said), lines
 
 
+# Every duration flag but -metadata-ttl, whose `indefinite` is documented.
+DEADLINE_FLAGS = [
+    (command, flag)
+    for command, flag in DURATION_AND_SIZE_FLAGS
+    if not flag.endswith("size") and flag != "-metadata-ttl"
+]
+
+
+@pytest.mark.parametrize(("command", "flag"), DEADLINE_FLAGS)
+@pytest.mark.parametrize("form", ["inf", "Infinity", "1e999"])
+def test_an_endless_duration_is_refused_in_words(command: str, flag: str, form: str) -> None:
+    """Before 2026-12-06 `-cloud-timeout inf` (or `-peer-timeout`, `warm -timeout`) was
+    taken, undocumented: no deadline at all."""
+    path = ["/"] if command == "warm" else []  # what warm takes besides
+    result = tierfs(command, flag, form, *path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    said = f"tierfs {command}: invalid value for {flag}: {form!r} is not a duration"
+    assert lines[0].startswith(said), lines
+
+
 def test_a_mount_names_its_node_whatever_its_folder_is_called() -> None:
     """`tierfs warm PATH` finds the node to ask in the name of PATH's mount."""
     name = mount_name("s3://b/données été, 2026?node=x/", "http://[::1]:8081")

@@ -105,6 +105,7 @@ def test_a_folder_of_the_bucket_is_a_key_prefix(given: dict[str, str], prefix: s
         ({"peer_timeout": "0s"}, "-peer-timeout"),
         ({"peer_timeout": "nan"}, "invalid value for -peer-timeout: 'nan' is not a duration"),
         ({"metadata_ttl": "nan"}, "invalid value for -metadata-ttl: 'nan' is not a duration"),
+        ({"cloud_timeout": "inf"}, "invalid value for -cloud-timeout: 'inf' is not a duration"),
         ({"tls_cert": "/tmp/cert.pem"}, "-tls-cert and -tls-key go together"),
         ({"direct_io": "maybe"}, "invalid value for -direct-io"),
         ({"prefix": "a//b"}, "invalid value for -prefix: 'a//b' is no folder of a bucket"),

@@ -46,7 +46,9 @@ def test_durations(text: str, expected: float) -> None:
     assert parse_duration(text) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("text", ["soon", "1x", "s", "1s2", "", "nan", "NaN"])
+@pytest.mark.parametrize(
+    "text", ["soon", "1x", "s", "1s2", "", "nan", "NaN", "inf", "Infinity", "1e999"]
+)
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
