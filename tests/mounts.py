@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -62,15 +63,38 @@ def client_command(*args: str) -> list[str]:
     coordinator = flag_value(args, "coordinator")
     if coordinator is None:
         args += ("-coordinator", no_coordinator())
-    elif coordinator.rpartition(":")[2] == str(DEFAULT_COORDINATOR_PORT):
-        raise RuntimeError(
-            f"a test client with -coordinator {coordinator}: that is where `make run`'s "
-            "coordinator listens; give it the test's own (coordinators.start_coordinator) "
-            "or mounts.no_coordinator()"
-        )
+    else:
+        refuse_the_default_coordinator("client", coordinator)
     if flag_value(args, "port") is None:
         args += ("-port", str(servers.free_ports(1)[0]))
     return [sys.executable, "-m", "tierfs.cli", "client", *args]
+
+
+def status_command(*args: str) -> list[str]:
+    """`tierfs status ARGS` for a test, which must name its coordinator: the default,
+    localhost:8080, is `make run`'s, and a test must not show (or depend on) that cluster."""
+    refuse_the_default_coordinator("status", flag_value(args, "coordinator"))
+    return [sys.executable, "-m", "tierfs.cli", "status", *args]
+
+
+def status(*args: str) -> subprocess.CompletedProcess[str]:
+    """`tierfs status ARGS` as a user runs it (`status_command`)."""
+    command = status_command(*args)
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def refuse_the_default_coordinator(command: str, coordinator: str | None) -> None:
+    """RuntimeError if a test's `tierfs COMMAND` would reach a coordinator at port 8080 (the
+    default's): given none (None), or one at that port (host:port or a URL)."""
+    url = urllib.parse.urlsplit(
+        coordinator if coordinator and "://" in coordinator else f"http://{coordinator}"
+    )
+    if coordinator is None or url.port == DEFAULT_COORDINATOR_PORT:
+        raise RuntimeError(
+            f"a test's `tierfs {command}` with -coordinator {coordinator or 'localhost:8080'}: "
+            "that is where `make run`'s coordinator listens; give it the test's own "
+            "(coordinators.start_coordinator) or mounts.no_coordinator()"
+        )
 
 
 def is_mounted(path: Path) -> bool:

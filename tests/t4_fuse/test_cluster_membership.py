@@ -17,7 +17,7 @@ import pytest
 
 import servers
 from coordinators import Coordinator, start_coordinator
-from mounts import Mount, cloud_put
+from mounts import Mount, cloud_put, status, status_command
 
 
 def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -88,8 +88,8 @@ def test_a_coordinator_url_of_a_server_that_answers_without_end(
     log = mount.log_tail(400)
     assert log.count("WARNING") == 1, log  # one warning, not one per try
     assert mount.proc is not None
-    status = Path(f"/proc/{mount.proc.pid}/status").read_text()
-    peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+    vm = Path(f"/proc/{mount.proc.pid}/status").read_text()
+    peak = int(next(line for line in vm.splitlines() if line.startswith("VmHWM:")).split()[1])
     assert peak < 400 * 2**10, f"the node's memory peaked at {peak >> 10} MiB"
 
 
@@ -101,10 +101,10 @@ def test_tierfs_status_of_a_server_that_answers_without_end(
     printed an empty reason)."""
     port, server = servers.start_babbler(tmp_path)
     request.addfinalizer(server.stop)
-    measured = [sys.executable, "-c", MAX_RSS_OF_CHILD, sys.executable, "-m", "tierfs.cli"]
+    measured = [sys.executable, "-c", MAX_RSS_OF_CHILD]
     started = time.monotonic()
     shown = subprocess.run(
-        [*measured, "status", "-coordinator", f"127.0.0.1:{port}"],
+        [*measured, *status_command("-coordinator", f"127.0.0.1:{port}")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -156,12 +156,6 @@ def mount_api(mount: Mount, path: str) -> Any:
         return json.loads(answer.read())
 
 
-def status(*args: str) -> subprocess.CompletedProcess[str]:
-    """`tierfs status ARGS` as a user runs it."""
-    command = [sys.executable, "-m", "tierfs.cli", "status", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-
-
 def test_tierfs_status_shows_the_peers_and_the_tiers(
     mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -197,13 +191,7 @@ def test_tierfs_status_of_a_hung_coordinator_says_it_did_not_answer(tmp_path: Pa
     assert coordinator.proc.pid is not None
     os.killpg(coordinator.proc.pid, signal.SIGSTOP)
     try:
-        shown = subprocess.run(
-            [sys.executable, "-m", "tierfs.cli", "status", "-coordinator", coordinator.url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        shown = status("-coordinator", coordinator.url)
     finally:
         os.killpg(coordinator.proc.pid, signal.SIGCONT)
         coordinator.stop()
