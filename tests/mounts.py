@@ -225,10 +225,17 @@ class Mount:
         unmount_if_mounted(self.path)
 
 
-def warm(*args: str) -> subprocess.CompletedProcess[str]:
-    """`tierfs warm ARGS` as a user runs it."""
+def warm(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`tierfs warm ARGS` as a user runs it, with `env` besides the test's (clean) one."""
     command = [sys.executable, "-m", "tierfs.cli", "warm", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=servers.clean_env(**env),
+    )
 
 
 def node_address(mount: Mount) -> str:

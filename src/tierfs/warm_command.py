@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
@@ -98,10 +99,12 @@ async def warm_one(session: aiohttp.ClientSession, settings: WarmSettings, path:
     url = base.rstrip("/") + "/api/warm"
     started = time.monotonic()
     line: dict[str, Any] = {}
+    answered = False
     try:
         async with session.post(
             url, params={"path": relative, "mount": mount}, headers=headers
         ) as response:
+            answered = True
             if response.status != 200:
                 message = await _message(response)
                 raise TierfsError(f"{path}: the node at {node} answered: {message}")
@@ -113,7 +116,10 @@ async def warm_one(session: aiohttp.ClientSession, settings: WarmSettings, path:
             f"{path}: the node at {node} sent nothing for {settings.timeout:g}s (-timeout)"
         ) from None
     except aiohttp.ClientError as exc:
-        raise TierfsError(f"{path}: no answer from the node at {node}: {exc}") from None
+        hint = ""
+        if isinstance(exc, aiohttp.ServerDisconnectedError) and not answered:
+            hint = _tls_hint(url)
+        raise TierfsError(f"{path}: no answer from the node at {node}: {exc}{hint}") from None
     except (HttpProcessingError, ValueError) as exc:  # a line too long, or not JSON
         said = " ".join(str(exc).split())  # aiohttp's text spans lines
         raise TierfsError(
@@ -128,6 +134,16 @@ async def warm_one(session: aiohttp.ClientSession, settings: WarmSettings, path:
     progress = WarmProgress(**{k: v for k, v in line.items() if k not in ("done", "error")})
     print(summary(path, progress))
     return not progress.not_kept and not progress.changed
+
+
+def _tls_hint(url: str) -> str:
+    """What to say when plain HTTP to `url` was hung up on before any answer: a node with
+    -tls-cert does that (its TLS handshake fails), and 'Server disconnected' alone did
+    not tell the user to write https://."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return ""
+    return f" (a node with -tls-cert answers only https://{parts.netloc})"
 
 
 def _show(path: Path, line: dict[str, Any], seconds: float) -> None:

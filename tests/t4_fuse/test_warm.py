@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import servers
+from certs import self_signed
 from mounts import Mount, cloud_put, node_address, warm
 
 MiB = 2**20
@@ -176,3 +177,43 @@ def test_a_node_that_never_answers_is_given_up_after_timeout(
         f"tierfs warm: {mount.path}: the node at {address} sent nothing for 1s (-timeout)"
     ]
     assert took < 10
+
+
+def test_a_warm_of_a_tls_node_goes_over_https_to_the_name_its_certificate_holds(
+    mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """A node with -tls-cert serves its peer API over HTTPS only, at its peer address
+    (the name its certificate holds): its mount names that URL, and a warm, with or
+    without -node, reaches it there and trusts its certificate as peers do (the system
+    store, or SSL_CERT_FILE). A -node without https:// is told so: before 2026-12-06 it
+    said only 'Server disconnected' (the node hangs up on plain HTTP)."""
+    cert, key = self_signed(tmp_path)
+    mount = mount_factory("local", start=False, tls_cert=str(cert), tls_key=str(key))
+    cloud_put(mount, "a.bin", os.urandom(MiB))
+    cloud_put(mount, "b.bin", os.urandom(MiB))
+    mount.start()
+    url = f"https://127.0.0.1:{mount.flags['port']}"
+    with open("/proc/mounts") as mounts:
+        names = {fields[1]: fields[0] for fields in (line.split() for line in mounts)}
+    assert names[str(mount.path)].endswith(f"?node={url}")
+    warmed = warm(str(mount.path / "a.bin"), SSL_CERT_FILE=str(cert))
+    assert warmed.returncode == 0, warmed.stderr
+    assert warmed.stdout.splitlines() == [
+        f"{mount.path / 'a.bin'}: 1 file, 1.0 MiB: 1.0 MiB fetched, 0.0 MiB cached already"
+    ]
+    warmed = warm(str(mount.path / "b.bin"), "-node", url, SSL_CERT_FILE=str(cert))
+    assert warmed.returncode == 0, warmed.stderr
+    assert warmed.stdout.endswith(": 1 file, 1.0 MiB: 1.0 MiB fetched, 0.0 MiB cached already\n")
+    untrusted = warm(str(mount.path))  # its certificate in no store this warm trusts
+    assert untrusted.returncode == 1
+    lines = untrusted.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"tierfs warm: {mount.path}: no answer from the node at {url}"
+    ), lines
+    assert "certificate verify failed" in lines[0], lines
+    plain = warm(str(mount.path), "-node", node_address(mount), SSL_CERT_FILE=str(cert))
+    assert plain.returncode == 1
+    assert plain.stderr.splitlines() == [
+        f"tierfs warm: {mount.path}: no answer from the node at {node_address(mount)}: "
+        f"Server disconnected (a node with -tls-cert answers only {url})"
+    ]
