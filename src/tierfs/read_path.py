@@ -9,13 +9,14 @@ around the page cache (their reader holds them, and the mount's page cache their
 So are the chunks a read hands to its caller's `OnFetched` hook (the mount puts them into
 its own page cache).
 
-Bounds: at most `max_parallel_fetches` fetches at once, of which prefetches take at most
-half, so demand reads always find a slot; at most `FLIGHTS_PER_FETCH` times as many
+Bounds: at most `max_parallel_fetches` fetches at once, half for prefetches and half for
+demand reads, so neither waits for the other; at most `FLIGHTS_PER_FETCH` times as many
 flights in all, counting those whose chunk waits to be written to tier 1, so a slow disk
-slows fetching down instead of piling chunks up in memory. A read holds only the chunks
-it covers; a reader's read-ahead, its window (plus chunks still being written). Chunks
-read through for other nodes (`read_for_peer`, tier 2's owner side) have as many slots
-again, of their own.
+slows fetching down instead of piling chunks up in memory. A demand read's slot is held
+until its chunk is written too: reads from many threads hold half the slots' chunks. A
+read holds only the chunks it covers; a reader's read-ahead, its window (plus chunks still
+being written). Chunks read through for other nodes (`read_for_peer`, tier 2's owner
+side) have as many slots again, of their own.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ log = logging.getLogger(__name__)
 # again (24) and a 64 MiB queue, the peak RSS of 2000 cold random reads through the mount
 # was 166-235 MB in 10 runs (3 over 200); with these, 179-198, as fast.
 FLIGHTS_PER_FETCH = 1.25
-# The share of fetch slots prefetches may take: demand reads always find the rest. Measured
-# on SeaweedFS here, 8 fetches of 4 MiB in flight move as much as 16.
+# The share of fetch slots for prefetches; demand reads have the rest. Measured on SeaweedFS
+# here, 8 fetches of 4 MiB in flight move as much as 16. Demand reads took them all before
+# (2026-12-06): 2000 cold random reads through the mount, from 16 threads, ran as fast with
+# 8 (890-1,073 reads/s against 936-1,116 in 5 alternating pairs), their client's peak RSS
+# 154-166 MB against 183-219.
 PREFETCH_SHARE = 0.5
 # A sequential reader whose reads are smaller than this takes a tier-1 chunk whole at its
 # first read of it, then slices it: 128 KiB reads of a warm object went from ~85% to over
@@ -147,10 +151,11 @@ class ReadPath:
         # fetches for other nodes of chunks whose own flight waits on a peer or for a slot
         self._peer_flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch for peers")
         self._asking_peers: set[ChunkId] = set()  # chunks whose flight waits on a peer
-        self._queued: set[ChunkId] = set()  # chunks whose flight waits for its fetch slot
-        self._fetch_slots = asyncio.Semaphore(max_parallel_fetches)
+        self._queued: set[ChunkId] = set()  # chunks whose flight waits for its slots
+        prefetches = max(1, int(PREFETCH_SHARE * max_parallel_fetches))
         self._flight_slots = asyncio.Semaphore(int(FLIGHTS_PER_FETCH * max_parallel_fetches))
-        self._prefetch_slots = asyncio.Semaphore(max(1, int(PREFETCH_SHARE * max_parallel_fetches)))
+        self._prefetch_slots = asyncio.Semaphore(prefetches)  # held by the readers' prefetches
+        self._demand_slots = asyncio.Semaphore(max(1, max_parallel_fetches - prefetches))
         self._serve_slots = asyncio.Semaphore(max_parallel_fetches)  # fetches for other nodes
         self._holds = cache.holds if isinstance(cache, _KnowsHeld) else None
         self._warm = cache.warm if isinstance(cache, _Warms) else None
@@ -254,7 +259,7 @@ class ReadPath:
         """Bring `chunk` to tier 1 ahead of its reader (the `ChunkSource` of readers)."""
         if chunk.id in self._flights or await self._in_tier1(chunk):
             return Prefetched(fetched=False)
-        ahead = partial(self._fetch, chunk, True, around_page_cache=True)
+        ahead = partial(self._fetch, chunk, True, around_page_cache=True, prefetch=True)
         fetched, joined = await self._flights.do(chunk.id, ahead)
         if joined:
             return Prefetched(fetched=False)
@@ -395,13 +400,15 @@ class ReadPath:
         *,
         around_page_cache: bool = False,
         admit: bool = False,
+        prefetch: bool = False,
     ) -> None:
         """One flight: the whole chunk from the peers (for this node's own reads) or the
         cloud, then into tier 1: its own reads' budget, or the peers' when it fetched for
         them; around the page cache when its bytes are kept in memory elsewhere (for a
         sequential reader: it holds them; handed to an `OnFetched` hook: the mount's page
         cache).
-        `admit` keeps it in tier 1 even where admission would not (a warm).
+        `admit` keeps it in tier 1 even where admission would not (a warm). A `prefetch`
+        holds a prefetch slot already (its reader's); any other takes a demand slot.
 
         Fetches for other nodes have slots of their own: were they to wait for slots held
         by flights that wait on peers, two nodes reading at once could wait on each other.
@@ -416,21 +423,27 @@ class ReadPath:
                 await self._hand_over(chunk, data, publish, Origin.PEER)
             return
         ticket = self._peer_flights.ticket()
-        # the flight slot is held while storing: see the module docstring
-        async with self._slot(self._flight_slots, chunk.id):
-            async with self._slot(self._fetch_slots, chunk.id):
-                served = await self._served(chunk, ticket)
-                if served is not None:
-                    publish(served)  # kept in tier 1 by the fetch for other nodes
-                    return
-                data = await self._from_peers(chunk)
-                if data is None:
-                    data = await self._from_cloud(chunk)
+        # Both held while storing (see the module docstring); a prefetch's reader holds its slot.
+        demand = None if prefetch else self._demand_slots
+        async with self._slot(self._flight_slots, chunk.id), self._slot(demand, chunk.id):
+            served = await self._served(chunk, ticket)
+            if served is not None:
+                publish(served)  # kept in tier 1 by the fetch for other nodes
+                return
+            data = await self._from_peers(chunk)
+            if data is None:
+                data = await self._from_cloud(chunk)
             await self._hand_over(chunk, data, publish, Origin.LOCAL, around_page_cache, admit)
 
     @asynccontextmanager
-    async def _slot(self, slots: asyncio.Semaphore, chunk_id: ChunkId) -> AsyncIterator[None]:
-        """One of `slots` for this node's flight of a chunk, which is `_queued` meanwhile."""
+    async def _slot(
+        self, slots: asyncio.Semaphore | None, chunk_id: ChunkId
+    ) -> AsyncIterator[None]:
+        """One of `slots` (None: none to take) for this node's flight of a chunk, which is
+        `_queued` meanwhile."""
+        if slots is None:
+            yield
+            return
         self._queued.add(chunk_id)
         try:
             await slots.acquire()

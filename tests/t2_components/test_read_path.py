@@ -415,10 +415,16 @@ class SlowCloud(CloudStore):
         self._store = store
         self._delay = delay
         self.url = store.url
+        self.gets_now = self.most_gets_at_once = 0
 
     async def get_range(self, key: str, start: int, length: int, version: str) -> Data:
-        await asyncio.sleep(self._delay)
-        return await self._store.get_range(key, start, length, version)
+        self.gets_now += 1
+        self.most_gets_at_once = max(self.most_gets_at_once, self.gets_now)
+        try:
+            await asyncio.sleep(self._delay)
+            return await self._store.get_range(key, start, length, version)
+        finally:
+            self.gets_now -= 1
 
     async def head(self, key: str) -> ObjectMeta:
         return await self._store.head(key)
@@ -444,6 +450,36 @@ class SlowCloud(CloudStore):
 
     async def delete_marker(self, prefix: str) -> None:
         await self._store.delete_marker(prefix)
+
+
+@pytest.mark.asyncio
+async def test_random_reads_and_read_ahead_each_fetch_with_half_the_slots(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """Cold reads from many threads at once fetch 8 chunks at a time (16 before: each held a
+    chunk in memory, and the peak RSS of the mount's random reads passed 200 MB), and a
+    sequential reader's read-ahead still gets its own 8 beside them."""
+    chunk = 64 * KiB
+    body = random_bytes(128 * chunk, seed=12)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("slots.bin", body)
+        slow = SlowCloud(cloud.store, delay=0.05)
+        async with node_on(tmp_path / "nvme", slow, chunk_size=chunk) as node:
+
+            async def read(offset: int) -> None:
+                assert await node.path.read(ref, offset, 4 * KiB) == body[offset : offset + 4 * KiB]
+
+            await asyncio.gather(*(read(index * chunk + 100) for index in range(32)))
+            assert slow.most_gets_at_once == 8
+
+            reader = node.path.open_reader(ref)
+            for offset in range(64 * chunk, 72 * chunk, chunk):  # sequential: read-ahead starts
+                got = await node.path.read(ref, offset, chunk, reader)
+                assert got == body[offset : offset + chunk]
+            slow.most_gets_at_once = slow.gets_now
+            await asyncio.gather(*(read(index * chunk) for index in range(32, 64)))
+            assert slow.most_gets_at_once > 8  # the random reads' 8 and the read-ahead's
+            await reader.close()
 
 
 @pytest.mark.asyncio
