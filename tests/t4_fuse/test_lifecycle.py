@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -467,15 +468,15 @@ def test_a_stop_with_the_cloud_down_ends_within_one_deadline(
 
 
 def relayed_mount(
-    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str, timeout: float = 3.0
 ) -> tuple[Relay, Mount]:
     """A mount of a new bucket of `provider`'s server through a relay the test may cut
-    (this node alone loses the bucket), with a 3 s cloud deadline; both stopped at the
-    end."""
+    (this node alone loses the bucket), with a cloud deadline of `timeout` seconds; both
+    stopped at the end."""
     server = networked_server_for(request, provider)
     relay, relayed = relay_in_front_of(server.endpoint)
     request.addfinalizer(relay.stop)
-    flags, env = target_flags(provider, server, tmp_path, timeout=3.0)
+    flags, env = target_flags(provider, server, tmp_path, timeout=timeout)
     flags[f"{provider.split('-')[0]}_endpoint"] = relayed
     mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
     request.addfinalizer(mount.stop)
@@ -763,6 +764,52 @@ def test_kill_9_once_a_removal_reached_the_bucket_keeps_the_file_removed(
         assert os.listdir(mount.path) == ["other"]
     else:  # cut short before its delete: the file under both names
         assert (mount.path / "notes.txt").read_bytes() == after
+    assert mount.stop() == 0
+
+
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("retry", ["in the rename", "killed first"])
+def test_a_rename_over_a_failed_close_keeps_its_bytes_through_the_retry_and_a_restart(
+    retry: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`mv other notes.txt` over a file whose close failed (this node lost the bucket), its
+    retry pending, once the bucket is back: neither the retry nor the restart after a
+    kill -9 may put the replaced bytes over the copy. `mv` said it succeeded, and
+    `other`'s bytes are nowhere else. `other` holds what notes.txt was written over (a
+    backup put back), so the copy is at the version a late upload's look expects (an S3
+    copy keeps the ETag): only the rename keeps them off. "in the rename": the retry's turn
+    comes once the rename has copied `other`, while its delete of `other` is held; it
+    waits for the rename (the path lock), then has nothing to send. "killed first": the
+    client is killed before the retry's turn, its staging file still there; the rename
+    forgot its journal row, so the restart sends nothing either."""
+    relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs", timeout=8.0)
+    (mount.path / "other").write_bytes(b"first\n")
+    close_while_cut(relay, mount, "notes.txt", b"ours\n")
+    retry_due = time.monotonic() + RETRY_INTERVAL  # the retry sleeps from the failed release
+    if retry == "in the rename":
+        relay.hold(b"?delete ")  # the rename's delete of `other` (obstore's), once it copied
+    relay.restore()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        renaming = pool.submit(os.rename, mount.path / "other", mount.path / "notes.txt")
+        if retry == "in the rename":
+            relay.wait_until_held()
+            time.sleep(max(0.0, retry_due + 1 - time.monotonic()))  # within the 8 s deadline
+            relay.release()
+        renaming.result(30)
+    if retry == "in the rename":
+        time.sleep(1)  # the retry, let go, does what it does
+        assert conflict_copies(mount) == {}
+    else:
+        assert time.monotonic() < retry_due, "the retry's turn came before the kill"
+    assert journaled(mount.nvme) == []
+    mount.kill()
+    assert cloud_bytes(mount, "notes.txt") == b"first\n"
+    assert cloud_bytes(mount, "other") is None
+    mount.start()
+    assert cloud_bytes(mount, "notes.txt") == b"first\n"
+    assert conflict_copies(mount) == {}
+    assert os.listdir(mount.path) == ["notes.txt"]
+    assert (mount.path / "notes.txt").read_bytes() == b"first\n"
     assert mount.stop() == 0
 
 
