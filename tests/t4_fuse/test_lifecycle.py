@@ -768,6 +768,53 @@ def test_kill_9_once_a_removal_reached_the_bucket_keeps_the_file_removed(
 
 
 @pytest.mark.warnings_expected
+@pytest.mark.parametrize("cut_short", ["killed", "bucket lost"])
+def test_a_rename_cut_short_once_its_source_is_deleted_keeps_the_file_it_replaced_removed(
+    cut_short: str, request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """`mv other notes.txt` over notes.txt being written (its bytes staged and journaled),
+    `other` holding the bytes notes.txt was written over (a backup put back). The rename's
+    delete of `other` reaches the bucket, and the client never hears back: it is killed
+    (SIGKILL), or loses the bucket for the whole deadline (the rename fails, EIO). An S3
+    copy keeps the ETag: the restart (or the writer's close) found notes.txt at the
+    version its bytes were written over, and put them over the copy; `other`'s bytes were
+    under neither name. Once the copy is in, the file it replaced must stay replaced."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    (mount.path / "notes.txt").write_bytes(b"first\n")
+    (mount.path / "other").write_bytes(b"first\n")
+    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"ours\n")
+    relay.hold(b"?delete ")  # the rename's delete of `other` (obstore's), once it copied
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        renaming = pool.submit(os.rename, mount.path / "other", mount.path / "notes.txt")
+        relay.wait_until_held()
+        relay.mute()  # the bucket deletes `other`; the client never hears it
+        relay.release()
+        until_in_bucket(s3, mount.flags["s3_bucket"], "other", None)
+        if cut_short == "killed":
+            mount.kill()
+        else:
+            relay.cut()  # the delete's tries fail until the deadline
+        with pytest.raises(OSError):
+            renaming.result(30)
+    if cut_short == "killed":
+        with contextlib.suppress(OSError):
+            os.close(fd)  # of the dead mount
+        relay.restore()
+        mount.start()
+    else:
+        relay.restore()
+        os.close(fd)  # its bytes go nowhere: the file was replaced
+    assert cloud_bytes(mount, "notes.txt") == b"first\n"
+    assert conflict_copies(mount) == {}
+    time.sleep(1.5)  # the kernel's entries (1 s) of the names it knew
+    assert os.listdir(mount.path) == ["notes.txt"]
+    assert (mount.path / "notes.txt").read_bytes() == b"first\n"
+    assert mount.stop() == 0
+    assert cloud_bytes(mount, "notes.txt") == b"first\n"
+
+
+@pytest.mark.warnings_expected
 @pytest.mark.parametrize("retry", ["in the rename", "killed first"])
 def test_a_rename_over_a_failed_close_keeps_its_bytes_through_the_retry_and_a_restart(
     retry: str, request: pytest.FixtureRequest, tmp_path: Path

@@ -454,8 +454,6 @@ class Filesystem:
                     await self._keep_for_open_handles(new)
                 with self._removing(self._open_file_at(new)):  # the file it replaces, if any
                     await self._rename_file(old, new)
-                async with _locked(self._open_file_at(new)):
-                    await self._unlink_open(new)  # the file it replaced, if any
                 if target is not None and target.version and target.is_link != source.is_link:
                     await self.cloud.delete(object_key(new, target))  # not replaced by the copy
         except BaseException:
@@ -464,6 +462,9 @@ class Filesystem:
             for path in (old, new):
                 self.names.forget(path)
                 self.names.forget_subtree(path)
+            replaced = self._open_file_at(new)
+            if replaced is not None and replaced.unlinked:  # by the copy, which went through
+                self.inodes.replace(new)
             raise
         self.inodes.move(old, new)
         self._journal_moved(new)
@@ -500,6 +501,12 @@ class Filesystem:
             raise EntryNotFoundError(old)
         source, destination = object_key(old, entry), object_key(new, entry)
         version = await self._copy(source, destination, entry.size, entry.version)
+        # The file it replaces, if any, leaves the namespace once the copy is in: a failure
+        # or a crash past here must not put its bytes back (a late upload found an S3 copy
+        # of the bytes they were written over at that version, the same ETag, and put them
+        # over it: once the source's delete went through, the moved bytes were gone).
+        async with _locked(self._open_file_at(new)):
+            await self._unlink_open(new)
         await self.cloud.delete(source)
         self.names.note(old, None)
         copied = await self.cloud.head(destination)  # another node may have written since

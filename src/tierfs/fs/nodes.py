@@ -117,12 +117,17 @@ class InodeTable:
         if node is not None:
             self._detach(node)
 
-    def move(self, old: str, new: str) -> None:
-        """Rename `old` (and everything below it) to `new`."""
-        replaced = self._by_path.get(new)
-        self.remove(new)
+    def replace(self, path: str) -> None:
+        """The file at `path` was replaced by a rename: it leaves the namespace, and
+        `standing_for` finds the file now at `path`."""
+        replaced = self._by_path.get(path)
+        self.remove(path)
         if replaced is not None:
-            replaced.replaced_at = new
+            replaced.replaced_at = path
+
+    def move(self, old: str, new: str) -> None:
+        """Rename `old` (and everything below it) to `new`, replacing what is there."""
+        self.replace(new)
         prefix = old + "/"
         moved = [n for p, n in self._by_path.items() if p == old or p.startswith(prefix)]
         for node in moved:
