@@ -51,8 +51,8 @@ FLIGHTS_PER_FETCH = 1.25
 # The share of fetch slots for prefetches; demand reads have the rest. Measured on SeaweedFS
 # here, 8 fetches of 4 MiB in flight move as much as 16. Demand reads took them all before
 # (2026-12-06): 2000 cold random reads through the mount, from 16 threads, ran as fast with
-# 8 (890-1,073 reads/s against 936-1,116 in 5 alternating pairs), their client's peak RSS
-# 154-166 MB against 183-219.
+# 8 (828, 754, 697 reads/s against 834, 722, 723 in 3 alternating pairs), their client's
+# peak RSS 142-161 MB against 169-198.
 PREFETCH_SHARE = 0.5
 # A sequential reader whose reads are smaller than this takes a tier-1 chunk whole at its
 # first read of it, then slices it: 128 KiB reads of a warm object went from ~85% to over
