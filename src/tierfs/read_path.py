@@ -273,7 +273,7 @@ class ReadPath:
             raise RuntimeError("the read path is closed")
         if chunk.id not in self._flights and await self._in_tier1(chunk):
             return None
-        fetch = partial(self._fetch, chunk, True, around_page_cache=True, admit=True)
+        fetch = partial(self._fetch, chunk, True, around_page_cache=True, admit=True, prefetch=True)
         fetched, _ = await self._flights.do(chunk.id, fetch)
         return await fetched.kept
 
@@ -408,7 +408,8 @@ class ReadPath:
         sequential reader: it holds them; handed to an `OnFetched` hook: the mount's page
         cache).
         `admit` keeps it in tier 1 even where admission would not (a warm). A `prefetch`
-        holds a prefetch slot already (its reader's); any other takes a demand slot.
+        (a reader's read-ahead, which holds a prefetch slot, or a warm, which bounds its
+        own loads) takes no demand slot; a demand read's flight does.
 
         Fetches for other nodes have slots of their own: were they to wait for slots held
         by flights that wait on peers, two nodes reading at once could wait on each other.
