@@ -26,6 +26,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -41,6 +42,7 @@ from tierfs.errors import (
     VersionChangedError,
 )
 from tierfs.fs.early_upload import START_AT, EarlyUpload
+from tierfs.fs.streaming import StreamingUpload
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,15 @@ class PendingUpload(NamedTuple):
     staging: Path
     base: str | None
     removing: bool = False
+
+
+class Begun(NamedTuple):
+    """A multipart upload the journal notes as begun: the note's row, the upload's key,
+    and when it began (this node's clock, in seconds since the epoch)."""
+
+    row: int
+    key: str
+    moment: float
 
 
 class Content(NamedTuple):
@@ -117,8 +128,11 @@ class UploadJournal:
             self._db.execute("ALTER TABLE pending ADD COLUMN tried TEXT")
         if "removing" not in columns:
             self._db.execute("ALTER TABLE pending ADD COLUMN removing INTEGER")
-        if "began" not in columns:
-            self._db.execute("ALTER TABLE pending ADD COLUMN began TEXT")
+        # A file's uploads keep the key they began under: it may be moved meanwhile.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS begun"
+            " (staging TEXT, key TEXT NOT NULL, moment REAL NOT NULL)"
+        )
 
     def begin(self, key: str, staging: Path, base: str) -> None:
         """Note `staging` as bound for `key`, written over the object's version `base` (""
@@ -155,22 +169,43 @@ class UploadJournal:
         except sqlite3.OperationalError as exc:
             log.warning("upload journal: cannot note the removal of %s: %s", staging, exc)
 
-    def note_began(self, staging: Path, when: float) -> None:
-        """Note that a multipart upload of `staging` began at `when` (this node's clock, in
-        seconds since the epoch): a crash before it ends leaves it in the bucket. Only the
-        last TRIED_KEPT are kept."""
-        began = [*self.began(staging), when][-TRIED_KEPT:]
-        text = ";".join(f"{moment:.3f}" for moment in began)
+    def note_began(self, staging: Path | None, key: str, when: float) -> int | None:
+        """Note that a multipart upload of `key` began at `when` (this node's clock, in
+        seconds since the epoch), of the file `staging` (None: a stream, which has no
+        staging file): a crash before it ends leaves it in the bucket. Only the last
+        TRIED_KEPT of a staging file are kept. The note's row; None (logged) if the disk
+        is full."""
         try:
-            self._db.execute("UPDATE pending SET began = ? WHERE staging = ?", (text, str(staging)))
+            row = self._db.execute(
+                "INSERT INTO begun (staging, key, moment) VALUES (?, ?, ?)",
+                (None if staging is None else str(staging), key, when),
+            ).lastrowid
+            if staging is not None:
+                self._db.execute(
+                    "DELETE FROM begun WHERE staging = ? AND rowid NOT IN"
+                    " (SELECT rowid FROM begun WHERE staging = ? ORDER BY rowid DESC LIMIT ?)",
+                    (str(staging), str(staging), TRIED_KEPT),
+                )
         except sqlite3.OperationalError as exc:
-            log.warning("upload journal: cannot note an upload of %s: %s", staging, exc)
+            log.warning("upload journal: cannot note an upload of %s: %s", key, exc)
+            return None
+        return row
 
-    def began(self, staging: Path) -> list[float]:
-        """When the multipart uploads of `staging` noted since it was begun began."""
-        row = self._db.execute("SELECT began FROM pending WHERE staging = ?", (str(staging),))
-        text = (row.fetchone() or ("",))[0] or ""
-        return [float(moment) for moment in text.split(";") if moment]
+    def began(self, staging: Path | None) -> list[Begun]:
+        """The multipart uploads of `staging` noted since it was begun; of None, the
+        streams' not forgotten (`forget_began`)."""
+        rows = self._db.execute(
+            "SELECT rowid, key, moment FROM begun WHERE staging IS ? ORDER BY rowid",
+            (None if staging is None else str(staging),),
+        )
+        return [Begun(row, key, moment) for row, key, moment in rows]
+
+    def forget_began(self, rows: Iterable[int]) -> None:
+        """Forget the notes `rows` of uploads begun. Logged, not raised, if the disk is full."""
+        try:
+            self._db.executemany("DELETE FROM begun WHERE rowid = ?", [(row,) for row in rows])
+        except sqlite3.OperationalError as exc:
+            log.warning("upload journal: cannot forget uploads begun: %s", exc)
 
     def tried(self, staging: Path) -> list[Content]:
         """The contents of `staging` whose puts failed since it was begun, oldest first."""
@@ -184,6 +219,7 @@ class UploadJournal:
         file will be gone, which recovery drops: it is logged, not raised."""
         try:
             self._db.execute("DELETE FROM pending WHERE staging = ?", (str(staging),))
+            self._db.execute("DELETE FROM begun WHERE staging = ?", (str(staging),))
         except sqlite3.OperationalError as exc:
             log.warning("upload journal: cannot forget %s: %s", staging, exc)
 
@@ -230,6 +266,7 @@ class Uploader:
         # The rows a previous run left, not sent yet: taken at the first `recover`, which
         # comes before anything is written. This run's rows are never recovery's.
         self._left_behind: list[PendingUpload] | None = None
+        self._streams_left: list[Begun] = []  # the streams it cut, taken with its rows
 
     async def upload(
         self,
@@ -258,7 +295,7 @@ class Uploader:
         if meta is None:
             with contextlib.suppress(OSError):  # no staging file: the put says so
                 if staging.stat().st_size > MULTIPART_THRESHOLD:
-                    self.journal.note_began(staging, time.time())
+                    self.journal.note_began(staging, key, time.time())
             try:
                 meta = await self.cloud.put(key, staging, expect)
             except CloudError:  # the store may have taken it all the same
@@ -295,10 +332,19 @@ class Uploader:
         under START_AT, if the store cannot stream, or if EARLY_UPLOADS are under way."""
         if size < START_AT or not self.cloud.streams_uploads or len(self._early) >= EARLY_UPLOADS:
             return None
-        self.journal.note_began(staging, time.time())
+        self.journal.note_began(staging, key, time.time())
         early = EarlyUpload(self.cloud, key, fd)
         self._early.add(early)
         return early
+
+    def note_stream(self, stream: StreamingUpload) -> None:
+        """Note `stream` in the journal until it completes: a crash before leaves its
+        multipart upload in the bucket, which the next start aborts (`recover`). So does
+        a failure (the store may have refused the abort too). Not at its start: the disk
+        that could not stage the file had no room for the note either."""
+        row = self.journal.note_began(None, stream.key, stream.began)
+        if row is not None:
+            stream.when_completed(lambda: self.journal.forget_began([row]))
 
     def abandon(self, early: EarlyUpload) -> None:
         """Give `early` up in the background (the store drops the parts it has)."""
@@ -360,14 +406,17 @@ class Uploader:
         under its writer). A file of the previous run's reopened here is staged anew, in
         a file and a row of this run's: its late row still goes up as a late upload.
 
-        Then the multipart uploads of its key that the previous run began (the journal
-        says when) and that are still in progress are aborted: a crash left them, their
-        parts billed and unseen (`CloudStore.drop_uploads_begun`).
+        Then the multipart uploads of the file that the previous run began (the journal
+        says when, and under which key: the file may have been moved since) and that are
+        still in progress are aborted: a crash left them, their parts billed and unseen
+        (`CloudStore.drop_uploads_begun`). So are, once the cloud answers, those of the
+        streams it had not completed (a stream has no row: its bytes are lost).
 
         Once one found the cloud out of reach, the others are not tried this time: each
         would wait out the deadline (before the mount appears, at the first call)."""
         if self._left_behind is None:
             self._left_behind = self.journal.pending()
+            self._streams_left = self.journal.began(None)
         remaining: list[PendingUpload] = []
         for index, row in enumerate(self._left_behind):
             key, staging = row.key, row.staging
@@ -391,10 +440,21 @@ class Uploader:
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
             log.info("%s: %s", key, done)
-            if began:
-                await self.cloud.drop_uploads_begun(key, began)
+            await self._drop_begun(began)
+        else:  # no row found the cloud out of reach
+            await self._drop_begun(self._streams_left)
+            self.journal.forget_began(begun.row for begun in self._streams_left)
+            self._streams_left = []
         self._left_behind = remaining
         return len(remaining)
+
+    async def _drop_begun(self, begun: list[Begun]) -> None:
+        """Abort the multipart uploads noted as `begun` still in progress."""
+        moments: dict[str, list[float]] = {}
+        for note in begun:
+            moments.setdefault(note.key, []).append(note.moment)
+        for key, began in moments.items():
+            await self.cloud.drop_uploads_begun(key, began)
 
     async def _recover_row(self, row: PendingUpload) -> str:
         """Send what `row` names (unless the file was removed meanwhile); what was done."""

@@ -57,21 +57,32 @@ def test_a_journal_of_an_earlier_tierfs_opens_with_its_rows(tmp_path: Path) -> N
 
 
 def test_a_removal_and_the_uploads_begun_outlive_the_journal(tmp_path: Path) -> None:
-    """What a restart after a crash needs: whether the file was being removed, and when its
-    multipart uploads began (the last TRIED_KEPT); a file begun again has neither."""
+    """What a restart after a crash needs: whether the file was being removed, and when
+    and under which key its multipart uploads began (the last TRIED_KEPT), even once it
+    was moved (begun again under its new key: the old key's upload was left); and the
+    streams' uploads, which have no row. A file done has none left."""
     path, staging = tmp_path / "journal.sqlite3", tmp_path / "s"
     journal = UploadJournal(path)
     journal.begin("a.bin", staging, '"etag-1"')
     journal.removing(staging, True)
     moments = [1_800_000_000.0 + n for n in range(TRIED_KEPT + 1)]
     for moment in moments:
-        journal.note_began(staging, moment)
+        journal.note_began(staging, "a.bin", moment)
+    stream = journal.note_began(None, "streamed.bin", 1_800_000_100.0)
+    journal.note_began(None, "completed.bin", 1_800_000_200.0)
     journal.close()
     journal = UploadJournal(path)
     assert journal.pending() == [PendingUpload("a.bin", staging, '"etag-1"', removing=True)]
-    assert journal.began(staging) == moments[1:]
+    assert [(b.key, b.moment) for b in journal.began(staging)] == [
+        ("a.bin", moment) for moment in moments[1:]
+    ]
     journal.removing(staging, False)  # the removal failed
     assert not journal.pending()[0].removing
-    journal.begin("a.bin", staging, '"etag-2"')
+    journal.begin("moved/a.bin", staging, '"etag-2"')
+    journal.note_began(staging, "moved/a.bin", 1_800_000_300.0)
+    assert [b.key for b in journal.began(staging)][-2:] == ["a.bin", "moved/a.bin"]
+    journal.forget_began([b.row for b in journal.began(None) if b.key == "completed.bin"])
+    assert [(b.row, b.key) for b in journal.began(None)] == [(stream, "streamed.bin")]
+    journal.done(staging)
     assert journal.began(staging) == []
     journal.close()

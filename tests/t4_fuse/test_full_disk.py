@@ -9,6 +9,7 @@ import mmap
 import os
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -296,6 +297,39 @@ def test_a_stream_another_client_aborted_fails_its_close_with_eio(
     assert cloud_bytes(mount, "big.bin") is None
     assert os.listdir(mount.path) == []
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.warnings_expected
+def test_a_restart_aborts_the_stream_a_kill_cut_and_no_other_clients(
+    request: pytest.FixtureRequest,
+    tmpfs: TmpfsMount,
+    mount_factory: MountFactory,
+    tmp_path: Path,
+) -> None:
+    """A file streaming to the cloud (larger than the disk) when the client is killed
+    (SIGKILL): its bytes are lost, as a failed stream's are, and its multipart upload was
+    left in the bucket, its parts billed for good (no journal row names a stream). The
+    restart aborts it, but not the one of the same key that another client began while
+    this node was down."""
+    mount, _ = small_mount_behind_relay(
+        request, tmpfs, mount_factory, tmp_path, "s3-seaweedfs", 3.0
+    )
+    s3 = s3_server_for(request, "s3-seaweedfs").boto3_client()
+    bucket = mount.flags["s3_bucket"]
+    fd, _ = streaming(mount, mount.path / "big.bin")
+    deadline = time.monotonic() + 30
+    while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+        assert time.monotonic() < deadline, "the stream began no multipart upload"
+        time.sleep(0.05)
+    mount.kill()
+    close_errno(fd)  # of the dead mount
+    time.sleep(12)  # past the moment this node's upload began (2 deadlines and 5 s)
+    other = s3.create_multipart_upload(Bucket=bucket, Key="big.bin")["UploadId"]
+    mount.start()  # the uploads a kill left are aborted before the mount appears
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [(upload["Key"], upload["UploadId"]) for upload in uploads] == [("big.bin", other)]
+    s3.abort_multipart_upload(Bucket=bucket, Key="big.bin", UploadId=other)
+    assert cloud_bytes(mount, "big.bin") is None
 
 
 def small_mount_behind_relay(

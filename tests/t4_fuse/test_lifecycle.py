@@ -1089,6 +1089,38 @@ def test_a_restart_aborts_the_uploads_a_kill_left_and_no_other_clients(
 
 
 @pytest.mark.warnings_expected
+def test_a_restart_aborts_the_upload_a_kill_left_under_a_folder_renamed_since(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """A file sent while it was written, its folder renamed on the way (its upload goes on
+    under the old key until its close), and the client killed (SIGKILL): the restart put
+    it under the new name, and left the upload of the old one in the bucket, its parts
+    billed for good (the journal, following the rename, had forgotten it). Another
+    client's upload of the old name, begun while this node was down, stays."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)  # a 3 s deadline
+    bucket = mount.flags["s3_bucket"]
+    relay.slow(b"partNumber=", 2.0)  # each part takes 2 s: the kill comes before the end
+    data = os.urandom(40 * 2**20)
+    (mount.path / "before").mkdir()
+    appended = os.open(mount.path / "before" / "early.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(appended, data)  # appends from empty: its parts go up while it is written
+    deadline = time.monotonic() + 30
+    while [key for key, _ in uploads_in_progress(s3, bucket)] != ["before/early.bin"]:
+        assert time.monotonic() < deadline, uploads_in_progress(s3, bucket)
+        time.sleep(0.05)
+    os.rename(mount.path / "before", mount.path / "after")  # the file still open, dirty
+    mount.kill()
+    close_errno(appended)  # of the dead mount
+    time.sleep(12)  # past the moment this node's upload began (2 deadlines and 5 s)
+    other = s3.create_multipart_upload(Bucket=bucket, Key="before/early.bin")["UploadId"]
+    relay.slow(b"partNumber=", 0.0)
+    mount.start()  # the journal's uploads are done before the mount appears
+    assert cloud_bytes(mount, "after/early.bin") == data
+    assert uploads_in_progress(s3, bucket) == [("before/early.bin", other)]
+    s3.abort_multipart_upload(Bucket=bucket, Key="before/early.bin", UploadId=other)
+
+
+@pytest.mark.warnings_expected
 def test_a_start_with_the_cloud_down_mounts_within_one_deadline(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

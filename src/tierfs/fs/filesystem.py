@@ -1004,6 +1004,7 @@ class Filesystem:
         staged = file.staging
         self.staging.discard(file)  # room first: the journal needs some too
         self.uploader.journal.done(staged)  # from now on the stream carries its bytes
+        self.uploader.note_stream(stream)
         file.stream, file.dirty = stream, True
         log.warning(
             "%s: no room to stage it under %s; streaming it to the cloud instead "

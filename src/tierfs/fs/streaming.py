@@ -11,7 +11,8 @@ it: its closes answer EIO, and nothing acknowledged is lost. The other is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from tierfs.cloud.base import CloudStore, ObjectMeta
 from tierfs.errors import CloudError
@@ -31,6 +32,7 @@ class StreamingUpload:
 
     def __init__(self, cloud: CloudStore, key: str, queued: int = QUEUED_WRITES) -> None:
         self.key = key
+        self.began = time.time()  # this node's clock
         self.end = 0  # bytes handed over so far
         self._aborted = False
         self._queue: asyncio.Queue[bytes | None | _Aborted] = asyncio.Queue(maxsize=queued)
@@ -43,6 +45,15 @@ class StreamingUpload:
         """Whether the upload ended without the object (failed, or aborted): for good."""
         upload = self._upload
         return upload.done() and (upload.cancelled() or upload.exception() is not None)
+
+    def when_completed(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once the cloud has the whole object (never if it fails)."""
+
+        def completed(upload: asyncio.Task[ObjectMeta]) -> None:
+            if not upload.cancelled() and upload.exception() is None:
+                callback()
+
+        self._upload.add_done_callback(completed)
 
     async def send(self, data: bytes) -> None:
         """Append `data`; waits while the upload is behind. Raises CloudError once the
