@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 import servers
-from cloud_targets import networked_server_for, server_for, target_flags
+from cloud_targets import Server, networked_server_for, server_for, target_flags
 from mounts import (
+    BUCKET_FLAGS,
     Mount,
     client_command,
     close_errno,
@@ -103,10 +104,15 @@ def test_a_client_started_under_a_soft_limit_of_1024_files_holds_more_open(
     assert cloud_bytes(mount, f"f{files - 1}") == b"%d" % (files - 1)
 
 
-def test_kill_9_before_upload_loses_nothing(mount_factory: Callable[..., Mount]) -> None:
-    mount = mount_factory("local")
+@pytest.mark.parametrize("provider", ["local", "azure", "gcp-native"])
+def test_kill_9_before_upload_loses_nothing(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """Killed before the file's close, the client uploads it at its restart: several
+    parts, blocks or chunks (on Azure, some of them staged while it was written)."""
+    mount = mount_factory(provider)
     fd = os.open(mount.path / "crash.bin", os.O_WRONLY | os.O_CREAT, 0o644)
-    payload = os.urandom(5 * 2**20)
+    payload = os.urandom(20 * 2**20 + 5)
     assert os.write(fd, payload) == len(payload)
     mount.kill()  # before close: nothing uploaded yet
     assert cloud_bytes(mount, "crash.bin") is None
@@ -408,26 +414,104 @@ def test_upload_failure_is_eio_and_the_data_is_kept(
     assert mount.stop() == 0
 
 
+# What a part, block or chunk request of a large upload holds, by provider.
+PART_REQUEST = {"azure": b"comp=block", "gcp-native": b"upload_id="}
+
+
 @pytest.mark.warnings_expected
+@pytest.mark.parametrize("provider", ["azure", "gcp-native"])  # S3: the same path as Azure's
+def test_a_close_cut_off_mid_upload_is_eio_and_the_file_goes_up_whole_once_back(
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+) -> None:
+    """The bucket is lost part way through a large file's upload at its close (some
+    parts, staged blocks or a resumable session's chunks have landed): the close fails
+    (EIO), the mount still reads the file, and once the bucket is back the retry puts it
+    whole, over the file it replaces, and nothing goes under `.tierfs-conflicts/`."""
+    relay, mount = relayed_mount(request, tmp_path, provider)
+    payload = os.urandom(40 * 2**20 + 5)
+    (mount.path / "big.bin").write_bytes(b"the old content")
+    fd = os.open(mount.path / "big.bin", os.O_WRONLY)
+    os.write(fd, payload)  # not appends from empty: put at its close
+    relay.slow(PART_REQUEST[provider], 1.0)
+    closed: list[int] = []
+    closing = threading.Thread(target=lambda: closed.append(close_errno(fd)))
+    closing.start()
+    time.sleep(1.5)  # a part or two has gone up
+    relay.cut()
+    closing.join(60)
+    assert closed == [errno.EIO]
+    assert (mount.path / "big.bin").read_bytes() == payload
+    relay.slow(PART_REQUEST[provider], 0.0)
+    relay.restore()
+    wait_for_object(mount, "big.bin", payload)
+    assert cloud_bytes(mount, "big.bin") == payload
+    assert conflict_copies(mount) == {}
+    assert mount.stop() == 0
+    assert journaled(mount.nvme) == []
+
+
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("provider", ["azure", "gcp-native"])
+def test_kill_9_while_large_files_go_up_puts_them_whole_at_the_restart(
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+) -> None:
+    """Killed (SIGKILL) while one file goes up at its close and another is written (on
+    Azure its blocks go up meanwhile): the restart puts both whole from the journal, and
+    the next write of either goes up. (On S3 the restart also aborts the multipart
+    uploads the kill left: `test_a_restart_aborts_the_uploads_a_kill_left_...`.)"""
+    relay, mount = relayed_mount(request, tmp_path, provider)
+    relay.slow(PART_REQUEST[provider], 1.0)
+    whole, early = os.urandom(24 * 2**20 + 5), os.urandom(24 * 2**20 + 7)
+    (mount.path / "whole.bin").write_bytes(b"x")
+    rewritten = os.open(mount.path / "whole.bin", os.O_WRONLY)
+    os.write(rewritten, whole)
+    closing = threading.Thread(target=close_errno, args=(rewritten,))
+    closing.start()
+    appended = os.open(mount.path / "early.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(appended, early)
+    time.sleep(1.5)  # a part or two has gone up
+    mount.kill()
+    closing.join(30)
+    close_errno(appended)  # of the dead mount
+    relay.slow(PART_REQUEST[provider], 0.0)
+    mount.start()  # the journal's uploads are done before the mount appears
+    for name, body in (("whole.bin", whole), ("early.bin", early)):
+        assert cloud_bytes(mount, name) == body
+        assert (mount.path / name).read_bytes() == body
+    assert conflict_copies(mount) == {}
+    (mount.path / "whole.bin").write_bytes(early)
+    assert cloud_bytes(mount, "whole.bin") == early
+    assert mount.stop() == 0
+
+
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "azure", "gcp-native"])
 def test_sigterm_with_the_cloud_down_says_what_stays_staged_and_exits_1(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
 ) -> None:
     """A stop whose uploads fail keeps them journaled for the next start, and says so: an
     exit 0 told a service manager (or a script waiting to reboot) all was in the cloud."""
-    relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")
-    fd = os.open(mount.path / "unsent", os.O_WRONLY | os.O_CREAT, 0o644)
-    os.write(fd, b"written while the cloud was there")
+    relay, mount = relayed_mount(request, tmp_path, provider)
+    big = os.urandom(20 * 2**20 + 5)  # several parts, blocks or chunks
+    bodies = {"unsent": b"written while the cloud was there", "unsent.bin": big}
+    fds = [os.open(mount.path / name, os.O_WRONLY | os.O_CREAT, 0o644) for name in bodies]
+    for fd, body in zip(fds, bodies.values(), strict=True):
+        os.write(fd, body)
     relay.cut()
     assert mount.proc is not None
     mount.proc.send_signal(signal.SIGTERM)
     assert mount.proc.wait(60) == 1
     assert not is_mounted(mount.path)
-    with pytest.raises(OSError):
-        os.close(fd)
-    assert "1 file(s) not yet in s3://" in mount.log_tail(5)
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.close(fd)
+    bucket = next(mount.flags[name] for name in BUCKET_FLAGS if name in mount.flags)
+    said = mount.log_tail(5)
+    assert "2 file(s) not yet in " in said and f"{bucket}: they stay staged" in said, said
     relay.restore()
-    mount.start()  # the next start sends it
-    assert cloud_bytes(mount, "unsent") == b"written while the cloud was there"
+    mount.start()  # the next start sends them
+    for name, body in bodies.items():
+        assert cloud_bytes(mount, name) == body
     assert mount.stop() == 0
 
 
@@ -467,15 +551,32 @@ def test_a_stop_with_the_cloud_down_ends_within_one_deadline(
     assert journaled(mount.nvme) == []
 
 
+def relayed_server(
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+) -> tuple[Server, Relay, str]:
+    """`provider`'s server, a relay in front of it (stopped at the end) and the URL that
+    reaches the server through it. gcp-native: a fake-gcs-server of this test's own, whose
+    upload sessions' URLs name the relay too (the session one's name its own port)."""
+    if provider != "gcp-native":
+        server = networked_server_for(request, provider)
+        relay, relayed = relay_in_front_of(server.endpoint)
+        request.addfinalizer(relay.stop)
+        return server, relay, relayed
+    (port,) = servers.free_ports(1)
+    gcs = servers.start_fake_gcs(tmp_path / "own-server", external_port=port)
+    request.addfinalizer(gcs.stop)
+    relay = Relay(int(gcs.endpoint.rsplit(":", 1)[1]), port=port).start()
+    request.addfinalizer(relay.stop)
+    return gcs, relay, f"http://127.0.0.1:{port}"
+
+
 def relayed_mount(
     request: pytest.FixtureRequest, tmp_path: Path, provider: str, timeout: float = 3.0
 ) -> tuple[Relay, Mount]:
     """A mount of a new bucket of `provider`'s server through a relay the test may cut
     (this node alone loses the bucket), with a cloud deadline of `timeout` seconds; both
     stopped at the end."""
-    server = networked_server_for(request, provider)
-    relay, relayed = relay_in_front_of(server.endpoint)
-    request.addfinalizer(relay.stop)
+    server, relay, relayed = relayed_server(request, tmp_path, provider)
     flags, env = target_flags(provider, server, tmp_path, timeout=timeout)
     flags[f"{provider.split('-')[0]}_endpoint"] = relayed
     mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
