@@ -3,6 +3,7 @@ putting it whole at close. Checked at the S3 server: its multipart uploads and o
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import BlobBlock
 
 import servers
 from cloud_targets import s3_server_for
@@ -135,6 +138,39 @@ def test_a_file_removed_while_written_leaves_nothing(s3: tuple[Mount, Any, str])
     assert cloud_bytes(mount, "gone.bin") is None
     wait_for(lambda: uploads(client, bucket) == {}, "the abandoned upload dropped")
     assert not (mount.path / "gone.bin").exists()
+
+
+def staged_blocks(azurite: servers.AzureServer, container: str, name: str) -> int:
+    """The uncommitted blocks Azurite holds of blob `name`."""
+    blob = azurite.service_client().get_blob_client(container, name)
+    try:
+        return len(blob.get_block_list("uncommitted")[1])
+    except ResourceNotFoundError:
+        return 0
+
+
+@pytest.mark.parametrize("provider", ["azure", "azure-sas"])
+def test_a_file_removed_while_written_on_azure_leaves_no_blocks(
+    mount_factory: MountFactory, azurite: servers.AzureServer, provider: str
+) -> None:
+    """On Azure a file's early upload stages blocks, which no abort drops: removed while
+    written, the file left them staged under its name for a week (Azure's limit), and
+    another tool's upload of that name in blocks of its own failed meanwhile (Azure takes
+    one length of block id per blob: InvalidBlobOrBlock). They go with the upload."""
+    mount = mount_factory(provider)
+    container = mount.flags["azure_container"]
+    with (mount.path / "gone.bin").open("wb", buffering=0) as f:
+        append(f, os.urandom(40 * MiB))
+        wait_for(lambda: staged_blocks(azurite, container, "gone.bin") >= 2, "blocks staged")
+        (mount.path / "gone.bin").unlink()
+    mount.wait_for_log("gone.bin: dropped the blocks its failed upload left staged")
+    assert staged_blocks(azurite, container, "gone.bin") == 0
+    assert cloud_bytes(mount, "gone.bin") is None  # nor the empty blob that dropped them
+    other = azurite.service_client().get_blob_client(container, "gone.bin")  # another tool
+    block = base64.b64encode(b"a block id of another length").decode()
+    other.stage_block(block, b"theirs")
+    other.commit_block_list([BlobBlock(block)])
+    assert cloud_bytes(mount, "gone.bin") == b"theirs"
 
 
 def test_two_files_at_most_go_up_while_written(s3: tuple[Mount, Any, str]) -> None:

@@ -1,5 +1,6 @@
 """Azure Blob over obstore, and what obstore cannot send: a copy that is complete when it
-returns, and folder markers (`name/`, a name obstore's paths cannot hold).
+returns, folder markers (`name/`, a name obstore's paths cannot hold), and the drop of the
+blocks a failed upload left staged (`AzureBlobCloud._blocks_dropped_on_failure`).
 
 Azure's Copy Blob may answer before the copy is done (`x-ms-copy-status: pending`; within
 one account it "can" finish at once, Azure says), and a source deleted meanwhile fails
@@ -17,9 +18,12 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import formatdate, parsedate_to_datetime
+from functools import partial
 from urllib.parse import quote, unquote
 from xml.etree import ElementTree
 
@@ -35,7 +39,10 @@ from tierfs.errors import (
     ConfigError,
     InvalidKeyError,
     ObjectNotFoundError,
+    VersionChangedError,
 )
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "2021-08-06"  # x-ms-version of the requests made here
 PUBLIC_ENDPOINT = "https://{account}.blob.core.windows.net"
@@ -43,6 +50,14 @@ PUBLIC_ENDPOINT = "https://{account}.blob.core.windows.net"
 MAX_SEGMENTS = 254
 # Pauses between looks at a pending copy: from the first to the longest, doubling.
 FIRST_LOOK, LONGEST_PAUSE = 0.05, 2.0
+# The standard headers a Shared Key signature holds, in its order.
+SIGNED_HEADERS = (
+    "Content-Encoding", "Content-Language", "Content-Length", "Content-MD5", "Content-Type",
+    "Date", "If-Modified-Since", "If-Match", "If-None-Match", "If-Unmodified-Since", "Range",
+)  # fmt: skip
+# Put Block List's body that commits no block (`AzureBlobCloud._drop_staged_blocks`).
+EMPTY_BLOCK_LIST = b'<?xml version="1.0" encoding="utf-8"?><BlockList></BlockList>'
+DROP_MARK = "x-ms-meta-tierfsdrop"  # names the drop that made such an empty blob
 
 
 class AzureBlobCloud(ObjstoreCloud):
@@ -85,6 +100,9 @@ class AzureBlobCloud(ObjstoreCloud):
         base = endpoint.rstrip("/") if endpoint else PUBLIC_ENDPOINT.format(account=account)
         self._container_url = f"{base}/{quote(container, safe='')}"
         self._http = SignedRequests(self.url, timeout)
+        self._staging: dict[str, int] = {}  # uploads that stage blocks under way, by key
+        self._staging_failed: set[str] = set()  # keys one of them failed of
+        self._dropping: dict[str, asyncio.Future[None]] = {}  # `_drop_staged_blocks`, by key
 
     async def _stored_md5(self, key: str, meta: ObjectMeta) -> bytes | None:
         """Azure's Content-MD5, which Put Blob stores (its ETag is no digest)."""
@@ -176,6 +194,14 @@ class AzureBlobCloud(ObjstoreCloud):
         url = URL(self._blob_url(key) + self._query, encoded=True)
         return self._send(method, url, key, extra)
 
+    def _block_list_request(
+        self, method: str, key: str, query: str, extra: Mapping[str, str], body: bytes | None
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """A request of blob `key`'s block list (`comp=blocklist` and `query`)."""
+        joined = f"comp=blocklist{query}{self._query.replace('?', '&')}"
+        url = URL(f"{self._blob_url(key)}?{joined}", encoded=True)
+        return self._send(method, url, key, extra, body=body)
+
     def _send(
         self,
         method: str,
@@ -183,17 +209,121 @@ class AzureBlobCloud(ObjstoreCloud):
         key: str,
         extra: Mapping[str, str] | None = None,
         listing: bool = False,
+        body: bytes | None = None,
     ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
         """A request to `url` (about `key`, or a `listing`), signed with the account key or
         carrying the shared access signature (see SignedRequests)."""
         headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
         headers |= extra or {}
         if method == "PUT":
-            headers["Content-Length"] = "0"
+            headers["Content-Length"] = str(len(body or b""))
         if self._secret is not None:
             auth = shared_key(self._account, self._secret, method, url, headers)
             headers["Authorization"] = auth
-        return self._http.send(method, url, headers, key, listing)
+        return self._http.send(method, url, headers, key, listing, body)
+
+    async def _put_tries(
+        self, key: str, attempt: Callable[[], Awaitable[ObjectMeta]], multipart: bool
+    ) -> ObjectMeta:
+        upload = partial(super()._put_tries, key, attempt, multipart)
+        return await (self._blocks_dropped_on_failure(key, upload) if multipart else upload())
+
+    async def put_stream(
+        self, key: str, parts: AsyncIterator[bytes], size: int | None = None
+    ) -> ObjectMeta:
+        upload = partial(super().put_stream, key, parts, size)
+        return await self._blocks_dropped_on_failure(key, upload)
+
+    async def _blocks_dropped_on_failure(
+        self, key: str, upload: Callable[[], Awaitable[ObjectMeta]]
+    ) -> ObjectMeta:
+        """`upload`, which stages blocks of `key`. Once no such upload of `key` is under way
+        here and one of them failed or was cancelled, the blocks of `key` left staged are
+        dropped (`_drop_staged_blocks`): obstore aborts none on Azure, and Azure keeps them
+        a week, billed, while another tool's upload of `key` in blocks fails (Azure takes
+        one length of block id per blob: InvalidBlobOrBlock). Not before: an abandoned
+        early upload of a file and the put that takes its place are uploads of one key at
+        once, and the drop would take the second's blocks; nor while a drop of `key` runs
+        (an upload begun then waits for it)."""
+        if (dropping := self._dropping.get(key)) is not None:
+            await asyncio.shield(dropping)
+        self._staging[key] = self._staging.get(key, 0) + 1
+        try:
+            return await upload()
+        except BaseException:
+            self._staging_failed.add(key)
+            raise
+        finally:
+            self._staging[key] -= 1
+            if not self._staging[key]:
+                del self._staging[key]
+                if key in self._staging_failed:
+                    self._staging_failed.discard(key)
+                    drop = asyncio.ensure_future(self._drop_staged_blocks(key))
+                    self._dropping[key] = drop
+                    drop.add_done_callback(lambda _: self._dropping.pop(key, None))
+                    await asyncio.shield(drop)
+
+    async def _drop_staged_blocks(self, key: str) -> None:
+        """Drop the blocks of `key` left staged, where no blob of `key` is: an empty block
+        list committed there only while there is none (a commit drops every block it does
+        not name), marked as this drop's, then that empty blob deleted, only at its
+        version. Where a blob is, they stay (its next put drops them, else Azure after a
+        week). Never raises: what fails is logged."""
+        mark = secrets.token_hex(8)
+        try:
+            emptied = await self._call("PUT", key, partial(self._commit_no_block, key, mark))
+            if emptied is None:
+                return
+            with contextlib.suppress(VersionChangedError, ObjectNotFoundError):  # not ours now
+                await self._call("DELETE", key, partial(self._delete_at, key, emptied))
+        except CloudError as exc:
+            log.info("%s/%s: its staged blocks stay (Azure drops them in a week): %s",
+                     self.url, key, exc)  # fmt: skip
+            return
+        log.info("%s/%s: dropped the blocks its failed upload left staged", self.url, key)
+
+    async def _commit_no_block(self, key: str, mark: str) -> str | None:
+        """Commit an empty block list at `key`, marked `mark`, if blocks are staged there and
+        no blob is: the empty blob's version (also when a try before this one made it, its
+        answer lost), else None."""
+        try:
+            async with self._block_list_request(
+                "GET", key, "&blocklisttype=uncommitted", {}, None
+            ) as answer:
+                listed = listing_xml(await answer.read())
+        except ObjectNotFoundError:
+            return None
+        if listed.find("UncommittedBlocks/Block") is None:
+            return await self._marked(key, mark)
+        try:
+            async with self._request("HEAD", key):
+                return None  # a blob is there: committing no block would empty it
+        except ObjectNotFoundError:
+            pass
+        headers = {"If-None-Match": "*", DROP_MARK: mark}
+        try:
+            async with self._block_list_request(
+                "PUT", key, "", headers, EMPTY_BLOCK_LIST
+            ) as answer:
+                return _quoted(answer.headers["ETag"])
+        except CloudError as exc:
+            if "BlobAlreadyExists" not in str(exc):  # Azure's 409 to If-None-Match: *
+                raise
+        return await self._marked(key, mark)
+
+    async def _marked(self, key: str, mark: str) -> str | None:
+        """The version of the blob at `key` if it is the empty one marked `mark`, else None."""
+        try:
+            async with self._request("HEAD", key) as answer:
+                ours = answer.headers.get(DROP_MARK) == mark
+                return _quoted(answer.headers["ETag"]) if ours else None
+        except ObjectNotFoundError:
+            return None
+
+    async def _delete_at(self, key: str, version: str) -> None:
+        async with self._request("DELETE", key, {"If-Match": version}):
+            pass
 
     async def put_marker(self, prefix: str) -> None:
         await self._marker("PUT", prefix)
@@ -268,11 +398,11 @@ def _quoted(etag: str) -> str:
 def shared_key(
     account: str, secret: bytes, method: str, url: URL, headers: Mapping[str, str]
 ) -> str:
-    """The `Authorization` of a request with no body, signed with the account key (Azure
+    """The `Authorization` of a request, signed with the account key (Azure
     Storage's Shared Key scheme, versions 2015-02-21 on)."""
     length = headers.get("Content-Length", "")
-    content_type = headers.get("Content-Type", "")
-    standard = [method, "", "", "" if length == "0" else length, "", content_type] + [""] * 6
+    standard = [method] + [headers.get(name, "") for name in SIGNED_HEADERS]
+    standard[3] = "" if length == "0" else length
     ms_headers = sorted((name.lower(), value.strip()) for name, value in headers.items())
     canonical = "".join(
         f"{name}:{value}\n" for name, value in ms_headers if name.startswith("x-ms-")

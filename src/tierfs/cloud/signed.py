@@ -34,17 +34,24 @@ class SignedRequests:
 
     @contextlib.asynccontextmanager
     async def send(
-        self, method: str, url: URL, headers: Mapping[str, str], key: str, listing: bool = False
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        key: str,
+        listing: bool = False,
+        body: bytes | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send a request without a body: an answer of 400 or more raises its tierfs error
-        (ObjectNotFoundError, AccessDeniedError, ...), a connection that failed or timed out
-        TransientCloudError; that of a `listing`, a web page, NotAnObjectStoreError."""
+        """Send a request (with `body`, if given: a few bytes): an answer of 400 or more
+        raises its tierfs error (ObjectNotFoundError, AccessDeniedError, ...), a connection
+        that failed or timed out TransientCloudError; that of a `listing`, a web page,
+        NotAnObjectStoreError."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
             # aiohttp would add a Content-Type to a PUT after it was signed
             request = self._session.request(
-                method, url, headers=headers, skip_auto_headers=["Content-Type"]
+                method, url, headers=headers, data=body, skip_auto_headers=["Content-Type"]
             )
             async with request as response:
                 page = web_page_error(self.url, url, response.status, response.headers)
