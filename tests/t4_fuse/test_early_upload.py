@@ -157,14 +157,15 @@ def test_a_file_removed_while_written_on_azure_leaves_no_blocks(
     written, the file left them staged under its name for a week (Azure's limit), and
     another tool's upload of that name in blocks of its own failed meanwhile (Azure takes
     one length of block id per blob: InvalidBlobOrBlock). They go with the upload."""
-    mount = mount_factory(provider)
+    mount = mount_factory(provider, cloud_timeout="3")  # blocks landing late: dropped 3 s on
     container = mount.flags["azure_container"]
     with (mount.path / "gone.bin").open("wb", buffering=0) as f:
         append(f, os.urandom(40 * MiB))
         wait_for(lambda: staged_blocks(azurite, container, "gone.bin") >= 2, "blocks staged")
         (mount.path / "gone.bin").unlink()
     mount.wait_for_log("gone.bin: dropped the blocks its failed upload left staged")
-    assert staged_blocks(azurite, container, "gone.bin") == 0
+    time.sleep(3.5)  # past the deadline: no block request of the upload is on its way
+    wait_for(lambda: staged_blocks(azurite, container, "gone.bin") == 0, "late blocks dropped")
     assert cloud_bytes(mount, "gone.bin") is None  # nor the empty blob that dropped them
     other = azurite.service_client().get_blob_client(container, "gone.bin")  # another tool
     block = base64.b64encode(b"a block id of another length").decode()

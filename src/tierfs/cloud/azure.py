@@ -103,6 +103,7 @@ class AzureBlobCloud(ObjstoreCloud):
         self._staging: dict[str, int] = {}  # uploads that stage blocks under way, by key
         self._staging_failed: set[str] = set()  # keys one of them failed of
         self._dropping: dict[str, asyncio.Future[None]] = {}  # `_drop_staged_blocks`, by key
+        self._late_drops: set[asyncio.Future[None]] = set()  # `_drop_late_blocks` waiting
 
     async def _stored_md5(self, key: str, meta: ObjectMeta) -> bytes | None:
         """Azure's Content-MD5, which Put Blob stores (its ETag is no digest)."""
@@ -244,7 +245,9 @@ class AzureBlobCloud(ObjstoreCloud):
         one length of block id per blob: InvalidBlobOrBlock). Not before: an abandoned
         early upload of a file and the put that takes its place are uploads of one key at
         once, and the drop would take the second's blocks; nor while a drop of `key` runs
-        (an upload begun then waits for it)."""
+        (an upload begun then waits for it). A block request still on its way when the
+        upload failed may land after the drop: a deadline later, the drop is done again,
+        unless an upload of `key` is under way here then (its commit drops them)."""
         if (dropping := self._dropping.get(key)) is not None:
             await asyncio.shield(dropping)
         self._staging[key] = self._staging.get(key, 0) + 1
@@ -259,10 +262,24 @@ class AzureBlobCloud(ObjstoreCloud):
                 del self._staging[key]
                 if key in self._staging_failed:
                     self._staging_failed.discard(key)
-                    drop = asyncio.ensure_future(self._drop_staged_blocks(key))
-                    self._dropping[key] = drop
-                    drop.add_done_callback(lambda _: self._dropping.pop(key, None))
-                    await asyncio.shield(drop)
+                    await asyncio.shield(self._start_drop(key))
+                    late = asyncio.ensure_future(self._drop_late_blocks(key))
+                    self._late_drops.add(late)
+                    late.add_done_callback(self._late_drops.discard)
+
+    def _start_drop(self, key: str) -> asyncio.Future[None]:
+        """`_drop_staged_blocks` of `key`, which uploads of `key` begun meanwhile wait for."""
+        drop = asyncio.ensure_future(self._drop_staged_blocks(key))
+        self._dropping[key] = drop
+        drop.add_done_callback(lambda _: self._dropping.pop(key, None))
+        return drop
+
+    async def _drop_late_blocks(self, key: str) -> None:
+        """Drop again, once every block request of the failed upload has ended (each has
+        the deadline), the blocks of `key` that landed after the drop."""
+        await asyncio.sleep(self._timeout)
+        if key not in self._staging and key not in self._dropping:
+            await self._start_drop(key)
 
     async def _drop_staged_blocks(self, key: str) -> None:
         """Drop the blocks of `key` left staged, where no blob of `key` is: an empty block
@@ -364,6 +381,9 @@ class AzureBlobCloud(ObjstoreCloud):
             return _parse_listing(await answer.read())
 
     async def close(self) -> None:
+        for late in list(self._late_drops):
+            late.cancel()
+        await asyncio.gather(*self._late_drops, *self._dropping.values(), return_exceptions=True)
         await self._http.close()
         await super().close()
 
