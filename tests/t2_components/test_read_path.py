@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -675,46 +676,33 @@ async def test_two_nodes_whose_fetch_slots_wait_on_each_other_still_read(
     owners = {0: "x", 1: "y"}
     opened = asyncio.Event()
     x_peers, y_peers = Linked("x", owners, opened), Linked("y", owners, opened)
-    async with (
-        cloud_on(seaweedfs, tmp_path) as cloud,
-        node_on(
-            tmp_path / "x",
-            cloud.store,
-            chunk_size=chunk,
-            peer_size=GiB,
-            peers=x_peers,
-            max_parallel_fetches=1,
-        ) as x,
-        node_on(
-            tmp_path / "y",
-            cloud.store,
-            chunk_size=chunk,
-            peer_size=GiB,
-            peers=y_peers,
-            max_parallel_fetches=1,
-        ) as y,
-    ):
-        x_peers.other, y_peers.other = y.path, x.path
-        ref = await cloud.put("crossed", body)
-        before = await cloud.gets()
-        asking = [
-            asyncio.create_task(x.path.read(ref, chunk, chunk)),  # takes X's slot, asks Y
-            asyncio.create_task(y.path.read(ref, 0, chunk)),  # takes Y's slot, asks X
-        ]
-        while x_peers.asked + y_peers.asked < 2:
-            await asyncio.sleep(0.01)
-        queued = [
-            asyncio.create_task(x.path.read(ref, 0, chunk)),  # X's own: waits for its slot
-            asyncio.create_task(y.path.read(ref, chunk, chunk)),  # Y's own, likewise
-        ]
-        while x.path.fetches + y.path.fetches < 4:
-            await asyncio.sleep(0.01)
-        opened.set()
-        async with asyncio.timeout(10):
-            got = await asyncio.gather(*asking, *queued)
-        assert got == [body[chunk:], body[:chunk], body[:chunk], body[chunk:]]
-        assert await cloud.gets() - before == 2  # each chunk once, by its owner
-        assert (x.stats.tier(Tier.CLOUD).hits, y.stats.tier(Tier.CLOUD).hits) == (1, 1)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        node = partial(node_on, cloud=cloud.store, chunk_size=chunk, peer_size=GiB)
+        async with (  # one fetch slot each
+            node(tmp_path / "x", peers=x_peers, max_parallel_fetches=1) as x,
+            node(tmp_path / "y", peers=y_peers, max_parallel_fetches=1) as y,
+        ):
+            x_peers.other, y_peers.other = y.path, x.path
+            ref = await cloud.put("crossed", body)
+            before = await cloud.gets()
+            asking = [
+                asyncio.create_task(x.path.read(ref, chunk, chunk)),  # takes X's slot, asks Y
+                asyncio.create_task(y.path.read(ref, 0, chunk)),  # takes Y's slot, asks X
+            ]
+            while x_peers.asked + y_peers.asked < 2:
+                await asyncio.sleep(0.01)
+            queued = [
+                asyncio.create_task(x.path.read(ref, 0, chunk)),  # X's own: waits for its slot
+                asyncio.create_task(y.path.read(ref, chunk, chunk)),  # Y's own, likewise
+            ]
+            while x.path.fetches + y.path.fetches < 4:
+                await asyncio.sleep(0.01)
+            opened.set()
+            async with asyncio.timeout(10):
+                got = await asyncio.gather(*asking, *queued)
+            assert got == [body[chunk:], body[:chunk], body[:chunk], body[chunk:]]
+            assert await cloud.gets() - before == 2  # each chunk once, by its owner
+            assert (x.stats.tier(Tier.CLOUD).hits, y.stats.tier(Tier.CLOUD).hits) == (1, 1)
 
 
 # -- memory -------------------------------------------------------------------------------

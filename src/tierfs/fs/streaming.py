@@ -49,11 +49,7 @@ class StreamingUpload:
     def when_completed(self, callback: Callable[[], object]) -> None:
         """Call `callback` once the cloud has the whole object (never if it fails)."""
 
-        def completed(upload: asyncio.Task[ObjectMeta]) -> None:
-            if not upload.cancelled() and upload.exception() is None:
-                callback()
-
-        self._upload.add_done_callback(completed)
+        self._upload.add_done_callback(lambda _: None if self.failed else callback())
 
     async def send(self, data: bytes) -> None:
         """Append `data`; waits while the upload is behind. Raises CloudError once the
