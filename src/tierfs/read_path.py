@@ -25,8 +25,8 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, runtime_checkable
@@ -150,8 +150,9 @@ class ReadPath:
         self._flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch")
         # fetches for other nodes of chunks whose own flight waits on a peer or for a slot
         self._peer_flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch for peers")
-        self._asking_peers: set[ChunkId] = set()  # chunks whose flight waits on a peer
-        self._queued: set[ChunkId] = set()  # chunks whose flight waits for its slots
+        # chunks whose flight waits on a peer, or for its slots: each marked by that flight
+        self._asking_peers: dict[ChunkId, object] = {}
+        self._queued: dict[ChunkId, object] = {}
         prefetches = max(1, int(PREFETCH_SHARE * max_parallel_fetches))
         self._flight_slots = asyncio.Semaphore(int(FLIGHTS_PER_FETCH * max_parallel_fetches))
         self._prefetch_slots = asyncio.Semaphore(prefetches)  # held by the readers' prefetches
@@ -445,11 +446,8 @@ class ReadPath:
         if slots is None:
             yield
             return
-        self._queued.add(chunk_id)
-        try:
+        with _marked(self._queued, chunk_id):
             await slots.acquire()
-        finally:
-            self._queued.discard(chunk_id)
         try:
             yield
         finally:
@@ -512,20 +510,16 @@ class ReadPath:
             return None
         held_only = held_only or not self._peers.owner_elsewhere(chunk)
         counters = self._stats.tier(Tier.PEER)
-        if not held_only:
-            self._asking_peers.add(chunk.id)
         try:
             if held_only:
                 data = await self._peers.held_elsewhere(chunk)
             else:
-                data = await self._peers.fetch(chunk)
+                with _marked(self._asking_peers, chunk.id):
+                    data = await self._peers.fetch(chunk)
         except Exception as exc:
             counters.errors += 1
             log.info("peers failed on chunk %s of %s: %s", chunk.index, chunk.obj.key, exc)
             return None
-        finally:
-            if not held_only:
-                self._asking_peers.discard(chunk.id)
         if data is None:
             counters.misses += 1
             return None
@@ -596,6 +590,21 @@ class ReadPath:
         finally:
             if not fetched.kept.done():
                 fetched.kept.set_result(kept)
+
+
+@contextmanager
+def _marked(marks: dict[ChunkId, object], chunk_id: ChunkId) -> Iterator[None]:
+    """`chunk_id` in `marks` for as long as this flight of it is in the state they mark.
+    A flight winding down after its cancel takes off only its own mark: a new flight of
+    the chunk may have marked it meanwhile, and a peer's request would then join that
+    one, which may wait on the asker (the two-node stall, until the peer timeout)."""
+    mark = object()
+    marks[chunk_id] = mark
+    try:
+        yield
+    finally:
+        if marks.get(chunk_id) is mark:
+            del marks[chunk_id]
 
 
 def _piece(data: Data, lo: int, hi: int) -> Data:

@@ -705,6 +705,84 @@ async def test_two_nodes_whose_fetch_slots_wait_on_each_other_still_read(
             assert (x.stats.tier(Tier.CLOUD).hits, y.stats.tier(Tier.CLOUD).hits) == (1, 1)
 
 
+class OwnerAway:
+    """A tier 2 whose owner answers each `fetch` only once `answer` is set, and whose
+    cancelled requests wind down only once `wound_down` is set (a connection being shut)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.asked = 0
+        self.answer = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.wound_down = asyncio.Event()
+
+    async def fetch(self, chunk: ChunkRef) -> bytes | None:
+        self.asked += 1
+        try:
+            await self.answer.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            await self.wound_down.wait()
+            raise
+        return self.body[chunk.start : chunk.start + chunk.length]
+
+    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+        return None
+
+    def owner_elsewhere(self, chunk: ChunkRef) -> bool:
+        return True
+
+    def release(self) -> None:
+        self.answer.set()
+        self.wound_down.set()
+
+
+async def until(done: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not done():
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_fetch_winding_down_leaves_the_next_ones_peer_wait_known(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """A read of a chunk whose owner is another node is cancelled while its request winds
+    down; a new read's flight asks the owner meanwhile. The old flight, ending, took the
+    chunk off the chunks that wait on a peer, so another node's request for it joined the
+    new flight (which may wait on that very node: the two-node stall, until the peer
+    timeout). Now that request reads the chunk through at once."""
+    chunk = 256 * KiB
+    body = random_bytes(chunk, seed=13)
+    peers = OwnerAway(body)
+    async with cloud_on(seaweedfs, tmp_path) as cloud:
+        ref = await cloud.put("rewound", body)
+        one = chunk_ref(ref, 0, chunk)
+        async with node_on(tmp_path / "a", cloud.store, chunk_size=chunk, peers=peers) as node:
+            reads: list[asyncio.Task[Data]] = []
+            try:
+                reads.append(asyncio.create_task(node.path.read(ref, 0, 10)))
+                await until(lambda: peers.asked == 1)
+                reads[0].cancel()  # its reader gone: its flight is cancelled, winds down
+                await peers.cancelled.wait()
+                with pytest.raises(asyncio.CancelledError):
+                    await reads[0]
+                reads.append(asyncio.create_task(node.path.read(ref, 0, 10)))
+                await until(lambda: peers.asked == 2)  # the new flight waits on the owner
+                peers.wound_down.set()
+                await until(lambda: node.path.fetches == 1)  # the old flight is gone
+                before = await cloud.gets()
+                async with asyncio.timeout(5):
+                    for_peer = await node.path.read_for_peer(one, cached_only=False)
+                assert for_peer == body
+                assert await cloud.gets() - before == 1
+                peers.answer.set()
+                assert await reads[1] == body[:10]
+            finally:
+                peers.release()
+                await asyncio.gather(*reads, return_exceptions=True)
+
+
 # -- memory -------------------------------------------------------------------------------
 
 
