@@ -90,6 +90,15 @@ class PeerTier(Protocol):
         (and so may wait on); else `held_elsewhere` is all the peers can do."""
         ...
 
+    def owner_ranks_above(self, chunk: ChunkRef) -> bool:
+        """Whether the owner `fetch` asks is another node that ranks above this one in the
+        chunk's rendezvous order (the same on every node, whatever its view of the
+        members). Such an owner never waits on this node for the chunk: a request from
+        another node joins a flight waiting on an owner only when that owner ranks above
+        the node, so waits between nodes go one way. False when this node is not in its
+        own view (draining, say): its owner may rank below it and be the very asker."""
+        ...
+
 
 @runtime_checkable
 class _KnowsHeld(Protocol):
@@ -148,9 +157,10 @@ class ReadPath:
         self._max_parallel = max_parallel_fetches
         self._max_window_bytes = max_window_bytes
         self._flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch")
-        # fetches for other nodes of chunks whose own flight waits on a peer or for a slot
+        # fetches for other nodes of chunks whose own flight may wait on them (see below)
         self._peer_flights: SingleFlight[ChunkId, _Fetched] = SingleFlight("fetch for peers")
-        # chunks whose flight waits on a peer, or for its slots: each marked by that flight
+        # chunks whose flight waits on an owner that does not rank above this node (which
+        # may wait on this node), or for its slots: each marked by that flight
         self._asking_peers: dict[ChunkId, object] = {}
         self._queued: dict[ChunkId, object] = {}
         prefetches = max(1, int(PREFETCH_SHARE * max_parallel_fetches))
@@ -289,12 +299,12 @@ class ReadPath:
         Asks only peers that hold the chunk already (the location index's, with
         `cached_only`: they answer from tier 1 or not at all), never one that would read it
         through, so requests between nodes cannot loop. Joins a fetch of the
-        chunk already under way unless that one is waiting on its owner elsewhere, which
-        might be the asker (two nodes briefly disagreeing about the owner would wait on
-        each other), or still waiting for its fetch slot: the slots may all be held by
-        fetches waiting on the asker, whose own slots wait on this node (two nodes reading
-        at once waited on each other until the peer timeout). That fetch then takes the
-        chunk this one brings.
+        chunk already under way unless that one is waiting on an owner elsewhere that does
+        not rank above this node, which might be the asker (two nodes disagreeing about the
+        owner would wait on each other), or still waiting for its fetch slot: the slots may
+        all be held by fetches waiting on the asker, whose own slots wait on this node (two
+        nodes reading at once waited on each other until the peer timeout). That fetch then
+        takes the chunk this one brings.
         None when `cached_only` and tier 1 does not have it. Raises as `read`.
         """
         if self._closed:
@@ -505,7 +515,10 @@ class ReadPath:
         chunk it holds answers at once, and so never waits on this node). So is a chunk
         this node owns: its flight waits on no node, and another node's request for the
         chunk joins it (were it to start a flight of its own, the cloud would send the
-        chunk twice)."""
+        chunk twice). A flight waiting on an owner that ranks above this node is joined
+        too, that owner never waiting on this node: a third node's request for the chunk
+        (its view of the members lacking that owner) took a fetch of its own, and the cloud
+        sent the chunk to this node and to the owner."""
         if self._peers is None:
             return None
         held_only = held_only or not self._peers.owner_elsewhere(chunk)
@@ -513,6 +526,8 @@ class ReadPath:
         try:
             if held_only:
                 data = await self._peers.held_elsewhere(chunk)
+            elif self._peers.owner_ranks_above(chunk):
+                data = await self._peers.fetch(chunk)
             else:
                 with _marked(self._asking_peers, chunk.id):
                     data = await self._peers.fetch(chunk)

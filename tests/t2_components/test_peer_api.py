@@ -888,3 +888,52 @@ async def test_an_owner_that_answers_without_end_is_read_no_further_than_its_bou
         await runner.cleanup()
         await asyncio.to_thread(coordinator.stop)
     coordinator.assert_clean_log()
+
+
+async def test_an_owner_elsewhere_ranks_above_its_asker_unless_it_drains(tmp_path: Path) -> None:
+    """An active node's owner of a chunk, when another node, ranks above it (the read path
+    lets other nodes' requests join its flight waiting on that owner, which never waits on
+    it); a draining node is not in its own view and may ask an owner that ranks below it."""
+    coordinator = await asyncio.to_thread(start_coordinator, tmp_path)
+    for n, other in enumerate(["node-a", "node-b"]):
+        await asyncio.to_thread(coordinator.register, other, f"127.0.0.1:{9410 + n}")
+    clients = {
+        name: CoordinatorClient(
+            coordinator.url, name, f"127.0.0.1:{9400 + n}", NodeReport, heartbeat_interval=0.2
+        )
+        for n, name in enumerate(["active", "draining"])
+    }
+    clients["draining"].status = "draining"
+    runs = [asyncio.create_task(client.run()) for client in clients.values()]
+    fetchers = {
+        name: PeerFetcher(
+            name, client, stats=NodeStats(), timeout=5.0, keys=KeyPrefix(), chunk_size=CHUNK
+        )
+        for name, client in clients.items()
+    }
+    try:
+        async with asyncio.timeout(10):
+            while any(len(client.members) != 4 for client in clients.values()):
+                await asyncio.sleep(0.05)
+        ref = ObjectRef("ranked.bin", "v-1", 64 * CHUNK)
+        chunks = [chunk_ref(ref, index, CHUNK) for index in range(64)]
+        everyone = ["node-a", "node-b", "active", "draining"]
+        first = [rank(chunk.id, everyone, str)[0] for chunk in chunks]
+        active, draining = fetchers["active"], fetchers["draining"]
+        elsewhere = [active.owner_elsewhere(chunk) for chunk in chunks]
+        assert [active.owner_ranks_above(chunk) for chunk in chunks] == elsewhere
+        assert any(elsewhere) and not all(elsewhere)
+        assert all(draining.owner_elsewhere(chunk) for chunk in chunks)
+        above = [draining.owner_ranks_above(chunk) for chunk in chunks]
+        assert above == [name != "draining" for name in first]
+        assert not all(above)  # the chunks it ranks first for: their owner ranks below it
+    finally:
+        for fetcher in fetchers.values():
+            await fetcher.close()
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        for client in clients.values():
+            await client.close()
+        await asyncio.to_thread(coordinator.stop)
+    coordinator.assert_clean_log()

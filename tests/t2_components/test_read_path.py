@@ -609,6 +609,9 @@ class PeersHolding:
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
         return True
 
+    def owner_ranks_above(self, chunk: ChunkRef) -> bool:
+        return True
+
 
 @pytest.mark.asyncio
 async def test_peers_come_between_tier_1_and_the_cloud(
@@ -654,6 +657,9 @@ class Linked:
 
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
         return self.owners[chunk.index] != self.name
+
+    def owner_ranks_above(self, chunk: ChunkRef) -> bool:
+        return self.owner_elsewhere(chunk)  # one view, which holds both nodes
 
     async def _ask(self, chunk: ChunkRef, cached_only: bool) -> bytes | None:
         self.asked += 1
@@ -707,7 +713,9 @@ async def test_two_nodes_whose_fetch_slots_wait_on_each_other_still_read(
 
 class OwnerAway:
     """A tier 2 whose owner answers each `fetch` only once `answer` is set, and whose
-    cancelled requests wind down only once `wound_down` is set (a connection being shut)."""
+    cancelled requests wind down only once `wound_down` is set (a connection being shut).
+    Its node is not in its own view of the membership (draining, say): the owner it asks
+    may rank below it, and be the very node that asks it for the chunk."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
@@ -731,6 +739,9 @@ class OwnerAway:
 
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
         return True
+
+    def owner_ranks_above(self, chunk: ChunkRef) -> bool:
+        return False
 
     def release(self) -> None:
         self.answer.set()
@@ -781,6 +792,84 @@ async def test_a_cancelled_fetch_winding_down_leaves_the_next_ones_peer_wait_kno
             finally:
                 peers.release()
                 await asyncio.gather(*reads, return_exceptions=True)
+
+
+class Member:
+    """Tier 2 of one of several read paths of this process, as the peer API joins nodes:
+    `fetch` asks the owner of this node's view of the membership to read the chunk
+    through, once `gate` is open; `order` is the rendezvous order, the same on all nodes."""
+
+    def __init__(self, name: str, owner: str, order: list[str], gate: asyncio.Event) -> None:
+        self.name = name
+        self.owner = owner
+        self.order = order
+        self.gate = gate
+        self.nodes: dict[str, ReadPath] = {}
+        self.asked = 0
+
+    async def fetch(self, chunk: ChunkRef) -> bytes | None:
+        self.asked += 1
+        await self.gate.wait()
+        data = await self.nodes[self.owner].read_for_peer(chunk, cached_only=False)
+        return None if data is None else bytes(data)
+
+    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+        return None  # no node holds it yet
+
+    def owner_elsewhere(self, chunk: ChunkRef) -> bool:
+        return self.owner != self.name
+
+    def owner_ranks_above(self, chunk: ChunkRef) -> bool:
+        return self.order.index(self.owner) < self.order.index(self.name)
+
+
+@pytest.mark.asyncio
+async def test_a_node_asked_while_it_asks_the_owner_above_it_costs_the_cloud_one_get(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """B ranks above A, and A above C. A's view of the membership has B own the chunk; C's,
+    A (B joined after C last heard). C asks A while A's own flight waits on B: A read the
+    chunk from the cloud for C and B for A, so the cloud sent it twice. B never waits on A
+    for the chunk (a node joins only flights waiting on a node above it), so A's answer
+    to C now joins its own flight: the cloud sends the chunk once."""
+    chunk = 256 * KiB
+    body = random_bytes(chunk, seed=14)
+    order = ["b", "a", "c"]
+    a_asks = asyncio.Event()
+    opened = asyncio.Event()
+    opened.set()
+    members = {
+        "a": Member("a", "b", order, a_asks),
+        "b": Member("b", "b", order, opened),
+        "c": Member("c", "a", order, opened),
+    }
+    async with cloud_on(seaweedfs, tmp_path) as cloud, AsyncExitStack() as stack:
+        nodes = {
+            name: await stack.enter_async_context(
+                node_on(tmp_path / name, cloud.store, chunk_size=chunk, peer_size=GiB, peers=member)
+            )
+            for name, member in members.items()
+        }
+        for member in members.values():
+            member.nodes = {name: node.path for name, node in nodes.items()}
+        ref = await cloud.put("disputed", body)
+        before = await cloud.gets()
+        reads: list[asyncio.Task[Data]] = []
+        try:
+            reads.append(asyncio.create_task(nodes["a"].path.read(ref, 0, chunk)))
+            await until(lambda: members["a"].asked == 1)  # A's flight waits on B
+            reads.append(asyncio.create_task(nodes["c"].path.read(ref, 0, chunk)))
+            await until(lambda: members["c"].asked == 1)  # C asks A
+            a_asks.set()
+            async with asyncio.timeout(10):
+                got = await asyncio.gather(*reads)
+            assert got == [body, body]
+            assert await cloud.gets() - before == 1
+            hits = [nodes[name].stats.tier(Tier.CLOUD).hits for name in "abc"]
+            assert hits == [0, 1, 0]  # by the owner
+        finally:
+            a_asks.set()
+            await asyncio.gather(*reads, return_exceptions=True)
 
 
 # -- memory -------------------------------------------------------------------------------

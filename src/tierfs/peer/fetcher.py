@@ -124,6 +124,15 @@ class PeerFetcher:
         order = self._ranked(self._keys.outer_chunk(chunk, self._chunk_size))
         return bool(order) and order[0].peer_id != self._node_id
 
+    def owner_ranks_above(self, chunk: ChunkRef) -> bool:
+        """Whether the chunk's owner is another node that ranks above this one in the
+        chunk's rendezvous order (see `PeerTier.owner_ranks_above`)."""
+        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
+        order = self._ranked(chunk)
+        if not order or order[0].peer_id == self._node_id:
+            return False
+        return rank(chunk.id, [order[0].peer_id, self._node_id], str)[0] != self._node_id
+
     async def _from_holders(
         self,
         chunk: ChunkRef,
