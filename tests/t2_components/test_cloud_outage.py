@@ -254,6 +254,33 @@ async def test_a_put_retried_to_success_leaves_no_parts_of_its_failed_try(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
+async def test_an_upload_begun_after_its_put_was_cancelled_is_aborted_a_deadline_later(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A large put cancelled while its CreateMultipartUpload is on its way (held here)
+    leaves an upload that the store begins after the put's abort looked for it: it stayed
+    in the bucket for good, billed and unseen. The abort is done again a deadline later,
+    when every request of the put has ended, and takes it."""
+    async with through_a_relay(provider, request, tmp_path, DEADLINE) as (settings, relay, store):
+        in_progress = uploads_in_progress(request, provider, settings)
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(3 * PART_SIZE))
+        relay.hold(b"big.bin?uploads")  # the CreateMultipartUpload, not the listing's GET
+        put = asyncio.create_task(store.put("big.bin", big))
+        await asyncio.to_thread(relay.wait_until_held)
+        put.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await put  # once its abort is done: it found no upload
+        dropped = time.monotonic()
+        relay.release()
+        await until_in_progress(in_progress, 1)  # the store began it after all
+        while await asyncio.to_thread(in_progress):
+            assert time.monotonic() - dropped < DEADLINE + 5, "the late upload stayed"
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", ["s3-seaweedfs", "s3-moto"])
 @pytest.mark.parametrize("how", ["put", "put_stream"])
 async def test_a_multipart_upload_another_client_aborted_is_put_again_or_fails(
     provider: str, how: str, request: pytest.FixtureRequest, tmp_path: Path

@@ -1,6 +1,6 @@
 """Azure Blob over obstore, and what obstore cannot send: a copy that is complete when it
 returns, folder markers (`name/`, a name obstore's paths cannot hold), and the drop of the
-blocks a failed upload left staged (`AzureBlobCloud._blocks_dropped_on_failure`).
+blocks a failed upload left staged (`AzureBlobCloud._drop_staged_blocks`).
 
 Azure's Copy Blob may answer before the copy is done (`x-ms-copy-status: pending`; within
 one account it "can" finish at once, Azure says), and a source deleted meanwhile fails
@@ -21,7 +21,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from email.utils import formatdate, parsedate_to_datetime
 from functools import partial
 from urllib.parse import quote, unquote
@@ -34,6 +34,7 @@ from yarl import URL
 from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
 from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
+from tierfs.cloud.upload_drops import UploadDrops
 from tierfs.errors import (
     CloudError,
     ConfigError,
@@ -100,10 +101,8 @@ class AzureBlobCloud(ObjstoreCloud):
         base = endpoint.rstrip("/") if endpoint else PUBLIC_ENDPOINT.format(account=account)
         self._container_url = f"{base}/{quote(container, safe='')}"
         self._http = SignedRequests(self.url, timeout)
-        self._staging: dict[str, int] = {}  # uploads that stage blocks under way, by key
-        self._staging_failed: set[str] = set()  # keys one of them failed of
-        self._dropping: dict[str, asyncio.Future[None]] = {}  # `_drop_staged_blocks`, by key
-        self._late_drops: set[asyncio.Future[None]] = set()  # `_drop_late_blocks` waiting
+        # A retry's commit drops the blocks of the tries before it: no look before.
+        self._drops = UploadDrops(_nothing, self._drop_staged_blocks, timeout)
 
     async def _stored_md5(self, key: str, meta: ObjectMeta) -> bytes | None:
         """Azure's Content-MD5, which Put Blob stores (its ETag is no digest)."""
@@ -223,70 +222,15 @@ class AzureBlobCloud(ObjstoreCloud):
             headers["Authorization"] = auth
         return self._http.send(method, url, headers, key, listing, body)
 
-    async def _put_tries(
-        self, key: str, attempt: Callable[[], Awaitable[ObjectMeta]], multipart: bool
-    ) -> ObjectMeta:
-        upload = partial(super()._put_tries, key, attempt, multipart)
-        return await (self._blocks_dropped_on_failure(key, upload) if multipart else upload())
-
-    async def put_stream(
-        self, key: str, parts: AsyncIterator[bytes], size: int | None = None
-    ) -> ObjectMeta:
-        upload = partial(super().put_stream, key, parts, size)
-        return await self._blocks_dropped_on_failure(key, upload)
-
-    async def _blocks_dropped_on_failure(
-        self, key: str, upload: Callable[[], Awaitable[ObjectMeta]]
-    ) -> ObjectMeta:
-        """`upload`, which stages blocks of `key`. Once no such upload of `key` is under way
-        here and one of them failed or was cancelled, the blocks of `key` left staged are
-        dropped (`_drop_staged_blocks`): obstore aborts none on Azure, and Azure keeps them
-        a week, billed, while another tool's upload of `key` in blocks fails (Azure takes
-        one length of block id per blob: InvalidBlobOrBlock). Not before: an abandoned
-        early upload of a file and the put that takes its place are uploads of one key at
-        once, and the drop would take the second's blocks; nor while a drop of `key` runs
-        (an upload begun then waits for it). A block request still on its way when the
-        upload failed may land after the drop: a deadline later, the drop is done again,
-        unless an upload of `key` is under way here then (its commit drops them)."""
-        if (dropping := self._dropping.get(key)) is not None:
-            await asyncio.shield(dropping)
-        self._staging[key] = self._staging.get(key, 0) + 1
-        try:
-            return await upload()
-        except BaseException:
-            self._staging_failed.add(key)
-            raise
-        finally:
-            self._staging[key] -= 1
-            if not self._staging[key]:
-                del self._staging[key]
-                if key in self._staging_failed:
-                    self._staging_failed.discard(key)
-                    await asyncio.shield(self._start_drop(key))
-                    late = asyncio.ensure_future(self._drop_late_blocks(key))
-                    self._late_drops.add(late)
-                    late.add_done_callback(self._late_drops.discard)
-
-    def _start_drop(self, key: str) -> asyncio.Future[None]:
-        """`_drop_staged_blocks` of `key`, which uploads of `key` begun meanwhile wait for."""
-        drop = asyncio.ensure_future(self._drop_staged_blocks(key))
-        self._dropping[key] = drop
-        drop.add_done_callback(lambda _: self._dropping.pop(key, None))
-        return drop
-
-    async def _drop_late_blocks(self, key: str) -> None:
-        """Drop again, once every block request of the failed upload has ended (each has
-        the deadline), the blocks of `key` that landed after the drop."""
-        await asyncio.sleep(self._timeout)
-        if key not in self._staging and key not in self._dropping:
-            await self._start_drop(key)
-
-    async def _drop_staged_blocks(self, key: str) -> None:
-        """Drop the blocks of `key` left staged, where no blob of `key` is: an empty block
-        list committed there only while there is none (a commit drops every block it does
-        not name), marked as this drop's, then that empty blob deleted, only at its
-        version. Where a blob is, they stay (its next put drops them, else Azure after a
-        week). Never raises: what fails is logged."""
+    async def _drop_staged_blocks(self, key: str, _before: None) -> None:
+        """Drop the blocks of `key` left staged (`UploadDrops`' drop): obstore aborts
+        nothing on Azure, and Azure keeps them a week, billed, while another tool's upload
+        of `key` in blocks fails (Azure takes one length of block id per blob:
+        InvalidBlobOrBlock). Only where no blob of `key` is: an empty block list committed
+        there only while there is none (a commit drops every block it does not name),
+        marked as this drop's, then that empty blob deleted, only at its version. Where a
+        blob is, they stay (its next put drops them, else Azure after a week). Never
+        raises: what fails is logged."""
         mark = secrets.token_hex(8)
         try:
             emptied = await self._call("PUT", key, partial(self._commit_no_block, key, mark))
@@ -381,11 +325,8 @@ class AzureBlobCloud(ObjstoreCloud):
             return _parse_listing(await answer.read())
 
     async def close(self) -> None:
-        for late in list(self._late_drops):
-            late.cancel()
-        await asyncio.gather(*self._late_drops, *self._dropping.values(), return_exceptions=True)
-        await self._http.close()
         await super().close()
+        await self._http.close()
 
 
 def _parse_listing(body: bytes) -> ListAnswer:
@@ -408,6 +349,10 @@ def _parse_listing(body: bytes) -> ListAnswer:
     ]
     prefixes = [name(item) for item in root.iterfind("Blobs/BlobPrefix")]
     return ListAnswer(ListPage(objects, prefixes), root.findtext("NextMarker") or None)
+
+
+async def _nothing(key: str) -> None:
+    """No look at `key` before its uploads (`UploadDrops`)."""
 
 
 def _quoted(etag: str) -> str:

@@ -34,6 +34,7 @@ from tierfs.cloud.base import (
     may_pass,
     md5_of,
 )
+from tierfs.cloud.upload_drops import UploadDrops
 from tierfs.errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -53,7 +54,7 @@ NO_RETRIES: dict[str, Any] = {"max_retries": 0, "retry_timeout": timedelta(secon
 _STATUS_RE = re.compile(r"status(?: code)?:? (\d{3})", re.IGNORECASE)
 _BUCKET_MISSING = re.compile(r"<Code>(NoSuchBucket|ContainerNotFound)</Code>")  # S3, Azure
 # S3's answer to a part or the completion of a multipart upload aborted meanwhile (by
-# another client: see S3Cloud._parts_dropped_on_failure), and to obstore's abort then.
+# another client: see S3Cloud._abort_begun), and to obstore's abort then.
 _UPLOAD_ABORTED = "<Code>NoSuchUpload</Code>"
 _TRANSIENT_TEXT = (
     "error sending request",
@@ -116,6 +117,8 @@ class ObjstoreCloud(CloudStore):
         self._store = store
         self.url = url
         self._timeout = timeout
+        # What drops the parts of failed multipart uploads, where the store keeps them.
+        self._drops: UploadDrops[Any] | None = None
 
     def _translate(self, exc: Exception, key: str) -> Exception:
         """Map an obstore failure to a tierfs error; the caller raises it."""
@@ -248,8 +251,20 @@ class ObjstoreCloud(CloudStore):
         self, key: str, attempt: Callable[[], Awaitable[ObjectMeta]], multipart: bool
     ) -> ObjectMeta:
         """`attempt`, one try of a put of `key`, until one succeeds (`_call`); the tries
-        of a `multipart` put are not bounded by the deadline, each of its requests is."""
-        return await self._call("PUT", key, attempt, bounded=not multipart)
+        of a `multipart` put are not bounded by the deadline, each of its requests is, and
+        what they leave in a store that keeps it is dropped (`UploadDrops`)."""
+        if not multipart or self._drops is None:
+            return await self._call("PUT", key, attempt, bounded=not multipart)
+        drops = self._drops
+
+        async def noted() -> ObjectMeta:
+            try:
+                return await attempt()
+            except BaseException:
+                drops.try_failed(key)  # its upload may be left, even if a retry succeeds
+                raise
+
+        return await drops.run(key, partial(self._call, "PUT", key, noted, bounded=False))
 
     async def _holding(self, key: str, body: bytes | Path, size: int) -> ObjectMeta | None:
         """The object at `key` if it holds `body` (its size and MD5 say so), else None."""
@@ -274,6 +289,13 @@ class ObjstoreCloud(CloudStore):
         self, key: str, parts: AsyncIterator[bytes], size: int | None = None
     ) -> ObjectMeta:
         self.check_key(key)
+        streamed = partial(self._streamed, key, parts, size)
+        return await (streamed() if self._drops is None else self._drops.run(key, streamed))
+
+    async def _streamed(
+        self, key: str, parts: AsyncIterator[bytes], size: int | None
+    ) -> ObjectMeta:
+        """`put_stream`'s one try: a streamed put cannot be sent again."""
         part = self._part_size(size)
         most = None if self.max_parts is None else self.max_parts * part
         sent = 0
@@ -383,6 +405,11 @@ class ObjstoreCloud(CloudStore):
                 f"{self.url}/{source}: copied {copied.version}, not {version}"
             )
         return copied.version
+
+    async def close(self) -> None:
+        """Wait for the drops under way (a subclass closes its connections after)."""
+        if self._drops is not None:
+            await self._drops.close()
 
 
 @dataclass(frozen=True)

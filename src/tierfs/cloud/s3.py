@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -23,6 +23,7 @@ from yarl import URL
 from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
 from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
+from tierfs.cloud.upload_drops import UploadDrops
 from tierfs.errors import CloudError, ObjectNotFoundError, TransientCloudError
 
 log = logging.getLogger(__name__)
@@ -68,76 +69,27 @@ class S3Cloud(ObjstoreCloud):
         self._bucket_url = bucket_url.rstrip("/")  # path-style: ENDPOINT/BUCKET
         self._keys = keys
         self._http = SignedRequests(url, timeout)
-        self._puts: dict[str, _PutsOfKey] = {}  # multipart puts under way, by key
-
-    async def _put_tries(
-        self, key: str, attempt: Callable[[], Awaitable[ObjectMeta]], multipart: bool
-    ) -> ObjectMeta:
-        if not multipart:
-            return await super()._put_tries(key, attempt, multipart)
-
-        async def noted() -> ObjectMeta:
-            try:
-                return await attempt()
-            except BaseException:
-                self._puts[key].failed = True  # its upload may be left, even if a retry lands
-                raise
-
-        return await self._parts_dropped_on_failure(
-            key, partial(super()._put_tries, key, noted, multipart)
+        # Each try of a put is an upload of its own, which a retry's success leaves.
+        self._drops = UploadDrops(
+            self._uploads_now, self._drop_parts, timeout, failed_tries_leave_uploads=True
         )
-
-    async def put_stream(
-        self, key: str, parts: AsyncIterator[bytes], size: int | None = None
-    ) -> ObjectMeta:
-        return await self._parts_dropped_on_failure(
-            key, partial(super().put_stream, key, parts, size)
-        )
-
-    async def _parts_dropped_on_failure(
-        self, key: str, upload: Callable[[], Awaitable[ObjectMeta]]
-    ) -> ObjectMeta:
-        """`upload`, multipart uploads of `key`. Once no put of `key` is under way here
-        and one of them failed or was cancelled, or one of their tries did (a retry may
-        have succeeded since), the uploads of `key` begun since the first of them began
-        are aborted (AbortMultipartUpload), within the deadline: obstore aborts none that
-        is cancelled, and sends the abort of a failed one the way that just failed, so
-        their parts stayed in the bucket, billed until a lifecycle rule drops them. A
-        completed upload is in progress no more, so a put that succeeded keeps its
-        object. Not before: an abandoned early upload of a file and the stream that
-        takes its place are puts of one key at once, and the first aborted the second.
-        One begun meanwhile by another client of the same key would go too."""
-        puts = self._puts.get(key)
-        if puts is None:
-            puts = self._puts[key] = _PutsOfKey(asyncio.ensure_future(self._uploads_now(key)))
-        puts.running += 1
-        try:
-            await asyncio.shield(puts.before)  # none of ours may be begun before it is
-            return await upload()
-        except BaseException:
-            puts.failed = True
-            raise
-        finally:
-            puts.running -= 1
-            if not puts.running:
-                del self._puts[key]
-                if puts.failed:
-                    await self._drop_parts(key, puts.before)
 
     async def _uploads_now(self, key: str) -> set[str] | None:
-        """`_uploads_of`, or None where they cannot be listed."""
+        """The ids of the multipart uploads of `key` in progress before this node's puts
+        of it (`UploadDrops`' look before), or None where they cannot be listed."""
         try:
             return await self._call("LIST", key, lambda: self._uploads_of(key))
         except CloudError as exc:  # no ListBucketMultipartUploads right: nothing to compare
             log.info("%s/%s: in-progress uploads not listed: %s", self.url, key, exc)
             return None
 
-    async def _drop_parts(self, key: str, listed: asyncio.Future[set[str] | None]) -> None:
-        """Abort the uploads of `key` begun since `listed`, within the deadline."""
-        if not listed.done():
-            listed.cancel()  # each put gave up before the listing came: none began
-            return
-        before = None if listed.cancelled() or listed.exception() else listed.result()
+    async def _drop_parts(self, key: str, before: set[str] | None) -> None:
+        """Abort the uploads of `key` begun since `before` (`UploadDrops`' drop), within
+        the deadline: obstore aborts none that is cancelled, and sends the abort of a
+        failed one the way that just failed, so their parts stayed in the bucket, billed
+        until a lifecycle rule drops them. A completed upload is in progress no more, so a
+        put that succeeded keeps its object. One begun meanwhile by another client of the
+        same key would go too."""
         if before is None:
             return
         try:
@@ -268,17 +220,8 @@ class S3Cloud(ObjstoreCloud):
         return sigv4(method, url, keys, datetime.now(UTC), extra)
 
     async def close(self) -> None:
-        await self._http.close()
         await super().close()
-
-
-@dataclass
-class _PutsOfKey:
-    """The multipart puts of one key under way (`S3Cloud._parts_dropped_on_failure`)."""
-
-    before: asyncio.Future[set[str] | None]  # its uploads in progress before the first
-    running: int = 0
-    failed: bool = False  # one of them, or a try of one, failed or was cancelled
+        await self._http.close()
 
 
 def _moment(text: str | None) -> datetime | None:
