@@ -49,11 +49,11 @@ def _duration(value: Any) -> float:
 
 
 def _ttl(value: Any) -> float:
-    if isinstance(value, str) and value.strip().lower() in ("indefinite", "inf", "forever"):
+    """A duration (0 allowed), or `indefinite`: the one endless value the help names."""
+    text = str(value)
+    if text.strip().lower() == "indefinite":
         return math.inf
-    if isinstance(value, int | float):
-        return float(value)
-    return parse_duration(str(value))
+    return parse_duration(text)
 
 
 def _port(value: Any) -> int:
@@ -308,8 +308,6 @@ class ClientSettings(CommonSettings):
             raise ValueError("-chunk-size must be between 64KiB and 1GiB")
         if self.admit_after < 1:
             raise ValueError("-admit-after must be at least 1")
-        if self.metadata_ttl < 0:
-            raise ValueError("-metadata-ttl must not be negative")
         if self.cloud_provider == "local" and self.local_root is None:
             raise ValueError("-cloud-provider local needs -local-root DIR")
         if self.cloud_provider == "azure" and not self.azure_account:

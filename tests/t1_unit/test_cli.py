@@ -172,19 +172,18 @@ def test_a_negative_duration_or_size_is_refused_in_words(
         assert lines[0].startswith(said), lines
 
 
-# Every duration flag but -metadata-ttl, whose `indefinite` is documented.
-DEADLINE_FLAGS = [
-    (command, flag)
-    for command, flag in DURATION_AND_SIZE_FLAGS
-    if not flag.endswith("size") and flag != "-metadata-ttl"
+# Every duration flag, -metadata-ttl too: its one endless value is `indefinite`.
+DURATION_FLAGS = [
+    (command, flag) for command, flag in DURATION_AND_SIZE_FLAGS if not flag.endswith("size")
 ]
 
 
-@pytest.mark.parametrize(("command", "flag"), DEADLINE_FLAGS)
-@pytest.mark.parametrize("form", ["inf", "Infinity", "1e999"])
+@pytest.mark.parametrize(("command", "flag"), DURATION_FLAGS)
+@pytest.mark.parametrize("form", ["inf", "Infinity", "1e999", "forever"])
 def test_an_endless_duration_is_refused_in_words(command: str, flag: str, form: str) -> None:
     """Before 2026-12-06 `-cloud-timeout inf` (or `-peer-timeout`, `warm -timeout`) was
-    taken, undocumented: no deadline at all."""
+    taken, undocumented: no deadline at all; before 2026-12-07 `-metadata-ttl` took `inf`
+    and `forever`, undocumented, beside its `indefinite`."""
     path = ["/"] if command == "warm" else []  # what warm takes besides
     result = tierfs(command, flag, form, *path)
     assert result.returncode == 2, result.stderr

@@ -73,8 +73,16 @@ def test_direct_io_is_a_yes_or_no() -> None:
     assert client({"direct_io": "false"}).direct_io is False
 
 
-def test_indefinite_ttl() -> None:
-    assert client({"metadata_ttl": "indefinite"}).metadata_ttl == math.inf
+@pytest.mark.parametrize("form", ["indefinite", "Indefinite", " indefinite "])
+def test_indefinite_ttl(form: str) -> None:
+    assert client({"metadata_ttl": form}).metadata_ttl == math.inf
+
+
+@pytest.mark.parametrize("form", ["inf", "forever", "Infinity", "1e999"])
+def test_indefinite_is_the_only_endless_ttl(form: str) -> None:
+    """`inf` and `forever` were taken before 2026-12-07, undocumented."""
+    with pytest.raises(ConfigError, match=f"-metadata-ttl: '{form}' is not a duration"):
+        client({"metadata_ttl": form})
 
 
 @pytest.mark.parametrize(
