@@ -116,7 +116,7 @@ class DirectoryNotEmptyError(FsError):
 
 
 class NameTooLongError(FsError):
-    """A name over 255 bytes, or a path over the stores' 1024 bytes (ENAMETOOLONG)."""
+    """A name over 255 bytes (ENAMETOOLONG; a key over 1024: KeyTooLongError)."""
 
 
 class InvalidArgumentError(FsError):

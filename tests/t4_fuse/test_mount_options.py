@@ -137,9 +137,10 @@ def test_a_key_that_would_pass_1024_bytes_under_the_prefix_is_refused_as_too_lon
 ) -> None:
     """In a mount of a bucket's folder (`-prefix`), a key is the prefix's and the path's:
     a file whose key (`pre/path`), or a folder whose marker (`pre/path/`), would pass 1024
-    bytes is ENAMETOOLONG where it is made or renamed to, as without a prefix. Before
-    2026-12-06 the mkdir was EIO (SeaweedFS refused the marker), then EINVAL, as the
-    file's create was, where a mount without a prefix said ENAMETOOLONG."""
+    bytes is ENAMETOOLONG where it is made or renamed to, or looked up, as without a
+    prefix. Before 2026-12-06 the mkdir was EIO (SeaweedFS refused the marker), then
+    EINVAL, as the file's create was, where a mount without a prefix said ENAMETOOLONG;
+    before 2026-12-07 the lookup (`stat`) was ENOENT."""
     mount = mount_factory("s3-seaweedfs", prefix="pre")
     deep = Path(*["s" * 200] * 4)  # "pre/" and this, with its "/": 808 bytes of key
     os.makedirs(mount.path / deep)
@@ -147,13 +148,17 @@ def test_a_key_that_would_pass_1024_bytes_under_the_prefix_is_refused_as_too_lon
     (mount.path / deep / ("f" * room)).write_bytes(b"fits")  # a key of 1024 bytes
     os.mkdir(mount.path / deep / ("d" * (room - 1)))  # a marker of 1024 bytes
     too_long = [
+        lambda: os.stat(mount.path / deep / ("g" * (room + 1))),
+        lambda: (mount.path / deep / ("g" * (room + 1))).read_bytes(),
         lambda: (mount.path / deep / ("g" * (room + 1))).write_bytes(b"x"),
         lambda: os.mkdir(mount.path / deep / ("e" * room)),
         lambda: os.rename(mount.path / deep / ("d" * (room - 1)), mount.path / deep / ("e" * room)),
         lambda: os.rename(mount.path / deep / ("f" * room), mount.path / deep / ("g" * (room + 1))),
     ]
-    assert [refused(action) for action in too_long] == [errno.ENAMETOOLONG] * 4
+    assert [refused(action) for action in too_long] == [errno.ENAMETOOLONG] * 6
     assert sorted(os.listdir(mount.path / deep)) == ["d" * (room - 1), "f" * room]
+    # Its folder listed now: the lookup is answered from the listing, refused alike.
+    assert refused(lambda: os.lstat(mount.path / deep / ("h" * (room + 1)))) == errno.ENAMETOOLONG
 
 
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])

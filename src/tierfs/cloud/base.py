@@ -86,13 +86,19 @@ def may_pass(status: int) -> bool:
     return status in (408, 429) or (status >= 500 and status not in (501, 505))
 
 
+def check_length(key: str) -> str:
+    """Return `key` if it is within KEY_BYTES, else raise KeyTooLongError."""
+    if len(key.encode()) > KEY_BYTES:
+        raise KeyTooLongError(f"object key {key[:60]!r}...: over {KEY_BYTES} bytes")
+    return key
+
+
 def check_key(key: str) -> str:
     """Return `key` if every provider can store it, else raise InvalidKeyError
     (KeyTooLongError past KEY_BYTES)."""
     if not key or key.startswith("/"):
         raise InvalidKeyError(f"invalid object key {key!r}")
-    if len(key.encode()) > KEY_BYTES:
-        raise KeyTooLongError(f"object key {key[:60]!r}...: over {KEY_BYTES} bytes")
+    check_length(key)
     if _CONTROL.search(key):
         raise InvalidKeyError(f"invalid object key {key!r}: a control character")
     if any(part in ("", ".", "..") for part in key.split("/")):
@@ -112,6 +118,11 @@ class CloudStore(abc.ABC):
     def check_key(self, key: str) -> str:
         """Return `key` if this store can hold it, else raise InvalidKeyError."""
         return check_key(key)
+
+    def check_length(self, key: str) -> str:
+        """Return `key` if its key in the bucket is within KEY_BYTES, else raise
+        KeyTooLongError: a lookup's check, as no longer name can be a file here."""
+        return check_length(key)
 
     def check_folder(self, path: str) -> str:
         """Return `path` if this store can hold a folder there, its marker `path/` (a byte

@@ -61,6 +61,10 @@ class FolderStore(CloudStore):
         self._inner.check_folder(self._keys.outer(path))
         return path
 
+    def check_length(self, key: str) -> str:
+        self._inner.check_length(self._keys.outer(key))
+        return key
+
     async def head(self, key: str) -> ObjectMeta:
         return self._meta(await self._inner.head(self._keys.outer(key)))
 

@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 
 from tierfs.cache.files import DISK_FULL_ERRNOS, pwrite_all
 from tierfs.chunks import ChunkRef, Data, ObjectRef, chunks_covering
-from tierfs.cloud.base import KEY_BYTES, CloudStore, ObjectMeta, split_markers
+from tierfs.cloud.base import CloudStore, ObjectMeta, split_markers
 from tierfs.errors import (
     BusyError,
     CloudError,
@@ -125,14 +125,13 @@ class Filesystem:
     # -- names ------------------------------------------------------------------------
 
     def _child_path(self, parent: Node, name: str) -> str:
+        """The path of `name` in `parent`: NameTooLongError past the store's `name_max`,
+        KeyTooLongError where its key (a `-prefix` before it) would pass 1024 bytes."""
         if not parent.is_dir:
             raise NotDirectoryError(f"{parent.path!r} is not a directory")
         if len(name.encode()) > self.cloud.name_max:
             raise NameTooLongError(f"name of {len(name.encode())} bytes")
-        path = join(parent.path, name)
-        if len(path.encode()) > KEY_BYTES:
-            raise NameTooLongError(f"key of {len(path.encode())} bytes")
-        return path
+        return self.cloud.check_length(join(parent.path, name))
 
     def _new_child_path(self, parent: Node, name: str) -> str:
         """The path of a name to be made: one the store can hold (InvalidKeyError, EINVAL,
