@@ -136,13 +136,30 @@ class UploadJournal:
 
     def begin(self, key: str, staging: Path, base: str) -> None:
         """Note `staging` as bound for `key`, written over the object's version `base` (""
-        for a new file); OSError(ENOSPC) when the disk has no room for the row (SQLite's
+        for a new file), from now on (its failed puts and removal noted before are
+        forgotten); OSError(ENOSPC) when the disk has no room for the row (SQLite's
         "database or disk is full")."""
+        self._write(
+            key,
+            "INSERT OR REPLACE INTO pending (staging, key, base) VALUES (?, ?, ?)",
+            (str(staging), key, base),
+        )
+
+    def moved(self, key: str, staging: Path, base: str) -> None:
+        """`begin`, for a file moved (with its folder) to `key`: what its row noted stays,
+        its failed puts (`tried`: the move copied what one left) and its removal. OSError
+        (ENOSPC) as `begin`."""
+        self._write(
+            key,
+            "INSERT INTO pending (staging, key, base) VALUES (?, ?, ?) ON CONFLICT (staging)"
+            " DO UPDATE SET key = excluded.key, base = excluded.base",
+            (str(staging), key, base),
+        )
+
+    def _write(self, key: str, statement: str, values: tuple[str, ...]) -> None:
+        """Run `statement` on a row of `key`'s; OSError(ENOSPC) when the disk is full."""
         try:
-            self._db.execute(
-                "INSERT OR REPLACE INTO pending (staging, key, base) VALUES (?, ?, ?)",
-                (str(staging), key, base),
-            )
+            self._db.execute(statement, values)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                 raise

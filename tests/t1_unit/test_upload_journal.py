@@ -86,3 +86,21 @@ def test_a_removal_and_the_uploads_begun_outlive_the_journal(tmp_path: Path) -> 
     journal.done(staging)
     assert journal.began(staging) == []
     journal.close()
+
+
+def test_a_file_moved_with_its_folder_keeps_what_its_row_noted(tmp_path: Path) -> None:
+    """Its failed puts and its removal stay with the row under its new key (a new row,
+    `begin`, forgot them before 2026-12-07); its uploads begun keep their old key."""
+    path, staging = tmp_path / "journal.sqlite3", tmp_path / "s"
+    journal = UploadJournal(path)
+    journal.begin("d/a.bin", staging, '"etag-1"')
+    journal.note_tried(staging, Content(7, "0" * 32))
+    journal.removing(staging, True)
+    journal.note_began(staging, "d/a.bin", 1_800_000_000.0)
+    journal.moved("e/a.bin", staging, '"etag-2"')
+    journal.close()
+    journal = UploadJournal(path)
+    assert journal.pending() == [PendingUpload("e/a.bin", staging, '"etag-2"', removing=True)]
+    assert journal.tried(staging) == [Content(7, "0" * 32)]
+    assert [b.key for b in journal.began(staging)] == ["d/a.bin"]
+    journal.close()

@@ -749,11 +749,13 @@ def test_an_unlink_that_fails_keeps_a_failed_close_for_its_retry(
     assert cloud_bytes(mount, "notes.txt") == b"first\nours\n"
 
 
-def write_twice_losing_the_first_answer(relay: Relay, mount: Mount, s3: Any) -> int:
-    """notes.txt written through one handle and closed while the relay loses the bucket's
+def write_twice_losing_the_first_answer(
+    relay: Relay, mount: Mount, s3: Any, name: str = "notes.txt"
+) -> int:
+    """`name` written through one handle and closed while the relay loses the bucket's
     answers (the bucket takes the put, the close fails: EIO); then, the relay cut, written
     again through a second handle, which is returned open."""
-    path = mount.path / "notes.txt"
+    path = mount.path / name
     path.write_bytes(b"first\n")
     first, second = (os.open(path, os.O_WRONLY) for _ in range(2))
     os.pwrite(first, b"second\n", 0)
@@ -763,7 +765,7 @@ def write_twice_losing_the_first_answer(relay: Relay, mount: Mount, s3: Any) -> 
     assert failed.value.errno == errno.EIO
     relay.cut()
     bucket = mount.flags["s3_bucket"]
-    assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == b"second\n"
+    assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == b"second\n"
     os.pwrite(second, b"third!\n", 0)
     return second
 
@@ -806,6 +808,30 @@ def test_a_put_whose_answer_was_lost_is_no_conflict_for_the_recovery_after_a_cra
     assert s3.get_object(Bucket=bucket, Key="notes.txt")["Body"].read() == b"third!\n"
     assert conflict_copies(mount) == {}
     assert (mount.path / "notes.txt").read_bytes() == b"third!\n"
+
+
+@pytest.mark.warnings_expected
+def test_a_put_whose_answer_was_lost_is_no_conflict_for_the_recovery_after_its_folder_moved(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """As above, but the file's folder is renamed (the bucket back) before the kill: the
+    move copies the lost put's bytes to the new name, and the journal's row, following
+    the file there, must still know them for its own. Before 2026-12-07 the row was
+    written anew, without them: the restart took the copy for another node's change and
+    put the last bytes under `.tierfs-conflicts/`, the file keeping the lost put's."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    (mount.path / "d").mkdir()
+    second = write_twice_losing_the_first_answer(relay, mount, s3, "d/notes.txt")
+    relay.restore()
+    os.rename(mount.path / "d", mount.path / "e")  # the file still open, dirty
+    mount.kill()
+    with contextlib.suppress(OSError):
+        os.close(second)  # of the dead mount
+    mount.start()  # the journal's uploads are done before the mount appears
+    bucket = mount.flags["s3_bucket"]
+    assert s3.get_object(Bucket=bucket, Key="e/notes.txt")["Body"].read() == b"third!\n"
+    assert conflict_copies(mount) == {}
+    assert (mount.path / "e/notes.txt").read_bytes() == b"third!\n"
 
 
 def until_in_bucket(

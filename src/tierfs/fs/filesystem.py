@@ -483,7 +483,7 @@ class Filesystem:
         for file in self._open.values():
             path = file.node.path
             if file.dirty and file.staging is not None and (path + "/").startswith(new + "/"):
-                self.uploader.journal.begin(path, file.staging, file.node.version)
+                self.uploader.journal.moved(path, file.staging, file.node.version)
 
     async def _rename_file(self, old: str, new: str) -> None:
         node = self.inodes.find(old)
