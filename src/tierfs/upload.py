@@ -133,6 +133,32 @@ class UploadJournal:
             "CREATE TABLE IF NOT EXISTS begun"
             " (staging TEXT, key TEXT NOT NULL, moment REAL NOT NULL)"
         )
+        if "began" in columns:
+            self._move_earlier_notes()
+
+    def _move_earlier_notes(self) -> None:
+        """Move the moments that a tierfs of 2026-12-06 noted in a column `began` of a row
+        ("moment;moment"), which is read no more, to `begun`, under the row's key; the
+        column is emptied, so this is done once."""
+        rows = self._db.execute(
+            "SELECT staging, key, began FROM pending WHERE began IS NOT NULL"
+        ).fetchall()
+        if not rows:
+            return  # moved already, or none noted
+        notes = [
+            (staging, key, float(moment))
+            for staging, key, text in rows
+            for moment in text.split(";")
+            if moment
+        ]
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT INTO begun (staging, key, moment) VALUES (?, ?, ?)", notes)
+            self._db.execute("UPDATE pending SET began = NULL WHERE began IS NOT NULL")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def begin(self, key: str, staging: Path, base: str) -> None:
         """Note `staging` as bound for `key`, written over the object's version `base` (""

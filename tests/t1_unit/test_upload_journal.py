@@ -104,3 +104,36 @@ def test_a_file_moved_with_its_folder_keeps_what_its_row_noted(tmp_path: Path) -
     assert journal.tried(staging) == [Content(7, "0" * 32)]
     assert [b.key for b in journal.began(staging)] == ["d/a.bin"]
     journal.close()
+
+
+def test_the_uploads_begun_noted_by_an_earlier_tierfs_are_still_aborted(tmp_path: Path) -> None:
+    """A tierfs of 2026-12-06 noted the moments a file's uploads began in a column
+    `began` of its row ("moment;moment"), which later ones did not read: its restart
+    left them in the bucket. They are moved to `begun` under the row's key, once."""
+    path, staging = tmp_path / "journal.sqlite3", tmp_path / "s"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE pending (staging TEXT PRIMARY KEY, key TEXT NOT NULL, base TEXT,"
+            " tried TEXT, removing INTEGER, began TEXT)"
+        )
+        db.execute(
+            "INSERT INTO pending VALUES (?, ?, ?, NULL, NULL, ?)",
+            (str(staging), "a.bin", '"etag-1"', "1800000000.000;1800000001.500"),
+        )
+        db.execute(
+            "INSERT INTO pending VALUES (?, ?, ?, NULL, NULL, NULL)",
+            (str(tmp_path / "t"), "b.bin", ""),
+        )
+    db.close()
+    for _ in range(2):  # the second open moves nothing again
+        journal = UploadJournal(path)
+        assert [(b.key, b.moment) for b in journal.began(staging)] == [
+            ("a.bin", 1_800_000_000.0),
+            ("a.bin", 1_800_000_001.5),
+        ]
+        assert journal.began(tmp_path / "t") == []
+        assert journal.pending() == [
+            PendingUpload("a.bin", staging, '"etag-1"'),
+            PendingUpload("b.bin", tmp_path / "t", ""),
+        ]
+        journal.close()
