@@ -1178,6 +1178,40 @@ def uploads_in_progress(s3: Any, bucket: str) -> list[tuple[str, str]]:
     return sorted((upload["Key"], upload["UploadId"]) for upload in answer.get("Uploads", []))
 
 
+def until_uploading(s3: Any, bucket: str, keys: set[str]) -> None:
+    """Until the bucket's multipart uploads in progress are of `keys` (fails past 30 s)."""
+    deadline = time.monotonic() + 30
+    while {key for key, _ in uploads_in_progress(s3, bucket)} != keys:
+        assert time.monotonic() < deadline, uploads_in_progress(s3, bucket)
+        time.sleep(0.05)
+
+
+def restart_beside_another_upload(
+    request: pytest.FixtureRequest,
+    relay: Relay,
+    mount: Mount,
+    s3: Any,
+    dead: list[int],
+    key: str,
+    at_restart: tuple[bytes, float] = (b"partNumber=", 0.0),
+) -> str:
+    """Kill the client (SIGKILL) while its uploads are slowed down, close its files
+    `dead` (of the dead mount), and once past the moments its uploads began (two 3 s
+    deadlines and 5 s) have another client begin an upload of `key`; then restart it,
+    the relay slowing `at_restart` (by default nothing) from then on. The other upload's
+    id (aborted at the end of the test, whatever happens)."""
+    mount.kill()
+    for fd in dead:
+        close_errno(fd)
+    time.sleep(12)
+    bucket = mount.flags["s3_bucket"]
+    other: str = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    request.addfinalizer(lambda: s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=other))
+    relay.slow(*at_restart)
+    mount.start()  # the journal's uploads are done before the mount appears
+    return other
+
+
 @pytest.mark.warnings_expected
 def test_a_restart_aborts_the_uploads_a_kill_left_and_no_other_clients(
     request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
@@ -1198,21 +1232,12 @@ def test_a_restart_aborts_the_uploads_a_kill_left_and_no_other_clients(
     closing.start()
     appended = os.open(mount.path / "early.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(appended, early)  # appends from empty: its parts go up while it is written
-    deadline = time.monotonic() + 30
-    while {key for key, _ in uploads_in_progress(s3, bucket)} != {"whole.bin", "early.bin"}:
-        assert time.monotonic() < deadline, uploads_in_progress(s3, bucket)
-        time.sleep(0.05)
-    mount.kill()
+    until_uploading(s3, bucket, {"whole.bin", "early.bin"})
+    other = restart_beside_another_upload(request, relay, mount, s3, [appended], "whole.bin")
     closing.join(30)
-    close_errno(appended)  # of the dead mount
-    time.sleep(12)  # past the moments this node's uploads began (2 deadlines and 5 s)
-    other = s3.create_multipart_upload(Bucket=bucket, Key="whole.bin")["UploadId"]
-    relay.slow(b"partNumber=", 0.0)
-    mount.start()  # the journal's uploads are done before the mount appears
     assert cloud_bytes(mount, "whole.bin") == whole
     assert cloud_bytes(mount, "early.bin") == early
     assert uploads_in_progress(s3, bucket) == [("whole.bin", other)]
-    s3.abort_multipart_upload(Bucket=bucket, Key="whole.bin", UploadId=other)
 
 
 @pytest.mark.warnings_expected
@@ -1231,20 +1256,11 @@ def test_a_restart_aborts_the_upload_a_kill_left_under_a_folder_renamed_since(
     (mount.path / "before").mkdir()
     appended = os.open(mount.path / "before" / "early.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(appended, data)  # appends from empty: its parts go up while it is written
-    deadline = time.monotonic() + 30
-    while [key for key, _ in uploads_in_progress(s3, bucket)] != ["before/early.bin"]:
-        assert time.monotonic() < deadline, uploads_in_progress(s3, bucket)
-        time.sleep(0.05)
+    until_uploading(s3, bucket, {"before/early.bin"})
     os.rename(mount.path / "before", mount.path / "after")  # the file still open, dirty
-    mount.kill()
-    close_errno(appended)  # of the dead mount
-    time.sleep(12)  # past the moment this node's upload began (2 deadlines and 5 s)
-    other = s3.create_multipart_upload(Bucket=bucket, Key="before/early.bin")["UploadId"]
-    relay.slow(b"partNumber=", 0.0)
-    mount.start()  # the journal's uploads are done before the mount appears
+    other = restart_beside_another_upload(request, relay, mount, s3, [appended], "before/early.bin")
     assert cloud_bytes(mount, "after/early.bin") == data
     assert uploads_in_progress(s3, bucket) == [("before/early.bin", other)]
-    s3.abort_multipart_upload(Bucket=bucket, Key="before/early.bin", UploadId=other)
 
 
 @pytest.mark.warnings_expected
