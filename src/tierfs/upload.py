@@ -234,6 +234,18 @@ class UploadJournal:
             return None
         return row
 
+    def leave_began(self) -> list[Begun]:
+        """Every upload noted as begun, each now noted as a stream's is (no staging file):
+        taken by the first `Uploader.recover`, before this run notes any, so that the
+        previous run's notes outlive their files' rows (`done`), each until its upload is
+        aborted (`forget_began`). Logged, not raised, if the disk is full."""
+        try:
+            self._db.execute("UPDATE begun SET staging = NULL WHERE staging IS NOT NULL")
+        except sqlite3.OperationalError as exc:
+            log.warning("upload journal: cannot keep the uploads begun: %s", exc)
+        rows = self._db.execute("SELECT rowid, key, moment FROM begun ORDER BY rowid")
+        return [Begun(row, key, moment) for row, key, moment in rows]
+
     def began(self, staging: Path | None) -> list[Begun]:
         """The multipart uploads of `staging` noted since it was begun; of None, the
         streams' not forgotten (`forget_began`)."""
@@ -309,7 +321,8 @@ class Uploader:
         # The rows a previous run left, not sent yet: taken at the first `recover`, which
         # comes before anything is written. This run's rows are never recovery's.
         self._left_behind: list[PendingUpload] | None = None
-        self._streams_left: list[Begun] = []  # the streams it cut, taken with its rows
+        # The uploads it began and may have left, not aborted yet: taken with its rows.
+        self._begun_left: list[Begun] = []
 
     async def upload(
         self,
@@ -449,17 +462,19 @@ class Uploader:
         under its writer). A file of the previous run's reopened here is staged anew, in
         a file and a row of this run's: its late row still goes up as a late upload.
 
-        Then the multipart uploads of the file that the previous run began (the journal
-        says when, and under which key: the file may have been moved since) and that are
-        still in progress are aborted: a crash left them, their parts billed and unseen
-        (`CloudStore.drop_uploads_begun`). So are, once the cloud answers, those of the
-        streams it had not completed (a stream has no row: its bytes are lost).
+        Then the multipart uploads that the previous run began (the journal says when, and
+        under which key: a file may have been moved since) and that are still in progress
+        are aborted: a crash left them, their parts billed and unseen
+        (`CloudStore.drop_uploads_begun`); its files' and its streams' (a stream has no
+        row: its bytes are lost). A note is forgotten once its abort reached the store,
+        not before: one that could not is tried again, by the next call or the next start.
 
         Once one found the cloud out of reach, the others are not tried this time: each
-        would wait out the deadline (before the mount appears, at the first call)."""
+        would wait out the deadline (before the mount appears, at the first call). Returns
+        how many rows remain, and uploads to abort."""
         if self._left_behind is None:
             self._left_behind = self.journal.pending()
-            self._streams_left = self.journal.began(None)
+            self._begun_left = self.journal.leave_began()
         remaining: list[PendingUpload] = []
         for index, row in enumerate(self._left_behind):
             key, staging = row.key, row.staging
@@ -467,7 +482,6 @@ class Uploader:
                 log.error("%s: journal names %s, which is gone", key, staging)
                 self.journal.done(staging)
                 continue
-            began = self.journal.began(staging)
             try:
                 done = await self._recover_row(row)
             except CloudUnavailableError as exc:
@@ -483,21 +497,28 @@ class Uploader:
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
             log.info("%s: %s", key, done)
-            await self._drop_begun(began)
         else:  # no row found the cloud out of reach
-            await self._drop_begun(self._streams_left)
-            self.journal.forget_began(begun.row for begun in self._streams_left)
-            self._streams_left = []
+            self._begun_left = await self._drop_begun(self._begun_left)
         self._left_behind = remaining
-        return len(remaining)
+        return len(remaining) + len(self._begun_left)
 
-    async def _drop_begun(self, begun: list[Begun]) -> None:
-        """Abort the multipart uploads noted as `begun` still in progress."""
-        moments: dict[str, list[float]] = {}
+    async def _drop_begun(self, begun: list[Begun]) -> list[Begun]:
+        """Abort the multipart uploads noted as `begun` still in progress, forgetting each
+        note once done; the notes left, from the first key whose abort could not reach
+        the store (the rest are not tried: each would wait out the deadline)."""
+        by_key: dict[str, list[Begun]] = {}
         for note in begun:
-            moments.setdefault(note.key, []).append(note.moment)
-        for key, began in moments.items():
-            await self.cloud.drop_uploads_begun(key, began)
+            by_key.setdefault(note.key, []).append(note)
+        keys = list(by_key)
+        for index, key in enumerate(keys):
+            notes = by_key[key]
+            try:
+                await self.cloud.drop_uploads_begun(key, [note.moment for note in notes])
+            except CloudUnavailableError as exc:
+                log.info("%s: uploads a crash left not aborted, kept for another try: %s", key, exc)
+                return [note for later in keys[index:] for note in by_key[later]]
+            self.journal.forget_began(note.row for note in notes)
+        return []
 
     async def _recover_row(self, row: PendingUpload) -> str:
         """Send what `row` names (unless the file was removed meanwhile); what was done."""

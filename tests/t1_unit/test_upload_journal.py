@@ -137,3 +137,26 @@ def test_the_uploads_begun_noted_by_an_earlier_tierfs_are_still_aborted(tmp_path
             PendingUpload("b.bin", tmp_path / "t", ""),
         ]
         journal.close()
+
+
+def test_the_uploads_a_previous_run_began_outlive_their_files_rows(tmp_path: Path) -> None:
+    """Taken by the restart (`leave_began`), a run's notes of uploads begun, its files'
+    and its streams', stay when a file's row goes (`done`: put again), each until it is
+    forgotten once aborted: an abort that could not reach the store is tried again."""
+    path, staging = tmp_path / "journal.sqlite3", tmp_path / "s"
+    journal = UploadJournal(path)
+    journal.begin("a.bin", staging, "")
+    journal.note_began(staging, "a.bin", 1_800_000_000.0)
+    journal.note_began(None, "streamed.bin", 1_800_000_001.0)
+    journal.close()
+    journal = UploadJournal(path)
+    left = journal.leave_began()
+    assert [(b.key, b.moment) for b in left] == [
+        ("a.bin", 1_800_000_000.0),
+        ("streamed.bin", 1_800_000_001.0),
+    ]
+    journal.done(staging)
+    assert journal.began(None) == left
+    journal.forget_began([left[1].row])
+    assert journal.leave_began() == left[:1]
+    journal.close()

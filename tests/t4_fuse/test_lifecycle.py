@@ -1264,6 +1264,35 @@ def test_a_restart_aborts_the_upload_a_kill_left_under_a_folder_renamed_since(
 
 
 @pytest.mark.warnings_expected
+def test_an_abort_the_restart_could_not_send_is_sent_once_the_store_answers(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """A client killed (SIGKILL) mid-upload, restarted while its listing of the uploads
+    in progress gets no answer (the store out of reach for it, past the 3 s deadline):
+    the file goes up, and the upload the kill left is aborted once the listing is
+    answered again, by the retries in the background. Before 2026-12-07 the journal
+    forgot it at that first try: its parts stayed in the bucket, billed for good."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)  # a 3 s deadline
+    bucket = mount.flags["s3_bucket"]
+    relay.slow(b"partNumber=", 2.0)  # each part takes 2 s: the kill comes before the end
+    data = os.urandom(40 * 2**20)
+    appended = os.open(mount.path / "early.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(appended, data)  # appends from empty: its parts go up while it is written
+    until_uploading(s3, bucket, {"early.bin"})
+    unanswered = (b"&uploads=", 10.0)  # ListMultipartUploads, past the deadline
+    other = restart_beside_another_upload(
+        request, relay, mount, s3, [appended], "early.bin", at_restart=unanswered
+    )
+    assert cloud_bytes(mount, "early.bin") == data
+    assert len(uploads_in_progress(s3, bucket)) == 2  # the abort found no answer
+    relay.slow(b"&uploads=", 0.0)
+    deadline = time.monotonic() + 30
+    while uploads_in_progress(s3, bucket) != [("early.bin", other)]:
+        assert time.monotonic() < deadline, uploads_in_progress(s3, bucket)
+        time.sleep(0.2)
+
+
+@pytest.mark.warnings_expected
 def test_a_start_with_the_cloud_down_mounts_within_one_deadline(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

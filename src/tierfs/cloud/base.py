@@ -298,8 +298,9 @@ class CloudStore(abc.ABC):
     async def drop_uploads_begun(self, key: str, began: Sequence[float]) -> None:  # noqa: B027
         """Abort the multipart uploads of `key` still in progress that began at one of the
         moments `began` (this node's clock): a crash left them, their parts billed and
-        unseen. Never raises (what cannot be aborted is logged). Most stores keep nothing
-        of an unfinished upload, or drop it themselves (Azure, after a week)."""
+        unseen. Raises CloudUnavailableError if the store could not be reached (they may
+        be left: try again later); any other failure is logged, not raised. Most stores
+        keep nothing of an unfinished upload, or drop it themselves (Azure, after a week)."""
 
     async def close(self) -> None:  # noqa: B027 - most providers hold nothing to close
         """Release connections; the store is unusable afterwards."""

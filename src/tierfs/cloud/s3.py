@@ -24,7 +24,12 @@ from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
 from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
 from tierfs.cloud.upload_drops import UploadDrops
-from tierfs.errors import CloudError, ObjectNotFoundError, TransientCloudError
+from tierfs.errors import (
+    CloudError,
+    CloudUnavailableError,
+    ObjectNotFoundError,
+    TransientCloudError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +136,8 @@ class S3Cloud(ObjstoreCloud):
             for upload_id in (upload_id for upload_id, at in uploads.items() if ours(at)):
                 await self._call("DELETE", key, partial(self._abort, key, upload_id))
                 log.info("%s/%s: aborted the upload %s a crash left", self.url, key, upload_id)
+        except CloudUnavailableError:
+            raise  # a later try may reach the store
         except CloudError as exc:
             log.info("%s/%s: uploads a crash left not aborted: %s", self.url, key, exc)
 
