@@ -142,10 +142,8 @@ async def run_client(settings: ClientSettings) -> None:
         stack.push_async_callback(uploader.close)
         await bucket_checked
         # What a crash left unsent goes up before the mount appears, or, while the cloud
-        # is down, in the background until it is back.
-        if await uploader.recover():
-            recovery = asyncio.create_task(uploader.recover_until_done(), name="recovery")
-            stack.callback(recovery.cancel)
+        # is down, once it is back: the mount takes those files over (`take_over`).
+        unsent = await uploader.recover()
         read_path = ReadPath(cache, cloud, chunk_size=settings.chunk_size, stats=stats, peers=peers)
         stack.push_async_callback(read_path.close)
         peer_api = create_app(
@@ -180,6 +178,11 @@ async def run_client(settings: ClientSettings) -> None:
             ownership=Ownership(settings.uid, settings.gid, settings.file_mode, settings.dir_mode),
             page_cache=None if settings.direct_io else KernelPageCache(stats),
         )
+        if unsent:
+            fs.take_over(uploader.hand_over())
+        if uploader.recovering:  # rows the mount does not take, streams' uploads to abort
+            recovery = asyncio.create_task(uploader.recover_until_done(), name="recovery")
+            stack.callback(recovery.cancel)
         log.info("node %s: %s through %s", settings.node_id, cloud.url, settings.nvme)
         await serve(
             Operations(fs, min(KERNEL_TTL, settings.metadata_ttl), settings.direct_io),

@@ -71,6 +71,11 @@ class FolderAtKeyError(CloudError):
     of its name (the local directory; S3, Azure and GCS hold both)."""
 
 
+class RemovedMeanwhileError(CloudError):
+    """A late upload of a file being removed when the previous run stopped, whose removal
+    had reached the bucket: its bytes are dropped, not sent (`Uploader.upload_late`)."""
+
+
 class UnnamableKeyError(CloudError):
     """A listing met a key that no path can name (put by another tool: "a//b", say)."""
 

@@ -39,6 +39,7 @@ from tierfs.errors import (
     CloudError,
     CloudUnavailableError,
     ObjectNotFoundError,
+    RemovedMeanwhileError,
     VersionChangedError,
 )
 from tierfs.fs.early_upload import START_AT, EarlyUpload
@@ -323,6 +324,9 @@ class Uploader:
         self._left_behind: list[PendingUpload] | None = None
         # The uploads it began and may have left, not aborted yet: taken with its rows.
         self._begun_left: list[Begun] = []
+        # Of the rows handed to the mount (`hand_over`), the files being removed when their
+        # run stopped, until the bucket says whether the removal went through (`upload_late`).
+        self._removal_unsure: set[Path] = set()
 
     async def upload(
         self,
@@ -358,7 +362,7 @@ class Uploader:
                 with contextlib.suppress(OSError):  # no staging file: nothing to retry
                     self.journal.note_tried(staging, await asyncio.to_thread(content_of, staging))
                 raise
-        self.journal.done(staging)
+        self.forget(staging)
         try:
             source = os.open(staging, os.O_RDONLY)  # open now: the caller may delete it
         except OSError as exc:
@@ -408,6 +412,12 @@ class Uploader:
         task = asyncio.create_task(early.abort(), name=f"abandon {early.key}")
         self._abandoned.add(task)
         task.add_done_callback(self._abandoned.discard)
+
+    def forget(self, staging: Path) -> None:
+        """Forget `staging` (`UploadJournal.done`): its file is in the cloud, removed, or
+        carried by a stream."""
+        self.journal.done(staging)
+        self._removal_unsure.discard(staging)
 
     async def _promote(
         self, meta: ObjectMeta, source: int, staged: Staged | None, writes: int
@@ -459,15 +469,15 @@ class Uploader:
         are all the previous run's); later calls retry those that remain, and only those:
         a row of this run's names a file being written, whose upload is its close's
         (retrying every row sent such a file half written and removed its staging file
-        under its writer). A file of the previous run's reopened here is staged anew, in
-        a file and a row of this run's: its late row still goes up as a late upload.
+        under its writer). Those the mount took over (`hand_over`) are its own.
 
         Then the multipart uploads that the previous run began (the journal says when, and
         under which key: a file may have been moved since) and that are still in progress
         are aborted: a crash left them, their parts billed and unseen
-        (`CloudStore.drop_uploads_begun`); its files' and its streams' (a stream has no
-        row: its bytes are lost). A note is forgotten once its abort reached the store,
-        not before: one that could not is tried again, by the next call or the next start.
+        (`CloudStore.drop_uploads_begun`); its files' (those handed over too) and its
+        streams' (a stream has no row: its bytes are lost). A note is forgotten once its
+        abort reached the store, not before: one that could not is tried again, by the
+        next call or the next start.
 
         Once one found the cloud out of reach, the others are not tried this time: each
         would wait out the deadline (before the mount appears, at the first call). Returns
@@ -502,6 +512,28 @@ class Uploader:
         self._left_behind = remaining
         return len(remaining) + len(self._begun_left)
 
+    def hand_over(self) -> list[PendingUpload]:
+        """The rows of the previous run's that `recover` could not send, for the mount to
+        take over as files whose close failed (`Filesystem.take_over`): its retries send
+        them, through its path locks, and its unlinks and renames follow them. Before,
+        their retry here did not: a file removed on the mount meanwhile came back, and a
+        rename over one was undone. Of a file being removed when that run stopped, the
+        first late upload asks the bucket whether the removal went through
+        (`upload_late`). The recovery keeps the rows of a journal from before bases were
+        noted, and of two rows of one key the earlier."""
+        assert self._left_behind is not None, "recover comes first"
+        later = {row.key: row for row in self._left_behind if row.base is not None}
+        taken = list(later.values())
+        self._removal_unsure = {row.staging for row in taken if row.removing}
+        handed = {row.staging for row in taken}
+        self._left_behind = [row for row in self._left_behind if row.staging not in handed]
+        return taken
+
+    @property
+    def recovering(self) -> bool:
+        """Whether `recover` has more to do: rows to send, or uploads to abort."""
+        return bool(self._left_behind) or bool(self._begun_left)
+
     async def _drop_begun(self, begun: list[Begun]) -> list[Begun]:
         """Abort the multipart uploads noted as `begun` still in progress, forgetting each
         note once done; the notes left, from the first key whose abort could not reach
@@ -522,7 +554,7 @@ class Uploader:
 
     async def _recover_row(self, row: PendingUpload) -> str:
         """Send what `row` names (unless the file was removed meanwhile); what was done."""
-        if row.removing and await self._removed_meanwhile(row):
+        if row.removing and await self._removed_meanwhile(row.key, row.base):
             self.journal.done(row.staging)
             return "removed before the previous run stopped; not uploaded"
         if row.base is None:
@@ -532,12 +564,13 @@ class Uploader:
         aside = f" (to {meta.key})" if meta.key != row.key else ""
         return f"uploaded what a previous run had written{aside}"
 
-    async def _removed_meanwhile(self, row: PendingUpload) -> bool:
-        """Whether the removal under way when the previous run stopped (`row.removing`)
-        reached the bucket: its object is no longer the version it was written over. Put
-        back, its bytes went under CONFLICTS (taken for another node's change)."""
+    async def _removed_meanwhile(self, key: str, base: str | None) -> bool:
+        """Whether the removal of `key` under way when the previous run stopped (a row's
+        `removing`) reached the bucket: its object is no longer the version `base` it was
+        written over. Put back, its bytes went under CONFLICTS (taken for another node's
+        change)."""
         try:
-            return (await self.cloud.head(row.key)).version != row.base
+            return (await self.cloud.head(key)).version != base
         except ObjectNotFoundError:
             return True
 
@@ -549,7 +582,17 @@ class Uploader:
         another node changed the object meanwhile; then under CONFLICTS, so that neither
         node's bytes are lost. The put checks that the object is still as it was seen,
         so a change between the look and the put is seen too. The returned object's key
-        says where the file went. `staged` as in `upload`."""
+        says where the file went. `staged` as in `upload`.
+
+        A file the mount took over (`hand_over`) that was being removed when its run
+        stopped is first looked at: RemovedMeanwhileError (its row forgotten) if the
+        removal reached the bucket."""
+        if staging in self._removal_unsure:
+            if await self._removed_meanwhile(key, base):
+                self.forget(staging)
+                raise RemovedMeanwhileError(f"{key}: removed before the previous run stopped")
+            self._removal_unsure.discard(staging)
+            self.journal.removing(staging, False)
         looks = 1
         while True:
             target, expect = await self._late_target(key, staging, base)
@@ -597,8 +640,8 @@ class Uploader:
         return Content(meta.size, digest.hexdigest()) in ours
 
     async def recover_until_done(self, interval: float = RECOVERY_INTERVAL) -> None:
-        """Retry `recover` until every row of the previous run is sent (while the mount
-        serves: its own rows stay its own)."""
+        """Retry `recover` until it has done all it does (while the mount serves: its own
+        rows, and those it took over, stay its own)."""
         while await self.recover():
             await asyncio.sleep(interval)
 

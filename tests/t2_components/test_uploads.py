@@ -105,26 +105,29 @@ async def read(store: CloudStore | Outage, key: str) -> bytes:
     return bytes(await store.get_range(key, 0, meta.size, meta.version))
 
 
-@pytest.mark.warnings_expected  # the recovery's failed tries are logged
-async def test_recovery_in_the_background_leaves_the_files_being_written_alone(
+@pytest.mark.warnings_expected  # the recovery's failed try is logged
+async def test_the_mount_takes_over_what_a_previous_run_left_and_leaves_its_writers_alone(
     node: Node,
 ) -> None:
-    """Started while the cloud refuses puts, the node tries again in the background to
-    send what a previous run left, while the mount serves. Once the cloud is back, that
-    goes up, and a file being written meanwhile stays its writer's: not sent half written,
-    its staging file kept, its close sending it whole."""
+    """Started while the cloud refuses puts, the node's mount takes over what a previous
+    run left, as a file whose close failed: it shows its bytes and retries it in the
+    background while it serves. Once the cloud is back, that goes up, and a file being
+    written meanwhile stays its writer's: not sent half written, its staging file kept,
+    its close sending it whole."""
     left = node.staging.root / "left-by-the-last-run"
     left.write_bytes(b"written before the crash")
     node.journal.begin("left.txt", left, "")
     node.cloud.down = True
     assert await node.uploader.recover() == 1
-    recovery = asyncio.create_task(node.uploader.recover_until_done(interval=0.01))
-    node.stack.callback(recovery.cancel)
     fs = await node.mount()
+    fs.take_over(node.uploader.hand_over())
+    assert not node.uploader.recovering  # the mount's now
+    shown = await fs.lookup(ROOT, "left.txt")
+    assert shown.size == len(b"written before the crash")
     handle = await fs.create(ROOT, "live.txt")
     await fs.write(handle.fh, 0, b"first half, ")
     node.cloud.down = False
-    await asyncio.wait_for(recovery, 10)
+    await asyncio.wait_for(fs.retry_failed_uploads(interval=0.01), 10)
     assert await read(node.cloud, "left.txt") == b"written before the crash"
     with pytest.raises(ObjectNotFoundError):  # not half written: not at all until its close
         await node.cloud.head("live.txt")
@@ -133,6 +136,7 @@ async def test_recovery_in_the_background_leaves_the_files_being_written_alone(
     await fs.release(handle.fh)
     assert await read(node.cloud, "live.txt") == b"first half, second half"
     assert node.journal.pending() == []
+    assert not left.exists()
 
 
 @pytest.mark.parametrize("written_after", [False, True], ids=["fsync", "fsync-then-write"])

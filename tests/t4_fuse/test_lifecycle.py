@@ -1004,6 +1004,119 @@ def test_a_journaled_upload_waits_for_the_cloud_at_start(
         os.close(fd)
 
 
+def start_with_the_bucket_cut_off(relay: Relay, mount: Mount) -> float:
+    """Start `mount` with the bucket out of reach: its try of the journal's uploads fails,
+    retried in the background. The bucket is back once a try at once would have failed
+    too (the recovery's retry came at once before 2026-12-07); returns when the next try
+    is due."""
+    relay.cut()
+    mount.start()
+    retry_due = time.monotonic() + RETRY_INTERVAL
+    time.sleep(2)
+    relay.restore()
+    return retry_due
+
+
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("change", ["rm", "mv", "mv over"])
+def test_a_file_a_crash_left_unsent_follows_what_the_mount_does_before_the_cloud_is_back(
+    change: str, request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """notes.txt written over ("ours") and the client killed (SIGKILL) before its close;
+    it starts again with the bucket out of reach, so the journal's upload is retried in
+    the background. Once the bucket is back, before that retry's turn: `rm notes.txt`
+    must leave it removed (the retry put it under `.tierfs-conflicts/`); `mv notes.txt
+    moved.txt` must leave "ours" under the new name only (the retry sent them aside, and
+    the move took the bucket's older bytes); `mv other notes.txt` must leave `other`'s
+    bytes there (they are what notes.txt was written over, an S3 copy keeps the ETag:
+    the retry put "ours" over them)."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    bucket = mount.flags["s3_bucket"]
+    (mount.path / "notes.txt").write_bytes(b"first\n")
+    (mount.path / "other").write_bytes(b"first\n")
+    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"ours\n")
+    mount.kill()
+    with contextlib.suppress(OSError):
+        os.close(fd)  # of the dead mount
+    retry_due = start_with_the_bucket_cut_off(relay, mount)
+    if change == "rm":
+        os.unlink(mount.path / "notes.txt")
+        expected = {"other": b"first\n"}
+    elif change == "mv":
+        os.rename(mount.path / "notes.txt", mount.path / "moved.txt")
+        expected = {"moved.txt": b"ours\n", "other": b"first\n"}
+    else:
+        os.rename(mount.path / "other", mount.path / "notes.txt")
+        expected = {"notes.txt": b"first\n"}
+    assert time.monotonic() < retry_due, "the retry's turn came before the change"
+    time.sleep(RETRY_INTERVAL + 1)  # the retry's turn came
+    assert conflict_copies(mount) == {}
+    assert journaled(mount.nvme) == []
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert sorted(item["Key"] for item in listed) == sorted(expected)
+    for key, body in expected.items():
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+    time.sleep(1.5)  # the kernel's entries (1 s) of the names it knew
+    assert sorted(os.listdir(mount.path)) == sorted(expected)
+    for key, body in expected.items():
+        assert (mount.path / key).read_bytes() == body
+    assert mount.stop() == 0
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert sorted(item["Key"] for item in listed) == sorted(expected)
+
+
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("change", ["mv over", "none"])
+def test_a_file_whose_removal_a_crash_cut_short_stays_removed_once_the_cloud_is_back(
+    change: str, request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """`rm notes.txt` of a file being written: the bucket deletes it, and the client is
+    killed (SIGKILL) before it hears back. It starts again with the bucket out of reach,
+    so whether the removal went through is asked in the background. Once the bucket is
+    back, before that retry's turn, `mv other notes.txt`, `other` holding the bytes
+    notes.txt was written over (an S3 copy keeps the ETag): the retry took the copy for
+    the object the removal never reached, and put the removed bytes over it. "none": the
+    retry finds the removal went through, and sends nothing."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    bucket = mount.flags["s3_bucket"]
+    (mount.path / "notes.txt").write_bytes(b"first\n")
+    (mount.path / "other").write_bytes(b"first\n")
+    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"ours\n")
+    relay.mute()  # the bucket does what it is asked; the client never hears it
+
+    def remove() -> None:
+        with contextlib.suppress(OSError):  # the mount dies under it
+            os.unlink(mount.path / "notes.txt")
+
+    removing = threading.Thread(target=remove)
+    removing.start()
+    until_in_bucket(s3, bucket, "notes.txt", None)
+    mount.kill()
+    removing.join(30)
+    with contextlib.suppress(OSError):
+        os.close(fd)  # of the dead mount
+    retry_due = start_with_the_bucket_cut_off(relay, mount)
+    name = "other"
+    if change == "mv over":
+        os.rename(mount.path / "other", mount.path / "notes.txt")
+        name = "notes.txt"
+    assert time.monotonic() < retry_due, "the retry's turn came before the rename"
+    time.sleep(RETRY_INTERVAL + 1)  # the retry's turn came
+    assert conflict_copies(mount) == {}
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert [item["Key"] for item in listed] == [name]
+    assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == b"first\n"
+    assert journaled(mount.nvme) == []
+    time.sleep(1.5)  # the kernel's entries (1 s) of the names it knew
+    assert os.listdir(mount.path) == [name]
+    assert (mount.path / name).read_bytes() == b"first\n"
+    assert mount.stop() == 0
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert [item["Key"] for item in listed] == [name]
+
+
 @pytest.mark.warnings_expected
 def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
     request: pytest.FixtureRequest, tmp_path: Path

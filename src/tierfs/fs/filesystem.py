@@ -33,6 +33,7 @@ from tierfs.errors import (
     NameTooLongError,
     NotDirectoryError,
     ObjectNotFoundError,
+    RemovedMeanwhileError,
     StaleHandleError,
     UnnamableKeyError,
     UnsupportedError,
@@ -45,7 +46,7 @@ from tierfs.fs.nodes import InodeTable, Node, join, split
 from tierfs.fs.path_locks import PathLocks, is_under
 from tierfs.fs.streaming import StreamingUpload
 from tierfs.read_path import ReadPath
-from tierfs.upload import Uploader
+from tierfs.upload import PendingUpload, Uploader
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -410,7 +411,7 @@ class Filesystem:
             opened.unlinked_from, opened.dirty = path, False
             self._abandon_early(opened)
             if opened.staging is not None:
-                self.uploader.journal.done(opened.staging)
+                self.uploader.forget(opened.staging)
             if opened.stream is not None:  # finished at close, it would put the file back
                 await opened.stream.abort()
 
@@ -495,7 +496,8 @@ class Filesystem:
             await self._upload(opened, late=opened.handles == 0)
             self._forget_if_uploaded(opened)
         entry = await self._stat(old)
-        assert entry is not None
+        if entry is None:  # its removal, cut short when the previous run stopped, went through
+            raise EntryNotFoundError(old)
         if not entry.version:  # nothing in the cloud yet (an unlinked-while-open leftover)
             raise EntryNotFoundError(old)
         source, destination = object_key(old, entry), object_key(new, entry)
@@ -698,8 +700,31 @@ class Filesystem:
         if self._retries is None or self._retries.done():
             self._retries = asyncio.create_task(self.retry_failed_uploads(), name="retries")
 
+    def take_over(self, rows: Iterable[PendingUpload]) -> None:
+        """Take the files a previous run left unsent, which the cloud did not take at the
+        start (`Uploader.hand_over`), as files whose close failed: the mount shows their
+        bytes, its retries send them late (through the path locks), and an unlink or a
+        rename of one, or over one, follows it as it follows any such file."""
+        for row in rows:
+            assert row.base is not None, "a row of a journal from before bases is recovery's"
+            try:
+                fd = os.open(row.staging, os.O_RDWR)
+            except OSError as exc:
+                log.error("%s: journal names %s, which is gone: %s", row.key, row.staging, exc)
+                self.uploader.forget(row.staging)
+                continue
+            node = self.inodes.ensure(row.key, is_dir=False)
+            status = os.fstat(fd)
+            node.size, node.version, node.mtime_ns = status.st_size, row.base, status.st_mtime_ns
+            node.open_count += 1  # held until it is sent, as by a handle (`_forget_file`)
+            self._open[node.inode] = OpenFile(node, staging=row.staging, fd=fd, dirty=True)
+        if self._open:
+            self._start_retries()
+
     async def retry_failed_uploads(self, interval: float = RETRY_INTERVAL) -> None:
-        """Upload, until they are all in the cloud, the closed files whose upload failed."""
+        """Upload, until they are all in the cloud, the closed files whose upload failed.
+        Once one found the cloud out of reach, the others wait for the next round: each
+        would wait out the deadline, holding its path meanwhile."""
         while True:
             waiting = [f for f in self._open.values() if f.handles == 0]
             if not waiting:
@@ -707,8 +732,12 @@ class Filesystem:
             await asyncio.sleep(interval)
             for file in waiting:
                 if file.handles == 0:
-                    with contextlib.suppress(CloudError):
+                    try:
                         await self._save(file, late=True)
+                    except CloudUnavailableError:
+                        break
+                    except CloudError:
+                        pass
                 self._forget_if_uploaded(file)
 
     def _forget_if_uploaded(self, file: OpenFile) -> None:
@@ -1002,7 +1031,7 @@ class Filesystem:
             raise full from exc
         staged = file.staging
         self.staging.discard(file)  # room first: the journal needs some too
-        self.uploader.journal.done(staged)  # from now on the stream carries its bytes
+        self.uploader.forget(staged)  # from now on the stream carries its bytes
         self.uploader.note_stream(stream)
         file.stream, file.dirty = stream, True
         log.warning(
@@ -1060,6 +1089,13 @@ class Filesystem:
                 early, file.early = file.early, None  # finished, or abandoned
                 try:
                     meta = await self._put(file, file.staging, early, late)
+                except RemovedMeanwhileError:  # a file taken over (`take_over`): gone
+                    log.info("%s: removed before the previous run stopped; not uploaded", path)
+                    file.dirty = False
+                    self.names.forget(path)  # what the cloud has is the truth
+                    if self.inodes.find(path) is file.node:
+                        self.inodes.remove(path)
+                    return
                 except CloudError:
                     log.error("%s: upload failed; the data stays staged for a retry", path)
                     raise
