@@ -1307,12 +1307,14 @@ def restart_beside_another_upload(
     dead: list[int],
     key: str,
     at_restart: tuple[bytes, float] = (b"partNumber=", 0.0),
+    cloud_down: bool = False,
 ) -> str:
     """Kill the client (SIGKILL) while its uploads are slowed down, close its files
     `dead` (of the dead mount), and once past the moments its uploads began (two 3 s
     deadlines and 5 s) have another client begin an upload of `key`; then restart it,
-    the relay slowing `at_restart` (by default nothing) from then on. The other upload's
-    id (aborted at the end of the test, whatever happens)."""
+    the relay slowing `at_restart` (by default nothing) from then on, and `cloud_down`,
+    with the bucket out of reach at first. The other upload's id (aborted at the end of
+    the test, whatever happens)."""
     mount.kill()
     for fd in dead:
         close_errno(fd)
@@ -1321,19 +1323,24 @@ def restart_beside_another_upload(
     other: str = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     request.addfinalizer(lambda: s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=other))
     relay.slow(*at_restart)
-    mount.start()  # the journal's uploads are done before the mount appears
+    if cloud_down:
+        start_with_the_bucket_cut_off(relay, mount)
+    else:
+        mount.start()  # the journal's uploads are done before the mount appears
     return other
 
 
 @pytest.mark.warnings_expected
+@pytest.mark.parametrize("cloud", ["up", "down"])
 def test_a_restart_aborts_the_uploads_a_kill_left_and_no_other_clients(
-    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+    cloud: str, request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
 ) -> None:
     """A client killed (SIGKILL) while files went up in multipart uploads (one put whole
     at its close, one sent while it was written) left those uploads in the bucket, their
     parts billed for good. The restart puts the files again from the journal, and must
     abort those uploads, but not the one of the same key that another client began while
-    this node was down and has not completed."""
+    this node was down and has not completed. "down": the cloud is out of reach at the
+    restart, the mount takes the files over and sends them once it is back; then too."""
     relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)  # a 3 s deadline
     bucket = mount.flags["s3_bucket"]
     relay.slow(b"partNumber=", 2.0)  # each part takes 2 s: the kill comes before the end
@@ -1346,11 +1353,19 @@ def test_a_restart_aborts_the_uploads_a_kill_left_and_no_other_clients(
     appended = os.open(mount.path / "early.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(appended, early)  # appends from empty: its parts go up while it is written
     until_uploading(s3, bucket, {"whole.bin", "early.bin"})
-    other = restart_beside_another_upload(request, relay, mount, s3, [appended], "whole.bin")
+    other = restart_beside_another_upload(
+        request, relay, mount, s3, [appended], "whole.bin", cloud_down=cloud == "down"
+    )
     closing.join(30)
+    if cloud == "down":  # the files go up from the mount once the bucket is back
+        until_in_bucket(s3, bucket, "whole.bin", whole, timeout=60)
+        until_in_bucket(s3, bucket, "early.bin", early, timeout=60)
     assert cloud_bytes(mount, "whole.bin") == whole
     assert cloud_bytes(mount, "early.bin") == early
-    assert uploads_in_progress(s3, bucket) == [("whole.bin", other)]
+    deadline = time.monotonic() + 10  # "down": aborted in the background once it answers
+    while uploads_in_progress(s3, bucket) != [("whole.bin", other)]:
+        assert time.monotonic() < deadline, uploads_in_progress(s3, bucket)
+        time.sleep(0.2)
 
 
 @pytest.mark.warnings_expected
