@@ -116,6 +116,13 @@ async def warm_one(session: aiohttp.ClientSession, settings: WarmSettings, path:
             f"{path}: the node at {node} sent nothing for {settings.timeout:g}s (-timeout)"
         ) from None
     except aiohttp.ClientError as exc:
+        if answered and isinstance(
+            exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)
+        ):  # killed or stopped mid-answer: not "no answer", nor aiohttp's "400"
+            raise TierfsError(
+                f"{path}: the node at {node} went away before the end "
+                "(its answer broke off: was it stopped?)"
+            ) from None
         hint = ""
         if isinstance(exc, aiohttp.ServerDisconnectedError) and not answered:
             hint = _tls_hint(url)

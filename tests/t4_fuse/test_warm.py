@@ -16,6 +16,7 @@ import pytest
 import servers
 from certs import self_signed
 from mounts import Mount, cloud_put, node_address, warm
+from relay import relay_in_front_of
 
 MiB = 2**20
 
@@ -177,6 +178,43 @@ def test_a_node_that_never_answers_is_given_up_after_timeout(
         f"tierfs warm: {mount.path}: the node at {address} sent nothing for 1s (-timeout)"
     ]
     assert took < 10
+
+
+def test_a_node_killed_during_a_warm_is_said_to_have_gone_away(
+    mount_factory: Callable[..., Mount], request: pytest.FixtureRequest
+) -> None:
+    """The node went away mid-answer (killed, or stopped): the warm said `no answer from
+    the node ...: Response payload is not completed: <TransferEncodingError: 400, ...>`,
+    as if it had never answered, and as if it had answered 400."""
+    mount = mount_factory("s3-seaweedfs", start=False)
+    relay, relayed = relay_in_front_of(mount.flags["s3_endpoint"])
+    request.addfinalizer(relay.stop)
+    mount.flags |= {"s3_endpoint": relayed}
+    for name in ("a.bin", "b.bin"):
+        cloud_put(mount, f"data/{name}", os.urandom(MiB))
+    mount.start()
+    address = node_address(mount)
+    relay.hold(b"/data/b.bin")  # the warm is under way, a.bin in, b.bin on its way
+    warming = subprocess.Popen(
+        [sys.executable, "-m", "tierfs.cli", "warm", str(mount.path / "data"), "-node", address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=servers.clean_env(),
+    )
+    try:
+        relay.wait_until_held()
+        mount.kill()
+        _, said = warming.communicate(timeout=60)
+    finally:
+        relay.release()
+        if warming.poll() is None:
+            warming.kill()
+    assert warming.returncode == 1
+    assert said.splitlines() == [
+        f"tierfs warm: {mount.path / 'data'}: the node at {address} went away before the end "
+        "(its answer broke off: was it stopped?)"
+    ]
 
 
 def test_a_warm_of_a_tls_node_goes_over_https_to_the_name_its_certificate_holds(
