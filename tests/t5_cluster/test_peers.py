@@ -25,6 +25,7 @@ from mounts import Mount, cloud_of, cloud_put, on_cloud
 from relay import Relay
 from tierfs.chunks import ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore
+from tierfs.peer.fetcher import RETRY_DOWN_AFTER
 from tierfs.peer.ring import owner
 
 MiB = 2**20
@@ -326,6 +327,40 @@ def test_a_node_of_another_chunk_size_is_skipped_not_paid_for_twice(
         assert egress <= 1.1 * size, f"the cloud sent {egress / size:.2f}x the file"
         a.mount.wait_for_log("-chunk-size is not this node's")
         assert b.tier("cloud")["bytes"] == 0
+
+
+@pytest.mark.warnings_expected
+def test_a_node_of_another_chunk_size_is_said_once_not_every_ten_seconds(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """A reader skipped such a node for RETRY_DOWN_AFTER, or until any node came or went,
+    then asked it again and logged it again: a WARNING per node every 10 s of reading.
+    Until it registers again (a restart, maybe with the cluster's -chunk-size), it is not
+    asked again."""
+    mixed = {"node-b": {"chunk_size": "8MiB"}}
+    with running_cluster(seaweedfs, tmp_path, node_flags=mixed) as cluster:
+        a, b, c = cluster.nodes
+        said = "-chunk-size is not this node's"
+        key, data = put_owned(cluster, "node-b", 16 * MiB, prefix="first")
+        assert sha256_of(a.path / key) == hashlib.sha256(data).hexdigest()
+        a.mount.wait_for_log(said)
+        time.sleep(RETRY_DOWN_AFTER + 0.5)
+        key, data = put_owned(cluster, "node-b", 16 * MiB, prefix="later")
+        assert sha256_of(a.path / key) == hashlib.sha256(data).hexdigest()
+        c.mount.stop()  # a node goes and comes back: the cluster's epoch moves on
+        c.mount.start()
+        until(lambda: a.sees_members(3), what="node-c back")
+        key, data = put_owned(cluster, "node-b", 16 * MiB, prefix="after-c")
+        assert sha256_of(a.path / key) == hashlib.sha256(data).hexdigest()
+        assert a.mount.log.read_text().count(said) == 1
+        b.mount.stop()  # back with the cluster's -chunk-size: asked again
+        b.mount.flags.pop("chunk_size")
+        b.mount.start()
+        until(lambda: a.sees_members(3), what="node-b back")
+        served = b.stats()["served_to_peers"]
+        key, data = put_owned(cluster, "node-b", 16 * MiB, prefix="b-back")
+        assert sha256_of(a.path / key) == hashlib.sha256(data).hexdigest()
+        assert b.stats()["served_to_peers"] > served
 
 
 @pytest.mark.warnings_expected

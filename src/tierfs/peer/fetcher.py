@@ -87,6 +87,8 @@ class PeerFetcher:
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
         self._down: dict[str, tuple[int | None, float]] = {}  # peer id -> (epoch, when)
+        # peer id -> its registration when it said its -chunk-size is not this node's
+        self._other_size: dict[str, float | None] = {}
         self._keys = keys
         self._chunk_size = chunk_size
         self._skip_locate_until = 0.0  # monotonic: the location index was too slow
@@ -218,7 +220,8 @@ class PeerFetcher:
                 if response.status in (404, 412):  # not held / the object changed
                     return None
                 if response.status == 409:
-                    raise _PeerFailedError("its -chunk-size is not this node's")
+                    self._of_other_size(peer)
+                    return None
                 if response.status not in (200, 206):
                     raise _PeerFailedError(f"HTTP {response.status}")
                 if response.content_length != chunk.length:  # never read an unbounded body
@@ -316,6 +319,10 @@ class PeerFetcher:
     # -- peers that failed ---------------------------------------------------------------------
 
     def _usable(self, peer_id: str) -> bool:
+        if peer_id in self._other_size:
+            if self._other_size[peer_id] == self._registration(peer_id):
+                return False
+            del self._other_size[peer_id]  # registered again: maybe with this node's size
         down = self._down.get(peer_id)
         if down is None:
             return True
@@ -324,6 +331,25 @@ class PeerFetcher:
             del self._down[peer_id]
             return True
         return False
+
+    def _of_other_size(self, peer: _Peer) -> None:
+        """`peer` cuts files into chunks of another size: none of its chunks is this node's,
+        so it is not asked again until it registers again (before 2026-12-07 it was asked,
+        and logged, again every RETRY_DOWN_AFTER and at every change of membership)."""
+        self._stats.tier(Tier.PEER).errors += 1
+        self._other_size[peer.peer_id] = self._registration(peer.peer_id)
+        log.warning(
+            "peer %s (%s): its -chunk-size is not this node's; not asked again until it "
+            "registers again (a restart)",
+            peer.peer_id,
+            peer.address,
+        )
+
+    def _registration(self, peer_id: str) -> float | None:
+        """When `peer_id` last registered, as the membership says (None: not a member)."""
+        members = self._coordinator.membership
+        peers = (members.peers or []) if members is not None else []
+        return next((p.registered_at for p in peers if p.peer_id == peer_id), None)
 
     def _failed(self, peer: _Peer, why: str) -> None:
         self._stats.tier(Tier.PEER).errors += 1
