@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from tierfs.coordinator.client import MAX_ANSWER
-from tierfs.coordinator.models import ClusterStats, Membership, TierName
+from tierfs.coordinator.models import AllPeers, ClusterStats, PeerInfo, TierName
 from tierfs.errors import TierfsError
 from tierfs.security import AnswerTooLargeError, read_bounded
 from tierfs.settings import StatusSettings
@@ -41,7 +41,7 @@ async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
         raise TierfsError(f"no answer from the coordinator at {url}: {exc}") from None
 
 
-def render(where: str, membership: Membership, stats: ClusterStats, now: float) -> str:
+def render(where: str, peers: list[PeerInfo], stats: ClusterStats, now: float) -> str:
     """The status as lines of text."""
     counts = stats.peers
     lines = [
@@ -50,7 +50,7 @@ def render(where: str, membership: Membership, stats: ClusterStats, now: float) 
         f"{counts.dead} dead"
     ]
     rows = [("PEER", "ADDRESS", "STATUS", "TIER 1 (OWN READS)", "FOR PEERS", "HEARTBEAT")]
-    for peer in sorted(membership.peers or [], key=lambda p: p.peer_id):
+    for peer in sorted(peers, key=lambda p: p.peer_id):
         rows.append(
             (
                 peer.peer_id,
@@ -85,6 +85,7 @@ async def run_status(settings: StatusSettings) -> None:
     headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
     base = settings.coordinator_url.rstrip("/")
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        membership = Membership.model_validate(await _get(session, base + "/api/peers", headers))
+        # the dead ones too (before 2026-12-07 they were counted, not named)
+        every = AllPeers.model_validate(await _get(session, base + "/api/peers/all", headers))
         stats = ClusterStats.model_validate(await _get(session, base + "/api/stats", headers))
-    print(render(settings.coordinator, membership, stats, time.time()))
+    print(render(settings.coordinator, every.peers, stats, time.time()))

@@ -114,7 +114,7 @@ def test_tierfs_status_of_a_server_that_answers_without_end(
     assert shown.returncode == 1
     said, peak = shown.stderr.strip().splitlines()
     assert said == (
-        f"tierfs status: http://127.0.0.1:{port}/api/peers gave an answer over 64.0 MiB: "
+        f"tierfs status: http://127.0.0.1:{port}/api/peers/all gave an answer over 64.0 MiB: "
         "not a coordinator's answer"
     )
     assert int(peak) < 400 * 2**10, f"tierfs status peaked at {int(peak) >> 10} MiB"
@@ -197,5 +197,5 @@ def test_tierfs_status_of_a_hung_coordinator_says_it_did_not_answer(tmp_path: Pa
         coordinator.stop()
     assert shown.returncode == 1
     assert shown.stderr.strip() == (
-        f"tierfs status: no answer from the coordinator at {coordinator.url}/api/peers in 10 s"
+        f"tierfs status: no answer from the coordinator at {coordinator.url}/api/peers/all in 10 s"
     )

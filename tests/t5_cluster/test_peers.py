@@ -21,7 +21,7 @@ import pytest
 
 import servers
 from clusters import Cluster, Node, running_cluster, until
-from mounts import Mount, cloud_of, cloud_put, on_cloud
+from mounts import Mount, cloud_of, cloud_put, on_cloud, status
 from relay import Relay
 from tierfs.chunks import ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore
@@ -280,6 +280,27 @@ def test_a_frozen_owner_costs_one_peer_timeout_and_a_returning_one_is_used_again
     key, data = put_owned(cluster, "node-b", 16 * MiB, prefix="back")
     assert sha256_of(c.path / key) == hashlib.sha256(data).hexdigest()
     assert b.stats()["served_to_peers"] > served  # the owner that came back serves again
+
+
+@pytest.mark.warnings_expected
+def test_tierfs_status_names_a_dead_node(cluster: Cluster) -> None:
+    """It counted it ("2 peers active, 0 draining, 1 dead") and listed only the live
+    ones: which node had died, the user could not tell."""
+    a, b, c = cluster.nodes
+    assert b.mount.proc is not None
+    os.killpg(b.mount.proc.pid, signal.SIGSTOP)  # silent past the coordinator's -peer-expiry
+    try:
+        until(lambda: "node-b" not in cluster.coordinator.live_ids(), what="node-b dead")
+        shown = status("-coordinator", f"127.0.0.1:{cluster.coordinator.port}")
+    finally:
+        os.killpg(b.mount.proc.pid, signal.SIGCONT)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].endswith(": 2 peers active, 0 draining, 1 dead")
+    rows = {line.split()[0]: line.split() for line in lines[2:5]}
+    assert sorted(rows) == ["node-a", "node-b", "node-c"]
+    assert rows["node-b"][1:3] == [b.mount.flags["listen"] + f":{b.port}", "dead"]
+    assert rows["node-a"][2] == rows["node-c"][2] == "active"
 
 
 def test_nodes_mounting_folders_of_the_bucket_share_its_chunks(

@@ -15,6 +15,7 @@ from tierfs import __version__
 from tierfs.coordinator import dashboard, locations, membership, stats
 from tierfs.coordinator.keys import DB, METRICS, OPENAPI, SNAPSHOT, TIMING
 from tierfs.coordinator.models import (
+    AllPeers,
     ClusterStats,
     Departed,
     Health,
@@ -83,6 +84,12 @@ async def register(request: web.Request) -> web.Response:
 async def list_peers(request: web.Request) -> web.Response:
     timing = request.app[TIMING]
     return _json(await request.app[DB].run(membership.membership, time.time(), timing))
+
+
+async def list_all_peers(request: web.Request) -> web.Response:
+    expiry = request.app[TIMING].peer_expiry
+    peers = await request.app[DB].run(membership.all_peers, time.time(), expiry)
+    return _json(AllPeers(peers=peers))
 
 
 async def heartbeat(request: web.Request) -> web.Response:

@@ -222,6 +222,12 @@ class Membership(BaseModel):
     peers: list[PeerInfo] | None
 
 
+class AllPeers(BaseModel):
+    """Every peer the coordinator knows, the dead ones too (`tierfs status`)."""
+
+    peers: list[PeerInfo]
+
+
 class Departed(BaseModel):
     peer_id: str
     epoch: int

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from tierfs.coordinator import handlers
 from tierfs.coordinator.models import (
+    AllPeers,
     ClusterStats,
     Departed,
     Health,
@@ -67,6 +68,13 @@ ROUTES: tuple[Route, ...] = (
         handlers.list_peers,
         "The live peers and the membership epoch",
         response=Membership,
+    ),
+    Route(
+        "GET",
+        "/api/peers/all",
+        handlers.list_all_peers,
+        "Every peer the coordinator knows, the dead ones too",
+        response=AllPeers,
     ),
     Route(
         "PUT",
