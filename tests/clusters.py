@@ -126,7 +126,7 @@ def running_cluster(
     try:
         for peer_id, port in zip(peer_ids, servers.free_ports(len(peer_ids)), strict=True):
             root = base / peer_id
-            root.mkdir()
+            root.mkdir(exist_ok=True)  # a test may have mounted a disk of its own in it
             given = (
                 flags
                 | {"peer_id": peer_id, "port": str(port)}

@@ -4,6 +4,7 @@ one bucket on the real S3 server. Cloud egress is counted by the S3 server itsel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -21,7 +22,7 @@ import pytest
 
 import servers
 from clusters import Cluster, Node, running_cluster, until
-from mounts import Mount, cloud_of, cloud_put, on_cloud, status
+from mounts import Mount, TmpfsMount, cloud_of, cloud_put, on_cloud, status
 from relay import Relay
 from tierfs.chunks import ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore
@@ -237,6 +238,27 @@ def test_written_chunks_go_to_their_owners_when_tier_1_has_no_room(
             assert sorted(held) == [(i, "peer") for i in owned[node.peer_id]]
         assert sha256_of(b.path / "out.bin") == hashlib.sha256(data).hexdigest()
         assert b.tier("cloud")["hits"] == 0  # its own chunks it holds, C's come from C
+
+
+@pytest.mark.warnings_expected
+def test_an_owner_whose_disk_is_full_serves_its_chunks_and_says_so_once(
+    seaweedfs: servers.S3Server, tmp_path: Path, tmpfs: TmpfsMount
+) -> None:
+    """node-b's -nvme disk is full of other files: it keeps none of the chunks it reads
+    through for its peers, serves them all the same, and says so once, not once a chunk
+    (an INFO line for every chunk read: 16 for this file, 256 a GiB)."""
+    disk = tmpfs(tmp_path / "node-b" / "nvme", "32m")
+    with running_cluster(seaweedfs, tmp_path) as cluster:
+        a, b, c = cluster.nodes
+        other_files = (disk / "other-files").open("wb", buffering=0)  # what fills the disk
+        with other_files, contextlib.suppress(OSError):
+            while True:
+                other_files.write(b"\0" * MiB)
+        key, data = put_owned(cluster, "node-b", 64 * MiB)
+        for node in (a, c, b):
+            assert sha256_of(node.path / key) == hashlib.sha256(data).hexdigest()
+        assert b.stats()["served_to_peers"] > 0
+        assert b.mount.log.read_text().count("no room for chunk") == 1
 
 
 def test_a_cluster_with_a_token_serves_its_members_and_refuses_others(

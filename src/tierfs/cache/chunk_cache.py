@@ -124,6 +124,7 @@ class DiskChunkCache:
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="tierfs-t1")
         self._maintainer: asyncio.Task[None] | None = None
         self._warned_disk_full = False
+        self._said_no_room = False  # since the last chunk written: said once, not per chunk
         self._closed = False
         # Told of every chunk stored, to announce it to the cluster (the coordinator's
         # location index); must be quick and must not raise.
@@ -423,7 +424,9 @@ class DiskChunkCache:
         for attempt in (1, 2):
             try:
                 write = partial(files.write_chunk, path, data, around_page_cache=around_page_cache)
-                return write() if len(data) <= INLINE_WRITE else await self._run_io(write)
+                written = write() if len(data) <= INLINE_WRITE else await self._run_io(write)
+                self._said_no_room = False
+                return written
             except OSError as exc:
                 if exc.errno not in files.DISK_FULL_ERRNOS:
                     log.warning("tier 1: cannot write chunk %s: %s", chunk_id, exc)
@@ -438,7 +441,14 @@ class DiskChunkCache:
                     )
                 if attempt == 1:
                     await self._free_disk(DISK_FULL_FREE_FACTOR * len(data))
-        log.info("tier 1: no room for chunk %s (%d bytes) even after evicting", chunk_id, len(data))
+        if not self._said_no_room:  # before 2026-12-07 one line per chunk read: 256 a GiB
+            self._said_no_room = True
+            log.info(
+                "tier 1: no room for chunk %s (%d bytes) even after evicting: chunks are "
+                "served without being kept until one fits again",
+                chunk_id,
+                len(data),
+            )
         return None
 
     async def _free_disk(self, amount: int) -> None:
