@@ -31,7 +31,7 @@ from tierfs.units import format_size
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-_DURATION_SUFFIXES = ("timeout", "ttl", "interval", "expiry")
+_DURATION_SUFFIXES = ("timeout", "ttl", "interval", "expiry", "retention")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,7 +77,7 @@ def _default_text(value: Any, name: str) -> str:
     if isinstance(value, int) and name.endswith("size"):
         return format_size(value)
     if isinstance(value, float) and name.endswith(_DURATION_SUFFIXES):
-        return f"{value:g}s"
+        return f"{value / 3600:g}h" if value >= 3600 and value % 3600 == 0 else f"{value:g}s"
     return str(value)
 
 

@@ -183,6 +183,11 @@ class CoordinatorSettings(CommonSettings):
     peer_expiry: Duration = flag(
         15.0, "a peer silent this long is marked dead and its locations hidden"
     )
+    dead_peer_retention: Ttl = flag(
+        24 * 3600.0,
+        "a dead peer is forgotten, with its locations, once dead this long (0: as soon as "
+        "dead; 'indefinite': never)",
+    )
 
     @model_validator(mode="after")
     def _expiry_outlasts_heartbeats(self) -> CoordinatorSettings:

@@ -141,6 +141,7 @@ DURATION_AND_SIZE_FLAGS = [
     ("client", "-metadata-ttl"),
     ("coordinator", "-heartbeat-interval"),
     ("coordinator", "-peer-expiry"),
+    ("coordinator", "-dead-peer-retention"),
     ("warm", "-timeout"),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from tierfs.coordinator.models import (
     RegisterRequest,
 )
 
-TIMING = Timing(heartbeat_interval=5.0, peer_expiry=15.0)
+TIMING = Timing(heartbeat_interval=5.0, peer_expiry=15.0, dead_peer_retention=24 * 3600.0)
 T0 = 1_000_000.0
 
 
@@ -68,11 +69,26 @@ def test_expiry_death_and_return(conn: sqlite3.Connection) -> None:
     assert live(conn, T0 + 15.5) == ["a"]  # b silent for 15.5 s
     dead_epoch = membership.current_epoch(conn)
     assert dead_epoch > epoch_before > e0
-    everyone = {p.peer_id: p.status for p in membership.all_peers(conn, T0 + 15.5, 15.0)}
+    everyone = {p.peer_id: p.status for p in membership.all_peers(conn, T0 + 15.5, TIMING)}
     assert everyone == {"a": "active", "b": "dead"}
     back = beat(conn, "b", T0 + 20.0)
     assert back is not None and membership.current_epoch(conn) > dead_epoch
     assert live(conn, T0 + 20.0) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("retention", "kept"),
+    [(0.0, [False, False]), (60.0, [True, False]), (math.inf, [True, True])],
+)
+def test_dead_peer_retention(conn: sqlite3.Connection, retention: float, kept: list[bool]) -> None:
+    """0: forgotten in the sweep that finds it dead; `indefinite` (inf): never."""
+    timing = Timing(heartbeat_interval=5.0, peer_expiry=15.0, dead_peer_retention=retention)
+    register(conn, "a")
+    for now, expected in zip((T0 + 16.0, T0 + 76.0), kept, strict=True):
+        membership.sweep(conn, now, timing)
+        everyone = {p.peer_id: p.status for p in membership.all_peers(conn, now, timing)}
+        assert everyone == ({"a": "dead"} if expected else {}), now - T0
+    assert (beat(conn, "a", T0 + 80.0) is None) == (not kept[-1])
 
 
 def test_heartbeat_of_unknown_peer_is_none(conn: sqlite3.Connection) -> None:
@@ -204,7 +220,7 @@ def test_cluster_totals_survive_restarts_and_departures(conn: sqlite3.Connection
     beat(conn, "a", T0 + 1, stats=report(10, 1000).model_dump())
     beat(conn, "b", T0 + 1, stats=report(5, 500).model_dump())
     beat(conn, "a", T0 + 2, stats=report(3, 0).model_dump())  # a restarted
-    totals = stats.cluster_stats(conn, membership.sweep(conn, T0 + 2, 15.0))
+    totals = stats.cluster_stats(conn, membership.sweep(conn, T0 + 2, TIMING))
     assert totals.tiers["local"].hits == 18
     assert totals.cloud_bytes_fetched == 1500
     assert totals.cloud_egress_saved == 18
@@ -214,7 +230,7 @@ def test_cluster_totals_survive_restarts_and_departures(conn: sqlite3.Connection
     totals = stats.cluster_stats(conn, membership.current_epoch(conn))
     assert totals.tiers["local"].hits == 18 and totals.cloud_bytes_fetched == 1500
     assert totals.capacity == ClusterBytes(local=100, peer=10)
-    totals = stats.cluster_stats(conn, membership.sweep(conn, T0 + 100, 15.0))
+    totals = stats.cluster_stats(conn, membership.sweep(conn, T0 + 100, TIMING))
     assert totals.peers.dead == 1 and totals.capacity == ClusterBytes(local=0, peer=0)
     assert totals.tiers["local"].hit_ratio == 1.0 and totals.tiers["peer"].hit_ratio is None
 

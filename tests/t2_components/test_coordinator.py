@@ -541,6 +541,62 @@ def test_heartbeating_peer_stays_alive(expiring: Coordinator) -> None:
         assert peer in expiring.live_ids()
 
 
+def _all_peers(coordinator: Coordinator) -> dict[str, str]:
+    answer = coordinator.get("/api/peers/all")
+    assert answer.status == 200, answer.body
+    return {p["peer_id"]: p["status"] for p in answer.json["peers"]}
+
+
+def test_a_peer_dead_past_the_retention_is_forgotten(base: Path) -> None:
+    """Nodes replaced without leaving (spot, autoscaling, crashes) must not pile up: a peer
+    dead past -dead-peer-retention is dropped with its locations (its counters stay in the
+    totals); one dead less long is still listed; a forgotten one that comes back rejoins."""
+    coordinator = start_coordinator(base, *EXPIRY_FLAGS, "-dead-peer-retention", "2s")
+    try:
+        gone, kept = uid("gone"), uid("kept")
+        coordinator.register(gone, "127.0.0.1:9301")
+        coordinator.register(kept, "127.0.0.1:9302")
+        assert coordinator.heartbeat(gone, stats={"tiers": {"cloud": {"bytes": 70}}}).status == 200
+        path = f"forget/{gone}.bin"
+        assert coordinator.put_location(gone, path, "v1", [0, 1]).status == 200
+        assert coordinator.put_location(kept, path, "v1", [2]).status == 200
+        assert _totals(coordinator)["locations"] == 2
+
+        seen_dead = 0.0
+        started = time.monotonic()
+        while gone in (listed := _all_peers(coordinator)):  # `kept` heartbeats meanwhile
+            assert time.monotonic() - started < 10, f"{gone} never forgotten: {listed}"
+            assert coordinator.heartbeat(kept).status == 200
+            if listed[gone] == "dead" and not seen_dead:
+                seen_dead = time.monotonic()
+            time.sleep(0.2)
+        assert seen_dead, "the peer was never listed as dead before it was forgotten"
+        assert time.monotonic() - seen_dead > 1.0  # listed dead for about the retention
+        totals = _totals(coordinator)
+        assert totals["peers"] == {"total": 1, "active": 1, "draining": 0, "dead": 0}
+        assert (totals["files"], totals["locations"]) == (1, 1)  # `gone`'s rows deleted
+        assert totals["cloud_bytes_fetched"] == 70  # its counters stay in the totals
+        assert [e["peer_id"] for e in coordinator.locations(path)] == [kept]
+
+        # a peer dead less long than the retention is still listed, its locations kept
+        wait_for(lambda: _all_peers(coordinator).get(kept) == "dead", what=f"{kept} dead")
+        totals = _totals(coordinator)
+        assert totals["peers"]["dead"] == 1 and totals["locations"] == 1
+
+        # the forgotten peer comes back: told to register, which it does, cleanly
+        answer = coordinator.heartbeat(gone)
+        assert answer.status == 404 and answer.json["error"] == "unknown_peer"
+        coordinator.register(gone, "127.0.0.1:9301")
+        assert gone in coordinator.live_ids()
+        assert _totals(coordinator)["cloud_bytes_fetched"] == 70
+    finally:
+        coordinator.stop()
+    coordinator.assert_clean_log()
+    log = coordinator.proc.log.read_text()
+    forgotten = [line for line in log.splitlines() if "forgotten" in line]
+    assert len(forgotten) == 1 and gone in forgotten[0], forgotten
+
+
 # --- TLS ------------------------------------------------------------------------------------
 
 

@@ -43,7 +43,9 @@ def create_app(settings: CoordinatorSettings) -> web.Application:
         client_max_size=MAX_BODY,
         middlewares=middlewares(metrics, settings.token),
     )
-    app[TIMING] = Timing(settings.heartbeat_interval, settings.peer_expiry)
+    app[TIMING] = Timing(
+        settings.heartbeat_interval, settings.peer_expiry, settings.dead_peer_retention
+    )
     app[SNAPSHOT] = Snapshot(min(SNAPSHOT_MAX_AGE, settings.heartbeat_interval / 4))
     app[METRICS] = metrics
     app[OPENAPI] = json.dumps(build(), separators=(",", ":")).encode()
@@ -73,21 +75,20 @@ def create_app(settings: CoordinatorSettings) -> web.Application:
     return app
 
 
-async def _sweep_forever(db: Database, peer_expiry: float) -> None:
-    interval = min(MAX_SWEEP_INTERVAL, peer_expiry / 4)
+async def _sweep_forever(db: Database, timing: Timing) -> None:
+    interval = min(MAX_SWEEP_INTERVAL, timing.peer_expiry / 4)
     while True:
         await asyncio.sleep(interval)
         try:
-            await db.run(membership.sweep, time.time(), peer_expiry)
+            await db.run(membership.sweep, time.time(), timing)
         except Exception:
             log.exception("expiry sweep failed")  # a bug; the next sweep tries again
 
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Expire silent peers even when nobody asks, so the epoch and /metrics move."""
-    task = asyncio.create_task(
-        _sweep_forever(app[DB], app[TIMING].peer_expiry), name="expiry-sweep"
-    )
+    """Expire silent peers, and forget long-dead ones, even when nobody asks, so the epoch
+    and /metrics move."""
+    task = asyncio.create_task(_sweep_forever(app[DB], app[TIMING]), name="expiry-sweep")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

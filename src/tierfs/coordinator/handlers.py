@@ -87,8 +87,7 @@ async def list_peers(request: web.Request) -> web.Response:
 
 
 async def list_all_peers(request: web.Request) -> web.Response:
-    expiry = request.app[TIMING].peer_expiry
-    peers = await request.app[DB].run(membership.all_peers, time.time(), expiry)
+    peers = await request.app[DB].run(membership.all_peers, time.time(), request.app[TIMING])
     return _json(AllPeers(peers=peers))
 
 
@@ -130,20 +129,19 @@ async def get_location(request: web.Request) -> web.Response:
     return _json(await request.app[DB].run(locations.get_locations, query, time.time(), expiry))
 
 
-def _stats_now(conn: sqlite3.Connection, now: float, peer_expiry: float) -> ClusterStats:
-    return stats.cluster_stats(conn, membership.sweep(conn, now, peer_expiry))
+def _stats_now(conn: sqlite3.Connection, now: float, timing: membership.Timing) -> ClusterStats:
+    return stats.cluster_stats(conn, membership.sweep(conn, now, timing))
 
 
 def _page_data(
-    conn: sqlite3.Connection, now: float, peer_expiry: float
+    conn: sqlite3.Connection, now: float, timing: membership.Timing
 ) -> tuple[ClusterStats, list[PeerInfo]]:
-    peers = membership.all_peers(conn, now, peer_expiry)
-    return _stats_now(conn, now, peer_expiry), peers
+    snapshot = _stats_now(conn, now, timing)
+    return snapshot, membership.all_peers(conn, now, timing)
 
 
 async def cluster_stats(request: web.Request) -> web.Response:
-    expiry = request.app[TIMING].peer_expiry
-    return _json(await request.app[DB].run(_stats_now, time.time(), expiry))
+    return _json(await request.app[DB].run(_stats_now, time.time(), request.app[TIMING]))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -151,13 +149,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    expiry = request.app[TIMING].peer_expiry
-    snapshot = await request.app[DB].run(_stats_now, time.time(), expiry)
+    snapshot = await request.app[DB].run(_stats_now, time.time(), request.app[TIMING])
     text = request.app[METRICS].render(snapshot)
     return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def page(request: web.Request) -> web.Response:
     now = time.time()
-    snapshot, peers = await request.app[DB].run(_page_data, now, request.app[TIMING].peer_expiry)
+    snapshot, peers = await request.app[DB].run(_page_data, now, request.app[TIMING])
     return web.Response(text=dashboard.render(snapshot, peers, now), content_type="text/html")

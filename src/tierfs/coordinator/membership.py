@@ -7,6 +7,10 @@ Rules:
 - A peer is live (`active` or `draining`) while it has heartbeated within `peer_expiry`;
   after that it is `dead`: left out of `GET /api/peers` and of location answers, but kept
   (with its locations) so that a heartbeat or a new registration brings it back whole.
+- A peer dead for `dead_peer_retention` more (silent `peer_expiry` + that) is forgotten by
+  the sweep, as if it had left: its row and locations go, its counters stay in the totals.
+  Its next heartbeat is told it is unknown, and it registers again as a new peer. Nodes
+  replaced without leaving (spot instances, autoscaling, crashes) so do not pile up.
 - The epoch changes whenever the live set or a live peer's address or state changes: a
   peer joins, leaves, dies, comes back, moves, starts or stops draining. Usage and
   counters change with every heartbeat and do not move the epoch.
@@ -49,10 +53,12 @@ _PEER_COLUMNS = (
 
 @dataclass(frozen=True)
 class Timing:
-    """The coordinator's heartbeat contract, told to every peer in each membership answer."""
+    """The coordinator's heartbeat contract, told to every peer in each membership answer,
+    and how long a dead peer is kept (`math.inf`: for ever; not told)."""
 
     heartbeat_interval: float
     peer_expiry: float
+    dead_peer_retention: float
 
 
 @dataclass(frozen=True)
@@ -112,10 +118,34 @@ def expire(conn: sqlite3.Connection, now: float, peer_expiry: float) -> None:
     log.info("no heartbeat for %gs: %s marked dead (epoch %d)", peer_expiry, shown, epoch)
 
 
-def sweep(conn: sqlite3.Connection, now: float, peer_expiry: float) -> int:
-    """Apply expiry now; return the epoch."""
+def forget(conn: sqlite3.Connection, now: float, timing: Timing) -> None:
+    """Drop the peers dead for longer than `timing.dead_peer_retention`, as `leave` does (the
+    epoch stays: the live set is the same); inside the caller's transaction."""
+    if math.isinf(timing.dead_peer_retention):
+        return
+    dead_since = now - timing.dead_peer_retention  # dead = silent past peer_expiry
+    rows = conn.execute(
+        "SELECT peer_id, last_heartbeat FROM peers WHERE status = 'dead' "
+        "AND last_heartbeat + ? < ?",
+        (timing.peer_expiry, dead_since),
+    ).fetchall()
+    for peer_id, heard in rows:
+        stats.retire(conn, peer_id)
+        conn.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
+        log.info(
+            "peer %s forgotten, with its locations: dead for over %gs (-dead-peer-retention), "
+            "no heartbeat for %.0fs",
+            peer_id,
+            timing.dead_peer_retention,
+            now - heard,
+        )
+
+
+def sweep(conn: sqlite3.Connection, now: float, timing: Timing) -> int:
+    """Apply expiry and forget the peers dead past the retention now; return the epoch."""
     with transaction(conn):
-        expire(conn, now, peer_expiry)
+        expire(conn, now, timing.peer_expiry)
+        forget(conn, now, timing)
         return current_epoch(conn)
 
 
@@ -178,10 +208,12 @@ class Snapshot:
         self.epoch, self.built, self.peers_json = epoch, now, peers_json
 
 
-def all_peers(conn: sqlite3.Connection, now: float, peer_expiry: float) -> list[PeerInfo]:
-    """Every peer the coordinator knows, dead ones included (the dashboard)."""
+def all_peers(conn: sqlite3.Connection, now: float, timing: Timing) -> list[PeerInfo]:
+    """Every peer the coordinator knows, dead ones not yet forgotten included (the dashboard,
+    `tierfs status`)."""
     with transaction(conn):
-        expire(conn, now, peer_expiry)
+        expire(conn, now, timing.peer_expiry)
+        forget(conn, now, timing)
         rows = conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY peer_id").fetchall()
     return [_peer(row) for row in rows]
 

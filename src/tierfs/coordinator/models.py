@@ -223,7 +223,7 @@ class Membership(BaseModel):
 
 
 class AllPeers(BaseModel):
-    """Every peer the coordinator knows, the dead ones too (`tierfs status`)."""
+    """Every peer the coordinator knows, the dead ones too till forgotten (`tierfs status`)."""
 
     peers: list[PeerInfo]
 

@@ -73,7 +73,7 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/api/peers/all",
         handlers.list_all_peers,
-        "Every peer the coordinator knows, the dead ones too",
+        "Every peer the coordinator knows, the dead ones too until -dead-peer-retention",
         response=AllPeers,
     ),
     Route(
