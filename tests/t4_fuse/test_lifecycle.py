@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -851,6 +852,35 @@ def until_in_bucket(
         time.sleep(0.02)
 
 
+def notes_written_over(mount: Mount, other: bytes) -> int:
+    """notes.txt ("first") and `other` put through the mount, then notes.txt opened and
+    written over ("ours"), not closed: the descriptor."""
+    (mount.path / "notes.txt").write_bytes(b"first\n")
+    (mount.path / "other").write_bytes(other)
+    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"ours\n")
+    return fd
+
+
+def kill_once_in_bucket(
+    relay: Relay, mount: Mount, s3: Any, change: Callable[[], object], body: bytes | None
+) -> None:
+    """Mute the relay (the bucket does what it is asked; the client never hears it), make
+    `change` on the mount, and kill the client (SIGKILL) once the bucket holds `body` at
+    notes.txt (None: none), before the answer comes back."""
+    relay.mute()
+
+    def changing() -> None:
+        with contextlib.suppress(OSError):  # the mount dies under it
+            change()
+
+    worker = threading.Thread(target=changing)
+    worker.start()
+    until_in_bucket(s3, mount.flags["s3_bucket"], "notes.txt", body)
+    mount.kill()
+    worker.join(30)
+
+
 @pytest.mark.warnings_expected
 @pytest.mark.parametrize("removal", ["unlink", "rename over"])
 def test_kill_9_once_a_removal_reached_the_bucket_keeps_the_file_removed(
@@ -862,25 +892,13 @@ def test_kill_9_once_a_removal_reached_the_bucket_keeps_the_file_removed(
     found the object changed, took that for another node's change and put the bytes under
     `.tierfs-conflicts/`: the removed file came back there. It must stay removed."""
     relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
-    (mount.path / "notes.txt").write_bytes(b"first\n")
-    (mount.path / "other").write_bytes(b"other\n")
-    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, b"ours\n")
-    relay.mute()  # the bucket does what it is asked; the client never hears it
-
-    def remove() -> None:
-        with contextlib.suppress(OSError):  # the mount dies under it
-            if removal == "unlink":
-                os.unlink(mount.path / "notes.txt")
-            else:
-                os.rename(mount.path / "other", mount.path / "notes.txt")
-
-    removing = threading.Thread(target=remove)
-    removing.start()
-    after = None if removal == "unlink" else b"other\n"
-    until_in_bucket(s3, mount.flags["s3_bucket"], "notes.txt", after)
-    mount.kill()
-    removing.join(30)
+    fd = notes_written_over(mount, b"other\n")
+    notes, other = mount.path / "notes.txt", mount.path / "other"
+    if removal == "unlink":
+        after, remove = None, partial(os.unlink, notes)
+    else:
+        after, remove = b"other\n", partial(os.rename, other, notes)
+    kill_once_in_bucket(relay, mount, s3, remove, after)
     with contextlib.suppress(OSError):
         os.close(fd)  # of the dead mount
     relay.restore()
@@ -907,10 +925,7 @@ def test_a_rename_cut_short_once_its_source_is_deleted_keeps_the_file_it_replace
     version its bytes were written over, and put them over the copy; `other`'s bytes were
     under neither name. Once the copy is in, the file it replaced must stay replaced."""
     relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
-    (mount.path / "notes.txt").write_bytes(b"first\n")
-    (mount.path / "other").write_bytes(b"first\n")
-    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, b"ours\n")
+    fd = notes_written_over(mount, b"first\n")
     relay.hold(b"?delete ")  # the rename's delete of `other` (obstore's), once it copied
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         renaming = pool.submit(os.rename, mount.path / "other", mount.path / "notes.txt")
@@ -1005,14 +1020,15 @@ def test_a_journaled_upload_waits_for_the_cloud_at_start(
 
 
 def start_with_the_bucket_cut_off(relay: Relay, mount: Mount) -> float:
-    """Start `mount` with the bucket out of reach: its try of the journal's uploads fails,
-    retried in the background. The bucket is back once a try at once would have failed
-    too (the recovery's retry came at once before 2026-12-07); returns when the next try
-    is due."""
+    """Start `mount` with the bucket out of reach: its try of the journal's uploads (before
+    the mount appears) fails, retried in the background. The bucket is back a second
+    later (the recovery's retry came at once before 2026-12-07); returns when the next try
+    is due at the earliest (its wait began as the mount appeared, just before this saw
+    it)."""
     relay.cut()
     mount.start()
-    retry_due = time.monotonic() + RETRY_INTERVAL
-    time.sleep(2)
+    retry_due = time.monotonic() + RETRY_INTERVAL - 0.5
+    time.sleep(1)
     relay.restore()
     return retry_due
 
@@ -1032,10 +1048,7 @@ def test_a_file_a_crash_left_unsent_follows_what_the_mount_does_before_the_cloud
     the retry put "ours" over them)."""
     relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
     bucket = mount.flags["s3_bucket"]
-    (mount.path / "notes.txt").write_bytes(b"first\n")
-    (mount.path / "other").write_bytes(b"first\n")
-    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, b"ours\n")
+    fd = notes_written_over(mount, b"first\n")
     mount.kill()
     with contextlib.suppress(OSError):
         os.close(fd)  # of the dead mount
@@ -1080,21 +1093,8 @@ def test_a_file_whose_removal_a_crash_cut_short_stays_removed_once_the_cloud_is_
     retry finds the removal went through, and sends nothing."""
     relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
     bucket = mount.flags["s3_bucket"]
-    (mount.path / "notes.txt").write_bytes(b"first\n")
-    (mount.path / "other").write_bytes(b"first\n")
-    fd = os.open(mount.path / "notes.txt", os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, b"ours\n")
-    relay.mute()  # the bucket does what it is asked; the client never hears it
-
-    def remove() -> None:
-        with contextlib.suppress(OSError):  # the mount dies under it
-            os.unlink(mount.path / "notes.txt")
-
-    removing = threading.Thread(target=remove)
-    removing.start()
-    until_in_bucket(s3, bucket, "notes.txt", None)
-    mount.kill()
-    removing.join(30)
+    fd = notes_written_over(mount, b"first\n")
+    kill_once_in_bucket(relay, mount, s3, partial(os.unlink, mount.path / "notes.txt"), None)
     with contextlib.suppress(OSError):
         os.close(fd)  # of the dead mount
     retry_due = start_with_the_bucket_cut_off(relay, mount)
