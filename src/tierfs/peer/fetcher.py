@@ -27,7 +27,7 @@ import aiohttp
 from tierfs.chunks import ChunkRef, ObjectRef, checksum
 from tierfs.cloud.folder import KeyPrefix
 from tierfs.coordinator.client import CoordinatorClient
-from tierfs.coordinator.models import Location
+from tierfs.coordinator.models import Location, PeerInfo
 from tierfs.peer import protocol
 from tierfs.peer.ring import rank
 from tierfs.security import AnswerTooLargeError, read_bounded
@@ -246,9 +246,7 @@ class PeerFetcher:
 
     def _ranked(self, chunk: ChunkRef) -> list[_Peer]:
         """The active members in rendezvous order for `chunk` (this node included)."""
-        members = self._coordinator.membership
-        peers = (members.peers or []) if members is not None else []
-        live = [_Peer(p.peer_id, p.address) for p in peers if p.status == "active"]
+        live = [_Peer(p.peer_id, p.address) for p in self._members() if p.status == "active"]
         return rank(chunk.id, live, lambda p: p.peer_id)
 
     def _others(self, peers: list[_Peer]) -> bool:
@@ -347,9 +345,12 @@ class PeerFetcher:
 
     def _registration(self, peer_id: str) -> float | None:
         """When `peer_id` last registered, as the membership says (None: not a member)."""
+        return next((p.registered_at for p in self._members() if p.peer_id == peer_id), None)
+
+    def _members(self) -> list[PeerInfo]:
+        """The members as the coordinator last told them (none before its first answer)."""
         members = self._coordinator.membership
-        peers = (members.peers or []) if members is not None else []
-        return next((p.registered_at for p in peers if p.peer_id == peer_id), None)
+        return (members.peers or []) if members is not None else []
 
     def _failed(self, peer: _Peer, why: str) -> None:
         self._stats.tier(Tier.PEER).errors += 1
