@@ -48,7 +48,6 @@ class StreamingUpload:
 
     def when_completed(self, callback: Callable[[], object]) -> None:
         """Call `callback` once the cloud has the whole object (never if it fails)."""
-
         self._upload.add_done_callback(lambda _: None if self.failed else callback())
 
     async def send(self, data: bytes) -> None:
