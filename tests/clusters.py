@@ -87,6 +87,16 @@ class Cluster:
         """Bytes the S3 server has sent from the bucket, by its own count."""
         return self.server.bytes_sent(self.bucket)
 
+    def reads_from_the_cloud(self) -> str:
+        """What each node read from the cloud, and the WARNING or worse lines of its log: why
+        the cloud sent more than a test counted."""
+        lines = []
+        for node in self.nodes:
+            log = node.mount.log.read_text(errors="replace") if node.mount.log.exists() else ""
+            loud = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
+            lines += [f"{node.peer_id}: cloud {node.tier('cloud')}", *loud]
+        return "\n".join(lines)
+
     def settled_egress(self) -> int:
         """`egress()` once it has stopped moving (the server's metrics lag a little)."""
         last = self.egress()

@@ -44,6 +44,14 @@ def wait_for_stores(mount: Mount, count: int) -> Any:
     return stats
 
 
+def reads_that_reached_tierfs(before: Any, after: Any) -> int:
+    """How many chunk reads tierfs answered between two of a node's counters. These
+    machines run DAMON's pageout, which can take a page out of the page cache at any
+    moment (seen in CI: one page of 256, 0.2 s after it came): a read or two of a chunk
+    that was stored whole may then reach tierfs; with no store, most of them do."""
+    return sum(after["tiers"][t]["hits"] - before["tiers"][t]["hits"] for t in after["tiers"])
+
+
 def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
     mount_factory: Callable[..., Mount],
 ) -> None:
@@ -62,7 +70,7 @@ def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
         offsets = random.Random(3).sample(range(CHUNK, 2 * CHUNK - PAGE), 200)
         assert [os.pread(fd, PAGE, at) for at in offsets] == [body[a : a + PAGE] for a in offsets]
         after = node_stats(mount)
-        assert after["tiers"] == before["tiers"]  # not one read reached tierfs
+        assert reads_that_reached_tierfs(before, after) <= 2  # of 200
         assert after["tiers"]["cloud"]["hits"] == 1  # the chunk, fetched once
     finally:
         os.close(fd)
@@ -87,12 +95,13 @@ def test_a_second_random_read_that_tier_1_answers_puts_its_chunk_there_too(
         wait_for_pages(fd, set(range(2 * CHUNK // PAGE, 3 * CHUNK // PAGE)), len(body))
         time.sleep(0.2)
         chunk_2 = set(range(2 * CHUNK // PAGE, 3 * CHUNK // PAGE))
-        assert cached_pages(fd, len(body)) == chunk_2 | {CHUNK // PAGE + 9}
+        # nothing else came (a page may have left since: see reads_that_reached_tierfs)
+        assert cached_pages(fd, len(body)) - chunk_2 <= {CHUNK // PAGE + 9}
         before = node_stats(mount)
         offsets = random.Random(5).sample(range(2 * CHUNK, 3 * CHUNK - PAGE), 200)
         assert [os.pread(fd, PAGE, at) for at in offsets] == [body[a : a + PAGE] for a in offsets]
         after = node_stats(mount)
-        assert after["tiers"] == before["tiers"]  # not one read reached tierfs
+        assert reads_that_reached_tierfs(before, after) <= 2  # of 200
         assert after["tiers"]["cloud"]["hits"] == 3  # the warm's, none since
     finally:
         os.close(fd)

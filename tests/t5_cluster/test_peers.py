@@ -91,7 +91,10 @@ def test_the_cluster_reads_a_file_from_the_cloud_once(cluster: Cluster) -> None:
     for node in (a, b, c):
         assert sha256_of(node.path / "data/train.bin") == expected
     egress = cluster.settled_egress() - before
-    assert egress == size, f"the cloud sent {egress / CHUNK:.2f} chunks for {size // CHUNK}"
+    assert egress == size, (
+        f"the cloud sent {egress / CHUNK:.2f} chunks for {size // CHUNK}\n"
+        + cluster.reads_from_the_cloud()
+    )
     owned = owners(cluster, "data/train.bin")
     for node in (b, c):  # each read what it does not own from the other two
         peer = node.tier("peer")
@@ -125,7 +128,10 @@ def test_nodes_reading_a_file_at_once_fetch_each_chunk_from_the_cloud_once(
         sums = list(pool.map(lambda node: sha256_of(node.path / "at-once.bin"), cluster.nodes))
     assert sums == [expected] * len(cluster.nodes)
     egress = cluster.settled_egress() - before
-    assert egress == size, f"the cloud sent {egress / CHUNK:.2f} chunks for {size // CHUNK}"
+    assert egress == size, (
+        f"the cloud sent {egress / CHUNK:.2f} chunks for {size // CHUNK}\n"
+        + cluster.reads_from_the_cloud()
+    )
     owned = owners(cluster, "at-once.bin")  # each chunk from the cloud by its owner, once
     fetched = {node.peer_id: node.tier("cloud")["hits"] for node in cluster.nodes}
     assert fetched == {peer_id: len(chunks) for peer_id, chunks in owned.items()}
