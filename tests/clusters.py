@@ -88,9 +88,10 @@ class Cluster:
         return self.server.bytes_sent(self.bucket)
 
     def reads_from_the_cloud(self) -> str:
-        """What each node read from the cloud, and the WARNING or worse lines of its log: why
-        the cloud sent more than a test counted."""
-        lines = []
+        """What each node read from the cloud, the WARNING or worse lines of its log, and the
+        peers the coordinator marked dead: why the cloud sent more than a test counted."""
+        coordinator = self.coordinator.proc.log.read_text(errors="replace").splitlines()
+        lines = [line for line in coordinator if "marked dead" in line]
         for node in self.nodes:
             log = node.mount.log.read_text(errors="replace") if node.mount.log.exists() else ""
             loud = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
@@ -122,7 +123,7 @@ def running_cluster(
     bucket of `server`; everything is stopped on the way out. `extra` flags go to every
     client, `node_flags[peer_id]` to one; `token` to all, coordinator included."""
     coordinator = start_coordinator(
-        base, "-heartbeat-interval", "0.5s", "-peer-expiry", "2s", token=token
+        base, "-heartbeat-interval", "0.5s", "-peer-expiry", "5s", token=token
     )
     flags, env = target_flags("s3-seaweedfs", server, base)
     flags |= {
