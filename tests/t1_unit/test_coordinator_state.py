@@ -50,8 +50,8 @@ def beat(
     return membership.heartbeat(conn, request, now, TIMING)
 
 
-def live(conn: sqlite3.Connection, now: float) -> list[str]:
-    return [p.peer_id for p in membership.membership(conn, now, TIMING).model().peers or []]
+def live(conn: sqlite3.Connection, now: float, timing: Timing = TIMING) -> list[str]:
+    return [p.peer_id for p in membership.membership(conn, now, timing).model().peers or []]
 
 
 def test_fresh_epoch_is_a_timestamp_so_a_wiped_coordinator_never_repeats_one(
@@ -131,15 +131,31 @@ def test_heartbeat_answers_share_a_snapshot(conn: sqlite3.Connection) -> None:
     assert [p.status for p in answer.model().peers or []] == ["active", "draining", "active"]
 
 
-def test_restart_grace(conn: sqlite3.Connection) -> None:
+def test_time_the_coordinator_did_not_run_is_not_the_peers_silence(
+    conn: sqlite3.Connection,
+) -> None:
+    """Stopped, restarted or paused past -peer-expiry, the coordinator marked every peer
+    dead as it woke, and live again at their next heartbeat."""
+    swept = Timing(
+        heartbeat_interval=5.0, peer_expiry=15.0, dead_peer_retention=60.0, sweep_every=1.0
+    )
     register(conn, "a")
     register(conn, "b")
-    beat(conn, "b", T0 + 100)
-    assert live(conn, T0 + 100) == ["b"]
-    # the coordinator was down from T0 + 100 to T0 + 200: b is not to blame
-    assert membership.grant_restart_grace(conn, T0 + 200) == 1
-    assert live(conn, T0 + 214) == ["b"]
-    assert live(conn, T0 + 216) == []
+    beat(conn, "b", T0 + 10)
+    assert live(conn, T0 + 11, swept) == ["a", "b"]  # a silent 11 s, b 1 s
+    # no expiry from T0 + 11 to T0 + 200: the coordinator did not run
+    assert live(conn, T0 + 200, swept) == ["a", "b"]
+    for second in range(201, 205):  # then it sweeps every second
+        assert live(conn, T0 + second, swept) == ["a", "b"]
+    assert live(conn, T0 + 205, swept) == ["b"]  # 11 s silent before, 4+ since
+    for second in range(206, 215):
+        assert live(conn, T0 + second, swept) == ["b"]
+    assert live(conn, T0 + 215, swept) == []
+    # expiries 2 s apart are a coordinator running: none of the silence is excused
+    register(conn, "c", T0 + 300)
+    for second in range(302, 316, 2):
+        assert live(conn, T0 + second, swept) == ["c"]
+    assert live(conn, T0 + 316, swept) == []
 
 
 def test_leave(conn: sqlite3.Connection) -> None:
@@ -169,12 +185,12 @@ def test_locations_of_dead_peers_are_hidden(conn: sqlite3.Connection) -> None:
         report = LocationReport(path="d/f", peer_id=peer, version="v1", chunks=[0, 1])
         assert locations.put_location(conn, report, T0 + 10) is not None
     query = LocationQuery(path="d/f")
-    found = locations.get_locations(conn, query, T0 + 14, 15.0)
+    found = locations.get_locations(conn, query, T0 + 14, TIMING)
     assert [entry.peer_id for entry in found.locations] == ["a", "b"]
-    found = locations.get_locations(conn, query, T0 + 16, 15.0)
+    found = locations.get_locations(conn, query, T0 + 16, TIMING)
     assert [entry.peer_id for entry in found.locations] == ["b"]
     assert (
-        locations.get_locations(conn, LocationQuery(path="d/f", version="v2"), T0, 15).locations
+        locations.get_locations(conn, LocationQuery(path="d/f", version="v2"), T0, TIMING).locations
         == []
     )
 

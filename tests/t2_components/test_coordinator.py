@@ -11,8 +11,10 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import secrets
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate as validate_openapi
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
@@ -541,6 +544,30 @@ def test_heartbeating_peer_stays_alive(expiring: Coordinator) -> None:
         assert peer in expiring.live_ids()
 
 
+def test_a_coordinator_paused_past_the_expiry_keeps_its_peers(base: Path) -> None:
+    """Stopped (SIGSTOP, swapped out, a VM paused) for longer than -peer-expiry, it marked
+    every peer dead as it woke, then live again at their next heartbeat: two epochs per
+    peer, and nodes that for a moment saw no owner for their chunks."""
+    coordinator = start_coordinator(base, *EXPIRY_FLAGS)
+    try:
+        peer = uid("patient")
+        coordinator.register(peer)
+        epoch = coordinator.get("/api/peers").json["epoch"]
+        assert coordinator.proc.pid is not None
+        os.killpg(coordinator.proc.pid, signal.SIGSTOP)
+        time.sleep(3)  # three times the expiry
+        os.killpg(coordinator.proc.pid, signal.SIGCONT)
+        assert coordinator.heartbeat(peer).status == 200  # sent as it woke, as a node's
+        assert coordinator.get("/api/peers").json["epoch"] == epoch
+        assert "marked dead" not in coordinator.proc.log.read_text()
+        assert "did not run for" in coordinator.proc.log.read_text()
+        waited = wait_for(lambda: peer not in coordinator.live_ids(), what="expiry")
+        assert waited < 4.0  # once it runs, silence counts again
+    finally:
+        coordinator.stop()
+    coordinator.assert_clean_log()
+
+
 def _all_peers(coordinator: Coordinator) -> dict[str, str]:
     answer = coordinator.get("/api/peers/all")
     assert answer.status == 200, answer.body
@@ -800,23 +827,20 @@ async def test_client_reads_no_answer_past_its_bound(
 # --- fuzzing every endpoint from the OpenAPI document --------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fuzz_target(base: Path) -> Iterator[Coordinator]:
+@pytest.fixture
+def fuzz_target(base: Path, request: pytest.FixtureRequest) -> Iterator[Coordinator]:
+    """A coordinator for the fuzz of one endpoint (each is its own test, and the parallel
+    workers split them: a coordinator shared by a module saw only its worker's share). The
+    fuzz must have reached the endpoint, and never made the coordinator fail."""
     coordinator = start_coordinator(base, token=TOKEN)
     coordinator.register("fuzz-peer")  # so that some generated requests find a peer
     yield coordinator
     seen = _statuses_by_route(coordinator)
     coordinator.stop()
     coordinator.assert_clean_log()
-    # the fuzz reached every endpoint (those without parameters have few distinct inputs),
-    # with valid and invalid input, and never made the coordinator fail
-    for route in ROUTES:
-        statuses = seen.get(f"{route.method} {route.path}", {})
-        assert statuses, (route.path, seen)
-    counts = [n for statuses in seen.values() for n in statuses.values()]
-    assert sum(counts) >= 500, seen
+    endpoint = request.node.name.partition("[")[2].rstrip("]")  # "GET /api/peers"
+    assert seen.get(endpoint), (endpoint, seen)
     assert not [s for statuses in seen.values() for s in statuses if s.startswith("5")], seen
-    assert any("422" in statuses for statuses in seen.values()), seen
 
 
 def _statuses_by_route(coordinator: Coordinator) -> dict[str, dict[str, int]]:
@@ -846,6 +870,7 @@ def test_fuzzed_document_is_the_served_one(coord: Coordinator) -> None:
 
 
 @API.parametrize()
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # one per endpoint
 def test_fuzz_every_endpoint_never_5xx(case: Any, fuzz_target: Coordinator) -> None:
     response = case.call(
         base_url=fuzz_target.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10

@@ -44,7 +44,10 @@ def create_app(settings: CoordinatorSettings) -> web.Application:
         middlewares=middlewares(metrics, settings.token),
     )
     app[TIMING] = Timing(
-        settings.heartbeat_interval, settings.peer_expiry, settings.dead_peer_retention
+        settings.heartbeat_interval,
+        settings.peer_expiry,
+        settings.dead_peer_retention,
+        sweep_every=min(MAX_SWEEP_INTERVAL, settings.peer_expiry / 4),
     )
     app[SNAPSHOT] = Snapshot(min(SNAPSHOT_MAX_AGE, settings.heartbeat_interval / 4))
     app[METRICS] = metrics
@@ -61,9 +64,7 @@ def create_app(settings: CoordinatorSettings) -> web.Application:
         try:
             path = settings.data_dir / FILE_NAME
             db = await Database.open(path)
-            graced = await db.run(membership.grant_restart_grace, time.time())
-            grace = settings.peer_expiry
-            log.info("state in %s (%d live peers given %gs of grace)", path, graced, grace)
+            log.info("state in %s", path)
             app[DB] = db
             yield
             await db.close()
@@ -76,9 +77,8 @@ def create_app(settings: CoordinatorSettings) -> web.Application:
 
 
 async def _sweep_forever(db: Database, timing: Timing) -> None:
-    interval = min(MAX_SWEEP_INTERVAL, timing.peer_expiry / 4)
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(timing.sweep_every)
         try:
             await db.run(membership.sweep, time.time(), timing)
         except Exception:

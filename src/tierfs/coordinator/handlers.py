@@ -125,8 +125,8 @@ async def put_location(request: web.Request) -> web.Response:
 
 async def get_location(request: web.Request) -> web.Response:
     query = parse_query(request, LocationQuery)
-    expiry = request.app[TIMING].peer_expiry
-    return _json(await request.app[DB].run(locations.get_locations, query, time.time(), expiry))
+    timing = request.app[TIMING]
+    return _json(await request.app[DB].run(locations.get_locations, query, time.time(), timing))
 
 
 def _stats_now(conn: sqlite3.Connection, now: float, timing: membership.Timing) -> ClusterStats:

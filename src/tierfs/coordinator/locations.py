@@ -12,7 +12,7 @@ import json
 import sqlite3
 
 from tierfs.coordinator.db import transaction
-from tierfs.coordinator.membership import current_epoch, expire
+from tierfs.coordinator.membership import Timing, current_epoch, expire
 from tierfs.coordinator.models import (
     MAX_CHUNKS_PER_ENTRY,
     Location,
@@ -82,11 +82,11 @@ def put_location(
 
 
 def get_locations(
-    conn: sqlite3.Connection, query: LocationQuery, now: float, peer_expiry: float
+    conn: sqlite3.Connection, query: LocationQuery, now: float, timing: Timing
 ) -> Locations:
     """The live peers holding `query.path` (of `query.version` if given), by peer id."""
     with transaction(conn):
-        expire(conn, now, peer_expiry)
+        expire(conn, now, timing)
         epoch = current_epoch(conn)
         sql = (
             "SELECT l.peer_id, p.address, p.status, l.version, l.chunks, l.updated_at "

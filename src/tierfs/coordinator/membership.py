@@ -21,8 +21,12 @@ Rules:
   given one id); the same address is that node restarted, and is let in. A registration
   from another process of a known peer drops the locations its last run reported (its
   tier 1 may have been wiped or trimmed): the new process announces what it holds.
-- After a coordinator restart every peer that was live gets a fresh `peer_expiry` of
-  grace: the peers were heartbeating into a closed port and are not to blame.
+- Time the coordinator did not run is not the peers' silence: stopped, restarted, paused
+  (SIGSTOP, swapped out, a VM migrated) or its clock stepped forward, it finds at its next
+  expiry that no sweep ran for over two sweep periods, and moves every live peer's last
+  heartbeat on by that gap before judging it. Before 2026-12-07 a coordinator paused past
+  `peer_expiry` marked every peer dead as it woke (and live again at their next
+  heartbeat): 2 epochs per peer, and for a moment nodes that saw no owner for a chunk.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from tierfs.coordinator.models import (
 
 log = logging.getLogger(__name__)
 
+AWAY_AFTER_SWEEPS = 2  # sweep periods with no expiry that mean the coordinator did not run
+
 _PEER_COLUMNS = (
     "peer_id, address, status, capacity_local, capacity_peer, usage_local, usage_peer, "
     "registered_at, last_heartbeat"
@@ -59,6 +65,11 @@ class Timing:
     heartbeat_interval: float
     peer_expiry: float
     dead_peer_retention: float
+    sweep_every: float = math.inf  # the periodic sweep's period (inf: none runs)
+
+    def away(self, gap: float) -> bool:
+        """Whether `gap` seconds between two expiries mean the coordinator did not run."""
+        return gap > AWAY_AFTER_SWEEPS * self.sweep_every
 
 
 @dataclass(frozen=True)
@@ -95,9 +106,11 @@ def _bump(conn: sqlite3.Connection) -> int:
     return epoch
 
 
-def expire(conn: sqlite3.Connection, now: float, peer_expiry: float) -> None:
-    """Mark dead the live peers silent for longer than `peer_expiry`; inside the caller's
-    transaction."""
+def expire(conn: sqlite3.Connection, now: float, timing: Timing) -> None:
+    """Mark dead the live peers silent for longer than `peer_expiry`, once any time the
+    coordinator did not run is excused; inside the caller's transaction."""
+    _excuse_absence(conn, now, timing)
+    peer_expiry = timing.peer_expiry
     cutoff = now - peer_expiry
     expired = [
         row[0]
@@ -116,6 +129,25 @@ def expire(conn: sqlite3.Connection, now: float, peer_expiry: float) -> None:
     if len(expired) > 10:
         shown += f" and {len(expired) - 10} more"
     log.info("no heartbeat for %gs: %s marked dead (epoch %d)", peer_expiry, shown, epoch)
+
+
+def _excuse_absence(conn: sqlite3.Connection, now: float, timing: Timing) -> None:
+    """Move the live peers' last heartbeats on by the time since the last expiry, when that
+    long without one means the coordinator did not run (see the module's rules)."""
+    last = float(get_meta(conn, "expired_at", str(now)))
+    set_meta(conn, "expired_at", repr(now))
+    gap = now - last
+    if not timing.away(gap):
+        return
+    moved = conn.execute(
+        "UPDATE peers SET last_heartbeat = last_heartbeat + ? WHERE status != 'dead'", (gap,)
+    ).rowcount
+    log.info(
+        "the coordinator did not run for %.1fs (stopped, paused, or its clock moved): "
+        "not counted as silence of its %d live peers",
+        gap,
+        moved,
+    )
 
 
 def forget(conn: sqlite3.Connection, now: float, timing: Timing) -> None:
@@ -144,19 +176,9 @@ def forget(conn: sqlite3.Connection, now: float, timing: Timing) -> None:
 def sweep(conn: sqlite3.Connection, now: float, timing: Timing) -> int:
     """Apply expiry and forget the peers dead past the retention now; return the epoch."""
     with transaction(conn):
-        expire(conn, now, timing.peer_expiry)
+        expire(conn, now, timing)
         forget(conn, now, timing)
         return current_epoch(conn)
-
-
-def grant_restart_grace(conn: sqlite3.Connection, now: float) -> int:
-    """On coordinator start: the peers live at shutdown count as just heard from."""
-    with transaction(conn):
-        cursor = conn.execute(
-            "UPDATE peers SET last_heartbeat = ? WHERE status != 'dead' AND last_heartbeat < ?",
-            (now, now),
-        )
-        return cursor.rowcount
 
 
 def _peer(row: Any) -> PeerInfo:
@@ -212,7 +234,7 @@ def all_peers(conn: sqlite3.Connection, now: float, timing: Timing) -> list[Peer
     """Every peer the coordinator knows, dead ones not yet forgotten included (the dashboard,
     `tierfs status`)."""
     with transaction(conn):
-        expire(conn, now, timing.peer_expiry)
+        expire(conn, now, timing)
         forget(conn, now, timing)
         rows = conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY peer_id").fetchall()
     return [_peer(row) for row in rows]
@@ -245,7 +267,7 @@ def _heartbeat_answer(
 def membership(conn: sqlite3.Connection, now: float, timing: Timing) -> Answer:
     """`GET /api/peers`: the live peers and the epoch."""
     with transaction(conn):
-        expire(conn, now, timing.peer_expiry)
+        expire(conn, now, timing)
         return _answer(conn, timing, None)
 
 
@@ -265,7 +287,7 @@ def register(
     Raises PeerIdTakenError when the id is live at another address from another process
     (`instance`): the peer that has it keeps it until it leaves or expires."""
     with transaction(conn):
-        expire(conn, now, timing.peer_expiry)
+        expire(conn, now, timing)
         row = conn.execute(
             "SELECT address, status, instance FROM peers WHERE peer_id = ?", (request.peer_id,)
         ).fetchone()
@@ -357,7 +379,7 @@ def heartbeat(
     """Record a heartbeat; None when the peer is unknown (it must register). With a
     `snapshot`, the peer list may lag the epoch by up to its `max_age`."""
     with transaction(conn):
-        expire(conn, now, timing.peer_expiry)
+        expire(conn, now, timing)
         row = conn.execute(
             "SELECT status FROM peers WHERE peer_id = ?", (request.peer_id,)
         ).fetchone()
