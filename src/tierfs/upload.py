@@ -247,15 +247,6 @@ class UploadJournal:
         rows = self._db.execute("SELECT rowid, key, moment FROM begun ORDER BY rowid")
         return [Begun(row, key, moment) for row, key, moment in rows]
 
-    def began(self, staging: Path | None) -> list[Begun]:
-        """The multipart uploads of `staging` noted since it was begun; of None, the
-        streams' not forgotten (`forget_began`)."""
-        rows = self._db.execute(
-            "SELECT rowid, key, moment FROM begun WHERE staging IS ? ORDER BY rowid",
-            (None if staging is None else str(staging),),
-        )
-        return [Begun(row, key, moment) for row, key, moment in rows]
-
     def forget_began(self, rows: Iterable[int]) -> None:
         """Forget the notes `rows` of uploads begun. Logged, not raised, if the disk is full."""
         try:
