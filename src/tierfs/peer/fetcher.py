@@ -24,10 +24,10 @@ from functools import partial
 
 import aiohttp
 
-from tierfs.chunks import ChunkRef, ObjectRef, checksum
+from tierfs.chunks import ChunkId, ChunkRef, ObjectRef, checksum
 from tierfs.cloud.folder import KeyPrefix
 from tierfs.coordinator.client import CoordinatorClient
-from tierfs.coordinator.models import Location, PeerInfo
+from tierfs.coordinator.models import Location, Membership, PeerInfo
 from tierfs.peer import protocol
 from tierfs.peer.ring import rank
 from tierfs.security import AnswerTooLargeError, read_bounded
@@ -94,6 +94,8 @@ class PeerFetcher:
         self._skip_locate_until = 0.0  # monotonic: the location index was too slow
         self._located: dict[tuple[str, str], tuple[float, list[Location]]] = {}  # by asked
         self._locating: SingleFlight[tuple[str, str], list[Location]] = SingleFlight("locate")
+        # the last chunk ranked, the membership it was ranked by (kept: compared by identity)
+        self._last_ranked: tuple[ChunkId, Membership | None, tuple[_Peer, ...]] | None = None
 
     async def fetch(self, chunk: ChunkRef) -> bytes | None:
         """The whole chunk, checked against its checksum, or None: ask the cloud."""
@@ -244,12 +246,20 @@ class PeerFetcher:
             return None
         return data
 
-    def _ranked(self, chunk: ChunkRef) -> list[_Peer]:
-        """The active members in rendezvous order for `chunk` (this node included)."""
+    def _ranked(self, chunk: ChunkRef) -> tuple[_Peer, ...]:
+        """The active members in rendezvous order for `chunk` (this node included), ranked
+        once for a chunk and a membership: a read asks `owner_elsewhere`, then
+        `owner_ranks_above` and `fetch`, of one chunk, with no wait in between."""
+        membership = self._coordinator.membership
+        last = self._last_ranked
+        if last is not None and last[0] == chunk.id and last[1] is membership:
+            return last[2]
         live = [_Peer(p.peer_id, p.address) for p in self._members() if p.status == "active"]
-        return rank(chunk.id, live, lambda p: p.peer_id)
+        order = tuple(rank(chunk.id, live, lambda p: p.peer_id))
+        self._last_ranked = (chunk.id, membership, order)
+        return order
 
-    def _others(self, peers: list[_Peer]) -> bool:
+    def _others(self, peers: tuple[_Peer, ...]) -> bool:
         """Some of `peers` is not this node."""
         return any(p.peer_id != self._node_id for p in peers)
 
