@@ -222,7 +222,7 @@ class AzureBlobCloud(ObjstoreCloud):
             headers["Authorization"] = auth
         return self._http.send(method, url, headers, key, listing, body)
 
-    async def _drop_staged_blocks(self, key: str, _before: None) -> None:
+    async def _drop_staged_blocks(self, key: str, _before: tuple[()]) -> None:
         """Drop the blocks of `key` left staged (`UploadDrops`' drop): obstore aborts
         nothing on Azure, and Azure keeps them a week, billed, while another tool's upload
         of `key` in blocks fails (Azure takes one length of block id per blob:
@@ -351,8 +351,9 @@ def _parse_listing(body: bytes) -> ListAnswer:
     return ListAnswer(ListPage(objects, prefixes), root.findtext("NextMarker") or None)
 
 
-async def _nothing(key: str) -> None:
-    """No look at `key` before its uploads (`UploadDrops`)."""
+async def _nothing(key: str) -> tuple[()]:
+    """An empty look at `key` before its uploads: the drop needs none (`UploadDrops`)."""
+    return ()
 
 
 def _quoted(etag: str) -> str:

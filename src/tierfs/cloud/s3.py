@@ -81,22 +81,21 @@ class S3Cloud(ObjstoreCloud):
 
     async def _uploads_now(self, key: str) -> set[str] | None:
         """The ids of the multipart uploads of `key` in progress before this node's puts
-        of it (`UploadDrops`' look before), or None where they cannot be listed."""
+        of it (`UploadDrops`' look before), or None where they cannot be listed: then
+        nothing is dropped."""
         try:
             return await self._call("LIST", key, lambda: self._uploads_of(key))
         except CloudError as exc:  # no ListBucketMultipartUploads right: nothing to compare
             log.info("%s/%s: in-progress uploads not listed: %s", self.url, key, exc)
             return None
 
-    async def _drop_parts(self, key: str, before: set[str] | None) -> None:
+    async def _drop_parts(self, key: str, before: set[str]) -> None:
         """Abort the uploads of `key` begun since `before` (`UploadDrops`' drop), within
         the deadline: obstore aborts none that is cancelled, and sends the abort of a
         failed one the way that just failed, so their parts stayed in the bucket, billed
         until a lifecycle rule drops them. A completed upload is in progress no more, so a
         put that succeeded keeps its object. One begun meanwhile by another client of the
         same key would go too."""
-        if before is None:
-            return
         try:
             await asyncio.wait_for(self._abort_begun(key, before), self._timeout)
         except (CloudError, TimeoutError) as exc:

@@ -21,7 +21,7 @@ T = TypeVar("T")
 class _UploadsOfKey(Generic[S]):
     """The multipart uploads of one key under way here (`UploadDrops.run`)."""
 
-    before: asyncio.Future[S]  # the store's look at the key before the first of them
+    before: asyncio.Future[S | None]  # the store's look at the key before the first of them
     running: int = 0
     failed: bool = False  # one of them, or a try of one, failed or was cancelled
 
@@ -30,7 +30,8 @@ class UploadDrops(Generic[S]):
     """The multipart uploads of each key under way here, and the drop of what they left.
 
     `before(key)` looks at the store before the first upload of a key here begins (S3: the
-    ids of its uploads in progress), and every upload of the key waits for that look.
+    ids of its uploads in progress), and every upload of the key waits for that look; None
+    where it could not look.
     `drop(key, before)` drops what the uploads of the key begun since left; it is done
     once no upload of the key is under way here and one of them failed or was cancelled
     (or one of their tries did, with `failed_tries_leave_uploads`: a retry that succeeds
@@ -39,14 +40,15 @@ class UploadDrops(Generic[S]):
     Uploads of the key begun while a drop runs wait for it, which would take theirs too. A
     request of a failed upload still on its way when it failed may land after the drop:
     the drop is done again a deadline later, when every such request has ended, unless an
-    upload of the key is under way here then. A look that fails or is not done when the
-    uploads end (each gave up before it came: none began) drops nothing. Neither hook
-    raises: what it cannot do, it logs.
+    upload of the key is under way here then. A look that could not be done (None), or is
+    not done when the uploads end (each gave up before it came: none began), drops nothing,
+    then or later (before 2026-12-07, a drop a deadline later waited to do nothing).
+    Neither hook raises: what it cannot do, it logs.
     """
 
     def __init__(
         self,
-        before: Callable[[str], Awaitable[S]],
+        before: Callable[[str], Awaitable[S | None]],
         drop: Callable[[str, S], Awaitable[None]],
         timeout: float,
         *,
@@ -89,7 +91,7 @@ class UploadDrops(Generic[S]):
         if self.failed_tries_leave_uploads:
             self._uploads[key].failed = True
 
-    async def _dropped(self, key: str, before: asyncio.Future[S]) -> None:
+    async def _dropped(self, key: str, before: asyncio.Future[S | None]) -> None:
         """Drop what the uploads of `key` looked at `before` left, and a deadline later,
         what lands after that."""
         if not before.done():
@@ -97,8 +99,11 @@ class UploadDrops(Generic[S]):
             return
         if before.cancelled() or before.exception() is not None:
             return
-        await asyncio.shield(self._start_drop(key, before.result()))
-        late = asyncio.ensure_future(self._drop_late(key, before.result()))
+        looked = before.result()
+        if looked is None:
+            return
+        await asyncio.shield(self._start_drop(key, looked))
+        late = asyncio.ensure_future(self._drop_late(key, looked))
         self._late.add(late)
         late.add_done_callback(self._late.discard)
 
