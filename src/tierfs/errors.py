@@ -21,6 +21,11 @@ class UnsentUploadsError(TierfsError):
     not be finished: those are lost."""
 
 
+class JournalError(TierfsError):
+    """The upload journal cannot be opened (not a database, damaged, read-only); the
+    message names its file."""
+
+
 class CloudError(TierfsError):
     """A cloud request failed for good (after any retries)."""
 

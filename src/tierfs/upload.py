@@ -38,6 +38,7 @@ from tierfs.cloud.base import ABSENT, MULTIPART_THRESHOLD, CloudStore, ObjectMet
 from tierfs.errors import (
     CloudError,
     CloudUnavailableError,
+    JournalError,
     ObjectNotFoundError,
     RemovedMeanwhileError,
     VersionChangedError,
@@ -114,8 +115,21 @@ class UploadJournal:
     """
 
     def __init__(self, path: Path) -> None:
+        """JournalError naming `path` where SQLite cannot open it, or cannot move an earlier
+        tierfs's notes in it (before 2026-12-07, a traceback)."""
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise JournalError(f"upload journal {path}: {exc}") from exc
+        try:
+            self._open()
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a moment that is no number
+            self._db.close()
+            raise JournalError(f"upload journal {path}: {exc}") from exc
+
+    def _open(self) -> None:
+        """Set the journal's tables up, and bring those of an earlier tierfs up to date."""
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(

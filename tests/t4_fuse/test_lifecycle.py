@@ -1191,6 +1191,45 @@ def test_a_tier_1_directory_that_cannot_be_made_is_one_line_and_exit_1(tmp_path:
     assert not is_mounted(tmp_path / "mnt")
 
 
+def _not_a_database(journal: Path) -> None:
+    journal.write_bytes(os.urandom(4096))  # damaged past SQLite's header
+
+
+def _notes_that_cannot_be_moved(journal: Path) -> None:
+    """An earlier tierfs's journal (its notes of uploads begun in a column `began`) whose
+    table `begun` is damaged: the one-time move of those notes fails."""
+    db = sqlite3.connect(journal)
+    try:
+        db.execute(
+            "CREATE TABLE pending (staging TEXT PRIMARY KEY, key TEXT NOT NULL, base TEXT,"
+            " tried TEXT, removing INTEGER, began TEXT)"
+        )
+        db.execute("CREATE TABLE begun (staging TEXT, key TEXT NOT NULL)")
+        db.execute("INSERT INTO pending VALUES ('/s', 'a.bin', '', NULL, NULL, '1800000000.0')")
+        db.commit()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("damage", [_not_a_database, _notes_that_cannot_be_moved])
+def test_an_upload_journal_sqlite_cannot_open_is_one_line_and_exit_1(
+    damage: Callable[[Path], None], tmp_path: Path
+) -> None:
+    """It was a traceback (sqlite3.DatabaseError, or OperationalError from the move of an
+    earlier tierfs's notes); now one line naming the journal's file."""
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "n").mkdir()
+    journal = tmp_path / "n" / "journal.sqlite3"
+    damage(journal)
+    result = client("-mount", str(tmp_path / "mnt"), "-nvme", str(tmp_path / "n"),
+                    "-cloud-provider", "local", "-local-root", str(tmp_path / "b"))  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"tierfs client: upload journal {journal}: "), result.stderr
+    assert not is_mounted(tmp_path / "mnt")
+
+
 @pytest.mark.parametrize(
     "provider", ["s3-seaweedfs", "s3-moto", "gcp-interop", "azure", "gcp-native"]
 )
