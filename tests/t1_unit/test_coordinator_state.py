@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sqlite3
 from collections.abc import Iterator
@@ -89,6 +90,27 @@ def test_dead_peer_retention(conn: sqlite3.Connection, retention: float, kept: l
         everyone = {p.peer_id: p.status for p in membership.all_peers(conn, now, timing)}
         assert everyone == ({"a": "dead"} if expected else {}), now - T0
     assert (beat(conn, "a", T0 + 80.0) is None) == (not kept[-1])
+
+
+def test_many_peers_forgotten_at_once_are_one_log_line(
+    conn: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cluster of spot nodes replaced at once: the sweep that forgets them logged a line
+    for each (40 lines); now one, with the count and the first ids."""
+    timing = Timing(heartbeat_interval=5.0, peer_expiry=15.0, dead_peer_retention=60.0)
+    gone = [f"spot-{n:02d}" for n in range(40)]
+    for peer in ["kept", *gone]:
+        register(conn, peer)
+    membership.sweep(conn, T0 + 16.0, timing)  # all dead
+    beat(conn, "kept", T0 + 70.0)
+    with caplog.at_level(logging.INFO, logger="tierfs.coordinator.membership"):
+        membership.sweep(conn, T0 + 80.0, timing)
+    assert [p.peer_id for p in membership.all_peers(conn, T0 + 80.0, timing)] == ["kept"]
+    lines = [r.getMessage() for r in caplog.records if "forgotten" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("40 peers forgotten"), lines
+    assert "spot-00, spot-01" in lines[0] and "and 30 more" in lines[0], lines
+    assert "spot-39" not in lines[0], lines
 
 
 def test_heartbeat_of_unknown_peer_is_none(conn: sqlite3.Connection) -> None:

@@ -125,10 +125,7 @@ def expire(conn: sqlite3.Connection, now: float, timing: Timing) -> None:
         (cutoff,),
     )
     epoch = _bump(conn)
-    shown = ", ".join(expired[:10])
-    if len(expired) > 10:
-        shown += f" and {len(expired) - 10} more"
-    log.info("no heartbeat for %gs: %s marked dead (epoch %d)", peer_expiry, shown, epoch)
+    log.info("no heartbeat for %gs: %s marked dead (epoch %d)", peer_expiry, _few(expired), epoch)
 
 
 def _excuse_absence(conn: sqlite3.Connection, now: float, timing: Timing) -> None:
@@ -158,19 +155,32 @@ def forget(conn: sqlite3.Connection, now: float, timing: Timing) -> None:
     dead_since = now - timing.dead_peer_retention  # dead = silent past peer_expiry
     rows = conn.execute(
         "SELECT peer_id, last_heartbeat FROM peers WHERE status = 'dead' "
-        "AND last_heartbeat + ? < ?",
+        "AND last_heartbeat + ? < ? ORDER BY last_heartbeat, peer_id",
         (timing.peer_expiry, dead_since),
     ).fetchall()
-    for peer_id, heard in rows:
+    if not rows:
+        return
+    for peer_id, _ in rows:
         stats.retire(conn, peer_id)
         conn.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
-        log.info(
-            "peer %s forgotten, with its locations: dead for over %gs (-dead-peer-retention), "
-            "no heartbeat for %.0fs",
-            peer_id,
-            timing.dead_peer_retention,
-            now - heard,
-        )
+    # one line for the sweep, not one a peer: nodes replaced at once go in one sweep
+    log.info(
+        "%s forgotten, with %s locations: dead for over %gs (-dead-peer-retention), "
+        "no heartbeat for %.0fs%s",
+        f"peer {rows[0][0]}" if len(rows) == 1 else f"{len(rows)} peers",
+        "its" if len(rows) == 1 else "their",
+        timing.dead_peer_retention,
+        now - rows[0][1],
+        "" if len(rows) == 1 else f" at most: {_few([peer_id for peer_id, _ in rows])}",
+    )
+
+
+def _few(peer_ids: list[str]) -> str:
+    """The first ten of `peer_ids` and how many more, for a log line."""
+    shown = ", ".join(peer_ids[:10])
+    if len(peer_ids) > 10:
+        shown += f" and {len(peer_ids) - 10} more"
+    return shown
 
 
 def sweep(conn: sqlite3.Connection, now: float, timing: Timing) -> int:
