@@ -179,6 +179,65 @@ def test_a_read_completes_when_the_owner_is_killed_during_it(cluster: Cluster) -
     assert c.tier("peer")["errors"] >= 1  # it did try the dead owner
 
 
+def read_chunk(node: Node, key: str, index: int) -> bytes:
+    """4 KiB at the start of chunk `index` of `key`, read through `node`'s mount."""
+    with (node.path / key).open("rb", buffering=0) as f:
+        f.seek(index * CHUNK)
+        return f.read(4096)
+
+
+def said_of(node: Node, peer_id: str) -> list[str]:
+    """The WARNING lines of `node`'s log that name `peer_id`."""
+    log = node.mount.log.read_text(errors="replace")
+    return [line for line in log.splitlines() if " WARNING " in line and peer_id in line]
+
+
+@pytest.mark.warnings_expected
+def test_a_killed_peer_is_logged_once_not_at_each_membership_change(cluster: Cluster) -> None:
+    """A node killed while another reads the chunks it owns is one WARNING in the reader's
+    log: a membership change while it was still listed (another node joined and left)
+    let the reader's next read try it again, and log it again. Killed again once it came
+    back, it is logged again."""
+    a, b, c = cluster.nodes
+    for attempt in range(10):  # a file of which B owns two chunks
+        key = f"owned-{attempt}.bin"
+        data, _ = put_dataset(cluster, key, 64 * MiB)
+        chunks = owners(cluster, key)["node-b"]
+        if len(chunks) >= 2:
+            break
+    assert len(chunks) >= 2, "node-b owns fewer than two chunks of 10 files"
+    assert sha256_of(a.path / key) == hashlib.sha256(data).hexdigest()  # A holds them all
+    epoch = c.api("/api/peers")["epoch"]
+    b.mount.kill()
+    # the last first: the read of one chunk may fetch those after it ahead
+    assert read_chunk(c, key, chunks[-1]) == data[chunks[-1] * CHUNK :][:4096]
+    assert len(said_of(c, "node-b")) == 1
+    errors = c.tier("peer")["errors"]
+    cluster.coordinator.register("node-x", f"127.0.0.1:{servers.free_ports(1)[0]}")
+    assert cluster.coordinator.request("DELETE", "/api/peers/node-x").status == 200
+
+    def moved_on() -> bool:
+        members = c.api("/api/peers")
+        return members["epoch"] != epoch and all(p["peer_id"] != "node-x" for p in members["peers"])
+
+    until(moved_on, what="node-c to see node-x come and go")
+    assert c.sees_members(3), "node-b was declared dead before the test could read"
+    assert read_chunk(c, key, chunks[0]) == data[chunks[0] * CHUNK :][:4096]
+    assert c.tier("peer")["errors"] > errors  # it did ask the dead node again
+    assert len(said_of(c, "node-b")) == 1, "\n".join(said_of(c, "node-b"))
+
+    until(lambda: "node-b" not in cluster.coordinator.live_ids(), what="node-b dead")
+    b.mount.start()  # back: once it has served again, a new death is a new line
+    until(lambda: all(n.sees_members(3) for n in cluster.nodes), what="node-b back")
+    key, data = put_owned(cluster, "node-b", 16 * MiB, prefix="back")
+    assert sha256_of(c.path / key) == hashlib.sha256(data).hexdigest()
+    assert b.stats()["served_to_peers"] > 0
+    key, data = put_owned(cluster, "node-b", 16 * MiB, prefix="again")
+    b.mount.kill()
+    assert sha256_of(c.path / key) == hashlib.sha256(data).hexdigest()
+    assert len(said_of(c, "node-b")) == 2, "\n".join(said_of(c, "node-b"))
+
+
 @pytest.mark.warnings_expected
 def test_reads_go_on_while_the_coordinator_is_down(cluster: Cluster) -> None:
     _, expected = put_dataset(cluster, "calm.bin", 32 * MiB)

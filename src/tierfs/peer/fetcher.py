@@ -10,7 +10,8 @@ holders the coordinator's location index lists are asked for what they have cach
 rendezvous order; then the read path goes to the cloud. The index is asked once a second
 per file at most (`LOCATIONS_FOR`): its answer lists every chunk of the file. Those asks
 are `cached_only`: never read through, so they cannot loop. A peer that failed is skipped
-until the membership changes (it left, or came back) or `RETRY_DOWN_AFTER` has passed.
+until the membership changes (it left, or came back) or `RETRY_DOWN_AFTER` has passed;
+its failure is logged once, until it answers, says it is up or registers again.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class PeerFetcher:
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
         self._down: dict[str, tuple[int | None, float]] = {}  # peer id -> (epoch, when)
+        # peer id -> its registration when its failure was logged: not logged again meanwhile
+        self._said_down: dict[str, float | None] = {}
         # peer id -> its registration when it said its -chunk-size is not this node's
         self._other_size: dict[str, float | None] = {}
         self._keys = keys
@@ -179,6 +182,7 @@ class PeerFetcher:
             self._failed(owner, _describe(exc))
             return False
         if status == 201:
+            self._said_down.pop(owner.peer_id, None)  # up again
             self._stats.pushed_to_peers += 1
             return True
         log.info("peer %s did not keep chunk %s: HTTP %d", owner.peer_id, chunk.id, status)
@@ -187,6 +191,7 @@ class PeerFetcher:
     def mark_alive(self, peer_id: str) -> None:
         """A peer said it is up (its heartbeat): stop skipping it."""
         self._down.pop(peer_id, None)
+        self._said_down.pop(peer_id, None)
 
     async def close(self) -> None:
         await self._locating.close()
@@ -219,13 +224,14 @@ class PeerFetcher:
                 ssl=self._ssl,
                 timeout=timeout or self._timeout,
             ) as response:
+                if response.status not in (200, 206, 404, 409, 412):
+                    raise _PeerFailedError(f"HTTP {response.status}")
+                self._said_down.pop(peer.peer_id, None)  # it answers: up again
                 if response.status in (404, 412):  # not held / the object changed
                     return None
                 if response.status == 409:
                     self._of_other_size(peer)
                     return None
-                if response.status not in (200, 206):
-                    raise _PeerFailedError(f"HTTP {response.status}")
                 if response.content_length != chunk.length:  # never read an unbounded body
                     raise _PeerFailedError(f"a body of {response.content_length} bytes")
                 expected = response.headers.get(protocol.CHECKSUM_HEADER)
@@ -363,12 +369,20 @@ class PeerFetcher:
         return (members.peers or []) if members is not None else []
 
     def _failed(self, peer: _Peer, why: str) -> None:
+        """Skip `peer` for now; log it once while it stays down: a change of membership
+        meanwhile (another node's) let the next read try it again and log it again, two
+        lines within 2 s (before 2026-12-07). A peer that answered, said it is up or
+        registered again since is logged again."""
         self._stats.tier(Tier.PEER).errors += 1
-        if peer.peer_id not in self._down:
-            log.warning(
-                "peer %s (%s) failed: %s; skipping it for now", peer.peer_id, peer.address, why
-            )
         self._down[peer.peer_id] = (self._coordinator.epoch, time.monotonic())
+        registration = self._registration(peer.peer_id)
+        if peer.peer_id in self._said_down:
+            said = self._said_down[peer.peer_id]
+            if said is None or registration in (None, said):  # not registered again since
+                log.debug("peer %s (%s) still failing: %s", peer.peer_id, peer.address, why)
+                return
+        self._said_down[peer.peer_id] = registration
+        log.warning("peer %s (%s) failed: %s; skipping it for now", peer.peer_id, peer.address, why)
 
 
 def _params(chunk: ChunkRef) -> dict[str, str]:
