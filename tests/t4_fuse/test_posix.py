@@ -634,6 +634,33 @@ def test_ordinary_tools(mounted: Mount, tmp_path: Path) -> None:
     assert cloud_bytes(mounted, "dd.bin") == bytes(8 * 2**20)
 
 
+def test_rsync_inplace_after_a_remount_uploads_nothing_unchanged(
+    request: pytest.FixtureRequest, mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """`rsync -a --inplace --no-whole-file` again after a remount (the files' times are the
+    store's now) rewrites no file whose bytes it finds unchanged: it truncates each to its
+    own size, and that puts nothing. Before 2026-12-07 such a truncate put the whole file
+    again, so the run after a remount uploaded the whole tree."""
+    server = s3_server_for(request, "s3-seaweedfs")
+    mount = mount_factory("s3-seaweedfs")
+    source = tmp_path / "tree"
+    source.mkdir()
+    for index in range(20):
+        (source / f"f{index}").write_bytes(os.urandom(5000 + index))
+        os.utime(source / f"f{index}", (1e9, 1e9))  # not the store's time, to the second
+    sync = ["rsync", "-a", "--inplace", "--no-whole-file", f"{source}/", str(mount.path / "synced")]
+    subprocess.run(sync, check=True, timeout=120)
+    mount.stop()
+    mount.start()
+    (source / "f0").write_bytes(b"changed")
+    bucket = mount.flags["s3_bucket"]
+    before = server.settled_request_count("PUT", bucket)
+    subprocess.run(sync, check=True, timeout=120)
+    assert server.settled_request_count("PUT", bucket) - before == 1  # f0 alone
+    subprocess.run(["diff", "-r", str(source), str(mount.path / "synced")], check=True)
+    assert cloud_bytes(mount, "synced/f0") == b"changed"
+
+
 @pytest.mark.parametrize("provider", ["local", "s3-seaweedfs"])
 def test_times_and_modes_set_here_outlive_the_metadata_ttl(
     mount_factory: Callable[..., Mount], tmp_path: Path, provider: str

@@ -660,6 +660,9 @@ class Filesystem:
         async with file.lock:
             if file.stream is not None:
                 raise UnsupportedError(f"{file.node.path} is being streamed: cannot truncate it")
+            if size == file.node.size:  # no byte changes (`rsync --inplace`): nothing to put
+                file.node.mtime_ns, file.node.mtime_set_for = time.time_ns(), file.node.version
+                return
             await self._stage(file, keep=min(size, file.node.size))
             assert file.fd is not None
             self._abandon_early(file)
