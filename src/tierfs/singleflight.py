@@ -82,6 +82,14 @@ class SingleFlight(Generic[K, V]):
         """Work tasks still running (including cancelled ones winding down)."""
         return len(self._tasks)
 
+    def published(self, key: K) -> V | None:
+        """The value a flight of `key` under way has published already, else None (never
+        waits)."""
+        flight = self._flights.get(key)
+        if flight is None or not flight.result.done() or flight.result.cancelled():
+            return None
+        return None if flight.result.exception() is not None else flight.result.result()
+
     def ticket(self) -> int:
         """A mark of now, for `finished_since`."""
         return self._epoch

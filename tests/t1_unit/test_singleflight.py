@@ -115,6 +115,30 @@ async def test_callers_during_the_follow_up_get_the_value_at_once() -> None:
     assert group.finished_since("k", ticket) and not group.finished_since("other", ticket)
 
 
+async def test_published_is_the_value_of_a_flight_still_under_way_never_a_wait() -> None:
+    group: SingleFlight[str, str] = SingleFlight()
+    work = Work("early")
+    work.after = asyncio.Event()
+    call = asyncio.create_task(group.do("k", work))
+    await settle()
+    assert group.published("k") is None  # under way, nothing yet
+    work.release.set()
+    await settle()
+    assert group.published("k") == "early"  # published, still storing
+    assert group.published("other") is None
+    work.after.set()
+    assert await call == ("early", False)
+    await settle()
+    assert group.published("k") is None  # ended
+    failing = Work(error=RuntimeError("no"))
+    failed = asyncio.create_task(group.do("f", failing))
+    await settle()
+    failing.release.set()
+    with pytest.raises(RuntimeError):
+        await failed
+    assert group.published("f") is None
+
+
 async def test_close_cancels_flights_and_later_calls_fail() -> None:
     group: SingleFlight[str, str] = SingleFlight()
     work = Work()
