@@ -8,7 +8,7 @@ import mmap
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -603,7 +603,7 @@ class PeersHolding:
             return None
         return self.body[chunk.start : chunk.start + chunk.length]
 
-    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+    async def held_elsewhere(self, chunk: ChunkRef, first: Sequence[str] = ()) -> bytes | None:
         return await self.fetch(chunk)
 
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
@@ -611,6 +611,9 @@ class PeersHolding:
 
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         return True
+
+    async def hand_on(self, chunk: ChunkRef, data: bytes) -> str | None:
+        return None
 
 
 @pytest.mark.asyncio
@@ -652,7 +655,7 @@ class Linked:
     async def fetch(self, chunk: ChunkRef) -> bytes | None:
         return await self._ask(chunk, cached_only=False)
 
-    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+    async def held_elsewhere(self, chunk: ChunkRef, first: Sequence[str] = ()) -> bytes | None:
         return await self._ask(chunk, cached_only=True)
 
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
@@ -660,6 +663,9 @@ class Linked:
 
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         return self.owner_elsewhere(chunk)  # one view, which holds both nodes
+
+    async def hand_on(self, chunk: ChunkRef, data: bytes) -> str | None:
+        return None
 
     async def _ask(self, chunk: ChunkRef, cached_only: bool) -> bytes | None:
         self.asked += 1
@@ -734,7 +740,7 @@ class OwnerAway:
             raise
         return self.body[chunk.start : chunk.start + chunk.length]
 
-    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+    async def held_elsewhere(self, chunk: ChunkRef, first: Sequence[str] = ()) -> bytes | None:
         return None
 
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
@@ -742,6 +748,9 @@ class OwnerAway:
 
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         return False
+
+    async def hand_on(self, chunk: ChunkRef, data: bytes) -> str | None:
+        return None
 
     def release(self) -> None:
         self.answer.set()
@@ -813,7 +822,7 @@ class Member:
         data = await self.nodes[self.owner].read_for_peer(chunk, cached_only=False)
         return None if data is None else bytes(data)
 
-    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+    async def held_elsewhere(self, chunk: ChunkRef, first: Sequence[str] = ()) -> bytes | None:
         return None  # no node holds it yet
 
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
@@ -821,6 +830,9 @@ class Member:
 
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         return self.order.index(self.owner) < self.order.index(self.name)
+
+    async def hand_on(self, chunk: ChunkRef, data: bytes) -> str | None:
+        return None
 
 
 @pytest.mark.asyncio

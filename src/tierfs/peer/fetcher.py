@@ -20,6 +20,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -115,14 +116,25 @@ class PeerFetcher:
                 return data
         return await self._from_holders(chunk, skip=owner.peer_id, quick=False)
 
-    async def held_elsewhere(self, chunk: ChunkRef) -> bytes | None:
+    async def held_elsewhere(self, chunk: ChunkRef, first: Sequence[str] = ()) -> bytes | None:
         """The chunk from a node the location index lists with it, never read through;
         None: ask the cloud. What an owner asks before reading through for another node:
         a chunk read while it was away, or before it joined, is held by the node that read
-        it."""
+        it. The nodes `first` (active members) are asked before the index: those an owner
+        whose tier 1 did not keep the chunk sent it to (the index may not list them yet)."""
         chunk = self._keys.outer_chunk(chunk, self._chunk_size)
-        if not self._others(self._ranked(chunk)):
+        order = self._ranked(chunk)
+        if not self._others(order):
             return None
+        for peer in order:
+            if (
+                peer.peer_id in first
+                and peer.peer_id != self._node_id
+                and self._usable(peer.peer_id)
+            ):
+                data = await self._get(peer, chunk, cached_only=True, timeout=self._quick)
+                if data is not None:
+                    return data
         # the asker waits on this node for a peer timeout: a hung holder must not use it up
         return await self._from_holders(chunk, quick=True, timeout=self._quick)
 
@@ -154,12 +166,15 @@ class PeerFetcher:
                 return data
         return None
 
-    async def push(self, chunk: ChunkRef, data: bytes) -> bool:
+    async def push(self, chunk: ChunkRef, data: bytes, *, mine: bool = False) -> bool:
         """Hand a chunk of a newly written file to its owner to keep for the cluster (when
         this node's tier 1 has no room for it). False when no other node took it; an
-        owner whose answer is over MAX_REPLY is failed, as one that gives none."""
+        owner whose answer is over MAX_REPLY is failed, as one that gives none. `mine`: a
+        chunk this node owns, to the next node in its rendezvous order (see `hand_on`)."""
         chunk = self._keys.outer_chunk(chunk, self._chunk_size)
         order = self._ranked(chunk)
+        if mine and order and order[0].peer_id == self._node_id:
+            order = order[1:]
         if not order or order[0].peer_id == self._node_id or not self._usable(order[0].peer_id):
             return False
         owner = order[0]
@@ -188,6 +203,15 @@ class PeerFetcher:
         log.info("peer %s did not keep chunk %s: HTTP %d", owner.peer_id, chunk.id, status)
         return False
 
+    async def hand_on(self, chunk: ChunkRef, data: bytes) -> str | None:
+        """Hand a chunk this node owns and read from the cloud, but could not keep (its
+        tier 1 full), to the next node in the chunk's rendezvous order to keep for the
+        cluster: that node's id, or None when it did not take it."""
+        order = self._ranked(self._keys.outer_chunk(chunk, self._chunk_size))
+        if len(order) < 2 or order[0].peer_id != self._node_id:
+            return None
+        return order[1].peer_id if await self.push(chunk, data, mine=True) else None
+
     def mark_alive(self, peer_id: str) -> None:
         """A peer said it is up (its heartbeat): stop skipping it."""
         self._down.pop(peer_id, None)
@@ -215,7 +239,11 @@ class PeerFetcher:
         params = {**_params(chunk), protocol.CHUNK_SIZE_PARAM: str(self._chunk_size)}
         if cached_only:
             params[protocol.CACHED_ONLY_PARAM] = "1"
-        headers = {**self._headers, "Range": protocol.byte_range(chunk.start, chunk.length)}
+        headers = {
+            **self._headers,
+            "Range": protocol.byte_range(chunk.start, chunk.length),
+            protocol.PEER_HEADER: self._node_id,
+        }
         try:
             async with self._open().get(
                 self._url(peer, chunk),

@@ -34,7 +34,7 @@ from tierfs.errors import CloudError, InvalidKeyError, ObjectNotFoundError, Vers
 from tierfs.httpapi import ApiError, parse_query
 from tierfs.peer import models
 from tierfs.peer.metrics import PeerMetrics
-from tierfs.peer.protocol import CHECKSUM_HEADER, VERSION_HEADER, content_range
+from tierfs.peer.protocol import CHECKSUM_HEADER, PEER_HEADER, VERSION_HEADER, content_range
 from tierfs.peer.ranges import RangeNotSatisfiableError, parse_content_range, parse_range
 from tierfs.read_path import ReadPath
 from tierfs.security import check_path, check_peer_id
@@ -212,12 +212,22 @@ async def _send_chunk(
             await response.prepare(request)  # sends it all while the entry is pinned
             _served(node, held.size, "sendfile")
             return response
-    data = await node.read_path.read_for_peer(chunk, cached_only=cached_only)
+    asker = _asker(request)
+    data = await node.read_path.read_for_peer(chunk, cached_only=cached_only, asker=asker)
     if data is None:
         raise _not_cached(chunk)
     headers[CHECKSUM_HEADER] = await _checksum(data)
     _served(node, len(data), "buffer")
     return web.Response(status=status, body=data, headers=headers, content_type=OCTETS)
+
+
+def _asker(request: web.Request) -> str | None:
+    """The asking node's id (`PEER_HEADER`); None when it gave none, or not a peer id."""
+    asker = request.headers.get(PEER_HEADER)
+    try:
+        return None if asker is None else check_peer_id(asker)
+    except ValueError:
+        return None
 
 
 def _served(node: PeerNode, size: int, via: str) -> None:
