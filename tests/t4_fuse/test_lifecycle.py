@@ -1118,6 +1118,51 @@ def test_a_file_whose_removal_a_crash_cut_short_stays_removed_once_the_cloud_is_
 
 
 @pytest.mark.warnings_expected
+def test_files_a_crash_left_unsent_in_a_folder_show_before_the_cloud_is_back(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """d/e/f.txt written over ("ours") and d/e/n.txt new, the client killed (SIGKILL)
+    before their close; it starts again with the bucket out of reach, and takes them
+    over. Before, only a file at the top of the mount was found: the lookup of `d`, and
+    every listing, asked the bucket and failed (EIO). Offline, `cat` and `ls` must show
+    them as at the top; once the bucket is back, they go up and are listed once."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    bucket = mount.flags["s3_bucket"]
+    folder = mount.path / "d" / "e"
+    folder.mkdir(parents=True)
+    (folder / "f.txt").write_bytes(b"first\n")
+    fds = [os.open(folder / "f.txt", os.O_WRONLY | os.O_TRUNC)]
+    fds.append(os.open(folder / "n.txt", os.O_WRONLY | os.O_CREAT, 0o644))
+    os.write(fds[0], b"ours\n")
+    os.write(fds[1], b"new\n")
+    mount.kill()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # of the dead mount
+    relay.cut()
+    mount.start()
+    expected = {"d/e/f.txt": b"ours\n", "d/e/n.txt": b"new\n"}
+    for key, body in expected.items():
+        assert (mount.path / key).read_bytes() == body
+    assert os.listdir(mount.path) == ["d"]
+    assert os.listdir(mount.path / "d") == ["e"]
+    assert sorted(os.listdir(folder)) == ["f.txt", "n.txt"]
+    relay.restore()
+    for key, body in expected.items():
+        until_in_bucket(s3, bucket, key, body)
+    assert conflict_copies(mount) == {}
+    assert journaled(mount.nvme) == []
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert sorted(item["Key"] for item in listed) == ["d/", "d/e/", *sorted(expected)]
+    time.sleep(11)  # the listings the mount served offline are asked for again
+    assert sorted(os.listdir(folder)) == ["f.txt", "n.txt"]
+    for key, body in expected.items():
+        assert (mount.path / key).read_bytes() == body
+    assert mount.stop() == 0
+    assert conflict_copies(mount) == {}
+
+
+@pytest.mark.warnings_expected
 def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

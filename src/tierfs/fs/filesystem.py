@@ -192,8 +192,10 @@ class Filesystem:
         node = self.inodes.find(path)
         if node is not None and node.inode in self._open:
             return Entry(split(path)[1], False, node.size, node.mtime_ns, node.version)
+        parent, name = split(path)
+        known = partial(_named, name, partial(self._open_in, parent))
         try:
-            return await self.names.stat(path)
+            return await self.names.stat(path, known)
         except InvalidKeyError:
             return None  # a name no store can hold ("a//b") exists nowhere
 
@@ -256,7 +258,8 @@ class Filesystem:
         path = opened.node.path
         unsaved = self._unsaved(path)
         if start == 0 or opened.taken is None:
-            opened.taken = await self.names.snapshot(path, unsaved)
+            known = partial(self._open_in, path)
+            opened.taken = await self.names.snapshot(path, unsaved, known)
             taken: Iterable[tuple[int, Entry]] = enumerate(opened.taken.entries_from(start), start)
         else:
             taken = self.names.as_now(
@@ -273,10 +276,27 @@ class Filesystem:
             if not file.node.version and not file.unlinked and split(file.node.path)[0] == path
         ]
 
+    def _open_in(self, path: str) -> list[Entry]:
+        """The entries of directory `path` that the files open here stand for, when the
+        bucket cannot say (a fresh mount offline, with the files a previous run left unsent
+        taken over): those in it, and the folders holding those deeper down."""
+        entries: dict[str, Entry] = {}
+        prefix = path + "/" if path else ""
+        for file in self._open.values():
+            node = file.node
+            if file.unlinked or not node.path.startswith(prefix):
+                continue
+            name, slash, _ = node.path[len(prefix) :].partition("/")
+            if slash:
+                entries[name] = Entry(name, True)
+            else:
+                entries.setdefault(name, Entry(name, False, node.size, node.mtime_ns, node.version))
+        return list(entries.values())
+
     async def _entries(self, path: str) -> Iterator[Entry]:
         """The entries of directory `path` (`Namespace.listdir`), with the files created
         here that are open and not in the bucket yet (being written)."""
-        return await self.names.listdir(path, self._unsaved(path))
+        return await self.names.listdir(path, self._unsaved(path), partial(self._open_in, path))
 
     async def _is_empty(self, path: str) -> bool:
         """No entry in directory `path`, or only bucket prefixes with no key below them any
@@ -1196,6 +1216,11 @@ class Filesystem:
                 f"{self.uploader.journal.path.parent} and go up at the next start on it"
             )
         return "; ".join(undone) or None
+
+
+def _named(name: str, entries: Callable[[], list[Entry]]) -> Entry | None:
+    """The entry called `name` of `entries()`, if any."""
+    return next((entry for entry in entries() if entry.name == name), None)
 
 
 def _locked(file: OpenFile | None) -> contextlib.AbstractAsyncContextManager[None]:

@@ -151,8 +151,12 @@ class Namespace:
     def _fresh(self, fetched: float) -> bool:
         return time.monotonic() - fetched < self.ttl
 
-    async def stat(self, path: str) -> Entry | None:
-        """The entry at `path`, or None if there is none; cached for the TTL."""
+    async def stat(
+        self, path: str, known: Callable[[], Entry | None] = lambda: None
+    ) -> Entry | None:
+        """The entry at `path`, or None if there is none; cached for the TTL. Never asked
+        for before, it is `known()` (what this mount knows of it, if anything) if the
+        bucket does not answer (`_or_stale`)."""
         parent, name = split(path)
         listing = self._listings.get(parent)
         if listing is not None:
@@ -165,7 +169,8 @@ class Namespace:
         if cached is not None and self._fresh(cached[1]):
             return cached[0]
         fetch = partial(_shared, self._stat_now, path, self._stat_remote)
-        return await (fetch() if cached is None else self._or_stale(fetch, cached[0], path))
+        stale = known() if cached is None else cached[0]
+        return await (fetch() if stale is None else self._or_stale(fetch, stale, path))
 
     async def _or_stale(self, fetch: Callable[[], Awaitable[T]], stale: T, path: str) -> T:
         """`fetch()`, the bucket's new answer about `path`, or `stale`, the expired one, if
@@ -277,18 +282,32 @@ class Namespace:
             self._index(path)
         self.prune_at = max(self.prune_at, 2 * len(self))
 
-    async def listdir(self, path: str, unsaved: Iterable[Entry] = ()) -> Iterator[Entry]:
+    async def listdir(
+        self,
+        path: str,
+        unsaved: Iterable[Entry] = (),
+        known: Callable[[], list[Entry]] = list,
+    ) -> Iterator[Entry]:
         """The entries of directory `path` sorted by name (`snapshot`)."""
-        return (await self.snapshot(path, unsaved)).entries_from(0)
+        return (await self.snapshot(path, unsaved, known)).entries_from(0)
 
-    async def snapshot(self, path: str, unsaved: Iterable[Entry] = ()) -> Snapshot:
+    async def snapshot(
+        self,
+        path: str,
+        unsaved: Iterable[Entry] = (),
+        known: Callable[[], list[Entry]] = list,
+    ) -> Snapshot:
         """The entries of directory `path` as they are now, cached for the TTL: the
         bucket's, the directories made here, and `unsaved` (files of this mount the bucket
         does not have yet), each unless the bucket lists it. Costs no copy of a cached
-        listing."""
+        listing. Never listed before, it is what this mount knows of it (`_known_listing`)
+        if the bucket does not answer (`_or_stale`), and `known()` gives entries."""
         listing = self._listings.get(path)
         if listing is None:
-            listing = await self._list(path)
+            ours = known()
+            fetch = partial(self._list, path)
+            stale = self._known_listing(path, ours) if ours else None
+            listing = await (fetch() if stale is None else self._or_stale(fetch, stale, path))
         elif not self._fresh(listing.fetched):
             listing = await self._or_stale(partial(self._list, path), listing, path)
         local = {entry.name: entry for entry in unsaved if entry.name not in listing.entries}
@@ -311,6 +330,17 @@ class Namespace:
             current = now.get(entry.name) or local.get(entry.name)
             if current is not None:
                 yield index, current
+
+    def _known_listing(self, path: str, local: list[Entry]) -> _Listing:
+        """A listing of directory `path` made of what this mount knows, not kept: the
+        answers it has of the names in it, and `local`'s entries, which win."""
+        entries: dict[str, Entry] = {}
+        for child in self._children.get(path, ()):
+            answer = self._stats.get(child)
+            if answer is not None and answer[0] is not None:
+                entries[split(child)[1]] = answer[0]
+        entries.update((entry.name, entry) for entry in local)
+        return _Listing(entries, -math.inf)
 
     def hides_keys(self, path: str) -> bool:
         """Whether the cached listing of `path` left out keys that no path can name."""
