@@ -26,7 +26,8 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from enum import IntEnum
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -63,15 +64,27 @@ LATE_LOOKS = 3
 TRIED_KEPT = 8
 
 
+class Removal(IntEnum):
+    """What a journal row says of its file's removal (`UploadJournal.removing`)."""
+
+    NONE = 0
+    # Being removed (unlinked, or replaced by a rename): a crash leaves it unsure whether
+    # the removal reached the bucket; the next upload asks first (`Uploader.upload_late`).
+    UNDER_WAY = 1
+    # Written again since a removal a crash left unsure: its bytes go up whether or not
+    # that removal reached the bucket (the object gone is this node's doing).
+    WRITTEN_SINCE = 2
+
+
 class PendingUpload(NamedTuple):
     """A journal row: the staging file bound for `key`, written over the object's version
-    `base` ("" for none; None for a row of a journal from before bases were noted);
-    `removing` while its file is being removed (`UploadJournal.removing`)."""
+    `base` ("" for none; None for a row of a journal from before bases were noted), and
+    what it says of its file's `removing` (`UploadJournal.removing`)."""
 
     key: str
     staging: Path
     base: str | None
-    removing: bool = False
+    removing: Removal = Removal.NONE
 
 
 class Begun(NamedTuple):
@@ -216,13 +229,13 @@ class UploadJournal:
         except sqlite3.OperationalError as exc:
             log.warning("upload journal: cannot note a failed put of %s: %s", staging, exc)
 
-    def removing(self, staging: Path, removing: bool) -> None:
-        """Note that the file `staging` holds is being removed (unlinked, or replaced by a
-        rename), or is no longer (the removal failed): a crash in between must not put its
+    def removing(self, staging: Path, removal: Removal) -> None:
+        """Note what of its removal the file `staging` holds is at (`Removal`): being
+        removed (unlinked, or replaced by a rename), a crash in between must not put its
         bytes back (`Uploader.recover`). Logged, not raised, if the disk is full."""
         try:
             self._db.execute(
-                "UPDATE pending SET removing = ? WHERE staging = ?", (int(removing), str(staging))
+                "UPDATE pending SET removing = ? WHERE staging = ?", (int(removal), str(staging))
             )
         except sqlite3.OperationalError as exc:
             log.warning("upload journal: cannot note the removal of %s: %s", staging, exc)
@@ -287,7 +300,7 @@ class UploadJournal:
     def pending(self) -> list[PendingUpload]:
         rows = self._db.execute("SELECT key, staging, base, removing FROM pending ORDER BY rowid")
         return [
-            PendingUpload(key, Path(staging), base, bool(removing))
+            PendingUpload(key, Path(staging), base, Removal(removing or 0))
             for key, staging, base, removing in rows
         ]
 
@@ -329,9 +342,10 @@ class Uploader:
         self._left_behind: list[PendingUpload] | None = None
         # The uploads it began and may have left, not aborted yet: taken with its rows.
         self._begun_left: list[Begun] = []
-        # Of the rows handed to the mount (`hand_over`), the files being removed when their
-        # run stopped, until the bucket says whether the removal went through (`upload_late`).
-        self._removal_unsure: set[Path] = set()
+        # Of the previous run's rows (recovery's, or the mount's: `hand_over`), the files
+        # being removed when it stopped, until the bucket says whether the removal went
+        # through (`upload_late`), or written again since (`written`).
+        self._removals: dict[Path, Removal] = {}
 
     async def upload(
         self,
@@ -419,10 +433,32 @@ class Uploader:
         task.add_done_callback(self._abandoned.discard)
 
     def forget(self, staging: Path) -> None:
-        """Forget `staging` (`UploadJournal.done`): its file is in the cloud, removed, or
-        carried by a stream."""
+        """Forget `staging`'s row (`UploadJournal.done`), and what a removal cut short
+        left of it: its file is in the cloud, removed, gone, or carried by a stream."""
         self.journal.done(staging)
-        self._removal_unsure.discard(staging)
+        self._removals.pop(staging, None)
+
+    @contextlib.contextmanager
+    def removing(self, staging: Path) -> Iterator[None]:
+        """Mark `staging`'s row as being removed while its object is deleted or replaced,
+        until the caller forgets it (`forget`): a crash once the removal reached the
+        bucket must not put its bytes back (the restart put them under CONFLICTS: the
+        removed file came back there). A removal that fails puts back what the row said
+        (of a removal a crash left unsure: unsure still)."""
+        self.journal.removing(staging, Removal.UNDER_WAY)
+        try:
+            yield
+        except BaseException:
+            self.journal.removing(staging, self._removals.get(staging, Removal.NONE))
+            raise
+
+    def written(self, staging: Path) -> None:
+        """The file `staging` holds was written again: a removal a crash left unsure no
+        longer decides whether its bytes go up (they were dropped once the bucket said it
+        went through), only where an object gone counts as this node's doing."""
+        if self._removals.get(staging) is Removal.UNDER_WAY:
+            self._removals[staging] = Removal.WRITTEN_SINCE
+            self.journal.removing(staging, Removal.WRITTEN_SINCE)
 
     async def _promote(
         self, meta: ObjectMeta, source: int, staged: Staged | None, writes: int
@@ -490,12 +526,15 @@ class Uploader:
         if self._left_behind is None:
             self._left_behind = self.journal.pending()
             self._begun_left = self.journal.leave_began()
+            self._removals = {
+                row.staging: row.removing for row in self._left_behind if row.removing
+            }
         remaining: list[PendingUpload] = []
         for index, row in enumerate(self._left_behind):
             key, staging = row.key, row.staging
             if not staging.exists():
                 log.error("%s: journal names %s, which is gone", key, staging)
-                self.journal.done(staging)
+                self.forget(staging)
                 continue
             try:
                 done = await self._recover_row(row)
@@ -523,13 +562,12 @@ class Uploader:
         them, through its path locks, and its unlinks and renames follow them. Before,
         their retry here did not: a file removed on the mount meanwhile came back, and a
         rename over one was undone. Of a file being removed when that run stopped, the
-        first late upload asks the bucket whether the removal went through
-        (`upload_late`). The recovery keeps the rows of a journal from before bases were
-        noted, and of two rows of one key the earlier."""
+        first late upload asks the bucket whether the removal went through, unless it is
+        written again first (`upload_late`). The recovery keeps the rows of a journal from
+        before bases were noted, and of two rows of one key the earlier."""
         assert self._left_behind is not None, "recover comes first"
         later = {row.key: row for row in self._left_behind if row.base is not None}
         taken = list(later.values())
-        self._removal_unsure = {row.staging for row in taken if row.removing}
         handed = {row.staging for row in taken}
         self._left_behind = [row for row in self._left_behind if row.staging not in handed]
         return taken
@@ -559,13 +597,13 @@ class Uploader:
 
     async def _recover_row(self, row: PendingUpload) -> str:
         """Send what `row` names (unless the file was removed meanwhile); what was done."""
-        if row.removing and await self._removed_meanwhile(row.key, row.base):
-            self.journal.done(row.staging)
-            return "removed before the previous run stopped; not uploaded"
         if row.base is None:
             await self.upload(row.key, row.staging)
             return "uploaded what a previous run had written"
-        meta = await self.upload_late(row.key, row.staging, row.base)
+        try:
+            meta = await self.upload_late(row.key, row.staging, row.base)
+        except RemovedMeanwhileError:
+            return "removed before the previous run stopped; not uploaded"
         aside = f" (to {meta.key})" if meta.key != row.key else ""
         return f"uploaded what a previous run had written{aside}"
 
@@ -589,15 +627,16 @@ class Uploader:
         so a change between the look and the put is seen too. The returned object's key
         says where the file went. `staged` as in `upload`.
 
-        A file the mount took over (`hand_over`) that was being removed when its run
-        stopped is first looked at: RemovedMeanwhileError (its row forgotten) if the
-        removal reached the bucket."""
-        if staging in self._removal_unsure:
+        A file of the previous run's that was being removed when it stopped is first
+        looked at: RemovedMeanwhileError (its row forgotten) if the removal reached the
+        bucket. Unless it was written again since (`written`): then it goes to `key` also
+        where the removal left no object."""
+        if self._removals.get(staging) is Removal.UNDER_WAY:
             if await self._removed_meanwhile(key, base):
                 self.forget(staging)
                 raise RemovedMeanwhileError(f"{key}: removed before the previous run stopped")
-            self._removal_unsure.discard(staging)
-            self.journal.removing(staging, False)
+            del self._removals[staging]
+            self.journal.removing(staging, Removal.NONE)
         looks = 1
         while True:
             target, expect = await self._late_target(key, staging, base)
@@ -612,9 +651,9 @@ class Uploader:
     async def _late_target(self, key: str, staging: Path, base: str) -> tuple[str, str | None]:
         """Where a late upload goes, and the version it expects to put over there: `key`
         while the object there is still `base`, or holds bytes of ours (a put that went
-        through before the crash or the failure); else, or if `key` is a folder now (the
-        mount shows the folder; the local directory holds no file beside it), a new key
-        under CONFLICTS."""
+        through before the crash or the failure), or is gone by a removal of ours
+        (`Removal.WRITTEN_SINCE`); else, or if `key` is a folder now (the mount shows the
+        folder; the local directory holds no file beside it), a new key under CONFLICTS."""
         if await self.cloud.has_keys_below(key):
             return _aside(key, "became a folder", "its folder"), None
         try:
@@ -623,6 +662,13 @@ class Uploader:
             current = None
         version = current.version if current else ABSENT
         if version == base:
+            return key, version
+        if current is None and self._removals.get(staging) is Removal.WRITTEN_SINCE:
+            log.info(
+                "%s: its removal reached the bucket before the previous run stopped, "
+                "and it was written again since: putting it back",
+                key,
+            )
             return key, version
         if current is not None and await self._is_ours(current, staging):
             log.info("%s: the bucket holds a put of ours already; putting it again", key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tierfs.upload import TRIED_KEPT, Begun, Content, PendingUpload, UploadJournal
+from tierfs.upload import TRIED_KEPT, Begun, Content, PendingUpload, Removal, UploadJournal
 
 
 def began(journal: UploadJournal, staging: Path | None) -> list[Begun]:
@@ -78,7 +78,7 @@ def test_a_removal_and_the_uploads_begun_outlive_the_journal(tmp_path: Path) -> 
     path, staging = tmp_path / "journal.sqlite3", tmp_path / "s"
     journal = UploadJournal(path)
     journal.begin("a.bin", staging, '"etag-1"')
-    journal.removing(staging, True)
+    journal.removing(staging, Removal.UNDER_WAY)
     moments = [1_800_000_000.0 + n for n in range(TRIED_KEPT + 1)]
     for moment in moments:
         journal.note_began(staging, "a.bin", moment)
@@ -86,11 +86,13 @@ def test_a_removal_and_the_uploads_begun_outlive_the_journal(tmp_path: Path) -> 
     journal.note_began(None, "completed.bin", 1_800_000_200.0)
     journal.close()
     journal = UploadJournal(path)
-    assert journal.pending() == [PendingUpload("a.bin", staging, '"etag-1"', removing=True)]
+    assert journal.pending() == [
+        PendingUpload("a.bin", staging, '"etag-1"', removing=Removal.UNDER_WAY)
+    ]
     assert [(b.key, b.moment) for b in began(journal, staging)] == [
         ("a.bin", moment) for moment in moments[1:]
     ]
-    journal.removing(staging, False)  # the removal failed
+    journal.removing(staging, Removal.NONE)  # the removal failed
     assert not journal.pending()[0].removing
     journal.begin("moved/a.bin", staging, '"etag-2"')
     journal.note_began(staging, "moved/a.bin", 1_800_000_300.0)
@@ -109,12 +111,14 @@ def test_a_file_moved_with_its_folder_keeps_what_its_row_noted(tmp_path: Path) -
     journal = UploadJournal(path)
     journal.begin("d/a.bin", staging, '"etag-1"')
     journal.note_tried(staging, Content(7, "0" * 32))
-    journal.removing(staging, True)
+    journal.removing(staging, Removal.UNDER_WAY)
     journal.note_began(staging, "d/a.bin", 1_800_000_000.0)
     journal.moved("e/a.bin", staging, '"etag-2"')
     journal.close()
     journal = UploadJournal(path)
-    assert journal.pending() == [PendingUpload("e/a.bin", staging, '"etag-2"', removing=True)]
+    assert journal.pending() == [
+        PendingUpload("e/a.bin", staging, '"etag-2"', removing=Removal.UNDER_WAY)
+    ]
     assert journal.tried(staging) == [Content(7, "0" * 32)]
     assert [b.key for b in began(journal, staging)] == ["d/a.bin"]
     journal.close()

@@ -1163,6 +1163,53 @@ def test_files_a_crash_left_unsent_in_a_folder_show_before_the_cloud_is_back(
 
 
 @pytest.mark.warnings_expected
+@pytest.mark.parametrize("then", ["closed offline", "killed, cloud up", "killed, cloud down"])
+def test_a_file_whose_removal_a_crash_cut_short_written_again_keeps_its_last_bytes(
+    then: str, request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """`rm notes.txt` of a file being written: the bucket deletes it, and the client is
+    killed (SIGKILL) before it hears back. It starts again with the bucket out of reach:
+    the mount shows notes.txt, its removal unsure, and it is written again ("again").
+    "closed offline": its close fails (EIO), and so does its release's try; the retry
+    sends it once the bucket is back. Else the client is killed again before the close,
+    and restarts with the bucket there or out of reach. The file stayed marked as being
+    removed: the bucket said the removal went through, and the bytes written since were
+    dropped. They must go up to notes.txt."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    bucket = mount.flags["s3_bucket"]
+    notes = mount.path / "notes.txt"
+    fd = notes_written_over(mount, b"first\n")
+    kill_once_in_bucket(relay, mount, s3, partial(os.unlink, notes), None)
+    with contextlib.suppress(OSError):
+        os.close(fd)  # of the dead mount
+    relay.cut()
+    mount.start()
+    fd = os.open(notes, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"again\n")
+    if then == "closed offline":
+        assert close_errno(fd) == errno.EIO
+        mount.wait_for_log("release: PUT")  # its release's own try, after the flush's
+        relay.restore()
+    else:
+        mount.kill()
+        with contextlib.suppress(OSError):
+            os.close(fd)  # of the dead mount
+        if then == "killed, cloud up":
+            relay.restore()
+            mount.start()  # the journal's uploads are done before the mount appears
+        else:
+            start_with_the_bucket_cut_off(relay, mount)
+    until_in_bucket(s3, bucket, "notes.txt", b"again\n", timeout=RETRY_INTERVAL + 10)
+    assert conflict_copies(mount) == {}
+    assert journaled(mount.nvme) == []
+    time.sleep(1.5)  # the kernel's entries (1 s) of the names it knew
+    assert notes.read_bytes() == b"again\n"
+    assert mount.stop() == 0
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert sorted(item["Key"] for item in listed) == ["notes.txt", "other"]
+
+
+@pytest.mark.warnings_expected
 def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

@@ -388,22 +388,13 @@ class Filesystem:
             self.inodes.remove(path)
             self._changed_in(path)
 
-    @contextlib.contextmanager
-    def _removing(self, file: OpenFile | None) -> Iterator[None]:
+    def _removing(self, file: OpenFile | None) -> contextlib.AbstractContextManager[None]:
         """Mark the journal's row of `file`, if it is dirty, as being removed while its
-        object is deleted or replaced, until `_unlink_open` forgets the row; a removal that
-        fails unmarks it. A crash once the removal reached the bucket left the row, and
-        the restart put its bytes under CONFLICTS: the removed file came back there."""
-        staging = file.staging if file is not None and file.dirty else None
-        if staging is None:
-            yield
-            return
-        self.uploader.journal.removing(staging, True)
-        try:
-            yield
-        except BaseException:
-            self.uploader.journal.removing(staging, False)
-            raise
+        object is deleted or replaced, until `_unlink_open` forgets the row
+        (`Uploader.removing`)."""
+        if file is None or not file.dirty or file.staging is None:
+            return contextlib.nullcontext()
+        return self.uploader.removing(file.staging)
 
     def _open_file_at(self, path: str) -> OpenFile | None:
         node = self.inodes.find(path)
@@ -1076,8 +1067,11 @@ class Filesystem:
         return len(data)
 
     def _dirty(self, file: OpenFile, size: int) -> None:
-        if not file.dirty and not file.unlinked and file.staging is not None:
-            self.uploader.journal.begin(file.key, file.staging, file.node.version)
+        if not file.unlinked and file.staging is not None:
+            if file.dirty:  # a removal a crash left unsure decides no more (`take_over`)
+                self.uploader.written(file.staging)
+            else:
+                self.uploader.journal.begin(file.key, file.staging, file.node.version)
         file.dirty = not file.unlinked
         file.node.size = size
         file.node.mtime_ns, file.node.mtime_set_for = time.time_ns(), None
