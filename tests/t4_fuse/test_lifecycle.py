@@ -1210,6 +1210,37 @@ def test_a_file_whose_removal_a_crash_cut_short_written_again_keeps_its_last_byt
 
 
 @pytest.mark.warnings_expected
+def test_a_file_whose_removal_a_crash_cut_short_removed_again_offline_stays_removed(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> None:
+    """`rm notes.txt` of a file being written: the bucket deletes it, and the client is
+    killed (SIGKILL) before it hears back. It starts again with the bucket out of reach,
+    `rm notes.txt` fails there (EIO), and the client is killed again. The failed removal
+    set the row's mark to "not being removed": the next start found the object gone,
+    took that for another node's change, and put the bytes under `.tierfs-conflicts/`.
+    The file must stay removed."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    notes = mount.path / "notes.txt"
+    fd = notes_written_over(mount, b"first\n")
+    kill_once_in_bucket(relay, mount, s3, partial(os.unlink, notes), None)
+    with contextlib.suppress(OSError):
+        os.close(fd)  # of the dead mount
+    relay.cut()
+    mount.start()
+    with pytest.raises(OSError) as failed:
+        os.unlink(notes)
+    assert failed.value.errno == errno.EIO
+    mount.kill()
+    relay.restore()
+    mount.start()  # the journal's uploads are done before the mount appears
+    assert conflict_copies(mount) == {}
+    assert cloud_bytes(mount, "notes.txt") is None
+    assert journaled(mount.nvme) == []
+    assert os.listdir(mount.path) == ["other"]
+    assert mount.stop() == 0
+
+
+@pytest.mark.warnings_expected
 def test_with_the_cloud_down_what_the_mount_knew_still_lists_and_reads(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
