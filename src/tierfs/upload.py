@@ -230,8 +230,8 @@ class UploadJournal:
             log.warning("upload journal: cannot note a failed put of %s: %s", staging, exc)
 
     def removing(self, staging: Path, removal: Removal) -> None:
-        """Note what of its removal the file `staging` holds is at (`Removal`): being
-        removed (unlinked, or replaced by a rename), a crash in between must not put its
+        """Note where the removal of the file `staging` holds stands (`Removal`): a crash
+        while it is being removed (unlinked, or replaced by a rename) must not put its
         bytes back (`Uploader.recover`). Logged, not raised, if the disk is full."""
         try:
             self._db.execute(
