@@ -3,6 +3,7 @@ processes, each with its own mount, tier 1 and peer API on 127.0.0.1, over one b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import urllib.error
@@ -20,6 +21,7 @@ from coordinators import Coordinator, start_coordinator
 from mounts import Mount
 
 NODES = ("node-a", "node-b", "node-c")
+MiB = 2**20
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -28,6 +30,15 @@ def until(check: Callable[[], bool], timeout: float = 30.0, what: str = "conditi
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of the file as read through the mount, in 1 MiB reads."""
+    digest = hashlib.sha256()
+    with path.open("rb", buffering=0) as f:
+        while block := f.read(MiB):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass

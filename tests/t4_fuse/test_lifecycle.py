@@ -862,6 +862,23 @@ def notes_written_over(mount: Mount, other: bytes) -> int:
     return fd
 
 
+def removal_cut_short_offline(
+    request: pytest.FixtureRequest, tmp_path: Path, seaweedfs: servers.S3Server
+) -> tuple[Relay, Mount, Any]:
+    """`rm notes.txt` of a file being written: the bucket deletes it, the client is killed
+    (SIGKILL) before it hears back, and started again with the bucket out of reach: the
+    mount shows notes.txt, its removal unsure. `partitioned_mount`'s three."""
+    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    notes = mount.path / "notes.txt"
+    fd = notes_written_over(mount, b"first\n")
+    kill_once_in_bucket(relay, mount, s3, partial(os.unlink, notes), None)
+    with contextlib.suppress(OSError):
+        os.close(fd)  # of the dead mount
+    relay.cut()
+    mount.start()
+    return relay, mount, s3
+
+
 def kill_once_in_bucket(
     relay: Relay, mount: Mount, s3: Any, change: Callable[[], object], body: bytes | None
 ) -> None:
@@ -1175,15 +1192,9 @@ def test_a_file_whose_removal_a_crash_cut_short_written_again_keeps_its_last_byt
     and restarts with the bucket there or out of reach. The file stayed marked as being
     removed: the bucket said the removal went through, and the bytes written since were
     dropped. They must go up to notes.txt."""
-    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    relay, mount, s3 = removal_cut_short_offline(request, tmp_path, seaweedfs)
     bucket = mount.flags["s3_bucket"]
     notes = mount.path / "notes.txt"
-    fd = notes_written_over(mount, b"first\n")
-    kill_once_in_bucket(relay, mount, s3, partial(os.unlink, notes), None)
-    with contextlib.suppress(OSError):
-        os.close(fd)  # of the dead mount
-    relay.cut()
-    mount.start()
     fd = os.open(notes, os.O_WRONLY | os.O_TRUNC)
     os.write(fd, b"again\n")
     if then == "closed offline":
@@ -1219,14 +1230,8 @@ def test_a_file_whose_removal_a_crash_cut_short_removed_again_offline_stays_remo
     set the row's mark to "not being removed": the next start found the object gone,
     took that for another node's change, and put the bytes under `.tierfs-conflicts/`.
     The file must stay removed."""
-    relay, mount, s3 = partitioned_mount(request, tmp_path, seaweedfs)
+    relay, mount, s3 = removal_cut_short_offline(request, tmp_path, seaweedfs)
     notes = mount.path / "notes.txt"
-    fd = notes_written_over(mount, b"first\n")
-    kill_once_in_bucket(relay, mount, s3, partial(os.unlink, notes), None)
-    with contextlib.suppress(OSError):
-        os.close(fd)  # of the dead mount
-    relay.cut()
-    mount.start()
     with pytest.raises(OSError) as failed:
         os.unlink(notes)
     assert failed.value.errno == errno.EIO

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from clusters import Cluster, running_cluster
+from clusters import Cluster, running_cluster, sha256_of
 from mounts import TmpfsMount, cloud_put
 
 MiB = 2**20
@@ -23,15 +23,6 @@ SIZE = 256 * MiB
 # the owner for past the half second it keeps it in memory (LINGER), before the node it
 # went to has its copy; or one read from the cloud by a node other than its owner.
 AT_ONCE_EGRESS = 1.1
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of the file as read through the mount, in 1 MiB reads."""
-    digest = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
-        while block := f.read(MiB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import servers
-from clusters import Cluster, Node, running_cluster, until
+from clusters import Cluster, Node, running_cluster, sha256_of, until
 from mounts import Mount, TmpfsMount, cloud_of, cloud_put, on_cloud, status
 from relay import Relay
 from tierfs.chunks import ObjectRef, chunk_ref
@@ -31,15 +31,6 @@ from tierfs.peer.ring import owner
 
 MiB = 2**20
 CHUNK = 4 * MiB  # the clients' default -chunk-size
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of the file as read through the mount, in 1 MiB reads."""
-    digest = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
-        while block := f.read(MiB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def put_dataset(cluster: Cluster, key: str, size: int) -> tuple[bytes, str]:
