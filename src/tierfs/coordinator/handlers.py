@@ -136,8 +136,8 @@ def _stats_now(conn: sqlite3.Connection, now: float, timing: membership.Timing) 
 def _page_data(
     conn: sqlite3.Connection, now: float, timing: membership.Timing
 ) -> tuple[ClusterStats, list[PeerInfo]]:
-    snapshot = _stats_now(conn, now, timing)
-    return snapshot, membership.all_peers(conn, now, timing)
+    snapshot = _stats_now(conn, now, timing)  # swept: the peers as it left them
+    return snapshot, membership.known_peers(conn)
 
 
 async def cluster_stats(request: web.Request) -> web.Response:

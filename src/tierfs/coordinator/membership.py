@@ -241,12 +241,15 @@ class Snapshot:
 
 
 def all_peers(conn: sqlite3.Connection, now: float, timing: Timing) -> list[PeerInfo]:
-    """Every peer the coordinator knows, dead ones not yet forgotten included (the dashboard,
-    `tierfs status`)."""
-    with transaction(conn):
-        expire(conn, now, timing)
-        forget(conn, now, timing)
-        rows = conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY peer_id").fetchall()
+    """Every peer the coordinator knows once swept, dead ones not yet forgotten included
+    (`tierfs status`)."""
+    sweep(conn, now, timing)
+    return known_peers(conn)
+
+
+def known_peers(conn: sqlite3.Connection) -> list[PeerInfo]:
+    """Every peer in the table as it is (the caller swept it), by id."""
+    rows = conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY peer_id").fetchall()
     return [_peer(row) for row in rows]
 
 
