@@ -551,7 +551,7 @@ class ReadPath:
         to the next node to keep, which this node asks for it before the cloud from then on
         (before 2026-12-07 it read the chunk through again for each peer that asked)."""
         if self._peers is None or self._peers.owner_elsewhere(chunk):
-            return
+            return  # (asked first: no copy of a chunk another node owns)
         try:
             holder = await self._peers.hand_on(chunk, bytes(data))
         except Exception as exc:

@@ -166,18 +166,30 @@ class PeerFetcher:
                 return data
         return None
 
-    async def push(self, chunk: ChunkRef, data: bytes, *, mine: bool = False) -> bool:
+    async def push(self, chunk: ChunkRef, data: bytes) -> bool:
         """Hand a chunk of a newly written file to its owner to keep for the cluster (when
-        this node's tier 1 has no room for it). False when no other node took it; an
-        owner whose answer is over MAX_REPLY is failed, as one that gives none. `mine`: a
-        chunk this node owns, to the next node in its rendezvous order (see `hand_on`)."""
+        this node's tier 1 has no room for it). False when no other node took it."""
         chunk = self._keys.outer_chunk(chunk, self._chunk_size)
         order = self._ranked(chunk)
-        if mine and order and order[0].peer_id == self._node_id:
-            order = order[1:]
-        if not order or order[0].peer_id == self._node_id or not self._usable(order[0].peer_id):
+        if not order or order[0].peer_id == self._node_id:
             return False
-        owner = order[0]
+        return await self._put(order[0], chunk, data)
+
+    async def hand_on(self, chunk: ChunkRef, data: bytes) -> str | None:
+        """Hand a chunk this node owns and read from the cloud, but could not keep (its
+        tier 1 full), to the next node in the chunk's rendezvous order to keep for the
+        cluster: that node's id, or None when this node is not the owner or none took it."""
+        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
+        order = self._ranked(chunk)
+        if len(order) < 2 or order[0].peer_id != self._node_id:
+            return None
+        return order[1].peer_id if await self._put(order[1], chunk, data) else None
+
+    async def _put(self, peer: _Peer, chunk: ChunkRef, data: bytes) -> bool:
+        """Whether `peer` took the chunk to keep within its peer budget; a peer whose
+        answer is over MAX_REPLY is failed, as one that gives none."""
+        if not self._usable(peer.peer_id):
+            return False
         headers = {
             **self._headers,
             "Content-Range": protocol.content_range(chunk.start, chunk.length, chunk.obj.size),
@@ -185,7 +197,7 @@ class PeerFetcher:
         }
         try:
             async with self._open().put(
-                self._url(owner, chunk),
+                self._url(peer, chunk),
                 params=_params(chunk),
                 headers=headers,
                 data=data,
@@ -194,23 +206,14 @@ class PeerFetcher:
                 await read_bounded(response, MAX_REPLY)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError, AnswerTooLargeError) as exc:
-            self._failed(owner, _describe(exc))
+            self._failed(peer, _describe(exc))
             return False
         if status == 201:
-            self._said_down.pop(owner.peer_id, None)  # up again
+            self._said_down.pop(peer.peer_id, None)  # up again
             self._stats.pushed_to_peers += 1
             return True
-        log.info("peer %s did not keep chunk %s: HTTP %d", owner.peer_id, chunk.id, status)
+        log.info("peer %s did not keep chunk %s: HTTP %d", peer.peer_id, chunk.id, status)
         return False
-
-    async def hand_on(self, chunk: ChunkRef, data: bytes) -> str | None:
-        """Hand a chunk this node owns and read from the cloud, but could not keep (its
-        tier 1 full), to the next node in the chunk's rendezvous order to keep for the
-        cluster: that node's id, or None when it did not take it."""
-        order = self._ranked(self._keys.outer_chunk(chunk, self._chunk_size))
-        if len(order) < 2 or order[0].peer_id != self._node_id:
-            return None
-        return order[1].peer_id if await self.push(chunk, data, mine=True) else None
 
     def mark_alive(self, peer_id: str) -> None:
         """A peer said it is up (its heartbeat): stop skipping it."""
