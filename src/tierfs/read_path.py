@@ -659,13 +659,13 @@ class ReadPath:
     ) -> bool:
         """Promote a fetched chunk to tier 1 (`admit`: whatever admission says); failing
         that, it is only not cached. False when tier 1 was asked to keep it and did not."""
-        kept, refused = False, True
+        kept = asked = False
         try:
             if origin is Origin.PEER or admit or self._cache.wants(chunk):
+                asked = True
                 store = self._cache.store
                 kept = await store(chunk, fetched.data, origin, around_page_cache=around_page_cache)
             else:
-                refused = False
                 self._stats.not_cached += 1  # not admitted (store counts its own refusals)
         except Exception as exc:
             self._stats.not_cached += 1
@@ -673,7 +673,7 @@ class ReadPath:
         finally:
             if not fetched.kept.done():
                 fetched.kept.set_result(kept)
-        return kept or not refused
+        return kept or not asked
 
 
 @contextmanager
