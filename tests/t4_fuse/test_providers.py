@@ -109,6 +109,32 @@ def test_an_azure_key_of_more_than_254_segments_is_refused_at_once(
     assert max(key.rstrip("/").count("/") + 1 for key in bucket_keys(mount)) == 254
 
 
+def test_an_azure_name_ending_in_a_dot_is_refused_at_once(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """Azure drops a dot that ends a blob's name or one of its segments ("a." is stored
+    as "a"): a file or folder so named is EINVAL where it is made or renamed to, and the
+    file the blob would have overwritten keeps its bytes. Before 2026-12-07 Azurite kept
+    such names, and on Azure `echo x > a.` replaced the file `a`."""
+    mount = mount_factory("azure")
+    (mount.path / "a").write_bytes(b"the file a")
+    os.mkdir(mount.path / "d")
+    (mount.path / "d/f").write_bytes(b"to move")
+    dotted = [
+        lambda: (mount.path / "a.").write_bytes(b"x"),
+        lambda: (mount.path / "a..").write_bytes(b"x"),
+        lambda: os.mkdir(mount.path / "d."),
+        lambda: os.rename(mount.path / "d/f", mount.path / "d/f."),
+        lambda: os.rename(mount.path / "d", mount.path / "e."),
+    ]
+    assert [refused(action) for action in dotted] == [errno.EINVAL] * 5
+    assert sorted(os.listdir(mount.path)) == ["a", "d"]
+    assert cloud_bytes(mount, "a") == b"the file a"
+    assert cloud_bytes(mount, "d/f") == b"to move"
+    (mount.path / "a.b").write_bytes(b"a dot inside")  # only an ending dot is dropped
+    assert cloud_bytes(mount, "a.b") == b"a dot inside"
+
+
 def test_a_1_gib_file_through_the_mount(
     mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

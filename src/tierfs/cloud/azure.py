@@ -119,7 +119,11 @@ class AzureBlobCloud(ObjstoreCloud):
             raise InvalidKeyError(
                 f"invalid object key {key[:60]!r}...: over Azure's {MAX_SEGMENTS} path segments"
             )
-        return super().check_key(key)
+        super().check_key(key)
+        if any(segment.endswith(".") for segment in key.split("/")):
+            # Azure stores "a." as "a", and so would overwrite the file "a" with no error
+            raise InvalidKeyError(f"invalid object key {key!r}: Azure drops a name's ending dot")
+        return key
 
     async def _server_copy(self, source: str, destination: str, version: str | None) -> str:
         """Copy Blob, of `version` only if given; the copy's version (its ETag), once
