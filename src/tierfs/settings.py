@@ -266,8 +266,16 @@ class ClientSettings(CommonSettings):
     allow_non_empty: bool = flag(
         False, "mount over a mount point that holds files (hidden while it is mounted)"
     )
-    nvme_size: Size = flag(10 * 2**30, "tier-1 budget for this node's reads", "FUSE_NVME_SIZE")
-    peer_size: Size = flag(5 * 2**30, "tier-1 budget for chunks held for peers", "FUSE_PEER_SIZE")
+    nvme_size: Size = flag(
+        10 * 2**30,
+        "tier-1 budget for this node's reads (in a cluster, but the chunks it owns)",
+        "FUSE_NVME_SIZE",
+    )
+    peer_size: Size = flag(
+        5 * 2**30,
+        "tier-1 budget for chunks held for peers (and the chunks this node owns)",
+        "FUSE_PEER_SIZE",
+    )
     peer_timeout: Duration = flag(30.0, "deadline of one peer request", "FUSE_PEER_TIMEOUT")
     admit_after: int = flag(
         1, "cache a chunk in tier 1 once it has been read this many times (1: always)"

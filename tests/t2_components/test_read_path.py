@@ -609,6 +609,9 @@ class PeersHolding:
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
         return True
 
+    def owns_for_others(self, chunk: ChunkRef) -> bool:
+        return False
+
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         return True
 
@@ -660,6 +663,9 @@ class Linked:
 
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
         return self.owners[chunk.index] != self.name
+
+    def owns_for_others(self, chunk: ChunkRef) -> bool:
+        return not self.owner_elsewhere(chunk)
 
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         return self.owner_elsewhere(chunk)  # one view, which holds both nodes
@@ -746,6 +752,9 @@ class OwnerAway:
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
         return True
 
+    def owns_for_others(self, chunk: ChunkRef) -> bool:
+        return False
+
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         return False
 
@@ -827,6 +836,9 @@ class Member:
 
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
         return self.owner != self.name
+
+    def owns_for_others(self, chunk: ChunkRef) -> bool:
+        return not self.owner_elsewhere(chunk)
 
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         return self.order.index(self.owner) < self.order.index(self.name)

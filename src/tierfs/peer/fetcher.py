@@ -143,6 +143,11 @@ class PeerFetcher:
         order = self._ranked(self._keys.outer_chunk(chunk, self._chunk_size))
         return bool(order) and order[0].peer_id != self._node_id
 
+    def owns_for_others(self, chunk: ChunkRef) -> bool:
+        """Whether this node owns the chunk and other nodes are active (they ask it for it)."""
+        order = self._ranked(self._keys.outer_chunk(chunk, self._chunk_size))
+        return len(order) > 1 and order[0].peer_id == self._node_id
+
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         """Whether the chunk's owner is another node that ranks above this one in the
         chunk's rendezvous order (see `PeerTier.owner_ranks_above`)."""
