@@ -11,7 +11,9 @@ rendezvous order; then the read path goes to the cloud. The index is asked once 
 per file at most (`LOCATIONS_FOR`): its answer lists every chunk of the file. Those asks
 are `cached_only`: never read through, so they cannot loop. A peer that failed is skipped
 until the membership changes (it left, or came back) or `RETRY_DOWN_AFTER` has passed;
-its failure is logged once, until it answers, says it is up or registers again.
+its failure is logged once, until it answers, says it is up or registers again. A
+request that timed out while this node did not run (`PauseWatch`) is no failure of the
+peer's: it is asked once more.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tierfs.chunks import ChunkId, ChunkRef, ObjectRef, checksum
 from tierfs.cloud.folder import KeyPrefix
 from tierfs.coordinator.client import CoordinatorClient
 from tierfs.coordinator.models import Location, Membership, PeerInfo
+from tierfs.pauses import PauseWatch
 from tierfs.peer import protocol
 from tierfs.peer.ring import rank
 from tierfs.security import AnswerTooLargeError, read_bounded
@@ -88,6 +91,7 @@ class PeerFetcher:
         self._scheme = "https" if tls else "http"
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        self._pauses = PauseWatch()
         self._down: dict[str, tuple[int | None, float]] = {}  # peer id -> (epoch, when)
         # peer id -> its registration when its failure was logged: not logged again meanwhile
         self._said_down: dict[str, float | None] = {}
@@ -192,9 +196,11 @@ class PeerFetcher:
 
     async def _put(self, peer: _Peer, chunk: ChunkRef, data: bytes) -> bool:
         """Whether `peer` took the chunk to keep within its peer budget; a peer whose
-        answer is over MAX_REPLY is failed, as one that gives none."""
+        answer is over MAX_REPLY is failed, as one that gives none (not one that timed out
+        while this node did not run)."""
         if not self._usable(peer.peer_id):
             return False
+        started = time.monotonic()
         headers = {
             **self._headers,
             "Content-Range": protocol.content_range(chunk.start, chunk.length, chunk.obj.size),
@@ -211,7 +217,8 @@ class PeerFetcher:
                 await read_bounded(response, MAX_REPLY)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError, AnswerTooLargeError) as exc:
-            self._failed(peer, _describe(exc))
+            if not (isinstance(exc, TimeoutError) and self._pauses.paused_since(started)):
+                self._failed(peer, _describe(exc))
             return False
         if status == 201:
             self._said_down.pop(peer.peer_id, None)  # up again
@@ -227,6 +234,7 @@ class PeerFetcher:
 
     async def close(self) -> None:
         await self._locating.close()
+        await self._pauses.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -240,10 +248,15 @@ class PeerFetcher:
         *,
         cached_only: bool,
         timeout: aiohttp.ClientTimeout | None = None,
+        again: bool = True,
     ) -> bytes | None:
         """The chunk from `peer` if it has it (or, not `cached_only`, reads it through);
         None otherwise. A failure marks the peer down; bad bytes are only refused.
-        `timeout` in place of the peer timeout."""
+        `timeout` in place of the peer timeout. A request that timed out while this node
+        did not run is sent `again`, once: a node paused past the peer timeout (SIGSTOP)
+        took its peers' answers, waiting as it woke, for their silence, logged them as
+        failed and read their chunks from the cloud (before 2026-12-07)."""
+        started = time.monotonic()
         params = {**_params(chunk), protocol.CHUNK_SIZE_PARAM: str(self._chunk_size)}
         if cached_only:
             params[protocol.CACHED_ONLY_PARAM] = "1"
@@ -273,6 +286,11 @@ class PeerFetcher:
                 expected = response.headers.get(protocol.CHECKSUM_HEADER)
                 data = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError, _PeerFailedError) as exc:
+            if isinstance(exc, TimeoutError) and again and self._pauses.paused_since(started):
+                log.debug("peer %s: asked again, this node did not run meanwhile", peer.peer_id)
+                return await self._get(
+                    peer, chunk, cached_only=cached_only, timeout=timeout, again=False
+                )
             self._failed(peer, _describe(exc))
             return None
         if len(data) != chunk.length or expected is None or checksum(data) != expected:
@@ -357,6 +375,7 @@ class PeerFetcher:
         return protocol.file_url(f"{self._scheme}://{peer.address}", chunk.obj.key)
 
     def _open(self) -> aiohttp.ClientSession:
+        self._pauses.start()
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
