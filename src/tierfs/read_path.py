@@ -133,6 +133,13 @@ class _KnowsHeld(Protocol):
 
 
 @runtime_checkable
+class _KnowsLimits(Protocol):
+    """A tier 1 that can tell the budget of an origin."""
+
+    def limit(self, origin: Origin) -> int: ...
+
+
+@runtime_checkable
 class _Warms(Protocol):
     """A tier 1 that can start reading a chunk from disk ahead of its reads."""
 
@@ -195,6 +202,8 @@ class ReadPath:
         self._serve_slots = asyncio.Semaphore(max_parallel_fetches)  # fetches for other nodes
         self._lingering = asyncio.Semaphore(LINGERING)  # flights holding an unkept chunk
         self._holds = cache.holds if isinstance(cache, _KnowsHeld) else None
+        peer_budget = cache.limit(Origin.PEER) if isinstance(cache, _KnowsLimits) else None
+        self._peer_budget = chunk_size if peer_budget is None else peer_budget
         self._warm = cache.warm if isinstance(cache, _Warms) else None
         self._read_now = cache.read_now if isinstance(cache, _ReadsNow) else None
         self._readers: weakref.WeakSet[SequentialReader] = weakref.WeakSet()
@@ -509,10 +518,11 @@ class ReadPath:
         for a chunk this node owns in a cluster, which the others ask it for. Its own
         reads' budget evicted such chunks as it read on (a small `-nvme-size`), and the
         next node's read had the owner read them from the cloud again (before 2026-12-07:
-        1.16x a file a node of 16 MiB read first, then two others)."""
-        if self._peers is not None and self._peers.owns_for_others(chunk):
-            return Origin.PEER
-        return Origin.LOCAL
+        1.16x a file a node of 16 MiB read first, then two others). A peers' budget too
+        small for a chunk (`-peer-size 1MiB`) leaves them in its own reads' budget."""
+        if self._peers is None or self._peer_budget < chunk.length:
+            return Origin.LOCAL
+        return Origin.PEER if self._peers.owns_for_others(chunk) else Origin.LOCAL
 
     @asynccontextmanager
     async def _slot(

@@ -41,3 +41,19 @@ def test_a_small_node_keeps_the_chunks_it_owns_for_the_cluster(small_c: Cluster)
     )
     budgets = small_c.node("node-c").stats()["budgets"]
     assert budgets["local"]["used"] <= 16 * MiB, budgets  # its own reads' budget holds
+
+
+def test_a_node_holding_no_chunk_for_peers_keeps_its_own_reads(
+    seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """With a `-peer-size` below a chunk the chunks a node owns and reads for itself stay in its own
+    reads' budget: the peers' has no room for them."""
+    flags = {"node-c": {"peer_size": "1MiB"}}
+    with running_cluster(seaweedfs, tmp_path, node_flags=flags) as cluster:
+        data = os.urandom(64 * MiB)
+        cloud_put(cluster.nodes[0].mount, "own.bin", data)
+        c = cluster.node("node-c")
+        assert sha256_of(c.path / "own.bin") == hashlib.sha256(data).hexdigest()
+        budgets = c.stats()["budgets"]
+        assert budgets["local"]["chunks"] == 16, budgets  # every chunk of it
+        assert budgets["peer"]["chunks"] == 0, budgets
