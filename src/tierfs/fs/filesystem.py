@@ -172,8 +172,48 @@ class Filesystem:
         put there, not the one it replaced."""
         parent = self.inodes.get(parent_inode)
         async with self.path_locks.working(lambda: join(parent.path, name)):
+            await self._let_go_if_changed(self._child_path(parent, name))
             path, entry = await self._existing(parent_inode, name)
             return self._apply(self.inodes.ensure(path, entry.is_dir, entry.is_link), entry)
+
+    async def _let_go_if_changed(self, path: str) -> None:
+        """`_let_go` of the file open here at `path` if the bucket (asked once the TTL
+        has passed) has it at another version; what this mount knows of it stands where
+        the bucket cannot say."""
+        file = self._open_file_at(path)
+        if file is None or not self._reads_alone(file):
+            return
+        node = file.node
+        known = Entry(split(path)[1], False, node.size, node.mtime_ns, node.version)
+        try:
+            entry = await self.names.stat(path, lambda: known)
+        except (CloudError, InvalidKeyError):
+            return
+        self._let_go(file, entry)
+
+    def _reads_alone(self, file: OpenFile) -> bool:
+        """Whether `file` is open here for reading alone, at a version of the bucket."""
+        written = file.writers or file.dirty or file.fd is not None or file.stream is not None
+        return not written and not file.unlinked and bool(file.node.version)
+
+    def _let_go(self, file: OpenFile, entry: Entry | None) -> None:
+        """A file open here for reading alone (a map a process keeps) whose object the
+        bucket has at another version (`entry`: another node rewrote it) or no more
+        (None) leaves the namespace, as a file replaced by a rename or removed does: the
+        lookup or listing gives its name a new inode, whose opens read the new version
+        (or ENOENT), while the handles open read on the one they opened (tier 1, then
+        ESTALE), their pages apart in the kernel. Before 2026-12-07 every open of it here
+        kept to the old version, its size and ESTALE, until its last handle closed."""
+        if entry is not None and (entry.is_dir or entry.version == file.node.version):
+            return
+        if (entry is not None and entry.is_link) or not self._reads_alone(file):
+            return
+        path = file.node.path
+        file.unlinked_from = path
+        if entry is None:
+            self.inodes.remove(path)
+        else:
+            self.inodes.replace(path)
 
     async def _existing(self, parent_inode: int, name: str) -> tuple[str, Entry]:
         """The path and entry of `name` in the directory; EntryNotFoundError if none."""
@@ -315,6 +355,9 @@ class Filesystem:
         self, parent: str, entries: Iterable[tuple[int, Entry]]
     ) -> Iterator[tuple[int, Node, Entry]]:
         for index, entry in entries:
+            opened = self._open_file_at(join(parent, entry.name))
+            if opened is not None:
+                self._let_go(opened, entry)
             child = self.inodes.ensure(join(parent, entry.name), entry.is_dir, entry.is_link)
             yield index, self._apply(child, entry), entry
 
