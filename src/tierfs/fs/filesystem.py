@@ -204,9 +204,11 @@ class Filesystem:
         (or ENOENT), while the handles open read on the one they opened (tier 1, then
         ESTALE), their pages apart in the kernel. Before 2026-12-07 every open of it here
         kept to the old version, its size and ESTALE, until its last handle closed."""
-        if entry is not None and (entry.is_dir or entry.version == file.node.version):
+        if entry is not None and (
+            entry.is_dir or entry.is_link or entry.version == file.node.version
+        ):
             return
-        if (entry is not None and entry.is_link) or not self._reads_alone(file):
+        if not self._reads_alone(file):
             return
         path = file.node.path
         file.unlinked_from = path
