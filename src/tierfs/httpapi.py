@@ -14,7 +14,6 @@ Middlewares, outermost first: `measure` (count and time by route template), `err
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
@@ -131,8 +130,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
         return ApiError(exc.status, word, message, headers=headers).response()
-    except (asyncio.CancelledError, ConnectionError):
-        raise  # the client went away (a reset, a broken pipe mid-sendfile): nothing to answer
+    except ConnectionError as exc:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            raise  # not the asker's connection: aiohttp answers 500 and logs it
+        # The asker left before its answer went (it timed out while this process did not
+        # run): nothing to answer. Raised on, aiohttp logged an ERROR with a traceback.
+        method, where = printable(request.method, 20), printable(request.path)
+        log.info("%s %s: the asker left before its answer (%s)", method, where, exc)
+        return web.Response(status=499)  # never sent: aiohttp drops it quietly
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, printable(request.path))
         message = "internal error (a bug: it has been logged)"

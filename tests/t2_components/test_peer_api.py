@@ -10,12 +10,14 @@ import logging
 import random
 import socket
 import ssl
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -753,6 +755,46 @@ async def test_an_asker_that_leaves_mid_answer_is_no_error(
     assert [r.levelname for r in told()] == ["INFO"], [r.getMessage() for r in told()]
     async with node.http.get("/api/health") as answer:  # and serves on
         assert answer.status == 200
+
+
+async def test_an_asker_gone_before_the_answer_starts_is_no_error(
+    open_node: OpenNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An asker that hung up before a chunk held here was sent (it timed out while this
+    node did not run: SIGSTOP, a frozen VM) is one INFO line. Before 2026-12-07 aiohttp
+    logged it as an ERROR with a traceback ("Cannot write to closing transport")."""
+    caplog.set_level(logging.INFO, logger="tierfs")
+    node = await open_node()
+    ref = await node.put_object("data/gone.bin", random_bytes(SIZE, 15))
+    for _ in range(2):  # read through, then from tier 1: now it is sent by sendfile
+        async with node.get_chunk(ref, 1) as answer:
+            assert answer.status == 206
+            await answer.read()
+        await node.kept(ref, 1)
+    chunk = chunk_ref(ref, 1, CHUNK)
+    host, port = URL(node.url).host, URL(node.url).port
+    query = f"version={quote(ref.version)}&size={ref.size}"
+    request = (
+        f"GET /api/files/{ref.key}?{query} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nRange: {byte_range(chunk.start, chunk.length)}\r\n\r\n"
+    )
+
+    def ask_and_leave() -> None:
+        with socket.create_connection((host, port)) as asker:
+            asker.sendall(request.encode())
+
+    # The loop does not run while the asker asks and leaves: it meets both at once.
+    asking = threading.Thread(target=ask_and_leave)
+    asking.start()
+    time.sleep(0.3)
+    asking.join()
+    async with asyncio.timeout(10):
+        while not [r for r in caplog.records if "left" in r.getMessage()]:
+            await asyncio.sleep(0.05)
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], logged
+    async with node.get_chunk(ref, 1) as answer:  # and serves on
+        assert answer.status == 206
 
 
 async def test_tls_from_the_client_settings(open_node: OpenNode) -> None:
