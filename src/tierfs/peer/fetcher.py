@@ -406,7 +406,10 @@ class PeerFetcher:
         so it is not asked again until it registers again (before 2026-12-07 it was asked,
         and logged, again every RETRY_DOWN_AFTER and at every change of membership)."""
         self._stats.tier(Tier.PEER).errors += 1
-        self._other_size[peer.peer_id] = self._registration(peer.peer_id)
+        registration = self._registration(peer.peer_id)
+        if peer.peer_id in self._other_size and self._other_size[peer.peer_id] == registration:
+            return  # said by a request that was under way at once with this one
+        self._other_size[peer.peer_id] = registration
         log.warning(
             "peer %s (%s): its -chunk-size is not this node's; not asked again until it "
             "registers again (a restart)",
