@@ -11,6 +11,7 @@ import resource
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -392,6 +393,32 @@ def own_cloud_and_mount(
     mount = Mount(tmp_path / "mnt", tmp_path / "nvme", flags, env, tmp_path / "client.log")
     request.addfinalizer(mount.stop)
     return server, mount.start()
+
+
+@pytest.mark.warnings_expected
+def test_a_read_the_cloud_fails_is_one_error_line_each(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A read the bucket cannot answer (a map's page, a `read`) is EIO and one ERROR line
+    naming the file, whatever the kernel makes of it: it sends a page fault's or a
+    buffered read's requests several at once, sharing one failed fetch, and asks again
+    (before 2026-12-07 one line each: six for a page of a map and a read)."""
+    server, mount = own_cloud_and_mount(request, tmp_path)
+    payload = os.urandom(3 * 2**20)
+    cloud_put(mount, "far.bin", payload)  # in the bucket alone: no chunk of it in tier 1
+    assert os.stat(mount.path / "far.bin").st_size == len(payload)
+    server.proc.kill()
+    fault = "import mmap, os, sys; f = os.open(sys.argv[1], os.O_RDONLY); " + (
+        "mmap.mmap(f, 0, access=mmap.ACCESS_READ)[5000]"
+    )
+    mapped = subprocess.run([sys.executable, "-c", fault, str(mount.path / "far.bin")])
+    assert mapped.returncode == -signal.SIGBUS  # the page the kernel could not give
+    with pytest.raises(OSError) as failed:
+        (mount.path / "far.bin").read_bytes()
+    assert failed.value.errno == errno.EIO
+    errors = [line for line in mount.log.read_text().splitlines() if " ERROR " in line]
+    # one each, or one for both: the read may come while the failed fetch is remembered
+    assert 1 <= len(errors) <= 2 and all("far.bin" in line for line in errors), errors
 
 
 @pytest.mark.warnings_expected

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -29,6 +30,11 @@ Ctx = pyfuse3.RequestContext
 Token = pyfuse3.ReaddirToken
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# An EIO whose line was logged this many seconds ago is not logged again: the kernel sends
+# a page fault's or a buffered read's requests several at once, they share one failed
+# fetch, and it asks again (six lines for one read of a file with the bucket down).
+SAID_LATELY = 10.0
 
 ERRNO: list[tuple[type[Exception], int]] = [
     (errors.EntryNotFoundError, errno.ENOENT),
@@ -79,7 +85,7 @@ def _errno(
             for kind, number in ERRNO:
                 if isinstance(exc, kind):
                     if number == errno.EIO:
-                        log.error("%s: %s", handler.__name__, exc)
+                        _say_eio(f"{handler.__name__}: {exc}")
                     raise pyfuse3.FUSEError(number) from exc
             if isinstance(exc, OSError) and exc.errno in LOCAL_DISK_ERRNOS:
                 log.warning("%s: %s", handler.__name__, exc)  # the staging disk's answer
@@ -88,6 +94,21 @@ def _errno(
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
     return wrapper
+
+
+_said: dict[str, float] = {}  # EIO lines, by when they were logged (monotonic)
+
+
+def _say_eio(line: str) -> None:
+    """Log `line` as an ERROR unless it was logged within SAID_LATELY."""
+    now = time.monotonic()
+    said = _said.get(line)
+    if said is not None and now - said < SAID_LATELY:
+        return
+    for old in [said for said, when in _said.items() if now - when >= SAID_LATELY]:
+        del _said[old]
+    _said[line] = now
+    log.error("%s", line)
 
 
 class Operations(pyfuse3.Operations):
