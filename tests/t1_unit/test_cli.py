@@ -116,9 +116,17 @@ def test_bad_flags_print_one_line_and_exit_2(args: list[str], names: str) -> Non
 
 
 def test_one_and_two_dashes_alike(tmp_path: object) -> None:
-    absent = f"{tmp_path}/absent"
-    one = tierfs("client", "-mount", absent, "-cloud-provider", "local", "-local-root", "/tmp")
-    two = tierfs("client", f"--mount={absent}", "--cloud-provider=local", "--local-root=/tmp")
+    absent, nvme = f"{tmp_path}/absent", f"{tmp_path}/nvme"  # not the default: it may be in use
+    one = tierfs(
+        "client", "-mount", absent, "-nvme", nvme, "-cloud-provider", "local", "-local-root", "/tmp"
+    )
+    two = tierfs(
+        "client",
+        f"--mount={absent}",
+        f"--nvme={nvme}",
+        "--cloud-provider=local",
+        "--local-root=/tmp",
+    )
     for result in (one, two):
         assert result.returncode == 1
         assert result.stderr == f"tierfs client: mount point {absent} does not exist\n"
