@@ -74,6 +74,8 @@ def _default_text(value: Any, name: str) -> str:
         return "none"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, int) and name.endswith("_mode"):
+        return f"{value:o}"  # as the flag takes it: octal
     if isinstance(value, int) and name.endswith("size"):
         return format_size(value)
     if isinstance(value, float) and name.endswith(_DURATION_SUFFIXES):

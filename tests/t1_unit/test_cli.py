@@ -81,6 +81,14 @@ def test_client_help_lists_every_flag_with_default_and_environment() -> None:
     assert "(default: 30s; env FUSE_PEER_TIMEOUT)" in result.stdout
 
 
+def test_client_help_shows_the_mode_defaults_in_octal() -> None:
+    """-file-mode and -dir-mode take octal: their defaults read 420 and 493 (644, 755 in
+    decimal), which, given back as -file-mode 420, is r---w----."""
+    result = tierfs("client", "-help")
+    assert "permission bits of files (octal) (default: 644)" in result.stdout
+    assert "permission bits of directories (octal) (default: 755)" in result.stdout
+
+
 def test_coordinator_help() -> None:
     result = tierfs("coordinator", "--help")
     assert result.returncode == 0
