@@ -1333,6 +1333,19 @@ def test_missing_mount_point_is_one_line_and_exit_1(tmp_path: Path) -> None:
     ]
 
 
+def test_a_local_root_that_is_a_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """-local-root naming a file (or under one) was a traceback: "File exists (os error 17)"."""
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "a-file").write_bytes(b"")
+    for root in (tmp_path / "a-file", tmp_path / "a-file" / "bucket"):
+        result = client("-mount", str(tmp_path / "mnt"), "-nvme", str(tmp_path / "n"),
+                        "-cloud-provider", "local", "-local-root", str(root))  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        lines = [line for line in result.stderr.splitlines() if " INFO " not in line]
+        assert lines == [f"tierfs client: -local-root {root}: not a directory"], result.stderr
+        assert not is_mounted(tmp_path / "mnt")
+
+
 def test_a_tier_1_directory_that_cannot_be_made_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """-nvme under a file (or on a read-only filesystem) was a traceback."""
     (tmp_path / "mnt").mkdir()

@@ -42,7 +42,7 @@ def open_store(settings: ClientSettings) -> CloudStore:
     timeout = settings.cloud_timeout
     if settings.cloud_provider == "local":
         assert settings.local_root is not None  # ensured by ClientSettings
-        return local_store(str(settings.local_root), timeout)
+        return local_store(local_root(settings.local_root), timeout)
     if settings.cloud_provider == "s3":
         return s3_store(
             bucket=settings.s3_bucket,
@@ -202,6 +202,18 @@ def azure_store(
         endpoint=endpoint,
         timeout=timeout,
     )
+
+
+def local_root(root: Path) -> str:
+    """-local-root as a directory, made if missing; ConfigError naming it where it cannot
+    be one (a file, under a file)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"-local-root {root}: not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"-local-root {root}: {exc.strerror or exc}") from exc
+    return str(root)
 
 
 def local_store(root: str, timeout: float) -> CloudStore:
