@@ -99,6 +99,14 @@ def _endpoint(value: Any) -> str | None:
     return text
 
 
+def _token(value: Any) -> str | None:
+    """The cluster token; given empty (`-token "$UNSET"`) it is refused: the server ran open
+    while saying so, and its nodes and commands were refused."""
+    if value is not None and not str(value):
+        raise ValueError("it is empty: give the cluster's token, or leave -token out")
+    return None if value is None else str(value)
+
+
 def _owner_id(value: Any) -> int:
     """A uid or gid: 0 to 2**32 - 2 (2**32 - 1 is the kernel's "no id")."""
     try:
@@ -128,6 +136,7 @@ Prefix = Annotated[str, BeforeValidator(_prefix)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 Ttl = Annotated[float, BeforeValidator(_ttl)]
 Port = Annotated[int, BeforeValidator(_port)]
+Token = Annotated[str | None, BeforeValidator(_token)]
 HostPort = Annotated[str, BeforeValidator(_host_port)]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Provider = Literal["s3", "azure", "gcp", "local"]
@@ -158,7 +167,7 @@ class CommonSettings(BaseModel):
 
     log_level: LogLevel = flag("info", "log verbosity: debug, info, warning or error")
     listen: str = flag("0.0.0.0", "address the HTTP endpoints listen on (127.0.0.1: this host)")
-    token: str | None = flag(
+    token: Token = flag(
         None, "cluster token required on every endpoint but health", "TIERFS_TOKEN", secret=True
     )
     tls_cert: Path | None = flag(None, "TLS certificate (PEM) for the HTTP endpoints")
@@ -343,7 +352,7 @@ class StatusSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     coordinator: str = flag("localhost:8080", "the coordinator (host:port, or an http(s) URL)")
-    token: str | None = flag(None, "the cluster's token", "TIERFS_TOKEN", secret=True)
+    token: Token = flag(None, "the cluster's token", "TIERFS_TOKEN", secret=True)
     log_level: LogLevel = flag("warning", "log verbosity: debug, info, warning or error")
 
     @property
@@ -365,7 +374,7 @@ class WarmSettings(BaseModel):
     timeout: Duration = flag(
         30.0, "give up on a node silent this long (it reports progress twice a second)"
     )
-    token: str | None = flag(None, "the cluster's token", "TIERFS_TOKEN", secret=True)
+    token: Token = flag(None, "the cluster's token", "TIERFS_TOKEN", secret=True)
     log_level: LogLevel = flag("warning", "log verbosity: debug, info, warning or error")
 
     @property

@@ -112,6 +112,10 @@ def test_version() -> None:
         (["client", "-port"], "-port"),
         (["client", "-direct-io=maybe"], "-direct-io"),
         (["frobnicate"], "frobnicate"),
+        (["coordinator", "-token", ""], "-token"),  # was an API both open and refusing
+        (["client", "-token="], "-token"),
+        (["status", "-token", ""], "-token"),
+        (["warm", "-token", "", "/tmp"], "-token"),
     ],
 )
 def test_bad_flags_print_one_line_and_exit_2(args: list[str], names: str) -> None:
