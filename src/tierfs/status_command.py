@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -28,6 +29,16 @@ async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
     try:
         async with session.get(url, headers=headers) as response:
             body = json.loads(await read_bounded(response, MAX_ANSWER))
+            if response.status == 401 and body.get("error") == "wrong_token":
+                raise TierfsError(
+                    f"the coordinator at {url} refused the token: -token (or TIERFS_TOKEN) "
+                    "is not this cluster's"
+                )
+            if response.status == 401:
+                raise TierfsError(
+                    f"the coordinator at {url} needs the cluster's token: give -token or set "
+                    "TIERFS_TOKEN"
+                )
             if response.status != 200:
                 raise TierfsError(f"{url} answered {response.status}: {body.get('message')}")
             return body
@@ -38,7 +49,11 @@ async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
             f"no answer from the coordinator at {url} in {TIMEOUT.total:g} s"
         ) from None
     except (aiohttp.ClientError, ValueError) as exc:
-        raise TierfsError(f"no answer from the coordinator at {url}: {exc}") from None
+        hint = ""
+        if isinstance(exc, aiohttp.ServerDisconnectedError) and url.startswith("http://"):
+            # a coordinator with -tls-cert hangs up on plain HTTP
+            hint = f" (a coordinator with -tls-cert answers only https://{urlsplit(url).netloc})"
+        raise TierfsError(f"no answer from the coordinator at {url}: {exc}{hint}") from None
 
 
 def render(where: str, peers: list[PeerInfo], stats: ClusterStats, now: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 import servers
+from certs import self_signed
 from coordinators import Coordinator, start_coordinator
 from mounts import Mount, cloud_put, status, status_command
 
@@ -182,6 +184,41 @@ def test_tierfs_status_shows_the_peers_and_the_tiers(
         f"tierfs status: no answer from the coordinator at http://{where}"
     )
     assert len(down.stderr.strip().splitlines()) == 1
+
+
+def test_tierfs_status_says_what_to_give_a_coordinator_with_tls_and_a_token(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`tierfs status -coordinator HOST:PORT` of a coordinator with -tls-cert said only
+    "Server disconnected", and one with -token, "send Authorization: Bearer <token>"."""
+    cert, key = self_signed(tmp_path)
+    trust = ssl.create_default_context(cafile=str(cert))
+    coordinator = start_coordinator(tmp_path, token="s3cret", tls=(cert, key), ssl_context=trust)
+    request.addfinalizer(coordinator.stop)
+    where = f"127.0.0.1:{coordinator.port}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            status_command("-coordinator", *args),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=servers.clean_env(SSL_CERT_FILE=str(cert)),
+        )
+
+    def said(*args: str) -> str:
+        shown = run(*args)
+        assert shown.returncode == 1 and len(shown.stderr.splitlines()) == 1, shown.stderr
+        return shown.stderr.strip()
+
+    assert said(where).endswith(f"(a coordinator with -tls-cert answers only https://{where})")
+    url = f"https://{where}"
+    assert said(url).endswith("needs the cluster's token: give -token or set TIERFS_TOKEN")
+    assert said(url, "-token", "wrong").endswith(
+        "refused the token: -token (or TIERFS_TOKEN) is not this cluster's"
+    )
+    shown = run(url, "-token", "s3cret")
+    assert shown.stdout.startswith(f"coordinator {url}: 0 peers active"), shown.stderr
 
 
 def test_tierfs_status_of_a_hung_coordinator_says_it_did_not_answer(tmp_path: Path) -> None:
