@@ -96,6 +96,14 @@ def basic_matches(authorization: str | None, token: str) -> bool:
     return _same(password, token)
 
 
+def token_refused(given: bool) -> str:
+    """What a command (`tierfs status`, `tierfs warm`) says of a 401: the server's own
+    words name an HTTP header, which its user cannot send."""
+    if given:
+        return "refused the token: -token (or TIERFS_TOKEN) is not this cluster's"
+    return "needs the cluster's token: give -token or set TIERFS_TOKEN"
+
+
 class AnswerTooLargeError(ValueError):
     """An HTTP answer longer than its reader's bound."""
 

@@ -13,7 +13,7 @@ import aiohttp
 from tierfs.coordinator.client import MAX_ANSWER
 from tierfs.coordinator.models import AllPeers, ClusterStats, PeerInfo, TierName
 from tierfs.errors import TierfsError
-from tierfs.security import AnswerTooLargeError, read_bounded
+from tierfs.security import AnswerTooLargeError, read_bounded, token_refused
 from tierfs.settings import StatusSettings
 from tierfs.units import human_size
 
@@ -29,16 +29,8 @@ async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
     try:
         async with session.get(url, headers=headers) as response:
             body = json.loads(await read_bounded(response, MAX_ANSWER))
-            if response.status == 401 and body.get("error") == "wrong_token":
-                raise TierfsError(
-                    f"the coordinator at {url} refused the token: -token (or TIERFS_TOKEN) "
-                    "is not this cluster's"
-                )
             if response.status == 401:
-                raise TierfsError(
-                    f"the coordinator at {url} needs the cluster's token: give -token or set "
-                    "TIERFS_TOKEN"
-                )
+                raise TierfsError(f"the coordinator at {url} {token_refused(bool(headers))}")
             if response.status != 200:
                 raise TierfsError(f"{url} answered {response.status}: {body.get('message')}")
             return body

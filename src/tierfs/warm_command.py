@@ -19,7 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from tierfs.errors import TierfsError
 from tierfs.fuse.mount import node_of
-from tierfs.security import AnswerTooLargeError, read_bounded
+from tierfs.security import AnswerTooLargeError, read_bounded, token_refused
 from tierfs.settings import WarmSettings
 from tierfs.warm import WarmProgress
 
@@ -105,6 +105,8 @@ async def warm_one(session: aiohttp.ClientSession, settings: WarmSettings, path:
             url, params={"path": relative, "mount": mount}, headers=headers
         ) as response:
             answered = True
+            if response.status == 401:
+                raise TierfsError(f"{path}: the node at {node} {token_refused(bool(headers))}")
             if response.status != 200:
                 message = await _message(response)
                 raise TierfsError(f"{path}: the node at {node} answered: {message}")

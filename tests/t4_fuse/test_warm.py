@@ -255,3 +255,24 @@ def test_a_warm_of_a_tls_node_goes_over_https_to_the_name_its_certificate_holds(
         f"tierfs warm: {mount.path}: no answer from the node at {node_address(mount)}: "
         f"Server disconnected (a node with -tls-cert answers only {url})"
     ]
+
+
+def test_a_warm_of_a_node_with_a_token_says_to_give_it(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A node with -token refused a warm without it, or with another, in its own words:
+    "send Authorization: Bearer <token>", which a user of the command cannot do."""
+    mount = mount_factory("local", token="s3cret")
+    (mount.path / "a.bin").write_bytes(os.urandom(MiB))
+    node = node_address(mount)
+    for given, said in (
+        ((), "needs the cluster's token: give -token or set TIERFS_TOKEN"),
+        (("-token", "wrong"), "refused the token: -token (or TIERFS_TOKEN) is not this cluster's"),
+    ):
+        failed = warm(*given, str(mount.path))
+        assert failed.returncode == 1
+        assert failed.stderr.splitlines() == [
+            f"tierfs warm: {mount.path}: the node at {node} {said}"
+        ]
+    warmed = warm(str(mount.path), TIERFS_TOKEN="s3cret")
+    assert warmed.returncode == 0, warmed.stderr
