@@ -20,11 +20,26 @@ if [ ! -d "$bucket/datasets" ]; then
 fi
 mkdir -p "$mount" 2>/dev/null || true   # a stale mount from a crash is cleaned by the client
 
+# A port taken (another `make run`, another server) failed the coordinator alone: the demo
+# went on, its node talking to whatever held the port.
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "make run: port $port is taken: by another \`make run\` (one at a time), or by" \
+    "another server (TIERFS_DEMO_COORDINATOR_PORT=PORT make run takes another port)" >&2
+  exit 1
+fi
+
 # In a session of its own, so that Ctrl-C reaches the client alone: it says goodbye to the
 # coordinator, unmounts and exits, and then the coordinator is stopped.
 setsid .venv/bin/tierfs coordinator -port "$port" -data-dir /tmp/tierfs-demo/coordinator &
 coordinator=$!
 trap 'kill -TERM $coordinator 2>/dev/null || true; wait $coordinator 2>/dev/null || true' EXIT
+until .venv/bin/tierfs status -coordinator "localhost:$port" >/dev/null 2>&1; do
+  if ! kill -0 "$coordinator" 2>/dev/null; then
+    echo "make run: the coordinator did not start (its line above says why)" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
 
 cat <<MSG
 tierfs is mounting $bucket at $mount (tier-1 cache in $nvme); the coordinator's dashboard
