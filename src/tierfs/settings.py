@@ -23,6 +23,8 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 
@@ -107,6 +109,20 @@ def _token(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _yes_or_no(value: Any, handler: ValidatorFunctionWrapHandler) -> bool:
+    try:
+        return bool(handler(value))
+    except ValidationError:  # pydantic's "unable to interpret input" named no answer
+        raise ValueError(f"{value!r} is not true or false") from None
+
+
+def _count(value: Any, handler: ValidatorFunctionWrapHandler) -> int:
+    try:
+        return int(handler(value))
+    except ValidationError:
+        raise ValueError(f"{value!r} is not a whole number (example: 2)") from None
+
+
 def _owner_id(value: Any) -> int:
     """A uid or gid: 0 to 2**32 - 2 (2**32 - 1 is the kernel's "no id")."""
     try:
@@ -136,6 +152,8 @@ Prefix = Annotated[str, BeforeValidator(_prefix)]
 Duration = Annotated[float, BeforeValidator(_duration)]
 Ttl = Annotated[float, BeforeValidator(_ttl)]
 Port = Annotated[int, BeforeValidator(_port)]
+YesNo = Annotated[bool, WrapValidator(_yes_or_no)]
+Count = Annotated[int, WrapValidator(_count)]
 Token = Annotated[str | None, BeforeValidator(_token)]
 HostPort = Annotated[str, BeforeValidator(_host_port)]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -236,7 +254,7 @@ class ClientSettings(CommonSettings):
         "AWS_SECRET_ACCESS_KEY", "S3 secret key", secret=True
     )
     aws_session_token: str | None = from_env("AWS_SESSION_TOKEN", "S3 session token", secret=True)
-    no_sign_request: bool = flag(False, "read a public S3 bucket: send requests unsigned")
+    no_sign_request: YesNo = flag(False, "read a public S3 bucket: send requests unsigned")
     azure_account: str | None = flag(None, "Azure storage account", "AZURE_STORAGE_ACCOUNT")
     azure_key: str | None = flag(
         None, "Azure storage account key", "AZURE_STORAGE_KEY", secret=True
@@ -263,16 +281,16 @@ class ClientSettings(CommonSettings):
     prefix: Prefix = flag("", "mount this folder of the bucket (a key prefix) instead of all of it")
     chunk_size: Size = flag(4 * 2**20, "cache and transfer unit")
     metadata_ttl: Ttl = flag(1.0, "attribute and listing cache lifetime, or 'indefinite'")
-    direct_io: bool = flag(
+    direct_io: YesNo = flag(
         False,
         "read and write around the kernel's page cache (data read once: faster cold reads, "
         "no page cache filled; re-reads come from tier 1)",
     )
-    read_only: bool = flag(False, "mount read-only: the kernel refuses every change (EROFS)")
-    allow_other: bool = flag(
+    read_only: YesNo = flag(False, "mount read-only: the kernel refuses every change (EROFS)")
+    allow_other: YesNo = flag(
         False, "let users other than the mounting one in (the permission bits still apply)"
     )
-    allow_non_empty: bool = flag(
+    allow_non_empty: YesNo = flag(
         False, "mount over a mount point that holds files (hidden while it is mounted)"
     )
     nvme_size: Size = flag(
@@ -286,7 +304,7 @@ class ClientSettings(CommonSettings):
         "FUSE_PEER_SIZE",
     )
     peer_timeout: Duration = flag(30.0, "deadline of one peer request", "FUSE_PEER_TIMEOUT")
-    admit_after: int = flag(
+    admit_after: Count = flag(
         1, "cache a chunk in tier 1 once it has been read this many times (1: always)"
     )
     uid: OwnerId = flag(os.getuid(), "owner of every file in the mount")
