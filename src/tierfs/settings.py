@@ -32,6 +32,8 @@ from tierfs.cloud.base import check_key
 from tierfs.errors import ConfigError, InvalidKeyError
 from tierfs.units import parse_duration, parse_size
 
+COORDINATOR_PORT = 8080  # the coordinator's, and where nodes and commands look for it
+
 _HOST_PORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
 _PEER_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -201,7 +203,7 @@ class CommonSettings(BaseModel):
 class CoordinatorSettings(CommonSettings):
     """`tierfs coordinator`: membership, file locations and cluster statistics."""
 
-    port: Port = flag(8080, "HTTP port of the coordinator API")
+    port: Port = flag(COORDINATOR_PORT, "HTTP port of the coordinator API")
     data_dir: Path = flag(
         Path(platformdirs.user_data_dir("tierfs")) / "coordinator",
         "directory of the coordinator's state (SQLite)",
@@ -232,7 +234,7 @@ class ClientSettings(CommonSettings):
 
     mount: Path = flag(Path("/tmp/fuse-client"), "mount point of the filesystem")
     nvme: Path = flag(Path("/tmp/nvme-cache"), "tier-1 cache directory on local NVMe")
-    coordinator: HostPort = flag("localhost:8080", "coordinator address (host:port)")
+    coordinator: HostPort = flag(f"localhost:{COORDINATOR_PORT}", "coordinator address (host:port)")
     port: Port = flag(8081, "HTTP port of this node's peer API")
     peer_id: str | None = flag(None, "this node's id in the cluster (none: hostname-port)")
     advertise: HostPort | None = flag(
@@ -369,13 +371,24 @@ class StatusSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    coordinator: str = flag("localhost:8080", "the coordinator (host:port, or an http(s) URL)")
+    coordinator: str = flag(
+        f"localhost:{COORDINATOR_PORT}", "the coordinator (host:port, or an http(s) URL)"
+    )
     token: Token = flag(None, "the cluster's token", "TIERFS_TOKEN", secret=True)
     log_level: LogLevel = flag("warning", "log verbosity: debug, info, warning or error")
 
     @property
     def coordinator_url(self) -> str:
-        return self.coordinator if "://" in self.coordinator else f"http://{self.coordinator}"
+        """A URL as given; host:port over http, a bare host at the coordinator's default
+        port (it was asked at 80)."""
+        if "://" in self.coordinator:
+            return self.coordinator
+        url = f"http://{self.coordinator}"
+        try:
+            named = urlsplit(url).port is not None
+        except ValueError:  # not a port: the request says so
+            named = True
+        return url if named else f"{url}:{COORDINATOR_PORT}"
 
 
 class WarmSettings(BaseModel):

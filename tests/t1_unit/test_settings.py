@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
+from tierfs.cloud.providers import open_store
 from tierfs.errors import ConfigError
-from tierfs.settings import ClientSettings, CoordinatorSettings, load_settings
+from tierfs.settings import ClientSettings, CoordinatorSettings, StatusSettings, load_settings
 
 
 def client(given: dict[str, str], environ: dict[str, str] | None = None) -> ClientSettings:
@@ -168,3 +170,31 @@ def test_the_address_a_warm_on_this_host_reaches_a_node_at() -> None:
     assert url(listen="::1") == "http://[::1]:8081"
     tls = {"tls_cert": "/c.pem", "tls_key": "/k.pem", "advertise": "node-7.example:8443"}
     assert url(**tls) == "https://node-7.example:8443"  # the name its certificate holds
+
+
+@pytest.mark.parametrize(
+    ("given", "url"),
+    [
+        ("nohost", "http://nohost:8080"),
+        ("10.0.0.5", "http://10.0.0.5:8080"),
+        ("[::1]", "http://[::1]:8080"),
+        ("nohost:9000", "http://nohost:9000"),
+        ("https://coordinator.example", "https://coordinator.example"),
+    ],
+)
+def test_status_takes_a_bare_host_at_the_coordinators_port(given: str, url: str) -> None:
+    """`tierfs status -coordinator HOST` asks HOST:8080, the coordinator's default port;
+    before 2026-12-07 it asked port 80 (an URL given whole is taken as it is)."""
+    assert load_settings(StatusSettings, {"coordinator": given}, {}).coordinator_url == url
+
+
+def test_a_relative_local_root_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-local-root relbucket` is the folder relbucket of where the client started: its
+    store is named by its absolute path (it was `local://relbucket`, read as a host)."""
+    monkeypatch.chdir(tmp_path)
+    given = {"cloud_provider": "local", "local_root": "relbucket"}
+    store = open_store(load_settings(ClientSettings, given, {}))
+    assert store.url == f"local://{tmp_path}/relbucket"
+    assert (tmp_path / "relbucket").is_dir()

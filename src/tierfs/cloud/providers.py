@@ -205,8 +205,10 @@ def azure_store(
 
 
 def local_root(root: Path) -> str:
-    """-local-root as a directory, made if missing; ConfigError naming it where it cannot
-    be one (a file, under a file)."""
+    """-local-root as a directory, made if missing, by its absolute path (a relative one
+    was named `local://relbucket`, as a host); ConfigError naming it where it cannot be
+    one (a file, under a file)."""
+    root = root.absolute()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
