@@ -357,10 +357,10 @@ class Filesystem:
         self, parent: str, entries: Iterable[tuple[int, Entry]]
     ) -> Iterator[tuple[int, Node, Entry]]:
         for index, entry in entries:
-            opened = self._open_file_at(join(parent, entry.name))
-            if opened is not None:
-                self._let_go(opened, entry)
-            child = self.inodes.ensure(join(parent, entry.name), entry.is_dir, entry.is_link)
+            path = join(parent, entry.name)
+            if self._open and (opened := self._open_file_at(path)) is not None:
+                self._let_go(opened, entry)  # no lookup per entry while nothing is open
+            child = self.inodes.ensure(path, entry.is_dir, entry.is_link)
             yield index, self._apply(child, entry), entry
 
     async def mkdir(self, parent_inode: int, name: str, mode: int | None = None) -> Node:
