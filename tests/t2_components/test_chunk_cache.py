@@ -258,6 +258,41 @@ async def test_start_removes_orphans_temps_and_bad_rows(
     assert stats.corrupt_chunks == 1  # the resized file
 
 
+@pytest.mark.asyncio
+@pytest.mark.warnings_expected
+@pytest.mark.parametrize("damage", ["every byte", "all but the header"])
+async def test_a_damaged_index_is_removed_and_tier1_starts_empty(
+    open_cache: OpenCache, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    """The index is never fsynced: a power cut (or a bad disk) may leave it damaged. The
+    next start says so, removes it and the chunk files it listed, and tier 1 works again
+    (it stopped the client with a traceback before 2026-12-07)."""
+    root = tmp_path / "nvme"
+    chunks = make_chunks("f", 4 * MiB, MiB)
+    cache = await open_cache()
+    for ref, data in chunks:
+        assert await cache.store(ref, data, Origin.LOCAL)
+    await cache.close()
+    index = root / "index.sqlite3"
+    keep = 0 if damage == "every byte" else 100  # SQLite's file header
+    with index.open("r+b") as file:
+        file.seek(keep)
+        file.write(random.Random(damage).randbytes(index.stat().st_size - keep))
+
+    with caplog.at_level(logging.WARNING, logger="tierfs.cache.index"):
+        cache = await open_cache()
+    assert [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(cache) == 0 and cache.used(Origin.LOCAL) == 0
+    assert chunk_files(root) == {}
+    for ref, _ in chunks:
+        assert await cache.read(ref, 0, 100) is None
+    ref, data = chunks[0]
+    assert await cache.store(ref, data, Origin.LOCAL)
+    await cache.close()
+    cache = await open_cache()  # the new index is sound and keeps what was stored since
+    assert await cache.read(ref, 0, len(data)) == data
+
+
 CRASH_WRITER = """
 import asyncio, random, sys
 from pathlib import Path
