@@ -135,6 +135,22 @@ def test_an_azure_name_ending_in_a_dot_is_refused_at_once(
     assert cloud_bytes(mount, "a.b") == b"a dot inside"
 
 
+@pytest.mark.parametrize("provider", ["gcp-native", "gcp-interop"])
+def test_a_gcs_name_under_the_acme_challenge_folder_is_refused_at_once(
+    mount_factory: Callable[..., Mount], provider: str
+) -> None:
+    """GCS takes no object name that starts with `.well-known/acme-challenge/`, the marker
+    of that folder included: making it is EINVAL at once, where before 2026-12-07 the
+    emulators kept it and GCS would have refused the upload (EIO at close)."""
+    mount = mount_factory(provider)
+    os.mkdir(mount.path / ".well-known")
+    (mount.path / ".well-known/acme-challenge").write_bytes(b"a file may have the name")
+    os.rename(mount.path / ".well-known/acme-challenge", mount.path / ".well-known/moved")
+    assert refused(lambda: os.mkdir(mount.path / ".well-known/acme-challenge")) == errno.EINVAL
+    assert os.listdir(mount.path / ".well-known") == ["moved"]
+    assert cloud_bytes(mount, ".well-known/moved") == b"a file may have the name"
+
+
 def test_a_1_gib_file_through_the_mount(
     mount_factory: Callable[..., Mount], request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

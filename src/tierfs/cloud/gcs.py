@@ -19,6 +19,7 @@ import aiohttp
 from gcloud.aio.storage import Storage
 
 from tierfs.cloud.base import (
+    GCS_ACME_FOLDER,
     LIST_PAGE_SIZE,
     MULTIPART_THRESHOLD,
     PART_SIZE,
@@ -57,6 +58,8 @@ STALLS = 3
 
 class GcsStore(CloudStore):
     """A GCS bucket; an `endpoint` (fake-gcs-server) means no auth, else the key file or ADC."""
+
+    reserved_prefixes = (GCS_ACME_FOLDER,)
 
     def __init__(
         self, bucket: str, endpoint: str | None, credentials: Path | None, timeout: float

@@ -18,7 +18,7 @@ from obstore.store import AzureStore, LocalStore, S3Store
 from tierfs.cloud.azure import AzureBlobCloud
 from tierfs.cloud.base import LIST_PAGE_SIZE, CloudStore, ListPage, ObjectMeta
 from tierfs.cloud.objstore import NO_RETRIES, ObjstoreCloud, client_options
-from tierfs.cloud.s3 import S3Cloud, S3Keys
+from tierfs.cloud.s3 import GcsInteropCloud, S3Cloud, S3Keys
 from tierfs.cloud.s3_region import DEFAULT_REGION, check_given_region, find_region
 from tierfs.errors import (
     BucketNotFoundError,
@@ -163,7 +163,8 @@ def s3_store(
     )
     base = endpoint.rstrip("/") if endpoint else f"https://s3.{region}.amazonaws.com"
     bucket_url = f"{base}/{quote(bucket, safe='')}"
-    return S3Cloud(store, f"{scheme}://{bucket}", timeout, bucket_url=bucket_url, keys=keys)
+    cloud = GcsInteropCloud if scheme == "gcp" else S3Cloud
+    return cloud(store, f"{scheme}://{bucket}", timeout, bucket_url=bucket_url, keys=keys)
 
 
 def azure_store(

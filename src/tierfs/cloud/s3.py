@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 from obstore.store import S3Store
 from yarl import URL
 
-from tierfs.cloud.base import LIST_PAGE_SIZE, ListPage, ObjectMeta
+from tierfs.cloud.base import GCS_ACME_FOLDER, LIST_PAGE_SIZE, ListPage, ObjectMeta
 from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
 from tierfs.cloud.upload_drops import UploadDrops
@@ -327,3 +327,9 @@ def sigv4(
     )
     del headers["host"]  # aiohttp sends it, as signed
     return headers
+
+
+class GcsInteropCloud(S3Cloud):
+    """A GCS bucket through its S3-compatible XML API: S3's requests, GCS's names."""
+
+    reserved_prefixes = (GCS_ACME_FOLDER,)
