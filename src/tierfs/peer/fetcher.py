@@ -107,8 +107,7 @@ class PeerFetcher:
 
     async def fetch(self, chunk: ChunkRef) -> bytes | None:
         """The whole chunk, checked against its checksum, or None: ask the cloud."""
-        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
-        order = self._ranked(chunk)
+        chunk, order = self._ranked(chunk)
         if not self._others(order):
             return None  # no cluster, or none but this node
         owner = order[0]
@@ -126,8 +125,7 @@ class PeerFetcher:
         a chunk read while it was away, or before it joined, is held by the node that read
         it. The nodes `first` (active members) are asked before the index: those an owner
         whose tier 1 did not keep the chunk sent it to (the index may not list them yet)."""
-        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
-        order = self._ranked(chunk)
+        chunk, order = self._ranked(chunk)
         if not self._others(order):
             return None
         for peer in order:
@@ -144,19 +142,18 @@ class PeerFetcher:
 
     def owner_elsewhere(self, chunk: ChunkRef) -> bool:
         """Whether the chunk's owner is another node (`fetch` asks it to read it through)."""
-        order = self._ranked(self._keys.outer_chunk(chunk, self._chunk_size))
+        _, order = self._ranked(chunk)
         return bool(order) and order[0].peer_id != self._node_id
 
     def owns_for_others(self, chunk: ChunkRef) -> bool:
         """Whether this node owns the chunk and other nodes are active (they ask it for it)."""
-        order = self._ranked(self._keys.outer_chunk(chunk, self._chunk_size))
+        _, order = self._ranked(chunk)
         return len(order) > 1 and order[0].peer_id == self._node_id
 
     def owner_ranks_above(self, chunk: ChunkRef) -> bool:
         """Whether the chunk's owner is another node that ranks above this one in the
         chunk's rendezvous order (see `PeerTier.owner_ranks_above`)."""
-        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
-        order = self._ranked(chunk)
+        chunk, order = self._ranked(chunk)
         if not order or order[0].peer_id == self._node_id:
             return False
         return rank(chunk.id, [order[0].peer_id, self._node_id], str)[0] != self._node_id
@@ -178,8 +175,7 @@ class PeerFetcher:
     async def push(self, chunk: ChunkRef, data: bytes) -> bool:
         """Hand a chunk of a newly written file to its owner to keep for the cluster (when
         this node's tier 1 has no room for it). False when no other node took it."""
-        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
-        order = self._ranked(chunk)
+        chunk, order = self._ranked(chunk)
         if not order or order[0].peer_id == self._node_id:
             return False
         return await self._put(order[0], chunk, data)
@@ -188,8 +184,7 @@ class PeerFetcher:
         """Hand a chunk this node owns and read from the cloud, but could not keep (its
         tier 1 full), to the next node in the chunk's rendezvous order to keep for the
         cluster: that node's id, or None when this node is not the owner or none took it."""
-        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
-        order = self._ranked(chunk)
+        chunk, order = self._ranked(chunk)
         if len(order) < 2 or order[0].peer_id != self._node_id:
             return None
         return order[1].peer_id if await self._put(order[1], chunk, data) else None
@@ -306,18 +301,20 @@ class PeerFetcher:
             return None
         return data
 
-    def _ranked(self, chunk: ChunkRef) -> tuple[_Peer, ...]:
-        """The active members in rendezvous order for `chunk` (this node included), ranked
-        once for a chunk and a membership: a read asks `owner_elsewhere`, then
+    def _ranked(self, chunk: ChunkRef) -> tuple[ChunkRef, tuple[_Peer, ...]]:
+        """`chunk` as the cluster names it (its key in the bucket, `-prefix` included) and
+        the active members in rendezvous order for it (this node included), ranked once
+        for a chunk and a membership: a read asks `owner_elsewhere`, then
         `owner_ranks_above` and `fetch`, of one chunk, with no wait in between."""
+        chunk = self._keys.outer_chunk(chunk, self._chunk_size)
         membership = self._coordinator.membership
         last = self._last_ranked
         if last is not None and last[0] == chunk.id and last[1] is membership:
-            return last[2]
+            return chunk, last[2]
         live = [_Peer(p.peer_id, p.address) for p in self._members() if p.status == "active"]
         order = tuple(rank(chunk.id, live, lambda p: p.peer_id))
         self._last_ranked = (chunk.id, membership, order)
-        return order
+        return chunk, order
 
     def _others(self, peers: tuple[_Peer, ...]) -> bool:
         """Some of `peers` is not this node."""
