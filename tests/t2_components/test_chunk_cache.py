@@ -79,6 +79,16 @@ def index_ids(root: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT id FROM chunks")}
 
 
+async def stored_then_closed(open_cache: OpenCache, origin: Origin) -> list[tuple[ChunkRef, bytes]]:
+    """The 4 chunks of a 4 MiB object "f", stored by a cache (default root) then closed."""
+    chunks = make_chunks("f", 4 * MiB, MiB)
+    cache = await open_cache()
+    for ref, data in chunks:
+        assert await cache.store(ref, data, origin)
+    await cache.close()
+    return chunks
+
+
 @pytest_asyncio.fixture
 async def open_cache(tmp_path: Path) -> AsyncIterator[OpenCache]:
     """Open a DiskChunkCache (default: tmp_path/nvme, 64 MiB each); all closed at the end."""
@@ -223,11 +233,7 @@ async def test_start_removes_orphans_temps_and_bad_rows(
     open_cache: OpenCache, tmp_path: Path
 ) -> None:
     root = tmp_path / "nvme"
-    chunks = make_chunks("f", 4 * MiB, MiB)
-    cache = await open_cache()
-    for ref, data in chunks:
-        assert await cache.store(ref, data, Origin.PEER)
-    await cache.close()
+    chunks = await stored_then_closed(open_cache, Origin.PEER)
 
     def path(ref: ChunkRef) -> Path:
         return root / "chunks" / ref.id[:2] / ref.id
@@ -268,11 +274,7 @@ async def test_a_damaged_index_is_removed_and_tier1_starts_empty(
     next start says so, removes it and the chunk files it listed, and tier 1 works again
     (it stopped the client with a traceback before 2026-12-07)."""
     root = tmp_path / "nvme"
-    chunks = make_chunks("f", 4 * MiB, MiB)
-    cache = await open_cache()
-    for ref, data in chunks:
-        assert await cache.store(ref, data, Origin.LOCAL)
-    await cache.close()
+    chunks = await stored_then_closed(open_cache, Origin.LOCAL)
     index = root / "index.sqlite3"
     keep = 0 if damage == "every byte" else 100  # SQLite's file header
     with index.open("r+b") as file:

@@ -142,6 +142,7 @@ class CloudStore(abc.ABC):
         return path
 
     def _not_reserved(self, key: str) -> str:
+        """`key`, or InvalidKeyError where it starts with one of `reserved_prefixes`."""
         for prefix in self.reserved_prefixes:
             if key.startswith(prefix):
                 raise InvalidKeyError(
