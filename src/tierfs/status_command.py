@@ -28,9 +28,9 @@ TIERS: dict[TierName, str] = {
 async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
     try:
         async with session.get(url, headers=headers) as response:
-            body = json.loads(await read_bounded(response, MAX_ANSWER))
             if response.status == 401:
                 raise TierfsError(f"the coordinator at {url} {token_refused(bool(headers))}")
+            body = json.loads(await read_bounded(response, MAX_ANSWER))
             if response.status != 200:
                 raise TierfsError(f"{url} answered {response.status}: {body.get('message')}")
             return body

@@ -102,11 +102,10 @@ _said: dict[str, float] = {}  # EIO lines, by when they were logged (monotonic)
 def _say_eio(line: str) -> None:
     """Log `line` as an ERROR unless it was logged within SAID_LATELY."""
     now = time.monotonic()
-    said = _said.get(line)
-    if said is not None and now - said < SAID_LATELY:
+    if now - _said.get(line, -SAID_LATELY) < SAID_LATELY:
         return
-    for old in [said for said, when in _said.items() if now - when >= SAID_LATELY]:
-        del _said[old]
+    for stale in [said for said, when in _said.items() if now - when >= SAID_LATELY]:
+        del _said[stale]
     _said[line] = now
     log.error("%s", line)
 
