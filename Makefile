@@ -30,10 +30,11 @@ typecheck: setup
 run: setup
 	scripts/run-demo.sh
 
-# Units, components on real servers, real FUSE mounts, then a cluster; two processes take
-# tests in turn (each its own servers): most of a test's time is spent waiting on them.
+# Real FUSE mounts, a cluster, components on real servers, units: the slowest first, so
+# the run does not end waiting on one. Three processes take tests in turn (each its own
+# servers) on 2 cores: most of a test's time is spent waiting on servers and mounts.
 test: lint typecheck
-	$(VENV)/bin/pytest --numprocesses 2 --dist worksteal tests/t1_unit tests/t2_components tests/t4_fuse tests/t5_cluster
+	$(VENV)/bin/pytest --numprocesses 3 --dist worksteal tests/t4_fuse tests/t5_cluster tests/t2_components tests/t1_unit
 
 # The rivals of bench/fuse.py: Debian 12's rclone 1.60 and s3fs 1.90.
 bench: setup
