@@ -106,7 +106,9 @@ class Cluster:
         for node in self.nodes:
             log = node.mount.log.read_text(errors="replace") if node.mount.log.exists() else ""
             loud = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
-            lines += [f"{node.peer_id}: cloud {node.tier('cloud')}", *loud]
+            stats = node.stats()
+            cloud, cancelled = stats["tiers"]["cloud"], stats["cancelled_fetches"]
+            lines += [f"{node.peer_id}: cloud {cloud}, {cancelled} GETs cancelled", *loud]
         return "\n".join(lines)
 
     def settled_egress(self) -> int:

@@ -648,6 +648,9 @@ class ReadPath:
             raise failed[1]
         try:
             data = await self._cloud.get_range(obj.key, chunk.start, chunk.length, obj.version)
+        except asyncio.CancelledError:
+            self._stats.cancelled_fetches += 1  # what the cloud sent of it is billed all the same
+            raise
         except (VersionChangedError, ObjectNotFoundError):
             raise  # the object changed: the caller refreshes its metadata
         except CloudError as exc:

@@ -35,6 +35,9 @@ class NodeStats:
     evicted_bytes: int = 0
     corrupt_chunks: int = 0  # chunk files that failed their checksum (deleted, refetched)
     not_cached: int = 0  # chunks served without caching (disk full, not admitted)
+    # cloud GETs of chunks cancelled under way (their reader sought away or closed): the
+    # bytes the cloud had sent of them are paid for and unused
+    cancelled_fetches: int = 0
     prefetched_chunks: int = 0  # chunks fetched ahead of the reader
     prefetch_hits: int = 0  # reads served by a chunk the prefetcher brought
     singleflight_joins: int = 0  # reads that waited on a fetch already under way

@@ -416,9 +416,10 @@ class SlowCloud(CloudStore):
         self._store = store
         self._delay = delay
         self.url = store.url
-        self.gets_now = self.most_gets_at_once = 0
+        self.gets = self.gets_now = self.most_gets_at_once = 0
 
     async def get_range(self, key: str, start: int, length: int, version: str) -> Data:
+        self.gets += 1
         self.gets_now += 1
         self.most_gets_at_once = max(self.most_gets_at_once, self.gets_now)
         try:
@@ -527,11 +528,17 @@ async def test_a_seek_cancels_read_ahead_and_close_leaves_no_task(
             for index in range(8):
                 await read(index * chunk)
             assert reader.window >= 16 and reader.in_flight > 0
+            while not slow.gets_now:  # a GET of the read-ahead's under way: cancelled next
+                await asyncio.sleep(0.001)
             await read(200 * chunk + 5)  # away
             assert reader.window == 0 and reader.in_flight == 0
             settled = await cloud.gets()
             await asyncio.sleep(0.2)
             assert await cloud.gets() == settled  # nothing goes on behind the reader's back
+            # every GET started brought its chunk or was cancelled (or, racing the cancel,
+            # ended first: Python 3.11's wait_for), and the stats say which
+            fetched = node.stats.tier(Tier.CLOUD)
+            assert slow.gets == fetched.hits + fetched.errors + node.stats.cancelled_fetches
 
             # Bursts of sequential reads, each ended by a seek: tasks stay bounded.
             rng = random.Random(7)

@@ -134,6 +134,7 @@ class NodeStatsReport(Strict):
     evicted_bytes: Count = 0
     corrupt_chunks: Count = 0
     not_cached: Count = 0
+    cancelled_fetches: Count = 0
     prefetched_chunks: Count = 0
     prefetch_hits: Count = 0
     singleflight_joins: Count = 0
