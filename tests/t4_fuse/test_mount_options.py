@@ -24,6 +24,7 @@ from mounts import (
     is_mounted,
     refused,
 )
+from tierfs.cloud.aws_credentials import NOT_FOUND
 
 NOBODY = 65534
 
@@ -323,6 +324,23 @@ def test_a_public_bucket_mounts_without_credentials(
     with pytest.raises(PermissionError):
         (mount.path / "tables/mine").mkdir()
     assert (mount.path / "tables/labels.csv").stat().st_size == len(table)
+
+
+def test_no_s3_credentials_is_said_before_the_region_is_asked_for(
+    mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """No keys given nor found, the bucket's region to be found, its store out of reach:
+    one line says what to set, at once. The region lookup's warning came first (and the
+    lookup's wait), then this."""
+    mount = mount_factory("s3-seaweedfs", start=False)
+    del mount.flags["s3_region"]
+    mount.flags["s3_endpoint"] = f"http://127.0.0.1:{servers.free_ports(1)[0]}"  # nobody
+    mount.env = {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+    }
+    assert refused_at_start(mount) == [f"tierfs client: {NOT_FOUND}"]
 
 
 def test_a_mount_point_with_files_in_it_is_refused_unless_allowed(

@@ -85,11 +85,23 @@ def open_store(settings: ClientSettings) -> CloudStore:
     )
 
 
+def require_s3_credentials(settings: ClientSettings) -> None:
+    """ConfigError when S3 requests are to be signed and no credentials were given nor are
+    found (`AwsCredentials`): said before the bucket's region is asked for over the network,
+    which came first before 2026-12-07 (a warning that it could not be asked, then this)."""
+    if settings.no_sign_request or settings.aws_access_key_id or settings.aws_secret_access_key:
+        return  # given (`s3_store` checks that both are)
+    from tierfs.cloud.aws_credentials import AwsCredentials  # botocore: only here
+
+    AwsCredentials.find(DEFAULT_REGION)
+
+
 async def settle_s3_region(settings: ClientSettings) -> ClientSettings:
     """`settings` with the S3 bucket's region: found (`find_region`) when none was given,
     else the one given unless the bucket says it is in another (`check_given_region`)."""
     if settings.cloud_provider != "s3":
         return settings
+    require_s3_credentials(settings)
     bucket, endpoint, given = settings.s3_bucket, settings.s3_endpoint, settings.s3_region
     if given:
         region = await check_given_region(bucket, endpoint, given)
