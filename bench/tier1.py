@@ -181,14 +181,12 @@ def disk_write(source: Path, folder: Path) -> float:
     written to tier 1."""
     data = source.read_bytes()
     folder.mkdir()
-    write = partial(files.write_chunk, around_page_cache=True)
-    chunks = [
-        (str(folder / str(at)), memoryview(data)[at : at + CHUNK])
-        for at in range(0, len(data), CHUNK)
-    ]
+    starts = range(0, len(data), CHUNK)
+    paths = [str(folder / str(at)) for at in starts]
+    pieces = [memoryview(data)[at : at + CHUNK] for at in starts]
     with ThreadPoolExecutor(IO_THREADS) as pool:
         started = time.perf_counter()
-        list(pool.map(lambda chunk: write(*chunk), chunks))
+        list(pool.map(partial(files.write_chunk, around_page_cache=True), paths, pieces))
         seconds = time.perf_counter() - started
     shutil.rmtree(folder)
     return len(data) / MiB / seconds
