@@ -108,7 +108,8 @@ class Cluster:
             loud = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
             stats = node.stats()
             cloud, cancelled = stats["tiers"]["cloud"], stats["cancelled_fetches"]
-            lines += [f"{node.peer_id}: cloud {cloud}, {cancelled} GETs cancelled", *loud]
+            retried = f"{cancelled} GETs cancelled, {stats['cloud_retries']} requests retried"
+            lines += [f"{node.peer_id}: cloud {cloud}, {retried}", *loud]
         return "\n".join(lines)
 
     def settled_egress(self) -> int:

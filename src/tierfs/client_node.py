@@ -106,6 +106,7 @@ async def run_client(settings: ClientSettings) -> None:
         keys = KeyPrefix(settings.prefix)
         settings = await settle_s3_region(settings)
         bucket = open_store(settings)
+        bucket.on_retry = stats.count_cloud_retry
         cloud = FolderStore(bucket, keys) if keys.prefix else bucket
         stack.push_async_callback(cloud.close)
         bucket_checked = asyncio.create_task(check_bucket(cloud), name="bucket check")

@@ -26,13 +26,14 @@ async def with_retry(
     what: str,
     deadline: float,
     bound_attempts: bool = True,
+    on_retry: Callable[[], object] | None = None,
 ) -> T:
     """Run `operation` until it succeeds, fails for good, or `deadline` seconds pass.
 
     Only TransientCloudError is retried; past the deadline, CloudUnavailableError. With
     `bound_attempts`, an attempt still running when the deadline falls is cancelled; long
     transfers (multipart uploads) pass False and rely on the per-request timeout of their
-    client instead.
+    client instead. `on_retry` is told of each failed attempt that is tried again.
     """
     started = time.monotonic()
     attempt = 0
@@ -55,4 +56,6 @@ async def with_retry(
                     f"{what}: failed after {attempt} attempts in {elapsed:.1f}s: {exc}"
                 ) from exc
             log.debug("%s: attempt %d failed (%s), retrying in %.2fs", what, attempt, exc, delay)
+            if on_retry is not None:
+                on_retry()
             await asyncio.sleep(delay)

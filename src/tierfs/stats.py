@@ -38,6 +38,9 @@ class NodeStats:
     # cloud GETs of chunks cancelled under way (their reader sought away or closed): the
     # bytes the cloud had sent of them are paid for and unused
     cancelled_fetches: int = 0
+    # cloud requests tried again after a transient failure (a broken connection, a 503):
+    # each is paid for twice, and a retried GET's bytes may have been sent twice
+    cloud_retries: int = 0
     prefetched_chunks: int = 0  # chunks fetched ahead of the reader
     prefetch_hits: int = 0  # reads served by a chunk the prefetcher brought
     singleflight_joins: int = 0  # reads that waited on a fetch already under way
@@ -50,6 +53,10 @@ class NodeStats:
 
     def tier(self, tier: Tier) -> TierCounters:
         return self.tiers[tier]
+
+    def count_cloud_retry(self) -> None:
+        """A cloud request failed and is tried again (`CloudStore.on_retry`)."""
+        self.cloud_retries += 1
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready snapshot."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 
 import pytest
 
@@ -23,8 +24,11 @@ async def test_transient_failures_are_retried_until_success() -> None:
             raise TransientCloudError("503 Slow Down")
         return "ok"
 
-    assert await with_retry(flaky, what="GET k", deadline=10) == "ok"
+    retries: list[None] = []
+    retried = partial(retries.append, None)
+    assert await with_retry(flaky, what="GET k", deadline=10, on_retry=retried) == "ok"
     assert calls == 4
+    assert len(retries) == 3  # each failed try that was tried again
 
 
 @pytest.mark.asyncio

@@ -31,6 +31,7 @@ from mounts import (
     cloud_bytes,
     cloud_put,
     is_mounted,
+    node_stats,
     on_cloud,
     unmount_if_mounted,
 )
@@ -638,6 +639,30 @@ def test_a_cold_read_with_the_cloud_gone_is_eio_within_one_deadline(
         assert os.pread(fd, len(payload), 0) == payload
     finally:
         os.close(fd)
+
+
+def test_a_read_whose_get_breaks_is_asked_again_and_counted(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A chunk's GET whose connection breaks mid-request is tried again: the read gets
+    the object's bytes, and the node's stats count the retry (its cost: a request paid
+    twice, perhaps bytes sent twice), so a cloud bill above what was read is explained."""
+    relay, mount = relayed_mount(request, tmp_path, "s3-seaweedfs")
+    payload = os.urandom(2**20)
+    cloud_put(mount, "broken.bin", payload)  # behind the mount: in no tier
+    assert (mount.path / "broken.bin").stat().st_size == len(payload)
+    assert node_stats(mount)["cloud_retries"] == 0
+    relay.hold(f"GET /{mount.flags['s3_bucket']}/broken.bin HTTP/1.1".encode())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        read = pool.submit((mount.path / "broken.bin").read_bytes)
+        relay.wait_until_held()
+        relay.cut()
+        relay.restore()
+        assert read.result(timeout=30) == payload
+    stats = node_stats(mount)
+    assert stats["cloud_retries"] >= 1
+    assert stats["tiers"]["cloud"]["hits"] == 1  # the chunk, fetched once in the end
+    assert stats["tiers"]["cloud"]["errors"] == 0
 
 
 def partitioned_mount(

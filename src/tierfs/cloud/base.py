@@ -15,7 +15,7 @@ import functools
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -122,6 +122,10 @@ class CloudStore(abc.ABC):
     #: Where no key may start, whatever is made there (GCS: GCS_ACME_FOLDER, which its
     #: emulator takes, so no test would see GCS refuse such an upload: EIO at close).
     reserved_prefixes: tuple[str, ...] = ()
+
+    #: Told of each request tried again after a transient failure (the node counts them:
+    #: a retried request is paid for twice, and a retried GET's bytes perhaps sent twice).
+    on_retry: Callable[[], object] | None = None
 
     def check_key(self, key: str) -> str:
         """Return `key` if this store can hold it, else raise InvalidKeyError."""

@@ -143,7 +143,11 @@ class GcsStore(CloudStore):
                 raise self._translate(exc, key, what) from exc
 
         return await with_retry(
-            attempt, what=f"{what} {self.url}/{key}", deadline=self._timeout, bound_attempts=bounded
+            attempt,
+            what=f"{what} {self.url}/{key}",
+            deadline=self._timeout,
+            bound_attempts=bounded,
+            on_retry=self.on_retry,
         )
 
     async def _head(self, key: str) -> ObjectMeta:

@@ -151,7 +151,11 @@ class ObjstoreCloud(CloudStore):
                 raise self._translate(exc, key) from exc
 
         return await with_retry(
-            attempt, what=f"{what} {self.url}/{key}", deadline=self._timeout, bound_attempts=bounded
+            attempt,
+            what=f"{what} {self.url}/{key}",
+            deadline=self._timeout,
+            bound_attempts=bounded,
+            on_retry=self.on_retry,
         )
 
     async def head(self, key: str) -> ObjectMeta:

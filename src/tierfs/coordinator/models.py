@@ -135,6 +135,7 @@ class NodeStatsReport(Strict):
     corrupt_chunks: Count = 0
     not_cached: Count = 0
     cancelled_fetches: Count = 0
+    cloud_retries: Count = 0
     prefetched_chunks: Count = 0
     prefetch_hits: Count = 0
     singleflight_joins: Count = 0

@@ -26,6 +26,7 @@ _COUNTERS = (
     ("corrupt_chunks", "tier-1 chunk files missing, short or failing their checksum"),
     ("not_cached", "chunks served without being kept in tier 1"),
     ("cancelled_fetches", "cloud GETs of chunks cancelled under way (their bytes unused)"),
+    ("cloud_retries", "cloud requests tried again after a transient failure"),
     ("prefetched_chunks", "chunks fetched ahead of the reader"),
     ("prefetch_hits", "reads served by a prefetched chunk"),
     ("singleflight_joins", "reads that waited on a fetch already under way"),
