@@ -255,6 +255,14 @@ def node_stats(mount: Mount) -> Any:
         return json.loads(answer.read())
 
 
+def held_chunks(mount: Mount) -> list[Any]:
+    """The chunks in the node's tier 1 (`GET /api/cache` of its peer API), up to 1000."""
+    url = f"http://127.0.0.1:{mount.flags['port']}/api/cache?limit=1000"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        chunks: list[Any] = json.loads(answer.read())["chunks"]
+        return chunks
+
+
 def on_cloud(mount: Mount, call: Callable[[CloudStore], Awaitable[T]]) -> T:
     """`call` on a CloudStore of the bucket behind `mount`, closed after."""
 

@@ -335,6 +335,7 @@ class Uploader:
         self.chunk_size = chunk_size
         self.peers = peers
         self._promotions: set[asyncio.Task[None]] = set()
+        self._drops: set[asyncio.Task[None]] = set()
         self._abandoned: set[asyncio.Task[None]] = set()
         self._early: set[EarlyUpload] = set()  # started, neither finished nor abandoned
         # The rows a previous run left, not sent yet: taken at the first `recover`, which
@@ -498,11 +499,29 @@ class Uploader:
                 return None
             return await asyncio.to_thread(os.pread, source, chunk.length, chunk.start)
 
+    def drop_cached(self, key: str, version: str) -> None:
+        """`version` of `key` is gone from the bucket, replaced or removed from here: its
+        chunks in tier 1 go now, in the background. Nobody reads them from here again, and
+        left to the LRU they would push out live chunks read less recently than they were
+        written (a file fsynced often left a version per fsync)."""
+        task = asyncio.create_task(self._drop(key, version), name=f"drop {key}")
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
+
+    async def _drop(self, key: str, version: str) -> None:
+        try:
+            await self.cache.forget_object(key, version)
+        except Exception as exc:  # tier 1 keeps them until the LRU reaches them
+            log.info("%s: chunks of version %s not dropped from tier 1: %s", key, version, exc)
+
     async def close(self) -> None:
-        """Stop the tier-1 copies still under way; wait for the abandoned uploads to go."""
+        """Stop the tier-1 copies still under way; wait for the drops from tier 1 and the
+        abandoned uploads to go."""
         for task in list(self._promotions):
             task.cancel()
-        await asyncio.gather(*self._promotions, *self._abandoned, return_exceptions=True)
+        await asyncio.gather(
+            *self._promotions, *self._drops, *self._abandoned, return_exceptions=True
+        )
 
     async def recover(self) -> int:
         """Upload what a previous run left in the journal; returns how many remain. The

@@ -16,8 +16,9 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -29,12 +30,15 @@ from mounts import (
     cloud_delete,
     cloud_of,
     cloud_put,
+    held_chunks,
     node_address,
     warm,
 )
 from pagecache import evict
 from tierfs.cloud.base import ObjectMeta
 from trees import bucket_tree, tree
+
+T = TypeVar("T")
 
 
 def test_objects_are_files_and_prefixes_directories(mounted: Mount) -> None:
@@ -80,6 +84,45 @@ def test_written_file_is_in_the_cloud_when_close_returns(mounted: Mount) -> None
     assert path.read_bytes() == payload[:10]
     path.write_bytes(b"")  # O_TRUNC to empty
     assert cloud_bytes(mounted, "out/new.bin") == b""
+
+
+def test_tier_1_keeps_only_the_version_of_a_file_written_here_that_is_current(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A file written here goes into tier 1 as chunks of its new version; the chunks of
+    the version it replaced leave tier 1 then, as do those of a file removed here: nobody
+    reads them again. Left to the LRU, they pushed out chunks still read (a file fsynced
+    often left a version per fsync in tier 1)."""
+    mount = mount_factory("local", chunk_size="1MiB")
+    path = mount.path / "data.bin"
+    seen: set[str] = set()
+    for _ in range(3):
+        body = os.urandom(3 * 2**20 + 5)  # four chunks
+        path.write_bytes(body)
+        # the new version's chunks go into tier 1 in the background: until they are all in
+        new = until_true(partial(_versions_held, mount, 4, besides=frozenset(seen)))
+        seen |= new
+        assert len(new) == 1
+        assert path.read_bytes() == body
+        assert {chunk["version"] for chunk in held_chunks(mount)} == new
+    assert len(seen) == 3
+    path.unlink()
+    until_true(lambda: held_chunks(mount) == [])
+
+
+def _versions_held(mount: Mount, chunks: int, besides: frozenset[str]) -> set[str]:
+    """The versions but `besides` of which tier 1 holds `chunks` chunks."""
+    held = [chunk["version"] for chunk in held_chunks(mount)]
+    return {version for version in held if held.count(version) == chunks} - besides
+
+
+def until_true(value: Callable[[], T], timeout: float = 20.0) -> T:
+    """`value()` once it is true; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (got := value()):
+        assert time.monotonic() < deadline, f"still {got!r} after {timeout:g} s"
+        time.sleep(0.05)
+    return got
 
 
 def test_empty_file_is_created_in_the_cloud(mounted: Mount) -> None:

@@ -55,6 +55,11 @@ class ChunkCache(Protocol):
         """
         ...
 
+    async def forget_object(self, key: str, version: str | None = None) -> int:
+        """Drop the chunks of object `key` (at `version`, or every version); how many
+        there were. A read under way gets its bytes or a miss."""
+        ...
+
     async def close(self) -> None:
         """Flush the index and stop background work."""
         ...

@@ -428,6 +428,7 @@ class Filesystem:
                 if entry.version:  # "" is a file created here and never uploaded
                     with self._removing(opened):
                         await self.cloud.delete(object_key(path, entry))
+                    self.uploader.drop_cached(object_key(path, entry), entry.version)
                 await self._unlink_open(path)  # once the delete is done: a failed one keeps it
             self.names.note(path, None)
             self.inodes.remove(path)
@@ -948,7 +949,11 @@ class Filesystem:
         fetched was offered then), put the rest of the chunk into the page cache too, from
         tier 1 in the background: once per handle and chunk, while the queue has room
         (else a later read tries). Not at the first: reads scattered over more than memory
-        would each read a whole chunk from disk into memory for nothing."""
+        would each read a whole chunk from disk into memory for nothing. Nor while the
+        page cache may not take the file's bytes (it is open for writing): every read
+        would read its chunk from disk for nothing."""
+        if not self._page_cache_may_take(handle.file, ref.version):
+            return
         for chunk in chunks_covering(ref, offset, size, self.read_path.chunk_size):
             if chunk.index in handle.offered or size >= chunk.length:
                 continue
@@ -974,16 +979,20 @@ class Filesystem:
     def _to_page_cache(
         self, page_cache: PageCache, file: OpenFile, chunk: ChunkRef, data: Data, lo: int, hi: int
     ) -> bool:
-        """Offer the mount's page cache a chunk of `file` a random read wanted, but only
+        """Offer the mount's page cache a chunk of `file` a random read wanted, if it may
+        take it (`_page_cache_may_take`); whether it was taken."""
+        if self._page_cache_may_take(file, chunk.obj.version):
+            return page_cache.offer(file.node.inode, chunk.start, data, (lo, hi))
+        return False
+
+    def _page_cache_may_take(self, file: OpenFile, version: str) -> bool:
+        """Whether bytes of `version` of `file` may go into the mount's page cache: only
         while the kernel caches that version of it and nobody writes it (else the kernel
-        could get old bytes over new ones); whether it was taken."""
+        could get old bytes over new ones)."""
         node = file.node
-        version = chunk.obj.version
         current = version == node.version == self._last_versions.get(node.inode)
         unwritten = not file.writers and file.fd is None and file.stream is None
-        if current and unwritten and not file.unlinked:
-            return page_cache.offer(node.inode, chunk.start, data, (lo, hi))
-        return False
+        return current and unwritten and not file.unlinked
 
     async def _settle(self, inode: int) -> None:
         if self.page_cache is not None:
@@ -1166,6 +1175,8 @@ class Filesystem:
                     self.names.forget(path)
                     return
             node = file.node
+            if node.version and node.version != meta.version:
+                self.uploader.drop_cached(meta.key, node.version)  # the version it replaced
             # Its time (of the last write, or set since) stays while the object is at this
             # version: not the store's last-modified, later and in whole seconds on S3.
             node.mtime_set_for = meta.version
