@@ -26,10 +26,10 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from enum import IntEnum
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import xxhash
 
@@ -335,7 +335,7 @@ class Uploader:
         self.chunk_size = chunk_size
         self.peers = peers
         self._promotions: set[asyncio.Task[None]] = set()
-        self._drops: set[asyncio.Task[None]] = set()
+        self._tier_1_work: set[asyncio.Task[None]] = set()  # drops and moves
         self._abandoned: set[asyncio.Task[None]] = set()
         self._early: set[EarlyUpload] = set()  # started, neither finished nor abandoned
         # The rows a previous run left, not sent yet: taken at the first `recover`, which
@@ -504,9 +504,7 @@ class Uploader:
         chunks in tier 1 go now, in the background. Nobody reads them from here again, and
         left to the LRU they would push out live chunks read less recently than they were
         written (a file fsynced often left a version per fsync)."""
-        task = asyncio.create_task(self._drop(key, version), name=f"drop {key}")
-        self._drops.add(task)
-        task.add_done_callback(self._drops.discard)
+        self._on_tier_1(self._drop(key, version), f"drop {key}")
 
     async def _drop(self, key: str, version: str) -> None:
         try:
@@ -514,13 +512,35 @@ class Uploader:
         except Exception as exc:  # tier 1 keeps them until the LRU reaches them
             log.info("%s: chunks of version %s not dropped from tier 1: %s", key, version, exc)
 
+    def move_cached(self, old: ObjectRef, new: ObjectRef) -> None:
+        """`new` is a copy of `old` in the bucket, and `old` is gone (a rename from here):
+        the chunks tier 1 holds of `old` are held as `new`'s, in the background, so the
+        moved file is not fetched again (a file written under a temporary name, then
+        renamed, as many tools do)."""
+        self._on_tier_1(self._move(old, new), f"move {old.key}")
+
+    def _on_tier_1(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a drop or move in tier 1 in the background; `close` waits for it."""
+        task = asyncio.create_task(work, name=name)
+        self._tier_1_work.add(task)
+        task.add_done_callback(self._tier_1_work.discard)
+
+    async def _move(self, old: ObjectRef, new: ObjectRef) -> None:
+        size = self.chunk_size
+        try:
+            for index in range((old.size + size - 1) // size):
+                await self.cache.move(chunk_ref(old, index, size), chunk_ref(new, index, size))
+            await self.cache.forget_object(old.key, old.version)  # those that did not move
+        except Exception as exc:  # what was not moved is fetched again when read
+            log.info("%s: chunks not moved in tier 1 to %s: %s", old.key, new.key, exc)
+
     async def close(self) -> None:
-        """Stop the tier-1 copies still under way; wait for the drops from tier 1 and the
-        abandoned uploads to go."""
+        """Stop the tier-1 copies still under way; wait for the drops and moves in tier 1
+        and the abandoned uploads to go."""
         for task in list(self._promotions):
             task.cancel()
         await asyncio.gather(
-            *self._promotions, *self._drops, *self._abandoned, return_exceptions=True
+            *self._promotions, *self._tier_1_work, *self._abandoned, return_exceptions=True
         )
 
     async def recover(self) -> int:

@@ -602,6 +602,39 @@ async def test_housekeeping_drops_entries_whose_file_vanished(
 
 
 @pytest.mark.asyncio
+async def test_a_moved_chunk_is_held_under_its_new_id_alone_and_after_a_restart(
+    open_cache: OpenCache, tmp_path: Path
+) -> None:
+    """`move`: the file of a chunk becomes another chunk's (a copy of the object in the
+    bucket) with its bytes, budget and checksum; the old one is gone, from the index too."""
+    root = tmp_path / "nvme"
+    moves: list[tuple[str, object]] = []
+    cache = await open_cache(nvme_size=4 * MiB)
+    cache.on_stored = lambda chunk: moves.append(("stored", chunk.obj.key))
+    cache.on_evicted = lambda key, version, index: moves.append(("evicted", key))
+    (ref, data), (other, other_data) = make_chunks("tmp", 2 * MiB, MiB)
+    (moved, _), (taken, _) = make_chunks("final", 2 * MiB, MiB)
+    for chunk, body in ((ref, data), (other, other_data), (taken, other_data)):
+        assert await cache.store(chunk, body, Origin.LOCAL)
+    moves.clear()
+    assert await cache.read(ref, 0, 10) == data[:10]  # checked once: the move keeps that
+    assert await cache.move(ref, moved)
+    assert not await cache.move(other, taken)  # held already: nothing changes
+    assert not await cache.move(ref, moved)  # no longer held
+    assert moves == [("evicted", "tmp"), ("stored", "final")]
+    assert not cache.holds(ref.id) and cache.holds(other.id) and cache.holds(taken.id)
+    assert await cache.read(moved, 0, MiB) == data
+    assert cache.used(Origin.LOCAL) == 3 * MiB
+    assert set(chunk_files(root)) == {moved.id, other.id, taken.id}
+    await cache.close()
+
+    reopened = await open_cache(nvme_size=4 * MiB)
+    assert index_ids(root) == {moved.id, other.id, taken.id}
+    assert await reopened.read(moved, 0, MiB) == data  # its checksum checked again
+    assert await reopened.read(ref, 0, 10) is None
+
+
+@pytest.mark.asyncio
 async def test_a_forgotten_chunks_fd_is_closed_and_never_serves_its_successor(
     open_cache: OpenCache, tmp_path: Path
 ) -> None:

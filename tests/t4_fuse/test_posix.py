@@ -32,6 +32,7 @@ from mounts import (
     cloud_put,
     held_chunks,
     node_address,
+    node_stats,
     warm,
 )
 from pagecache import evict
@@ -108,6 +109,41 @@ def test_tier_1_keeps_only_the_version_of_a_file_written_here_that_is_current(
     assert len(seen) == 3
     path.unlink()
     until_true(lambda: held_chunks(mount) == [])
+
+
+def test_a_file_or_folder_moved_here_is_read_from_tier_1_under_its_new_name(
+    mounted: Mount,
+) -> None:
+    """A file written under a temporary name, then renamed (as many tools write), keeps its
+    chunks in tier 1 under the new name: reading it fetches nothing. Before, the move (a
+    copy in the bucket) left them under the old name, and the file came from the cloud
+    again. A folder's files likewise."""
+    body = os.urandom(5 * 2**20 + 3)  # two chunks
+    (mounted.path / "part.tmp").write_bytes(body)
+    until_held(mounted, ["part.tmp"] * 2)
+    os.rename(mounted.path / "part.tmp", mounted.path / "part.bin")
+    (mounted.path / "dir").mkdir()
+    (mounted.path / "dir" / "f.bin").write_bytes(body[::-1])
+    until_held(mounted, ["dir/f.bin"] * 2 + ["part.bin"] * 2)
+    os.rename(mounted.path / "dir", mounted.path / "moved")
+    until_held(mounted, ["moved/f.bin"] * 2 + ["part.bin"] * 2)
+    before = node_stats(mounted)
+    for name, content in (("part.bin", body), ("moved/f.bin", body[::-1])):
+        with (mounted.path / name).open("rb") as moved:
+            evict(moved.fileno(), len(content))  # so that the read comes to tierfs
+            assert moved.read() == content
+    after = node_stats(mounted)
+    assert after["tiers"]["cloud"]["hits"] == before["tiers"]["cloud"]["hits"]
+    assert after["tiers"]["local"]["hits"] > before["tiers"]["local"]["hits"]
+
+
+def until_held(mount: Mount, keys: list[str]) -> None:
+    """Until tier 1 holds chunks of `keys` alone, one key per chunk (sorted); fails after
+    20 s, naming what it holds."""
+    deadline = time.monotonic() + 20
+    while (held := sorted(chunk["key"] for chunk in held_chunks(mount))) != keys:
+        assert time.monotonic() < deadline, f"tier 1 holds chunks of {held}, not {keys}"
+        time.sleep(0.05)
 
 
 def _versions_held(mount: Mount, chunks: int, besides: frozenset[str]) -> set[str]:
@@ -216,8 +252,9 @@ def test_a_file_removed_while_open_still_reads(mounted: Mount) -> None:
 
 
 def test_a_file_moved_then_removed_while_open_reads_and_takes_writes(mounted: Mount) -> None:
-    """POSIX again, for a file tier 1 holds under another name only: moved (its copy is a
-    new version) and then removed, or replaced by a rename, while held open for writing.
+    """POSIX again, for a file tier 1 may hold under another name only: moved (its copy is
+    a new version, whose chunks tier 1 takes over in the background) and then removed, or
+    replaced by a rename, while held open for writing.
     The handle reads the bytes and takes writes, which go nowhere (the write was ENOENT,
     the read ESTALE). Found by tests/t4_fuse/test_model.py."""
     body = os.urandom(100)

@@ -55,6 +55,11 @@ class ChunkCache(Protocol):
         """
         ...
 
+    async def move(self, old: ChunkRef, new: ChunkRef) -> bool:
+        """Hold chunk `old` as chunk `new`, the same bytes under another key or version
+        (a copy in the bucket); False, and nothing changed, where it cannot."""
+        ...
+
     async def forget_object(self, key: str, version: str | None = None) -> int:
         """Drop the chunks of object `key` (at `version`, or every version); how many
         there were. A read under way gets its bytes or a miss."""

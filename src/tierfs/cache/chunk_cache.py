@@ -355,6 +355,49 @@ class DiskChunkCache:
         await asyncio.shield(self._spawn(self._release(gone)))
         return len(gone)
 
+    async def move(self, old: ChunkRef, new: ChunkRef) -> bool:
+        """Hold chunk `old`'s file as chunk `new`: the same bytes under another key or
+        version (a copy in the bucket, as a rename makes). False, and nothing changed,
+        when `old` is not held (or is being checked), `new` is held or being stored, or
+        the file cannot be renamed. Its checksum, origin and hits go with it; it is the
+        most recently used."""
+        self._check_open()
+        entry = self._entries.get(old.id)
+        busy = new.id in self._entries or new.id in self._storing or new.id in self._unlinking
+        if entry is None or entry.checking is not None or entry.size != new.length or busy:
+            return False
+        try:  # on the loop: a rename in one folder tree is tens of microseconds
+            os.rename(self._path(old.id), self._path(new.id))
+        except OSError as exc:
+            log.info("tier 1: chunk %s not moved to %s: %s", old.id, new.id, exc)
+            return False
+        self._forget(entry)  # its bytes stay counted: they are the moved entry's
+        obj = new.obj
+        moved = Entry(
+            new.id,
+            obj.key,
+            obj.version,
+            new.index,
+            entry.size,
+            entry.checksum,
+            entry.origin,
+            entry.last_access,
+            entry.hits,
+            verified=entry.verified,
+        )
+        self._entries[new.id] = moved
+        self._budgets[entry.origin].add(moved)
+        try:
+            await self._index.insert(_row(moved))
+        except sqlite3.Error as exc:
+            log.warning("tier 1: cannot index chunk %s: %s", new.id, exc)
+            if self._forget(moved):
+                await asyncio.shield(self._spawn(self._release([moved])))
+            return False
+        if self.on_stored is not None:
+            self.on_stored(new)
+        return True
+
     async def maintain(self) -> None:
         """One round of housekeeping (the background task runs it periodically): write
         access info to the index and drop entries whose file vanished."""

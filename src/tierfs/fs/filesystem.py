@@ -566,6 +566,9 @@ class Filesystem:
         async with _locked(self._open_file_at(new)):
             await self._unlink_open(new)
         await self.cloud.delete(source)
+        if version is not None:  # the copy is of the bytes tier 1 holds, if it holds them
+            moved = ObjectRef(destination, version, entry.size)
+            self.uploader.move_cached(ObjectRef(source, entry.version, entry.size), moved)
         self.names.note(old, None)
         copied = await self.cloud.head(destination)  # another node may have written since
         self.names.note(new, file_entry(copied))
@@ -624,6 +627,10 @@ class Filesystem:
         await _bounded(markers, lambda folder: self.cloud.put_marker(new + folder[len(old) :]))
         self._follow_copies(copies)
         await _bounded(below, lambda meta: self.cloud.delete(meta.key))
+        for meta in below:
+            if meta.key in copies:
+                moved = ObjectRef(new + meta.key[len(old) :], copies[meta.key][1], meta.size)
+                self.uploader.move_cached(ObjectRef(meta.key, meta.version, meta.size), moved)
         for folder in sorted(markers, reverse=True):  # deepest first: a local folder must be empty
             await self.cloud.delete_marker(folder)
         self.names.removed_dir(old)
