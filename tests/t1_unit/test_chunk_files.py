@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,20 @@ def test_layout(tmp_path: Path, chunks_dir: str) -> None:
     assert sorted(os.listdir(chunks_dir)) == [f"{n:02x}" for n in range(256)]
     assert (tmp_path / "staging").is_dir()
     assert files.chunk_path(chunks_dir, ID) == f"{chunks_dir}/01/{ID}"
+
+
+def test_the_fan_out_folders_are_spread_over_the_disk(tmp_path: Path, tmpfs: TmpfsMount) -> None:
+    """On ext4 (this machine's disk) `chunks/` is a top folder for its allocator
+    (`chattr +T`, as `lsattr` shows), so the fan-out folders, and the chunk files made in
+    them, are not all in the block group of the cache's folder; on tmpfs, which has no
+    such flag, the layout is made all the same."""
+    chunks_dir = files.make_dirs(tmp_path)
+    shown = subprocess.run(["lsattr", "-d", chunks_dir], capture_output=True, text=True)
+    assert "T" in shown.stdout.split()[0], shown
+    groups = {os.stat(f"{chunks_dir}/{n:02x}").st_ino // 8192 for n in range(256)}
+    assert len(groups) > 16  # in one group, 256 folders span a few 8192s of inode numbers
+    in_memory = files.make_dirs(tmpfs(tmp_path / "t", "4m"))
+    assert sorted(os.listdir(in_memory)) == [f"{n:02x}" for n in range(256)]
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", ID.upper(), ID[:-1], ID + "0", "", "/" + ID])

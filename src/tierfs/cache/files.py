@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import re
 import secrets
+import struct
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -40,6 +42,11 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 PROBE_STRIDE = 2**20
 _CACHESTAT = 451  # the syscall's number, the same on every architecture
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+# The inode flags ioctls of linux/fs.h, and the flag `chattr +T` sets (`spread_subfolders`).
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IOC_SETFLAGS = 0x40086602
+_FS_TOPDIR_FL = 0x00020000
 
 # O_DIRECT wants the buffer, the length and the file offset aligned to the disk's block.
 DIRECT_ALIGN = 4096
@@ -65,10 +72,33 @@ def make_dirs(root: Path) -> str:
     All 256 fan-out folders exist from the start, so a write never has to create one.
     """
     chunks = root / CHUNKS_DIR
+    chunks.mkdir(parents=True, exist_ok=True)
+    spread_subfolders(str(chunks))
     for n in range(256):
-        (chunks / f"{n:02x}").mkdir(parents=True, exist_ok=True)
+        (chunks / f"{n:02x}").mkdir(exist_ok=True)
     (root / STAGING_DIR).mkdir(parents=True, exist_ok=True)
     return str(chunks)
+
+
+def spread_subfolders(folder: str) -> None:
+    """Have ext4 place the folders made in `folder` from now on in block groups of their
+    own (its "top of a directory hierarchy" flag, `chattr +T`), not all in the group of
+    `folder`. A new file's inode is taken in its folder's group, and an ext4 without a
+    journal scans past the inodes deleted in that group in the last minutes: in a busy
+    /tmp here, making a chunk file took 0.46 ms, against 0.012 in a spread folder. Best
+    effort: another filesystem ignores or refuses the flag, and nothing changes."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        (flags,) = struct.unpack("i", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(4))[:4])
+        if not flags & _FS_TOPDIR_FL:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("i", flags | _FS_TOPDIR_FL))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def chunk_path(chunks_dir: str, chunk_id: str) -> str:
