@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from tierfs.coordinator.app import create_app
 from tierfs.httpapi import start_site, tls_context
 from tierfs.settings import CoordinatorSettings
+from tierfs.stop_signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,8 @@ async def run_coordinator(settings: CoordinatorSettings) -> None:
             "required" if settings.token else "not set: the API is open",
         )
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        try:
+        with stop_on_signals(stop):
             await stop.wait()
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
         log.info("coordinator stopping")
     finally:
         await runner.cleanup()

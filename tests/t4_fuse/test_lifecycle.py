@@ -56,6 +56,25 @@ def test_sigterm_uploads_dirty_files_unmounts_and_exits_0(
     assert cloud_bytes(mount, "open-at-stop") == b"written, never closed"
 
 
+def test_a_client_whose_parent_blocked_sigterm_stops_on_it(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A process inherits its parent's blocked signals through exec: a client started by
+    a program that blocked SIGTERM and SIGINT (to `sigwait` for them) never heard a
+    SIGTERM, and never unmounted. It unblocks them at start."""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # the client inherits it
+    try:
+        mount = mount_factory("local")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    (mount.path / "f").write_bytes(b"x")
+    assert mount.proc is not None
+    mount.proc.send_signal(signal.SIGTERM)
+    assert mount.proc.wait(30) == 0
+    assert not is_mounted(mount.path)
+
+
 def test_the_kernel_reads_ahead_a_chunk_and_sends_64_requests_at_once(
     mount_factory: Callable[..., Mount],
 ) -> None:

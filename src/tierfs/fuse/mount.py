@@ -8,7 +8,6 @@ import logging
 import os
 import select
 import shutil
-import signal
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -19,6 +18,7 @@ import pyfuse3.asyncio
 
 from tierfs.errors import TierfsError
 from tierfs.fuse.operations import Operations
+from tierfs.stop_signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +179,7 @@ async def serve(
     options |= {"ro"} if read_only else set()
     options |= {"allow_other"} if allow_other else set()
     pyfuse3.init(ops, str(mountpoint), options)
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     # The kernel sets these from the answer to FUSE INIT: raise them right after it, before
     # any other request is answered. A file opened earlier would keep the 128 KiB read-ahead
     # (the cold read of bench/fuse.py did, 8 times as many requests).
@@ -192,12 +189,11 @@ async def serve(
     log.info("mounted %s at %s", fsname, mountpoint)
     unmounted_outside = False
     try:
-        await asyncio.wait({fuse_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        unmounted_outside = fuse_task.done()
-        await ops.fs.close()
+        with stop_on_signals(stop):
+            await asyncio.wait({fuse_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            unmounted_outside = fuse_task.done()
+            await ops.fs.close()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         stop_task.cancel()
         if not fuse_task.done():
             pyfuse3.terminate()
