@@ -52,6 +52,18 @@ def reads_that_reached_tierfs(before: Any, after: Any) -> int:
     return sum(after["tiers"][t]["hits"] - before["tiers"][t]["hits"] for t in after["tiers"])
 
 
+def warmed_file(mount_factory: Callable[..., Mount]) -> tuple[Mount, bytes]:
+    """A mount of 1 MiB chunks, and the bytes of its `data.bin`, three chunks that
+    `tierfs warm` put into tier 1 (and nowhere else)."""
+    mount = mount_factory("s3-seaweedfs", chunk_size="1MiB")
+    body = os.urandom(3 * CHUNK)
+    cloud_put(mount, "data.bin", body)
+    warm = [sys.executable, "-m", "tierfs.cli", "warm", str(mount.path / "data.bin")]
+    warm += ["-node", f"127.0.0.1:{mount.flags['port']}"]
+    subprocess.run(warm, check=True, capture_output=True, timeout=60)
+    return mount, body
+
+
 def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
     mount_factory: Callable[..., Mount],
 ) -> None:
@@ -79,12 +91,7 @@ def test_a_random_read_puts_the_rest_of_its_chunk_in_the_page_cache(
 def test_a_second_random_read_that_tier_1_answers_puts_its_chunk_there_too(
     mount_factory: Callable[..., Mount],
 ) -> None:
-    mount = mount_factory("s3-seaweedfs", chunk_size="1MiB")
-    body = os.urandom(3 * CHUNK)
-    cloud_put(mount, "data.bin", body)
-    warm = [sys.executable, "-m", "tierfs.cli", "warm", str(mount.path / "data.bin")]
-    warm += ["-node", f"127.0.0.1:{mount.flags['port']}"]
-    subprocess.run(warm, check=True, capture_output=True, timeout=60)  # tier 1 only
+    mount, body = warmed_file(mount_factory)
     fd = os.open(mount.path / "data.bin", os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
@@ -115,12 +122,7 @@ def test_random_reads_of_a_file_open_for_writing_take_from_tier_1_what_they_ask(
     they ask for. Before, each read of a chunk from the second on read the whole chunk from
     tier 1 to offer it, in vain: fio's verify pass over its own random writes (4 KiB)
     read 4 MiB from disk per read, at 12 MiB/s."""
-    mount = mount_factory("s3-seaweedfs", chunk_size="1MiB")
-    body = os.urandom(3 * CHUNK)
-    cloud_put(mount, "data.bin", body)
-    warm = [sys.executable, "-m", "tierfs.cli", "warm", str(mount.path / "data.bin")]
-    warm += ["-node", f"127.0.0.1:{mount.flags['port']}"]
-    subprocess.run(warm, check=True, capture_output=True, timeout=60)  # tier 1 only
+    mount, body = warmed_file(mount_factory)
     writer = os.open(mount.path / "data.bin", os.O_WRONLY)  # open for writing, not written
     fd = os.open(mount.path / "data.bin", os.O_RDONLY)
     try:
