@@ -16,9 +16,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -33,13 +32,12 @@ from mounts import (
     held_chunks,
     node_address,
     node_stats,
+    on_cloud,
     warm,
 )
 from pagecache import evict
 from tierfs.cloud.base import ObjectMeta
 from trees import bucket_tree, tree
-
-T = TypeVar("T")
 
 
 def test_objects_are_files_and_prefixes_directories(mounted: Mount) -> None:
@@ -96,19 +94,17 @@ def test_tier_1_keeps_only_the_version_of_a_file_written_here_that_is_current(
     often left a version per fsync in tier 1)."""
     mount = mount_factory("local", chunk_size="1MiB")
     path = mount.path / "data.bin"
-    seen: set[str] = set()
+    versions = []
     for _ in range(3):
         body = os.urandom(3 * 2**20 + 5)  # four chunks
         path.write_bytes(body)
-        # the new version's chunks go into tier 1 in the background: until they are all in
-        new = until_true(partial(_versions_held, mount, 4, besides=frozenset(seen)))
-        seen |= new
-        assert len(new) == 1
+        versions.append(on_cloud(mount, lambda cloud: cloud.head("data.bin")).version)
+        # its chunks come in, and the version it replaced leaves, in the background
+        until_held(mount, "version", [versions[-1]] * 4)
         assert path.read_bytes() == body
-        until_only(mount, new)  # the version it replaced goes in the background too
-    assert len(seen) == 3
+    assert len(set(versions)) == 3
     path.unlink()
-    until_held(mount, [])
+    until_held(mount, "key", [])
 
 
 def test_a_file_or_folder_moved_here_is_read_from_tier_1_under_its_new_name(
@@ -120,13 +116,13 @@ def test_a_file_or_folder_moved_here_is_read_from_tier_1_under_its_new_name(
     again. A folder's files likewise."""
     body = os.urandom(5 * 2**20 + 3)  # two chunks
     (mounted.path / "part.tmp").write_bytes(body)
-    until_held(mounted, ["part.tmp"] * 2)
+    until_held(mounted, "key", ["part.tmp"] * 2)
     os.rename(mounted.path / "part.tmp", mounted.path / "part.bin")
     (mounted.path / "dir").mkdir()
     (mounted.path / "dir" / "f.bin").write_bytes(body[::-1])
-    until_held(mounted, ["dir/f.bin"] * 2 + ["part.bin"] * 2)
+    until_held(mounted, "key", ["dir/f.bin"] * 2 + ["part.bin"] * 2)
     os.rename(mounted.path / "dir", mounted.path / "moved")
-    until_held(mounted, ["moved/f.bin"] * 2 + ["part.bin"] * 2)
+    until_held(mounted, "key", ["moved/f.bin"] * 2 + ["part.bin"] * 2)
     before = node_stats(mounted)
     for name, content in (("part.bin", body), ("moved/f.bin", body[::-1])):
         with (mounted.path / name).open("rb") as moved:
@@ -137,37 +133,13 @@ def test_a_file_or_folder_moved_here_is_read_from_tier_1_under_its_new_name(
     assert after["tiers"]["local"]["hits"] > before["tiers"]["local"]["hits"]
 
 
-def until_held(mount: Mount, keys: list[str]) -> None:
-    """Until tier 1 holds chunks of `keys` alone, one key per chunk (sorted); fails after
-    20 s, naming what it holds."""
+def until_held(mount: Mount, field: str, values: list[str]) -> None:
+    """Until the chunks in tier 1 have these `values` of `field` ("key", "version"), one a
+    chunk, sorted; fails after 20 s, naming what they have."""
     deadline = time.monotonic() + 20
-    while (held := sorted(chunk["key"] for chunk in held_chunks(mount))) != keys:
-        assert time.monotonic() < deadline, f"tier 1 holds chunks of {held}, not {keys}"
+    while (held := sorted(chunk[field] for chunk in held_chunks(mount))) != values:
+        assert time.monotonic() < deadline, f"tier 1 holds chunks of {held}, not {values}"
         time.sleep(0.05)
-
-
-def until_only(mount: Mount, versions: set[str]) -> None:
-    """Until tier 1 holds chunks of `versions` alone; fails after 20 s, naming what it
-    holds."""
-    deadline = time.monotonic() + 20
-    while (held := {chunk["version"] for chunk in held_chunks(mount)}) != versions:
-        assert time.monotonic() < deadline, f"tier 1 holds chunks of {held}, not {versions}"
-        time.sleep(0.05)
-
-
-def _versions_held(mount: Mount, chunks: int, besides: frozenset[str]) -> set[str]:
-    """The versions but `besides` of which tier 1 holds `chunks` chunks."""
-    held = [chunk["version"] for chunk in held_chunks(mount)]
-    return {version for version in held if held.count(version) == chunks} - besides
-
-
-def until_true(value: Callable[[], T], timeout: float = 20.0) -> T:
-    """`value()` once it is true; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (got := value()):
-        assert time.monotonic() < deadline, f"still {got!r} after {timeout:g} s"
-        time.sleep(0.05)
-    return got
 
 
 def test_empty_file_is_created_in_the_cloud(mounted: Mount) -> None:
