@@ -19,7 +19,12 @@ from tierfs.cache.base import Origin
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.cache.owner import claim, lock
 from tierfs.cloud.folder import FolderStore, KeyPrefix
-from tierfs.cloud.providers import check_bucket, open_store, settle_s3_region
+from tierfs.cloud.providers import (
+    check_bucket,
+    open_store,
+    require_s3_credentials,
+    settle_s3_region,
+)
 from tierfs.coordinator.client import CoordinatorClient, NodeReport
 from tierfs.coordinator.models import TierBytes
 from tierfs.errors import ConfigError, UnsentUploadsError
@@ -104,8 +109,9 @@ async def run_client(settings: ClientSettings) -> None:
         stack.callback(os.close, take_tier_1(settings.nvme))
         prepare_mountpoint(settings.mount, settings.allow_non_empty)
         keys = KeyPrefix(settings.prefix)
+        credentials = require_s3_credentials(settings)  # said before the region is asked
         settings = await settle_s3_region(settings)
-        bucket = open_store(settings)
+        bucket = open_store(settings, credentials)
         bucket.on_retry = stats.count_cloud_retry
         cloud = FolderStore(bucket, keys) if keys.prefix else bucket
         stack.push_async_callback(cloud.close)

@@ -5,6 +5,7 @@ without any, a mount point with files in it; and what stops a client at start.""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -278,6 +279,34 @@ def test_a_mount_signs_with_the_keys_of_an_aws_profile(
     assert (mount.path / "data.bin").read_bytes() == payload
     bucket = seaweedfs.boto3_client().list_objects_v2(Bucket=mount.flags["s3_bucket"])
     assert sorted(item["Key"] for item in bucket["Contents"]) == ["data.bin", "empty/"]
+
+
+def test_a_credential_process_runs_once_at_start(
+    mount_factory: Callable[..., Mount], seaweedfs: servers.S3Server, tmp_path: Path
+) -> None:
+    """A profile whose keys come from a `credential_process` (a program, which may be slow
+    or ask a vault): the client runs it once, not once to check there are credentials and
+    again for its store."""
+    aws, runs = tmp_path / "aws", tmp_path / "runs"
+    aws.mkdir()
+    answer = json.dumps(
+        {"Version": 1, "AccessKeyId": seaweedfs.access_key, "SecretAccessKey": seaweedfs.secret_key}
+    )
+    program = aws / "keys.sh"
+    program.write_text(f"#!/bin/sh\necho run >> {runs}\necho '{answer}'\n")
+    program.chmod(0o755)
+    (aws / "config").write_text(f"[profile vault]\ncredential_process = {program}\n")
+    mount = mount_factory("s3-seaweedfs", start=False)
+    mount.env = {
+        "AWS_SHARED_CREDENTIALS_FILE": str(aws / "no-credentials"),
+        "AWS_CONFIG_FILE": str(aws / "config"),
+        "AWS_PROFILE": "vault",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    mount.start()
+    (mount.path / "f").write_bytes(b"signed")
+    assert (mount.path / "f").read_bytes() == b"signed"
+    assert runs.read_text() == "run\n"
 
 
 def test_a_mount_given_no_region_takes_the_one_its_bucket_names(

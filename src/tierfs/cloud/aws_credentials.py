@@ -49,6 +49,10 @@ class AwsCredentials:
             raise ConfigError(NOT_FOUND)
         return cls(credentials, region)
 
+    def in_region(self, region: str) -> AwsCredentials:
+        """The same credentials, signing for `region` (the bucket's, once it is known)."""
+        return AwsCredentials(self._credentials, region)
+
     def keys(self) -> S3Keys:
         """The keys to sign with now; blocks while botocore renews them near their expiry
         (TransientCloudError if that fails)."""

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISDIR
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from obstore.store import AzureStore, LocalStore, S3Store
@@ -33,12 +34,16 @@ from tierfs.errors import (
 )
 from tierfs.settings import ClientSettings
 
+if TYPE_CHECKING:
+    from tierfs.cloud.aws_credentials import AwsCredentials
+
 GCS_INTEROP_ENDPOINT = "https://storage.googleapis.com"
 BUCKET_CHECK_DEADLINE = 2.0  # seconds
 
 
-def open_store(settings: ClientSettings) -> CloudStore:
-    """The tier-3 store of `settings.cloud_provider`; raises ConfigError if it cannot be."""
+def open_store(settings: ClientSettings, credentials: AwsCredentials | None = None) -> CloudStore:
+    """The tier-3 store of `settings.cloud_provider`; raises ConfigError if it cannot be.
+    S3 signs with `credentials` where `require_s3_credentials` found them."""
     timeout = settings.cloud_timeout
     if settings.cloud_provider == "local":
         assert settings.local_root is not None  # ensured by ClientSettings
@@ -53,6 +58,7 @@ def open_store(settings: ClientSettings) -> CloudStore:
             session_token=settings.aws_session_token,
             timeout=timeout,
             signed=not settings.no_sign_request,
+            credentials=credentials,
         )
     if settings.cloud_provider == "azure":
         assert settings.azure_account  # ensured by ClientSettings, as a key or a signature
@@ -85,15 +91,18 @@ def open_store(settings: ClientSettings) -> CloudStore:
     )
 
 
-def require_s3_credentials(settings: ClientSettings) -> None:
-    """ConfigError when S3 requests are to be signed and no credentials were given nor are
-    found (`AwsCredentials`): said before the bucket's region is asked for over the network,
+def require_s3_credentials(settings: ClientSettings) -> AwsCredentials | None:
+    """The credentials of botocore's chain where S3 requests are to be signed with no keys
+    given, for `open_store` (the chain is asked once: a `credential_process` runs once);
+    ConfigError when it has none. Asked before the bucket's region is, over the network,
     which came first before 2026-12-07 (a warning that it could not be asked, then this)."""
-    if settings.no_sign_request or settings.aws_access_key_id or settings.aws_secret_access_key:
-        return  # given (`s3_store` checks that both are)
+    if settings.cloud_provider != "s3" or settings.no_sign_request:
+        return None
+    if settings.aws_access_key_id or settings.aws_secret_access_key:
+        return None  # given (`s3_store` checks that both are)
     from tierfs.cloud.aws_credentials import AwsCredentials  # botocore: only here
 
-    AwsCredentials.find(DEFAULT_REGION)
+    return AwsCredentials.find(DEFAULT_REGION)
 
 
 async def settle_s3_region(settings: ClientSettings) -> ClientSettings:
@@ -101,7 +110,6 @@ async def settle_s3_region(settings: ClientSettings) -> ClientSettings:
     else the one given unless the bucket says it is in another (`check_given_region`)."""
     if settings.cloud_provider != "s3":
         return settings
-    require_s3_credentials(settings)
     bucket, endpoint, given = settings.s3_bucket, settings.s3_endpoint, settings.s3_region
     if given:
         region = await check_given_region(bucket, endpoint, given)
@@ -141,6 +149,7 @@ def s3_store(
     session_token: str | None = None,
     scheme: str = "s3",
     signed: bool = True,
+    credentials: AwsCredentials | None = None,
 ) -> CloudStore:
     """An S3 bucket; `endpoint` selects an S3-compatible store (path-style addressing).
 
@@ -162,9 +171,12 @@ def s3_store(
             config["session_token"] = session_token
         keys = S3Keys(access_key, secret_key, region, session_token)
     else:
-        from tierfs.cloud.aws_credentials import AwsCredentials  # botocore: only here
+        if credentials is not None:
+            provider = credentials.in_region(region)  # found before the region was known
+        else:
+            from tierfs.cloud.aws_credentials import AwsCredentials  # botocore: only here
 
-        provider = AwsCredentials.find(region)
+            provider = AwsCredentials.find(region)
         keys = provider.keys
     store = S3Store(
         bucket,
