@@ -389,11 +389,8 @@ class Uploader:
             log.info("%s: not cached after upload: %s", key, exc)
             return meta
         writes = staged.writes if staged is not None else 0
-        task = asyncio.create_task(
-            self._promote(meta, source, staged, writes), name=f"promote {key}"
-        )
-        self._promotions.add(task)
-        task.add_done_callback(self._promotions.discard)
+        promote = self._promote(meta, source, staged, writes)
+        _in_background(self._promotions, promote, f"promote {key}")
         return meta
 
     async def _finish(self, key: str, early: EarlyUpload) -> ObjectMeta | None:
@@ -429,9 +426,7 @@ class Uploader:
     def abandon(self, early: EarlyUpload) -> None:
         """Give `early` up in the background (the store drops the parts it has)."""
         self._early.discard(early)
-        task = asyncio.create_task(early.abort(), name=f"abandon {early.key}")
-        self._abandoned.add(task)
-        task.add_done_callback(self._abandoned.discard)
+        _in_background(self._abandoned, early.abort(), f"abandon {early.key}")
 
     def forget(self, staging: Path) -> None:
         """Forget `staging`'s row (`UploadJournal.done`), and what a removal cut short
@@ -504,7 +499,7 @@ class Uploader:
         chunks in tier 1 go now, in the background. Nobody reads them from here again, and
         left to the LRU they would push out live chunks read less recently than they were
         written (a file fsynced often left a version per fsync)."""
-        self._on_tier_1(self._drop(key, version), f"drop {key}")
+        _in_background(self._tier_1_work, self._drop(key, version), f"drop {key}")
 
     async def _drop(self, key: str, version: str) -> None:
         try:
@@ -517,13 +512,7 @@ class Uploader:
         the chunks tier 1 holds of `old` are held as `new`'s, in the background, so the
         moved file is not fetched again (a file written under a temporary name, then
         renamed, as many tools do)."""
-        self._on_tier_1(self._move(old, new), f"move {old.key}")
-
-    def _on_tier_1(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """Run a drop or move in tier 1 in the background; `close` waits for it."""
-        task = asyncio.create_task(work, name=name)
-        self._tier_1_work.add(task)
-        task.add_done_callback(self._tier_1_work.discard)
+        _in_background(self._tier_1_work, self._move(old, new), f"move {old.key}")
 
     async def _move(self, old: ObjectRef, new: ObjectRef) -> None:
         size = self.chunk_size
@@ -749,3 +738,12 @@ def _aside(key: str, change: str, kept: str) -> str:
         kept,
     )
     return conflict
+
+
+def _in_background(
+    tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None], name: str
+) -> None:
+    """Run `work` as a task kept in `tasks` until it ends (for `Uploader.close` to await)."""
+    task = asyncio.create_task(work, name=name)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
