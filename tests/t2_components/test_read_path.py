@@ -528,8 +528,9 @@ async def test_a_seek_cancels_read_ahead_and_close_leaves_no_task(
             for index in range(8):
                 await read(index * chunk)
             assert reader.window >= 16 and reader.in_flight > 0
-            while not slow.gets_now:  # a GET of the read-ahead's under way: cancelled next
-                await asyncio.sleep(0.001)
+            async with asyncio.timeout(10):  # a GET of the read-ahead's under way: cancelled next
+                while not slow.gets_now:
+                    await asyncio.sleep(0.001)
             await read(200 * chunk + 5)  # away
             assert reader.window == 0 and reader.in_flight == 0
             settled = await cloud.gets()
