@@ -265,14 +265,7 @@ def test_a_mount_signs_with_the_keys_of_an_aws_profile(
         f"aws_secret_access_key = {seaweedfs.secret_key}\n"
     )
     (aws / "config").write_text("")
-    mount = mount_factory("s3-seaweedfs", start=False)
-    mount.env = {
-        "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
-        "AWS_CONFIG_FILE": str(aws / "config"),
-        "AWS_PROFILE": "datasets",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    mount.start()
+    mount = mount_with_profile(mount_factory, aws, "datasets")
     payload = os.urandom(5 * 2**20 + 3)
     (mount.path / "empty").mkdir()
     (mount.path / "data.bin").write_bytes(payload)
@@ -296,17 +289,23 @@ def test_a_credential_process_runs_once_at_start(
     program.write_text(f"#!/bin/sh\necho run >> {runs}\necho '{answer}'\n")
     program.chmod(0o755)
     (aws / "config").write_text(f"[profile vault]\ncredential_process = {program}\n")
-    mount = mount_factory("s3-seaweedfs", start=False)
-    mount.env = {
-        "AWS_SHARED_CREDENTIALS_FILE": str(aws / "no-credentials"),
-        "AWS_CONFIG_FILE": str(aws / "config"),
-        "AWS_PROFILE": "vault",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    mount.start()
+    mount = mount_with_profile(mount_factory, aws, "vault")
     (mount.path / "f").write_bytes(b"signed")
     assert (mount.path / "f").read_bytes() == b"signed"
     assert runs.read_text() == "run\n"
+
+
+def mount_with_profile(mount_factory: Callable[..., Mount], aws: Path, profile: str) -> Mount:
+    """A mount of a SeaweedFS bucket given no keys: AWS profile `profile` of the shared
+    files `aws/credentials` and `aws/config`, no instance role."""
+    mount = mount_factory("s3-seaweedfs", start=False)
+    mount.env = {
+        "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
+        "AWS_CONFIG_FILE": str(aws / "config"),
+        "AWS_PROFILE": profile,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    return mount.start()
 
 
 def test_a_mount_given_no_region_takes_the_one_its_bucket_names(
