@@ -607,13 +607,17 @@ class Filesystem:
         copies: dict[str, tuple[str, str]] = {}  # by source: its version listed, its copy's
         copied: list[ObjectMeta] = []
 
-        async def copy(meta: ObjectMeta) -> None:
+        async def copy(meta: ObjectMeta) -> bool:
+            """Copy `meta` under `new`: False if another node removed (or moved) it since."""
             destination = new + meta.key[len(old) :]
-            with contextlib.suppress(ObjectNotFoundError):  # removed by another node since
+            try:
                 version = await self._copy(meta.key, destination, meta.size, meta.version)
-                copied.append(meta)
-                if version is not None:
-                    copies[meta.key] = (meta.version, version)
+            except ObjectNotFoundError:
+                return False
+            copied.append(meta)
+            if version is not None:
+                copies[meta.key] = (meta.version, version)
+            return True
 
         # A file that is also a folder's name (`d/f` beside `d/f/x`: S3 allows both) is
         # copied before the rest, alone: SeaweedFS, copying both at once, kept one of them
@@ -643,21 +647,23 @@ class Filesystem:
         old: str,
         new: str,
         copied: list[ObjectMeta],
-        copy: Callable[[ObjectMeta], Awaitable[None]],
+        copy: Callable[[ObjectMeta], Awaitable[bool]],
     ) -> None:
         """Copy again, one at a time, what a folder move copied and the store lost, before
         any source goes (a lost copy's source was deleted with the others: SeaweedFS lost
         one when a file and a folder of its name were copied at once). Up to COPY_ROUNDS
-        rounds; CloudError if a copy is still missing: the sources stay."""
+        rounds; CloudError if a copy is still missing: the sources stay. A copy whose
+        source is gone by then was moved or removed by another node (its copy with it, a
+        move of the same folder from there): it leaves this move, as a local folder's
+        file renamed away by another process does."""
         lost = await self._copies_missing(old, new, copied)
         for _ in range(COPY_ROUNDS):
             if not lost:
                 return
             log.warning(
-                "%s: the store lost %d copies of this move; copying them again", old, len(lost)
+                "%s: the store lacks %d copies of this move; copying them again", old, len(lost)
             )
-            for meta in lost:
-                await copy(meta)
+            lost = [meta for meta in lost if await copy(meta)]
             lost = await self._copies_missing(old, new, lost)
         if lost:
             raise CloudError(
