@@ -330,6 +330,23 @@ async def test_a_local_folder_marker_where_a_file_is_says_which(tmp_path: Path) 
         await store.close()
 
 
+async def test_a_local_copy_made_again_leaves_no_file_behind(tmp_path: Path) -> None:
+    """A copy over a copy of the same file (two nodes moving one folder at once) leaves
+    the bucket's directory as one copy does: obstore's left a temp file there, which kept
+    an emptied folder listed and unremovable."""
+    store = open_store(settings_for("local", None, tmp_path))
+    try:
+        await store.put("src/file", b"x")
+        for _ in range(2):
+            await store.copy("src/file", "dst/sub/file")
+        assert sorted(os.listdir(tmp_path / "bucket" / "dst" / "sub")) == ["file"]
+        await store.delete("dst/sub/file")
+        assert (await store.list_all("dst/")).prefixes == []
+        assert not (tmp_path / "bucket" / "dst").exists()
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("provider", AUTHENTICATING)
 async def test_bad_credentials_are_access_denied(
     provider: str, request: pytest.FixtureRequest, tmp_path: Path

@@ -400,15 +400,17 @@ class ObjstoreCloud(CloudStore):
         when this returns; the copy's version. obstore's copy tells none and takes no
         condition: a local copy is a hard link, of its source's version, so a look at the
         copy tells both (a write of another's since, to either name, reads as a change)."""
-        await self._call(
-            "COPY", source, lambda: obstore.copy_async(self._store, source, destination)
-        )
+        await self._call("COPY", source, lambda: self._store_copy(source, destination))
         copied = await self.head(destination)
         if version is not None and copied.version != version:
             raise VersionChangedError(
                 f"{self.url}/{source}: copied {copied.version}, not {version}"
             )
         return copied.version
+
+    async def _store_copy(self, source: str, destination: str) -> None:
+        """The store's copy of `source` to `destination`."""
+        await obstore.copy_async(self._store, source, destination)
 
     async def close(self) -> None:
         """Wait for the drops under way (a subclass closes its connections after)."""

@@ -294,6 +294,11 @@ class LocalDirectoryCloud(ObjstoreCloud):
         self.check_key(prefix)
         await asyncio.to_thread(self._remove_unmarked_from, self._root / prefix, True)
 
+    async def _store_copy(self, source: str, destination: str) -> None:
+        """A hard link, as obstore's copy makes, without the temp file it left when the
+        destination was a link of the source already (`_link_over`)."""
+        await asyncio.to_thread(_link_over, self._root / source, self._root / destination)
+
     async def _list_unfiltered(
         self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
     ) -> AsyncIterator[ListPage]:
@@ -398,6 +403,32 @@ class LocalDirectoryCloud(ObjstoreCloud):
 
 _LOCAL_TEMP_SUFFIX = re.compile(r"#\d+$")
 FOLDER_MARK = "user.tierfs.folder"
+
+
+def _link_over(source: Path, destination: Path) -> None:
+    """Link `source` at `destination` as obstore's LocalStore copies: under a free temp
+    name beside it (`name#N`, which listings pass over), renamed over it. Where the
+    destination was a link of the same file (two nodes moving one folder at once, a copy
+    made again), rename(2) does nothing and leaves the temp name, which is removed here:
+    left, it kept its folder listed though no key was below it, and rmdir could not
+    remove it."""
+    attempt = 0
+    while True:
+        staged = destination.with_name(f"{destination.name}#{attempt}")
+        try:
+            os.link(source, staged)
+            break
+        except FileExistsError:  # another copy's under way
+            attempt += 1
+        except FileNotFoundError:
+            if not source.exists():
+                raise
+            destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(staged, destination)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
 
 
 def _make_marked_folder(folder: Path) -> None:
