@@ -813,16 +813,17 @@ def test_a_written_files_time_holds_past_its_upload(
     path.write_bytes(b"one")
     written = path.stat().st_mtime_ns
     time.sleep(0.3)
-    assert (path.stat().st_mtime_ns, path.stat().st_ctime_ns) == (written, written)
+    times = (path.stat().st_mtime_ns, path.stat().st_ctime_ns)
+    assert times == (written, written), mount.log_tail()
     with path.open("r+b") as file:
         file.write(b"two")
     rewritten = path.stat().st_mtime_ns
     assert rewritten > written
     time.sleep(0.3)
-    assert path.stat().st_mtime_ns == rewritten
+    assert path.stat().st_mtime_ns == rewritten, mount.log_tail()
     cloud_put(mount, "f", b"changed elsewhere")
     time.sleep(0.3)
-    assert path.stat().st_mtime_ns != rewritten  # the store's, now
+    assert path.stat().st_mtime_ns != rewritten, mount.log_tail()  # the store's, now
 
 
 def forget_unused_inodes() -> None:
