@@ -298,6 +298,10 @@ class ReadPath:
         """See `ChunkSource.has`: a flight of `chunk` is under way, or tier 1 holds it."""
         return chunk.id in self._flights or (self._holds is not None and self._holds(chunk.id))
 
+    def holds(self, chunk: ChunkRef) -> bool | None:
+        """Whether tier 1 holds `chunk` now; None where it cannot tell without a read."""
+        return None if self._holds is None else self._holds(chunk.id)
+
     def warm(self, chunk: ChunkRef) -> None:
         """See `ChunkSource.warm`: tier 1 starts reading the chunk's file into memory."""
         if self._warm is not None:

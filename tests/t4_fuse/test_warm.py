@@ -72,6 +72,22 @@ def test_what_does_not_fit_in_tier_1_is_said_and_exit_1(
     assert error == "tierfs warm: not everything could be warmed (see above)"
 
 
+def test_what_tier_1_let_go_for_later_chunks_did_not_fit(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A warm whose chunks push out the ones it warmed (or found) before says so: the
+    first file, in tier 1 already, made room for the second one's chunks."""
+    mount = mount_factory("local", start=False, nvme_size="8MiB")
+    cloud_put(mount, "data/a.bin", os.urandom(4 * MiB))
+    cloud_put(mount, "data/b.bin", os.urandom(8 * MiB))
+    mount.start()
+    first = warm(str(mount.path / "data/a.bin"), "-node", node_address(mount))
+    assert first.returncode == 0, first.stderr
+    both = warm(str(mount.path / "data"), "-node", node_address(mount))
+    assert both.returncode == 1, both.stdout
+    assert "2 files, 12.0 MiB" in both.stdout and "did not fit in tier 1" in both.stdout
+
+
 @pytest.mark.parametrize(
     ("where", "expected"),
     [
