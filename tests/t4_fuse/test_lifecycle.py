@@ -168,6 +168,33 @@ def test_a_restart_removes_the_staging_files_a_crash_left_of_uploaded_files(
     assert "removed 1 staging files" in mount.log_tail(200)
 
 
+def test_a_restart_removes_the_temp_file_of_a_local_upload_a_crash_cut_short(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """Killed while a file went up to the local provider, the client left obstore's temp
+    file (`name#N`) beside the key: its bytes held for good, and its folder kept listed
+    and unremovable once emptied. The restart sends the file again and removes it."""
+    mount = mount_factory("local")
+    bucket = Path(mount.flags["local_root"])
+    (mount.path / "d").mkdir()
+    payload = os.urandom(512 * 2**20)
+    fd = os.open(mount.path / "d/big.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    assert os.write(fd, payload) == len(payload)
+    closing = threading.Thread(target=close_errno, args=(fd,))
+    closing.start()  # the close sends the file
+    deadline = time.monotonic() + 30
+    while not list((bucket / "d").glob("big.bin#*")):
+        assert time.monotonic() < deadline, "no upload under way"
+        time.sleep(0.005)
+    mount.kill()
+    closing.join()
+    assert list((bucket / "d").glob("big.bin#*"))  # cut short
+    mount.start()  # the journal's uploads are done before the mount appears
+    assert cloud_bytes(mount, "d/big.bin") == payload
+    assert os.listdir(bucket / "d") == ["big.bin"]
+    assert "which a crash left" in mount.log_tail(200)
+
+
 def conflict_copies(mount: Mount) -> dict[str, bytes]:
     """What the bucket behind `mount` holds under `.tierfs-conflicts/`, by key."""
 

@@ -31,6 +31,9 @@ from tierfs.errors import (
 
 log = logging.getLogger(__name__)
 
+# Seconds between this node's clock and the store's, at most, when the uploads a crash
+# left are told from others by when they began (`began_then`).
+CLOCK_SLACK = 5.0
 # Keys one listing request asks for: S3's, Azure's and GCS's most.
 LIST_PAGE_SIZE = 1000
 # Multipart uploads start above this size; parts are this big and go up in parallel.
@@ -371,3 +374,14 @@ def split_markers(objects: Sequence[ObjectMeta]) -> tuple[list[ObjectMeta], list
     files = [meta for meta in objects if not meta.key.endswith("/")]
     markers = [meta.key.removesuffix("/") for meta in objects if meta.key.endswith("/")]
     return files, markers
+
+
+def began_then(moment: float, began: Sequence[float], timeout: float) -> bool:
+    """Whether an upload the store says began at `moment` (seconds since the epoch) may be
+    one of those this node noted as begun at `began` (`drop_uploads_begun`): within
+    CLOCK_SLACK before one of them, or two deadlines (`timeout`) and CLOCK_SLACK after it
+    (the put's look at the uploads before it, then its tries, each begun within the
+    deadline). Another client's upload of the key is told apart by beginning at another
+    time."""
+    reach = 2 * timeout + CLOCK_SLACK
+    return any(when - CLOCK_SLACK <= moment <= when + reach for when in began)

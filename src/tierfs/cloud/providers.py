@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISDIR
@@ -17,7 +19,7 @@ from urllib.parse import quote
 from obstore.store import AzureStore, LocalStore, S3Store
 
 from tierfs.cloud.azure import AzureBlobCloud
-from tierfs.cloud.base import LIST_PAGE_SIZE, CloudStore, ListPage, ObjectMeta
+from tierfs.cloud.base import LIST_PAGE_SIZE, CloudStore, ListPage, ObjectMeta, began_then
 from tierfs.cloud.objstore import NO_RETRIES, ObjstoreCloud, client_options
 from tierfs.cloud.s3 import GcsInteropCloud, S3Cloud, S3Keys
 from tierfs.cloud.s3_region import DEFAULT_REGION, check_given_region, find_region
@@ -36,6 +38,8 @@ from tierfs.settings import ClientSettings
 
 if TYPE_CHECKING:
     from tierfs.cloud.aws_credentials import AwsCredentials
+
+log = logging.getLogger(__name__)
 
 GCS_INTEROP_ENDPOINT = "https://storage.googleapis.com"
 BUCKET_CHECK_DEADLINE = 2.0  # seconds
@@ -267,6 +271,7 @@ class LocalDirectoryCloud(ObjstoreCloud):
     def __init__(self, store: LocalStore, root: str, timeout: float) -> None:
         super().__init__(store, f"local://{root}", timeout)
         self._root = Path(root)
+        self._opened_at = time.time()
 
     async def put(self, key: str, body: bytes | Path, expect: str | None = None) -> ObjectMeta:
         """FolderAtKeyError where a folder holds `key`'s name (obstore says "Is a
@@ -298,6 +303,32 @@ class LocalDirectoryCloud(ObjstoreCloud):
         """A hard link, as obstore's copy makes, without the temp file it left when the
         destination was a link of the source already (`_link_over`)."""
         await asyncio.to_thread(_link_over, self._root / source, self._root / destination)
+
+    async def drop_uploads_begun(self, key: str, began: Sequence[float]) -> None:
+        """Remove the temp files (`name#N`) of `key` that uploads a crash left were
+        writing: last written before this store was opened (by no upload of this run) and
+        when one noted in `began` ran (`began_then`); and the folders they alone kept.
+        Left, such a file held its bytes for good, and kept its folder listed and
+        unremovable once the folder was emptied. A temp file tells its last write, not
+        its start: one of an upload that ran longer than the window is left."""
+        self.check_key(key)
+        await asyncio.to_thread(self._remove_temps_of, self._root / key, began)
+
+    def _remove_temps_of(self, path: Path, began: Sequence[float]) -> None:
+        try:
+            entries = builtins.list(os.scandir(path.parent))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            name, mark, number = entry.name.rpartition("#")
+            if name != path.name or not mark or not number.isdigit():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                written = entry.stat().st_mtime
+                if written < self._opened_at and began_then(written, began, self._timeout):
+                    os.unlink(entry.path)
+                    log.info("%s: removed %s, which a crash left", self.url, entry.path)
+        self._remove_unmarked_from(path.parent, False)
 
     async def _list_unfiltered(
         self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE

@@ -20,7 +20,13 @@ from xml.etree import ElementTree
 from obstore.store import S3Store
 from yarl import URL
 
-from tierfs.cloud.base import GCS_ACME_FOLDER, LIST_PAGE_SIZE, ListPage, ObjectMeta
+from tierfs.cloud.base import (
+    GCS_ACME_FOLDER,
+    LIST_PAGE_SIZE,
+    ListPage,
+    ObjectMeta,
+    began_then,
+)
 from tierfs.cloud.objstore import ListAnswer, ObjstoreCloud, listing_xml
 from tierfs.cloud.signed import SignedRequests
 from tierfs.cloud.upload_drops import UploadDrops
@@ -34,9 +40,6 @@ from tierfs.errors import (
 log = logging.getLogger(__name__)
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-# Seconds between this node's clock and the store's, at most, when the uploads a crash
-# left are told from others by when they began (`S3Cloud.drop_uploads_begun`).
-CLOCK_SLACK = 5.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -117,18 +120,12 @@ class S3Cloud(ObjstoreCloud):
                 pass
 
     async def drop_uploads_begun(self, key: str, began: Sequence[float]) -> None:
-        """Abort the uploads of `key` in progress that the store says began within
-        CLOCK_SLACK before one of the moments `began`, or within two deadlines and
-        CLOCK_SLACK after it (the put's listing of the uploads before it, then its tries,
-        each begun within the deadline). obstore does not say which upload is its own: an
+        """Abort the uploads of `key` in progress that the store says began when one of
+        `began` did (`began_then`). obstore does not say which upload is its own: an
         upload of `key` by another client is left, unless it began in that same window."""
-        reach = 2 * self._timeout + CLOCK_SLACK
 
         def ours(initiated: datetime | None) -> bool:
-            moment = initiated.timestamp() if initiated is not None else None
-            return moment is not None and any(
-                when - CLOCK_SLACK <= moment <= when + reach for when in began
-            )
+            return initiated is not None and began_then(initiated.timestamp(), began, self._timeout)
 
         try:
             uploads = await self._call("LIST", key, lambda: self._uploads_begun(key))
