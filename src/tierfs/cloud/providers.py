@@ -319,6 +319,7 @@ class LocalDirectoryCloud(ObjstoreCloud):
             entries = builtins.list(os.scandir(path.parent))
         except (FileNotFoundError, NotADirectoryError):
             return
+        removed = False
         for entry in entries:
             name, mark, number = entry.name.rpartition("#")
             if name != path.name or not mark or not number.isdigit():
@@ -327,8 +328,10 @@ class LocalDirectoryCloud(ObjstoreCloud):
                 written = entry.stat().st_mtime
                 if written < self._opened_at and began_then(written, began, self._timeout):
                     os.unlink(entry.path)
+                    removed = True
                     log.info("%s: removed %s, which a crash left", self.url, entry.path)
-        self._remove_unmarked_from(path.parent, False)
+        if removed:
+            self._remove_unmarked_from(path.parent, False)
 
     async def _list_unfiltered(
         self, prefix: str, delimiter: bool, page_size: int = LIST_PAGE_SIZE
