@@ -8,8 +8,6 @@ import errno
 import mmap
 import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mounts import Mount, cloud_bytes, cloud_put, node_stats
+from mounts import Mount, cloud_bytes, cloud_put, node_address, node_stats, warm
 from pagecache import cached_page_count, cached_pages
 
 CHUNK = 2**20
@@ -58,9 +56,8 @@ def warmed_file(mount_factory: Callable[..., Mount]) -> tuple[Mount, bytes]:
     mount = mount_factory("s3-seaweedfs", chunk_size="1MiB")
     body = os.urandom(3 * CHUNK)
     cloud_put(mount, "data.bin", body)
-    warm = [sys.executable, "-m", "tierfs.cli", "warm", str(mount.path / "data.bin")]
-    warm += ["-node", f"127.0.0.1:{mount.flags['port']}"]
-    subprocess.run(warm, check=True, capture_output=True, timeout=60)
+    warmed = warm(str(mount.path / "data.bin"), "-node", node_address(mount))
+    assert warmed.returncode == 0, warmed.stderr
     return mount, body
 
 
