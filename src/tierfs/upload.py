@@ -335,8 +335,8 @@ class Uploader:
         self.chunk_size = chunk_size
         self.peers = peers
         self._promotions: set[asyncio.Task[None]] = set()
-        self._tier_1_work: set[asyncio.Task[None]] = set()  # drops and moves
-        self._abandoned: set[asyncio.Task[None]] = set()
+        # what `close` waits for: drops and moves in tier 1, abandoned uploads
+        self._finishing: set[asyncio.Task[None]] = set()
         self._early: set[EarlyUpload] = set()  # started, neither finished nor abandoned
         # The rows a previous run left, not sent yet: taken at the first `recover`, which
         # comes before anything is written. This run's rows are never recovery's.
@@ -426,7 +426,7 @@ class Uploader:
     def abandon(self, early: EarlyUpload) -> None:
         """Give `early` up in the background (the store drops the parts it has)."""
         self._early.discard(early)
-        _in_background(self._abandoned, early.abort(), f"abandon {early.key}")
+        _in_background(self._finishing, early.abort(), f"abandon {early.key}")
 
     def forget(self, staging: Path) -> None:
         """Forget `staging`'s row (`UploadJournal.done`), and what a removal cut short
@@ -499,7 +499,7 @@ class Uploader:
         chunks in tier 1 go now, in the background. Nobody reads them from here again, and
         left to the LRU they would push out live chunks read less recently than they were
         written (a file fsynced often left a version per fsync)."""
-        _in_background(self._tier_1_work, self._drop(key, version), f"drop {key}")
+        _in_background(self._finishing, self._drop(key, version), f"drop {key}")
 
     async def _drop(self, key: str, version: str) -> None:
         try:
@@ -512,7 +512,7 @@ class Uploader:
         the chunks tier 1 holds of `old` are held as `new`'s, in the background, so the
         moved file is not fetched again (a file written under a temporary name, then
         renamed, as many tools do)."""
-        _in_background(self._tier_1_work, self._move(old, new), f"move {old.key}")
+        _in_background(self._finishing, self._move(old, new), f"move {old.key}")
 
     async def _move(self, old: ObjectRef, new: ObjectRef) -> None:
         size = self.chunk_size
@@ -528,9 +528,7 @@ class Uploader:
         and the abandoned uploads to go."""
         for task in list(self._promotions):
             task.cancel()
-        await asyncio.gather(
-            *self._promotions, *self._tier_1_work, *self._abandoned, return_exceptions=True
-        )
+        await asyncio.gather(*self._promotions, *self._finishing, return_exceptions=True)
 
     async def recover(self) -> int:
         """Upload what a previous run left in the journal; returns how many remain. The
