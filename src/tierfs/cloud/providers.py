@@ -321,8 +321,8 @@ class LocalDirectoryCloud(ObjstoreCloud):
             return
         removed = False
         for entry in entries:
-            name, mark, number = entry.name.rpartition("#")
-            if name != path.name or not mark or not number.isdigit():
+            suffix = _LOCAL_TEMP_SUFFIX.search(entry.name)
+            if suffix is None or entry.name[: suffix.start()] != path.name:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 written = entry.stat().st_mtime
