@@ -58,6 +58,9 @@ SMALL_FILES, SMALL_SIZE = 1000, 16 * KiB
 ENTRIES = 10_000
 WRITE_SIZE = 256 * MiB
 MB = 10**6  # the RSS target is in decimal megabytes
+# A client's RSS "at rest" is read this long after its last figure: tierfs hands the chunk
+# buffers it freed back to the system once its reads have stopped for a second or two.
+AT_REST = 3.0  # seconds
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
@@ -93,7 +96,7 @@ FIGURES: dict[str, tuple[str, float, str, str]] = {
         "MiB/s", 115, "CloudStore.put of a local file", "1 MiB writes, fsync, close"
     ),
 }  # fmt: skip
-RSS = "client RSS after the run"
+RSS = "client RSS at peak (VmHWM)"
 GROUPS = ["sequential", "random", "small", "listing", "write"]  # of figures, for --only
 TIERFS = "tierfs"
 DURABLE_WITHIN = 300.0  # seconds a written object may take to reach the bucket
@@ -168,19 +171,20 @@ class Bench:
         return mount.start()
 
     def stop(self, mount: Mount | RivalMount) -> None:
-        """Note the client's memory, stop it, and exit if it failed (or tierfs logged an
-        error)."""
+        """Note the client's memory (at rest, and its peak), stop it, and exit if it failed
+        (or tierfs logged an error)."""
         assert mount.proc is not None
+        time.sleep(AT_REST)
         status = Path(f"/proc/{mount.proc.pid}/status").read_text().splitlines()
         kib = {line.split(":")[0]: int(line.split()[1]) for line in status if line.endswith("kB")}
         memory = (kib["VmRSS"] * KiB / MB, kib["VmHWM"] * KiB / MB)
         self.rss.setdefault(self.system, {})[mount.path.parent.name] = memory
-        ticks = Path(f"/proc/{mount.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]
-        cpu = sum(map(int, ticks)) / os.sysconf("SC_CLK_TCK")
+        stat = Path(f"/proc/{mount.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
         self.cpu.setdefault(self.system, {})[mount.path.parent.name] = cpu
         print(
-            f"  {mount.path.parent.name}: {cpu:.2f} s of CPU, RSS {memory[0]:,.0f} MB "
-            f"(peak {memory[1]:,.0f})",
+            f"  {mount.path.parent.name}: {cpu:.2f} s of CPU, {int(stat[7]):,} page faults, "
+            f"RSS at rest {memory[0]:,.0f} MB, at peak {memory[1]:,.0f}",
             file=sys.stderr,
         )
         code = mount.stop()
@@ -517,11 +521,11 @@ async def run(
 
 
 def rss_row(rss: dict[str, dict[str, tuple[float, float]]], rivals: list[str]) -> Row:
-    """tierfs's largest client RSS after its run, beside the leanest rival's largest."""
-    name, (largest, peak) = max(rss[TIERFS].items(), key=lambda item: item[1][0])
-    each = ", ".join(f"{n} {r:,.0f}" for n, (r, _) in rss[TIERFS].items())
-    about = f"the largest ({name}) of {len(rss[TIERFS])} clients: {each}; VmHWM {peak:,.0f}"
-    theirs = {system: max(r for r, _ in rss[system].values()) for system in rivals}
+    """tierfs's largest client peak RSS, beside the leanest rival's largest."""
+    name, (_, largest) = max(rss[TIERFS].items(), key=lambda item: item[1][1])
+    each = ", ".join(f"{n} {peak:,.0f} ({rest:,.0f})" for n, (rest, peak) in rss[TIERFS].items())
+    about = f"the largest ({name}) of {len(rss[TIERFS])} clients, each at peak (at rest): {each}"
+    theirs = {system: max(peak for _, peak in rss[system].values()) for system in rivals}
     leanest = min(theirs, key=theirs.__getitem__, default="")
     rival = theirs.get(leanest)
     return Row(RSS, "MB", largest, None, 200, about, rival, leanest, lower_is_better=True)

@@ -33,7 +33,7 @@ from tierfs.fs.handles import Staging
 from tierfs.fuse.mount import prepare_mountpoint, serve
 from tierfs.fuse.operations import KERNEL_TTL, Operations
 from tierfs.fuse.page_cache import KernelPageCache
-from tierfs.memory import free_held_memory_forever, limit_malloc_arenas
+from tierfs.memory import free_held_memory_forever, tune_malloc
 from tierfs.open_files import take_hard_limit
 from tierfs.peer.app import create_app, start_site
 from tierfs.peer.fetcher import PeerFetcher
@@ -100,7 +100,7 @@ def take_tier_1(nvme: Path) -> int:
 
 async def run_client(settings: ClientSettings) -> None:
     """Mount the bucket at `settings.mount` and serve it until told to stop."""
-    limit_malloc_arenas()
+    tune_malloc()
     take_hard_limit()
     stats = NodeStats()
     async with AsyncExitStack() as stack:
