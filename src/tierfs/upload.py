@@ -53,6 +53,11 @@ RECOVERY_INTERVAL = 5.0  # seconds between tries while the cloud refuses a recov
 # Files going up while they are written, at most: each holds up to PART_CONCURRENCY parts
 # in memory. The others go up at their close.
 EARLY_UPLOADS = 2
+# Files over MULTIPART_THRESHOLD going up at their close at once, at most (the others wait
+# their turn): each holds up to PART_CONCURRENCY parts in memory. 8 writers of 64 MiB
+# files at once took the client's RSS to 598 MB without a bound, 272 with it (and 4 parts
+# a file instead of 8), at 132 MiB/s in all against 106 (SeaweedFS here).
+LATE_PUTS = 2
 # Where a late upload puts a file whose object another node changed or removed since this
 # node began writing it (`Uploader.upload_late`): CONFLICTS/<UTC time>/<its key>.
 CONFLICTS = ".tierfs-conflicts"
@@ -338,6 +343,7 @@ class Uploader:
         # what `close` waits for: drops and moves in tier 1, abandoned uploads
         self._finishing: set[asyncio.Task[None]] = set()
         self._early: set[EarlyUpload] = set()  # started, neither finished nor abandoned
+        self._large_puts = asyncio.Semaphore(LATE_PUTS)
         # The rows a previous run left, not sent yet: taken at the first `recover`, which
         # comes before anything is written. This run's rows are never recovery's.
         self._left_behind: list[PendingUpload] | None = None
@@ -373,15 +379,7 @@ class Uploader:
             finally:
                 self._early.discard(early)
         if meta is None:
-            with contextlib.suppress(OSError):  # no staging file: the put says so
-                if staging.stat().st_size > MULTIPART_THRESHOLD:
-                    self.journal.note_began(staging, key, time.time())
-            try:
-                meta = await self.cloud.put(key, staging, expect)
-            except CloudError:  # the store may have taken it all the same
-                with contextlib.suppress(OSError):  # no staging file: nothing to retry
-                    self.journal.note_tried(staging, await asyncio.to_thread(content_of, staging))
-                raise
+            meta = await self._put(key, staging, expect)
         self.forget(staging)
         try:
             source = os.open(staging, os.O_RDONLY)  # open now: the caller may delete it
@@ -392,6 +390,22 @@ class Uploader:
         promote = self._promote(meta, source, staged, writes)
         _in_background(self._promotions, promote, f"promote {key}")
         return meta
+
+    async def _put(self, key: str, staging: Path, expect: str | None) -> ObjectMeta:
+        """Put the file `staging` whole; one in parts waits for one of LATE_PUTS."""
+        try:
+            large = staging.stat().st_size > MULTIPART_THRESHOLD
+        except OSError:  # no staging file: the put says so
+            large = False
+        async with self._large_puts if large else contextlib.nullcontext():
+            if large:
+                self.journal.note_began(staging, key, time.time())
+            try:
+                return await self.cloud.put(key, staging, expect)
+            except CloudError:  # the store may have taken it all the same
+                with contextlib.suppress(OSError):  # no staging file: nothing to retry
+                    self.journal.note_tried(staging, await asyncio.to_thread(content_of, staging))
+                raise
 
     async def _finish(self, key: str, early: EarlyUpload) -> ObjectMeta | None:
         """The object that `early` uploaded, or None if the file must be put whole."""

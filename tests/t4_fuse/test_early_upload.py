@@ -192,6 +192,38 @@ def test_two_files_at_most_go_up_while_written(s3: tuple[Mount, Any, str]) -> No
     assert uploads(client, bucket) == {}
 
 
+def client_memory_kib(mount: Mount, field: str) -> int:
+    """A field of the client's /proc status (VmRSS, VmHWM), in KiB."""
+    assert mount.proc is not None
+    status = Path(f"/proc/{mount.proc.pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(field)).split()[1])
+
+
+def test_many_files_closed_at_once_keep_the_clients_memory_bounded(
+    s3: tuple[Mount, Any, str],
+) -> None:
+    mount, client, bucket = s3
+    assert mount.proc is not None
+    bodies = [os.urandom(48 * MiB) for _ in range(8)]  # 2 go up while written, 6 at close
+    baseline = client_memory_kib(mount, "VmRSS")
+    Path(f"/proc/{mount.proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+    def write(index: int) -> None:
+        with (mount.path / f"f{index}.bin").open("wb", buffering=0) as f:
+            append(f, bodies[index])
+
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(len(bodies))]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    growth = (client_memory_kib(mount, "VmHWM") - baseline) / 1024
+    for i, body in enumerate(bodies):
+        assert cloud_bytes(mount, f"f{i}.bin") == body
+    assert uploads(client, bucket) == {}
+    assert growth < 300, f"the client's RSS grew by {growth:.0f} MiB"
+
+
 def test_small_files_go_up_in_one_request(s3: tuple[Mount, Any, str]) -> None:
     mount, client, bucket = s3
     data = os.urandom(12 * MiB)  # under the multipart threshold
