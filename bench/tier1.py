@@ -36,6 +36,7 @@ from tierfs.cache.chunk_cache import IO_THREADS, DiskChunkCache
 from tierfs.chunks import Data, ObjectRef, chunk_ref
 from tierfs.cloud.base import CloudStore
 from tierfs.cloud.providers import local_store, s3_store
+from tierfs.memory import tune_malloc
 from tierfs.prefetch import SequentialReader
 from tierfs.read_path import ReadPath
 from tierfs.stats import NodeStats, Tier
@@ -413,6 +414,7 @@ def main() -> None:
         "--only", choices=["hits", "cold"], help="run only (a) the tier-1 hits or (b) the cold read"
     )
     args = parser.parse_args()
+    tune_malloc()  # as a client does at its start
     began, load_before = time.monotonic(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="tierfs-bench-"))
     server = None

@@ -53,11 +53,11 @@ RECOVERY_INTERVAL = 5.0  # seconds between tries while the cloud refuses a recov
 # Files going up while they are written, at most: each holds up to PART_CONCURRENCY parts
 # in memory. The others go up at their close.
 EARLY_UPLOADS = 2
-# Files over MULTIPART_THRESHOLD going up at their close at once, at most (the others wait
-# their turn): each holds up to PART_CONCURRENCY parts in memory. 8 writers of 64 MiB
-# files at once took the client's RSS to 598 MB without a bound, 272 with it (and 4 parts
-# a file instead of 8), at 132 MiB/s in all against 106 (SeaweedFS here).
-LATE_PUTS = 2
+# Files over MULTIPART_THRESHOLD put whole (at their close, or by recovery) at once, at most;
+# the others wait their turn. Each holds up to PART_CONCURRENCY parts in memory: 8 writers
+# of 64 MiB files at once took the client's RSS to 598 MB without a bound, 272 with it
+# (and 4 parts a file instead of 8), at 132 MiB/s in all against 106 (SeaweedFS here).
+LARGE_PUTS = 2
 # Where a late upload puts a file whose object another node changed or removed since this
 # node began writing it (`Uploader.upload_late`): CONFLICTS/<UTC time>/<its key>.
 CONFLICTS = ".tierfs-conflicts"
@@ -343,7 +343,7 @@ class Uploader:
         # what `close` waits for: drops and moves in tier 1, abandoned uploads
         self._finishing: set[asyncio.Task[None]] = set()
         self._early: set[EarlyUpload] = set()  # started, neither finished nor abandoned
-        self._large_puts = asyncio.Semaphore(LATE_PUTS)
+        self._large_puts = asyncio.Semaphore(LARGE_PUTS)
         # The rows a previous run left, not sent yet: taken at the first `recover`, which
         # comes before anything is written. This run's rows are never recovery's.
         self._left_behind: list[PendingUpload] | None = None
@@ -392,7 +392,7 @@ class Uploader:
         return meta
 
     async def _put(self, key: str, staging: Path, expect: str | None) -> ObjectMeta:
-        """Put the file `staging` whole; one in parts waits for one of LATE_PUTS."""
+        """Put the file `staging` whole; one in parts waits for one of LARGE_PUTS."""
         try:
             large = staging.stat().st_size > MULTIPART_THRESHOLD
         except OSError:  # no staging file: the put says so
