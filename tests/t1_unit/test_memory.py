@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import resource
 
+from proc_status import memory_kib
 from tierfs import memory
 
 KiB, MiB = 2**10, 2**20
@@ -14,17 +15,21 @@ CHUNK = 4 * MiB  # a fetched chunk's buffer
 PAGE = 4 * KiB
 
 
-def rss_anon() -> int:
-    """Bytes of this process's anonymous memory in RAM."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("RssAnon:"))
-    return int(line.split()[1]) * KiB
-
-
-def test_freed_heap_memory_goes_back_to_the_system() -> None:
+def c_allocator() -> ctypes.CDLL:
+    """glibc, with malloc and free typed for pointers."""
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
+    return libc
+
+
+def rss_anon() -> int:
+    """Bytes of this process's anonymous memory in RAM."""
+    return memory_kib("RssAnon") * KiB
+
+
+def test_freed_heap_memory_goes_back_to_the_system() -> None:
+    libc = c_allocator()
     blocks = [libc.malloc(BLOCK) for _ in range(1024)]  # 64 MiB
     fence = libc.malloc(BLOCK)  # above them: free() alone cannot shrink the heap
     try:
@@ -42,9 +47,7 @@ def test_freed_heap_memory_goes_back_to_the_system() -> None:
 
 
 def test_chunk_buffers_freed_in_a_burst_serve_the_next_without_page_faults() -> None:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
+    libc = c_allocator()
     memory.tune_malloc()
 
     def one_burst() -> int:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import servers
 from cloud_targets import server_for, settings_for
 from pagecache import cached_pages, evict
+from proc_status import memory_kib, reset_peak
 from tierfs.cache import files
 from tierfs.cache.chunk_cache import DiskChunkCache
 from tierfs.chunks import ChunkRef, Data, ObjectRef, chunk_ref
@@ -907,14 +908,6 @@ async def test_a_node_asked_while_it_asks_the_owner_above_it_costs_the_cloud_one
 # -- memory -------------------------------------------------------------------------------
 
 
-def vm_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/self/status")
-
-
 def big_file(path: Path, size: int, block: bytes) -> Callable[[int, Data], bool]:
     """Write `size` bytes of `block`s, each starting with its 8-byte index; return a check
     of one read (offset, data) that needs no copy of the file."""
@@ -949,15 +942,14 @@ async def test_streaming_a_large_object_keeps_memory_bounded(
             tmp_path / "nvme", cloud.store, chunk_size=4 * MiB, nvme_size=256 * MiB
         ) as node:
             reader = node.path.open_reader(ref)
-            baseline = vm_kib("VmRSS")
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")  # VmHWM := VmRSS: the peak from here on
+            baseline = memory_kib("VmRSS")
+            reset_peak()
             started = time.monotonic()
             for offset in range(0, size, READ):
                 data = await node.path.read(ref, offset, READ, reader)
                 assert len(data) == READ and check(offset, data), offset
             elapsed = time.monotonic() - started
-            growth = (vm_kib("VmHWM") - baseline) * KiB
+            growth = (memory_kib("VmHWM") - baseline) * KiB
             await reader.close()
             assert growth < 150 * MiB, f"RSS grew by {growth / MiB:.0f} MiB"
             assert node.stats.prefetch_hits > 0

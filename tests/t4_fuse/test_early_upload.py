@@ -18,6 +18,7 @@ from azure.storage.blob import BlobBlock
 import servers
 from cloud_targets import s3_server_for
 from mounts import Mount, cloud_bytes
+from proc_status import memory_kib, reset_peak
 from relay import abort_the_held_upload, relay_in_front_of
 
 MiB = 2**20
@@ -192,21 +193,15 @@ def test_two_files_at_most_go_up_while_written(s3: tuple[Mount, Any, str]) -> No
     assert uploads(client, bucket) == {}
 
 
-def client_memory_kib(mount: Mount, field: str) -> int:
-    """A field of the client's /proc status (VmRSS, VmHWM), in KiB."""
-    assert mount.proc is not None
-    status = Path(f"/proc/{mount.proc.pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith(field)).split()[1])
-
-
 def test_many_files_closed_at_once_keep_the_clients_memory_bounded(
     s3: tuple[Mount, Any, str],
 ) -> None:
     mount, client, bucket = s3
     assert mount.proc is not None
     bodies = [os.urandom(48 * MiB) for _ in range(8)]  # 2 go up while written, 6 at close
-    baseline = client_memory_kib(mount, "VmRSS")
-    Path(f"/proc/{mount.proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    pid = mount.proc.pid
+    baseline = memory_kib("VmRSS", pid)
+    reset_peak(pid)
 
     def write(index: int) -> None:
         with (mount.path / f"f{index}.bin").open("wb", buffering=0) as f:
@@ -217,7 +212,7 @@ def test_many_files_closed_at_once_keep_the_clients_memory_bounded(
         writer.start()
     for writer in writers:
         writer.join()
-    growth = (client_memory_kib(mount, "VmHWM") - baseline) / 1024
+    growth = (memory_kib("VmHWM", pid) - baseline) / 1024
     for i, body in enumerate(bodies):
         assert cloud_bytes(mount, f"f{i}.bin") == body
     assert uploads(client, bucket) == {}
