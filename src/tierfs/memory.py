@@ -1,4 +1,4 @@
-"""The process's C allocator (glibc): fewer arenas, chunk buffers reused during a burst, and
+"""The process's C allocator (glibc): one arena, chunk buffers reused during a burst, and
 free memory handed back after it.
 
 The cloud client's buffers (a chunk each, from its own threads) come from glibc's malloc.
@@ -19,6 +19,14 @@ from collections.abc import Callable
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
+# glibc gives a thread that allocates an arena of its own (up to 8 per core), and each
+# keeps what its thread freed for that thread alone: the cloud client's threads and the
+# loop's then hold a burst's buffers twice over. With 2 arenas and the thresholds below
+# (alternating runs of `bench/fuse.py --rivals none`, 2026-12-07), the clients' peak RSS
+# was 167-200 MB (cold sequential, 8 runs), 148-164 (cold random, 4), 166-168 (write, 2),
+# 82-136 at rest; with 1: 161-183 (10), 137-139 (4), 133-135 (2), 74-88; the same
+# throughput, and no more CPU.
+ARENAS = 1
 # Buffers up to this come from the arenas, not maps of their own (glibc's largest: 32 MiB on
 # 64 bits), and the arenas hand free memory at their top back to the system past TRIM_AT.
 # glibc's defaults (a threshold that follows the largest buffer freed, 4 MiB chunks then
@@ -62,12 +70,11 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def tune_malloc() -> None:
-    """glibc gives each thread that allocates its own heap arena (up to 8 per core); the
-    cloud client's and the file pools' threads then keep tens of MB each. Two arenas keep
-    the client's memory near what it uses; chunk buffers stay in them (MMAP_AT, TRIM_AT)."""
+    """One heap arena for every thread (ARENAS), chunk buffers kept in it during a burst
+    (MMAP_AT, TRIM_AT). Call before the process starts threads: arenas made before stay."""
     libc = _glibc()
     if libc is not None:
-        libc.mallopt(M_ARENA_MAX, 2)
+        libc.mallopt(M_ARENA_MAX, ARENAS)
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_AT)
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_AT)
 
