@@ -107,6 +107,29 @@ def test_tier_1_keeps_only_the_version_of_a_file_written_here_that_is_current(
     until_held(mount, "key", [])
 
 
+def test_tier_1_lets_go_of_a_version_replaced_or_removed_behind_the_mounts_back(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A file another node or tool replaces in the bucket: once the mount sees the new
+    version (past the metadata TTL), the chunks of the one it read leave tier 1; a file
+    removed there, once the mount sees it gone. Before, they stayed until the LRU."""
+    mount = mount_factory("local", chunk_size="1MiB", metadata_ttl="0.2s")
+    path = mount.path / "data.bin"
+    bodies = [os.urandom(3 * 2**20 + 5), os.urandom(2 * 2**20)]  # four chunks, then two
+    for body in bodies:
+        cloud_put(mount, "data.bin", body)
+        time.sleep(1.5)  # past the TTL, and the kernel's attributes (1 s) of the file
+        assert path.read_bytes() == body
+        version = on_cloud(mount, lambda cloud: cloud.head("data.bin")).version
+        until_held(mount, "version", [version] * -(-len(body) // 2**20))
+    assert path.read_bytes() == bodies[-1]  # the version still read stays
+    until_held(mount, "version", [version] * 2)
+    cloud_delete(mount, "data.bin")
+    time.sleep(1.5)
+    assert not path.exists()
+    until_held(mount, "key", [])
+
+
 def test_a_file_or_folder_moved_here_is_read_from_tier_1_under_its_new_name(
     mounted: Mount,
 ) -> None:

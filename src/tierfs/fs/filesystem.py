@@ -160,10 +160,19 @@ class Filesystem:
         if not entry.is_dir and self._open.get(node.inode) is None:
             if node.version != entry.version:
                 node.target = None
+                self._forget_version(node)
             node.size, node.version = entry.size, entry.version
             if node.mtime_set_for != entry.version:  # a time set here outlives the TTL
                 node.mtime_ns, node.mtime_set_for, node.atime_ns = entry.mtime_ns, None, None
         return node
+
+    def _forget_version(self, node: Node) -> None:
+        """The bucket has the file `node` (open nowhere here) at another version than the
+        one this mount knew, or not at all: another node or tool replaced or removed it.
+        Tier 1's chunks of that version go, as a change made here drops them: nobody
+        reads them from here again, and left to the LRU they push out live ones."""
+        if node.version and not (node.is_dir or node.is_link or node.inode in self._open):
+            self.uploader.drop_cached(node.path, node.version)
 
     async def lookup(self, parent_inode: int, name: str) -> Node:
         """The node of `name` in the directory; EntryNotFoundError if none. A lookup of a
@@ -172,8 +181,13 @@ class Filesystem:
         put there, not the one it replaced."""
         parent = self.inodes.get(parent_inode)
         async with self.path_locks.working(lambda: join(parent.path, name)):
-            await self._let_go_if_changed(self._child_path(parent, name))
-            path, entry = await self._existing(parent_inode, name)
+            path = self._child_path(parent, name)
+            await self._let_go_if_changed(path)
+            entry = await self._stat(path)
+            if entry is None:
+                if (gone := self.inodes.find(path)) is not None:
+                    self._forget_version(gone)
+                raise EntryNotFoundError(path)
             return self._apply(self.inodes.ensure(path, entry.is_dir, entry.is_link), entry)
 
     async def _let_go_if_changed(self, path: str) -> None:
@@ -254,6 +268,7 @@ class Filesystem:
             return await self._attributes(successor)
         entry = await self._stat(node.path)
         if entry is None or (entry.is_dir, entry.is_link) != (node.is_dir, node.is_link):
+            self._forget_version(node)
             raise EntryNotFoundError(node.path)  # gone, or another kind of thing now
         return self._apply(node, entry)
 
