@@ -111,19 +111,32 @@ def test_tier_1_lets_go_of_a_version_replaced_or_removed_behind_the_mounts_back(
     mount_factory: Callable[..., Mount],
 ) -> None:
     """A file another node or tool replaces in the bucket: once the mount sees the new
-    version (past the metadata TTL), the chunks of the one it read leave tier 1; a file
-    removed there, once the mount sees it gone. Before, they stayed until the LRU."""
+    version (past the metadata TTL), the chunks of the one it read leave tier 1, or once
+    the last handle reading them closes; a file removed there, once the mount sees it
+    gone. Before, they stayed until the LRU."""
     mount = mount_factory("local", chunk_size="1MiB", metadata_ttl="0.2s")
     path = mount.path / "data.bin"
-    bodies = [os.urandom(3 * 2**20 + 5), os.urandom(2 * 2**20)]  # four chunks, then two
-    for body in bodies:
+
+    def replace(body: bytes) -> str:
+        """Put `body` in the bucket, read it through the mount; its version."""
         cloud_put(mount, "data.bin", body)
         time.sleep(1.5)  # past the TTL, and the kernel's attributes (1 s) of the file
         assert path.read_bytes() == body
-        version = on_cloud(mount, lambda cloud: cloud.head("data.bin")).version
-        until_held(mount, "version", [version] * -(-len(body) // 2**20))
-    assert path.read_bytes() == bodies[-1]  # the version still read stays
-    until_held(mount, "version", [version] * 2)
+        return on_cloud(mount, lambda cloud: cloud.head("data.bin")).version
+
+    first = replace(os.urandom(3 * 2**20 + 5))  # four chunks
+    until_held(mount, "version", [first] * 4)
+    body = os.urandom(2 * 2**20)
+    second = replace(body)  # two chunks
+    until_held(mount, "version", [second] * 2)
+    with path.open("rb") as reading:
+        third = replace(os.urandom(2**20))  # one chunk
+        held = sorted([second] * 2 + [third])
+        until_held(mount, "version", held)  # the handle reads on at its version
+        evict(reading.fileno(), len(body))  # so that its read comes to tierfs
+        assert reading.read() == body
+        assert sorted(chunk["version"] for chunk in held_chunks(mount)) == held
+    until_held(mount, "version", [third])
     cloud_delete(mount, "data.bin")
     time.sleep(1.5)
     assert not path.exists()

@@ -783,6 +783,13 @@ class Filesystem:
         del self._open[file.node.inode]
         self.staging.discard(file)
         self.inodes.release(file.node)
+        gone, version = file.unlinked_from, file.node.version
+        if gone is not None and version:
+            # removed, replaced or changed in the bucket while open: its last reader is done,
+            # unless the file now at its name has the same bytes (a rename of a copy over it)
+            standing = self.inodes.find(gone)
+            if standing is None or standing.version != version:
+                self.uploader.drop_cached(gone, version)
 
     def _start_retries(self) -> None:
         if self._retries is None or self._retries.done():
