@@ -23,8 +23,8 @@ M_ARENA_MAX = -8
 # keeps what its thread freed for that thread alone: the cloud client's threads and the
 # loop's then hold a burst's buffers twice over. With 2 arenas and the thresholds below
 # (alternating runs of `bench/fuse.py --rivals none`, 2026-12-07), the clients' peak RSS
-# was 167-200 MB (cold sequential, 8 runs), 148-164 (cold random, 4), 166-168 (write, 2),
-# 82-136 at rest; with 1: 161-183 (10), 137-139 (4), 133-135 (2), 74-88; the same
+# was 167-200 MB (cold sequential, 10 runs), 148-164 (cold random, 4), 166-168 (write, 2),
+# 82-136 at rest; with 1: 168-183 (10), 137-139 (4), 133-135 (2), 74-88; the same
 # throughput, and no more CPU.
 ARENAS = 1
 # Buffers up to this come from the arenas, not maps of their own (glibc's largest: 32 MiB on
