@@ -181,13 +181,8 @@ class Filesystem:
         put there, not the one it replaced."""
         parent = self.inodes.get(parent_inode)
         async with self.path_locks.working(lambda: join(parent.path, name)):
-            path = self._child_path(parent, name)
-            await self._let_go_if_changed(path)
-            entry = await self._stat(path)
-            if entry is None:
-                if (gone := self.inodes.find(path)) is not None:
-                    self._forget_version(gone)
-                raise EntryNotFoundError(path)
+            await self._let_go_if_changed(self._child_path(parent, name))
+            path, entry = await self._existing(parent_inode, name)
             return self._apply(self.inodes.ensure(path, entry.is_dir, entry.is_link), entry)
 
     async def _let_go_if_changed(self, path: str) -> None:
@@ -232,10 +227,13 @@ class Filesystem:
             self.inodes.replace(path)
 
     async def _existing(self, parent_inode: int, name: str) -> tuple[str, Entry]:
-        """The path and entry of `name` in the directory; EntryNotFoundError if none."""
+        """The path and entry of `name` in the directory; EntryNotFoundError if none (the
+        tier-1 chunks of a file this mount knew there go: `_forget_version`)."""
         path = self._child_path(self.inodes.get(parent_inode), name)
         entry = await self._stat(path)
         if entry is None:
+            if (gone := self.inodes.find(path)) is not None:
+                self._forget_version(gone)
             raise EntryNotFoundError(path)
         return path, entry
 
