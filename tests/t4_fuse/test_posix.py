@@ -895,6 +895,32 @@ def test_an_inode_the_kernel_forgot_keeps_its_number(mounted: Mount, tmp_path: P
     assert link.read_bytes() == (source / "z.h").read_bytes()
 
 
+def test_what_was_set_here_outlives_the_kernel_forgetting_the_file(
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """A mode, a time set and a written file's time stay once the kernel forgot the
+    inodes (memory pressure) and looks them up again past the metadata TTL. Before, they
+    came back as the mount's default mode and the store's time: `chmod 600` undone, and
+    `rsync -a` sent every file again."""
+    mount = mount_factory("local", metadata_ttl="0.1s")
+    past = 1_500_000_000 * 10**9
+    kept = mount.path / "kept"
+    kept.write_bytes(b"one")
+    os.utime(kept, ns=(past, past))
+    kept.chmod(0o600)
+    (mount.path / "d").mkdir()
+    (mount.path / "d").chmod(0o700)
+    written = mount.path / "d/written"
+    written.write_bytes(b"two")
+    before = [(p.stat().st_ino, p.stat().st_mode, p.stat().st_mtime_ns) for p in (kept, written)]
+    forget_unused_inodes()
+    time.sleep(0.3)
+    after = [(p.stat().st_ino, p.stat().st_mode, p.stat().st_mtime_ns) for p in (kept, written)]
+    assert after == before
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and kept.stat().st_mtime_ns == past
+    assert stat.S_IMODE((mount.path / "d").stat().st_mode) == 0o700
+
+
 def test_a_directory_changed_here_takes_a_new_time(mounted: Mount) -> None:
     """A name made, removed or moved in a directory gives it a new time, as on a local
     disk: Python's import system lists a folder again only when its time changes, so a

@@ -109,8 +109,9 @@ class Filesystem:
         self.ownership = ownership
         self.page_cache = page_cache
         self._page_fills: set[asyncio.Task[None]] = set()  # chunks put there from tier 1
-        # The version each inode had at its last open, while the kernel keeps the inode:
-        # keep_cache only for that one (a forgotten inode's pages are gone with it).
+        # The version each inode had at its last open, while the table keeps the inode:
+        # keep_cache only for that one (a node the kernel forgot and the table kept has
+        # no pages in it then: keeping none is harmless).
         self._last_versions: dict[int, str] = {}
         self.inodes = InodeTable(on_drop=lambda inode: self._last_versions.pop(inode, None))
         self.names = Namespace(cloud, metadata_ttl)

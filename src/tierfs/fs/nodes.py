@@ -2,7 +2,8 @@
 
 Paths are object-key prefixes without a trailing slash: "" is the root, "a/b" a child.
 The kernel holds lookup counts; an entry leaves the table when its count falls to zero
-(`forget`) and no handle has it open. A path's inode number is a hash of it, so one the
+(`forget`) and no handle has it open, unless it holds what this mount set (`KEPT_FORGOTTEN`).
+A path's inode number is a hash of it, so one the
 kernel forgot and looks up again gets the number it had (tar checks a folder's and a
 file's number between making it and setting its times or replacing it).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +20,12 @@ from tierfs.errors import StaleHandleError
 
 ROOT_INODE = 1
 INODE_BITS = 63  # a signed 64-bit ino_t holds them too
+# Forgotten nodes that hold what this mount set (a mode, a time set or written here) stay
+# in the table, the latest this many (some 500 bytes each): a file the kernel forgot
+# (memory pressure, drop_caches) and looks up again keeps them. Before 2026-12-08 it
+# came back with the default mode and the store's time: `chmod 600` undone, and the
+# next `rsync -a` sent every file again.
+KEPT_FORGOTTEN = 32_768
 
 
 def join(parent: str, name: str) -> str:
@@ -31,7 +39,7 @@ def split(path: str) -> tuple[str, str]:
     return parent, name
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """One file or directory as this mount knows it."""
 
@@ -47,7 +55,7 @@ class Node:
     # it, `mtime_ns` is this mount's, not the store's. None: the store's.
     mtime_set_for: str | None = None
     atime_ns: int | None = None  # set here (utimens), kept as `mtime_ns` is; None: that one
-    lookups: int = 0
+    lookups: int = 0  # the kernel's
     open_count: int = 0
     replaced_at: str | None = None  # the path a rename over it took from it
     # The path an entry of another kind took from it (a folder another node made at a
@@ -56,13 +64,26 @@ class Node:
     opened_as: Node | None = None  # replaced: the file its last open opened (`open`)
     target: bytes | None = None  # a link's target at `version`
 
+    def holds_settings(self) -> bool:
+        """Whether the node holds what this mount set: a mode, or a time (`utimens`, or
+        of a write here) that stands for the object's version."""
+        return not (self.mode is None and self.mtime_set_for is None and self.atime_ns is None)
+
 
 class InodeTable:
     """Inodes by number and by path; the root is always there. `on_drop(inode)` is called
     when an inode leaves the table, for what is kept beside it."""
 
-    def __init__(self, on_drop: Callable[[int], object] = lambda inode: None) -> None:
+    def __init__(
+        self,
+        on_drop: Callable[[int], object] = lambda inode: None,
+        kept_forgotten: int = KEPT_FORGOTTEN,
+    ) -> None:
         self._on_drop = on_drop
+        self._kept_forgotten = kept_forgotten
+        # Unused nodes kept for their settings, least recently forgotten first; one looked
+        # up again stays listed until it is forgotten again or falls out, then kept.
+        self._forgotten: OrderedDict[int, Node] = OrderedDict()
         root = Node(ROOT_INODE, "", is_dir=True, lookups=1)
         self._by_inode: dict[int, Node] = {ROOT_INODE: root}
         self._by_path: dict[str, Node] = {"": root}
@@ -152,8 +173,21 @@ class InodeTable:
         self._drop_if_unused(node)
 
     def _drop_if_unused(self, node: Node) -> None:
-        if node.lookups == 0 and node.open_count == 0:
-            if self._by_inode.pop(node.inode, None) is not None:
-                self._on_drop(node.inode)
-            if self._by_path.get(node.path) is node:
-                del self._by_path[node.path]
+        if node.lookups or node.open_count:
+            return
+        if node.holds_settings() and self._by_path.get(node.path) is node:
+            self._forgotten[node.inode] = node
+            self._forgotten.move_to_end(node.inode)
+            while len(self._forgotten) > self._kept_forgotten:
+                _, oldest = self._forgotten.popitem(last=False)
+                if not (oldest.lookups or oldest.open_count):
+                    self._drop(oldest)
+            return
+        self._drop(node)
+
+    def _drop(self, node: Node) -> None:
+        self._forgotten.pop(node.inode, None)
+        if self._by_inode.pop(node.inode, None) is not None:
+            self._on_drop(node.inode)
+        if self._by_path.get(node.path) is node:
+            del self._by_path[node.path]
