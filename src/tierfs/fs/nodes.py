@@ -2,10 +2,10 @@
 
 Paths are object-key prefixes without a trailing slash: "" is the root, "a/b" a child.
 The kernel holds lookup counts; an entry leaves the table when its count falls to zero
-(`forget`) and no handle has it open, unless it holds what this mount set (`KEPT_FORGOTTEN`).
-A path's inode number is a hash of it, so one the
-kernel forgot and looks up again gets the number it had (tar checks a folder's and a
-file's number between making it and setting its times or replacing it).
+(`forget`) and no handle has it open, unless it holds what this mount set
+(`KEPT_FORGOTTEN`). A path's inode number is a hash of it, so one the kernel forgot and
+looks up again gets the number it had (tar checks a folder's and a file's number between
+making it and setting its times or replacing it).
 """
 
 from __future__ import annotations
